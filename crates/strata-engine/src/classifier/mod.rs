@@ -1,0 +1,53 @@
+//! Rule classification for one group (VFP-15): given a packet's field values,
+//! find the group's best matching rule.
+//!
+//! The engine only sees [`GroupClassifier`], built by [`build`] from a group's
+//! rules and match type. The result must always equal the [`linear`]
+//! reference:
+//! - `MatchType::Priority`: among matching rules, the lowest `priority`
+//!   number wins; equal priorities go to the rule listed first.
+//! - `MatchType::Lpm(field)`: among matching rules, the one whose matching
+//!   value on `field` has the longest prefix wins (exact = full width,
+//!   range or no condition on the field = 0); ties as for priority.
+//!
+//! Group-level conditions are checked by the engine before classifying.
+
+pub mod linear;
+
+use crate::condition::{Condition, Field, FieldValues};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+
+/// How a group picks its best rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchType {
+    #[default]
+    Priority,
+    /// Longest prefix on this field wins (routing groups).
+    Lpm(Field),
+}
+
+/// What a classifier needs of a rule: its conditions and priority. The index
+/// of a rule is its position in the slice given to [`build`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleMatch {
+    pub priority: u32,
+    pub conditions: Vec<Condition>,
+}
+
+/// A built classifier for one group's rules. Immutable once built; shared by
+/// readers while a replacement is built off the datapath.
+pub trait GroupClassifier: Send + Sync + Debug {
+    /// Index of the best matching rule, or `None`.
+    fn best_match(&self, fv: &FieldValues) -> Option<usize>;
+    /// Short name of the structure(s) used, for traces and stats.
+    fn kind(&self) -> &'static str;
+    /// Approximate heap bytes used.
+    fn memory_bytes(&self) -> usize;
+}
+
+/// Build the classifier for a group (the planner's entry point).
+pub fn build(rules: &[RuleMatch], match_type: MatchType) -> Box<dyn GroupClassifier> {
+    Box::new(linear::LinearClassifier::new(rules.to_vec(), match_type))
+}

@@ -1,0 +1,3 @@
+//! `strata-engine`: the VFP model, pure and deterministic.
+pub mod classifier;
+pub mod condition;

@@ -1,0 +1,1 @@
+//! Internet checksums: full computation and RFC 1624 incremental updates.

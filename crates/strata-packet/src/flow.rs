@@ -1,0 +1,322 @@
+//! Flow identity: the header groups a packet parses into (VFP-8) and the
+//! Unified Flow ID (UFID) built from them.
+//!
+//! A [`FlowKey`] is one set of Ethernet / IP / L4 fields (the *inner* groups of
+//! a tunnelled packet, or the only ones of a plain packet). An [`OuterKey`]
+//! holds the outer Ethernet / IP / encap groups of a tunnelled packet. The
+//! [`Ufid`] is both together: the exact-match key of the unified flow table.
+//!
+//! Fields that change per packet inside one connection (TTL, ECN, lengths,
+//! checksums, TCP flags, outer UDP source port) are deliberately *not* part of
+//! the key.
+
+use core::fmt;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub const ZERO: MacAddr = MacAddr([0; 6]);
+    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+
+    /// The address as a 48-bit number (first octet most significant).
+    pub fn to_u64(self) -> u64 {
+        let mut v = 0u64;
+        for b in self.0 {
+            v = (v << 8) | u64::from(b);
+        }
+        v
+    }
+
+    /// Inverse of [`MacAddr::to_u64`]; the top 16 bits are ignored.
+    pub fn from_u64(v: u64) -> MacAddr {
+        let b = v.to_be_bytes();
+        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    pub fn is_multicast(self) -> bool {
+        self.0[0] & 1 == 1
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// Error parsing a textual MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {0:?}: expected six hex octets like 02:00:00:00:00:01")]
+pub struct MacParseError(pub String);
+
+impl core::str::FromStr for MacAddr {
+    type Err = MacParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut n = 0;
+        for part in s.split([':', '-']) {
+            if n == 6 || part.len() != 2 {
+                return Err(MacParseError(s.to_string()));
+            }
+            out[n] = u8::from_str_radix(part, 16).map_err(|_| MacParseError(s.to_string()))?;
+            n += 1;
+        }
+        if n != 6 {
+            return Err(MacParseError(s.to_string()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+/// Ethertypes used by the parser and the emitter.
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    pub const VLAN: u16 = 0x8100;
+    pub const QINQ: u16 = 0x88a8;
+    pub const IPV6: u16 = 0x86dd;
+    /// Transparent Ethernet bridging: the inner frame of NVGRE and Geneve.
+    pub const TEB: u16 = 0x6558;
+}
+
+/// IP protocol numbers used by the parser and the engine.
+pub mod ipproto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const GRE: u8 = 47;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Well-known UDP ports of the tunnel protocols.
+pub mod tunnel_port {
+    pub const VXLAN: u16 = 4789;
+    pub const GENEVE: u16 = 6081;
+}
+
+/// The tunnel protocol of an encap header group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TunnelKind {
+    Vxlan,
+    Nvgre,
+    Geneve,
+}
+
+/// The unspecified IPv4 address, used for the IP fields of non-IP frames.
+pub const NO_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+/// One set of Ethernet / IP / L4 header-group fields.
+///
+/// For non-IP frames (ARP, …) the IP fields are [`NO_IP`] and `proto` is 0.
+/// ICMP/ICMPv6 echo: a request has `src_port` = identifier, `dst_port` = 0;
+/// a reply has `src_port` = 0, `dst_port` = identifier. A reply's key is thus
+/// the reversed request key, and NAT rewrites the identifier like a port.
+/// Other ICMP messages have both ports 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FlowKey {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    /// 802.1Q VLAN id (12 bits) of the innermost tag, if tagged.
+    pub vlan: Option<u16>,
+    /// Ethertype after any VLAN tags.
+    pub ether_type: u16,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    /// IP protocol (IPv4) or upper-layer next header (IPv6).
+    pub proto: u8,
+    /// DSCP (top six bits of ToS / traffic class).
+    pub dscp: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+impl Default for FlowKey {
+    fn default() -> Self {
+        FlowKey {
+            src_mac: MacAddr::ZERO,
+            dst_mac: MacAddr::ZERO,
+            vlan: None,
+            ether_type: 0,
+            src_ip: NO_IP,
+            dst_ip: NO_IP,
+            proto: 0,
+            dscp: 0,
+            src_port: 0,
+            dst_port: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+        }
+    }
+}
+
+impl FlowKey {
+    /// The key of the opposite direction of the same connection: MACs, IPs
+    /// and ports swapped. ICMP echo request/reply types are swapped too so a
+    /// reply's key equals the reversed request key.
+    pub fn reversed(&self) -> FlowKey {
+        let mut r = *self;
+        r.src_mac = self.dst_mac;
+        r.dst_mac = self.src_mac;
+        r.src_ip = self.dst_ip;
+        r.dst_ip = self.src_ip;
+        r.src_port = self.dst_port;
+        r.dst_port = self.src_port;
+        r.icmp_type = reverse_icmp_type(self.proto, self.icmp_type);
+        r
+    }
+
+    pub fn is_ip(&self) -> bool {
+        self.ether_type == ethertype::IPV4 || self.ether_type == ethertype::IPV6
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        self.is_ip() && self.proto == ipproto::TCP
+    }
+
+    /// A compact one-line rendering used by traces and verdict logs.
+    pub fn summary(&self) -> String {
+        match self.proto {
+            ipproto::TCP | ipproto::UDP => format!(
+                "{} {}:{} -> {}:{}",
+                proto_name(self.proto),
+                self.src_ip,
+                self.src_port,
+                self.dst_ip,
+                self.dst_port
+            ),
+            _ if self.is_ip() => format!(
+                "{} {} -> {}",
+                proto_name(self.proto),
+                self.src_ip,
+                self.dst_ip
+            ),
+            _ => format!(
+                "ether 0x{:04x} {} -> {}",
+                self.ether_type, self.src_mac, self.dst_mac
+            ),
+        }
+    }
+}
+
+/// Echo request ↔ echo reply, for ICMPv4 and ICMPv6; other types unchanged.
+pub fn reverse_icmp_type(proto: u8, t: u8) -> u8 {
+    match (proto, t) {
+        (ipproto::ICMP, 8) => 0,
+        (ipproto::ICMP, 0) => 8,
+        (ipproto::ICMPV6, 128) => 129,
+        (ipproto::ICMPV6, 129) => 128,
+        _ => t,
+    }
+}
+
+/// A short protocol name for logs.
+pub fn proto_name(p: u8) -> &'static str {
+    match p {
+        ipproto::TCP => "tcp",
+        ipproto::UDP => "udp",
+        ipproto::ICMP => "icmp",
+        ipproto::ICMPV6 => "icmp6",
+        ipproto::GRE => "gre",
+        _ => "ip",
+    }
+}
+
+/// The outer header groups of a tunnelled packet: outer Ethernet, outer IP
+/// and the encap header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OuterKey {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub tunnel: TunnelKind,
+    /// VNI (VXLAN, Geneve) or virtual subnet id (NVGRE), 24 bits.
+    pub vni: u32,
+}
+
+impl OuterKey {
+    pub fn reversed(&self) -> OuterKey {
+        OuterKey {
+            src_mac: self.dst_mac,
+            dst_mac: self.src_mac,
+            src_ip: self.dst_ip,
+            dst_ip: self.src_ip,
+            ..*self
+        }
+    }
+}
+
+/// The Unified Flow ID: every header group's key fields (VFP-8). The unified
+/// flow table is keyed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ufid {
+    pub outer: Option<OuterKey>,
+    pub inner: FlowKey,
+}
+
+impl Ufid {
+    pub fn plain(inner: FlowKey) -> Ufid {
+        Ufid { outer: None, inner }
+    }
+
+    /// Both groups reversed (the key of the other direction on the same path).
+    pub fn reversed(&self) -> Ufid {
+        Ufid {
+            outer: self.outer.map(|o| o.reversed()),
+            inner: self.inner.reversed(),
+        }
+    }
+
+    /// A 64-bit hash of the inner 5-tuple, stable across runs and hosts.
+    /// Used for the VXLAN/Geneve outer UDP source port (RFC 7348 §5) so
+    /// underlay ECMP spreads flows, and for load-balancing choices.
+    pub fn flow_hash(&self) -> u64 {
+        flow_hash(&self.inner)
+    }
+}
+
+/// A stable (seeded with a constant) hash of a flow key's 5-tuple.
+pub fn flow_hash(k: &FlowKey) -> u64 {
+    use core::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x5354_5241_5441).build_hasher();
+    k.src_ip.hash(&mut h);
+    k.dst_ip.hash(&mut h);
+    k.proto.hash(&mut h);
+    k.src_port.hash(&mut h);
+    k.dst_port.hash(&mut h);
+    h.finish()
+}
+
+/// Address family helpers shared by the parser, emitter and engine.
+pub fn ip_to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// Inverse of [`ip_to_u128`]: v4-mapped addresses come back as IPv4.
+pub fn u128_to_ip(v: u128) -> IpAddr {
+    let v6 = Ipv6Addr::from(v);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
