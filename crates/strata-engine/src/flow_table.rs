@@ -1,0 +1,425 @@
+//! Flow state of a port:
+//!
+//! - [`LayerFlowTable`]: per-layer stateful flows (VFP-6). A stateful rule
+//!   creates one [`LayerFlow`] holding a *pair* of keys — the layer-local key
+//!   in the originating direction and the reversed post-transposition key in
+//!   the other — with the rule's transposition and its inverse.
+//! - [`UnifiedFlowTable`]: the UFT (VFP-12). Each [`Connection`] pairs the
+//!   outbound and inbound [`UnifiedFlow`]s of one connection (paired on the VM
+//!   side, VFP-14) with its TCP state and the layer flows it holds.
+//!
+//! Both tables keep entries in a slab and index them with a hash table of
+//! slot numbers, so a key is stored once, lookups hash the key once, and
+//! eviction and expiry walk slots without touching the index.
+
+use crate::resource::ActionState;
+use crate::tcp::TcpConn;
+use crate::types::{Direction, Time, Verdict};
+use core::hash::{BuildHasher, Hash, Hasher};
+use hashbrown::{HashMap, HashTable};
+use serde::{Deserialize, Serialize};
+use strata_packet::flow::Ufid;
+use strata_packet::transposition::Transposition;
+
+/// A stateful flow of one layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerFlow {
+    /// Direction of the packet whose rule created the flow.
+    pub origin: Direction,
+    /// `[origin key, reverse key]`: the reverse key is looked up in the
+    /// opposite direction.
+    pub keys: [Ufid; 2],
+    /// The rule's transposition and its inverse.
+    pub transpositions: [Transposition; 2],
+    /// Action contexts (counter slots) per side.
+    pub counters: [Vec<u32>; 2],
+    pub rule_id: String,
+    pub rule_counter: u32,
+    pub fingerprint: u64,
+    /// Generation of the layer when the flow was last validated.
+    pub layer_generation: u64,
+    pub state: ActionState,
+    /// Connections holding this flow.
+    pub refs: u32,
+    /// Removed from the index (its rule no longer decides) but still held.
+    pub detached: bool,
+    pub ttl: Option<Time>,
+}
+
+impl LayerFlow {
+    /// The side looked up in direction `d` with its key.
+    pub fn side_for(&self, d: Direction) -> usize {
+        if d == self.origin { 0 } else { 1 }
+    }
+
+    fn dir_of(&self, side: usize) -> Direction {
+        if side == 0 {
+            self.origin
+        } else {
+            self.origin.opposite()
+        }
+    }
+}
+
+/// The flow table of one layer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LayerFlowTable {
+    slots: Vec<Option<LayerFlow>>,
+    free: Vec<u32>,
+    #[serde(skip)]
+    index: HashMap<(Direction, Ufid), u32>,
+}
+
+impl LayerFlowTable {
+    /// `(slot, side)` of the flow keyed `(d, key)`.
+    pub fn lookup(&self, d: Direction, key: &Ufid) -> Option<(u32, usize)> {
+        let v = *self.index.get(&(d, *key))?;
+        Some((v >> 1, (v & 1) as usize))
+    }
+
+    pub fn get(&self, slot: u32) -> Option<&LayerFlow> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut LayerFlow> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    /// Insert a flow and index both keys. A key already indexed (two flows
+    /// whose reverse keys collide, e.g. many-to-one static NAT) keeps its
+    /// first owner.
+    pub fn insert(&mut self, f: LayerFlow) -> u32 {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        for side in 0..2 {
+            self.index
+                .entry((f.dir_of(side), f.keys[side]))
+                .or_insert(slot << 1 | side as u32);
+        }
+        self.slots[slot as usize] = Some(f);
+        slot
+    }
+
+    /// Take a flow out of the index (it stays in its slot while held).
+    pub fn detach(&mut self, slot: u32) {
+        let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        f.detached = true;
+        for side in 0..2 {
+            let k = (f.dir_of(side), f.keys[side]);
+            if self.index.get(&k) == Some(&(slot << 1 | side as u32)) {
+                self.index.remove(&k);
+            }
+        }
+    }
+
+    /// Drop one reference; returns the flow if it was the last.
+    pub fn release(&mut self, slot: u32) -> Option<LayerFlow> {
+        let f = self.slots.get_mut(slot as usize)?.as_mut()?;
+        f.refs = f.refs.saturating_sub(1);
+        if f.refs > 0 {
+            return None;
+        }
+        self.detach(slot);
+        let f = self.slots.get_mut(slot as usize)?.take();
+        self.free.push(slot);
+        f
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &LayerFlow)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|f| (i as u32, f)))
+    }
+
+    /// Every flow, emptying the table.
+    pub fn drain(&mut self) -> Vec<LayerFlow> {
+        self.index.clear();
+        self.free.clear();
+        self.slots.drain(..).flatten().collect()
+    }
+
+    /// Rebuild the index after deserialization.
+    pub fn reindex(&mut self) {
+        self.index.clear();
+        for (slot, f) in self.slots.iter().enumerate() {
+            let Some(f) = f else { continue };
+            if f.detached {
+                continue;
+            }
+            for side in 0..2 {
+                self.index
+                    .entry((f.dir_of(side), f.keys[side]))
+                    .or_insert((slot as u32) << 1 | side as u32);
+            }
+        }
+    }
+}
+
+/// The cached result for one UFID in one direction: one composed
+/// transposition plus action contexts (VFP-12).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnifiedFlow {
+    pub key: Ufid,
+    /// Hash of `(direction, key)`, kept so the index can rehash without
+    /// recomputing.
+    pub hash: u64,
+    /// Port generation the flow was compiled at (VFP-13).
+    pub generation: u64,
+    pub transposition: Transposition,
+    pub verdict: Verdict,
+    /// Counter slots bumped per packet (forward: layers, rules, meters;
+    /// drop: the deciding layer and rule).
+    pub counters: Box<[u32]>,
+}
+
+/// Reference from a connection to a layer flow it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerFlowRef {
+    pub layer_uid: u32,
+    pub slot: u32,
+}
+
+/// A pair of unified flows and their shared state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Indexed by `Direction::index()`.
+    pub sides: [Option<UnifiedFlow>; 2],
+    pub initiator: Direction,
+    pub tcp: Option<TcpConn>,
+    pub layer_flows: Vec<LayerFlowRef>,
+    pub created: Time,
+    pub last_seen: Time,
+    /// Idle timeout from the deciding rules, if any set one.
+    pub idle_ttl: Option<Time>,
+    /// Second-chance bit for eviction (set on every hit).
+    pub referenced: bool,
+}
+
+impl Connection {
+    pub fn side(&self, d: Direction) -> Option<&UnifiedFlow> {
+        self.sides[d.index()].as_ref()
+    }
+
+    pub fn is_drop_only(&self) -> bool {
+        self.sides
+            .iter()
+            .flatten()
+            .all(|uf| !uf.verdict.is_forward())
+    }
+}
+
+/// Hash of a UFT key.
+#[inline]
+pub fn uft_hash(d: Direction, k: &Ufid) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x5546_54).build_hasher();
+    d.hash(&mut h);
+    k.hash(&mut h);
+    h.finish()
+}
+
+/// The unified flow table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UnifiedFlowTable {
+    conns: Vec<Option<Connection>>,
+    free: Vec<u32>,
+    /// Entries are `connection << 1 | direction`.
+    #[serde(skip)]
+    index: HashTable<u32>,
+    /// Clock hand for eviction.
+    hand: usize,
+}
+
+impl UnifiedFlowTable {
+    /// The connection holding the unified flow `(d, key)`.
+    #[inline]
+    pub fn lookup(&self, d: Direction, key: &Ufid, hash: u64) -> Option<u32> {
+        let conns = &self.conns;
+        let di = d.index();
+        self.index
+            .find(hash, |&v| {
+                (v & 1) as usize == di
+                    && conns
+                        .get((v >> 1) as usize)
+                        .and_then(|c| c.as_ref())
+                        .and_then(|c| c.sides[di].as_ref())
+                        .is_some_and(|uf| uf.key == *key)
+            })
+            .map(|&v| v >> 1)
+    }
+
+    pub fn get(&self, c: u32) -> Option<&Connection> {
+        self.conns.get(c as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, c: u32) -> Option<&mut Connection> {
+        self.conns.get_mut(c as usize)?.as_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of unified flows (both directions).
+    pub fn flow_count(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn alloc(&mut self, c: Connection) -> u32 {
+        match self.free.pop() {
+            Some(s) => {
+                self.conns[s as usize] = Some(c);
+                s
+            }
+            None => {
+                self.conns.push(Some(c));
+                (self.conns.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Install `uf` as side `d` of connection `c`, replacing (and
+    /// unindexing) any previous flow of that side.
+    pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow) {
+        self.clear_side(c, d);
+        let hash = uf.hash;
+        let Some(conn) = self.get_mut(c) else { return };
+        conn.sides[d.index()] = Some(uf);
+        let conns = &self.conns;
+        self.index
+            .insert_unique(hash, c << 1 | d.index() as u32, |&v| {
+                side_hash(conns, v)
+            });
+    }
+
+    /// Remove side `d` of connection `c` from the table.
+    pub fn clear_side(&mut self, c: u32, d: Direction) {
+        let Some(uf) = self.get(c).and_then(|conn| conn.side(d)) else {
+            return;
+        };
+        let hash = uf.hash;
+        let want = c << 1 | d.index() as u32;
+        if let Ok(e) = self.index.find_entry(hash, |&v| v == want) {
+            e.remove();
+        }
+        if let Some(conn) = self.get_mut(c) {
+            conn.sides[d.index()] = None;
+        }
+    }
+
+    /// Remove a whole connection.
+    pub fn remove(&mut self, c: u32) -> Option<Connection> {
+        self.clear_side(c, Direction::Out);
+        self.clear_side(c, Direction::In);
+        let conn = self.conns.get_mut(c as usize)?.take()?;
+        self.free.push(c);
+        Some(conn)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Connection)> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i as u32, c)))
+    }
+
+    /// Slot numbers of all live connections.
+    pub fn ids(&self) -> Vec<u32> {
+        self.iter().map(|(i, _)| i).collect()
+    }
+
+    /// Choose a victim with a bounded clock sweep (second chance): among up
+    /// to `window` live connections from the hand, the best by `score`
+    /// (higher = evict first); referenced bits are cleared as the hand
+    /// passes, and a referenced connection scores lower. O(window), never
+    /// O(n) per packet.
+    pub fn pick_victim(&mut self, window: usize, score: impl Fn(&Connection) -> u32) -> Option<u32> {
+        let n = self.conns.len();
+        if n == 0 || self.is_empty() {
+            return None;
+        }
+        let mut best: Option<(u32, u32)> = None;
+        let mut seen = 0;
+        let mut steps = 0;
+        while seen < window && steps < n {
+            let i = self.hand % n;
+            self.hand = (self.hand + 1) % n;
+            steps += 1;
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
+            seen += 1;
+            let mut s = score(c) * 2;
+            if !c.referenced {
+                s += 1;
+            }
+            c.referenced = false;
+            if best.is_none_or(|(bs, _)| s > bs) {
+                best = Some((s, i as u32));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Rebuild the index after deserialization.
+    pub fn reindex(&mut self) {
+        let mut index = HashTable::with_capacity(self.len() * 2);
+        for (i, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            for d in [Direction::Out, Direction::In] {
+                if let Some(uf) = c.side(d) {
+                    let v = (i as u32) << 1 | d.index() as u32;
+                    let conns = &self.conns;
+                    index.insert_unique(uf.hash, v, |&v| side_hash(conns, v));
+                }
+            }
+        }
+        self.index = index;
+    }
+
+    /// Approximate heap bytes used by the table (slab + index), for the
+    /// memory-per-connection figure.
+    pub fn memory_bytes(&self) -> usize {
+        self.conns.capacity() * size_of::<Option<Connection>>()
+            + self.index.capacity() * (size_of::<u32>() + 1)
+            + self
+                .iter()
+                .map(|(_, c)| {
+                    c.layer_flows.capacity() * size_of::<LayerFlowRef>()
+                        + c.sides
+                            .iter()
+                            .flatten()
+                            .map(|uf| uf.counters.len() * 4)
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+}
+
+fn side_hash(conns: &[Option<Connection>], v: u32) -> u64 {
+    conns
+        .get((v >> 1) as usize)
+        .and_then(|c| c.as_ref())
+        .and_then(|c| c.sides[(v & 1) as usize].as_ref())
+        .map(|uf| uf.hash)
+        .unwrap_or(0)
+}

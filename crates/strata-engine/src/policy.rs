@@ -1,0 +1,364 @@
+//! Policy objects (VFP-2…4): layers, groups and rules as controllers write
+//! them, and their compiled, immutable forms.
+//!
+//! A group is the unit of atomic update: [`Group::prepare`] validates it and
+//! builds its classifier (the expensive part, done off the datapath, on any
+//! thread); installing the prepared group into a port is then one pointer
+//! swap. The port's whole policy ([`PortPolicy`]) is an immutable value of
+//! `Arc`s, replaced as a whole on every change (read-copy-update), so no
+//! reader ever sees a half-applied update.
+
+use crate::action::{Action, ActionRegistry, ActionSpec};
+use crate::classifier::{self, GroupClassifier, MatchType, RuleMatch};
+use crate::condition::{Condition, FieldValues, all_match};
+use crate::error::{ApiError, check_id};
+use crate::types::{Direction, Time, secs};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+/// A rule (VFP-4).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rule {
+    /// Unique within its layer.
+    pub id: String,
+    /// Lower number = higher priority; ties go to the rule listed first.
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    pub action: ActionSpec,
+    /// Apply at once, ignoring later groups of the layer.
+    #[serde(default)]
+    pub terminating: bool,
+    /// Create a layer flow pair so the return direction is handled by the
+    /// inverse transposition (VFP-6).
+    #[serde(default)]
+    pub stateful: bool,
+    /// Idle timeout of flows created by this rule, seconds (defaults to the
+    /// port's per-protocol timeouts).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+impl Rule {
+    pub fn new(id: &str, priority: u32, conditions: Vec<Condition>, action: ActionSpec) -> Rule {
+        Rule {
+            id: id.to_string(),
+            priority,
+            conditions,
+            action,
+            terminating: false,
+            stateful: false,
+            ttl_secs: None,
+        }
+    }
+
+    pub fn stateful(mut self) -> Rule {
+        self.stateful = true;
+        self
+    }
+
+    pub fn terminating(mut self) -> Rule {
+        self.terminating = true;
+        self
+    }
+
+    pub fn ttl(mut self, secs: u64) -> Rule {
+        self.ttl_secs = Some(secs);
+        self
+    }
+
+    /// Content fingerprint: a layer flow created by a rule stays valid across
+    /// policy changes while a rule with the same id and fingerprint still
+    /// decides its flow (this is what keeps NAT affinity).
+    pub fn fingerprint(&self) -> u64 {
+        foldhash::fast::FixedState::with_seed(0x5255_4c45).hash_one(self)
+    }
+}
+
+/// A group of rules (VFP-3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub direction: Direction,
+    /// The group is skipped unless all hold.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub match_type: MatchType,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+impl Group {
+    pub fn new(id: &str, direction: Direction) -> Group {
+        Group {
+            id: id.to_string(),
+            direction,
+            conditions: Vec::new(),
+            match_type: MatchType::Priority,
+            rules: Vec::new(),
+        }
+    }
+
+    pub fn with_rules(mut self, rules: Vec<Rule>) -> Group {
+        self.rules = rules;
+        self
+    }
+
+    pub fn with_conditions(mut self, conditions: Vec<Condition>) -> Group {
+        self.conditions = conditions;
+        self
+    }
+
+    /// Validate and compile: actions through the registry, the classifier by
+    /// the planner. Pure: touches no port.
+    pub fn prepare(self, registry: &ActionRegistry) -> Result<PreparedGroup, ApiError> {
+        check_id(&self.id)?;
+        for c in &self.conditions {
+            c.validate().map_err(|message| ApiError::InvalidCondition {
+                place: format!("group {:?}", self.id),
+                message,
+            })?;
+        }
+        if let MatchType::Lpm(f) = self.match_type
+            && !(f.is_ip() || f.is_mac())
+        {
+            return Err(ApiError::BadLpmField {
+                group: self.id.clone(),
+                field: format!("{f:?}"),
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for r in &self.rules {
+            check_id(&r.id)?;
+            if !seen.insert(r.id.as_str()) {
+                return Err(ApiError::DuplicateRule {
+                    layer: String::new(),
+                    rule: r.id.clone(),
+                });
+            }
+            for c in &r.conditions {
+                c.validate().map_err(|message| ApiError::InvalidCondition {
+                    place: format!("rule {:?}", r.id),
+                    message,
+                })?;
+            }
+            if matches!(r.action, ActionSpec::Snat { .. }) && !r.stateful {
+                return Err(ApiError::InvalidAction {
+                    rule: r.id.clone(),
+                    message: "snat must be stateful: the port is held by the connection's layer flow".into(),
+                });
+            }
+            let action = registry
+                .compile(&r.action)
+                .map_err(|message| match &r.action {
+                    ActionSpec::Custom { name, .. } if message.starts_with("unknown action") => {
+                        ApiError::UnknownAction(name.clone())
+                    }
+                    _ => ApiError::InvalidAction {
+                        rule: r.id.clone(),
+                        message,
+                    },
+                })?;
+            rules.push(CompiledRule {
+                fingerprint: r.fingerprint(),
+                action,
+                counter: u32::MAX,
+            });
+        }
+        let matches: Vec<RuleMatch> = self
+            .rules
+            .iter()
+            .map(|r| RuleMatch {
+                priority: r.priority,
+                conditions: r.conditions.clone(),
+            })
+            .collect();
+        let classifier = classifier::build(&matches, self.match_type);
+        Ok(PreparedGroup(CompiledGroup {
+            group: self,
+            rules,
+            classifier,
+        }))
+    }
+}
+
+/// A rule's compiled parts, parallel to `Group::rules`.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub action: Arc<dyn Action>,
+    pub fingerprint: u64,
+    /// The rule's counter slot in the port's arena.
+    pub counter: u32,
+}
+
+/// A validated group with its classifier, ready to install.
+#[derive(Debug)]
+pub struct CompiledGroup {
+    pub group: Group,
+    pub rules: Vec<CompiledRule>,
+    pub classifier: Box<dyn GroupClassifier>,
+}
+
+impl CompiledGroup {
+    /// The group's best rule for the packet, honouring group conditions.
+    pub fn classify(&self, fv: &FieldValues) -> Option<usize> {
+        if !all_match(&self.group.conditions, fv) {
+            return None;
+        }
+        self.classifier.best_match(fv)
+    }
+}
+
+/// A group that passed validation (from [`Group::prepare`]).
+#[derive(Debug)]
+pub struct PreparedGroup(pub(crate) CompiledGroup);
+
+impl PreparedGroup {
+    pub fn group(&self) -> &Group {
+        &self.0.group
+    }
+}
+
+/// A layer's default action for a direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    #[default]
+    Allow,
+    Block,
+}
+
+/// A layer as written by its controller (groups are added separately or
+/// inline).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    pub id: String,
+    #[serde(default)]
+    pub default_out: DefaultAction,
+    #[serde(default)]
+    pub default_in: DefaultAction,
+    #[serde(default)]
+    pub groups: Vec<Group>,
+}
+
+impl LayerSpec {
+    pub fn new(id: &str, default_out: DefaultAction, default_in: DefaultAction) -> LayerSpec {
+        LayerSpec {
+            id: id.to_string(),
+            default_out,
+            default_in,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// A compiled layer: immutable, shared by `Arc`.
+#[derive(Debug, Clone)]
+pub struct LayerPolicy {
+    pub id: String,
+    /// Stable internal id (layer flow tables and connections refer to it).
+    pub uid: u32,
+    pub default_out: DefaultAction,
+    pub default_in: DefaultAction,
+    pub groups: Vec<Arc<CompiledGroup>>,
+    /// Bumped on every change of this layer's groups.
+    pub generation: u64,
+    pub counter: u32,
+}
+
+/// Which rule of a layer decided, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    pub group: usize,
+    pub rule: usize,
+}
+
+impl LayerPolicy {
+    pub fn default_for(&self, d: Direction) -> DefaultAction {
+        match d {
+            Direction::Out => self.default_out,
+            Direction::In => self.default_in,
+        }
+    }
+
+    /// VFP-3 layer evaluation: groups of the direction in order; each gives
+    /// its best rule; a terminating rule applies at once; otherwise the last
+    /// group with a match wins.
+    pub fn classify(&self, d: Direction, fv: &FieldValues) -> Option<RuleRef> {
+        let mut chosen = None;
+        for (gi, g) in self.groups.iter().enumerate() {
+            if g.group.direction != d {
+                continue;
+            }
+            if let Some(ri) = g.classify(fv) {
+                let r = RuleRef { group: gi, rule: ri };
+                if g.group.rules[ri].terminating {
+                    return Some(r);
+                }
+                chosen = Some(r);
+            }
+        }
+        chosen
+    }
+
+    pub fn rule(&self, r: RuleRef) -> Option<(&Rule, &CompiledRule, &Group)> {
+        let g = self.groups.get(r.group)?;
+        Some((g.group.rules.get(r.rule)?, g.rules.get(r.rule)?, &g.group))
+    }
+
+    /// The layer as a spec again (for snapshots and export).
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec {
+            id: self.id.clone(),
+            default_out: self.default_out,
+            default_in: self.default_in,
+            groups: self.groups.iter().map(|g| g.group.clone()).collect(),
+        }
+    }
+}
+
+/// The whole policy of a port: its layers, VM side first.
+#[derive(Debug, Clone, Default)]
+pub struct PortPolicy {
+    pub layers: Vec<Arc<LayerPolicy>>,
+}
+
+impl PortPolicy {
+    pub fn position(&self, layer: &str) -> Option<usize> {
+        self.layers.iter().position(|l| l.id == layer)
+    }
+}
+
+/// Per-port timeouts and limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    /// Most connections (unified-flow pairs) the port keeps; beyond it the
+    /// eviction policy makes room.
+    pub max_connections: usize,
+    pub tcp_established_idle: Time,
+    pub tcp_half_open_idle: Time,
+    pub tcp_time_wait: Time,
+    /// How long a reset connection lingers.
+    pub tcp_closed_linger: Time,
+    pub udp_idle: Time,
+    pub other_idle: Time,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig {
+            max_connections: 1 << 20,
+            tcp_established_idle: secs(300),
+            tcp_half_open_idle: secs(10),
+            tcp_time_wait: secs(60),
+            tcp_closed_linger: secs(1),
+            udp_idle: secs(120),
+            other_idle: secs(60),
+        }
+    }
+}

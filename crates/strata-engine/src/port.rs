@@ -1,0 +1,1148 @@
+//! The port (VFP-1): the unit of policy, and the packet processor that runs
+//! packets through it.
+//!
+//! Fast path: parse → one exact-match lookup in the unified flow table →
+//! TCP tracking, counter contexts → apply the cached transposition. Slow path
+//! (miss): the flow compiler walks the layers (outbound top → bottom, inbound
+//! bottom → top; VFP-10): per layer it looks up the layer flow table, else
+//! classifies the layer-local UFID, runs the rule's action and composes its
+//! transposition into the accumulated one; stateful rules create layer flow
+//! pairs. The result is cached as a unified flow, paired on the VM side with
+//! a flow for the other direction made by simulation (VFP-14).
+//!
+//! Every policy or resource change bumps the port generation; a unified flow
+//! hit with an older generation is re-simulated before use (VFP-13), so a
+//! change reaches the very next packet. Layer flows are revalidated against
+//! their layer's generation: a flow whose rule (same id, same content) still
+//! decides its origin key is kept — NAT affinity survives unrelated changes.
+
+use crate::action::{ActionCx, ActionOutput, ActionRegistry};
+use crate::condition::FieldValues;
+use crate::counters::{CounterName, PortCounters};
+use crate::error::{ApiError, check_id};
+use crate::flow_table::{
+    Connection, LayerFlow, LayerFlowRef, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, uft_hash,
+};
+use crate::policy::{
+    DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
+};
+use crate::resource::{ActionState, Backend, EventSink, Mapping, ResourceEvent, Resources};
+use crate::tcp::{TcpConn, TcpState};
+use crate::trace::{LayerDecision, LayerTrace, Trace};
+use crate::types::{Direction, DropReason, Time, Verdict, secs};
+use crossbeam_channel::Receiver;
+use std::net::IpAddr;
+use std::sync::Arc;
+use strata_packet::emit::{PacketBuf, apply};
+use strata_packet::flow::{Ufid, ipproto};
+use strata_packet::parse::{PacketMeta, parse};
+use strata_packet::transposition::Transposition;
+
+/// Clock-sweep window of the eviction policy.
+const EVICTION_WINDOW: usize = 32;
+
+/// A port: policy, flow state, resources and counters of one VNIC.
+#[derive(Debug)]
+pub struct Port {
+    pub(crate) name: String,
+    pub(crate) config: PortConfig,
+    pub(crate) policy: Arc<PortPolicy>,
+    pub(crate) generation: u64,
+    pub(crate) next_layer_uid: u32,
+    pub(crate) registry: ActionRegistry,
+    pub(crate) resources: Resources,
+    pub(crate) events: EventSink,
+    /// Layer flow tables by layer uid.
+    pub(crate) layer_flows: Vec<(u32, LayerFlowTable)>,
+    pub(crate) uft: UnifiedFlowTable,
+    pub(crate) counters: PortCounters,
+}
+
+/// Result of walking the layers for one UFID.
+#[derive(Debug, Default)]
+struct Sim {
+    transposition: Transposition,
+    verdict: Option<(DropReason, u16)>,
+    counters: Vec<u32>,
+    drop_counters: Vec<u32>,
+    refs: Vec<LayerFlowRef>,
+    created: Vec<LayerFlowRef>,
+    ttl: Option<Time>,
+    trace: Vec<LayerTrace>,
+}
+
+impl Sim {
+    fn verdict(&self) -> Verdict {
+        match self.verdict {
+            None => Verdict::Forward,
+            Some((reason, layer)) => Verdict::Drop {
+                reason,
+                layer: Some(layer),
+            },
+        }
+    }
+}
+
+/// Simulation mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Create layer flows and take resources.
+    Create,
+    /// Trace: change nothing.
+    DryRun,
+}
+
+/// A read-only view of one connection, for tests and tools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub initiator: Direction,
+    pub tcp_state: Option<TcpState>,
+    pub out_flow: Option<UnifiedFlow>,
+    pub in_flow: Option<UnifiedFlow>,
+    pub layer_flows: usize,
+    pub last_seen: Time,
+}
+
+impl Port {
+    pub fn new(name: &str, config: PortConfig) -> Port {
+        Port::with_registry(name, config, ActionRegistry::default())
+    }
+
+    /// A port whose custom actions come from `registry`.
+    pub fn with_registry(name: &str, config: PortConfig, registry: ActionRegistry) -> Port {
+        Port {
+            name: name.to_string(),
+            config,
+            policy: Arc::new(PortPolicy::default()),
+            generation: 1,
+            next_layer_uid: 1,
+            registry,
+            resources: Resources::default(),
+            events: EventSink::default(),
+            layer_flows: Vec::new(),
+            uft: UnifiedFlowTable::default(),
+            counters: PortCounters::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &PortConfig {
+        &self.config
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn policy(&self) -> &Arc<PortPolicy> {
+        &self.policy
+    }
+
+    pub fn registry(&self) -> &ActionRegistry {
+        &self.registry
+    }
+
+    pub fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// Events for the agent (mapping misses).
+    pub fn subscribe_events(&self) -> Receiver<ResourceEvent> {
+        self.events.subscribe()
+    }
+
+    /// Live connections (unified-flow pairs).
+    pub fn connection_count(&self) -> usize {
+        self.uft.len()
+    }
+
+    /// Unified flows (both directions).
+    pub fn unified_flow_count(&self) -> usize {
+        self.uft.flow_count()
+    }
+
+    /// Layer flows of one layer.
+    pub fn layer_flow_count(&self, layer: &str) -> usize {
+        self.policy
+            .layers
+            .iter()
+            .find(|l| l.id == layer)
+            .and_then(|l| self.flow_table(l.uid))
+            .map_or(0, |t| t.len())
+    }
+
+    pub fn layer_ids(&self) -> Vec<String> {
+        self.policy.layers.iter().map(|l| l.id.clone()).collect()
+    }
+
+    /// The layer specs, VM side first (groups included).
+    pub fn layer_specs(&self) -> Vec<LayerSpec> {
+        self.policy.layers.iter().map(|l| l.spec()).collect()
+    }
+
+    /// Approximate bytes of flow state (UFT + layer flows), for memory
+    /// accounting.
+    pub fn flow_memory_bytes(&self) -> usize {
+        self.uft.memory_bytes()
+            + self
+                .layer_flows
+                .iter()
+                .map(|(_, t)| t.len() * (size_of::<LayerFlow>() + 64))
+                .sum::<usize>()
+    }
+
+    /// The connection whose `d` side has UFID `key`.
+    pub fn connection(&self, d: Direction, key: &Ufid) -> Option<ConnectionInfo> {
+        let c = self.uft.lookup(d, key, uft_hash(d, key))?;
+        let c = self.uft.get(c)?;
+        Some(ConnectionInfo {
+            initiator: c.initiator,
+            tcp_state: c.tcp.map(|t| t.state),
+            out_flow: c.side(Direction::Out).cloned(),
+            in_flow: c.side(Direction::In).cloned(),
+            layer_flows: c.layer_flows.len(),
+            last_seen: c.last_seen,
+        })
+    }
+
+    // ----- policy API -------------------------------------------------------
+
+    fn bump(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    fn flow_table(&self, uid: u32) -> Option<&LayerFlowTable> {
+        self.layer_flows
+            .iter()
+            .find(|(u, _)| *u == uid)
+            .map(|(_, t)| t)
+    }
+
+    /// Add a layer at `position` (0 = VM side; `None` = bottom, network
+    /// side), with any groups it carries.
+    pub fn add_layer(&mut self, spec: LayerSpec, position: Option<usize>) -> Result<(), ApiError> {
+        check_id(&spec.id)?;
+        if self.policy.position(&spec.id).is_some() {
+            return Err(ApiError::LayerExists(spec.id));
+        }
+        let n = self.policy.layers.len();
+        let pos = position.unwrap_or(n);
+        if pos > n {
+            return Err(ApiError::BadPosition {
+                position: pos,
+                layers: n,
+            });
+        }
+        // Validate and build everything before touching the port.
+        let mut prepared = Vec::with_capacity(spec.groups.len());
+        let mut group_ids = std::collections::HashSet::new();
+        for g in spec.groups {
+            if !group_ids.insert(g.id.clone()) {
+                return Err(ApiError::GroupExists {
+                    layer: spec.id.clone(),
+                    group: g.id,
+                });
+            }
+            prepared.push(g.prepare(&self.registry).map_err(|e| with_layer(e, &spec.id))?);
+        }
+        check_unique_rules(&spec.id, prepared.iter().map(|p| &p.0.group))?;
+        let generation = self.bump();
+        let uid = self.next_layer_uid;
+        self.next_layer_uid += 1;
+        let counter = self.counters.arena.slot(CounterName::Layer {
+            layer: spec.id.clone(),
+        });
+        let groups = prepared
+            .into_iter()
+            .map(|p| Arc::new(self.assign_counters(&spec.id, p)))
+            .collect();
+        let layer = LayerPolicy {
+            id: spec.id,
+            uid,
+            default_out: spec.default_out,
+            default_in: spec.default_in,
+            groups,
+            generation,
+            counter,
+        };
+        let mut policy = (*self.policy).clone();
+        policy.layers.insert(pos, Arc::new(layer));
+        self.policy = Arc::new(policy);
+        self.layer_flows.push((uid, LayerFlowTable::default()));
+        Ok(())
+    }
+
+    /// Remove a layer and its layer flows (releasing their resources).
+    pub fn remove_layer(&mut self, id: &str) -> Result<(), ApiError> {
+        let pos = self
+            .policy
+            .position(id)
+            .ok_or_else(|| ApiError::NoSuchLayer(id.into()))?;
+        self.bump();
+        let mut policy = (*self.policy).clone();
+        let layer = policy.layers.remove(pos);
+        self.policy = Arc::new(policy);
+        if let Some(i) = self.layer_flows.iter().position(|(u, _)| *u == layer.uid) {
+            let (_, mut table) = self.layer_flows.swap_remove(i);
+            for f in table.drain() {
+                self.resources.release(&f.state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Change a layer's default actions.
+    pub fn set_layer_defaults(
+        &mut self,
+        id: &str,
+        default_out: DefaultAction,
+        default_in: DefaultAction,
+    ) -> Result<(), ApiError> {
+        let pos = self
+            .policy
+            .position(id)
+            .ok_or_else(|| ApiError::NoSuchLayer(id.into()))?;
+        let generation = self.bump();
+        let mut layer = (*self.policy.layers[pos]).clone();
+        layer.default_out = default_out;
+        layer.default_in = default_in;
+        layer.generation = generation;
+        self.replace_layer(pos, layer);
+        Ok(())
+    }
+
+    fn replace_layer(&mut self, pos: usize, layer: LayerPolicy) {
+        let mut policy = (*self.policy).clone();
+        policy.layers[pos] = Arc::new(layer);
+        self.policy = Arc::new(policy);
+    }
+
+    fn assign_counters(&mut self, layer: &str, p: PreparedGroup) -> crate::policy::CompiledGroup {
+        let mut g = p.0;
+        for (r, c) in g.group.rules.iter().zip(g.rules.iter_mut()) {
+            c.counter = self.counters.arena.slot(CounterName::Rule {
+                layer: layer.to_string(),
+                rule: r.id.clone(),
+            });
+        }
+        g
+    }
+
+    /// Add or atomically replace a group (validated and compiled first).
+    pub fn set_group(&mut self, layer: &str, group: Group) -> Result<(), ApiError> {
+        let prepared = group
+            .prepare(&self.registry)
+            .map_err(|e| with_layer(e, layer))?;
+        self.install_group(layer, prepared)
+    }
+
+    /// Install a group prepared off the datapath: replaces the group with the
+    /// same id in place, or appends it. One swap; nothing half-built is ever
+    /// visible.
+    pub fn install_group(&mut self, layer: &str, prepared: PreparedGroup) -> Result<(), ApiError> {
+        let pos = self
+            .policy
+            .position(layer)
+            .ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
+        let old = &self.policy.layers[pos];
+        let gid = prepared.0.group.id.clone();
+        let others = old.groups.iter().filter(|g| g.group.id != gid).map(|g| &g.group);
+        check_unique_rules(layer, others.chain(std::iter::once(&prepared.0.group)))?;
+        let generation = self.bump();
+        let compiled = Arc::new(self.assign_counters(layer, prepared));
+        let mut l = (*self.policy.layers[pos]).clone();
+        match l.groups.iter().position(|g| g.group.id == gid) {
+            Some(i) => l.groups[i] = compiled,
+            None => l.groups.push(compiled),
+        }
+        l.generation = generation;
+        self.replace_layer(pos, l);
+        Ok(())
+    }
+
+    pub fn remove_group(&mut self, layer: &str, group: &str) -> Result<(), ApiError> {
+        let pos = self
+            .policy
+            .position(layer)
+            .ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
+        let i = self.policy.layers[pos]
+            .groups
+            .iter()
+            .position(|g| g.group.id == group)
+            .ok_or_else(|| ApiError::NoSuchGroup {
+                layer: layer.into(),
+                group: group.into(),
+            })?;
+        let generation = self.bump();
+        let mut l = (*self.policy.layers[pos]).clone();
+        l.groups.remove(i);
+        l.generation = generation;
+        self.replace_layer(pos, l);
+        Ok(())
+    }
+
+    // ----- resources API ----------------------------------------------------
+
+    pub fn add_mapping_table(&mut self, name: &str) -> Result<(), ApiError> {
+        self.resources.add_mapping_table(name)?;
+        self.bump();
+        Ok(())
+    }
+
+    /// Install or update a CA → PA mapping (the agent's answer to a miss).
+    pub fn set_mapping(&mut self, table: &str, ca: IpAddr, m: Mapping) -> Result<(), ApiError> {
+        if m.vni > 0x00ff_ffff {
+            return Err(ApiError::InvalidResource {
+                name: table.into(),
+                message: format!("vni {} does not fit 24 bits", m.vni),
+            });
+        }
+        self.resources.mapping_mut(table)?.insert(ca, m);
+        self.events.table_changed(table);
+        self.bump();
+        Ok(())
+    }
+
+    pub fn remove_mapping(&mut self, table: &str, ca: IpAddr) -> Result<(), ApiError> {
+        self.resources.mapping_mut(table)?.remove(&ca);
+        self.events.table_changed(table);
+        self.bump();
+        Ok(())
+    }
+
+    pub fn add_port_pool(
+        &mut self,
+        name: &str,
+        ip: IpAddr,
+        ranges: Vec<(u16, u16)>,
+    ) -> Result<(), ApiError> {
+        self.resources.add_port_pool(name, ip, ranges)?;
+        self.bump();
+        Ok(())
+    }
+
+    pub fn set_backend_pool(&mut self, name: &str, backends: Vec<Backend>) -> Result<(), ApiError> {
+        self.resources.set_backend_pool(name, backends)?;
+        self.bump();
+        Ok(())
+    }
+
+    // ----- datapath ---------------------------------------------------------
+
+    /// Process one frame in place. On `Forward` the buffer holds the frame to
+    /// send on.
+    pub fn process(&mut self, d: Direction, buf: &mut PacketBuf, now: Time) -> Verdict {
+        let parsed = match parse(buf.as_slice()) {
+            Ok(p) => p,
+            Err(e) => {
+                let dc = &mut self.counters.dir[d.index()];
+                dc.packets += 1;
+                dc.bytes += buf.len() as u64;
+                dc.dropped += 1;
+                self.counters.drops[DropReason::Malformed.index()] += 1;
+                *self
+                    .counters
+                    .malformed
+                    .entry(e.reason().to_string())
+                    .or_insert(0) += 1;
+                return Verdict::Drop {
+                    reason: DropReason::Malformed,
+                    layer: None,
+                };
+            }
+        };
+        let bytes = u64::from(parsed.meta.frame_len);
+        {
+            let dc = &mut self.counters.dir[d.index()];
+            dc.packets += 1;
+            dc.bytes += bytes;
+        }
+        let hash = uft_hash(d, &parsed.ufid);
+        let conn = match self.uft.lookup(d, &parsed.ufid, hash) {
+            Some(c) => {
+                self.counters.dir[d.index()].fast_path += 1;
+                c
+            }
+            None => {
+                self.counters.dir[d.index()].slow_path += 1;
+                self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now)
+            }
+        };
+        let stale = self
+            .uft
+            .get(conn)
+            .and_then(|c| c.side(d))
+            .is_some_and(|uf| uf.generation != self.generation);
+        if stale {
+            self.counters.dir[d.index()].reconciled += 1;
+            self.reconcile(conn, d, now);
+        }
+        let Some(c) = self.uft.get_mut(conn) else {
+            return Verdict::Drop {
+                reason: DropReason::ActionRefused,
+                layer: None,
+            };
+        };
+        c.last_seen = now;
+        c.referenced = true;
+        let Some(uf) = c.sides[d.index()].as_ref() else {
+            return Verdict::Drop {
+                reason: DropReason::ActionRefused,
+                layer: None,
+            };
+        };
+        let verdict = uf.verdict;
+        match verdict {
+            Verdict::Forward => {
+                if let Some(t) = c.tcp.as_mut() {
+                    t.update(d, &parsed.meta, now, &mut self.counters.tcp);
+                }
+                for &slot in uf.counters.iter() {
+                    self.counters.arena.hit(slot, bytes);
+                }
+                let dc = &mut self.counters.dir[d.index()];
+                match apply(&uf.transposition, buf, &parsed) {
+                    Ok(()) => {
+                        dc.forwarded += 1;
+                        Verdict::Forward
+                    }
+                    Err(_) => {
+                        dc.dropped += 1;
+                        self.counters.drops[DropReason::EmitFailed.index()] += 1;
+                        Verdict::Drop {
+                            reason: DropReason::EmitFailed,
+                            layer: None,
+                        }
+                    }
+                }
+            }
+            Verdict::Drop { reason, .. } => {
+                for &slot in uf.counters.iter() {
+                    self.counters.arena.drop_one(slot);
+                }
+                self.counters.dir[d.index()].dropped += 1;
+                self.counters.drops[reason.index()] += 1;
+                verdict
+            }
+        }
+    }
+
+    /// Process a batch of frames of one direction; verdicts go to `out`
+    /// (which must be at least as long as `bufs`).
+    pub fn process_batch(
+        &mut self,
+        d: Direction,
+        bufs: &mut [PacketBuf],
+        now: Time,
+        out: &mut [Verdict],
+    ) {
+        for (b, v) in bufs.iter_mut().zip(out.iter_mut()) {
+            *v = self.process(d, b, now);
+        }
+    }
+
+    /// Slow path: compile a new unified flow and its pair.
+    fn create_flow(&mut self, d: Direction, ufid: &Ufid, hash: u64, meta: &PacketMeta, now: Time) -> u32 {
+        let sim = self.simulate(d, ufid, now, Mode::Create, false);
+        let forward = sim.verdict.is_none();
+        let final_ufid = sim.transposition.apply_to_ufid(ufid);
+        let uf = self.unified_flow(ufid, hash, &sim);
+
+        // VM-side pairing: an inbound flow whose VM-side key reversed is an
+        // existing outbound flow joins that connection (asymmetric paths).
+        if d == Direction::In {
+            let out_key = final_ufid.reversed();
+            if let Some(c) = self.uft.lookup(Direction::Out, &out_key, uft_hash(Direction::Out, &out_key)) {
+                self.uft.set_side(c, d, uf);
+                let mut added = Vec::new();
+                if let Some(conn) = self.uft.get_mut(c) {
+                    added = add_refs(&mut conn.layer_flows, &sim.refs);
+                    if forward && conn.tcp.is_none() && ufid.inner.is_tcp() {
+                        conn.tcp = Some(TcpConn::new(d, meta, now, &mut self.counters.tcp));
+                    }
+                }
+                self.hold(&added);
+                return c;
+            }
+        }
+
+        if self.uft.len() >= self.config.max_connections {
+            self.evict_one(now);
+        }
+        let tcp = (forward && ufid.inner.is_tcp())
+            .then(|| TcpConn::new(d, meta, now, &mut self.counters.tcp));
+        let mut layer_flows = Vec::with_capacity(sim.refs.len());
+        let added = add_refs(&mut layer_flows, &sim.refs);
+        let conn = Connection {
+            sides: [None, None],
+            initiator: d,
+            tcp,
+            layer_flows,
+            created: now,
+            last_seen: now,
+            idle_ttl: sim.ttl,
+            referenced: false,
+        };
+        self.hold(&added);
+        let c = self.uft.alloc(conn);
+        self.uft.set_side(c, d, uf);
+        self.counters.flows.connections_created += 1;
+        if !forward {
+            return c;
+        }
+
+        // Create the partner flow by simulation, so the first packet the
+        // other way already hits the fast path.
+        let pd = d.opposite();
+        let pkey = final_ufid.reversed();
+        let phash = uft_hash(pd, &pkey);
+        if self.uft.lookup(pd, &pkey, phash).is_some() {
+            return c;
+        }
+        let psim = self.simulate(pd, &pkey, now, Mode::Create, false);
+        let paired = psim.verdict.is_none()
+            && match d {
+                // The inbound result, reversed, must be this outbound flow.
+                Direction::Out => psim.transposition.apply_to_ufid(&pkey).reversed() == *ufid,
+                // The outbound partner is keyed by the VM-side key itself.
+                Direction::In => true,
+            };
+        if paired {
+            let puf = self.unified_flow(&pkey, phash, &psim);
+            self.uft.set_side(c, pd, puf);
+            let mut added = Vec::new();
+            if let Some(conn) = self.uft.get_mut(c) {
+                added = add_refs(&mut conn.layer_flows, &psim.refs);
+                conn.idle_ttl = min_ttl(conn.idle_ttl, psim.ttl);
+            }
+            self.hold(&added);
+        } else {
+            self.rollback(&psim.created);
+        }
+        c
+    }
+
+    fn unified_flow(&self, key: &Ufid, hash: u64, sim: &Sim) -> UnifiedFlow {
+        let forward = sim.verdict.is_none();
+        UnifiedFlow {
+            key: *key,
+            hash,
+            generation: self.generation,
+            transposition: if forward {
+                sim.transposition.clone()
+            } else {
+                Transposition::identity()
+            },
+            verdict: sim.verdict(),
+            counters: if forward {
+                sim.counters.clone().into_boxed_slice()
+            } else {
+                sim.drop_counters.clone().into_boxed_slice()
+            },
+        }
+    }
+
+    /// Re-simulate a stale unified flow (VFP-13).
+    fn reconcile(&mut self, c: u32, d: Direction, now: Time) {
+        let Some(key) = self.uft.get(c).and_then(|c| c.side(d)).map(|uf| uf.key) else {
+            return;
+        };
+        let sim = self.simulate(d, &key, now, Mode::Create, false);
+        let hash = uft_hash(d, &key);
+        let uf = self.unified_flow(&key, hash, &sim);
+        let mut new_refs = Vec::new();
+        if let Some(conn) = self.uft.get_mut(c) {
+            new_refs = add_refs(&mut conn.layer_flows, &sim.refs);
+            conn.idle_ttl = sim.ttl;
+            if let Some(side) = conn.sides[d.index()].as_mut() {
+                if side.transposition == uf.transposition
+                    && side.verdict == uf.verdict
+                    && side.counters == uf.counters
+                {
+                    side.generation = uf.generation;
+                } else {
+                    *side = uf;
+                }
+            }
+        }
+        self.hold(&new_refs);
+    }
+
+    /// Take a reference on layer flows for a connection.
+    fn hold(&mut self, refs: &[LayerFlowRef]) {
+        for r in refs {
+            if let Some(f) = self.table_mut(r.layer_uid).and_then(|t| t.get_mut(r.slot)) {
+                f.refs += 1;
+            }
+        }
+    }
+
+    fn table_mut(&mut self, uid: u32) -> Option<&mut LayerFlowTable> {
+        self.layer_flows
+            .iter_mut()
+            .find(|(u, _)| *u == uid)
+            .map(|(_, t)| t)
+    }
+
+    /// Undo layer flows created by a simulation whose result is not used.
+    fn rollback(&mut self, created: &[LayerFlowRef]) {
+        for r in created {
+            let released = self.table_mut(r.layer_uid).and_then(|t| {
+                // Created flows have no holder yet: take and free them.
+                if let Some(f) = t.get_mut(r.slot) {
+                    f.refs = 1;
+                }
+                t.release(r.slot)
+            });
+            if let Some(f) = released {
+                self.teardown(r.layer_uid, &f);
+            }
+        }
+    }
+
+    /// Release a layer flow's per-flow state.
+    fn teardown(&mut self, layer_uid: u32, f: &LayerFlow) {
+        self.resources.release(&f.state);
+        if let ActionState::Custom(_) = f.state {
+            let policy = Arc::clone(&self.policy);
+            if let Some(l) = policy.layers.iter().find(|l| l.uid == layer_uid) {
+                for g in &l.groups {
+                    if let Some(i) = g.group.rules.iter().position(|r| r.id == f.rule_id) {
+                        g.rules[i].action.teardown(&f.state, &mut self.resources);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Walk the layers for `ufid` in direction `d` (the flow compiler).
+    fn simulate(&mut self, d: Direction, ufid: &Ufid, now: Time, mode: Mode, trace: bool) -> Sim {
+        let policy = Arc::clone(&self.policy);
+        let n = policy.layers.len();
+        let mut sim = Sim::default();
+        for step in 0..n {
+            let li = match d {
+                Direction::Out => step,
+                Direction::In => n - 1 - step,
+            };
+            let layer = &policy.layers[li];
+            let local = sim.transposition.apply_to_ufid(ufid);
+
+            // 1. An existing layer flow decides.
+            if let Some((slot, side)) = self.layer_flow_hit(layer, d, &local, now, mode) {
+                let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
+                    continue;
+                };
+                let t = f.transpositions[side].clone();
+                sim.counters.extend_from_slice(&f.counters[side]);
+                sim.counters.push(layer.counter);
+                sim.counters.push(f.rule_counter);
+                sim.ttl = min_ttl(sim.ttl, f.ttl);
+                if trace {
+                    sim.trace.push(LayerTrace {
+                        layer: layer.id.clone(),
+                        input: local,
+                        decision: LayerDecision::LayerFlow {
+                            rule: f.rule_id.clone(),
+                            reverse: side == 1,
+                        },
+                        transposition: t.describe(),
+                        dropped: None,
+                    });
+                }
+                sim.refs.push(LayerFlowRef {
+                    layer_uid: layer.uid,
+                    slot,
+                });
+                sim.transposition = sim.transposition.then(&t);
+                continue;
+            }
+
+            // 2. Classify.
+            let fv = FieldValues::from_ufid(&local);
+            let Some(rref) = layer.classify(d, &fv) else {
+                let def = layer.default_for(d);
+                if trace {
+                    sim.trace.push(LayerTrace {
+                        layer: layer.id.clone(),
+                        input: local,
+                        decision: LayerDecision::Default(def),
+                        transposition: "identity".into(),
+                        dropped: (def == DefaultAction::Block).then_some(DropReason::DefaultBlock),
+                    });
+                }
+                match def {
+                    DefaultAction::Allow => sim.counters.push(layer.counter),
+                    DefaultAction::Block => {
+                        sim.verdict = Some((DropReason::DefaultBlock, li as u16));
+                        sim.drop_counters = vec![layer.counter];
+                        break;
+                    }
+                }
+                continue;
+            };
+            let (out, lf) = self.run_rule(layer, rref, d, &local, now, mode);
+            let Some((rule, crule, group)) = layer.rule(rref) else {
+                continue;
+            };
+            if trace {
+                sim.trace.push(LayerTrace {
+                    layer: layer.id.clone(),
+                    input: local,
+                    decision: LayerDecision::Rule {
+                        group: group.id.clone(),
+                        rule: rule.id.clone(),
+                        stateful: rule.stateful,
+                    },
+                    transposition: out.transposition.describe(),
+                    dropped: out.verdict.err(),
+                });
+            }
+            if let Err(reason) = out.verdict {
+                sim.verdict = Some((reason, li as u16));
+                sim.drop_counters = vec![layer.counter, crule.counter];
+                break;
+            }
+            if let Some(slot) = lf {
+                let r = LayerFlowRef {
+                    layer_uid: layer.uid,
+                    slot,
+                };
+                sim.refs.push(r);
+                sim.created.push(r);
+            }
+            sim.counters.extend_from_slice(&out.counters);
+            sim.counters.push(layer.counter);
+            sim.counters.push(crule.counter);
+            sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
+            sim.transposition = sim.transposition.then(&out.transposition);
+        }
+        if sim.verdict.is_some() && mode == Mode::Create {
+            let created = std::mem::take(&mut sim.created);
+            self.rollback(&created);
+            sim.refs.retain(|r| !created.contains(r));
+        }
+        sim
+    }
+
+    /// Run a rule's action for `local`; a stateful rule that allows creates
+    /// a layer flow pair (in create mode). Returns the output and the new
+    /// flow's slot.
+    fn run_rule(
+        &mut self,
+        layer: &LayerPolicy,
+        rref: RuleRef,
+        d: Direction,
+        local: &Ufid,
+        now: Time,
+        mode: Mode,
+    ) -> (ActionOutput, Option<u32>) {
+        let Some((rule, crule, _)) = layer.rule(rref) else {
+            return (ActionOutput::drop(DropReason::ActionRefused), None);
+        };
+        let mut cx = ActionCx {
+            direction: d,
+            flow: local,
+            now,
+            dry_run: mode == Mode::DryRun,
+            layer: &layer.id,
+            rule: &rule.id,
+            resources: &mut self.resources,
+            events: &mut self.events,
+            counters: &mut self.counters.arena,
+        };
+        let mut out = crule.action.process(&mut cx);
+        if out.verdict.is_err() || !rule.stateful || mode == Mode::DryRun {
+            // Stateless rules keep no per-flow state.
+            if out.state != ActionState::None {
+                self.resources.release(&out.state);
+                out.state = ActionState::None;
+            }
+            return (out, None);
+        }
+        let after = out.transposition.apply_to_ufid(local);
+        let flow = LayerFlow {
+            origin: d,
+            keys: [*local, after.reversed()],
+            transpositions: [
+                out.transposition.clone(),
+                out.transposition.reverse_for(local),
+            ],
+            counters: [out.counters.clone(), Vec::new()],
+            rule_id: rule.id.clone(),
+            rule_counter: crule.counter,
+            fingerprint: crule.fingerprint,
+            layer_generation: layer.generation,
+            state: std::mem::take(&mut out.state),
+            refs: 0,
+            detached: false,
+            ttl: rule.ttl_secs.map(secs),
+        };
+        let uid = layer.uid;
+        let Some(table) = self.table_mut(uid) else {
+            self.resources.release(&flow.state);
+            return (out, None);
+        };
+        let slot = table.insert(flow);
+        self.counters.flows.layer_flows_created += 1;
+        (out, Some(slot))
+    }
+
+    /// Look up `(d, local)` in the layer's flow table, revalidating a flow
+    /// made under an older layer generation: it stays if the same rule (id
+    /// and content) still decides its origin key; otherwise it is detached
+    /// and, if another stateful rule now decides the origin key, re-derived
+    /// from it.
+    fn layer_flow_hit(
+        &mut self,
+        layer: &LayerPolicy,
+        d: Direction,
+        local: &Ufid,
+        now: Time,
+        mode: Mode,
+    ) -> Option<(u32, usize)> {
+        let (slot, side) = self.flow_table(layer.uid)?.lookup(d, local)?;
+        let f = self.flow_table(layer.uid)?.get(slot)?;
+        if f.layer_generation == layer.generation {
+            return Some((slot, side));
+        }
+        let origin = f.origin;
+        let origin_key = f.keys[0];
+        let fv = FieldValues::from_ufid(&origin_key);
+        let decided = layer.classify(origin, &fv);
+        let still = decided
+            .and_then(|r| layer.rule(r))
+            .is_some_and(|(r, cr, _)| r.stateful && r.id == f.rule_id && cr.fingerprint == f.fingerprint);
+        if mode == Mode::DryRun {
+            return still.then_some((slot, side));
+        }
+        let table = self.table_mut(layer.uid)?;
+        if still {
+            if let Some(f) = table.get_mut(slot) {
+                f.layer_generation = layer.generation;
+            }
+            return Some((slot, side));
+        }
+        table.detach(slot);
+        if table.get(slot).is_some_and(|f| f.refs == 0)
+            && let Some(f) = table.release(slot)
+        {
+            self.teardown(layer.uid, &f);
+        }
+        let rref = decided?;
+        let stateful = layer.rule(rref).is_some_and(|(r, _, _)| r.stateful);
+        if !stateful {
+            return None;
+        }
+        let (_, new_slot) = self.run_rule(layer, rref, origin, &origin_key, now, mode);
+        let new_slot = new_slot?;
+        let table = self.flow_table(layer.uid)?;
+        match table.lookup(d, local) {
+            Some((s, side)) if s == new_slot => Some((s, side)),
+            _ => {
+                // The re-derived flow does not cover this packet's key (e.g.
+                // a new SNAT port); it stays for the origin direction's next
+                // packet only if someone holds it.
+                if let Some(t) = self.table_mut(layer.uid)
+                    && let Some(f) = t.get_mut(new_slot)
+                {
+                    f.refs = 1;
+                    if let Some(f) = t.release(new_slot) {
+                        self.teardown(layer.uid, &f);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    // ----- expiry and eviction ---------------------------------------------
+
+    /// When connection `c` expires.
+    fn deadline(&self, c: &Connection) -> Time {
+        let cfg = &self.config;
+        if let Some(t) = &c.tcp {
+            return match t.state {
+                TcpState::TimeWait => t.finished_at.saturating_add(cfg.tcp_time_wait),
+                TcpState::Closed => t.finished_at.saturating_add(cfg.tcp_closed_linger),
+                s if s.is_half_open() => c.last_seen.saturating_add(cfg.tcp_half_open_idle),
+                _ => c
+                    .last_seen
+                    .saturating_add(c.idle_ttl.unwrap_or(cfg.tcp_established_idle)),
+            };
+        }
+        let proto = c
+            .sides
+            .iter()
+            .flatten()
+            .next()
+            .map(|uf| uf.key.inner.proto)
+            .unwrap_or(0);
+        let idle = if c.is_drop_only() {
+            cfg.tcp_half_open_idle
+        } else if proto == ipproto::UDP {
+            c.idle_ttl.unwrap_or(cfg.udp_idle)
+        } else {
+            c.idle_ttl.unwrap_or(cfg.other_idle)
+        };
+        c.last_seen.saturating_add(idle)
+    }
+
+    /// Remove every connection whose time has come (idle TTLs, TIME_WAIT,
+    /// resets), releasing layer flows and SNAT ports. Returns how many.
+    pub fn expire(&mut self, now: Time) -> usize {
+        let due: Vec<u32> = self
+            .uft
+            .iter()
+            .filter(|(_, c)| self.deadline(c) <= now)
+            .map(|(i, _)| i)
+            .collect();
+        for &c in &due {
+            let closed = self
+                .uft
+                .get(c)
+                .and_then(|c| c.tcp)
+                .is_some_and(|t| t.state.is_finished());
+            if closed {
+                self.counters.flows.connections_closed += 1;
+            } else {
+                self.counters.flows.connections_expired += 1;
+            }
+            self.remove_connection(c);
+        }
+        due.len()
+    }
+
+    fn remove_connection(&mut self, c: u32) {
+        let Some(conn) = self.uft.remove(c) else {
+            return;
+        };
+        for r in conn.layer_flows {
+            let released = self.table_mut(r.layer_uid).and_then(|t| t.release(r.slot));
+            if let Some(f) = released {
+                self.teardown(r.layer_uid, &f);
+            }
+        }
+    }
+
+    /// Make room for one connection: a bounded clock sweep preferring
+    /// expired, closed, half-open and drop-only connections.
+    fn evict_one(&mut self, now: Time) {
+        let cfg = self.config.clone();
+        let score = |c: &Connection| -> u32 {
+            let expired = {
+                let idle = c.idle_ttl.unwrap_or(cfg.tcp_established_idle);
+                c.last_seen.saturating_add(idle) <= now
+            };
+            match c.tcp.map(|t| t.state) {
+                _ if expired => 4,
+                Some(s) if s.is_finished() => 3,
+                Some(s) if s.is_half_open() => 2,
+                None if c.is_drop_only() => 2,
+                None => 1,
+                Some(_) => 0,
+            }
+        };
+        let Some(victim) = self.uft.pick_victim(EVICTION_WINDOW, score) else {
+            return;
+        };
+        match self.uft.get(victim).map(|c| (c.tcp.map(|t| t.state), c.is_drop_only())) {
+            Some((Some(s), _)) if s.is_half_open() => self.counters.flows.evicted_half_open += 1,
+            Some((Some(s), _)) if !s.is_finished() => {
+                self.counters.flows.evicted_established += 1
+            }
+            _ => self.counters.flows.evicted_other += 1,
+        }
+        self.remove_connection(victim);
+    }
+
+    // ----- diagnostics -------------------------------------------------------
+
+    /// Simulate a UFID through the port (VFP-23) without changing anything:
+    /// each layer's decision and transposition, the final transposition, and
+    /// what the unified flow table currently caches for it.
+    pub fn trace(&mut self, d: Direction, ufid: &Ufid, now: Time) -> Trace {
+        let sim = self.simulate(d, ufid, now, Mode::DryRun, true);
+        let cached = self.connection(d, ufid).and_then(|c| match d {
+            Direction::Out => c.out_flow,
+            Direction::In => c.in_flow,
+        });
+        Trace {
+            direction: d,
+            input: *ufid,
+            output: sim.transposition.apply_to_ufid(ufid),
+            transposition: sim.transposition.describe(),
+            verdict: sim.verdict(),
+            layers: sim.trace,
+            cached: cached.map(|uf| crate::trace::CachedFlow {
+                generation: uf.generation,
+                current: uf.generation == self.generation,
+                transposition: uf.transposition.describe(),
+                verdict: uf.verdict,
+            }),
+        }
+    }
+
+    /// Trace a frame (parsed first).
+    pub fn trace_frame(&mut self, d: Direction, frame: &[u8], now: Time) -> Result<Trace, strata_packet::ParseError> {
+        let p = parse(frame)?;
+        Ok(self.trace(d, &p.ufid, now))
+    }
+}
+
+/// Add refs not yet held; returns the ones added (to take references on).
+fn add_refs(into: &mut Vec<LayerFlowRef>, refs: &[LayerFlowRef]) -> Vec<LayerFlowRef> {
+    let mut added = Vec::new();
+    for r in refs {
+        if !into.contains(r) {
+            into.push(*r);
+            added.push(*r);
+        }
+    }
+    added
+}
+
+fn min_ttl(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+fn with_layer(e: ApiError, layer: &str) -> ApiError {
+    match e {
+        ApiError::DuplicateRule { rule, .. } => ApiError::DuplicateRule {
+            layer: layer.to_string(),
+            rule,
+        },
+        e => e,
+    }
+}
+
+/// Rule ids are unique across a layer's groups (counters are named by them).
+fn check_unique_rules<'a>(
+    layer: &str,
+    groups: impl Iterator<Item = &'a Group>,
+) -> Result<(), ApiError> {
+    let mut seen = std::collections::HashSet::new();
+    for g in groups {
+        for r in &g.rules {
+            if !seen.insert(r.id.as_str()) {
+                return Err(ApiError::DuplicateRule {
+                    layer: layer.to_string(),
+                    rule: r.id.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! Resources (VFP-7): shared objects that rules refer to by name.
+//!
+//! - [`MappingTable`]: CA → PA mappings for VNET encap (tenant IP → physical
+//!   IP, MAC, VNI). A miss raises a [`ResourceEvent::MappingMiss`] on the
+//!   port's event channel (the VL2 directory "pull" model) and the packet is
+//!   dropped with `mapping-miss`; the agent installs the answer, which bumps
+//!   the port generation so the cached drop flow reconciles on the next
+//!   packet. Dropping (not holding) keeps the engine free of packet queues;
+//!   the sender's retransmission after the agent's answer gets through.
+//! - [`PortPool`]: a range list of SNAT ports on one public IP. Ports go back
+//!   to the *end* of the free list when the connection ends (after TIME_WAIT
+//!   for TCP), so a just-freed port is the last to be reused.
+//! - [`BackendPool`]: the DIPs of a load-balanced VIP.
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use hashbrown::{HashMap, HashSet};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use strata_packet::flow::{MacAddr, TunnelKind};
+
+use crate::error::ApiError;
+
+/// One CA → PA mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mapping {
+    /// Physical address of the host holding the CA.
+    pub pa: IpAddr,
+    /// MAC to use as the outer destination (next hop) for that PA.
+    pub pa_mac: MacAddr,
+    /// Inner destination MAC (the remote VNIC's MAC).
+    pub ca_mac: MacAddr,
+    pub vni: u32,
+    pub tunnel: TunnelKind,
+}
+
+/// A CA → PA mapping table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingTable {
+    entries: HashMap<IpAddr, Mapping>,
+}
+
+impl MappingTable {
+    pub fn get(&self, ca: &IpAddr) -> Option<&Mapping> {
+        self.entries.get(ca)
+    }
+
+    pub fn insert(&mut self, ca: IpAddr, m: Mapping) {
+        self.entries.insert(ca, m);
+    }
+
+    pub fn remove(&mut self, ca: &IpAddr) -> Option<Mapping> {
+        self.entries.remove(ca)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A pool of SNAT ports on one public address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPool {
+    pub ip: IpAddr,
+    /// The configured ranges (inclusive).
+    pub ranges: Vec<(u16, u16)>,
+    free: VecDeque<u16>,
+    in_use: HashSet<u16>,
+}
+
+impl PortPool {
+    pub fn new(ip: IpAddr, ranges: Vec<(u16, u16)>) -> Result<PortPool, String> {
+        if ranges.is_empty() {
+            return Err("a port pool needs at least one range".into());
+        }
+        let mut free = VecDeque::new();
+        let mut seen = HashSet::new();
+        for &(lo, hi) in &ranges {
+            if lo == 0 || lo > hi {
+                return Err(format!("bad port range {lo}-{hi}"));
+            }
+            for p in lo..=hi {
+                if !seen.insert(p) {
+                    return Err(format!("port {p} appears in two ranges"));
+                }
+                free.push_back(p);
+            }
+        }
+        Ok(PortPool {
+            ip,
+            ranges,
+            free,
+            in_use: HashSet::new(),
+        })
+    }
+
+    /// Take the least recently freed port.
+    pub fn allocate(&mut self) -> Option<u16> {
+        let p = self.free.pop_front()?;
+        self.in_use.insert(p);
+        Some(p)
+    }
+
+    /// The port `allocate` would return, without taking it (dry runs).
+    pub fn peek(&self) -> Option<u16> {
+        self.free.front().copied()
+    }
+
+    /// Return a port; ports not taken from this pool are ignored.
+    pub fn release(&mut self, port: u16) {
+        if self.in_use.remove(&port) {
+            self.free.push_back(port);
+        }
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use.len()
+    }
+}
+
+/// One backend of a load-balanced service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    pub ip: IpAddr,
+    /// Backend port; `None` keeps the VIP's port.
+    pub port: Option<u16>,
+}
+
+/// The DIPs behind a VIP. Selection hashes the connection's 5-tuple, and the
+/// stateful NAT layer flow then pins the choice (connection affinity), so
+/// changing the pool moves only new connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendPool {
+    pub backends: Vec<Backend>,
+}
+
+/// Every resource of a port, by name.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub mappings: BTreeMap<String, MappingTable>,
+    pub port_pools: BTreeMap<String, PortPool>,
+    pub backend_pools: BTreeMap<String, BackendPool>,
+}
+
+impl Resources {
+    fn exists(&self, name: &str) -> bool {
+        self.mappings.contains_key(name)
+            || self.port_pools.contains_key(name)
+            || self.backend_pools.contains_key(name)
+    }
+
+    pub fn add_mapping_table(&mut self, name: &str) -> Result<(), ApiError> {
+        crate::error::check_id(name)?;
+        if self.exists(name) {
+            return Err(ApiError::ResourceExists(name.into()));
+        }
+        self.mappings.insert(name.into(), MappingTable::default());
+        Ok(())
+    }
+
+    pub fn add_port_pool(
+        &mut self,
+        name: &str,
+        ip: IpAddr,
+        ranges: Vec<(u16, u16)>,
+    ) -> Result<(), ApiError> {
+        crate::error::check_id(name)?;
+        if self.exists(name) {
+            return Err(ApiError::ResourceExists(name.into()));
+        }
+        let pool = PortPool::new(ip, ranges).map_err(|message| ApiError::InvalidResource {
+            name: name.into(),
+            message,
+        })?;
+        self.port_pools.insert(name.into(), pool);
+        Ok(())
+    }
+
+    pub fn set_backend_pool(&mut self, name: &str, backends: Vec<Backend>) -> Result<(), ApiError> {
+        crate::error::check_id(name)?;
+        if self.mappings.contains_key(name) || self.port_pools.contains_key(name) {
+            return Err(ApiError::ResourceExists(name.into()));
+        }
+        self.backend_pools
+            .insert(name.into(), BackendPool { backends });
+        Ok(())
+    }
+
+    pub fn mapping_mut(&mut self, name: &str) -> Result<&mut MappingTable, ApiError> {
+        self.mappings
+            .get_mut(name)
+            .ok_or_else(|| ApiError::NoSuchResource(name.into()))
+    }
+
+    /// Return per-flow state taken from a resource.
+    pub fn release(&mut self, state: &ActionState) {
+        if let ActionState::SnatPort { pool, port, .. } = state
+            && let Some(p) = self.port_pools.get_mut(pool)
+        {
+            p.release(*port);
+        }
+    }
+}
+
+/// Per-flow state an action took, kept in its layer flow and given back when
+/// the flow ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActionState {
+    #[default]
+    None,
+    SnatPort {
+        pool: String,
+        ip: IpAddr,
+        port: u16,
+    },
+    /// Opaque state of a custom action.
+    Custom(Vec<u8>),
+}
+
+/// An asynchronous event for the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResourceEvent {
+    /// A lookup in mapping table `table` found no entry for `key`.
+    MappingMiss { table: String, key: IpAddr },
+}
+
+/// The sending side of a port's event channel. Bounded: when the agent is
+/// not keeping up, events are counted as lost rather than queued without
+/// limit; repeated misses for a key already reported are suppressed until
+/// that table changes.
+#[derive(Debug)]
+pub struct EventSink {
+    tx: Sender<ResourceEvent>,
+    rx: Receiver<ResourceEvent>,
+    pending: HashSet<(String, IpAddr)>,
+    pub lost: u64,
+    pub sent: u64,
+}
+
+impl Default for EventSink {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(4096);
+        EventSink {
+            tx,
+            rx,
+            pending: HashSet::new(),
+            lost: 0,
+            sent: 0,
+        }
+    }
+}
+
+impl EventSink {
+    /// A receiver for the agent (all receivers share one queue).
+    pub fn subscribe(&self) -> Receiver<ResourceEvent> {
+        self.rx.clone()
+    }
+
+    pub fn mapping_miss(&mut self, table: &str, key: IpAddr) {
+        if !self.pending.insert((table.to_string(), key)) {
+            return;
+        }
+        match self.tx.try_send(ResourceEvent::MappingMiss {
+            table: table.to_string(),
+            key,
+        }) {
+            Ok(()) => self.sent += 1,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.lost += 1;
+                self.pending.remove(&(table.to_string(), key));
+            }
+        }
+    }
+
+    /// Forget suppressed misses of a table (it changed).
+    pub fn table_changed(&mut self, table: &str) {
+        self.pending.retain(|(t, _)| t != table);
+    }
+}

@@ -1,0 +1,146 @@
+//! State save/restore (VFP-20): a port — policy, layer flows, unified flows,
+//! TCP state, resources, counters — as bytes, and back.
+//!
+//! Format: a [`Envelope`] (magic, format version, payload) encoded with
+//! postcard; the payload is the version's state struct, also postcard. A
+//! reader refuses unknown magic or versions with a clear error instead of
+//! misreading. Indexes are not stored; they are rebuilt on restore, and
+//! layers are recompiled from their specs through the receiving port's
+//! action registry (custom actions must be registered there too).
+
+use crate::action::ActionRegistry;
+use crate::counters::{CounterName, PortCounters};
+use crate::error::ApiError;
+use crate::flow_table::{LayerFlowTable, UnifiedFlowTable};
+use crate::policy::{LayerPolicy, LayerSpec, PortConfig, PortPolicy};
+use crate::port::Port;
+use crate::resource::{EventSink, Resources};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub const MAGIC: [u8; 8] = *b"STRATASR";
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+pub struct Envelope {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LayerState {
+    uid: u32,
+    generation: u64,
+    spec: LayerSpec,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PortStateV1 {
+    name: String,
+    config: PortConfig,
+    generation: u64,
+    next_layer_uid: u32,
+    layers: Vec<LayerState>,
+    resources: Resources,
+    layer_flows: Vec<(u32, LayerFlowTable)>,
+    uft: UnifiedFlowTable,
+    counters: PortCounters,
+}
+
+impl Port {
+    /// Serialize the whole port.
+    pub fn snapshot(&self) -> Result<Vec<u8>, ApiError> {
+        let state = PortStateV1 {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            generation: self.generation,
+            next_layer_uid: self.next_layer_uid,
+            layers: self
+                .policy
+                .layers
+                .iter()
+                .map(|l| LayerState {
+                    uid: l.uid,
+                    generation: l.generation,
+                    spec: l.spec(),
+                })
+                .collect(),
+            resources: self.resources.clone(),
+            layer_flows: self.layer_flows.clone(),
+            uft: self.uft.clone(),
+            counters: self.counters.clone(),
+        };
+        let payload = postcard::to_stdvec(&state).map_err(|e| ApiError::Snapshot(e.to_string()))?;
+        postcard::to_stdvec(&Envelope {
+            magic: MAGIC,
+            version: VERSION,
+            payload,
+        })
+        .map_err(|e| ApiError::Snapshot(e.to_string()))
+    }
+
+    /// Rebuild a port from [`Port::snapshot`] bytes.
+    pub fn restore(bytes: &[u8], registry: ActionRegistry) -> Result<Port, ApiError> {
+        let env: Envelope =
+            postcard::from_bytes(bytes).map_err(|e| ApiError::Snapshot(format!("bad envelope: {e}")))?;
+        if env.magic != MAGIC {
+            return Err(ApiError::Snapshot("not a Strata port snapshot (bad magic)".into()));
+        }
+        if env.version != VERSION {
+            return Err(ApiError::Snapshot(format!(
+                "snapshot format version {} is not supported (this build reads {VERSION})",
+                env.version
+            )));
+        }
+        let st: PortStateV1 = postcard::from_bytes(&env.payload)
+            .map_err(|e| ApiError::Snapshot(format!("bad payload: {e}")))?;
+        let mut counters = st.counters;
+        counters.arena.reindex();
+        let mut layers = Vec::with_capacity(st.layers.len());
+        for l in st.layers {
+            let counter = counters.arena.slot(CounterName::Layer {
+                layer: l.spec.id.clone(),
+            });
+            let mut groups = Vec::with_capacity(l.spec.groups.len());
+            for g in l.spec.groups {
+                let mut cg = g.prepare(&registry)?.0;
+                for (r, c) in cg.group.rules.iter().zip(cg.rules.iter_mut()) {
+                    c.counter = counters.arena.slot(CounterName::Rule {
+                        layer: l.spec.id.clone(),
+                        rule: r.id.clone(),
+                    });
+                }
+                groups.push(Arc::new(cg));
+            }
+            layers.push(Arc::new(LayerPolicy {
+                id: l.spec.id,
+                uid: l.uid,
+                default_out: l.spec.default_out,
+                default_in: l.spec.default_in,
+                groups,
+                generation: l.generation,
+                counter,
+            }));
+        }
+        let mut layer_flows = st.layer_flows;
+        for (_, t) in &mut layer_flows {
+            t.reindex();
+        }
+        let mut uft = st.uft;
+        uft.reindex();
+        Ok(Port {
+            name: st.name,
+            config: st.config,
+            policy: Arc::new(PortPolicy { layers }),
+            generation: st.generation,
+            next_layer_uid: st.next_layer_uid,
+            registry,
+            resources: st.resources,
+            events: EventSink::default(),
+            layer_flows,
+            uft,
+            counters,
+        })
+    }
+}

@@ -1,0 +1,262 @@
+//! TCP connection tracking for a unified-flow pair (VFP-14).
+//!
+//! A connection stays *half-open* until a three-way handshake with correct
+//! sequence numbers completes (SYN with ISN x; SYN-ACK acking x+1 with ISN y;
+//! ACK acking y+1 with sequence x+1), so a SYN flood creates only short-lived
+//! half-open state that is evicted first. FIN in both directions, each
+//! acknowledged, leads to TIME_WAIT; RST closes at once. The flow table keeps
+//! TIME_WAIT connections (and their SNAT ports) until TIME_WAIT ends, so a
+//! port is reused only when it is safe.
+//!
+//! Per-port statistics: handshake and data RTT samples, retransmissions
+//! (segments that do not advance the sender's highest sequence), ECN CE marks.
+
+use crate::counters::TcpStats;
+use crate::types::{Direction, Time};
+use serde::{Deserialize, Serialize};
+use strata_packet::parse::{PacketMeta, tcp_flags};
+
+/// Connection state, as seen by the switch in the middle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TcpState {
+    /// Initiator's SYN seen.
+    SynSent,
+    /// Responder's valid SYN-ACK seen.
+    SynReceived,
+    /// Handshake completed with valid numbers.
+    Established,
+    /// First packet was not a SYN (e.g. traffic of a connection older than
+    /// this switch): forwarded, but tracked as not verified (half-open TTL).
+    Unverified,
+    /// One side sent FIN.
+    FinWait,
+    /// Both sides sent FIN, not both acknowledged yet.
+    Closing,
+    /// Both FINs acknowledged; waiting out 2·MSL.
+    TimeWait,
+    /// Reset.
+    Closed,
+}
+
+impl TcpState {
+    /// Not yet established: eligible for the short half-open TTL and first
+    /// in line for eviction.
+    pub fn is_half_open(self) -> bool {
+        matches!(
+            self,
+            TcpState::SynSent | TcpState::SynReceived | TcpState::Unverified
+        )
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, TcpState::TimeWait | TcpState::Closed)
+    }
+}
+
+/// Per-direction sequence tracking. Index 0 = initiator, 1 = responder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Side {
+    isn: u32,
+    /// Highest sequence number sent + length (next expected), if seen.
+    next_seq: Option<u32>,
+    fin_seq: Option<u32>,
+    fin_acked: bool,
+    /// An outstanding RTT sample: (sequence end, send time).
+    rtt_probe: Option<(u32, Time)>,
+}
+
+/// TCP tracking state of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConn {
+    pub state: TcpState,
+    /// Direction of the initiator's packets.
+    pub initiator: Direction,
+    sides: [Side; 2],
+    syn_time: Time,
+    synack_time: Time,
+    /// When TIME_WAIT or CLOSED began.
+    pub finished_at: Time,
+}
+
+/// `a` is after `b` in sequence space.
+fn seq_gt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+fn seq_ge(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+impl TcpConn {
+    /// Start tracking from the connection's first packet.
+    pub fn new(dir: Direction, m: &PacketMeta, now: Time, stats: &mut TcpStats) -> TcpConn {
+        let syn_only = m.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        let mut c = TcpConn {
+            state: if syn_only {
+                TcpState::SynSent
+            } else {
+                TcpState::Unverified
+            },
+            initiator: dir,
+            sides: [Side::default(); 2],
+            syn_time: now,
+            synack_time: 0,
+            finished_at: 0,
+        };
+        if syn_only {
+            c.sides[0].isn = m.tcp_seq;
+            c.sides[0].next_seq = Some(m.tcp_seq.wrapping_add(1));
+        } else {
+            c.track_data(0, m, now, stats);
+        }
+        c
+    }
+
+    /// Update with one packet travelling in `dir`.
+    pub fn update(&mut self, dir: Direction, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
+        let me = usize::from(dir != self.initiator);
+        let other = 1 - me;
+        let f = m.tcp_flags;
+        if m.ecn == 3 {
+            stats.ecn_ce_marks += 1;
+        }
+        if f & tcp_flags::RST != 0 {
+            if self.state != TcpState::Closed {
+                stats.resets += 1;
+                self.state = TcpState::Closed;
+                self.finished_at = now;
+            }
+            return;
+        }
+        // A fresh SYN on a finished connection's tuple starts a new one
+        // (TIME_WAIT reuse by the same endpoints, RFC 6191 style).
+        if self.state.is_finished() && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+            let mut throwaway = TcpStats::default();
+            *self = TcpConn::new(dir, m, now, &mut throwaway);
+            return;
+        }
+        match self.state {
+            TcpState::SynSent => {
+                if me == 1 && f & (tcp_flags::SYN | tcp_flags::ACK) == (tcp_flags::SYN | tcp_flags::ACK)
+                {
+                    if m.tcp_ack == self.sides[0].isn.wrapping_add(1) {
+                        self.sides[1].isn = m.tcp_seq;
+                        self.sides[1].next_seq = Some(m.tcp_seq.wrapping_add(1));
+                        self.synack_time = now;
+                        self.state = TcpState::SynReceived;
+                        stats.rtt_samples += 1;
+                        stats.rtt_sum_ns += now.saturating_sub(self.syn_time);
+                    } else {
+                        stats.invalid_handshakes += 1;
+                    }
+                } else if me == 0 && f & tcp_flags::SYN != 0 {
+                    // SYN retransmission.
+                    if m.tcp_seq == self.sides[0].isn {
+                        stats.retransmits += 1;
+                    } else {
+                        self.sides[0].isn = m.tcp_seq;
+                        self.sides[0].next_seq = Some(m.tcp_seq.wrapping_add(1));
+                    }
+                } else {
+                    stats.invalid_handshakes += 1;
+                }
+            }
+            TcpState::SynReceived => {
+                if me == 0
+                    && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::ACK
+                    && m.tcp_ack == self.sides[1].isn.wrapping_add(1)
+                    && m.tcp_seq == self.sides[0].isn.wrapping_add(1)
+                {
+                    self.state = TcpState::Established;
+                    stats.handshakes_completed += 1;
+                    stats.rtt_samples += 1;
+                    stats.rtt_sum_ns += now.saturating_sub(self.synack_time);
+                    self.track_data(me, m, now, stats);
+                } else if me == 1 && f & tcp_flags::SYN != 0 {
+                    stats.retransmits += 1;
+                } else {
+                    stats.invalid_handshakes += 1;
+                }
+            }
+            TcpState::Unverified
+            | TcpState::Established
+            | TcpState::FinWait
+            | TcpState::Closing
+            | TcpState::TimeWait
+            | TcpState::Closed => {
+                self.track_data(me, m, now, stats);
+                if f & tcp_flags::ACK != 0 {
+                    self.track_ack(other, m, now, stats);
+                }
+                if f & tcp_flags::FIN != 0 && self.sides[me].fin_seq.is_none() {
+                    // FIN occupies one sequence number after the payload.
+                    self.sides[me].fin_seq = Some(m.tcp_seq.wrapping_add(m.l4_payload_len));
+                }
+                self.advance_close(now);
+            }
+        }
+    }
+
+    /// Sender-side bookkeeping: retransmits and RTT probes.
+    fn track_data(&mut self, me: usize, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
+        let len = m.l4_payload_len;
+        let fin = u32::from(m.tcp_flags & tcp_flags::FIN != 0);
+        if len == 0 && fin == 0 {
+            return;
+        }
+        let end = m.tcp_seq.wrapping_add(len).wrapping_add(fin);
+        let s = &mut self.sides[me];
+        match s.next_seq {
+            Some(next) if !seq_gt(end, next) => {
+                if len > 0 {
+                    stats.retransmits += 1;
+                    // Karn: a retransmitted segment gives no RTT sample.
+                    s.rtt_probe = None;
+                }
+            }
+            _ => {
+                s.next_seq = Some(end);
+                if s.rtt_probe.is_none() {
+                    s.rtt_probe = Some((end, now));
+                }
+            }
+        }
+    }
+
+    /// Acknowledgement from the other side of `acked`'s data.
+    fn track_ack(&mut self, acked: usize, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
+        let s = &mut self.sides[acked];
+        if let Some((end, t)) = s.rtt_probe
+            && seq_ge(m.tcp_ack, end)
+        {
+            stats.rtt_samples += 1;
+            stats.rtt_sum_ns += now.saturating_sub(t);
+            s.rtt_probe = None;
+        }
+        if let Some(fs) = s.fin_seq
+            && seq_ge(m.tcp_ack, fs.wrapping_add(1))
+        {
+            s.fin_acked = true;
+        }
+    }
+
+    fn advance_close(&mut self, now: Time) {
+        let fins = self.sides.iter().filter(|s| s.fin_seq.is_some()).count();
+        let acked = self.sides.iter().filter(|s| s.fin_acked).count();
+        let next = match (fins, acked) {
+            (2, 2) => TcpState::TimeWait,
+            (2, _) => TcpState::Closing,
+            (1, _) => TcpState::FinWait,
+            _ => self.state,
+        };
+        if next != self.state && !self.state.is_finished() {
+            if next == TcpState::TimeWait {
+                self.finished_at = now;
+            }
+            // Data seen before a handshake stays unverified until closing.
+            if !(self.state == TcpState::Unverified && fins == 0) {
+                self.state = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Diagnostics (VFP-23): the result of simulating a UFID through a port —
+//! which layer flow, rule or default decided in each layer, each layer's
+//! transposition, the composed one, and what the unified flow table holds.
+
+use crate::policy::DefaultAction;
+use crate::types::{Direction, DropReason, Verdict};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use strata_packet::flow::Ufid;
+
+/// What decided in one layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerDecision {
+    /// An existing stateful layer flow (the reverse side for return traffic).
+    LayerFlow { rule: String, reverse: bool },
+    /// A rule, classified.
+    Rule {
+        group: String,
+        rule: String,
+        stateful: bool,
+    },
+    /// No rule matched: the layer's default action.
+    Default(DefaultAction),
+}
+
+/// One layer's step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerTrace {
+    pub layer: String,
+    /// The layer-local flow id the layer saw.
+    pub input: Ufid,
+    pub decision: LayerDecision,
+    pub transposition: String,
+    pub dropped: Option<DropReason>,
+}
+
+/// The unified flow currently cached for the traced UFID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedFlow {
+    pub generation: u64,
+    /// False if a policy change happened since (reconciles on next packet).
+    pub current: bool,
+    pub transposition: String,
+    pub verdict: Verdict,
+}
+
+/// A whole trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    pub direction: Direction,
+    pub input: Ufid,
+    pub layers: Vec<LayerTrace>,
+    pub transposition: String,
+    pub output: Ufid,
+    pub verdict: Verdict,
+    pub cached: Option<CachedFlow>,
+}
+
+impl fmt::Display for Trace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "trace {} {}",
+            self.direction.name(),
+            describe_ufid(&self.input)
+        )?;
+        for l in &self.layers {
+            let what = match &l.decision {
+                LayerDecision::LayerFlow { rule, reverse } => format!(
+                    "layer flow of rule {rule}{}",
+                    if *reverse { " (reverse)" } else { "" }
+                ),
+                LayerDecision::Rule {
+                    group,
+                    rule,
+                    stateful,
+                } => format!(
+                    "group {group} rule {rule}{}",
+                    if *stateful { " (stateful)" } else { "" }
+                ),
+                LayerDecision::Default(d) => format!("default {d:?}"),
+            };
+            write!(f, "  [{}] {} -> {}", l.layer, what, l.transposition)?;
+            if let Some(r) = l.dropped {
+                write!(f, "  DROP {r}")?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "  final: {}", self.transposition)?;
+        writeln!(f, "  output: {}", describe_ufid(&self.output))?;
+        match self.verdict {
+            Verdict::Forward => writeln!(f, "  verdict: forward")?,
+            Verdict::Drop { reason, .. } => writeln!(f, "  verdict: drop ({reason})")?,
+        }
+        if let Some(c) = &self.cached {
+            writeln!(
+                f,
+                "  cached unified flow: gen {}{} {:?} {}",
+                c.generation,
+                if c.current { "" } else { " (stale)" },
+                c.verdict,
+                c.transposition
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One line for a UFID.
+pub fn describe_ufid(u: &Ufid) -> String {
+    match &u.outer {
+        Some(o) => format!(
+            "[{:?} vni {} {} -> {}] {}",
+            o.tunnel,
+            o.vni,
+            o.src_ip,
+            o.dst_ip,
+            u.inner.summary()
+        ),
+        None => u.inner.summary(),
+    }
+}
