@@ -15,6 +15,7 @@ pub mod flow_table;
 pub mod policy;
 pub mod port;
 pub mod resource;
+pub mod scenario;
 pub mod snapshot;
 pub mod tcp;
 pub mod trace;

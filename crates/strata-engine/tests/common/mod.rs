@@ -1,0 +1,256 @@
+//! Test support: frames built with `etherparse` (an independent
+//! implementation), and a decoder that re-parses our output with it and
+//! verifies every checksum — a second opinion on the bytes Strata writes.
+#![allow(dead_code)]
+
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use std::net::Ipv4Addr;
+use strata_engine::scenario::*;
+use strata_packet::flow::MacAddr;
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const FIN: u8 = 0x01;
+pub const RST: u8 = 0x04;
+
+/// An IPv4 TCP frame.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sp: u16,
+    dp: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sp, dp, seq, 64240);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(ack);
+    }
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("build tcp");
+    out
+}
+
+/// An IPv4 UDP frame.
+pub fn udp(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sp: u16,
+    dp: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(sp, dp);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("build udp");
+    out
+}
+
+/// An ICMPv4 echo request.
+pub fn ping(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    seq: u16,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4_echo_request(id, seq);
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping").expect("build icmp");
+    out
+}
+
+/// Wrap an inner frame in Ethernet/IPv4/UDP/VXLAN.
+pub fn vxlan(
+    outer_src_mac: MacAddr,
+    outer_dst_mac: MacAddr,
+    src_pa: Ipv4Addr,
+    dst_pa: Ipv4Addr,
+    vni: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let b = PacketBuilder::ethernet2(outer_src_mac.0, outer_dst_mac.0)
+        .ipv4(src_pa.octets(), dst_pa.octets(), 64)
+        .udp(50000, 4789);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).expect("build vxlan");
+    out
+}
+
+/// Decoded inner (or only) headers of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inner {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sp: u16,
+    pub dp: u16,
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload: Vec<u8>,
+    pub dscp: u8,
+}
+
+/// Decoded outer headers of a VXLAN frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outer {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub udp_sp: u16,
+    pub udp_dp: u16,
+    pub vni: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub outer: Option<Outer>,
+    pub inner: Inner,
+}
+
+/// Parse one Ethernet/IPv4 frame with etherparse, verifying the IPv4 header
+/// checksum and the TCP/UDP/ICMP checksum. Panics (test failure) on any
+/// inconsistency.
+fn decode_plain(frame: &[u8]) -> Inner {
+    let h = PacketHeaders::from_ethernet_slice(frame).expect("etherparse rejects our frame");
+    let eth = h.link.clone().and_then(|l| l.ethernet2()).expect("ethernet");
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("not ipv4: {:?}", h.net)
+    };
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        usize::from(ip.total_len),
+        frame.len() - 14,
+        "IPv4 total length matches the frame"
+    );
+    let payload = h.payload.slice().to_vec();
+    let mut inner = Inner {
+        src_mac: MacAddr(eth.source),
+        dst_mac: MacAddr(eth.destination),
+        src: Ipv4Addr::from(ip.source),
+        dst: Ipv4Addr::from(ip.destination),
+        proto: ip.protocol.0,
+        sp: 0,
+        dp: 0,
+        tcp_flags: 0,
+        seq: 0,
+        ack: 0,
+        payload: payload.clone(),
+        dscp: ip.dscp.value(),
+    };
+    match &h.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            let want = t.calc_checksum_ipv4(ip, &payload).expect("tcp checksum calc");
+            assert_eq!(t.checksum, want, "TCP checksum");
+            inner.sp = t.source_port;
+            inner.dp = t.destination_port;
+            inner.seq = t.sequence_number;
+            inner.ack = t.acknowledgment_number;
+            inner.tcp_flags = u8::from(t.fin)
+                | u8::from(t.syn) << 1
+                | u8::from(t.rst) << 2
+                | u8::from(t.psh) << 3
+                | u8::from(t.ack) << 4;
+        }
+        Some(TransportHeader::Udp(u)) => {
+            if u.checksum != 0 {
+                let want = u.calc_checksum_ipv4(ip, &payload).expect("udp checksum calc");
+                assert_eq!(u.checksum, want, "UDP checksum");
+            }
+            inner.sp = u.source_port;
+            inner.dp = u.destination_port;
+        }
+        Some(TransportHeader::Icmpv4(i)) => {
+            assert_eq!(i.checksum, i.icmp_type.calc_checksum(&payload), "ICMP checksum");
+            if let etherparse::Icmpv4Type::EchoRequest(e) | etherparse::Icmpv4Type::EchoReply(e) =
+                i.icmp_type
+            {
+                inner.sp = e.id;
+            }
+        }
+        _ => {}
+    }
+    inner
+}
+
+/// Decode a frame, unwrapping VXLAN (UDP 4789) if present.
+pub fn decode(frame: &[u8]) -> Decoded {
+    let plain = decode_plain(frame);
+    if plain.proto == 17 && plain.dp == 4789 {
+        let p = &plain.payload;
+        assert!(p.len() >= 8, "short VXLAN header");
+        assert_eq!(p[0] & 0x08, 0x08, "VXLAN I flag");
+        let vni = u32::from_be_bytes([0, p[4], p[5], p[6]]);
+        let inner = decode_plain(&p[8..]);
+        Decoded {
+            outer: Some(Outer {
+                src_mac: plain.src_mac,
+                dst_mac: plain.dst_mac,
+                src: plain.src,
+                dst: plain.dst,
+                udp_sp: plain.sp,
+                udp_dp: plain.dp,
+                vni,
+            }),
+            inner,
+        }
+    } else {
+        Decoded {
+            outer: None,
+            inner: plain,
+        }
+    }
+}
+
+/// An outbound TCP frame from the VM.
+pub fn vm_tcp(dst: Ipv4Addr, sp: u16, dp: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, dp, flags, seq, ack, payload)
+}
+
+/// An inbound TCP frame from VNET peer `10.1.x.y`, VXLAN-encapsulated from
+/// its host.
+#[allow(clippy::too_many_arguments)]
+pub fn peer_tcp(x: u8, y: u8, sp: u16, dp: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let inner = tcp(
+        remote_mac(x, y),
+        VM_MAC,
+        Ipv4Addr::new(10, 1, x, y),
+        VM_CA,
+        sp,
+        dp,
+        flags,
+        seq,
+        ack,
+        payload,
+    );
+    vxlan(GW_MAC, HOST_MAC, remote_pa(x, y), HOST_PA, VNI, &inner)
+}
