@@ -18,7 +18,7 @@ use crate::types::{Direction, Time, Verdict};
 use core::hash::{BuildHasher, Hash, Hasher};
 use hashbrown::{HashMap, HashTable};
 use serde::{Deserialize, Serialize};
-use strata_packet::flow::Ufid;
+use strata_packet::flow::{MacAddr, Ufid};
 use strata_packet::transposition::Transposition;
 
 /// A stateful flow of one layer.
@@ -61,6 +61,21 @@ impl LayerFlow {
     }
 }
 
+/// The identity a layer flow is keyed by: the UFID without MAC addresses.
+/// Connection tracking follows L3/L4 identity, so return traffic matches
+/// whatever MACs the underlay or a peer put on it.
+#[inline]
+pub fn layer_flow_key(u: &Ufid) -> Ufid {
+    let mut k = *u;
+    k.inner.src_mac = MacAddr::ZERO;
+    k.inner.dst_mac = MacAddr::ZERO;
+    if let Some(o) = k.outer.as_mut() {
+        o.src_mac = MacAddr::ZERO;
+        o.dst_mac = MacAddr::ZERO;
+    }
+    k
+}
+
 /// The flow table of one layer.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LayerFlowTable {
@@ -73,7 +88,7 @@ pub struct LayerFlowTable {
 impl LayerFlowTable {
     /// `(slot, side)` of the flow keyed `(d, key)`.
     pub fn lookup(&self, d: Direction, key: &Ufid) -> Option<(u32, usize)> {
-        let v = *self.index.get(&(d, *key))?;
+        let v = *self.index.get(&(d, layer_flow_key(key)))?;
         Some((v >> 1, (v & 1) as usize))
     }
 
@@ -98,7 +113,7 @@ impl LayerFlowTable {
         };
         for side in 0..2 {
             self.index
-                .entry((f.dir_of(side), f.keys[side]))
+                .entry((f.dir_of(side), layer_flow_key(&f.keys[side])))
                 .or_insert(slot << 1 | side as u32);
         }
         self.slots[slot as usize] = Some(f);
@@ -112,7 +127,7 @@ impl LayerFlowTable {
         };
         f.detached = true;
         for side in 0..2 {
-            let k = (f.dir_of(side), f.keys[side]);
+            let k = (f.dir_of(side), layer_flow_key(&f.keys[side]));
             if self.index.get(&k) == Some(&(slot << 1 | side as u32)) {
                 self.index.remove(&k);
             }
@@ -164,7 +179,7 @@ impl LayerFlowTable {
             }
             for side in 0..2 {
                 self.index
-                    .entry((f.dir_of(side), f.keys[side]))
+                    .entry((f.dir_of(side), layer_flow_key(&f.keys[side])))
                     .or_insert((slot as u32) << 1 | side as u32);
             }
         }
@@ -241,6 +256,11 @@ pub struct UnifiedFlowTable {
     /// Entries are `connection << 1 | direction`.
     #[serde(skip)]
     index: HashTable<u32>,
+    /// Connections with an outbound flow, by the MAC-agnostic identity of
+    /// that flow's key: VM-side pairing (VFP-14) finds an inbound flow's
+    /// partner here even when the return path's MACs differ.
+    #[serde(skip)]
+    pair_index: HashTable<u32>,
     /// Clock hand for eviction.
     hand: usize,
 }
@@ -261,6 +281,22 @@ impl UnifiedFlowTable {
                         .is_some_and(|uf| uf.key == *key)
             })
             .map(|&v| v >> 1)
+    }
+
+    /// The connection whose outbound flow has the VM-side identity of
+    /// `vm_key` (MACs ignored).
+    pub fn lookup_pair(&self, vm_key: &Ufid) -> Option<u32> {
+        let k = layer_flow_key(vm_key);
+        let conns = &self.conns;
+        self.pair_index
+            .find(pair_hash(&k), |&c| {
+                conns
+                    .get(c as usize)
+                    .and_then(|c| c.as_ref())
+                    .and_then(|c| c.side(Direction::Out))
+                    .is_some_and(|uf| layer_flow_key(&uf.key) == k)
+            })
+            .copied()
     }
 
     pub fn get(&self, c: u32) -> Option<&Connection> {
@@ -302,6 +338,7 @@ impl UnifiedFlowTable {
     pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow) {
         self.clear_side(c, d);
         let hash = uf.hash;
+        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key)));
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
         let conns = &self.conns;
@@ -309,6 +346,10 @@ impl UnifiedFlowTable {
             .insert_unique(hash, c << 1 | d.index() as u32, |&v| {
                 side_hash(conns, v)
             });
+        if let Some(ph) = pair {
+            self.pair_index
+                .insert_unique(ph, c, |&c| out_pair_hash(conns, c));
+        }
     }
 
     /// Remove side `d` of connection `c` from the table.
@@ -317,8 +358,14 @@ impl UnifiedFlowTable {
             return;
         };
         let hash = uf.hash;
+        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key)));
         let want = c << 1 | d.index() as u32;
         if let Ok(e) = self.index.find_entry(hash, |&v| v == want) {
+            e.remove();
+        }
+        if let Some(ph) = pair
+            && let Ok(e) = self.pair_index.find_entry(ph, |&v| v == c)
+        {
             e.remove();
         }
         if let Some(conn) = self.get_mut(c) {
@@ -383,24 +430,33 @@ impl UnifiedFlowTable {
     /// Rebuild the index after deserialization.
     pub fn reindex(&mut self) {
         let mut index = HashTable::with_capacity(self.len() * 2);
-        for (i, c) in self.conns.iter().enumerate() {
+        let mut pair_index = HashTable::with_capacity(self.len());
+        let conns = &self.conns;
+        for (i, c) in conns.iter().enumerate() {
             let Some(c) = c else { continue };
             for d in [Direction::Out, Direction::In] {
                 if let Some(uf) = c.side(d) {
                     let v = (i as u32) << 1 | d.index() as u32;
-                    let conns = &self.conns;
                     index.insert_unique(uf.hash, v, |&v| side_hash(conns, v));
+                    if d == Direction::Out {
+                        pair_index.insert_unique(
+                            pair_hash(&layer_flow_key(&uf.key)),
+                            i as u32,
+                            |&c| out_pair_hash(conns, c),
+                        );
+                    }
                 }
             }
         }
         self.index = index;
+        self.pair_index = pair_index;
     }
 
     /// Approximate heap bytes used by the table (slab + index), for the
     /// memory-per-connection figure.
     pub fn memory_bytes(&self) -> usize {
         self.conns.capacity() * size_of::<Option<Connection>>()
-            + self.index.capacity() * (size_of::<u32>() + 1)
+            + (self.index.capacity() + self.pair_index.capacity()) * (size_of::<u32>() + 1)
             + self
                 .iter()
                 .map(|(_, c)| {
@@ -421,5 +477,18 @@ fn side_hash(conns: &[Option<Connection>], v: u32) -> u64 {
         .and_then(|c| c.as_ref())
         .and_then(|c| c.sides[(v & 1) as usize].as_ref())
         .map(|uf| uf.hash)
+        .unwrap_or(0)
+}
+
+fn pair_hash(k: &Ufid) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x5041_4952).hash_one(k)
+}
+
+fn out_pair_hash(conns: &[Option<Connection>], c: u32) -> u64 {
+    conns
+        .get(c as usize)
+        .and_then(|c| c.as_ref())
+        .and_then(|c| c.side(Direction::Out))
+        .map(|uf| pair_hash(&layer_flow_key(&uf.key)))
         .unwrap_or(0)
 }

@@ -21,7 +21,8 @@ use crate::condition::FieldValues;
 use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_table::{
-    Connection, LayerFlow, LayerFlowRef, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, uft_hash,
+    Connection, LayerFlow, LayerFlowRef, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, layer_flow_key,
+    uft_hash,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -466,14 +467,14 @@ impl Port {
             dc.bytes += bytes;
         }
         let hash = uft_hash(d, &parsed.ufid);
-        let conn = match self.uft.lookup(d, &parsed.ufid, hash) {
+        let (conn, created) = match self.uft.lookup(d, &parsed.ufid, hash) {
             Some(c) => {
                 self.counters.dir[d.index()].fast_path += 1;
-                c
+                (c, false)
             }
             None => {
                 self.counters.dir[d.index()].slow_path += 1;
-                self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now)
+                (self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now), true)
             }
         };
         let stale = self
@@ -502,7 +503,10 @@ impl Port {
         let verdict = uf.verdict;
         match verdict {
             Verdict::Forward => {
-                if let Some(t) = c.tcp.as_mut() {
+                // A connection created by this packet has already tracked it.
+                if let Some(t) = c.tcp.as_mut()
+                    && !(created && c.created == now && t.initiator == d)
+                {
                     t.update(d, &parsed.meta, now, &mut self.counters.tcp);
                 }
                 for &slot in uf.counters.iter() {
@@ -560,7 +564,7 @@ impl Port {
         // existing outbound flow joins that connection (asymmetric paths).
         if d == Direction::In {
             let out_key = final_ufid.reversed();
-            if let Some(c) = self.uft.lookup(Direction::Out, &out_key, uft_hash(Direction::Out, &out_key)) {
+            if let Some(c) = self.uft.lookup_pair(&out_key) {
                 self.uft.set_side(c, d, uf);
                 let mut added = Vec::new();
                 if let Some(conn) = self.uft.get_mut(c) {
@@ -611,7 +615,10 @@ impl Port {
         let paired = psim.verdict.is_none()
             && match d {
                 // The inbound result, reversed, must be this outbound flow.
-                Direction::Out => psim.transposition.apply_to_ufid(&pkey).reversed() == *ufid,
+                Direction::Out => {
+                    layer_flow_key(&psim.transposition.apply_to_ufid(&pkey).reversed())
+                        == layer_flow_key(ufid)
+                }
                 // The outbound partner is keyed by the VM-side key itself.
                 Direction::In => true,
             };
