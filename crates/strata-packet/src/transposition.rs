@@ -155,9 +155,8 @@ impl Transposition {
             (OuterOp::Push(_), OuterOp::Push(e)) | (OuterOp::Push(_), OuterOp::Replace(e)) => {
                 OuterOp::Push(e.clone())
             }
-            (OuterOp::Replace(_), OuterOp::Push(e)) | (OuterOp::Replace(_), OuterOp::Replace(e)) => {
-                OuterOp::Replace(e.clone())
-            }
+            (OuterOp::Replace(_), OuterOp::Push(e))
+            | (OuterOp::Replace(_), OuterOp::Replace(e)) => OuterOp::Replace(e.clone()),
         };
         let vlan = match next.vlan {
             VlanOp::Ignore => self.vlan,
