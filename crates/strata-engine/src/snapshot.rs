@@ -32,7 +32,9 @@ pub struct Envelope {
 struct LayerState {
     uid: u32,
     generation: u64,
-    spec: LayerSpec,
+    /// The layer spec as JSON: specs use internally tagged enums (the
+    /// friendly API shape), which postcard cannot decode.
+    spec_json: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,12 +62,15 @@ impl Port {
                 .policy
                 .layers
                 .iter()
-                .map(|l| LayerState {
-                    uid: l.uid,
-                    generation: l.generation,
-                    spec: l.spec(),
+                .map(|l| {
+                    Ok(LayerState {
+                        uid: l.uid,
+                        generation: l.generation,
+                        spec_json: serde_json::to_string(&l.spec())
+                            .map_err(|e| ApiError::Snapshot(e.to_string()))?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, ApiError>>()?,
             resources: self.resources.clone(),
             layer_flows: self.layer_flows.clone(),
             uft: self.uft.clone(),
@@ -99,27 +104,30 @@ impl Port {
         counters.arena.reindex();
         let mut layers = Vec::with_capacity(st.layers.len());
         for l in st.layers {
+            let spec: LayerSpec = serde_json::from_str(&l.spec_json)
+                .map_err(|e| ApiError::Snapshot(format!("bad layer spec: {e}")))?;
+            let (uid, generation) = (l.uid, l.generation);
             let counter = counters.arena.slot(CounterName::Layer {
-                layer: l.spec.id.clone(),
+                layer: spec.id.clone(),
             });
-            let mut groups = Vec::with_capacity(l.spec.groups.len());
-            for g in l.spec.groups {
+            let mut groups = Vec::with_capacity(spec.groups.len());
+            for g in spec.groups {
                 let mut cg = g.prepare(&registry)?.0;
                 for (r, c) in cg.group.rules.iter().zip(cg.rules.iter_mut()) {
                     c.counter = counters.arena.slot(CounterName::Rule {
-                        layer: l.spec.id.clone(),
+                        layer: spec.id.clone(),
                         rule: r.id.clone(),
                     });
                 }
                 groups.push(Arc::new(cg));
             }
             layers.push(Arc::new(LayerPolicy {
-                id: l.spec.id,
-                uid: l.uid,
-                default_out: l.spec.default_out,
-                default_in: l.spec.default_in,
+                id: spec.id,
+                uid,
+                default_out: spec.default_out,
+                default_in: spec.default_in,
                 groups,
-                generation: l.generation,
+                generation,
                 counter,
             }));
         }
