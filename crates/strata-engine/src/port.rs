@@ -449,11 +449,13 @@ impl Port {
                 dc.bytes += buf.len() as u64;
                 dc.dropped += 1;
                 self.counters.drops[DropReason::Malformed.index()] += 1;
-                *self
-                    .counters
-                    .malformed
-                    .entry(e.reason().to_string())
-                    .or_insert(0) += 1;
+                // No allocation once a reason has been seen.
+                match self.counters.malformed.get_mut(e.reason()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.counters.malformed.insert(e.reason().to_string(), 1);
+                    }
+                }
                 return Verdict::Drop {
                     reason: DropReason::Malformed,
                     layer: None,
@@ -762,6 +764,7 @@ impl Port {
                             reverse: side == 1,
                         },
                         transposition: t.describe(),
+                        step: t.clone(),
                         dropped: None,
                     });
                 }
@@ -783,6 +786,7 @@ impl Port {
                         input: local,
                         decision: LayerDecision::Default(def),
                         transposition: "identity".into(),
+                        step: Transposition::identity(),
                         dropped: (def == DefaultAction::Block).then_some(DropReason::DefaultBlock),
                     });
                 }
@@ -810,6 +814,7 @@ impl Port {
                         stateful: rule.stateful,
                     },
                     transposition: out.transposition.describe(),
+                    step: out.transposition.clone(),
                     dropped: out.verdict.err(),
                 });
             }

@@ -66,6 +66,16 @@ fn prefix(f: Field, ip: Ipv4Addr, len: u8) -> Condition {
 /// customer ACL rules (for slow-path benches with big groups: each blocks
 /// one /32 destination on an unused port, so none matches real traffic).
 pub fn four_layer_specs(acl_extra: usize) -> Vec<LayerSpec> {
+    four_layer_specs_with(acl_extra, false)
+}
+
+/// PA of the internet gateway used by [`four_layer_specs_with`]`(_, true)`.
+pub const INET_GW_PA: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 254);
+
+/// As [`four_layer_specs`]; with `internet_via_gateway`, internet-bound
+/// traffic (after SNAT) is VXLAN-encapsulated to the gateway [`INET_GW_PA`]
+/// instead of leaving natively — the NAT + encap path of the benches.
+pub fn four_layer_specs_with(acl_extra: usize, internet_via_gateway: bool) -> Vec<LayerSpec> {
     let meter = LayerSpec {
         groups: vec![
             Group::new("meter-out", Direction::Out).with_rules(vec![Rule::new(
@@ -207,11 +217,23 @@ pub fn four_layer_specs(acl_extra: usize) -> Vec<LayerSpec> {
                         "internet",
                         100,
                         vec![prefix(Field::DstIp, Ipv4Addr::UNSPECIFIED, 0)],
-                        ActionSpec::Modify {
-                            src_mac: Some(HOST_MAC),
-                            dst_mac: Some(GW_MAC),
-                            dscp: None,
-                            vlan: None,
+                        if internet_via_gateway {
+                            ActionSpec::Encap {
+                                tunnel: TunnelKind::Vxlan,
+                                vni: VNI,
+                                local_pa: v4(HOST_PA),
+                                remote_pa: v4(INET_GW_PA),
+                                local_mac: HOST_MAC,
+                                next_hop_mac: GW_MAC,
+                                inner_dst_mac: None,
+                            }
+                        } else {
+                            ActionSpec::Modify {
+                                src_mac: Some(HOST_MAC),
+                                dst_mac: Some(GW_MAC),
+                                dscp: None,
+                                vlan: None,
+                            }
                         },
                     ),
                 ])
@@ -257,6 +279,15 @@ pub fn four_layer_specs(acl_extra: usize) -> Vec<LayerSpec> {
 /// A port with the four layers and their resources. Mappings are not
 /// installed (see [`install_mappings`]).
 pub fn four_layer_port(config: PortConfig, acl_extra: usize) -> Result<Port, ApiError> {
+    four_layer_port_with(config, acl_extra, false)
+}
+
+/// As [`four_layer_port`], see [`four_layer_specs_with`].
+pub fn four_layer_port_with(
+    config: PortConfig,
+    acl_extra: usize,
+    internet_via_gateway: bool,
+) -> Result<Port, ApiError> {
     let mut port = Port::new("vm-10.1.0.4", config);
     port.add_mapping_table(MAPPING)?;
     port.add_port_pool(SNAT_POOL, v4(VIP), vec![(1024, 65535)])?;
@@ -267,7 +298,7 @@ pub fn four_layer_port(config: PortConfig, acl_extra: usize) -> Result<Port, Api
             port: Some(DIP_PORT),
         }],
     )?;
-    for l in four_layer_specs(acl_extra) {
+    for l in four_layer_specs_with(acl_extra, internet_via_gateway) {
         port.add_layer(l, None)?;
     }
     Ok(port)

@@ -7,6 +7,7 @@ use crate::types::{Direction, DropReason, Verdict};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use strata_packet::flow::Ufid;
+use strata_packet::transposition::Transposition;
 
 /// What decided in one layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,8 @@ pub struct LayerTrace {
     pub input: Ufid,
     pub decision: LayerDecision,
     pub transposition: String,
+    /// The layer's transposition itself (what composition used).
+    pub step: Transposition,
     pub dropped: Option<DropReason>,
 }
 
