@@ -31,8 +31,11 @@ use crate::transposition::{Encap, OuterOp, Transposition, VlanOp};
 use crate::wire::{ethernet, geneve, icmp, ipv4, ipv6, nvgre, tcp, udp, vlan, vxlan};
 use std::net::IpAddr;
 
-/// Default headroom kept in front of a frame for pushed outer headers
-/// (enough for Ethernet + IPv6 + UDP + Geneve with options).
+/// Default headroom kept in front of a frame for pushed outer headers:
+/// Ethernet + IPv6 + UDP + Geneve (70 bytes) with 58 bytes to spare for
+/// Geneve options or a VLAN tag. Larger pushes still work when the buffer
+/// has tailroom (the frame is shifted once), else fail with
+/// [`EmitError::NoHeadroom`].
 pub const DEFAULT_HEADROOM: usize = 128;
 
 /// The first port of the range VXLAN/Geneve source ports are drawn from
@@ -328,8 +331,11 @@ pub fn apply(t: &Transposition, buf: &mut PacketBuf, parsed: &Parsed) -> Result<
                 return Err(MISMATCH);
             }
             let (s, n) = (buf.start, vlan::TAG_LEN);
-            buf.storage.copy_within(s..s + at, s - n);
-            buf.start -= n;
+            // Headroom was ensured above; checked anyway so a broken
+            // invariant is an error, not a panic.
+            let dst = s.checked_sub(n).ok_or(EmitError::NoHeadroom(n))?;
+            buf.storage.copy_within(s..s + at, dst);
+            buf.start = dst;
             let frame = buf.as_mut_slice();
             vlan::Repr::ctag(vid)
                 .emit(frame.get_mut(at..).ok_or(MISMATCH)?)

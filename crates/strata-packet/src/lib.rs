@@ -9,6 +9,8 @@
 //!   composition and inversion.
 //! - [`emit`]: apply one transposition to a frame in place, using headroom for
 //!   pushed headers, with incremental checksum updates.
+//! - [`checksum`]: the Internet checksum (RFC 1071), pseudo-header sums and
+//!   RFC 1624 incremental updates.
 //!
 //! Malformed input yields a typed error naming the reason; nothing here panics
 //! on packet data.

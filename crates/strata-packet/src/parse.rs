@@ -351,35 +351,48 @@ struct L2 {
     l3: usize,
 }
 
-#[inline]
+#[inline(always)]
 fn parse_l2(frame: &[u8], eth: usize) -> Result<L2, ParseError> {
     let f = ethernet::Frame::new_checked(frame.get(eth..).unwrap_or_default())
         .map_err(err(Header::Ethernet))?;
-    let mut l2 = L2 {
+    let mut ether_type = f.ethertype();
+    let mut l3 = eth + ethernet::HEADER_LEN;
+    // At most two tags, unrolled: scalars stay in registers (a tag array
+    // indexed by a loop counter forces the whole struct through memory).
+    let mut tags = [0u32; 2];
+    let mut vlan_count = 0u8;
+    let mut vid = None;
+    if vlan::is_tpid(ether_type) {
+        let tag = vlan::Tag::new_checked(frame.get(l3..).unwrap_or_default())
+            .map_err(err(Header::Vlan))?;
+        tags[0] = o32(l3);
+        vid = Some(tag.vid());
+        ether_type = tag.ethertype();
+        l3 += vlan::TAG_LEN;
+        vlan_count = 1;
+        if vlan::is_tpid(ether_type) {
+            let tag = vlan::Tag::new_checked(frame.get(l3..).unwrap_or_default())
+                .map_err(err(Header::Vlan))?;
+            tags[1] = o32(l3);
+            vid = Some(tag.vid());
+            ether_type = tag.ethertype();
+            l3 += vlan::TAG_LEN;
+            vlan_count = 2;
+            if vlan::is_tpid(ether_type) {
+                return Err(ParseError::TooManyVlanTags);
+            }
+        }
+    }
+    Ok(L2 {
         src: f.src_addr(),
         dst: f.dst_addr(),
-        vlan_count: 0,
-        vlan_tci: [0; 2],
-        vid: None,
-        ether_type: f.ethertype(),
-        et_off: eth + ethernet::field::ETHERTYPE,
-        l3: eth + ethernet::HEADER_LEN,
-    };
-    while vlan::is_tpid(l2.ether_type) {
-        let i = usize::from(l2.vlan_count);
-        if i == vlan::MAX_TAGS {
-            return Err(ParseError::TooManyVlanTags);
-        }
-        let tag = vlan::Tag::new_checked(frame.get(l2.l3..).unwrap_or_default())
-            .map_err(err(Header::Vlan))?;
-        l2.vlan_tci[i] = o32(l2.l3);
-        l2.vlan_count += 1;
-        l2.vid = Some(tag.vid());
-        l2.ether_type = tag.ethertype();
-        l2.et_off = l2.l3 + vlan::field::ETHERTYPE;
-        l2.l3 += vlan::TAG_LEN;
-    }
-    Ok(l2)
+        vlan_count,
+        vlan_tci: tags,
+        vid,
+        ether_type,
+        et_off: l3 - 2,
+        l3,
+    })
 }
 
 /// The IP group.
@@ -409,7 +422,7 @@ impl L3 {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn parse_ipv4(frame: &[u8], off: usize) -> Result<L3, ParseError> {
     let p = ipv4::Packet::new_checked(frame.get(off..).unwrap_or_default())
         .map_err(err(Header::Ipv4))?;
@@ -428,7 +441,7 @@ fn parse_ipv4(frame: &[u8], off: usize) -> Result<L3, ParseError> {
     })
 }
 
-#[inline]
+#[inline(always)]
 fn parse_ipv6(frame: &[u8], off: usize) -> Result<L3, ParseError> {
     let p = ipv6::Packet::new_checked(frame.get(off..).unwrap_or_default())
         .map_err(err(Header::Ipv6))?;
@@ -461,7 +474,7 @@ struct Tunnel {
 
 /// Decide whether an (unfragmented) IP packet is a tunnel we decode, and
 /// validate its encap header if so.
-#[inline]
+#[inline(always)]
 fn detect_tunnel(frame: &[u8], l3: &L3) -> Result<Option<Tunnel>, ParseError> {
     if l3.fragment {
         // The inner frame would be incomplete: forward as plain IP.
@@ -588,7 +601,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
 
 /// Fill the inner key, meta and layout from the inner (or only) frame's
 /// groups, parsing its L4 header.
-#[inline]
+#[inline(always)]
 fn fill(frame: &[u8], l2: &L2, l3: Option<&L3>, p: &mut Parsed) -> Result<(), ParseError> {
     let key = &mut p.ufid.inner;
     let lay = &mut p.layout;

@@ -5,6 +5,13 @@
 
 #![allow(dead_code)]
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use strata_packet::emit::{PacketBuf, apply};
+use strata_packet::flow::{MacAddr, TunnelKind};
+use strata_packet::parse::parse;
+use strata_packet::transposition::{Encap, OuterOp, Transposition, VlanOp};
+
 use etherparse::{
     IpAuthHeader, IpDscp, IpEcn, IpFragOffset, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header,
     Ipv6Extensions, Ipv6FlowLabel, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader,
@@ -477,5 +484,95 @@ fn verify_into(frame: &[u8], v: &mut Verified) {
             }
         }
         _ => {}
+    }
+}
+
+/// A mix of transpositions touching every emitter path.
+pub fn transpositions() -> Vec<Transposition> {
+    let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    let v6 = |x| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, x));
+    let encap = |kind, six: bool| {
+        let (s, d) = if six {
+            (v6(0xa), v6(0xb))
+        } else {
+            (v4(192, 0, 2, 1), v4(192, 0, 2, 2))
+        };
+        let mut e = Encap::new(
+            kind,
+            0x1234,
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            s,
+            d,
+        );
+        if kind == TunnelKind::Geneve {
+            e.geneve_options = vec![0, 1, 2, 1, 9, 9, 9, 9];
+        }
+        Arc::new(e)
+    };
+    let nat4 = Transposition {
+        src_ip: Some(v4(100, 64, 0, 1)),
+        dst_ip: Some(v4(10, 9, 8, 7)),
+        src_port: Some(1024),
+        dst_port: Some(8080),
+        dscp: Some(10),
+        ..Transposition::default()
+    };
+    let nat6 = Transposition {
+        src_ip: Some(v6(1)),
+        dst_ip: Some(v6(2)),
+        src_port: Some(2048),
+        dst_port: Some(443),
+        ..Transposition::default()
+    };
+    vec![
+        nat4.clone(),
+        nat6.clone(),
+        Transposition {
+            vlan: VlanOp::Set(77),
+            src_mac: Some(MacAddr([2, 9, 9, 9, 9, 9])),
+            ..nat4.clone()
+        },
+        Transposition {
+            vlan: VlanOp::Pop,
+            ..nat6.clone()
+        },
+        Transposition {
+            outer: OuterOp::Push(encap(TunnelKind::Vxlan, false)),
+            ..nat4.clone()
+        },
+        Transposition {
+            outer: OuterOp::Push(encap(TunnelKind::Geneve, true)),
+            vlan: VlanOp::Set(5),
+            ..Transposition::default()
+        },
+        Transposition {
+            outer: OuterOp::Pop,
+            ..nat6
+        },
+        Transposition {
+            outer: OuterOp::Replace(encap(TunnelKind::Nvgre, false)),
+            vlan: VlanOp::Pop,
+            ..nat4
+        },
+    ]
+}
+
+/// Parse `frame`; if it parses, apply every transposition and require the
+/// output to parse again.
+pub fn exercise(frame: &[u8]) {
+    let Ok(p) = parse(frame) else { return };
+    let mut buf = PacketBuf::from_frame(frame);
+    for t in transpositions() {
+        buf.reset(frame);
+        if apply(&t, &mut buf, &p).is_ok() {
+            let out = buf.as_slice();
+            assert!(
+                parse(out).is_ok(),
+                "output of {} does not parse: {:?}",
+                t.describe(),
+                parse(out)
+            );
+        }
     }
 }
