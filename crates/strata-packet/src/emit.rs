@@ -259,15 +259,14 @@ pub fn apply(t: &Transposition, buf: &mut PacketBuf, parsed: &Parsed) -> Result<
     }
     let push_len = match encap {
         Some(e) => {
-            let ip_payload = encap_l4_len(e) + inner_len;
-            if ip_payload
-                > usize::from(u16::MAX)
-                    - if e.src_ip.is_ipv4() {
-                        ipv4::HEADER_LEN
-                    } else {
-                        0
-                    }
-            {
+            // The outer IPv4 total length / IPv6 payload length (and the
+            // UDP length, which is smaller) must fit 16 bits.
+            let ip_hdr = if e.src_ip.is_ipv4() {
+                ipv4::HEADER_LEN
+            } else {
+                0
+            };
+            if encap_l4_len(e) + inner_len + ip_hdr > usize::from(u16::MAX) {
                 return Err(EmitError::TooLong);
             }
             encap_len(e)

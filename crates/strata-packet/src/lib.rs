@@ -3,7 +3,7 @@
 //! - [`wire`]: zero-copy checked header views (Ethernet, 802.1Q, ARP, IPv4,
 //!   IPv6, TCP, UDP, ICMPv4/v6, VXLAN, NVGRE, Geneve). A view is built with
 //!   `new_checked`, after which no accessor can panic.
-//! - [`parse`]: parse a frame once into header groups and the [`Ufid`]
+//! - [`parse`](mod@parse): parse a frame once into header groups and the [`Ufid`]
 //!   (VFP-8), plus the per-packet fields TCP tracking needs.
 //! - [`transposition`]: header transpositions (VFP-9) as plain data, with
 //!   composition and inversion.

@@ -638,3 +638,34 @@ fn verifier_detects_bad_checksums() {
     f[50] ^= 1;
     verify(&f);
 }
+
+#[test]
+fn encap_that_overflows_length_fields_is_refused() {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_A, V4_B, 64)
+        .udp(1, 2)
+        .write(&mut f, &vec![0u8; 65_480])
+        .unwrap();
+    let p = parse(&f).unwrap();
+    let mut buf = PacketBuf::from_frame(&f);
+    for v6 in [false, true] {
+        let t = Transposition {
+            outer: OuterOp::Push(Arc::new(encap(TunnelKind::Vxlan, 1, v6))),
+            ..Transposition::default()
+        };
+        assert_eq!(apply(&t, &mut buf, &p), Err(EmitError::TooLong));
+        assert_eq!(buf.as_slice(), &f[..]);
+    }
+    // NVGRE adds less and still fits over IPv6 (payload length excludes
+    // the IPv6 header).
+    let t = Transposition {
+        outer: OuterOp::Push(Arc::new(encap(TunnelKind::Nvgre, 1, true))),
+        ..Transposition::default()
+    };
+    apply(&t, &mut buf, &p).unwrap();
+    assert_eq!(
+        parse(buf.as_slice()).unwrap().ufid.outer.unwrap().tunnel,
+        TunnelKind::Nvgre
+    );
+}
