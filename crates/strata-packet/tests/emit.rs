@@ -669,3 +669,30 @@ fn encap_that_overflows_length_fields_is_refused() {
         TunnelKind::Nvgre
     );
 }
+
+#[test]
+fn outer_vlan_tag_is_part_of_the_outer_groups() {
+    let inner = tcp_v4();
+    let mut f = vxlan_v4(3, &inner);
+    f.splice(12..12, [0x81, 0x00, 0x00, 0x0c]);
+    let p = parse(&f).unwrap();
+    assert_eq!(p.ufid.outer.unwrap().vni, 3);
+    assert_eq!((p.layout.outer_l3, p.layout.inner_eth), (18, 54));
+    assert_eq!(p.ufid.inner.vlan, None, "outer tag is not the inner key's");
+    let pop = Transposition {
+        outer: OuterOp::Pop,
+        ..Transposition::default()
+    };
+    let (out, ..) = run(&f, &pop);
+    assert_eq!(out, inner);
+    // Inner VLAN push under the kept, tagged outer group.
+    let (out, ..) = run(
+        &f,
+        &Transposition {
+            vlan: VlanOp::Set(8),
+            ..Transposition::default()
+        },
+    );
+    assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 0x0c]);
+    assert_eq!(parse(&out).unwrap().ufid.inner.vlan, Some(8));
+}
