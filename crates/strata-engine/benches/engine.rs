@@ -1,1 +1,371 @@
-fn main() {}
+//! Engine benchmarks (issue 2): fast path with 1M established connections,
+//! slow path through a 1,000-rule ACL group, full TCP connection rate, and
+//! memory per connection. A counting allocator proves the fast path does not
+//! allocate and measures memory.
+//!
+//! Run: `cargo bench -p strata-engine --bench engine`
+//! (`STRATA_BENCH_FLOWS=100000` for a quicker, smaller table.)
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use strata_engine::scenario::*;
+use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
+use strata_packet::{MacAddr, PacketBuf};
+
+/// Counts allocations and live bytes.
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        LIVE.fetch_add(l.size() as u64, Relaxed);
+        // SAFETY: same layout contract as our caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as u64, Relaxed);
+        // SAFETY: p was allocated by System with layout l.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        LIVE.fetch_add(new as u64, Relaxed);
+        LIVE.fetch_sub(l.size() as u64, Relaxed);
+        // SAFETY: p was allocated by System with layout l.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const PAYLOAD: [u8; 64] = [0x5a; 64];
+
+#[allow(clippy::too_many_arguments)]
+fn tcp(
+    sm: MacAddr,
+    dm: MacAddr,
+    s: Ipv4Addr,
+    d: Ipv4Addr,
+    sp: u16,
+    dp: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(sm.0, dm.0)
+        .ipv4(s.octets(), d.octets(), 64)
+        .tcp(sp, dp, seq, 64240);
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(ack);
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).expect("build");
+    v
+}
+
+fn vxlan(src_pa: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&(VNI << 8).to_be_bytes());
+    p.extend_from_slice(inner);
+    let b = etherparse::PacketBuilder::ethernet2(GW_MAC.0, HOST_MAC.0)
+        .ipv4(src_pa.octets(), HOST_PA.octets(), 64)
+        .udp(50000, 4789);
+    let mut v = Vec::new();
+    b.write(&mut v, &p).expect("build");
+    v
+}
+
+fn run(p: &mut Port, buf: &mut PacketBuf, d: Direction, f: &[u8], now: u64) -> Verdict {
+    buf.reset(f);
+    p.process(d, buf, now)
+}
+
+/// Establish a VNET connection `i` (VM → 10.1.x.y, encap) with a handshake.
+/// Remote CA (x, y) for connection `i`, never the VM's own 10.1.0.4.
+fn peer_of(i: u32) -> (u8, u8) {
+    let (x, y) = (((i / 250) % 4) as u8, (i % 250) as u8 + 1);
+    if (x, y) == (0, 4) { (0, 251) } else { (x, y) }
+}
+
+fn vnet_conn(p: &mut Port, buf: &mut PacketBuf, i: u32, now: u64) {
+    let (x, y) = peer_of(i);
+    let sp = 1024 + ((i / 1000) % 60000) as u16;
+    let dp = 80 + (i % 1000) as u16;
+    let peer = Ipv4Addr::new(10, 1, x, y);
+    run(
+        p,
+        buf,
+        Direction::Out,
+        &tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, dp, 0x02, 1, 0, b""),
+        now,
+    );
+    let sa = tcp(
+        remote_mac(x, y),
+        VM_MAC,
+        peer,
+        VM_CA,
+        dp,
+        sp,
+        0x12,
+        9,
+        2,
+        b"",
+    );
+    run(p, buf, Direction::In, &vxlan(remote_pa(x, y), &sa), now);
+    run(
+        p,
+        buf,
+        Direction::Out,
+        &tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, dp, 0x10, 2, 10, b""),
+        now,
+    );
+}
+
+/// Establish an SNAT'd internet connection (NAT + VXLAN to the gateway);
+/// returns the outbound data frame of the connection.
+fn nat_conn(p: &mut Port, buf: &mut PacketBuf, i: u32, now: u64) -> Vec<u8> {
+    let dst = Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8);
+    let sp = 20000 + (i % 40000) as u16;
+    let v = run(
+        p,
+        buf,
+        Direction::Out,
+        &tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, 0x02, 1, 0, b""),
+        now,
+    );
+    assert_eq!(v, Verdict::Forward);
+    let out = strata_packet::parse(buf.as_slice()).expect("out parses");
+    let nat_port = out.ufid.inner.src_port;
+    let sa = tcp(GW_MAC, VM_MAC, dst, VIP, 443, nat_port, 0x12, 9, 2, b"");
+    run(p, buf, Direction::In, &vxlan(INET_GW_PA, &sa), now);
+    run(
+        p,
+        buf,
+        Direction::Out,
+        &tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, 0x10, 2, 10, b""),
+        now,
+    );
+    tcp(
+        VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, 0x10, 2, 10, &PAYLOAD,
+    )
+}
+
+fn flows_target() -> u32 {
+    std::env::var("STRATA_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn fast_path(c: &mut Criterion) {
+    let total = flows_target();
+    let nat_flows = 32_768u32.min(total / 2);
+    let cfg = PortConfig {
+        max_connections: total as usize + 1024,
+        tcp_established_idle: secs(3600),
+        ..PortConfig::default()
+    };
+    let live0 = LIVE.load(Relaxed);
+    let mut port = four_layer_port_with(cfg, 0, true).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    let mut buf = PacketBuf::with_capacity(2048);
+    let live_policy = LIVE.load(Relaxed);
+    let mut frames = Vec::with_capacity(nat_flows as usize);
+    for i in 0..nat_flows {
+        frames.push(nat_conn(&mut port, &mut buf, i, secs(1)));
+    }
+    for i in 0..(total - nat_flows) {
+        vnet_conn(&mut port, &mut buf, i, secs(1));
+    }
+    let frames_bytes: u64 =
+        frames.iter().map(|f| f.capacity() as u64).sum::<u64>() + 24 * frames.capacity() as u64;
+    let live = LIVE.load(Relaxed) - live_policy - frames_bytes;
+    let conns = port.connection_count() as u64;
+    println!(
+        "setup: {conns} connections, {} unified flows, layer flows acl={} slb={}; \
+         heap for flow state {:.1} MiB = {} bytes/connection (policy+mappings {:.1} MiB)",
+        port.unified_flow_count(),
+        port.layer_flow_count("acl"),
+        port.layer_flow_count("slb"),
+        live as f64 / 1048576.0,
+        live / conns.max(1),
+        (live_policy - live0) as f64 / 1048576.0
+    );
+    assert_eq!(
+        port.counters().tcp.handshakes_completed,
+        conns,
+        "all established"
+    );
+
+    // Zero allocations per packet on the fast path.
+    let mut bufs: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::with_capacity(2048)).collect();
+    let mut verdicts = vec![Verdict::Forward; 32];
+    let mut next = 0usize;
+    let mut batch = |port: &mut Port, bufs: &mut [PacketBuf], verdicts: &mut [Verdict]| {
+        for b in bufs.iter_mut() {
+            b.reset(&frames[next]);
+            next = (next + 1) % frames.len();
+        }
+        port.process_batch(Direction::Out, bufs, secs(2), verdicts);
+    };
+    batch(&mut port, &mut bufs, &mut verdicts);
+    let a0 = ALLOCS.load(Relaxed);
+    let n_batches = 10_000;
+    for _ in 0..n_batches {
+        batch(&mut port, &mut bufs, &mut verdicts);
+    }
+    let allocs = ALLOCS.load(Relaxed) - a0;
+    assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+    println!(
+        "fast path allocations: {allocs} in {} packets ({:.4}/packet)",
+        n_batches * 32,
+        allocs as f64 / (n_batches * 32) as f64
+    );
+
+    println!(
+        "fast path check: {:?}",
+        port.counters().direction(Direction::Out)
+    );
+    let mut g = c.benchmark_group("fast_path");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function(format!("nat_vxlan_batch32_{conns}_conns"), |b| {
+        b.iter(|| {
+            batch(&mut port, &mut bufs, &mut verdicts);
+            black_box(&verdicts);
+        })
+    });
+    g.finish();
+}
+
+fn slow_path(c: &mut Criterion) {
+    let cfg = PortConfig {
+        max_connections: 1 << 21,
+        ..PortConfig::default()
+    };
+    let mut port = four_layer_port(cfg, 1000).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    let mut buf = PacketBuf::with_capacity(2048);
+    let mut i = 0u32;
+    let mut g = c.benchmark_group("slow_path");
+    g.bench_function("first_packet_4_layers_acl_1000_rules", |b| {
+        b.iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                let (x, y) = peer_of(i);
+                let sp = 1024 + ((i / 1000) % 60000) as u16;
+                let dp = 1000 + (i % 1000) as u16;
+                tcp(
+                    VM_MAC,
+                    VM_GW_MAC,
+                    VM_CA,
+                    Ipv4Addr::new(10, 1, x, y),
+                    sp,
+                    dp,
+                    0x02,
+                    1,
+                    0,
+                    b"",
+                )
+            },
+            |f| {
+                if port.connection_count() > 1_000_000 {
+                    port.expire(u64::MAX / 2);
+                }
+                let v = run(&mut port, &mut buf, Direction::Out, &f, secs(1));
+                black_box(v)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    println!(
+        "slow path: {} slow-path packets, {} connections",
+        port.counters().direction(Direction::Out).slow_path,
+        port.connection_count()
+    );
+}
+
+fn connection_rate(c: &mut Criterion) {
+    let mut port = four_layer_port(PortConfig::default(), 0).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    let mut buf = PacketBuf::with_capacity(2048);
+    // Pre-built lifecycles (6 packets each) for 60,000 distinct connections.
+    let lifecycles: Vec<[(Direction, Vec<u8>); 6]> = (0..60_000u32)
+        .map(|i| {
+            let (x, y) = peer_of(i);
+            let peer = Ipv4Addr::new(10, 1, x, y);
+            let sp = 1024 + (i % 60_000) as u16;
+            let out = |fl, s, a| {
+                (
+                    Direction::Out,
+                    tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, 80, fl, s, a, b""),
+                )
+            };
+            let inb = |fl, s, a| {
+                (
+                    Direction::In,
+                    vxlan(
+                        remote_pa(x, y),
+                        &tcp(remote_mac(x, y), VM_MAC, peer, VM_CA, 80, sp, fl, s, a, b""),
+                    ),
+                )
+            };
+            [
+                out(0x02, 100, 0),
+                inb(0x12, 500, 101),
+                out(0x10, 101, 501),
+                out(0x11, 101, 501),
+                inb(0x11, 501, 102),
+                out(0x10, 102, 502),
+            ]
+        })
+        .collect();
+    let mut now = secs(1);
+    let mut k = 0usize;
+    let mut g = c.benchmark_group("connection_rate");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("tcp_lifecycle_6_packets_create_and_retire", |b| {
+        b.iter(|| {
+            for (d, f) in &lifecycles[k] {
+                black_box(run(&mut port, &mut buf, *d, f, now));
+            }
+            k += 1;
+            if k == lifecycles.len() {
+                // Retire every connection (all in TIME_WAIT) before the
+                // tuples are reused.
+                now += secs(61);
+                port.expire(now);
+                k = 0;
+            }
+        })
+    });
+    g.finish();
+    let cn = port.counters();
+    println!(
+        "connection rate: {} handshakes, {} closed, live {}",
+        cn.tcp.handshakes_completed,
+        cn.flows.connections_closed,
+        port.connection_count()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
+    targets = fast_path, slow_path, connection_rate
+}
+criterion_main!(benches);

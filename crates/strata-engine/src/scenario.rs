@@ -104,7 +104,10 @@ pub fn four_layer_specs_with(acl_extra: usize, internet_via_gateway: bool) -> Ve
         Rule::new(
             "allow-out",
             1000,
-            vec![Condition::exact(Field::EtherType, u128::from(ethertype::IPV4))],
+            vec![Condition::exact(
+                Field::EtherType,
+                u128::from(ethertype::IPV4),
+            )],
             ActionSpec::Allow,
         )
         .stateful(),
@@ -187,7 +190,10 @@ pub fn four_layer_specs_with(acl_extra: usize, internet_via_gateway: bool) -> Ve
                 Rule::new(
                     "snat-internet",
                     1000,
-                    vec![Condition::exact(Field::EtherType, u128::from(ethertype::IPV4))],
+                    vec![Condition::exact(
+                        Field::EtherType,
+                        u128::from(ethertype::IPV4),
+                    )],
                     ActionSpec::Snat {
                         pool: SNAT_POOL.into(),
                     },
@@ -316,18 +322,14 @@ pub fn mapping_for(x: u8, y: u8) -> Mapping {
 }
 
 /// Install mappings for remote CAs `10.1.x.y` with `x` in `0..hosts_x` and
-/// `y` in `1..=250`.
+/// `y` in `1..=254` (except the VM itself).
 pub fn install_mappings(port: &mut Port, hosts_x: u8) -> Result<(), ApiError> {
     for x in 0..hosts_x {
-        for y in 1..=250u8 {
+        for y in 1..=254u8 {
             if x == 0 && y == 4 {
                 continue;
             }
-            port.set_mapping(
-                MAPPING,
-                v4(Ipv4Addr::new(10, 1, x, y)),
-                mapping_for(x, y),
-            )?;
+            port.set_mapping(MAPPING, v4(Ipv4Addr::new(10, 1, x, y)), mapping_for(x, y))?;
         }
     }
     Ok(())
