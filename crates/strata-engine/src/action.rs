@@ -182,9 +182,9 @@ impl ActionRegistry {
     /// Compile one spec; errors name what is wrong.
     pub fn compile(&self, spec: &ActionSpec) -> Result<Arc<dyn Action>, String> {
         Ok(match spec {
-            ActionSpec::Allow | ActionSpec::Count => Arc::new(Fixed(ActionOutput::allow(
-                Transposition::identity(),
-            ))),
+            ActionSpec::Allow | ActionSpec::Count => {
+                Arc::new(Fixed(ActionOutput::allow(Transposition::identity())))
+            }
             ActionSpec::Block => Arc::new(Fixed(ActionOutput::drop(DropReason::RuleBlock))),
             ActionSpec::Encap {
                 tunnel,

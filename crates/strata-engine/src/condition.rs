@@ -79,7 +79,11 @@ impl Field {
     /// Largest value the field can hold.
     pub fn max_value(self) -> u128 {
         let w = self.width();
-        if w >= 128 { u128::MAX } else { (1u128 << w) - 1 }
+        if w >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << w) - 1
+        }
     }
 
     pub fn is_ip(self) -> bool {
@@ -103,9 +107,15 @@ impl Field {
 pub enum MatchValue {
     Exact(u128),
     /// Inclusive range `lo..=hi`.
-    Range { lo: u128, hi: u128 },
+    Range {
+        lo: u128,
+        hi: u128,
+    },
     /// The top `len` bits (of the field's width) equal those of `value`.
-    Prefix { value: u128, len: u8 },
+    Prefix {
+        value: u128,
+        len: u8,
+    },
 }
 
 impl MatchValue {
@@ -182,7 +192,11 @@ pub fn prefix_mask(len: u8, width: u8) -> u128 {
         (1u128 << width) - 1
     };
     let shift = u32::from(width - len);
-    if shift >= 128 { 0 } else { full & !((1u128 << shift) - 1) }
+    if shift >= 128 {
+        0
+    } else {
+        full & !((1u128 << shift) - 1)
+    }
 }
 
 /// A condition: the field matches any of `values`. An empty value list never

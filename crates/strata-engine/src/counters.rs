@@ -32,7 +32,11 @@ pub enum CounterName {
     /// Packets of flows a rule decided (fast and slow path).
     Rule { layer: String, rule: String },
     /// A meter bucket (e.g. per destination) of a meter rule.
-    Meter { layer: String, rule: String, bucket: String },
+    Meter {
+        layer: String,
+        rule: String,
+        bucket: String,
+    },
 }
 
 /// Counter slots, named, never freed (a re-added rule gets its old slot back,
@@ -77,7 +81,8 @@ impl CounterArena {
     }
 
     pub fn get(&self, name: &CounterName) -> Option<Counter> {
-        self.find(name).and_then(|s| self.slots.get(s as usize).copied())
+        self.find(name)
+            .and_then(|s| self.slots.get(s as usize).copied())
     }
 
     pub fn len(&self) -> usize {

@@ -23,7 +23,9 @@ pub enum ApiError {
     InvalidAction { rule: String, message: String },
     #[error("unknown action type {0:?} (not registered)")]
     UnknownAction(String),
-    #[error("group {group:?}: LPM group needs an LPM field that is an IP or MAC field, got {field}")]
+    #[error(
+        "group {group:?}: LPM group needs an LPM field that is an IP or MAC field, got {field}"
+    )]
     BadLpmField { group: String, field: String },
     #[error("no resource {0:?}")]
     NoSuchResource(String),

@@ -343,9 +343,7 @@ impl UnifiedFlowTable {
         conn.sides[d.index()] = Some(uf);
         let conns = &self.conns;
         self.index
-            .insert_unique(hash, c << 1 | d.index() as u32, |&v| {
-                side_hash(conns, v)
-            });
+            .insert_unique(hash, c << 1 | d.index() as u32, |&v| side_hash(conns, v));
         if let Some(ph) = pair {
             self.pair_index
                 .insert_unique(ph, c, |&c| out_pair_hash(conns, c));
@@ -399,7 +397,11 @@ impl UnifiedFlowTable {
     /// (higher = evict first); referenced bits are cleared as the hand
     /// passes, and a referenced connection scores lower. O(window), never
     /// O(n) per packet.
-    pub fn pick_victim(&mut self, window: usize, score: impl Fn(&Connection) -> u32) -> Option<u32> {
+    pub fn pick_victim(
+        &mut self,
+        window: usize,
+        score: impl Fn(&Connection) -> u32,
+    ) -> Option<u32> {
         let n = self.conns.len();
         if n == 0 || self.is_empty() {
             return None;

@@ -150,7 +150,9 @@ impl Group {
             if matches!(r.action, ActionSpec::Snat { .. }) && !r.stateful {
                 return Err(ApiError::InvalidAction {
                     rule: r.id.clone(),
-                    message: "snat must be stateful: the port is held by the connection's layer flow".into(),
+                    message:
+                        "snat must be stateful: the port is held by the connection's layer flow"
+                            .into(),
                 });
             }
             let action = registry
@@ -296,7 +298,10 @@ impl LayerPolicy {
                 continue;
             }
             if let Some(ri) = g.classify(fv) {
-                let r = RuleRef { group: gi, rule: ri };
+                let r = RuleRef {
+                    group: gi,
+                    rule: ri,
+                };
                 if g.group.rules[ri].terminating {
                     return Some(r);
                 }

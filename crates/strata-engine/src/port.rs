@@ -21,8 +21,8 @@ use crate::condition::FieldValues;
 use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_table::{
-    Connection, LayerFlow, LayerFlowRef, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, layer_flow_key,
-    uft_hash,
+    Connection, LayerFlow, LayerFlowRef, LayerFlowTable, UnifiedFlow, UnifiedFlowTable,
+    layer_flow_key, uft_hash,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -252,7 +252,10 @@ impl Port {
                     group: g.id,
                 });
             }
-            prepared.push(g.prepare(&self.registry).map_err(|e| with_layer(e, &spec.id))?);
+            prepared.push(
+                g.prepare(&self.registry)
+                    .map_err(|e| with_layer(e, &spec.id))?,
+            );
         }
         check_unique_rules(&spec.id, prepared.iter().map(|p| &p.0.group))?;
         let generation = self.bump();
@@ -355,7 +358,11 @@ impl Port {
             .ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
         let old = &self.policy.layers[pos];
         let gid = prepared.0.group.id.clone();
-        let others = old.groups.iter().filter(|g| g.group.id != gid).map(|g| &g.group);
+        let others = old
+            .groups
+            .iter()
+            .filter(|g| g.group.id != gid)
+            .map(|g| &g.group);
         check_unique_rules(layer, others.chain(std::iter::once(&prepared.0.group)))?;
         let generation = self.bump();
         let compiled = Arc::new(self.assign_counters(layer, prepared));
@@ -476,7 +483,10 @@ impl Port {
             }
             None => {
                 self.counters.dir[d.index()].slow_path += 1;
-                (self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now), true)
+                (
+                    self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now),
+                    true,
+                )
             }
         };
         let stale = self
@@ -556,7 +566,14 @@ impl Port {
     }
 
     /// Slow path: compile a new unified flow and its pair.
-    fn create_flow(&mut self, d: Direction, ufid: &Ufid, hash: u64, meta: &PacketMeta, now: Time) -> u32 {
+    fn create_flow(
+        &mut self,
+        d: Direction,
+        ufid: &Ufid,
+        hash: u64,
+        meta: &PacketMeta,
+        now: Time,
+    ) -> u32 {
         let sim = self.simulate(d, ufid, now, Mode::Create, false);
         let forward = sim.verdict.is_none();
         let final_ufid = sim.transposition.apply_to_ufid(ufid);
@@ -932,7 +949,9 @@ impl Port {
         let decided = layer.classify(origin, &fv);
         let still = decided
             .and_then(|r| layer.rule(r))
-            .is_some_and(|(r, cr, _)| r.stateful && r.id == f.rule_id && cr.fingerprint == f.fingerprint);
+            .is_some_and(|(r, cr, _)| {
+                r.stateful && r.id == f.rule_id && cr.fingerprint == f.fingerprint
+            });
         if mode == Mode::DryRun {
             return still.then_some((slot, side));
         }
@@ -1066,11 +1085,13 @@ impl Port {
         let Some(victim) = self.uft.pick_victim(EVICTION_WINDOW, score) else {
             return;
         };
-        match self.uft.get(victim).map(|c| (c.tcp.map(|t| t.state), c.is_drop_only())) {
+        match self
+            .uft
+            .get(victim)
+            .map(|c| (c.tcp.map(|t| t.state), c.is_drop_only()))
+        {
             Some((Some(s), _)) if s.is_half_open() => self.counters.flows.evicted_half_open += 1,
-            Some((Some(s), _)) if !s.is_finished() => {
-                self.counters.flows.evicted_established += 1
-            }
+            Some((Some(s), _)) if !s.is_finished() => self.counters.flows.evicted_established += 1,
             _ => self.counters.flows.evicted_other += 1,
         }
         self.remove_connection(victim);
@@ -1104,7 +1125,12 @@ impl Port {
     }
 
     /// Trace a frame (parsed first).
-    pub fn trace_frame(&mut self, d: Direction, frame: &[u8], now: Time) -> Result<Trace, strata_packet::ParseError> {
+    pub fn trace_frame(
+        &mut self,
+        d: Direction,
+        frame: &[u8],
+        now: Time,
+    ) -> Result<Trace, strata_packet::ParseError> {
         let p = parse(frame)?;
         Ok(self.trace(d, &p.ufid, now))
     }

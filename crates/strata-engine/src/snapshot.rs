@@ -87,10 +87,12 @@ impl Port {
 
     /// Rebuild a port from [`Port::snapshot`] bytes.
     pub fn restore(bytes: &[u8], registry: ActionRegistry) -> Result<Port, ApiError> {
-        let env: Envelope =
-            postcard::from_bytes(bytes).map_err(|e| ApiError::Snapshot(format!("bad envelope: {e}")))?;
+        let env: Envelope = postcard::from_bytes(bytes)
+            .map_err(|e| ApiError::Snapshot(format!("bad envelope: {e}")))?;
         if env.magic != MAGIC {
-            return Err(ApiError::Snapshot("not a Strata port snapshot (bad magic)".into()));
+            return Err(ApiError::Snapshot(
+                "not a Strata port snapshot (bad magic)".into(),
+            ));
         }
         if env.version != VERSION {
             return Err(ApiError::Snapshot(format!(

@@ -137,7 +137,8 @@ impl TcpConn {
         }
         match self.state {
             TcpState::SynSent => {
-                if me == 1 && f & (tcp_flags::SYN | tcp_flags::ACK) == (tcp_flags::SYN | tcp_flags::ACK)
+                if me == 1
+                    && f & (tcp_flags::SYN | tcp_flags::ACK) == (tcp_flags::SYN | tcp_flags::ACK)
                 {
                     if m.tcp_ack == self.sides[0].isn.wrapping_add(1) {
                         self.sides[1].isn = m.tcp_seq;

@@ -18,7 +18,12 @@ use strata_packet::flow::{MacAddr, TunnelKind};
 use strata_packet::{PacketBuf, apply, parse};
 
 fn ip(rng: &mut StdRng) -> Ipv4Addr {
-    Ipv4Addr::new(10, rng.random_range(0..3), rng.random_range(0..3), rng.random_range(1..5))
+    Ipv4Addr::new(
+        10,
+        rng.random_range(0..3),
+        rng.random_range(0..3),
+        rng.random_range(1..5),
+    )
 }
 
 fn condition(rng: &mut StdRng) -> Condition {
@@ -27,10 +32,20 @@ fn condition(rng: &mut StdRng) -> Condition {
         1 => Condition::ip_prefix(Field::SrcIp, IpAddr::V4(ip(rng)), rng.random_range(8..=32)),
         2 => {
             let lo = rng.random_range(0..2000u16);
-            Condition::range(Field::DstPort, u128::from(lo), u128::from(lo + rng.random_range(0..3000)))
+            Condition::range(
+                Field::DstPort,
+                u128::from(lo),
+                u128::from(lo + rng.random_range(0..3000)),
+            )
         }
-        3 => Condition::new(Field::Proto, vec![MatchValue::Exact(6), MatchValue::Exact(17)]),
-        4 => Condition::exact(Field::Proto, u128::from([1u8, 6, 17][rng.random_range(0..3)])),
+        3 => Condition::new(
+            Field::Proto,
+            vec![MatchValue::Exact(6), MatchValue::Exact(17)],
+        ),
+        4 => Condition::exact(
+            Field::Proto,
+            u128::from([1u8, 6, 17][rng.random_range(0..3)]),
+        ),
         _ => Condition::range(Field::SrcPort, 0, u128::from(rng.random_range(0..65535u16))),
     }
 }
@@ -49,8 +64,12 @@ fn action(rng: &mut StdRng, allow_snat: bool) -> (ActionSpec, bool) {
         ),
         2 => (
             ActionSpec::Modify {
-                src_mac: rng.random_bool(0.5).then(|| MacAddr([2, 0, 0, 0, 0, rng.random()])),
-                dst_mac: rng.random_bool(0.5).then(|| MacAddr([2, 0, 0, 0, 1, rng.random()])),
+                src_mac: rng
+                    .random_bool(0.5)
+                    .then(|| MacAddr([2, 0, 0, 0, 0, rng.random()])),
+                dst_mac: rng
+                    .random_bool(0.5)
+                    .then(|| MacAddr([2, 0, 0, 0, 1, rng.random()])),
                 dscp: rng.random_bool(0.5).then(|| rng.random_range(0..64)),
                 vlan: None,
             },
@@ -58,7 +77,11 @@ fn action(rng: &mut StdRng, allow_snat: bool) -> (ActionSpec, bool) {
         ),
         3 => (
             ActionSpec::Encap {
-                tunnel: if rng.random_bool(0.5) { TunnelKind::Vxlan } else { TunnelKind::Geneve },
+                tunnel: if rng.random_bool(0.5) {
+                    TunnelKind::Vxlan
+                } else {
+                    TunnelKind::Geneve
+                },
                 vni: rng.random_range(1..0xffffff),
                 local_pa: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)),
                 remote_pa: IpAddr::V4(Ipv4Addr::new(192, 168, 0, rng.random_range(2..200))),
@@ -68,8 +91,19 @@ fn action(rng: &mut StdRng, allow_snat: bool) -> (ActionSpec, bool) {
             },
             false,
         ),
-        4 if allow_snat => (ActionSpec::Snat { pool: "pool".into() }, true),
-        5 => (ActionSpec::Meter { by: Field::DstIp, prefix_len: Some(120) }, false),
+        4 if allow_snat => (
+            ActionSpec::Snat {
+                pool: "pool".into(),
+            },
+            true,
+        ),
+        5 => (
+            ActionSpec::Meter {
+                by: Field::DstIp,
+                prefix_len: Some(120),
+            },
+            false,
+        ),
         6 => (ActionSpec::Decap, false),
         _ => (ActionSpec::Allow, rng.random_bool(0.5)),
     }
@@ -77,25 +111,36 @@ fn action(rng: &mut StdRng, allow_snat: bool) -> (ActionSpec, bool) {
 
 fn random_port(rng: &mut StdRng) -> Port {
     let mut port = Port::new("prop", PortConfig::default());
-    port.add_port_pool("pool", IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), vec![(1000, 60000)])
-        .expect("pool");
+    port.add_port_pool(
+        "pool",
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+        vec![(1000, 60000)],
+    )
+    .expect("pool");
     for li in 0..rng.random_range(1..=4) {
         let mut spec = LayerSpec::new(
             &format!("l{li}"),
-            if rng.random_bool(0.85) { DefaultAction::Allow } else { DefaultAction::Block },
+            if rng.random_bool(0.85) {
+                DefaultAction::Allow
+            } else {
+                DefaultAction::Block
+            },
             DefaultAction::Allow,
         );
         for gi in 0..rng.random_range(1..=3) {
             let mut rules = Vec::new();
             for ri in 0..rng.random_range(1..=6) {
-                let conds = (0..rng.random_range(0..3)).map(|_| condition(rng)).collect();
+                let conds = (0..rng.random_range(0..3))
+                    .map(|_| condition(rng))
+                    .collect();
                 let (a, stateful) = action(rng, true);
                 let mut r = Rule::new(&format!("r{gi}-{ri}"), rng.random_range(0..5), conds, a);
                 r.stateful = stateful;
                 r.terminating = rng.random_bool(0.2);
                 rules.push(r);
             }
-            spec.groups.push(Group::new(&format!("g{gi}"), Direction::Out).with_rules(rules));
+            spec.groups
+                .push(Group::new(&format!("g{gi}"), Direction::Out).with_rules(rules));
         }
         port.add_layer(spec, None).expect("valid random layer");
     }
@@ -107,7 +152,18 @@ fn random_frame(rng: &mut StdRng) -> Vec<u8> {
     let (s, d) = (ip(rng), ip(rng));
     let (sp, dp) = (rng.random_range(1..5000), rng.random_range(1..5000));
     match rng.random_range(0..3) {
-        0 => common::tcp(sm, dm, s, d, sp, dp, common::SYN, rng.random(), 0, b"payload"),
+        0 => common::tcp(
+            sm,
+            dm,
+            s,
+            d,
+            sp,
+            dp,
+            common::SYN,
+            rng.random(),
+            0,
+            b"payload",
+        ),
         1 => common::udp(sm, dm, s, d, sp, dp, b"datagram!"),
         _ => common::ping(sm, dm, s, d, sp, 1),
     }
@@ -136,10 +192,21 @@ fn check(seed: u64) {
         let hits = port.counters().direction(Direction::Out).fast_path;
         let mut b2 = PacketBuf::from_frame(&frame);
         let v2 = port.process(Direction::Out, &mut b2, i);
-        assert_eq!(port.counters().direction(Direction::Out).fast_path, hits + 1, "second packet is a hit");
+        assert_eq!(
+            port.counters().direction(Direction::Out).fast_path,
+            hits + 1,
+            "second packet is a hit"
+        );
         assert_eq!(v1, v2, "seed {seed} packet {i}: verdicts");
-        assert_eq!(b1.as_slice(), b2.as_slice(), "seed {seed} packet {i}: fast path bytes");
-        assert_eq!(trace.verdict, v1, "seed {seed} packet {i}: trace predicts the verdict\n{trace}");
+        assert_eq!(
+            b1.as_slice(),
+            b2.as_slice(),
+            "seed {seed} packet {i}: fast path bytes"
+        );
+        assert_eq!(
+            trace.verdict, v1,
+            "seed {seed} packet {i}: trace predicts the verdict\n{trace}"
+        );
         if v1 != Verdict::Forward {
             continue;
         }

@@ -29,7 +29,12 @@ fn peer(x: u8, y: u8) -> Ipv4Addr {
 #[test]
 fn vnet_encap_outbound_decap_inbound_full_tcp() {
     let mut p = port();
-    let (v, out) = run(&mut p, Direction::Out, &vm_tcp(peer(1, 7), 40000, 80, SYN, 1000, 0, b""), secs(1));
+    let (v, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(peer(1, 7), 40000, 80, SYN, 1000, 0, b""),
+        secs(1),
+    );
     assert_eq!(v, Verdict::Forward);
     let d = decode(&out);
     let o = d.outer.expect("VXLAN encapsulated");
@@ -39,9 +44,16 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
     assert_eq!(o.dst_mac, GW_MAC);
     assert_eq!(o.vni, VNI);
     assert_eq!(o.udp_dp, 4789);
-    assert!(o.udp_sp >= 49152, "flow-hash source port in the dynamic range");
+    assert!(
+        o.udp_sp >= 49152,
+        "flow-hash source port in the dynamic range"
+    );
     assert_eq!(d.inner.src_mac, VM_MAC);
-    assert_eq!(d.inner.dst_mac, remote_mac(1, 7), "inner dst MAC from the mapping");
+    assert_eq!(
+        d.inner.dst_mac,
+        remote_mac(1, 7),
+        "inner dst MAC from the mapping"
+    );
     assert_eq!((d.inner.src, d.inner.dst), (VM_CA, peer(1, 7)));
     assert_eq!((d.inner.sp, d.inner.dp), (40000, 80));
     assert_eq!(d.inner.tcp_flags, SYN);
@@ -49,7 +61,12 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
 
     // SYN-ACK from the peer, encapsulated; delivered decapsulated from the
     // virtual gateway MAC.
-    let (v, out) = run(&mut p, Direction::In, &peer_tcp(1, 7, 80, 40000, SYN | ACK, 5000, 1001, b""), secs(1) + 200_000);
+    let (v, out) = run(
+        &mut p,
+        Direction::In,
+        &peer_tcp(1, 7, 80, 40000, SYN | ACK, 5000, 1001, b""),
+        secs(1) + 200_000,
+    );
     assert_eq!(v, Verdict::Forward);
     let d = decode(&out);
     assert!(d.outer.is_none(), "decapsulated");
@@ -57,26 +74,63 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
     assert_eq!((d.inner.src, d.inner.dst), (peer(1, 7), VM_CA));
     assert_eq!((d.inner.sp, d.inner.dp, d.inner.ack), (80, 40000, 1001));
 
-    let (v, _) = run(&mut p, Direction::Out, &vm_tcp(peer(1, 7), 40000, 80, ACK, 1001, 5001, b""), secs(1) + 300_000);
+    let (v, _) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(peer(1, 7), 40000, 80, ACK, 1001, 5001, b""),
+        secs(1) + 300_000,
+    );
     assert_eq!(v, Verdict::Forward);
-    let (v, out) = run(&mut p, Direction::Out, &vm_tcp(peer(1, 7), 40000, 80, ACK, 1001, 5001, b"GET / HTTP/1.1\r\n\r\n"), secs(1) + 400_000);
+    let (v, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(
+            peer(1, 7),
+            40000,
+            80,
+            ACK,
+            1001,
+            5001,
+            b"GET / HTTP/1.1\r\n\r\n",
+        ),
+        secs(1) + 400_000,
+    );
     assert_eq!(v, Verdict::Forward);
     assert_eq!(decode(&out).inner.payload, b"GET / HTTP/1.1\r\n\r\n");
 
-    let key = strata_packet::parse(&vm_tcp(peer(1, 7), 40000, 80, ACK, 1001, 5001, b"")).unwrap().ufid;
+    let key = strata_packet::parse(&vm_tcp(peer(1, 7), 40000, 80, ACK, 1001, 5001, b""))
+        .unwrap()
+        .ufid;
     let c = p.connection(Direction::Out, &key).expect("connection");
     assert_eq!(c.tcp_state, Some(strata_engine::tcp::TcpState::Established));
     assert!(c.in_flow.is_some() && c.out_flow.is_some(), "paired");
 
     let cn = p.counters();
-    assert_eq!(cn.direction(Direction::Out).slow_path, 1, "one slow path for the whole connection");
-    assert_eq!(cn.direction(Direction::In).slow_path, 0, "the inbound flow was made by simulation");
+    assert_eq!(
+        cn.direction(Direction::Out).slow_path,
+        1,
+        "one slow path for the whole connection"
+    );
+    assert_eq!(
+        cn.direction(Direction::In).slow_path,
+        0,
+        "the inbound flow was made by simulation"
+    );
     assert_eq!(cn.direction(Direction::Out).fast_path, 2);
     assert_eq!(cn.direction(Direction::In).fast_path, 1);
     assert_eq!(cn.tcp.handshakes_completed, 1);
     let meter = cn.meter("meter", "meter-dst");
-    assert_eq!(meter.get("10.1.1.7").map(|c| c.packets), Some(3), "per-destination meter: {meter:?}");
-    assert_eq!(cn.meter("meter", "meter-src").get("10.1.1.7").map(|c| c.packets), Some(1));
+    assert_eq!(
+        meter.get("10.1.1.7").map(|c| c.packets),
+        Some(3),
+        "per-destination meter: {meter:?}"
+    );
+    assert_eq!(
+        cn.meter("meter", "meter-src")
+            .get("10.1.1.7")
+            .map(|c| c.packets),
+        Some(1)
+    );
     // A stateful rule counts both directions of the flows it decided.
     assert_eq!(cn.rule("acl", "allow-out").packets, 4);
     assert_eq!(cn.layer("vnet").packets, 4);
@@ -86,7 +140,12 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
 fn snat_outbound_and_reverse_inbound() {
     let mut p = port();
     let web = Ipv4Addr::new(93, 184, 216, 34);
-    let (v, out) = run(&mut p, Direction::Out, &vm_tcp(web, 41000, 443, SYN, 7, 0, b""), secs(2));
+    let (v, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(web, 41000, 443, SYN, 7, 0, b""),
+        secs(2),
+    );
     assert_eq!(v, Verdict::Forward);
     let d = decode(&out);
     assert!(d.outer.is_none(), "internet traffic leaves natively");
@@ -98,7 +157,18 @@ fn snat_outbound_and_reverse_inbound() {
     assert_eq!(d.inner.dp, 443);
 
     // The reply comes back natively to VIP:nat_port and reaches the VM.
-    let reply = tcp(GW_MAC, HOST_MAC, web, VIP, 443, nat_port, SYN | ACK, 900, 8, b"");
+    let reply = tcp(
+        GW_MAC,
+        HOST_MAC,
+        web,
+        VIP,
+        443,
+        nat_port,
+        SYN | ACK,
+        900,
+        8,
+        b"",
+    );
     let (v, out) = run(&mut p, Direction::In, &reply, secs(2) + 1000);
     assert_eq!(v, Verdict::Forward);
     let d = decode(&out);
@@ -108,7 +178,12 @@ fn snat_outbound_and_reverse_inbound() {
     assert_eq!(p.resources().port_pools[SNAT_POOL].in_use(), 1);
 
     // A second connection gets a different port.
-    let (_, out) = run(&mut p, Direction::Out, &vm_tcp(web, 41001, 443, SYN, 7, 0, b""), secs(2));
+    let (_, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(web, 41001, 443, SYN, 7, 0, b""),
+        secs(2),
+    );
     assert_ne!(decode(&out).inner.sp, nat_port);
 }
 
@@ -116,29 +191,78 @@ fn snat_outbound_and_reverse_inbound() {
 fn lb_dnat_inbound_with_direct_server_return() {
     let mut p = port();
     let client = Ipv4Addr::new(198, 51, 100, 7);
-    let inner = tcp(MacAddrs::MUX_INNER, VM_MAC, client, VIP, 5555, 80, SYN, 42, 0, b"");
+    let inner = tcp(
+        MacAddrs::MUX_INNER,
+        VM_MAC,
+        client,
+        VIP,
+        5555,
+        80,
+        SYN,
+        42,
+        0,
+        b"",
+    );
     let frame = vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &inner);
     let (v, out) = run(&mut p, Direction::In, &frame, secs(3));
     assert_eq!(v, Verdict::Forward);
     let d = decode(&out);
     assert!(d.outer.is_none());
     assert_eq!((d.inner.src, d.inner.dst), (client, VM_CA));
-    assert_eq!((d.inner.sp, d.inner.dp), (5555, DIP_PORT), "VIP:80 -> DIP:8080");
+    assert_eq!(
+        (d.inner.sp, d.inner.dp),
+        (5555, DIP_PORT),
+        "VIP:80 -> DIP:8080"
+    );
 
     // The VM answers; the reply leaves directly to the client (not back
     // through the MUX), with VIP:80 as its source.
-    let reply = tcp(VM_MAC, VM_GW_MAC, VM_CA, client, DIP_PORT, 5555, SYN | ACK, 77, 43, b"");
+    let reply = tcp(
+        VM_MAC,
+        VM_GW_MAC,
+        VM_CA,
+        client,
+        DIP_PORT,
+        5555,
+        SYN | ACK,
+        77,
+        43,
+        b"",
+    );
     let (v, out) = run(&mut p, Direction::Out, &reply, secs(3) + 10);
     assert_eq!(v, Verdict::Forward);
     let d = decode(&out);
-    assert!(d.outer.is_none(), "direct server return: native, not to the MUX");
+    assert!(
+        d.outer.is_none(),
+        "direct server return: native, not to the MUX"
+    );
     assert_eq!((d.inner.src, d.inner.sp), (VIP, 80));
     assert_eq!((d.inner.dst, d.inner.dp), (client, 5555));
-    assert_eq!(p.counters().direction(Direction::Out).slow_path, 0, "outbound partner made by simulation");
+    assert_eq!(
+        p.counters().direction(Direction::Out).slow_path,
+        0,
+        "outbound partner made by simulation"
+    );
 
     // Handshake completes through the MUX path.
-    let ack = tcp(MacAddrs::MUX_INNER, VM_MAC, client, VIP, 5555, 80, ACK, 43, 78, b"");
-    let (v, _) = run(&mut p, Direction::In, &vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &ack), secs(3) + 20);
+    let ack = tcp(
+        MacAddrs::MUX_INNER,
+        VM_MAC,
+        client,
+        VIP,
+        5555,
+        80,
+        ACK,
+        43,
+        78,
+        b"",
+    );
+    let (v, _) = run(
+        &mut p,
+        Direction::In,
+        &vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &ack),
+        secs(3) + 20,
+    );
     assert_eq!(v, Verdict::Forward);
     assert_eq!(p.counters().tcp.handshakes_completed, 1);
 }
@@ -152,15 +276,30 @@ impl MacAddrs {
 fn acl_blocks_with_reasons_and_counters() {
     let mut p = port();
     // Infra's terminating block beats the customer group's allow.
-    let (v, _) = run(&mut p, Direction::Out, &vm_tcp(peer(1, 9), 40001, 25, SYN, 1, 0, b""), secs(4));
+    let (v, _) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(peer(1, 9), 40001, 25, SYN, 1, 0, b""),
+        secs(4),
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::RuleBlock));
     assert_eq!(p.counters().rule("acl", "infra-block-smtp").drops, 1);
 
     // Unsolicited inbound TCP to a closed port: default block.
-    let (v, _) = run(&mut p, Direction::In, &peer_tcp(1, 9, 3333, 22, SYN, 1, 0, b""), secs(4));
+    let (v, _) = run(
+        &mut p,
+        Direction::In,
+        &peer_tcp(1, 9, 3333, 22, SYN, 1, 0, b""),
+        secs(4),
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::DefaultBlock));
     // Repeated: the cached drop flow answers (fast path), still counted.
-    let (v, _) = run(&mut p, Direction::In, &peer_tcp(1, 9, 3333, 22, SYN, 1, 0, b""), secs(4) + 5);
+    let (v, _) = run(
+        &mut p,
+        Direction::In,
+        &peer_tcp(1, 9, 3333, 22, SYN, 1, 0, b""),
+        secs(4) + 5,
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::DefaultBlock));
     let c = p.counters();
     assert_eq!(c.drops_for(DropReason::DefaultBlock), 2);
@@ -169,7 +308,19 @@ fn acl_blocks_with_reasons_and_counters() {
     assert_eq!(c.direction(Direction::In).fast_path, 1);
 
     // Allowed inbound: ping (stateful ICMP rule), and its reply goes out.
-    let (v, _) = run(&mut p, Direction::In, &vxlan(GW_MAC, HOST_MAC, remote_pa(1, 9), HOST_PA, VNI, &ping(remote_mac(1, 9), VM_MAC, peer(1, 9), VM_CA, 77, 1)), secs(4));
+    let (v, _) = run(
+        &mut p,
+        Direction::In,
+        &vxlan(
+            GW_MAC,
+            HOST_MAC,
+            remote_pa(1, 9),
+            HOST_PA,
+            VNI,
+            &ping(remote_mac(1, 9), VM_MAC, peer(1, 9), VM_CA, 77, 1),
+        ),
+        secs(4),
+    );
     assert_eq!(v, Verdict::Forward);
 }
 
@@ -182,11 +333,18 @@ fn mapping_miss_raises_event_then_reconciles() {
     let (v, _) = run(&mut p, Direction::Out, &syn, secs(5));
     assert_eq!(v.drop_reason(), Some(DropReason::MappingMiss));
     let ev = events.try_recv().expect("a mapping-miss event");
-    assert_eq!(ev, ResourceEvent::MappingMiss { table: MAPPING.into(), key: IpAddr::V4(dst) });
+    assert_eq!(
+        ev,
+        ResourceEvent::MappingMiss {
+            table: MAPPING.into(),
+            key: IpAddr::V4(dst)
+        }
+    );
     // No SNAT or layer state leaked by the dropped flow.
     assert_eq!(p.layer_flow_count("acl"), 0);
     // The agent answers; the retransmitted SYN goes through.
-    p.set_mapping(MAPPING, IpAddr::V4(dst), mapping_for(5, 5)).expect("install");
+    p.set_mapping(MAPPING, IpAddr::V4(dst), mapping_for(5, 5))
+        .expect("install");
     let (v, out) = run(&mut p, Direction::Out, &syn, secs(6));
     assert_eq!(v, Verdict::Forward);
     assert_eq!(decode(&out).outer.expect("encap").dst, remote_pa(5, 5));

@@ -25,19 +25,71 @@ const WEB: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
 
 /// Drive a full SNAT'd TCP connection; returns the NAT port.
 fn full_connection(p: &mut Port, sp: u16, t0: u64) -> u16 {
-    let (v, out) = run(p, Direction::Out, &vm_tcp(WEB, sp, 443, SYN, 100, 0, b""), t0);
+    let (v, out) = run(
+        p,
+        Direction::Out,
+        &vm_tcp(WEB, sp, 443, SYN, 100, 0, b""),
+        t0,
+    );
     assert_eq!(v, Verdict::Forward);
     let np = decode(&out).inner.sp;
     let rx = |flags, seq, ack| tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np, flags, seq, ack, b"");
-    assert!(run(p, Direction::In, &rx(SYN | ACK, 500, 101), t0 + 1_000).0.is_forward());
-    assert!(run(p, Direction::Out, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b""), t0 + 2_000).0.is_forward());
-    assert_eq!(state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")), Some(TcpState::Established));
-    assert!(run(p, Direction::Out, &vm_tcp(WEB, sp, 443, FIN | ACK, 101, 501, b""), t0 + 3_000).0.is_forward());
-    assert_eq!(state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")), Some(TcpState::FinWait));
-    assert!(run(p, Direction::In, &rx(FIN | ACK, 501, 102), t0 + 4_000).0.is_forward());
-    assert_eq!(state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")), Some(TcpState::Closing));
-    assert!(run(p, Direction::Out, &vm_tcp(WEB, sp, 443, ACK, 102, 502, b""), t0 + 5_000).0.is_forward());
-    assert_eq!(state(p, &vm_tcp(WEB, sp, 443, ACK, 102, 502, b"")), Some(TcpState::TimeWait));
+    assert!(
+        run(p, Direction::In, &rx(SYN | ACK, 500, 101), t0 + 1_000)
+            .0
+            .is_forward()
+    );
+    assert!(
+        run(
+            p,
+            Direction::Out,
+            &vm_tcp(WEB, sp, 443, ACK, 101, 501, b""),
+            t0 + 2_000
+        )
+        .0
+        .is_forward()
+    );
+    assert_eq!(
+        state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")),
+        Some(TcpState::Established)
+    );
+    assert!(
+        run(
+            p,
+            Direction::Out,
+            &vm_tcp(WEB, sp, 443, FIN | ACK, 101, 501, b""),
+            t0 + 3_000
+        )
+        .0
+        .is_forward()
+    );
+    assert_eq!(
+        state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")),
+        Some(TcpState::FinWait)
+    );
+    assert!(
+        run(p, Direction::In, &rx(FIN | ACK, 501, 102), t0 + 4_000)
+            .0
+            .is_forward()
+    );
+    assert_eq!(
+        state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")),
+        Some(TcpState::Closing)
+    );
+    assert!(
+        run(
+            p,
+            Direction::Out,
+            &vm_tcp(WEB, sp, 443, ACK, 102, 502, b""),
+            t0 + 5_000
+        )
+        .0
+        .is_forward()
+    );
+    assert_eq!(
+        state(p, &vm_tcp(WEB, sp, 443, ACK, 102, 502, b"")),
+        Some(TcpState::TimeWait)
+    );
     np
 }
 
@@ -67,10 +119,23 @@ fn full_tcp_lifecycle_retires_all_state_after_time_wait() {
 #[test]
 fn rst_closes_and_idle_established_expires() {
     let mut p = four_layer_port(PortConfig::default(), 0).unwrap();
-    let (_, out) = run(&mut p, Direction::Out, &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b""), 0);
+    let (_, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b""),
+        0,
+    );
     let np = decode(&out).inner.sp;
-    run(&mut p, Direction::In, &tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np, RST | ACK, 0, 2, b""), 10);
-    assert_eq!(state(&p, &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b"")), Some(TcpState::Closed));
+    run(
+        &mut p,
+        Direction::In,
+        &tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np, RST | ACK, 0, 2, b""),
+        10,
+    );
+    assert_eq!(
+        state(&p, &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b"")),
+        Some(TcpState::Closed)
+    );
     assert_eq!(p.counters().tcp.resets, 1);
     assert_eq!(p.expire(secs(2)), 1);
     assert_eq!(p.resources().port_pools[SNAT_POOL].in_use(), 0);
@@ -83,14 +148,32 @@ fn syn_flood_leaves_only_half_open_flows_that_expire_fast() {
     // Inbound SYN flood against the allowed web port, via the MUX path.
     for i in 0..500u32 {
         let client = Ipv4Addr::from(0xc633_6400 + i);
-        let inner = tcp(GW_MAC, VM_MAC, client, VIP, 1024 + i as u16, 80, SYN, i, 0, b"");
+        let inner = tcp(
+            GW_MAC,
+            VM_MAC,
+            client,
+            VIP,
+            1024 + i as u16,
+            80,
+            SYN,
+            i,
+            0,
+            b"",
+        );
         let f = vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &inner);
         assert!(run(&mut p, Direction::In, &f, secs(1)).0.is_forward());
     }
     // A bogus final ACK (wrong numbers) does not establish anything.
     let client = Ipv4Addr::from(0xc633_6400);
-    let bad = tcp(GW_MAC, VM_MAC, client, VIP, 1024, 80, ACK, 999_999, 12345, b"");
-    run(&mut p, Direction::In, &vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &bad), secs(1));
+    let bad = tcp(
+        GW_MAC, VM_MAC, client, VIP, 1024, 80, ACK, 999_999, 12345, b"",
+    );
+    run(
+        &mut p,
+        Direction::In,
+        &vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &bad),
+        secs(1),
+    );
     assert_eq!(p.connection_count(), 500);
     assert_eq!(p.counters().tcp.handshakes_completed, 0);
     assert!(p.counters().tcp.invalid_handshakes >= 1);
@@ -114,56 +197,125 @@ fn eviction_under_flow_limit_prefers_half_open_and_is_counted() {
     }
     // Then a flood of half-open ones well past the limit.
     for i in 0..400u16 {
-        run(&mut p, Direction::Out, &vm_tcp(WEB, 50000 + i, 443, SYN, 1, 0, b""), secs(2));
+        run(
+            &mut p,
+            Direction::Out,
+            &vm_tcp(WEB, 50000 + i, 443, SYN, 1, 0, b""),
+            secs(2),
+        );
     }
     assert!(p.connection_count() <= 64);
     let f = p.counters().flows;
     assert!(f.evicted_half_open > 0);
     let established = (0..32u16)
-        .filter(|i| state(&p, &vm_tcp(WEB, 30000 + i, 443, ACK, 2, 2, b"")) == Some(TcpState::Established))
+        .filter(|i| {
+            state(&p, &vm_tcp(WEB, 30000 + i, 443, ACK, 2, 2, b"")) == Some(TcpState::Established)
+        })
         .count();
-    assert!(established >= 24, "established connections survive a SYN flood: {established}/32, {f:?}");
+    assert!(
+        established >= 24,
+        "established connections survive a SYN flood: {established}/32, {f:?}"
+    );
     // Ports of evicted connections went back to the pool.
-    assert_eq!(p.resources().port_pools[SNAT_POOL].in_use(), p.layer_flow_count("slb"));
+    assert_eq!(
+        p.resources().port_pools[SNAT_POOL].in_use(),
+        p.layer_flow_count("slb")
+    );
 }
 
 fn full_handshake(p: &mut Port, sp: u16) {
-    let (_, out) = run(p, Direction::Out, &vm_tcp(WEB, sp, 443, SYN, 1, 0, b""), secs(1));
+    let (_, out) = run(
+        p,
+        Direction::Out,
+        &vm_tcp(WEB, sp, 443, SYN, 1, 0, b""),
+        secs(1),
+    );
     let np = decode(&out).inner.sp;
-    run(p, Direction::In, &tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np, SYN | ACK, 10, 2, b""), secs(1));
-    run(p, Direction::Out, &vm_tcp(WEB, sp, 443, ACK, 2, 11, b""), secs(1));
+    run(
+        p,
+        Direction::In,
+        &tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np, SYN | ACK, 10, 2, b""),
+        secs(1),
+    );
+    run(
+        p,
+        Direction::Out,
+        &vm_tcp(WEB, sp, 443, ACK, 2, 11, b""),
+        secs(1),
+    );
 }
 
 #[test]
 fn snat_exhaustion_is_a_clear_drop_and_ports_return_after_time_wait() {
     let mut p = Port::new("small", PortConfig::default());
-    let spec = four_layer_specs(0).into_iter().find(|l| l.id == "slb").unwrap();
-    p.add_port_pool(SNAT_POOL, IpAddr::V4(VIP), vec![(2000, 2001)]).unwrap();
+    let spec = four_layer_specs(0)
+        .into_iter()
+        .find(|l| l.id == "slb")
+        .unwrap();
+    p.add_port_pool(SNAT_POOL, IpAddr::V4(VIP), vec![(2000, 2001)])
+        .unwrap();
     p.set_backend_pool(LB_POOL, vec![]).unwrap();
     p.add_layer(spec, None).unwrap();
 
     let np1 = full_connection(&mut p, 40000, secs(1));
     // A second, established connection holds the other port.
-    let (v, out) = run(&mut p, Direction::Out, &vm_tcp(WEB, 40001, 443, SYN, 1, 0, b""), secs(1));
+    let (v, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40001, 443, SYN, 1, 0, b""),
+        secs(1),
+    );
     assert!(v.is_forward());
     let np2 = decode(&out).inner.sp;
     assert_ne!(np1, np2);
-    run(&mut p, Direction::In, &tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np2, SYN | ACK, 10, 2, b""), secs(1));
-    run(&mut p, Direction::Out, &vm_tcp(WEB, 40001, 443, ACK, 2, 11, b""), secs(1));
-    assert_eq!(state(&p, &vm_tcp(WEB, 40001, 443, ACK, 2, 11, b"")), Some(TcpState::Established));
+    run(
+        &mut p,
+        Direction::In,
+        &tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np2, SYN | ACK, 10, 2, b""),
+        secs(1),
+    );
+    run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40001, 443, ACK, 2, 11, b""),
+        secs(1),
+    );
+    assert_eq!(
+        state(&p, &vm_tcp(WEB, 40001, 443, ACK, 2, 11, b"")),
+        Some(TcpState::Established)
+    );
     // Pool of two is used up: the third connection is refused, clearly.
-    let (v, _) = run(&mut p, Direction::Out, &vm_tcp(WEB, 40002, 443, SYN, 1, 0, b""), secs(1));
+    let (v, _) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40002, 443, SYN, 1, 0, b""),
+        secs(1),
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::SnatExhausted));
     assert_eq!(p.counters().drops_for(DropReason::SnatExhausted), 1);
     // Still exhausted while the first connection is in TIME_WAIT.
     p.expire(secs(30));
-    let (v, _) = run(&mut p, Direction::Out, &vm_tcp(WEB, 40002, 443, SYN, 1, 0, b""), secs(30));
+    let (v, _) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40002, 443, SYN, 1, 0, b""),
+        secs(30),
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::SnatExhausted));
     // After TIME_WAIT the port is reused by a new connection.
     p.expire(secs(62));
-    let (v, out) = run(&mut p, Direction::Out, &vm_tcp(WEB, 40003, 443, SYN, 1, 0, b""), secs(62));
+    let (v, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40003, 443, SYN, 1, 0, b""),
+        secs(62),
+    );
     assert!(v.is_forward(), "{v:?}");
-    assert_eq!(decode(&out).inner.sp, np1, "the port freed after TIME_WAIT is reused");
+    assert_eq!(
+        decode(&out).inner.sp,
+        np1,
+        "the port freed after TIME_WAIT is reused"
+    );
 }
 
 #[test]
@@ -177,11 +329,17 @@ fn tcp_stats_count_retransmits_and_ecn() {
     let mut ce = vm_tcp(WEB, 40000, 443, ACK, 7, 11, b"world");
     ce[15] |= 0x03; // ECN CE in the IPv4 ToS byte
     // (fix the header checksum for the changed ToS byte)
-    let h = etherparse::Ipv4HeaderSlice::from_slice(&ce[14..]).unwrap().to_header();
+    let h = etherparse::Ipv4HeaderSlice::from_slice(&ce[14..])
+        .unwrap()
+        .to_header();
     let sum = h.calc_header_checksum().to_be_bytes();
     ce[24] = sum[0];
     ce[25] = sum[1];
     run(&mut p, Direction::Out, &ce, secs(4));
     assert_eq!(p.counters().tcp.ecn_ce_marks, 1);
-    assert_eq!(p.counters().tcp.retransmits, 1, "new data is not a retransmit");
+    assert_eq!(
+        p.counters().tcp.retransmits,
+        1,
+        "new data is not a retransmit"
+    );
 }

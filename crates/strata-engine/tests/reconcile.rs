@@ -11,8 +11,7 @@ use strata_engine::policy::{Group, LayerSpec, Rule};
 use strata_engine::scenario::*;
 use strata_engine::trace::LayerDecision;
 use strata_engine::{
-    ActionRegistry, ApiError, DefaultAction, Direction, DropReason, Port, PortConfig, Verdict,
-    secs,
+    ActionRegistry, ApiError, DefaultAction, Direction, DropReason, Port, PortConfig, Verdict, secs,
 };
 use strata_packet::PacketBuf;
 
@@ -36,7 +35,10 @@ fn block_peer_group() -> Group {
         Rule::new(
             "infra-block-peer",
             5,
-            vec![Condition::new(Field::DstIp, vec![MatchValue::ip(IpAddr::V4(PEER))])],
+            vec![Condition::new(
+                Field::DstIp,
+                vec![MatchValue::ip(IpAddr::V4(PEER))],
+            )],
             ActionSpec::Block,
         )
         .terminating(),
@@ -47,37 +49,104 @@ fn block_peer_group() -> Group {
 #[test]
 fn rule_change_mid_connection_applies_to_the_next_packet_both_ways() {
     let mut p = port();
-    assert!(run(&mut p, Direction::Out, &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""), 1).0.is_forward());
-    assert!(run(&mut p, Direction::In, &peer_tcp(1, 7, 80, 40000, SYN | ACK, 9, 2, b""), 2).0.is_forward());
-    assert!(run(&mut p, Direction::Out, &vm_tcp(PEER, 40000, 80, ACK, 2, 10, b""), 3).0.is_forward());
+    assert!(
+        run(
+            &mut p,
+            Direction::Out,
+            &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""),
+            1
+        )
+        .0
+        .is_forward()
+    );
+    assert!(
+        run(
+            &mut p,
+            Direction::In,
+            &peer_tcp(1, 7, 80, 40000, SYN | ACK, 9, 2, b""),
+            2
+        )
+        .0
+        .is_forward()
+    );
+    assert!(
+        run(
+            &mut p,
+            Direction::Out,
+            &vm_tcp(PEER, 40000, 80, ACK, 2, 10, b""),
+            3
+        )
+        .0
+        .is_forward()
+    );
     let gen_before = p.generation();
 
     // The infra controller blocks the peer: the very next packet, on the
     // fast path's cached flow, is re-simulated and dropped.
     p.set_group("acl", block_peer_group()).unwrap();
     assert!(p.generation() > gen_before);
-    let (v, _) = run(&mut p, Direction::Out, &vm_tcp(PEER, 40000, 80, ACK, 2, 10, b"x"), 4);
+    let (v, _) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40000, 80, ACK, 2, 10, b"x"),
+        4,
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::RuleBlock));
     // The return direction's stateful allow no longer stands either.
-    let (v, _) = run(&mut p, Direction::In, &peer_tcp(1, 7, 80, 40000, ACK, 10, 3, b"y"), 5);
+    let (v, _) = run(
+        &mut p,
+        Direction::In,
+        &peer_tcp(1, 7, 80, 40000, ACK, 10, 3, b"y"),
+        5,
+    );
     assert_eq!(v.drop_reason(), Some(DropReason::DefaultBlock));
     assert!(p.counters().direction(Direction::Out).reconciled >= 1);
     assert!(p.counters().direction(Direction::In).reconciled >= 1);
 
     // Unblock: traffic of a new connection flows again.
-    p.set_group("acl", Group::new("infra-out", Direction::Out).with_rules(vec![Rule::new("infra-allow-out", 1000, vec![], ActionSpec::Allow)])).unwrap();
-    assert!(run(&mut p, Direction::Out, &vm_tcp(PEER, 40001, 80, SYN, 1, 0, b""), 6).0.is_forward());
+    p.set_group(
+        "acl",
+        Group::new("infra-out", Direction::Out).with_rules(vec![Rule::new(
+            "infra-allow-out",
+            1000,
+            vec![],
+            ActionSpec::Allow,
+        )]),
+    )
+    .unwrap();
+    assert!(
+        run(
+            &mut p,
+            Direction::Out,
+            &vm_tcp(PEER, 40001, 80, SYN, 1, 0, b""),
+            6
+        )
+        .0
+        .is_forward()
+    );
 }
 
 #[test]
 fn nat_affinity_survives_unrelated_changes() {
     let mut p = port();
     // An SNAT connection and a load-balanced connection.
-    let (_, out) = run(&mut p, Direction::Out, &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b""), 1);
+    let (_, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b""),
+        1,
+    );
     let nat_port = decode(&out).inner.sp;
     let client = Ipv4Addr::new(198, 51, 100, 7);
     let lb = |sp: u16, flags: u8| {
-        vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &tcp(GW_MAC, VM_MAC, client, VIP, sp, 80, flags, 1, 0, b""))
+        vxlan(
+            GW_MAC,
+            HOST_MAC,
+            MUX_PA,
+            HOST_PA,
+            VNI,
+            &tcp(GW_MAC, VM_MAC, client, VIP, sp, 80, flags, 1, 0, b""),
+        )
     };
     let (_, out) = run(&mut p, Direction::In, &lb(5555, SYN), 1);
     assert_eq!(decode(&out).inner.dst, VM_CA);
@@ -85,20 +154,45 @@ fn nat_affinity_survives_unrelated_changes() {
     // Unrelated changes: a new ACL group rule set, a mapping update, and the
     // LB pool moving to another backend.
     p.set_group("acl", block_peer_group()).unwrap();
-    p.set_mapping(MAPPING, IpAddr::V4(Ipv4Addr::new(10, 1, 1, 99)), mapping_for(1, 99)).unwrap();
+    p.set_mapping(
+        MAPPING,
+        IpAddr::V4(Ipv4Addr::new(10, 1, 1, 99)),
+        mapping_for(1, 99),
+    )
+    .unwrap();
     let other_dip = Ipv4Addr::new(10, 1, 0, 5);
-    p.set_backend_pool(LB_POOL, vec![strata_engine::Backend { ip: IpAddr::V4(other_dip), port: Some(DIP_PORT) }]).unwrap();
+    p.set_backend_pool(
+        LB_POOL,
+        vec![strata_engine::Backend {
+            ip: IpAddr::V4(other_dip),
+            port: Some(DIP_PORT),
+        }],
+    )
+    .unwrap();
 
     // Existing connections keep their NAT state.
-    let (v, out) = run(&mut p, Direction::Out, &vm_tcp(WEB, 40000, 443, ACK, 2, 5, b"a"), 2);
+    let (v, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40000, 443, ACK, 2, 5, b"a"),
+        2,
+    );
     assert!(v.is_forward());
     assert_eq!(decode(&out).inner.sp, nat_port, "SNAT port kept");
     let (v, out) = run(&mut p, Direction::In, &lb(5555, ACK), 2);
     assert!(v.is_forward());
-    assert_eq!(decode(&out).inner.dst, VM_CA, "existing LB connection keeps its DIP");
+    assert_eq!(
+        decode(&out).inner.dst,
+        VM_CA,
+        "existing LB connection keeps its DIP"
+    );
     // A new connection gets the new backend.
     let (_, out) = run(&mut p, Direction::In, &lb(5556, SYN), 2);
-    assert_eq!(decode(&out).inner.dst, other_dip, "new connections use the new pool");
+    assert_eq!(
+        decode(&out).inner.dst,
+        other_dip,
+        "new connections use the new pool"
+    );
     assert_eq!(p.resources().port_pools[SNAT_POOL].in_use(), 1);
 }
 
@@ -123,8 +217,14 @@ fn snapshot_restore_processes_identically() {
     // (slow path, SNAT allocation order) give identical bytes and verdicts.
     let mut next = Vec::new();
     for i in 0..50u16 {
-        next.push((Direction::Out, vm_tcp(PEER, 41000 + i, 80, ACK, 2, 9, b"data")));
-        next.push((Direction::Out, vm_tcp(WEB, 42000 + i, 443, ACK, 2, 9, b"data")));
+        next.push((
+            Direction::Out,
+            vm_tcp(PEER, 41000 + i, 80, ACK, 2, 9, b"data"),
+        ));
+        next.push((
+            Direction::Out,
+            vm_tcp(WEB, 42000 + i, 443, ACK, 2, 9, b"data"),
+        ));
         next.push((Direction::Out, vm_tcp(WEB, 43000 + i, 443, SYN, 1, 0, b"")));
         next.push((Direction::Out, vm_tcp(PEER, 25000 + i, 25, SYN, 1, 0, b"")));
     }
@@ -133,43 +233,133 @@ fn snapshot_restore_processes_identically() {
         let rb = run(&mut b, *d, f, secs(2));
         assert_eq!(ra, rb);
     }
-    assert_eq!(a.counters().direction(Direction::Out), b.counters().direction(Direction::Out));
+    assert_eq!(
+        a.counters().direction(Direction::Out),
+        b.counters().direction(Direction::Out)
+    );
     assert_eq!(a.counters().drops, b.counters().drops);
     assert_eq!(a.counters().arena.all(), b.counters().arena.all());
     assert_eq!(a.unified_flow_count(), b.unified_flow_count());
-    assert_eq!(a.resources().port_pools[SNAT_POOL].in_use(), b.resources().port_pools[SNAT_POOL].in_use());
+    assert_eq!(
+        a.resources().port_pools[SNAT_POOL].in_use(),
+        b.resources().port_pools[SNAT_POOL].in_use()
+    );
     // Corrupt or foreign input is a clear error.
-    assert!(matches!(Port::restore(&bytes[..bytes.len() / 2], ActionRegistry::default()), Err(ApiError::Snapshot(_))));
-    assert!(matches!(Port::restore(b"hello", ActionRegistry::default()), Err(ApiError::Snapshot(_))));
+    assert!(matches!(
+        Port::restore(&bytes[..bytes.len() / 2], ActionRegistry::default()),
+        Err(ApiError::Snapshot(_))
+    ));
+    assert!(matches!(
+        Port::restore(b"hello", ActionRegistry::default()),
+        Err(ApiError::Snapshot(_))
+    ));
 }
 
 #[test]
 fn bad_api_calls_return_typed_errors_and_change_nothing() {
     let mut p = port();
-    run(&mut p, Direction::Out, &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""), 1);
+    run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""),
+        1,
+    );
     let before = p.snapshot().unwrap();
     let generation = p.generation();
 
-    assert!(matches!(p.add_layer(LayerSpec::new("acl", DefaultAction::Allow, DefaultAction::Allow), None), Err(ApiError::LayerExists(_))));
-    assert!(matches!(p.add_layer(LayerSpec::new("x", DefaultAction::Allow, DefaultAction::Allow), Some(9)), Err(ApiError::BadPosition { .. })));
-    assert!(matches!(p.add_layer(LayerSpec::new("bad id!", DefaultAction::Allow, DefaultAction::Allow), None), Err(ApiError::BadId(_))));
-    assert!(matches!(p.remove_layer("nope"), Err(ApiError::NoSuchLayer(_))));
-    assert!(matches!(p.remove_group("acl", "nope"), Err(ApiError::NoSuchGroup { .. })));
+    assert!(matches!(
+        p.add_layer(
+            LayerSpec::new("acl", DefaultAction::Allow, DefaultAction::Allow),
+            None
+        ),
+        Err(ApiError::LayerExists(_))
+    ));
+    assert!(matches!(
+        p.add_layer(
+            LayerSpec::new("x", DefaultAction::Allow, DefaultAction::Allow),
+            Some(9)
+        ),
+        Err(ApiError::BadPosition { .. })
+    ));
+    assert!(matches!(
+        p.add_layer(
+            LayerSpec::new("bad id!", DefaultAction::Allow, DefaultAction::Allow),
+            None
+        ),
+        Err(ApiError::BadId(_))
+    ));
+    assert!(matches!(
+        p.remove_layer("nope"),
+        Err(ApiError::NoSuchLayer(_))
+    ));
+    assert!(matches!(
+        p.remove_group("acl", "nope"),
+        Err(ApiError::NoSuchGroup { .. })
+    ));
     // A group whose last rule is invalid: nothing of it is applied.
     let bad = Group::new("customer-out", Direction::Out).with_rules(vec![
         Rule::new("ok", 1, vec![], ActionSpec::Block),
-        Rule::new("bad", 2, vec![Condition::new(Field::DstPort, vec![MatchValue::Range { lo: 9, hi: 3 }])], ActionSpec::Allow),
+        Rule::new(
+            "bad",
+            2,
+            vec![Condition::new(
+                Field::DstPort,
+                vec![MatchValue::Range { lo: 9, hi: 3 }],
+            )],
+            ActionSpec::Allow,
+        ),
     ]);
-    assert!(matches!(p.set_group("acl", bad), Err(ApiError::InvalidCondition { .. })));
-    let dup = Group::new("g2", Direction::Out).with_rules(vec![Rule::new("allow-out", 1, vec![], ActionSpec::Allow)]);
-    assert!(matches!(p.set_group("acl", dup), Err(ApiError::DuplicateRule { .. })));
-    let unknown = Group::new("g3", Direction::Out).with_rules(vec![Rule::new("c", 1, vec![], ActionSpec::Custom { name: "nope".into(), params: Default::default() })]);
-    assert!(matches!(p.set_group("acl", unknown), Err(ApiError::UnknownAction(_))));
-    let stateless_snat = Group::new("g4", Direction::Out).with_rules(vec![Rule::new("s", 1, vec![], ActionSpec::Snat { pool: SNAT_POOL.into() })]);
-    assert!(matches!(p.set_group("slb", stateless_snat), Err(ApiError::InvalidAction { .. })));
-    assert!(matches!(p.set_mapping("nope", IpAddr::V4(PEER), mapping_for(1, 7)), Err(ApiError::NoSuchResource(_))));
-    assert!(matches!(p.add_port_pool(SNAT_POOL, IpAddr::V4(VIP), vec![(1, 2)]), Err(ApiError::ResourceExists(_))));
-    assert!(matches!(p.add_port_pool("p2", IpAddr::V4(VIP), vec![(10, 5)]), Err(ApiError::InvalidResource { .. })));
+    assert!(matches!(
+        p.set_group("acl", bad),
+        Err(ApiError::InvalidCondition { .. })
+    ));
+    let dup = Group::new("g2", Direction::Out).with_rules(vec![Rule::new(
+        "allow-out",
+        1,
+        vec![],
+        ActionSpec::Allow,
+    )]);
+    assert!(matches!(
+        p.set_group("acl", dup),
+        Err(ApiError::DuplicateRule { .. })
+    ));
+    let unknown = Group::new("g3", Direction::Out).with_rules(vec![Rule::new(
+        "c",
+        1,
+        vec![],
+        ActionSpec::Custom {
+            name: "nope".into(),
+            params: Default::default(),
+        },
+    )]);
+    assert!(matches!(
+        p.set_group("acl", unknown),
+        Err(ApiError::UnknownAction(_))
+    ));
+    let stateless_snat = Group::new("g4", Direction::Out).with_rules(vec![Rule::new(
+        "s",
+        1,
+        vec![],
+        ActionSpec::Snat {
+            pool: SNAT_POOL.into(),
+        },
+    )]);
+    assert!(matches!(
+        p.set_group("slb", stateless_snat),
+        Err(ApiError::InvalidAction { .. })
+    ));
+    assert!(matches!(
+        p.set_mapping("nope", IpAddr::V4(PEER), mapping_for(1, 7)),
+        Err(ApiError::NoSuchResource(_))
+    ));
+    assert!(matches!(
+        p.add_port_pool(SNAT_POOL, IpAddr::V4(VIP), vec![(1, 2)]),
+        Err(ApiError::ResourceExists(_))
+    ));
+    assert!(matches!(
+        p.add_port_pool("p2", IpAddr::V4(VIP), vec![(10, 5)]),
+        Err(ApiError::InvalidResource { .. })
+    ));
 
     assert_eq!(p.generation(), generation);
     assert!(p.snapshot().unwrap() == before, "state exactly as it was");
@@ -184,11 +374,19 @@ fn trace_shows_each_layer_and_changes_nothing() {
     assert_eq!(t.verdict, Verdict::Forward);
     let names: Vec<_> = t.layers.iter().map(|l| l.layer.as_str()).collect();
     assert_eq!(names, ["meter", "acl", "slb", "vnet"]);
-    assert!(matches!(&t.layers[2].decision, LayerDecision::Rule { rule, stateful: true, .. } if rule == "snat-internet"));
-    assert!(t.transposition.contains("src_ip=203.0.113.10"), "{}", t.transposition);
+    assert!(
+        matches!(&t.layers[2].decision, LayerDecision::Rule { rule, stateful: true, .. } if rule == "snat-internet")
+    );
+    assert!(
+        t.transposition.contains("src_ip=203.0.113.10"),
+        "{}",
+        t.transposition
+    );
     assert!(p.snapshot().unwrap() == before, "a trace changes nothing");
     // Inbound traces run bottom to top; a blocked one names the layer.
-    let t = p.trace_frame(Direction::In, &peer_tcp(1, 7, 3333, 22, SYN, 1, 0, b""), 1).unwrap();
+    let t = p
+        .trace_frame(Direction::In, &peer_tcp(1, 7, 3333, 22, SYN, 1, 0, b""), 1)
+        .unwrap();
     let names: Vec<_> = t.layers.iter().map(|l| l.layer.as_str()).collect();
     assert_eq!(names, ["vnet", "slb", "acl"]);
     assert_eq!(t.verdict.drop_reason(), Some(DropReason::DefaultBlock));
@@ -198,15 +396,50 @@ fn trace_shows_each_layer_and_changes_nothing() {
 #[test]
 fn layers_inserted_and_removed_at_runtime() {
     let mut p = port();
-    assert!(run(&mut p, Direction::Out, &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""), 1).0.is_forward());
+    assert!(
+        run(
+            &mut p,
+            Direction::Out,
+            &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""),
+            1
+        )
+        .0
+        .is_forward()
+    );
     // A new layer at the VM side that marks DSCP 46 on everything outbound.
     let mut spec = LayerSpec::new("qos", DefaultAction::Allow, DefaultAction::Allow);
-    spec.groups.push(Group::new("mark", Direction::Out).with_rules(vec![Rule::new("ef", 1, vec![], ActionSpec::Modify { src_mac: None, dst_mac: None, dscp: Some(46), vlan: None })]));
+    spec.groups.push(
+        Group::new("mark", Direction::Out).with_rules(vec![Rule::new(
+            "ef",
+            1,
+            vec![],
+            ActionSpec::Modify {
+                src_mac: None,
+                dst_mac: None,
+                dscp: Some(46),
+                vlan: None,
+            },
+        )]),
+    );
     p.add_layer(spec, Some(0)).unwrap();
     assert_eq!(p.layer_ids(), ["qos", "meter", "acl", "slb", "vnet"]);
-    let (_, out) = run(&mut p, Direction::Out, &vm_tcp(PEER, 40000, 80, ACK, 2, 2, b""), 2);
-    assert_eq!(decode(&out).inner.dscp, 46, "the new layer applies to the existing flow's next packet");
+    let (_, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40000, 80, ACK, 2, 2, b""),
+        2,
+    );
+    assert_eq!(
+        decode(&out).inner.dscp,
+        46,
+        "the new layer applies to the existing flow's next packet"
+    );
     p.remove_layer("qos").unwrap();
-    let (_, out) = run(&mut p, Direction::Out, &vm_tcp(PEER, 40000, 80, ACK, 2, 2, b""), 3);
+    let (_, out) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40000, 80, ACK, 2, 2, b""),
+        3,
+    );
     assert_eq!(decode(&out).inner.dscp, 0);
 }

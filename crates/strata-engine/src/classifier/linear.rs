@@ -59,6 +59,15 @@ impl GroupClassifier for LinearClassifier {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.rules.iter().map(|r| 32 + r.conditions.iter().map(|c| 32 + c.values.len() * 48).sum::<usize>()).sum()
+        self.rules
+            .iter()
+            .map(|r| {
+                32 + r
+                    .conditions
+                    .iter()
+                    .map(|c| 32 + c.values.len() * 48)
+                    .sum::<usize>()
+            })
+            .sum()
     }
 }

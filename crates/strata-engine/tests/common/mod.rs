@@ -142,11 +142,19 @@ pub struct Decoded {
 /// inconsistency.
 fn decode_plain(frame: &[u8]) -> Inner {
     let h = PacketHeaders::from_ethernet_slice(frame).expect("etherparse rejects our frame");
-    let eth = h.link.clone().and_then(|l| l.ethernet2()).expect("ethernet");
+    let eth = h
+        .link
+        .clone()
+        .and_then(|l| l.ethernet2())
+        .expect("ethernet");
     let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
         panic!("not ipv4: {:?}", h.net)
     };
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     assert_eq!(
         usize::from(ip.total_len),
         frame.len() - 14,
@@ -169,7 +177,9 @@ fn decode_plain(frame: &[u8]) -> Inner {
     };
     match &h.transport {
         Some(TransportHeader::Tcp(t)) => {
-            let want = t.calc_checksum_ipv4(ip, &payload).expect("tcp checksum calc");
+            let want = t
+                .calc_checksum_ipv4(ip, &payload)
+                .expect("tcp checksum calc");
             assert_eq!(t.checksum, want, "TCP checksum");
             inner.sp = t.source_port;
             inner.dp = t.destination_port;
@@ -183,14 +193,20 @@ fn decode_plain(frame: &[u8]) -> Inner {
         }
         Some(TransportHeader::Udp(u)) => {
             if u.checksum != 0 {
-                let want = u.calc_checksum_ipv4(ip, &payload).expect("udp checksum calc");
+                let want = u
+                    .calc_checksum_ipv4(ip, &payload)
+                    .expect("udp checksum calc");
                 assert_eq!(u.checksum, want, "UDP checksum");
             }
             inner.sp = u.source_port;
             inner.dp = u.destination_port;
         }
         Some(TransportHeader::Icmpv4(i)) => {
-            assert_eq!(i.checksum, i.icmp_type.calc_checksum(&payload), "ICMP checksum");
+            assert_eq!(
+                i.checksum,
+                i.icmp_type.calc_checksum(&payload),
+                "ICMP checksum"
+            );
             if let etherparse::Icmpv4Type::EchoRequest(e) | etherparse::Icmpv4Type::EchoReply(e) =
                 i.icmp_type
             {
@@ -232,14 +248,33 @@ pub fn decode(frame: &[u8]) -> Decoded {
 }
 
 /// An outbound TCP frame from the VM.
-pub fn vm_tcp(dst: Ipv4Addr, sp: u16, dp: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
-    tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, dp, flags, seq, ack, payload)
+pub fn vm_tcp(
+    dst: Ipv4Addr,
+    sp: u16,
+    dp: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    tcp(
+        VM_MAC, VM_GW_MAC, VM_CA, dst, sp, dp, flags, seq, ack, payload,
+    )
 }
 
 /// An inbound TCP frame from VNET peer `10.1.x.y`, VXLAN-encapsulated from
 /// its host.
 #[allow(clippy::too_many_arguments)]
-pub fn peer_tcp(x: u8, y: u8, sp: u16, dp: u16, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+pub fn peer_tcp(
+    x: u8,
+    y: u8,
+    sp: u16,
+    dp: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let inner = tcp(
         remote_mac(x, y),
         VM_MAC,
