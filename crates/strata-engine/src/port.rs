@@ -36,7 +36,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use strata_packet::emit::{PacketBuf, apply};
 use strata_packet::flow::{Ufid, ipproto};
-use strata_packet::parse::{PacketMeta, parse};
+use strata_packet::parse::{PacketMeta, ParseOptions, parse_with};
 use strata_packet::transposition::Transposition;
 
 /// Clock-sweep window of the eviction policy.
@@ -448,7 +448,7 @@ impl Port {
     /// Process one frame in place. On `Forward` the buffer holds the frame to
     /// send on.
     pub fn process(&mut self, d: Direction, buf: &mut PacketBuf, now: Time) -> Verdict {
-        let parsed = match parse(buf.as_slice()) {
+        let parsed = match parse_with(buf.as_slice(), parse_options(d)) {
             Ok(p) => p,
             Err(e) => {
                 let dc = &mut self.counters.dir[d.index()];
@@ -1131,7 +1131,7 @@ impl Port {
         frame: &[u8],
         now: Time,
     ) -> Result<Trace, strata_packet::ParseError> {
-        let p = parse(frame)?;
+        let p = parse_with(frame, parse_options(d))?;
         Ok(self.trace(d, &p.ufid, now))
     }
 }
@@ -1146,6 +1146,14 @@ fn add_refs(into: &mut Vec<LayerFlowRef>, refs: &[LayerFlowRef]) -> Vec<LayerFlo
         }
     }
     added
+}
+
+/// Frames a VM sends are never decoded as our tunnels (a VM's own overlay
+/// is opaque payload); frames from the network are.
+pub fn parse_options(d: Direction) -> ParseOptions {
+    ParseOptions {
+        decode_tunnels: d == Direction::In,
+    }
 }
 
 fn min_ttl(a: Option<Time>, b: Option<Time>) -> Option<Time> {

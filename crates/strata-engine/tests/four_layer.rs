@@ -363,3 +363,31 @@ fn malformed_frames_are_counted_drops() {
     assert_eq!(c.drops_for(DropReason::Malformed), 6);
     assert_eq!(c.malformed.values().sum::<u64>(), 6);
 }
+
+#[test]
+fn vm_own_vxlan_overlay_is_carried_intact_inside_ours() {
+    // A VM running its own overlay (e.g. Kubernetes flannel) sends VXLAN to
+    // a peer VM. Strata must treat it as opaque UDP, not as its own tunnel.
+    let mut p = port();
+    let nested_inner = udp(
+        strata_packet::MacAddr([0x0a, 0, 0, 0, 0, 1]),
+        strata_packet::MacAddr([0x0a, 0, 0, 0, 0, 2]),
+        Ipv4Addr::new(172, 30, 0, 1),
+        Ipv4Addr::new(172, 30, 0, 2),
+        1111,
+        2222,
+        b"pod traffic",
+    );
+    let vm_frame = vxlan(VM_MAC, VM_GW_MAC, VM_CA, peer(1, 7), 77, &nested_inner);
+    let (v, out) = run(&mut p, Direction::Out, &vm_frame, secs(1));
+    assert_eq!(v, Verdict::Forward);
+    let d = decode(&out);
+    assert_eq!(d.outer.expect("our encap").dst, remote_pa(1, 7));
+    assert_eq!(
+        (d.inner.src, d.inner.dst, d.inner.dp),
+        (VM_CA, peer(1, 7), 4789)
+    );
+    // The VM's VXLAN header (VNI 77) and its frame are untouched.
+    assert_eq!(&d.inner.payload[4..7], &[0, 0, 77]);
+    assert_eq!(&d.inner.payload[8..], &nested_inner[..]);
+}

@@ -24,5 +24,5 @@ pub mod wire;
 
 pub use emit::{EmitError, PacketBuf, apply};
 pub use flow::{FlowKey, MacAddr, OuterKey, TunnelKind, Ufid};
-pub use parse::{PacketMeta, ParseError, Parsed, parse};
+pub use parse::{PacketMeta, ParseError, ParseOptions, Parsed, parse, parse_with};
 pub use transposition::{Encap, OuterOp, Transposition, VlanOp};

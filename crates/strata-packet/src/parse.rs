@@ -546,8 +546,30 @@ fn detect_tunnel(frame: &[u8], l3: &L3) -> Result<Option<Tunnel>, ParseError> {
     }
 }
 
-/// Parse one frame.
+/// How to parse a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Decode VXLAN / Geneve / NVGRE as our tunnel (outer + inner groups).
+    /// True for frames from the underlay; false for frames a VM sends, whose
+    /// own tunnels (a nested overlay) are opaque UDP/GRE payload to us.
+    pub decode_tunnels: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            decode_tunnels: true,
+        }
+    }
+}
+
+/// Parse one frame, decoding tunnels.
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    parse_with(frame, ParseOptions::default())
+}
+
+/// Parse one frame with options.
+pub fn parse_with(frame: &[u8], opts: ParseOptions) -> Result<Parsed, ParseError> {
     if u32::try_from(frame.len()).is_err() {
         return Err(ParseError::FrameTooLong);
     }
@@ -566,6 +588,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
         _ => None,
     };
     if let Some(ip) = &l3
+        && opts.decode_tunnels
         && let Some(t) = detect_tunnel(frame, ip)?
     {
         p.ufid.outer = Some(OuterKey {

@@ -11,7 +11,7 @@
 //! Strata supports one level of encapsulation: pushing an outer group onto a
 //! flow that already has one replaces it (it is not nested).
 
-use crate::flow::{FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, tunnel_port};
+use crate::flow::{FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, ipproto, tunnel_port};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -199,13 +199,19 @@ impl Transposition {
             if let Some(d) = self.dscp {
                 o.dscp = d & 0x3f;
             }
-            if has_ports(k.proto) {
-                if let Some(p) = self.src_port {
-                    o.src_port = p;
-                }
-                if let Some(p) = self.dst_port {
-                    o.dst_port = p;
-                }
+            // ICMP echo carries one identifier on the wire: a request's
+            // lives in `src_port`, a reply's in `dst_port` (see FlowKey).
+            let (src_ok, dst_ok) = match (k.proto, k.icmp_type) {
+                (ipproto::TCP | ipproto::UDP, _) => (true, true),
+                (ipproto::ICMP, 8) | (ipproto::ICMPV6, 128) => (true, false),
+                (ipproto::ICMP, 0) | (ipproto::ICMPV6, 129) => (false, true),
+                _ => (false, false),
+            };
+            if src_ok && let Some(p) = self.src_port {
+                o.src_port = p;
+            }
+            if dst_ok && let Some(p) = self.dst_port {
+                o.dst_port = p;
             }
         }
         o
