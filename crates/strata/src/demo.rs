@@ -220,6 +220,8 @@ struct Sim<'p> {
     record: Option<Vec<(u64, Direction, Vec<u8>)>>,
     peak: Peak,
     expected_retransmits: u64,
+    /// Events read from the port's event channel.
+    events: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -726,6 +728,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         record: opts.write_pcap.as_ref().map(|_| Vec::new()),
         peak: Peak::default(),
         expected_retransmits: 0,
+        events: Vec::new(),
     };
 
     // Connections start over a window of ~200 µs per connection (1 s per
@@ -827,6 +830,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         record,
         peak,
         expected_retransmits,
+        events: event_lines,
         ..
     } = sim;
     let summary = r.finish();
@@ -876,6 +880,18 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     }
     for (r, n) in &cn.malformed {
         writeln!(out, "    malformed: {r:<24} {n}")?;
+    }
+    writeln!(out, "\n== blocked traffic")?;
+    writeln!(
+        out,
+        "  outbound SMTP (2 attempts), unsolicited inbound TCP to VIP:22 and to VM:22 from a peer,"
+    )?;
+    writeln!(
+        out,
+        "  a SYN to unmapped CA 10.1.200.7, 5 malformed frames; events from the port's channel:"
+    )?;
+    for e in &event_lines {
+        writeln!(out, "    {e}")?;
     }
     writeln!(out, "\n== layers (VM side first)")?;
     for l in port.layer_ids() {
@@ -940,12 +956,6 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         peak.unified_flows,
         layer_flow_text(&peak.layer_flows)
     )?;
-    let f = cn.flows;
-    writeln!(
-        out,
-        "  created {}  closed {}  expired {}  layer flows created {}",
-        f.connections_created, f.connections_closed, f.connections_expired, f.layer_flows_created
-    )?;
     writeln!(
         out,
         "  at end of traffic: {} connections, {} unified flows ({} expired by housekeeping)",
@@ -984,6 +994,12 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         port.connection_count(),
         port.unified_flow_count(),
         layer_flow_text(&layer_after)
+    )?;
+    let f = port.counters().flows;
+    writeln!(
+        out,
+        "  totals: connections created {}, closed {}, expired {}; layer flows created {}",
+        f.connections_created, f.connections_closed, f.connections_expired, f.layer_flows_created
     )?;
     writeln!(
         out,
@@ -1056,7 +1072,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
             summary.packets_in
         ));
     }
-    if port.resources().backend_pools.get(LB_POOL).is_none() {
+    if !port.resources().backend_pools.contains_key(LB_POOL) {
         fail("backend pool missing".into());
     }
     writeln!(out, "\n== invariants")?;
@@ -1132,7 +1148,7 @@ fn layer_flow_text(v: &[(String, usize)]) -> String {
 fn send_blocked(
     sim: &mut Sim<'_>,
     events: &mut dyn FnMut() -> Vec<ResourceEvent>,
-    out: &mut dyn Write,
+    _out: &mut dyn Write,
 ) -> Result<(), DemoError> {
     let vm = |p| SocketAddrV4::new(VM_CA, p);
     // Outbound SMTP: blocked by the infra ACL group (terminating rule);
@@ -1220,14 +1236,10 @@ fn send_blocked(
         "unmapped CA",
     );
     let got = events();
-    writeln!(out, "== mapping-miss events from the port's event channel")?;
     if got.is_empty() {
         sim.fail("no mapping-miss event for 10.1.200.7".into());
     }
-    for e in &got {
-        writeln!(out, "  {e:?}")?;
-    }
-    writeln!(out)?;
+    sim.events.extend(got.iter().map(|e| format!("{e:?}")));
     // Malformed frames.
     let good = frames::tcp(
         VM_MAC,
@@ -1258,15 +1270,16 @@ fn send_blocked(
         &good,
     );
     bad_vxlan[14 + 20 + 8] = 0;
-    let malformed: [(&str, Vec<u8>); 5] = [
-        ("runt frame", good[..10].to_vec()),
-        ("IPv4 IHL 4", bad_ihl),
-        ("IPv4 total length past the frame", bad_len),
-        ("TCP data offset 2", bad_doff),
-        ("VXLAN without the I flag", bad_vxlan),
+    // Tunnels are decoded only on the network side, so the broken VXLAN
+    // header is sent inbound (a VM's own VXLAN is opaque payload).
+    let malformed: [(&str, Direction, Vec<u8>); 5] = [
+        ("runt frame", Direction::Out, good[..10].to_vec()),
+        ("IPv4 IHL 4", Direction::In, bad_ihl),
+        ("IPv4 total length past the frame", Direction::Out, bad_len),
+        ("TCP data offset 2", Direction::Out, bad_doff),
+        ("VXLAN without the I flag", Direction::In, bad_vxlan),
     ];
-    for (what, f) in malformed {
-        let d = Direction::Out;
+    for (what, d, f) in malformed {
         sim.send(d, f, Expect::Drop(DropReason::Malformed), what);
         sim.now += 1_000;
     }

@@ -1114,15 +1114,15 @@ fn parse_duration(v: &Scalar) -> Result<Time, String> {
 
 /// A duration as the shortest exact text.
 fn format_duration(ns: Time) -> Scalar {
-    let s = if ns % 3_600_000_000_000 == 0 && ns > 0 {
+    let s = if ns.is_multiple_of(3_600_000_000_000) && ns > 0 {
         format!("{}h", ns / 3_600_000_000_000)
-    } else if ns % 60_000_000_000 == 0 && ns > 0 {
+    } else if ns.is_multiple_of(60_000_000_000) && ns > 0 {
         format!("{}m", ns / 60_000_000_000)
-    } else if ns % 1_000_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000_000) {
         format!("{}s", ns / 1_000_000_000)
-    } else if ns % 1_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000) {
         format!("{}ms", ns / 1_000_000)
-    } else if ns % 1_000 == 0 {
+    } else if ns.is_multiple_of(1_000) {
         format!("{}us", ns / 1_000)
     } else {
         format!("{ns}ns")
@@ -1189,7 +1189,7 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
         .chars()
         .filter(|c| !c.is_whitespace() && *c != ':')
         .collect();
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err(format!("{s:?} is not hex bytes (odd number of digits)"));
     }
     (0..t.len())

@@ -301,11 +301,14 @@ pub struct Replayer<'p> {
     pub expire_interval_ns: Option<u64>,
     last_expire: Option<u64>,
     index: u64,
+    /// The port's malformed counters as last seen.
+    malformed_seen: BTreeMap<String, u64>,
     pub summary: ReplaySummary,
 }
 
 impl<'p> Replayer<'p> {
     pub fn new(port: &'p mut Port, log: bool, expire_interval_ns: Option<u64>) -> Replayer<'p> {
+        let malformed_seen = port.counters().malformed.clone();
         Replayer {
             port,
             buf: PacketBuf::with_capacity(16 * 1024),
@@ -313,6 +316,7 @@ impl<'p> Replayer<'p> {
             expire_interval_ns,
             last_expire: None,
             index: 0,
+            malformed_seen,
             summary: ReplaySummary::default(),
         }
     }
@@ -359,13 +363,19 @@ impl<'p> Replayer<'p> {
             }
         }
         let mut parse_error = None;
-        if let Some(Err(e)) = &trace {
-            parse_error = Some(e.reason().to_string());
-            *s.malformed.entry(e.reason().to_string()).or_insert(0) += 1;
-        } else if trace.is_none() && verdict.drop_reason() == Some(DropReason::Malformed) {
-            // Without a trace, recover the reason from the parser.
-            if let Err(e) = strata_packet::parse(frame) {
-                *s.malformed.entry(e.reason().to_string()).or_insert(0) += 1;
+        if verdict.drop_reason() == Some(DropReason::Malformed) {
+            // The parser's reason: the port's counter that moved (the port
+            // parses each direction its own way, e.g. tunnels are decoded
+            // only on the network side).
+            let now_counts = &self.port.counters().malformed;
+            let moved = now_counts
+                .iter()
+                .find(|(k, n)| self.malformed_seen.get(*k) != Some(*n))
+                .map(|(k, _)| k.clone());
+            self.malformed_seen = now_counts.clone();
+            if let Some(r) = moved {
+                *s.malformed.entry(r.clone()).or_insert(0) += 1;
+                parse_error = Some(r);
             }
         }
         let line = trace.map(|tr| {
