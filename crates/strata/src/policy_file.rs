@@ -520,11 +520,36 @@ pub struct LayerDoc {
 }
 
 /// `match = "priority"` or `match = { lpm = "dst_ip" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum MatchDoc {
     Name(String),
     Lpm { lpm: String },
+}
+
+impl<'de> Deserialize<'de> for MatchDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MatchDoc, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Lpm {
+            lpm: String,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MatchDoc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"priority\" or { lpm = \"<ip or mac field>\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<MatchDoc, E> {
+                Ok(MatchDoc::Name(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MatchDoc, A::Error> {
+                Lpm::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|l| MatchDoc::Lpm { lpm: l.lpm })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[[layer.group]]`.
@@ -568,12 +593,50 @@ pub type VlanDoc = Scalar;
 
 /// Outer headers of a transposition: `"pop"`, `"ignore"`,
 /// `{ push = ENCAP }` or `{ replace = ENCAP }`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum OuterDoc {
     Name(String),
     Push { push: EncapDoc },
     Replace { replace: EncapDoc },
+}
+
+impl<'de> Deserialize<'de> for OuterDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OuterDoc, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OuterDoc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"pop\", \"ignore\", { push = { ... } } or { replace = { ... } }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OuterDoc, E> {
+                Ok(OuterDoc::Name(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OuterDoc, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom("expected `push` or `replace`"));
+                };
+                let out = match key.as_str() {
+                    "push" => OuterDoc::Push {
+                        push: map.next_value()?,
+                    },
+                    "replace" => OuterDoc::Replace {
+                        replace: map.next_value()?,
+                    },
+                    other => {
+                        return Err(de::Error::unknown_field(other, &["push", "replace"]));
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "unexpected `{extra}`: outer takes one of `push` or `replace`"
+                    )));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Explicit outer headers.
