@@ -105,6 +105,7 @@ enum Cmd {
     Trace {
         #[command(flatten)]
         source: Source,
+        /// Direction of the frame (default: the capture's, else out).
         #[arg(long, value_enum)]
         direction: Option<DirArg>,
         /// The frame as hex.
