@@ -74,6 +74,21 @@ impl CounterArena {
     }
 
     #[inline]
+    pub fn add(&mut self, slot: u32, packets: u64, bytes: u64) {
+        if let Some(c) = self.slots.get_mut(slot as usize) {
+            c.packets += packets;
+            c.bytes += bytes;
+        }
+    }
+
+    #[inline]
+    pub fn add_drops(&mut self, slot: u32, n: u64) {
+        if let Some(c) = self.slots.get_mut(slot as usize) {
+            c.drops += n;
+        }
+    }
+
+    #[inline]
     pub fn drop_one(&mut self, slot: u32) {
         if let Some(c) = self.slots.get_mut(slot as usize) {
             c.drops += 1;

@@ -12,6 +12,7 @@
 //! slot numbers, so a key is stored once, lookups hash the key once, and
 //! eviction and expiry walk slots without touching the index.
 
+use crate::flow_index::FlowIndex;
 use crate::resource::ActionState;
 use crate::tcp::TcpConn;
 use crate::types::{Direction, Time, Verdict};
@@ -198,9 +199,34 @@ pub struct UnifiedFlow {
     pub generation: u64,
     pub transposition: Transposition,
     pub verdict: Verdict,
-    /// Counter slots bumped per packet (forward: layers, rules, meters;
-    /// drop: the deciding layer and rule).
+    /// Counter slots this flow's packets count towards (forward: layers,
+    /// rules, meters; drop: the deciding layer and rule).
     pub counters: Box<[u32]>,
+    /// Packets and bytes not yet added to `counters` (the fast path counts
+    /// here, in the entry it already has in cache; flushed lazily).
+    #[serde(default)]
+    pub packets: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+impl UnifiedFlow {
+    /// Add pending packets/bytes to the counter slots (as drops for a drop
+    /// flow) and zero them.
+    pub fn flush(&mut self, arena: &mut crate::counters::CounterArena) {
+        if self.packets == 0 {
+            return;
+        }
+        for &slot in self.counters.iter() {
+            if self.verdict.is_forward() {
+                arena.add(slot, self.packets, self.bytes);
+            } else {
+                arena.add_drops(slot, self.packets);
+            }
+        }
+        self.packets = 0;
+        self.bytes = 0;
+    }
 }
 
 /// Reference from a connection to a layer flow it holds.
@@ -255,7 +281,7 @@ pub struct UnifiedFlowTable {
     free: Vec<u32>,
     /// Entries are `connection << 1 | direction`.
     #[serde(skip)]
-    index: HashTable<u32>,
+    index: FlowIndex,
     /// Connections with an outbound flow, by the MAC-agnostic identity of
     /// that flow's key: VM-side pairing (VFP-14) finds an inbound flow's
     /// partner here even when the return path's MACs differ.
@@ -272,7 +298,7 @@ impl UnifiedFlowTable {
         let conns = &self.conns;
         let di = d.index();
         self.index
-            .find(hash, |&v| {
+            .find(hash, |v| {
                 (v & 1) as usize == di
                     && conns
                         .get((v >> 1) as usize)
@@ -280,7 +306,31 @@ impl UnifiedFlowTable {
                         .and_then(|c| c.sides[di].as_ref())
                         .is_some_and(|uf| uf.key == *key)
             })
-            .map(|&v| v >> 1)
+            .map(|v| v >> 1)
+    }
+
+    /// First stage of a pipelined lookup: the index value in the home
+    /// bucket of `hash` if its hash bits match (`u32::MAX` if none).
+    #[inline]
+    pub fn peek(&self, hash: u64) -> u32 {
+        self.index.peek(hash).unwrap_or(u32::MAX)
+    }
+
+    /// Second stage: read one word of the candidate's flow entry so its
+    /// cache line is on its way. Returns the word (feed it to `black_box`).
+    #[inline]
+    pub fn touch_entry(&self, candidate: u32, d: Direction) -> u64 {
+        if candidate == u32::MAX || (candidate & 1) as usize != d.index() {
+            return 0;
+        }
+        self.conns
+            .get((candidate >> 1) as usize)
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.sides[d.index()].as_ref())
+            // The hash and both ends of the key: the lines the lookup reads.
+            .map_or(1, |uf| {
+                uf.hash ^ u64::from(uf.key.inner.dst_port) ^ u64::from(uf.key.inner.src_mac.0[0])
+            })
     }
 
     /// The connection whose outbound flow has the VM-side identity of
@@ -343,7 +393,7 @@ impl UnifiedFlowTable {
         conn.sides[d.index()] = Some(uf);
         let conns = &self.conns;
         self.index
-            .insert_unique(hash, c << 1 | d.index() as u32, |&v| side_hash(conns, v));
+            .insert(hash, c << 1 | d.index() as u32, |v| side_hash(conns, v));
         if let Some(ph) = pair {
             self.pair_index
                 .insert_unique(ph, c, |&c| out_pair_hash(conns, c));
@@ -358,9 +408,7 @@ impl UnifiedFlowTable {
         let hash = uf.hash;
         let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key)));
         let want = c << 1 | d.index() as u32;
-        if let Ok(e) = self.index.find_entry(hash, |&v| v == want) {
-            e.remove();
-        }
+        self.index.remove(hash, want);
         if let Some(ph) = pair
             && let Ok(e) = self.pair_index.find_entry(ph, |&v| v == c)
         {
@@ -431,7 +479,7 @@ impl UnifiedFlowTable {
 
     /// Rebuild the index after deserialization.
     pub fn reindex(&mut self) {
-        let mut index = HashTable::with_capacity(self.len() * 2);
+        let mut index = FlowIndex::with_capacity(self.len() * 2);
         let mut pair_index = HashTable::with_capacity(self.len());
         let conns = &self.conns;
         for (i, c) in conns.iter().enumerate() {
@@ -439,7 +487,7 @@ impl UnifiedFlowTable {
             for d in [Direction::Out, Direction::In] {
                 if let Some(uf) = c.side(d) {
                     let v = (i as u32) << 1 | d.index() as u32;
-                    index.insert_unique(uf.hash, v, |&v| side_hash(conns, v));
+                    index.insert(uf.hash, v, |v| side_hash(conns, v));
                     if d == Direction::Out {
                         pair_index.insert_unique(
                             pair_hash(&layer_flow_key(&uf.key)),
@@ -458,7 +506,8 @@ impl UnifiedFlowTable {
     /// memory-per-connection figure.
     pub fn memory_bytes(&self) -> usize {
         self.conns.capacity() * size_of::<Option<Connection>>()
-            + (self.index.capacity() + self.pair_index.capacity()) * (size_of::<u32>() + 1)
+            + self.index.memory_bytes()
+            + self.pair_index.capacity() * (size_of::<u32>() + 1)
             + self
                 .iter()
                 .map(|(_, c)| {

@@ -36,8 +36,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use strata_packet::emit::{PacketBuf, apply};
 use strata_packet::flow::{Ufid, ipproto};
-use strata_packet::parse::{PacketMeta, ParseOptions, parse_with};
+use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_with};
 use strata_packet::transposition::Transposition;
+
+/// Frames per pipelined chunk of [`Port::process_batch`].
+pub const BATCH: usize = 32;
 
 /// Clock-sweep window of the eviction policy.
 const EVICTION_WINDOW: usize = 32;
@@ -146,8 +149,17 @@ impl Port {
         &self.registry
     }
 
-    pub fn counters(&self) -> &PortCounters {
-        &self.counters
+    /// All counters, exact: includes packets still pending in unified
+    /// flows (O(flows) — a monitoring read, not a per-packet call).
+    pub fn counters(&self) -> PortCounters {
+        let mut c = self.counters.clone();
+        for (_, conn) in self.uft.iter() {
+            for uf in conn.sides.iter().flatten() {
+                let mut uf = uf.clone();
+                uf.flush(&mut c.arena);
+            }
+        }
+        c
     }
 
     pub fn resources(&self) -> &Resources {
@@ -448,34 +460,102 @@ impl Port {
     /// Process one frame in place. On `Forward` the buffer holds the frame to
     /// send on.
     pub fn process(&mut self, d: Direction, buf: &mut PacketBuf, now: Time) -> Verdict {
-        let parsed = match parse_with(buf.as_slice(), parse_options(d)) {
-            Ok(p) => p,
-            Err(e) => {
-                let dc = &mut self.counters.dir[d.index()];
-                dc.packets += 1;
-                dc.bytes += buf.len() as u64;
-                dc.dropped += 1;
-                self.counters.drops[DropReason::Malformed.index()] += 1;
-                // No allocation once a reason has been seen.
-                match self.counters.malformed.get_mut(e.reason()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        self.counters.malformed.insert(e.reason().to_string(), 1);
-                    }
-                }
-                return Verdict::Drop {
-                    reason: DropReason::Malformed,
-                    layer: None,
-                };
+        match parse_with(buf.as_slice(), parse_options(d)) {
+            Ok(p) => {
+                let hash = uft_hash(d, &p.ufid);
+                self.process_parsed(d, buf, &p, hash, now)
             }
-        };
+            Err(e) => self.malformed(d, buf.len(), e),
+        }
+    }
+
+    /// Process a batch of frames of one direction; verdicts go to `out`
+    /// (only `min(bufs.len(), out.len())` frames are processed).
+    ///
+    /// Pipelined in chunks of [`BATCH`]: first every frame is parsed and
+    /// hashed and its index bucket and flow entry are read — independent
+    /// loads, so their cache misses overlap — then each is processed with
+    /// its table memory already in cache.
+    pub fn process_batch(
+        &mut self,
+        d: Direction,
+        bufs: &mut [PacketBuf],
+        now: Time,
+        out: &mut [Verdict],
+    ) {
+        let n = bufs.len().min(out.len());
+        let opts = parse_options(d);
+        let mut start = 0;
+        while start < n {
+            let end = (start + BATCH).min(n);
+            let mut staged: [Option<(Parsed, u64)>; BATCH] = [None; BATCH];
+            for i in start..end {
+                match parse_with(bufs[i].as_slice(), opts) {
+                    Ok(p) => {
+                        let hash = uft_hash(d, &p.ufid);
+                        staged[i - start] = Some((p, hash));
+                    }
+                    Err(e) => out[i] = self.malformed(d, bufs[i].len(), e),
+                }
+            }
+            // Tight loops of independent loads: the index buckets of the
+            // whole chunk, then the flow entries they point at.
+            let mut candidates = [u32::MAX; BATCH];
+            for (c, st) in candidates.iter_mut().zip(staged.iter()) {
+                if let Some((_, hash)) = st {
+                    *c = self.uft.peek(*hash);
+                }
+            }
+            let mut touched = 0u64;
+            for &c in &candidates {
+                touched ^= self.uft.touch_entry(c, d);
+            }
+            std::hint::black_box(touched);
+            for i in start..end {
+                if let Some((p, hash)) = &staged[i - start] {
+                    out[i] = self.process_parsed(d, &mut bufs[i], p, *hash, now);
+                }
+            }
+            start = end;
+        }
+    }
+
+    /// Count a frame that did not parse.
+    fn malformed(&mut self, d: Direction, len: usize, e: strata_packet::ParseError) -> Verdict {
+        let dc = &mut self.counters.dir[d.index()];
+        dc.packets += 1;
+        dc.bytes += len as u64;
+        dc.dropped += 1;
+        self.counters.drops[DropReason::Malformed.index()] += 1;
+        // No allocation once a reason has been seen.
+        match self.counters.malformed.get_mut(e.reason()) {
+            Some(n) => *n += 1,
+            None => {
+                self.counters.malformed.insert(e.reason().to_string(), 1);
+            }
+        }
+        Verdict::Drop {
+            reason: DropReason::Malformed,
+            layer: None,
+        }
+    }
+
+    /// The datapath for one parsed frame: unified flow hit (or slow path),
+    /// reconciliation if stale, TCP tracking, counting, emit.
+    fn process_parsed(
+        &mut self,
+        d: Direction,
+        buf: &mut PacketBuf,
+        parsed: &Parsed,
+        hash: u64,
+        now: Time,
+    ) -> Verdict {
         let bytes = u64::from(parsed.meta.frame_len);
         {
             let dc = &mut self.counters.dir[d.index()];
             dc.packets += 1;
             dc.bytes += bytes;
         }
-        let hash = uft_hash(d, &parsed.ufid);
         let (conn, created) = match self.uft.lookup(d, &parsed.ufid, hash) {
             Some(c) => {
                 self.counters.dir[d.index()].fast_path += 1;
@@ -506,12 +586,16 @@ impl Port {
         };
         c.last_seen = now;
         c.referenced = true;
-        let Some(uf) = c.sides[d.index()].as_ref() else {
+        let Some(uf) = c.sides[d.index()].as_mut() else {
             return Verdict::Drop {
                 reason: DropReason::ActionRefused,
                 layer: None,
             };
         };
+        // Counted in the flow entry itself; added to the rule, layer and
+        // meter counters lazily (see `UnifiedFlow::flush`).
+        uf.packets += 1;
+        uf.bytes += bytes;
         let verdict = uf.verdict;
         match verdict {
             Verdict::Forward => {
@@ -521,11 +605,11 @@ impl Port {
                 {
                     t.update(d, &parsed.meta, now, &mut self.counters.tcp);
                 }
-                for &slot in uf.counters.iter() {
-                    self.counters.arena.hit(slot, bytes);
-                }
+                let Some(uf) = c.sides[d.index()].as_ref() else {
+                    return verdict;
+                };
                 let dc = &mut self.counters.dir[d.index()];
-                match apply(&uf.transposition, buf, &parsed) {
+                match apply(&uf.transposition, buf, parsed) {
                     Ok(()) => {
                         dc.forwarded += 1;
                         Verdict::Forward
@@ -541,9 +625,6 @@ impl Port {
                 }
             }
             Verdict::Drop { reason, .. } => {
-                for &slot in uf.counters.iter() {
-                    self.counters.arena.drop_one(slot);
-                }
                 self.counters.dir[d.index()].dropped += 1;
                 self.counters.drops[reason.index()] += 1;
                 verdict
@@ -551,17 +632,20 @@ impl Port {
         }
     }
 
-    /// Process a batch of frames of one direction; verdicts go to `out`
-    /// (which must be at least as long as `bufs`).
-    pub fn process_batch(
-        &mut self,
-        d: Direction,
-        bufs: &mut [PacketBuf],
-        now: Time,
-        out: &mut [Verdict],
-    ) {
-        for (b, v) in bufs.iter_mut().zip(out.iter_mut()) {
-            *v = self.process(d, b, now);
+    /// Add every flow's pending packet counts to the rule, layer and meter
+    /// counters (done by `expire` too; reading [`Port::counters`] does not
+    /// need it).
+    pub fn flush_counters(&mut self) {
+        for c in self.uft.ids() {
+            self.flush_connection(c);
+        }
+    }
+
+    fn flush_connection(&mut self, c: u32) {
+        if let Some(conn) = self.uft.get_mut(c) {
+            for uf in conn.sides.iter_mut().flatten() {
+                uf.flush(&mut self.counters.arena);
+            }
         }
     }
 
@@ -584,6 +668,13 @@ impl Port {
         if d == Direction::In {
             let out_key = final_ufid.reversed();
             if let Some(c) = self.uft.lookup_pair(&out_key) {
+                if let Some(old) = self
+                    .uft
+                    .get_mut(c)
+                    .and_then(|c| c.sides[d.index()].as_mut())
+                {
+                    old.flush(&mut self.counters.arena);
+                }
                 self.uft.set_side(c, d, uf);
                 let mut added = Vec::new();
                 if let Some(conn) = self.uft.get_mut(c) {
@@ -673,6 +764,8 @@ impl Port {
             } else {
                 sim.drop_counters.clone().into_boxed_slice()
             },
+            packets: 0,
+            bytes: 0,
         }
     }
 
@@ -695,6 +788,7 @@ impl Port {
                 {
                     side.generation = uf.generation;
                 } else {
+                    side.flush(&mut self.counters.arena);
                     *side = uf;
                 }
             }
@@ -1030,6 +1124,7 @@ impl Port {
     /// Remove every connection whose time has come (idle TTLs, TIME_WAIT,
     /// resets), releasing layer flows and SNAT ports. Returns how many.
     pub fn expire(&mut self, now: Time) -> usize {
+        self.flush_counters();
         let due: Vec<u32> = self
             .uft
             .iter()
@@ -1053,6 +1148,7 @@ impl Port {
     }
 
     fn remove_connection(&mut self, c: u32) {
+        self.flush_connection(c);
         let Some(conn) = self.uft.remove(c) else {
             return;
         };
