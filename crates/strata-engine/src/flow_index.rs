@@ -191,9 +191,8 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let v = (x % 5000) as u32;
-            if model.contains_key(&v) {
+            if model.remove(&v).is_some() {
                 assert!(idx.remove(h(v), v));
-                model.remove(&v);
             } else {
                 idx.insert(h(v), v, h);
                 model.insert(v, ());

@@ -268,7 +268,7 @@ impl Connection {
 /// Hash of a UFT key.
 #[inline]
 pub fn uft_hash(d: Direction, k: &Ufid) -> u64 {
-    let mut h = foldhash::fast::FixedState::with_seed(0x5546_54).build_hasher();
+    let mut h = foldhash::fast::FixedState::with_seed(0x0055_4654).build_hasher();
     d.hash(&mut h);
     k.hash(&mut h);
     h.finish()

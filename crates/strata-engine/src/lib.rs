@@ -16,6 +16,7 @@ pub mod flow_table;
 pub mod policy;
 pub mod port;
 pub mod resource;
+pub mod rulegen;
 pub mod scenario;
 pub mod snapshot;
 pub mod tcp;

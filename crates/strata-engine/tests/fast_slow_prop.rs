@@ -88,7 +88,9 @@ fn action(rng: &mut StdRng, allow_snat: bool) -> (ActionSpec, bool) {
                 remote_pa: IpAddr::V4(Ipv4Addr::new(192, 168, 0, rng.random_range(2..200))),
                 local_mac: MacAddr([2, 0xaa, 0, 0, 0, 1]),
                 next_hop_mac: MacAddr([2, 0xaa, 0, 0, 0, 2]),
-                inner_dst_mac: rng.random_bool(0.5).then(|| MacAddr([2, 0xcc, 0, 0, 0, 2])),
+                inner_dst_mac: rng
+                    .random_bool(0.5)
+                    .then_some(MacAddr([2, 0xcc, 0, 0, 0, 2])),
             },
             false,
         ),

@@ -11,8 +11,23 @@
 //!   range or no condition on the field = 0); ties as for priority.
 //!
 //! Group-level conditions are checked by the engine before classifying.
+//!
+//! Structures (all immutable, `Send + Sync`, built off the datapath):
+//! - [`linear`]: the reference scan;
+//! - [`compile`]: rules compiled to flat, ranked boxes (shared front end);
+//! - [`scan`]: compiled boxes scanned best first (small groups);
+//! - [`tree`]: cut tree with bit (multibit trie), range (interval) and hash
+//!   cuts and wildcard separation (ACL groups);
+//! - [`trie`] and [`lpm`]: poptrie for longest-prefix groups (routes);
+//! - [`plan`]: the planner choosing among them per group.
 
+pub mod compile;
 pub mod linear;
+pub mod lpm;
+pub mod plan;
+pub mod scan;
+pub mod tree;
+pub mod trie;
 
 use crate::condition::{Condition, Field, FieldValues};
 use serde::{Deserialize, Serialize};
@@ -47,7 +62,8 @@ pub trait GroupClassifier: Send + Sync + Debug {
     fn memory_bytes(&self) -> usize;
 }
 
-/// Build the classifier for a group (the planner's entry point).
+/// Build the classifier for a group (the planner's entry point, see
+/// [`plan`]).
 pub fn build(rules: &[RuleMatch], match_type: MatchType) -> Box<dyn GroupClassifier> {
-    Box::new(linear::LinearClassifier::new(rules.to_vec(), match_type))
+    plan::build(rules, match_type)
 }
