@@ -1,0 +1,220 @@
+//! LPM groups (routing): longest prefix on the group's field wins.
+//!
+//! Entries whose rule only constrains the LPM field (the routes) are
+//! *pure*: they go into a [`PopTrie`] that returns, for a value, the best
+//! rank among the pure entries covering it, where the rank already encodes
+//! `(longest prefix, priority, index)`. Exact values are full-length
+//! prefixes and ranges are split into aligned prefixes that keep the rank of
+//! a length-0 match, so any value list is handled exactly.
+//!
+//! For IP fields, IPv4 addresses live in `::ffff:0:0/96`: they get their own
+//! 32-bit trie (IPv6 prefixes covering that block, such as `::/0`, are
+//! added to it as `/0` entries keeping their real length in the rank), and
+//! the rest of the space a 128-bit trie. A lookup is one direct-table read
+//! plus a node per 6 bits.
+//!
+//! Entries of rules with other conditions (or anything else the trie cannot
+//! decide alone) stay in a [`ScanIndex`] or [`TreeIndex`] searched for a
+//! rank better than the trie's, so mixed groups are exact too.
+
+use super::compile::{Compiled, NONE};
+use super::scan::ScanIndex;
+use super::tree::{TreeConfig, TreeIndex};
+use super::trie::{NO_RANK, PopTrie};
+use super::{GroupClassifier, MatchType, RuleMatch};
+use crate::condition::{Field, FieldValues};
+
+const V4_BASE: u128 = 0xffff << 32;
+
+/// Index for the entries the trie does not hold.
+#[derive(Debug, Clone)]
+enum Rest {
+    None,
+    Scan(ScanIndex),
+    Tree(Box<TreeIndex>),
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct LpmClassifier {
+    c: Compiled,
+    field: Field,
+    max: u128,
+    v4: Option<PopTrie>,
+    main: PopTrie,
+    rest: Rest,
+    pure: usize,
+}
+
+/// Split `lo..=hi` (values of a `width`-bit field) into aligned prefixes.
+pub fn range_prefixes(lo: u128, hi: u128, width: u32, out: &mut Vec<(u128, u8)>) {
+    let mut lo = lo;
+    if lo > hi {
+        return;
+    }
+    loop {
+        let tz = if lo == 0 { 128 } else { lo.trailing_zeros() };
+        let span = hi - lo;
+        let fit = if span == u128::MAX {
+            128
+        } else {
+            127 - (span + 1).leading_zeros()
+        };
+        let b = tz.min(width).min(fit);
+        out.push((lo, (width - b) as u8));
+        if b >= 128 {
+            return;
+        }
+        let last = lo + ((1u128 << b) - 1);
+        if last >= hi {
+            return;
+        }
+        lo = last + 1;
+    }
+}
+
+#[inline]
+fn mask128(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len.min(128)))
+    }
+}
+
+impl LpmClassifier {
+    /// Build for an LPM group on `field`.
+    pub fn new(rules: &[RuleMatch], field: Field, cfg: TreeConfig) -> LpmClassifier {
+        LpmClassifier::from_compiled(Compiled::new(rules, MatchType::Lpm(field)), field, cfg)
+    }
+
+    pub fn from_compiled(mut c: Compiled, field: Field, cfg: TreeConfig) -> LpmClassifier {
+        let width = field.width();
+        let lpm_bit = c.lpm_dim.map_or(0, |d| 1u32 << d);
+        let pure: Vec<bool> = (0..c.len())
+            .map(|e| c.exact(e) && c.req(e) & !lpm_bit == 0)
+            .collect();
+        let ip = field.is_ip();
+        let mut v4p: Vec<(u128, u8, u32)> = Vec::new();
+        let mut mainp: Vec<(u128, u8, u32)> = Vec::new();
+        let mut pieces: Vec<(u128, u8)> = Vec::new();
+        let mut npure = 0;
+        for (e, &is_pure) in pure.iter().enumerate() {
+            if !is_pure {
+                continue;
+            }
+            npure += 1;
+            let (lo, hi) = match c.lpm_dim {
+                Some(d) if c.req(e) & lpm_bit != 0 => {
+                    (c.lo(e, d), c.hi(e, d).min(field.max_value()))
+                }
+                _ => (0, field.max_value()),
+            };
+            let rank = c.rank[e];
+            pieces.clear();
+            range_prefixes(lo, hi, u32::from(width), &mut pieces);
+            for &(v, len) in &pieces {
+                if !ip {
+                    mainp.push((v, len, rank));
+                } else if len >= 96 && v >> 32 == 0xffff {
+                    v4p.push((v & 0xffff_ffff, len - 96, rank));
+                } else {
+                    if V4_BASE & mask128(len) == v {
+                        v4p.push((0, 0, rank));
+                    }
+                    mainp.push((v, len, rank));
+                }
+            }
+        }
+        let v4 = ip.then(|| PopTrie::new(32, &v4p));
+        drop(v4p);
+        let main = PopTrie::new(width, &mainp);
+        drop(mainp);
+        c.retain_entries(|e| !pure[e]);
+        let rest = match c.len() {
+            0 => Rest::None,
+            n if n <= super::plan::SCAN_MAX => Rest::Scan(ScanIndex::new(&c, 0..n as u32)),
+            n => {
+                let ids: Vec<u32> = (0..n as u32).collect();
+                Rest::Tree(Box::new(TreeIndex::new(&c, &ids, cfg)))
+            }
+        };
+        LpmClassifier {
+            max: field.max_value(),
+            c,
+            field,
+            v4,
+            main,
+            rest,
+            pure: npure,
+        }
+    }
+
+    /// Entries held by the trie.
+    pub fn trie_entries(&self) -> usize {
+        self.pure
+    }
+
+    /// Entries held by the secondary index.
+    pub fn other_entries(&self) -> usize {
+        self.c.len()
+    }
+}
+
+impl GroupClassifier for LpmClassifier {
+    #[inline]
+    fn best_match(&self, fv: &FieldValues) -> Option<usize> {
+        let v = fv.get(self.field)?;
+        if v > self.max {
+            return self.c.fallback(fv);
+        }
+        let key = if self.c.dims() > 1 {
+            match self.c.key(fv) {
+                Some(k) => Some(k),
+                None => return self.c.fallback(fv),
+            }
+        } else {
+            None
+        };
+        let r = match &self.v4 {
+            Some(t) if v >> 32 == 0xffff => t.lookup(v & 0xffff_ffff),
+            _ => self.main.lookup(v),
+        };
+        let mut best = if r == NO_RANK { NONE } else { r };
+        if !matches!(self.rest, Rest::None) {
+            let key = match key {
+                Some(k) => k,
+                None => match self.c.key(fv) {
+                    Some(k) => k,
+                    None => return self.c.fallback(fv),
+                },
+            };
+            match &self.rest {
+                Rest::Scan(s) => s.lookup(&self.c, &key, fv, &mut best),
+                Rest::Tree(t) => t.lookup(&self.c, &key, fv, &mut best),
+                Rest::None => {}
+            }
+        }
+        self.c.resolve(best, fv)
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.rest {
+            Rest::None => "lpm-trie",
+            Rest::Scan(_) => "lpm-trie+scan",
+            Rest::Tree(_) => "lpm-trie+cut-tree",
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.c.memory_bytes()
+            + self.v4.as_ref().map_or(0, PopTrie::memory_bytes)
+            + self.main.memory_bytes()
+            + match &self.rest {
+                Rest::None => 0,
+                Rest::Scan(s) => s.memory_bytes(),
+                Rest::Tree(t) => t.memory_bytes(),
+            }
+    }
+}

@@ -1,0 +1,1214 @@
+//! The cut tree: a decision tree over the compiled entry boxes, for
+//! priority (ACL) groups of hundreds to tens of thousands of rules.
+//!
+//! Each internal node cuts one dimension and sends the packet to one child:
+//!
+//! - **bit cut** (multibit, path-compressed trie step): the child is a slice
+//!   of `bits` bits of the value taken at `shift`, placed at the highest bit
+//!   where the node's entries differ, so the constant leading bits of IPv4
+//!   in IPv6 space, or of a clustered address block, cost nothing;
+//! - **range cut** (interval structure): the child is found by binary search
+//!   among up to 255 boundaries chosen from the entries' interval endpoints,
+//!   for arbitrary, overlapping ranges (ports, IP ranges);
+//! - **hash cut**: the child is found by hashing the value, for entries
+//!   with exact values on that dimension.
+//!
+//! An entry goes to every child its interval overlaps as long as it spans a
+//! few children. Entries spanning more (wildcards and short prefixes on the
+//! cut dimension) are not replicated but set aside into the node's *wide*
+//! subtree, built recursively on the other dimensions (an EffiCuts-style
+//! separation by size, applied at every node). A lookup visits the selected
+//! child and the wide subtree.
+//!
+//! Leaves hold at most `leaf_size` entries sorted by rank (entries dominated
+//! by a better exact entry of the same leaf are dropped). Every node knows
+//! the best rank below it, so a subtree that cannot beat the best match
+//! found so far is skipped: a lookup checks only a handful of boxes and
+//! always finishes with an exact check, so correctness never depends on the
+//! shape of the tree. A packet without the cut dimension skips the children
+//! (they all require it) and visits only the wide subtree.
+//!
+//! Building is a single top-down pass: each node evaluates its candidate
+//! cuts on a sample of its entries, so a 50k-rule group builds in tens of
+//! milliseconds, bounded in memory by a global replication budget.
+
+use super::compile::{Compiled, Key, NONE};
+use super::{GroupClassifier, MatchType, RuleMatch};
+use crate::condition::FieldValues;
+use foldhash::fast::RandomState;
+use hashbrown::HashMap;
+
+/// Subtree kinds (low byte of [`Ref::meta`]).
+const K_NIL: u32 = 0;
+const K_ONE: u32 = 1;
+const K_LEAF: u32 = 2;
+const K_BIT: u32 = 3;
+const K_HASH: u32 = 4;
+const K_RANGE: u32 = 5;
+const K_RANGE64: u32 = 6;
+const K_RANGE32: u32 = 7;
+
+const NIL: u32 = u32::MAX;
+/// Largest number of entries a tree can index.
+pub const MAX_ENTRIES: usize = (u32::MAX - 1) as usize;
+
+/// Range cuts over 128-bit boundaries: at most this many children.
+const RANGE_MAX_CHILDREN: usize = 64;
+/// Boundaries per block of a 128-bit range cut's two-level search.
+const BLOCK: usize = 8;
+/// Range cuts over 64-bit (32-bit) boundaries, all sharing their high 64
+/// (96) bits: IPv6 within a /64, IPv4 in IPv6 space, ports, MACs, …
+const RANGE64_MAX_CHILDREN: usize = 256;
+const BLOCK64: usize = 16;
+const BLOCK32: usize = 16;
+/// IPv4 addresses in the IPv6 space.
+const V4_LO: u128 = 0xffff << 32;
+const V4_HI: u128 = V4_LO | 0xffff_ffff;
+/// Entries sampled to evaluate a range cut.
+const RANGE_SAMPLE: usize = 128;
+
+/// Tuning of the cut tree.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TreeConfig {
+    /// Largest leaf the builder stops at.
+    pub leaf_size: usize,
+    /// Deepest node (wide subtrees count as a level).
+    pub max_depth: usize,
+    /// Largest fan-out of a bit or range cut, as a power of two (1..=8);
+    /// range cuts over full 128-bit values use at most 64 children.
+    pub max_bits: u8,
+    /// An entry spanning at most this many children (and at most a quarter
+    /// of them) is replicated rather than set aside as wide.
+    pub max_replicate: usize,
+    /// Replicated entries of a node may total this many times its entries.
+    pub space_factor: usize,
+    /// All leaves may hold this many times the entry count (plus 4096);
+    /// beyond, nodes become leaves.
+    pub budget_factor: usize,
+    pub hash_cuts: bool,
+    pub range_cuts: bool,
+    /// Entries sampled per node to choose its cut.
+    pub sample: usize,
+}
+
+impl Default for TreeConfig {
+    fn default() -> TreeConfig {
+        TreeConfig {
+            leaf_size: 8,
+            max_depth: 32,
+            max_bits: 8,
+            max_replicate: 2,
+            space_factor: 3,
+            budget_factor: 12,
+            hash_cuts: true,
+            range_cuts: true,
+            sample: 512,
+        }
+    }
+}
+
+/// A subtree: its kind and, for internal nodes, the node itself (so a level
+/// costs one memory access: the child's `Ref` in the parent's children), and
+/// the best rank inside it (so a subtree that cannot win is not entered).
+///
+/// - one entry: `x` = entry;
+/// - leaf: `items[a..a + x]`;
+/// - bit / range / hash node: `children[a]` is the wide subtree, the
+///   children follow (bit, range); `x` is the first boundary (range) or the
+///   table (hash); `meta` holds kind, dimension, shift and width (bit) or
+///   boundary count (range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(16))]
+struct Ref {
+    x: u32,
+    min: u32,
+    a: u32,
+    meta: u32,
+}
+
+const NIL_REF: Ref = Ref {
+    x: NIL,
+    min: NONE,
+    a: 0,
+    meta: K_NIL,
+};
+
+impl Ref {
+    #[inline]
+    fn kind(&self) -> u32 {
+        self.meta & 0xff
+    }
+    #[inline]
+    fn dim(&self) -> usize {
+        ((self.meta >> 8) & 0xff) as usize
+    }
+    #[inline]
+    fn shift(&self) -> u32 {
+        (self.meta >> 16) & 0xff
+    }
+    #[inline]
+    fn bits(&self) -> u32 {
+        self.meta >> 24
+    }
+    fn node(kind: u32, dim: usize, shift: u32, bits: u32, a: u32, x: u32, min: u32) -> Ref {
+        Ref {
+            x,
+            min,
+            a,
+            meta: kind
+                | ((dim as u32 & 0xff) << 8)
+                | ((shift & 0xff) << 16)
+                | ((bits & 0xff) << 24),
+        }
+    }
+}
+
+/// Counts of one or more traced lookups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LookupTrace {
+    pub nodes: usize,
+    pub checks: usize,
+}
+
+trait Probe {
+    fn node(&mut self);
+    fn check(&mut self);
+}
+
+impl Probe for () {
+    #[inline(always)]
+    fn node(&mut self) {}
+    #[inline(always)]
+    fn check(&mut self) {}
+}
+
+impl Probe for LookupTrace {
+    fn node(&mut self) {
+        self.nodes += 1;
+    }
+    fn check(&mut self) {
+        self.checks += 1;
+    }
+}
+
+/// Build statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    pub nodes: usize,
+    pub leaves: usize,
+    pub leaf_items: usize,
+    pub max_depth: usize,
+    pub bit_cuts: usize,
+    pub range_cuts: usize,
+    pub hash_cuts: usize,
+}
+
+/// A cut tree over some entries of a [`Compiled`] group.
+#[derive(Debug, Clone)]
+pub struct TreeIndex {
+    /// Root for packets whose `split` address is IPv4 (or absent), and root
+    /// for the others (same as the first when not split).
+    root: [Ref; 2],
+    /// Address dimension splitting IPv4 from IPv6 entries, if any.
+    split: Option<usize>,
+    children: Vec<Ref>,
+    /// `(rank, entry)`.
+    items: Vec<(u32, u32)>,
+    bounds: Vec<u128>,
+    bounds64: Vec<u64>,
+    /// Per 32-bit range cut: the common high 96 bits (two words), then the
+    /// laid-out low halves.
+    bounds32: Vec<u32>,
+    tables: Vec<HashMap<u128, Ref, RandomState>>,
+    stats: TreeStats,
+}
+
+#[derive(Clone, Debug)]
+enum CutKind {
+    Bit { shift: u8, bits: u8 },
+    Range(Vec<u128>),
+    Hash,
+}
+
+#[derive(Clone, Debug)]
+struct Cut {
+    dim: usize,
+    kind: CutKind,
+    cost: f64,
+}
+
+/// Children `c_lo..=c_hi` of a bit cut (wrapping when `c_lo > c_hi`) and
+/// their number, or `None` if the interval covers every child.
+#[inline]
+fn bit_span(lo: u128, hi: u128, shift: u32, bits: u32) -> Option<(u32, u32, u32)> {
+    let nch = 1u32 << bits;
+    let mask = (nch - 1) as u128;
+    let period = shift + bits;
+    let clo = ((lo >> shift) & mask) as u32;
+    let chi = ((hi >> shift) & mask) as u32;
+    let wrap = period < 128 && lo >> period != hi >> period;
+    if period < 128 && (hi - lo) >> period != 0 {
+        return None;
+    }
+    let span = if wrap {
+        (nch - clo) + chi + 1
+    } else {
+        chi - clo + 1
+    };
+    (span < nch).then_some((clo, chi, span))
+}
+
+/// Children `c_lo..=c_hi` of a range cut over sorted `bounds`.
+#[inline]
+fn range_span(bounds: &[u128], lo: u128, hi: u128) -> (u32, u32) {
+    let clo = bounds.partition_point(|&x| x <= lo) as u32;
+    let chi = bounds.partition_point(|&x| x <= hi) as u32;
+    (clo, chi)
+}
+
+/// Lay out sorted keys for the two-level search: one block of `blk` keys
+/// when they fit, else a summary block (first key of blocks `1..`) followed
+/// by the blocks, padded with the maximum.
+fn layout<T: Copy>(keys: &[T], blk: usize, pad: T, out: &mut Vec<T>) {
+    if keys.len() <= blk {
+        out.extend_from_slice(keys);
+        out.resize(out.len() + blk - keys.len(), pad);
+        return;
+    }
+    let nb = keys.len().div_ceil(blk);
+    let start = out.len();
+    for j in 1..nb {
+        out.push(keys[j * blk]);
+    }
+    out.resize(start + blk, pad);
+    for j in 0..nb {
+        let b = &keys[j * blk..keys.len().min((j + 1) * blk)];
+        out.extend_from_slice(b);
+        out.resize(out.len() + blk - b.len(), pad);
+    }
+}
+
+/// Number of keys `<= v` in a block of `B` (independent comparisons, no
+/// dependent chain).
+#[inline(always)]
+fn count_le<T: Copy + PartialOrd, const B: usize>(blk: &[T], v: T) -> usize {
+    let blk: &[T; B] = match blk.first_chunk() {
+        Some(x) => x,
+        None => return 0,
+    };
+    let mut n = 0;
+    for &x in blk {
+        n += usize::from(x <= v);
+    }
+    n
+}
+
+/// Number of the `m` keys laid out by [`layout`] that are `<= v`.
+#[inline]
+fn search<T: Copy + PartialOrd, const B: usize>(b: &[T], m: usize, v: T) -> usize {
+    let pos = if m <= B {
+        count_le::<T, B>(b, v)
+    } else {
+        let j = count_le::<T, B>(b, v).min(m.div_ceil(B) - 1);
+        j * B + count_le::<T, B>(&b[B * (j + 1)..], v)
+    };
+    pos.min(m)
+}
+
+/// [`search`] for 32-bit keys: counts whole blocks (vectorizes well).
+#[inline]
+fn search32(b: &[u32], m: usize, v: u32) -> usize {
+    #[inline(always)]
+    fn count(blk: &[u32], v: u32) -> usize {
+        let blk: &[u32; BLOCK32] = match blk.first_chunk() {
+            Some(x) => x,
+            None => return 0,
+        };
+        blk.iter().map(|&x| usize::from(x <= v)).sum()
+    }
+    let pos = if m <= BLOCK32 {
+        count(b, v)
+    } else {
+        let j = count(b, v).min(m.div_ceil(BLOCK32) - 1);
+        j * BLOCK32 + count(&b[BLOCK32 * (j + 1)..], v)
+    };
+    pos.min(m)
+}
+
+struct Builder<'a> {
+    c: &'a Compiled,
+    cfg: TreeConfig,
+    t: TreeIndex,
+    budget: usize,
+    nodes: usize,
+}
+
+impl TreeIndex {
+    /// Build over the given entries of `c`.
+    pub fn new(c: &Compiled, entries: &[u32], cfg: TreeConfig) -> TreeIndex {
+        let mut ids: Vec<u32> = entries
+            .iter()
+            .copied()
+            .filter(|&e| (e as usize) < c.len().min(MAX_ENTRIES))
+            .collect();
+        ids.sort_unstable_by_key(|&e| (c.rank[e as usize], e));
+        ids.dedup();
+        let mut cfg = cfg;
+        cfg.max_bits = cfg.max_bits.clamp(1, 8);
+        cfg.leaf_size = cfg.leaf_size.max(1);
+        cfg.sample = cfg.sample.max(16);
+        let budget = cfg
+            .budget_factor
+            .saturating_mul(ids.len())
+            .saturating_add(4096);
+        let mut b = Builder {
+            c,
+            cfg,
+            t: TreeIndex {
+                root: [NIL_REF; 2],
+                split: None,
+                children: Vec::new(),
+                items: Vec::new(),
+                bounds: Vec::new(),
+                bounds64: Vec::new(),
+                bounds32: Vec::new(),
+                tables: Vec::new(),
+                stats: TreeStats::default(),
+            },
+            budget,
+            nodes: 0,
+        };
+        // A group mixing IPv4 and IPv6 entries on an address: one tree per
+        // family (entries not bound to a family in both), so that every cut
+        // below works on 32-bit IPv4 values or on IPv6 values alone.
+        let split = (0..c.dims()).find(|&d| {
+            c.dims[d].is_ip() && {
+                let (mut v4, mut v6) = (0usize, 0usize);
+                for &e in &ids {
+                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                    v4 += usize::from(lo >= V4_LO && hi <= V4_HI);
+                    v6 += usize::from(hi < V4_LO || lo > V4_HI);
+                }
+                v4.min(v6) * 64 >= ids.len()
+            }
+        });
+        let root = match split {
+            None => {
+                let r = b.build(&ids, 0);
+                [r, r]
+            }
+            Some(d) => {
+                let (mut a, mut o) = (Vec::new(), Vec::new());
+                for &e in &ids {
+                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                    if lo <= V4_HI && hi >= V4_LO {
+                        a.push(e);
+                    }
+                    if lo < V4_LO || hi > V4_HI {
+                        o.push(e);
+                    }
+                }
+                let ra = b.build(&a, 0);
+                let ro = b.build(&o, 0);
+                [ra, ro]
+            }
+        };
+        let nodes = b.nodes;
+        let mut t = b.t;
+        t.root = root;
+        t.split = split;
+        t.stats.nodes = nodes;
+        t.children.shrink_to_fit();
+        t.items.shrink_to_fit();
+        t.bounds.shrink_to_fit();
+        t.bounds64.shrink_to_fit();
+        t.bounds32.shrink_to_fit();
+        t
+    }
+
+    pub fn stats(&self) -> TreeStats {
+        self.stats
+    }
+
+    #[inline]
+    fn root(&self, key: &Key) -> &Ref {
+        match self.split {
+            Some(d) if key.present & (1 << d) != 0 && !(V4_LO..=V4_HI).contains(&key.v[d]) => {
+                &self.root[1]
+            }
+            _ => &self.root[0],
+        }
+    }
+
+    /// Lower `best` to the rank of the best matching entry, if better.
+    #[inline]
+    pub fn lookup(&self, c: &Compiled, key: &Key, fv: &FieldValues, best: &mut u32) {
+        self.visit(c, self.root(key), key, fv, best, &mut ());
+    }
+
+    /// [`TreeIndex::lookup`], also counting the nodes visited and the
+    /// entries checked (for traces and tuning).
+    pub fn lookup_traced(
+        &self,
+        c: &Compiled,
+        key: &Key,
+        fv: &FieldValues,
+        best: &mut u32,
+        trace: &mut LookupTrace,
+    ) {
+        self.visit(c, self.root(key), key, fv, best, trace);
+    }
+
+    #[inline]
+    fn visit<P: Probe>(
+        &self,
+        c: &Compiled,
+        r: &Ref,
+        key: &Key,
+        fv: &FieldValues,
+        best: &mut u32,
+        p: &mut P,
+    ) {
+        if r.min >= *best {
+            return;
+        }
+        match r.kind() {
+            K_ONE => {
+                p.check();
+                if c.entry_matches(r.x as usize, key, fv) {
+                    *best = r.min;
+                }
+            }
+            K_LEAF => {
+                let a = r.a as usize;
+                for &(rk, e) in &self.items[a..a + r.x as usize] {
+                    if rk >= *best {
+                        return;
+                    }
+                    p.check();
+                    if c.entry_matches(e as usize, key, fv) {
+                        *best = rk;
+                        return;
+                    }
+                }
+            }
+            K_NIL => {}
+            _ => self.visit_node(c, r, key, fv, best, p),
+        }
+    }
+
+    fn visit_node<P: Probe>(
+        &self,
+        c: &Compiled,
+        r: &Ref,
+        key: &Key,
+        fv: &FieldValues,
+        best: &mut u32,
+        p: &mut P,
+    ) {
+        p.node();
+        let dim = r.dim();
+        let a = r.a as usize;
+        let child = if key.present & (1 << dim) == 0 {
+            &NIL_REF
+        } else {
+            let v = key.v[dim];
+            match r.kind() {
+                K_BIT => {
+                    let mask = (1u128 << r.bits()) - 1;
+                    &self.children[a + 1 + ((v >> r.shift()) & mask) as usize]
+                }
+                K_RANGE32 => {
+                    let x = r.x as usize;
+                    let b = &self.bounds32[x..];
+                    let base =
+                        (u128::from(b[0]) << 64) | (u128::from(b[1]) << 32) | u128::from(b[2]);
+                    let hi = v >> 32;
+                    let m = r.bits() as usize;
+                    let i = if hi < base {
+                        0
+                    } else if hi > base {
+                        m
+                    } else {
+                        search32(&b[3..], m, v as u32)
+                    };
+                    &self.children[a + 1 + i]
+                }
+                K_RANGE64 => {
+                    let x = r.x as usize;
+                    let base = self.bounds64[x];
+                    let hi = (v >> 64) as u64;
+                    let m = r.bits() as usize;
+                    let i = if hi < base {
+                        0
+                    } else if hi > base {
+                        m
+                    } else {
+                        search::<u64, BLOCK64>(&self.bounds64[x + 1..], m, v as u64)
+                    };
+                    &self.children[a + 1 + i]
+                }
+                K_RANGE => {
+                    let i =
+                        search::<u128, BLOCK>(&self.bounds[r.x as usize..], r.bits() as usize, v);
+                    &self.children[a + 1 + i]
+                }
+                _ => self.tables[r.x as usize].get(&v).unwrap_or(&NIL_REF),
+            }
+        };
+        let wide = &self.children[a];
+        let (first, second) = if wide.min < child.min {
+            (wide, child)
+        } else {
+            (child, wide)
+        };
+        self.visit(c, first, key, fv, best, p);
+        self.visit(c, second, key, fv, best, p);
+    }
+
+    /// A textual outline of the top `levels` levels (debugging aid).
+    #[doc(hidden)]
+    pub fn outline(&self, levels: usize) -> String {
+        let mut out = String::new();
+        self.outline_ref(&self.root[0], 0, levels, "root", &mut out);
+        if self.split.is_some() {
+            self.outline_ref(&self.root[1], 0, levels, "root (IPv6)", &mut out);
+        }
+        out
+    }
+
+    fn outline_ref(&self, r: &Ref, depth: usize, levels: usize, label: &str, out: &mut String) {
+        use std::fmt::Write;
+        let pad = "  ".repeat(depth);
+        match r.kind() {
+            K_NIL => {}
+            K_ONE => {
+                let _ = writeln!(out, "{pad}{label}: one min={}", r.min);
+            }
+            K_LEAF => {
+                let _ = writeln!(out, "{pad}{label}: leaf {} min={}", r.x, r.min);
+            }
+            k => {
+                let a = r.a as usize;
+                let kids: Vec<Ref> = match k {
+                    K_BIT => self.children[a + 1..a + 1 + (1 << r.bits())].to_vec(),
+                    K_RANGE | K_RANGE64 | K_RANGE32 => {
+                        self.children[a + 1..a + 2 + r.bits() as usize].to_vec()
+                    }
+                    _ => self.tables[r.x as usize].values().copied().collect(),
+                };
+                let nonempty = kids.iter().filter(|k| k.kind() != K_NIL).count();
+                let _ = writeln!(
+                    out,
+                    "{pad}{label}: {} dim={} shift={} bits={} kids={}/{} min={}",
+                    ["", "", "", "bit", "hash", "range", "range64", "range32"][k as usize],
+                    r.dim(),
+                    r.shift(),
+                    r.bits(),
+                    nonempty,
+                    kids.len(),
+                    r.min
+                );
+                if depth < levels {
+                    let mut shown = 0;
+                    for (i, kid) in kids.iter().enumerate() {
+                        if kid.kind() != K_NIL && shown < 3 {
+                            shown += 1;
+                            self.outline_ref(kid, depth + 1, levels, &format!("[{i}]"), out);
+                        }
+                    }
+                    self.outline_ref(&self.children[a], depth + 1, levels, "wide", out);
+                }
+            }
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.children.capacity() * std::mem::size_of::<Ref>()
+            + self.items.capacity() * 8
+            + self.bounds.capacity() * 16
+            + self.bounds64.capacity() * 8
+            + self.bounds32.capacity() * 4
+            + self
+                .tables
+                .iter()
+                .map(|t| t.capacity() * (16 + 16 + 1) + 64)
+                .sum::<usize>()
+    }
+}
+
+impl Builder<'_> {
+    fn build(&mut self, ids: &[u32], depth: usize) -> Ref {
+        if ids.is_empty() {
+            return NIL_REF;
+        }
+        self.t.stats.max_depth = self.t.stats.max_depth.max(depth);
+        if ids.len() <= self.cfg.leaf_size
+            || depth >= self.cfg.max_depth
+            || self.t.items.len() + ids.len() > self.budget
+        {
+            return self.leaf(ids);
+        }
+        let Some(cut) = self.choose(ids) else {
+            return self.leaf(ids);
+        };
+        let n = ids.len();
+        let dim = cut.dim;
+        let c = self.c;
+        let min = c.rank[ids[0] as usize];
+        let mut wide: Vec<u32> = Vec::new();
+        // (flat child lists, offsets) or hash groups.
+        let mut flat: Vec<u32> = Vec::new();
+        let mut offs: Vec<usize> = Vec::new();
+        let mut hash_vals: Vec<u128> = Vec::new();
+        match &cut.kind {
+            CutKind::Bit { shift, bits } => {
+                let nch = 1usize << bits;
+                let (sh, bt) = (u32::from(*shift), u32::from(*bits));
+                let mut spans: Vec<(u32, u32)> = Vec::with_capacity(n);
+                let mut counts = vec![0usize; nch + 1];
+                for &e in ids {
+                    let (lo, hi) = (c.lo(e as usize, dim), c.hi(e as usize, dim));
+                    match bit_span(lo, hi, sh, bt) {
+                        Some((clo, chi, span)) if self.narrow(span as usize, nch) => {
+                            let mut x = clo as usize;
+                            loop {
+                                counts[x] += 1;
+                                if x == chi as usize {
+                                    break;
+                                }
+                                x = (x + 1) & (nch - 1);
+                            }
+                            spans.push((clo, chi));
+                        }
+                        _ => {
+                            wide.push(e);
+                            spans.push((NIL, NIL));
+                        }
+                    }
+                }
+                offs = prefix_offsets(&counts[..nch]);
+                let mut pos = offs.clone();
+                flat.resize(offs[nch], 0);
+                for (k, &e) in ids.iter().enumerate() {
+                    let (clo, chi) = spans[k];
+                    if clo == NIL {
+                        continue;
+                    }
+                    let mut x = clo as usize;
+                    loop {
+                        flat[pos[x]] = e;
+                        pos[x] += 1;
+                        if x == chi as usize {
+                            break;
+                        }
+                        x = (x + 1) & (nch - 1);
+                    }
+                }
+            }
+            CutKind::Range(bounds) => {
+                let nch = bounds.len() + 1;
+                let mut spans: Vec<(u32, u32)> = Vec::with_capacity(n);
+                let mut counts = vec![0usize; nch + 1];
+                for &e in ids {
+                    let (lo, hi) = (c.lo(e as usize, dim), c.hi(e as usize, dim));
+                    let (clo, chi) = range_span(bounds, lo, hi);
+                    let span = (chi - clo + 1) as usize;
+                    if span < nch && self.narrow(span, nch) {
+                        for x in clo..=chi {
+                            counts[x as usize] += 1;
+                        }
+                        spans.push((clo, chi));
+                    } else {
+                        wide.push(e);
+                        spans.push((NIL, NIL));
+                    }
+                }
+                offs = prefix_offsets(&counts[..nch]);
+                let mut pos = offs.clone();
+                flat.resize(offs[nch], 0);
+                for (k, &e) in ids.iter().enumerate() {
+                    let (clo, chi) = spans[k];
+                    if clo == NIL {
+                        continue;
+                    }
+                    for x in clo..=chi {
+                        flat[pos[x as usize]] = e;
+                        pos[x as usize] += 1;
+                    }
+                }
+            }
+            CutKind::Hash => {
+                let mut exact: Vec<(u128, u32)> = Vec::new();
+                for &e in ids {
+                    let (lo, hi) = (c.lo(e as usize, dim), c.hi(e as usize, dim));
+                    if lo == hi {
+                        exact.push((lo, e));
+                    } else {
+                        wide.push(e);
+                    }
+                }
+                // Stable: keeps rank order within a value.
+                exact.sort_by_key(|x| x.0);
+                for (k, &(v, e)) in exact.iter().enumerate() {
+                    if k == 0 || exact[k - 1].0 != v {
+                        offs.push(k);
+                        hash_vals.push(v);
+                    }
+                    flat.push(e);
+                }
+                offs.push(exact.len());
+            }
+        }
+        let largest = offs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        if wide.len() == n || largest == n {
+            return self.leaf(ids);
+        }
+        self.nodes += 1;
+        let parts = offs.len() - 1;
+        let r = match cut.kind {
+            CutKind::Bit { shift, bits } => {
+                let start = self.t.children.len();
+                self.t.children.resize(start + 1 + parts, NIL_REF);
+                for i in 0..parts {
+                    let r = self.build(&flat[offs[i]..offs[i + 1]], depth + 1);
+                    self.t.children[start + 1 + i] = r;
+                }
+                self.t.stats.bit_cuts += 1;
+                Ref::node(
+                    K_BIT,
+                    dim,
+                    u32::from(shift),
+                    u32::from(bits),
+                    start as u32,
+                    0,
+                    min,
+                )
+            }
+            CutKind::Range(bounds) => {
+                let start = self.t.children.len();
+                self.t.children.resize(start + 1 + parts, NIL_REF);
+                let base = bounds[0] >> 64;
+                let base96 = bounds[0] >> 32;
+                let r = if bounds.iter().all(|&b| b >> 32 == base96) {
+                    let x = self.t.bounds32.len();
+                    self.t.bounds32.extend([
+                        (base96 >> 64) as u32,
+                        (base96 >> 32) as u32,
+                        base96 as u32,
+                    ]);
+                    let lows: Vec<u32> = bounds.iter().map(|&b| b as u32).collect();
+                    layout(&lows, BLOCK32, u32::MAX, &mut self.t.bounds32);
+                    Ref::node(
+                        K_RANGE32,
+                        dim,
+                        0,
+                        bounds.len() as u32,
+                        start as u32,
+                        x as u32,
+                        min,
+                    )
+                } else if bounds.iter().all(|&b| b >> 64 == base) {
+                    let x = self.t.bounds64.len();
+                    self.t.bounds64.push(base as u64);
+                    let lows: Vec<u64> = bounds.iter().map(|&b| b as u64).collect();
+                    layout(&lows, BLOCK64, u64::MAX, &mut self.t.bounds64);
+                    Ref::node(
+                        K_RANGE64,
+                        dim,
+                        0,
+                        bounds.len() as u32,
+                        start as u32,
+                        x as u32,
+                        min,
+                    )
+                } else {
+                    let x = self.t.bounds.len();
+                    layout(&bounds, BLOCK, u128::MAX, &mut self.t.bounds);
+                    Ref::node(
+                        K_RANGE,
+                        dim,
+                        0,
+                        bounds.len() as u32,
+                        start as u32,
+                        x as u32,
+                        min,
+                    )
+                };
+                for i in 0..parts {
+                    let r = self.build(&flat[offs[i]..offs[i + 1]], depth + 1);
+                    self.t.children[start + 1 + i] = r;
+                }
+                self.t.stats.range_cuts += 1;
+                r
+            }
+            CutKind::Hash => {
+                let start = self.t.children.len();
+                self.t.children.push(NIL_REF);
+                let mut table: HashMap<u128, Ref, RandomState> =
+                    HashMap::with_capacity_and_hasher(parts, RandomState::default());
+                for i in 0..parts {
+                    let r = self.build(&flat[offs[i]..offs[i + 1]], depth + 1);
+                    table.insert(hash_vals[i], r);
+                }
+                let ti = self.t.tables.len();
+                self.t.tables.push(table);
+                self.t.stats.hash_cuts += 1;
+                Ref::node(K_HASH, dim, 0, 0, start as u32, ti as u32, min)
+            }
+        };
+        drop(flat);
+        let w = self.build(&wide, depth + 1);
+        self.t.children[r.a as usize] = w;
+        r
+    }
+
+    #[inline]
+    fn narrow(&self, span: usize, nch: usize) -> bool {
+        span == 1 || (span <= self.cfg.max_replicate && span * 4 <= nch)
+    }
+
+    fn leaf(&mut self, ids: &[u32]) -> Ref {
+        let c = self.c;
+        let d = c.dims();
+        let mut keep: Vec<u32> = Vec::with_capacity(ids.len());
+        // Drop entries dominated by a better exact entry of the leaf.
+        'outer: for &e in ids {
+            if ids.len() <= 256 {
+                let (eu, re) = (e as usize, c.req(e as usize));
+                for &k in &keep {
+                    let ku = k as usize;
+                    if !c.exact(ku) || c.req(ku) & !re != 0 {
+                        continue;
+                    }
+                    if (0..d).all(|i| c.lo(ku, i) <= c.lo(eu, i) && c.hi(eu, i) <= c.hi(ku, i)) {
+                        continue 'outer;
+                    }
+                }
+            }
+            keep.push(e);
+        }
+        let min = c.rank[keep[0] as usize];
+        self.t.stats.leaves += 1;
+        self.t.stats.leaf_items += keep.len();
+        if keep.len() == 1 {
+            return Ref {
+                x: keep[0],
+                min,
+                a: 0,
+                meta: K_ONE,
+            };
+        }
+        let a = self.t.items.len() as u32;
+        self.t
+            .items
+            .extend(keep.iter().map(|&e| (c.rank[e as usize], e)));
+        Ref {
+            x: keep.len() as u32,
+            min,
+            a,
+            meta: K_LEAF,
+        }
+    }
+
+    /// Pick the cheapest cut, if any beats a leaf.
+    fn choose(&self, ids: &[u32]) -> Option<Cut> {
+        let c = self.c;
+        let n = ids.len();
+        let step = n.div_ceil(self.cfg.sample);
+        let sample: Vec<usize> = ids.iter().step_by(step).map(|&e| e as usize).collect();
+        let s = sample.len();
+        let scale = n as f64 / s as f64;
+        let mut best: Option<Cut> = None;
+        let mut consider = |cut: Cut| {
+            if best.as_ref().is_none_or(|b| cut.cost < b.cost) {
+                best = Some(cut);
+            }
+        };
+        let mut counts: Vec<i64> = Vec::new();
+        let mut ranges: Vec<(u128, u128)> = Vec::with_capacity(s);
+        // Per entry at the finest slice: (c_lo, c_hi, wraps), or full.
+        let mut spans: Vec<(u32, u32, bool)> = Vec::with_capacity(s);
+        for dim in 0..c.dims() {
+            let max = c.maxes[dim];
+            ranges.clear();
+            ranges.extend(
+                sample
+                    .iter()
+                    .map(|&e| (c.lo(e, dim), c.hi(e, dim)))
+                    .filter(|&(lo, hi)| !(lo == 0 && hi >= max)),
+            );
+            let Some(&(rl, rh)) = ranges.first() else {
+                continue;
+            };
+            let diff = ranges
+                .iter()
+                .fold(0u128, |d, &(lo, hi)| d | (lo ^ rl) | (hi ^ rh));
+            if diff == 0 {
+                continue;
+            }
+            let full = (s - ranges.len()) as f64;
+            // Bit cuts at the highest differing bit: the period (shift +
+            // bits) is the same for every width, so spans are computed once
+            // at the widest slice and narrowed by shifting.
+            let h = 127 - diff.leading_zeros();
+            // No wider than a few children per entry.
+            let fit = usize::BITS - (4 * ranges.len()).leading_zeros();
+            let kmax = u32::from(self.cfg.max_bits).min(h + 1).min(fit);
+            let period = h + 1;
+            let shift0 = period - kmax;
+            let mmax = (1u128 << kmax) - 1;
+            spans.clear();
+            for &(lo, hi) in &ranges {
+                if period < 128 && (hi - lo) >> period != 0 {
+                    spans.push((NIL, NIL, false));
+                } else {
+                    let clo = ((lo >> shift0) & mmax) as u32;
+                    let chi = ((hi >> shift0) & mmax) as u32;
+                    spans.push((clo, chi, period < 128 && lo >> period != hi >> period));
+                }
+            }
+            for bits in 1..=kmax {
+                let down = kmax - bits;
+                let nch = 1u32 << bits;
+                counts.clear();
+                counts.resize(nch as usize + 1, 0);
+                let mut wide = full;
+                let mut total = 0usize;
+                for &(clo, chi, wrap) in &spans {
+                    if clo == NIL {
+                        wide += 1.0;
+                        continue;
+                    }
+                    let (l, h2) = (clo >> down, chi >> down);
+                    let span = if wrap { nch - l + h2 + 1 } else { h2 - l + 1 };
+                    if span >= nch || !self.narrow(span as usize, nch as usize) {
+                        wide += 1.0;
+                        continue;
+                    }
+                    total += span as usize;
+                    if wrap {
+                        counts[l as usize] += 1;
+                        counts[nch as usize] -= 1;
+                        counts[0] += 1;
+                        counts[h2 as usize + 1] -= 1;
+                    } else {
+                        counts[l as usize] += 1;
+                        counts[h2 as usize + 1] -= 1;
+                    }
+                }
+                if total > self.cfg.space_factor * s {
+                    continue;
+                }
+                let cost = cost(
+                    &counts[..nch as usize],
+                    total,
+                    wide,
+                    scale,
+                    nch as usize,
+                    n,
+                    0.0,
+                );
+                consider(Cut {
+                    dim,
+                    kind: CutKind::Bit {
+                        shift: (period - bits) as u8,
+                        bits: bits as u8,
+                    },
+                    cost,
+                });
+            }
+            // Hash cut on exact values.
+            let n_exact = ranges.iter().filter(|r| r.0 == r.1).count();
+            if self.cfg.hash_cuts && n_exact * 2 >= s && n_exact >= 16 {
+                let mut vals: Vec<u128> =
+                    ranges.iter().filter(|r| r.0 == r.1).map(|r| r.0).collect();
+                vals.sort_unstable();
+                let mut sumsq = 0f64;
+                let mut distinct = 0usize;
+                for run in vals.chunk_by(|a, b| a == b) {
+                    sumsq += (run.len() as f64).powi(2);
+                    distinct += 1;
+                }
+                if distinct > 1 {
+                    let avg = sumsq / vals.len() as f64 * scale;
+                    let wide = (s - vals.len()) as f64 * scale;
+                    consider(Cut {
+                        dim,
+                        kind: CutKind::Hash,
+                        cost: avg + wide + 2.0,
+                    });
+                }
+            }
+            // Range cut on interval endpoints.
+            if self.cfg.range_cuts {
+                // On a smaller sample: endpoints sorting and span searches
+                // dominate the build otherwise.
+                let rstep = ranges.len().div_ceil(RANGE_SAMPLE);
+                let rs = ranges.len().div_ceil(rstep);
+                let rscale = scale * ranges.len() as f64 / rs as f64;
+                let mut ends: Vec<u128> = Vec::with_capacity(2 * rs);
+                for &(lo, hi) in ranges.iter().step_by(rstep) {
+                    if lo > 0 {
+                        ends.push(lo);
+                    }
+                    if hi < max {
+                        ends.push(hi + 1);
+                    }
+                }
+                ends.sort_unstable();
+                ends.dedup();
+                if ends.is_empty() {
+                    continue;
+                }
+                // 64-bit boundaries when they share their high half.
+                let narrow64 = ends[0] >> 64 == ends[ends.len() - 1] >> 64;
+                let cap = if narrow64 {
+                    RANGE64_MAX_CHILDREN
+                } else {
+                    RANGE_MAX_CHILDREN
+                };
+                let maxb = (1usize << self.cfg.max_bits).min(cap) - 1;
+                let bounds: Vec<u128> = if ends.len() <= maxb {
+                    ends
+                } else {
+                    let mut b: Vec<u128> = (1..=maxb)
+                        .map(|i| ends[i * ends.len() / (maxb + 1)])
+                        .collect();
+                    b.dedup();
+                    b
+                };
+                let nch = bounds.len() + 1;
+                counts.clear();
+                counts.resize(nch + 1, 0);
+                let mut wide = full * (rs as f64 / ranges.len() as f64);
+                let mut total = 0usize;
+                for &(lo, hi) in ranges.iter().step_by(rstep) {
+                    let (clo, chi) = range_span(&bounds, lo, hi);
+                    let span = (chi - clo + 1) as usize;
+                    if span < nch && self.narrow(span, nch) {
+                        total += span;
+                        counts[clo as usize] += 1;
+                        counts[chi as usize + 1] -= 1;
+                    } else {
+                        wide += 1.0;
+                    }
+                }
+                if total > self.cfg.space_factor * rs {
+                    continue;
+                }
+                let cost = cost(&counts[..nch], total, wide, rscale, nch, n, 1.0);
+                consider(Cut {
+                    dim,
+                    kind: CutKind::Range(bounds),
+                    cost,
+                });
+            }
+        }
+        best.filter(|b| b.cost < n as f64 * 0.9)
+    }
+}
+
+/// Start offsets of consecutive groups of the given sizes (plus the end).
+fn prefix_offsets(counts: &[usize]) -> Vec<usize> {
+    let mut offs = Vec::with_capacity(counts.len() + 1);
+    let mut acc = 0;
+    for &k in counts {
+        offs.push(acc);
+        acc += k;
+    }
+    offs.push(acc);
+    offs
+}
+
+/// Estimated lookup cost of a cut: the expected size of the child of a
+/// (rule-distributed) packet, plus the wide entries, plus penalties for the
+/// cut's own lookup and memory.
+fn cost(
+    diffs: &[i64],
+    total: usize,
+    wide: f64,
+    scale: f64,
+    nch: usize,
+    n: usize,
+    penalty: f64,
+) -> f64 {
+    let mut run = 0i64;
+    let mut sumsq = 0f64;
+    for &d in diffs {
+        run += d;
+        sumsq += (run as f64) * (run as f64);
+    }
+    let avg = if total == 0 {
+        0.0
+    } else {
+        sumsq / total as f64 * scale
+    };
+    let mem = 0.5 * (total as f64 * scale + nch as f64) / n as f64;
+    avg + wide * scale + penalty + mem
+}
+
+/// A group classified by a cut tree.
+#[derive(Debug, Clone)]
+pub struct TreeClassifier {
+    c: Compiled,
+    idx: TreeIndex,
+}
+
+impl TreeClassifier {
+    pub fn new(rules: &[RuleMatch], match_type: MatchType, cfg: TreeConfig) -> TreeClassifier {
+        TreeClassifier::from_compiled(Compiled::new(rules, match_type), cfg)
+    }
+
+    pub fn from_compiled(c: Compiled, cfg: TreeConfig) -> TreeClassifier {
+        let ids: Vec<u32> = (0..c.len() as u32).collect();
+        let idx = TreeIndex::new(&c, &ids, cfg);
+        TreeClassifier { c, idx }
+    }
+
+    pub fn stats(&self) -> TreeStats {
+        self.idx.stats()
+    }
+
+    /// A textual outline of the tree's top levels (debugging aid).
+    #[doc(hidden)]
+    pub fn outline(&self, levels: usize) -> String {
+        self.idx.outline(levels)
+    }
+
+    /// Classify, counting the work done into `trace`.
+    pub fn best_match_traced(&self, fv: &FieldValues, trace: &mut LookupTrace) -> Option<usize> {
+        if self.c.lpm_absent(fv) {
+            return None;
+        }
+        let Some(key) = self.c.key(fv) else {
+            return self.c.fallback(fv);
+        };
+        let mut best = NONE;
+        self.idx.lookup_traced(&self.c, &key, fv, &mut best, trace);
+        self.c.resolve(best, fv)
+    }
+}
+
+impl GroupClassifier for TreeClassifier {
+    #[inline]
+    fn best_match(&self, fv: &FieldValues) -> Option<usize> {
+        if self.c.lpm_absent(fv) {
+            return None;
+        }
+        let Some(key) = self.c.key(fv) else {
+            return self.c.fallback(fv);
+        };
+        let mut best = NONE;
+        self.idx.lookup(&self.c, &key, fv, &mut best);
+        self.c.resolve(best, fv)
+    }
+
+    fn kind(&self) -> &'static str {
+        "cut-tree"
+    }
+
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.c.memory_bytes() + self.idx.memory_bytes()
+    }
+}
