@@ -13,7 +13,7 @@
 
 use crate::condition::Field;
 use crate::counters::{CounterArena, CounterName};
-use crate::resource::{ActionState, EventSink, Resources};
+use crate::resource::{ActionState, EventSink, Mapping, Resources};
 use crate::types::{Direction, DropReason, Time};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -141,6 +141,9 @@ pub struct ActionCx<'a> {
     pub dry_run: bool,
     pub layer: &'a str,
     pub rule: &'a str,
+    /// The rule's counter slot (keys per-rule action state such as meter
+    /// buckets).
+    pub rule_counter: u32,
     pub resources: &'a mut Resources,
     pub events: &'a mut EventSink,
     pub counters: &'a mut CounterArena,
@@ -223,6 +226,7 @@ impl ActionRegistry {
                 mapping: mapping.clone(),
                 local_pa: *local_pa,
                 local_mac: *local_mac,
+                encaps: Default::default(),
             }),
             ActionSpec::Decap => Arc::new(Fixed(ActionOutput::allow(Transposition {
                 outer: OuterOp::Pop,
@@ -241,7 +245,9 @@ impl ActionRegistry {
                 ..Transposition::default()
             }))),
             ActionSpec::LbNat { pool } => Arc::new(LbNat { pool: pool.clone() }),
-            ActionSpec::Snat { pool } => Arc::new(Snat { pool: pool.clone() }),
+            ActionSpec::Snat { pool } => Arc::new(Snat {
+                pool: Arc::from(pool.as_str()),
+            }),
             ActionSpec::Modify {
                 src_mac,
                 dst_mac,
@@ -307,7 +313,13 @@ struct EncapMapped {
     mapping: String,
     local_pa: IpAddr,
     local_mac: MacAddr,
+    /// One shared outer header per mapping: flows to the same remote host
+    /// point at one `Encap` instead of a copy each. Slow path only.
+    encaps: std::sync::Mutex<hashbrown::HashMap<Mapping, Arc<Encap>>>,
 }
+
+/// Bound on cached encaps per action (cleared when exceeded).
+const MAX_CACHED_ENCAPS: usize = 1 << 20;
 
 impl Action for EncapMapped {
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput {
@@ -327,16 +339,27 @@ impl Action for EncapMapped {
         if m.pa.is_ipv4() != self.local_pa.is_ipv4() {
             return ActionOutput::drop(DropReason::ActionRefused);
         }
-        let e = Encap::new(
-            m.tunnel,
-            m.vni,
-            self.local_mac,
-            m.pa_mac,
-            self.local_pa,
-            m.pa,
-        );
+        let e = {
+            let mut cache = self.encaps.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= MAX_CACHED_ENCAPS {
+                cache.clear();
+            }
+            cache
+                .entry(m)
+                .or_insert_with(|| {
+                    Arc::new(Encap::new(
+                        m.tunnel,
+                        m.vni,
+                        self.local_mac,
+                        m.pa_mac,
+                        self.local_pa,
+                        m.pa,
+                    ))
+                })
+                .clone()
+        };
         ActionOutput::allow(Transposition {
-            outer: OuterOp::Push(Arc::new(e)),
+            outer: OuterOp::Push(e),
             dst_mac: Some(m.ca_mac),
             ..Transposition::default()
         })
@@ -373,12 +396,12 @@ impl Action for LbNat {
 /// Source NAT with ports from a pool.
 #[derive(Debug)]
 struct Snat {
-    pool: String,
+    pool: Arc<str>,
 }
 
 impl Action for Snat {
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput {
-        let Some(pool) = cx.resources.port_pools.get_mut(&self.pool) else {
+        let Some(pool) = cx.resources.port_pools.get_mut(&*self.pool) else {
             return ActionOutput::drop(DropReason::SnatExhausted);
         };
         if pool.ip.is_ipv4() != cx.flow.inner.src_ip.is_ipv4() {
@@ -420,34 +443,25 @@ const MAX_METER_BUCKETS: usize = 65_536;
 
 impl Action for Meter {
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput {
-        let fv = crate::condition::FieldValues::from_ufid(cx.flow);
-        let bucket = match fv.get(self.by) {
-            None => "none".to_string(),
-            Some(v) => {
-                let w = self.by.width();
-                let len = self.prefix_len.unwrap_or(w);
-                let masked = v & crate::condition::prefix_mask(len, w);
-                if self.by.is_ip() {
-                    let ip = u128_to_ip(masked);
-                    let fam_len = if ip.is_ipv4() {
-                        len.saturating_sub(96)
-                    } else {
-                        len
-                    };
-                    if len == w {
-                        ip.to_string()
-                    } else {
-                        format!("{ip}/{fam_len}")
-                    }
-                } else {
-                    masked.to_string()
-                }
-            }
-        };
         let mut out = ActionOutput::allow(Transposition::identity());
         if cx.dry_run {
             return out;
         }
+        let fv = crate::condition::FieldValues::from_ufid(cx.flow);
+        let value = fv.get(self.by).map(|v| {
+            let w = self.by.width();
+            v & crate::condition::prefix_mask(self.prefix_len.unwrap_or(w), w)
+        });
+        // Known buckets are found by number, without building their names.
+        let key = value.unwrap_or(u128::MAX);
+        if let Some(slot) = cx.counters.meter_slot(cx.rule_counter, key) {
+            out.counters.push(slot);
+            return out;
+        }
+        let bucket = match value {
+            None => "none".to_string(),
+            Some(masked) => self.bucket_name(masked),
+        };
         let name = CounterName::Meter {
             layer: cx.layer.to_string(),
             rule: cx.rule.to_string(),
@@ -462,7 +476,32 @@ impl Action for Meter {
                 bucket: "other".into(),
             }),
         };
+        cx.counters.set_meter_slot(cx.rule_counter, key, slot);
         out.counters.push(slot);
         out
+    }
+}
+
+impl Meter {
+    /// A bucket's display name: an IP (or prefix) for IP fields, else the
+    /// number.
+    fn bucket_name(&self, masked: u128) -> String {
+        let w = self.by.width();
+        let len = self.prefix_len.unwrap_or(w);
+        if self.by.is_ip() {
+            let ip = u128_to_ip(masked);
+            let fam_len = if ip.is_ipv4() {
+                len.saturating_sub(96)
+            } else {
+                len
+            };
+            if len == w {
+                ip.to_string()
+            } else {
+                format!("{ip}/{fam_len}")
+            }
+        } else {
+            masked.to_string()
+        }
     }
 }

@@ -47,6 +47,10 @@ pub struct CounterArena {
     names: Vec<CounterName>,
     #[serde(skip)]
     by_name: HashMap<CounterName, u32>,
+    /// Meter buckets by (rule counter slot, bucket value): found without
+    /// building the bucket's name (rebuilt lazily after a restore).
+    #[serde(skip)]
+    meter_index: HashMap<(u32, u128), u32>,
 }
 
 impl CounterArena {
@@ -60,6 +64,16 @@ impl CounterArena {
         self.names.push(name.clone());
         self.by_name.insert(name, s);
         s
+    }
+
+    /// The meter bucket slot for `(rule slot, value)`, if known.
+    pub fn meter_slot(&self, rule: u32, value: u128) -> Option<u32> {
+        self.meter_index.get(&(rule, value)).copied()
+    }
+
+    /// Remember a meter bucket's slot.
+    pub fn set_meter_slot(&mut self, rule: u32, value: u128, slot: u32) {
+        self.meter_index.insert((rule, value), slot);
     }
 
     pub fn find(&self, name: &CounterName) -> Option<u32> {

@@ -17,8 +17,10 @@ use crate::resource::ActionState;
 use crate::tcp::TcpConn;
 use crate::types::{Direction, Time, Verdict};
 use core::hash::{BuildHasher, Hash, Hasher};
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use std::sync::Arc;
 use strata_packet::flow::{MacAddr, Ufid};
 use strata_packet::transposition::Transposition;
 
@@ -32,9 +34,10 @@ pub struct LayerFlow {
     pub keys: [Ufid; 2],
     /// The rule's transposition and its inverse.
     pub transpositions: [Transposition; 2],
-    /// Action contexts (counter slots) per side.
-    pub counters: [Vec<u32>; 2],
-    pub rule_id: String,
+    /// Action contexts (counter slots) of the originating side.
+    pub counters: Box<[u32]>,
+    /// The deciding rule's id (shared with the policy, not copied per flow).
+    pub rule_id: Arc<str>,
     pub rule_counter: u32,
     pub fingerprint: u64,
     /// Generation of the layer when the flow was last validated.
@@ -60,6 +63,11 @@ impl LayerFlow {
             self.origin.opposite()
         }
     }
+
+    /// Counter slots of side `side`.
+    pub fn side_counters(&self, side: usize) -> &[u32] {
+        if side == 0 { &self.counters } else { &[] }
+    }
 }
 
 /// The identity a layer flow is keyed by: the UFID without MAC addresses.
@@ -77,19 +85,49 @@ pub fn layer_flow_key(u: &Ufid) -> Ufid {
     k
 }
 
-/// The flow table of one layer.
+#[inline]
+fn lf_hash(d: Direction, k: &Ufid) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x4c46).build_hasher();
+    d.hash(&mut h);
+    k.hash(&mut h);
+    h.finish()
+}
+
+fn lf_slot_hash(slots: &[Option<LayerFlow>], v: u32) -> u64 {
+    slots
+        .get((v >> 1) as usize)
+        .and_then(|f| f.as_ref())
+        .map(|f| {
+            let side = (v & 1) as usize;
+            lf_hash(f.dir_of(side), &layer_flow_key(&f.keys[side]))
+        })
+        .unwrap_or(0)
+}
+
+/// The flow table of one layer: flows in a slab, both keys of each flow in
+/// an open-addressing index of slot numbers (keys are stored once).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LayerFlowTable {
     slots: Vec<Option<LayerFlow>>,
     free: Vec<u32>,
     #[serde(skip)]
-    index: HashMap<(Direction, Ufid), u32>,
+    index: FlowIndex,
 }
 
 impl LayerFlowTable {
     /// `(slot, side)` of the flow keyed `(d, key)`.
     pub fn lookup(&self, d: Direction, key: &Ufid) -> Option<(u32, usize)> {
-        let v = *self.index.get(&(d, layer_flow_key(key)))?;
+        let k = layer_flow_key(key);
+        let slots = &self.slots;
+        let v = self.index.find(lf_hash(d, &k), |v| {
+            slots
+                .get((v >> 1) as usize)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| {
+                    let side = (v & 1) as usize;
+                    f.dir_of(side) == d && layer_flow_key(&f.keys[side]) == k
+                })
+        })?;
         Some((v >> 1, (v & 1) as usize))
     }
 
@@ -105,6 +143,8 @@ impl LayerFlowTable {
     /// whose reverse keys collide, e.g. many-to-one static NAT) keeps its
     /// first owner.
     pub fn insert(&mut self, f: LayerFlow) -> u32 {
+        let taken: [bool; 2] =
+            [0, 1].map(|side| self.lookup(f.dir_of(side), &f.keys[side]).is_some());
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -112,12 +152,17 @@ impl LayerFlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        for side in 0..2 {
-            self.index
-                .entry((f.dir_of(side), layer_flow_key(&f.keys[side])))
-                .or_insert(slot << 1 | side as u32);
-        }
+        let hashes = [0, 1].map(|side| lf_hash(f.dir_of(side), &layer_flow_key(&f.keys[side])));
         self.slots[slot as usize] = Some(f);
+        for side in 0..2 {
+            if !taken[side] {
+                let slots = &self.slots;
+                self.index
+                    .insert(hashes[side], slot << 1 | side as u32, |v| {
+                        lf_slot_hash(slots, v)
+                    });
+            }
+        }
         slot
     }
 
@@ -126,12 +171,13 @@ impl LayerFlowTable {
         let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
             return;
         };
+        if f.detached {
+            return;
+        }
         f.detached = true;
         for side in 0..2 {
-            let k = (f.dir_of(side), layer_flow_key(&f.keys[side]));
-            if self.index.get(&k) == Some(&(slot << 1 | side as u32)) {
-                self.index.remove(&k);
-            }
+            let h = lf_hash(f.dir_of(side), &layer_flow_key(&f.keys[side]));
+            self.index.remove(h, slot << 1 | side as u32);
         }
     }
 
@@ -170,20 +216,45 @@ impl LayerFlowTable {
         self.slots.drain(..).flatten().collect()
     }
 
+    /// Heap bytes used.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * size_of::<Option<LayerFlow>>()
+            + self.index.memory_bytes()
+            + self.free.capacity() * 4
+    }
+
     /// Rebuild the index after deserialization.
     pub fn reindex(&mut self) {
-        self.index.clear();
-        for (slot, f) in self.slots.iter().enumerate() {
+        let mut index = FlowIndex::with_capacity(self.len() * 2);
+        let slots = &self.slots;
+        for (slot, f) in slots.iter().enumerate() {
             let Some(f) = f else { continue };
             if f.detached {
                 continue;
             }
             for side in 0..2 {
-                self.index
-                    .entry((f.dir_of(side), layer_flow_key(&f.keys[side])))
-                    .or_insert((slot as u32) << 1 | side as u32);
+                let k = layer_flow_key(&f.keys[side]);
+                let d = f.dir_of(side);
+                let h = lf_hash(d, &k);
+                let dup = index
+                    .find(h, |v| {
+                        slots
+                            .get((v >> 1) as usize)
+                            .and_then(|g| g.as_ref())
+                            .is_some_and(|g| {
+                                let s = (v & 1) as usize;
+                                g.dir_of(s) == d && layer_flow_key(&g.keys[s]) == k
+                            })
+                    })
+                    .is_some();
+                if !dup {
+                    index.insert(h, (slot as u32) << 1 | side as u32, |v| {
+                        lf_slot_hash(slots, v)
+                    });
+                }
             }
         }
+        self.index = index;
     }
 }
 
@@ -236,6 +307,10 @@ pub struct LayerFlowRef {
     pub slot: u32,
 }
 
+/// The layer flows a connection holds (inline up to two: no allocation
+/// for the usual ACL + NAT pair).
+pub type LayerFlowRefs = SmallVec<[LayerFlowRef; 2]>;
+
 /// A pair of unified flows and their shared state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
@@ -243,7 +318,7 @@ pub struct Connection {
     pub sides: [Option<UnifiedFlow>; 2],
     pub initiator: Direction,
     pub tcp: Option<TcpConn>,
-    pub layer_flows: Vec<LayerFlowRef>,
+    pub layer_flows: LayerFlowRefs,
     pub created: Time,
     pub last_seen: Time,
     /// Idle timeout from the deciding rules, if any set one.

@@ -167,6 +167,7 @@ impl Group {
                     },
                 })?;
             rules.push(CompiledRule {
+                id: Arc::from(r.id.as_str()),
                 fingerprint: r.fingerprint(),
                 action,
                 counter: u32::MAX,
@@ -192,6 +193,8 @@ impl Group {
 /// A rule's compiled parts, parallel to `Group::rules`.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
+    /// The rule's id, shared by every layer flow it creates.
+    pub id: Arc<str>,
     pub action: Arc<dyn Action>,
     pub fingerprint: u64,
     /// The rule's counter slot in the port's arena.

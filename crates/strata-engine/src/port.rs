@@ -21,8 +21,8 @@ use crate::condition::FieldValues;
 use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_table::{
-    Connection, LayerFlow, LayerFlowRef, LayerFlowTable, UnifiedFlow, UnifiedFlowTable,
-    layer_flow_key, uft_hash,
+    Connection, LayerFlow, LayerFlowRef, LayerFlowRefs, LayerFlowTable, UnifiedFlow,
+    UnifiedFlowTable, layer_flow_key, uft_hash,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -32,6 +32,7 @@ use crate::tcp::{TcpConn, TcpState};
 use crate::trace::{LayerDecision, LayerTrace, Trace};
 use crate::types::{Direction, DropReason, Time, Verdict, secs};
 use crossbeam_channel::Receiver;
+use smallvec::{SmallVec, smallvec};
 use std::net::IpAddr;
 use std::sync::Arc;
 use strata_packet::emit::{PacketBuf, apply};
@@ -67,10 +68,10 @@ pub struct Port {
 struct Sim {
     transposition: Transposition,
     verdict: Option<(DropReason, u16)>,
-    counters: Vec<u32>,
-    drop_counters: Vec<u32>,
-    refs: Vec<LayerFlowRef>,
-    created: Vec<LayerFlowRef>,
+    counters: SmallVec<[u32; 16]>,
+    drop_counters: SmallVec<[u32; 2]>,
+    refs: SmallVec<[LayerFlowRef; 4]>,
+    created: SmallVec<[LayerFlowRef; 4]>,
     ttl: Option<Time>,
     trace: Vec<LayerTrace>,
 }
@@ -676,7 +677,7 @@ impl Port {
                     old.flush(&mut self.counters.arena);
                 }
                 self.uft.set_side(c, d, uf);
-                let mut added = Vec::new();
+                let mut added = SmallVec::new();
                 if let Some(conn) = self.uft.get_mut(c) {
                     added = add_refs(&mut conn.layer_flows, &sim.refs);
                     if forward && conn.tcp.is_none() && ufid.inner.is_tcp() {
@@ -693,7 +694,7 @@ impl Port {
         }
         let tcp = (forward && ufid.inner.is_tcp())
             .then(|| TcpConn::new(d, meta, now, &mut self.counters.tcp));
-        let mut layer_flows = Vec::with_capacity(sim.refs.len());
+        let mut layer_flows = LayerFlowRefs::new();
         let added = add_refs(&mut layer_flows, &sim.refs);
         let conn = Connection {
             sides: [None, None],
@@ -735,7 +736,7 @@ impl Port {
         if paired {
             let puf = self.unified_flow(&pkey, phash, &psim);
             self.uft.set_side(c, pd, puf);
-            let mut added = Vec::new();
+            let mut added = SmallVec::new();
             if let Some(conn) = self.uft.get_mut(c) {
                 added = add_refs(&mut conn.layer_flows, &psim.refs);
                 conn.idle_ttl = min_ttl(conn.idle_ttl, psim.ttl);
@@ -777,7 +778,7 @@ impl Port {
         let sim = self.simulate(d, &key, now, Mode::Create, false);
         let hash = uft_hash(d, &key);
         let uf = self.unified_flow(&key, hash, &sim);
-        let mut new_refs = Vec::new();
+        let mut new_refs = SmallVec::new();
         if let Some(conn) = self.uft.get_mut(c) {
             new_refs = add_refs(&mut conn.layer_flows, &sim.refs);
             conn.idle_ttl = sim.ttl;
@@ -835,7 +836,7 @@ impl Port {
             let policy = Arc::clone(&self.policy);
             if let Some(l) = policy.layers.iter().find(|l| l.uid == layer_uid) {
                 for g in &l.groups {
-                    if let Some(i) = g.group.rules.iter().position(|r| r.id == f.rule_id) {
+                    if let Some(i) = g.rules.iter().position(|r| *r.id == *f.rule_id) {
                         g.rules[i].action.teardown(&f.state, &mut self.resources);
                     }
                 }
@@ -862,7 +863,7 @@ impl Port {
                     continue;
                 };
                 let t = f.transpositions[side].clone();
-                sim.counters.extend_from_slice(&f.counters[side]);
+                sim.counters.extend_from_slice(f.side_counters(side));
                 sim.counters.push(layer.counter);
                 sim.counters.push(f.rule_counter);
                 sim.ttl = min_ttl(sim.ttl, f.ttl);
@@ -871,7 +872,7 @@ impl Port {
                         layer: layer.id.clone(),
                         input: local,
                         decision: LayerDecision::LayerFlow {
-                            rule: f.rule_id.clone(),
+                            rule: f.rule_id.to_string(),
                             reverse: side == 1,
                         },
                         transposition: t.describe(),
@@ -905,7 +906,7 @@ impl Port {
                     DefaultAction::Allow => sim.counters.push(layer.counter),
                     DefaultAction::Block => {
                         sim.verdict = Some((DropReason::DefaultBlock, li as u16));
-                        sim.drop_counters = vec![layer.counter];
+                        sim.drop_counters = smallvec![layer.counter];
                         break;
                     }
                 }
@@ -931,7 +932,7 @@ impl Port {
             }
             if let Err(reason) = out.verdict {
                 sim.verdict = Some((reason, li as u16));
-                sim.drop_counters = vec![layer.counter, crule.counter];
+                sim.drop_counters = smallvec![layer.counter, crule.counter];
                 break;
             }
             if let Some(slot) = lf {
@@ -978,6 +979,7 @@ impl Port {
             dry_run: mode == Mode::DryRun,
             layer: &layer.id,
             rule: &rule.id,
+            rule_counter: crule.counter,
             resources: &mut self.resources,
             events: &mut self.events,
             counters: &mut self.counters.arena,
@@ -999,8 +1001,8 @@ impl Port {
                 out.transposition.clone(),
                 out.transposition.reverse_for(local),
             ],
-            counters: [out.counters.clone(), Vec::new()],
-            rule_id: rule.id.clone(),
+            counters: out.counters.clone().into_boxed_slice(),
+            rule_id: Arc::clone(&crule.id),
             rule_counter: crule.counter,
             fingerprint: crule.fingerprint,
             layer_generation: layer.generation,
@@ -1044,7 +1046,7 @@ impl Port {
         let still = decided
             .and_then(|r| layer.rule(r))
             .is_some_and(|(r, cr, _)| {
-                r.stateful && r.id == f.rule_id && cr.fingerprint == f.fingerprint
+                r.stateful && *cr.id == *f.rule_id && cr.fingerprint == f.fingerprint
             });
         if mode == Mode::DryRun {
             return still.then_some((slot, side));
@@ -1233,8 +1235,8 @@ impl Port {
 }
 
 /// Add refs not yet held; returns the ones added (to take references on).
-fn add_refs(into: &mut Vec<LayerFlowRef>, refs: &[LayerFlowRef]) -> Vec<LayerFlowRef> {
-    let mut added = Vec::new();
+fn add_refs(into: &mut LayerFlowRefs, refs: &[LayerFlowRef]) -> SmallVec<[LayerFlowRef; 4]> {
+    let mut added = SmallVec::new();
     for r in refs {
         if !into.contains(r) {
             into.push(*r);

@@ -203,7 +203,7 @@ impl Resources {
     /// Return per-flow state taken from a resource.
     pub fn release(&mut self, state: &ActionState) {
         if let ActionState::SnatPort { pool, port, .. } = state
-            && let Some(p) = self.port_pools.get_mut(pool)
+            && let Some(p) = self.port_pools.get_mut(&**pool)
         {
             p.release(*port);
         }
@@ -217,7 +217,7 @@ pub enum ActionState {
     #[default]
     None,
     SnatPort {
-        pool: String,
+        pool: std::sync::Arc<str>,
         ip: IpAddr,
         port: u16,
     },
