@@ -345,6 +345,8 @@ impl Compiled {
         let mut tmp2: Vec<Alt> = Vec::new();
         let mut idx: Vec<usize> = vec![0; d];
         c.recs.reserve(rules.len() * c.stride);
+        // Rules in the order given: their conditions were most likely
+        // allocated in that order, so reading them streams.
         'rules: for (ri, r) in rules.iter().enumerate() {
             c.flat.push(r);
             for p in per_dim.iter_mut() {
@@ -490,7 +492,32 @@ impl Compiled {
         c.recs.shrink_to_fit();
         c.plen.shrink_to_fit();
         c.assign_ranks();
+        if matches!(match_type, MatchType::Priority) {
+            c.sort_by_rank();
+        }
         c
+    }
+
+    /// Renumber the entries in rank order, so that every index walks them
+    /// (and their records) in address order. LPM groups sort only what
+    /// their secondary index holds.
+    pub(crate) fn sort_by_rank(&mut self) {
+        let n = self.len();
+        if self.rank.windows(2).all(|w| w[0] <= w[1]) {
+            return;
+        }
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&e| self.rank[e as usize]);
+        let st = self.stride;
+        let mut recs = Vec::with_capacity(self.recs.len());
+        for &e in &order {
+            recs.extend_from_slice(&self.recs[e as usize * st..(e as usize + 1) * st]);
+        }
+        self.recs = recs;
+        self.rank = order.iter().map(|&e| self.rank[e as usize]).collect();
+        if !self.plen.is_empty() {
+            self.plen = order.iter().map(|&e| self.plen[e as usize]).collect();
+        }
     }
 
     /// Rank every entry (see module docs).

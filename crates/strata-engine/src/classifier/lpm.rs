@@ -44,6 +44,9 @@ pub struct LpmClassifier {
     main: PopTrie,
     rest: Rest,
     pure: usize,
+    /// The tries hold rule indices instead of ranks (nothing else to merge
+    /// with).
+    rules_in_trie: bool,
 }
 
 /// Split `lo..=hi` (values of a `width`-bit field) into aligned prefixes.
@@ -126,11 +129,21 @@ impl LpmClassifier {
                 }
             }
         }
-        let v4 = ip.then(|| PopTrie::new(32, &v4p));
+        let mut v4 = ip.then(|| PopTrie::new(32, &v4p));
         drop(v4p);
-        let main = PopTrie::new(width, &mainp);
+        let mut main = PopTrie::new(width, &mainp);
         drop(mainp);
         c.retain_entries(|e| !pure[e]);
+        c.sort_by_rank();
+        let rules_in_trie =
+            c.is_empty() && c.residual.is_empty() && c.rank_rule.len() < NO_RANK as usize;
+        if rules_in_trie {
+            let to_rule = |r: u32| c.rank_rule.get(r as usize).copied().unwrap_or(NO_RANK);
+            if let Some(t) = &mut v4 {
+                t.map_leaves(to_rule);
+            }
+            main.map_leaves(to_rule);
+        }
         let rest = match c.len() {
             0 => Rest::None,
             n if n <= super::plan::SCAN_MAX => Rest::Scan(ScanIndex::new(&c, 0..n as u32)),
@@ -147,6 +160,7 @@ impl LpmClassifier {
             main,
             rest,
             pure: npure,
+            rules_in_trie,
         }
     }
 
@@ -180,6 +194,9 @@ impl GroupClassifier for LpmClassifier {
             Some(t) if v >> 32 == 0xffff => t.lookup(v & 0xffff_ffff),
             _ => self.main.lookup(v),
         };
+        if self.rules_in_trie {
+            return (r != NO_RANK).then_some(r as usize);
+        }
         let mut best = if r == NO_RANK { NONE } else { r };
         if !matches!(self.rest, Rest::None) {
             let key = match key {

@@ -97,7 +97,7 @@ impl Default for TreeConfig {
             leaf_size: 8,
             max_depth: 32,
             max_bits: 8,
-            max_replicate: 2,
+            max_replicate: 8,
             space_factor: 3,
             budget_factor: 12,
             hash_cuts: true,
@@ -258,12 +258,48 @@ fn bit_span(lo: u128, hi: u128, shift: u32, bits: u32) -> Option<(u32, u32, u32)
     (span < nch).then_some((clo, chi, span))
 }
 
-/// Children `c_lo..=c_hi` of a range cut over sorted `bounds`.
-#[inline]
-fn range_span(bounds: &[u128], lo: u128, hi: u128) -> (u32, u32) {
-    let clo = bounds.partition_point(|&x| x <= lo) as u32;
-    let chi = bounds.partition_point(|&x| x <= hi) as u32;
-    (clo, chi)
+/// Children `c_lo..=c_hi` of a range cut over sorted boundaries, with a
+/// 32-bit fast path when the boundaries share their
+/// high 96 bits (IPv4, ports, …).
+struct Spanner<'a> {
+    bounds: &'a [u128],
+    base: Option<u128>,
+    low: Vec<u32>,
+}
+
+impl<'a> Spanner<'a> {
+    fn new(bounds: &'a [u128]) -> Spanner<'a> {
+        let base = bounds.first().map(|&b| b >> 32);
+        let base = base.filter(|&b| bounds.iter().all(|&x| x >> 32 == b));
+        let low = if base.is_some() {
+            bounds.iter().map(|&b| b as u32).collect()
+        } else {
+            Vec::new()
+        };
+        Spanner { bounds, base, low }
+    }
+
+    #[inline]
+    fn index(&self, v: u128) -> u32 {
+        match self.base {
+            Some(b) => {
+                if v >> 32 < b {
+                    0
+                } else if v >> 32 > b {
+                    self.low.len() as u32
+                } else {
+                    let x = v as u32;
+                    self.low.partition_point(|&y| y <= x) as u32
+                }
+            }
+            None => self.bounds.partition_point(|&x| x <= v) as u32,
+        }
+    }
+
+    #[inline]
+    fn span(&self, lo: u128, hi: u128) -> (u32, u32) {
+        (self.index(lo), self.index(hi))
+    }
 }
 
 /// Lay out sorted keys for the two-level search: one block of `blk` keys
@@ -341,6 +377,19 @@ struct Builder<'a> {
     t: TreeIndex,
     budget: usize,
     nodes: usize,
+    scratch: Scratch,
+}
+
+/// Buffers reused by every [`Builder::choose`].
+#[derive(Default)]
+struct Scratch {
+    sample: Vec<usize>,
+    counts: Vec<i64>,
+    ranges: Vec<(u128, u128)>,
+    /// Per entry at the finest slice: (c_lo, c_hi, wraps), or full.
+    spans: Vec<(u32, u32, bool)>,
+    ends: Vec<u128>,
+    vals: Vec<u128>,
 }
 
 impl TreeIndex {
@@ -367,8 +416,8 @@ impl TreeIndex {
             t: TreeIndex {
                 root: [NIL_REF; 2],
                 split: None,
-                children: Vec::new(),
-                items: Vec::new(),
+                children: Vec::with_capacity(4 * ids.len() + 16),
+                items: Vec::with_capacity(3 * ids.len() + 16),
                 bounds: Vec::new(),
                 bounds64: Vec::new(),
                 bounds32: Vec::new(),
@@ -377,6 +426,7 @@ impl TreeIndex {
             },
             budget,
             nodes: 0,
+            scratch: Scratch::default(),
         };
         // A group mixing IPv4 and IPv6 entries on an address: one tree per
         // family (entries not bound to a family in both), so that every cut
@@ -562,8 +612,25 @@ impl TreeIndex {
         } else {
             (child, wide)
         };
+        if second.min < *best {
+            self.touch(c, second);
+        }
         self.visit(c, first, key, fv, best, p);
         self.visit(c, second, key, fv, best, p);
+    }
+
+    /// Start loading the first line a visit of `r` will need, so that it
+    /// arrives while the other subtree is searched (a plain load whose value
+    /// nothing waits for acts as a prefetch).
+    #[inline(always)]
+    fn touch(&self, c: &Compiled, r: &Ref) {
+        let line = match r.kind() {
+            K_ONE => c.recs.get(r.x as usize * c.stride).map(|h| *h as u64),
+            K_LEAF => self.items.get(r.a as usize).map(|x| u64::from(x.1)),
+            K_NIL => None,
+            _ => self.children.get(r.a as usize).map(|x| u64::from(x.min)),
+        };
+        std::hint::black_box(line);
     }
 
     /// A textual outline of the top `levels` levels (debugging aid).
@@ -649,7 +716,10 @@ impl Builder<'_> {
         {
             return self.leaf(ids);
         }
-        let Some(cut) = self.choose(ids) else {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let cut = self.choose(ids, &mut scratch);
+        self.scratch = scratch;
+        let Some(cut) = cut else {
             return self.leaf(ids);
         };
         let n = ids.len();
@@ -710,9 +780,10 @@ impl Builder<'_> {
                 let nch = bounds.len() + 1;
                 let mut spans: Vec<(u32, u32)> = Vec::with_capacity(n);
                 let mut counts = vec![0usize; nch + 1];
+                let spanner = Spanner::new(bounds);
                 for &e in ids {
                     let (lo, hi) = (c.lo(e as usize, dim), c.hi(e as usize, dim));
-                    let (clo, chi) = range_span(bounds, lo, hi);
+                    let (clo, chi) = spanner.span(lo, hi);
                     let span = (chi - clo + 1) as usize;
                     if span < nch && self.narrow(span, nch) {
                         for x in clo..=chi {
@@ -912,11 +983,20 @@ impl Builder<'_> {
     }
 
     /// Pick the cheapest cut, if any beats a leaf.
-    fn choose(&self, ids: &[u32]) -> Option<Cut> {
+    fn choose(&self, ids: &[u32], scratch: &mut Scratch) -> Option<Cut> {
         let c = self.c;
         let n = ids.len();
         let step = n.div_ceil(self.cfg.sample);
-        let sample: Vec<usize> = ids.iter().step_by(step).map(|&e| e as usize).collect();
+        let Scratch {
+            sample,
+            counts,
+            ranges,
+            spans,
+            ends,
+            vals,
+        } = scratch;
+        sample.clear();
+        sample.extend(ids.iter().step_by(step).map(|&e| e as usize));
         let s = sample.len();
         let scale = n as f64 / s as f64;
         let mut best: Option<Cut> = None;
@@ -925,19 +1005,15 @@ impl Builder<'_> {
                 best = Some(cut);
             }
         };
-        let mut counts: Vec<i64> = Vec::new();
-        let mut ranges: Vec<(u128, u128)> = Vec::with_capacity(s);
-        // Per entry at the finest slice: (c_lo, c_hi, wraps), or full.
-        let mut spans: Vec<(u32, u32, bool)> = Vec::with_capacity(s);
         for dim in 0..c.dims() {
             let max = c.maxes[dim];
             ranges.clear();
-            ranges.extend(
-                sample
-                    .iter()
-                    .map(|&e| (c.lo(e, dim), c.hi(e, dim)))
-                    .filter(|&(lo, hi)| !(lo == 0 && hi >= max)),
-            );
+            for &e in sample.iter() {
+                let (lo, hi) = (c.lo(e, dim), c.hi(e, dim));
+                if !(lo == 0 && hi >= max) {
+                    ranges.push((lo, hi));
+                }
+            }
             let Some(&(rl, rh)) = ranges.first() else {
                 continue;
             };
@@ -959,7 +1035,7 @@ impl Builder<'_> {
             let shift0 = period - kmax;
             let mmax = (1u128 << kmax) - 1;
             spans.clear();
-            for &(lo, hi) in &ranges {
+            for &(lo, hi) in ranges.iter() {
                 if period < 128 && (hi - lo) >> period != 0 {
                     spans.push((NIL, NIL, false));
                 } else {
@@ -968,14 +1044,15 @@ impl Builder<'_> {
                     spans.push((clo, chi, period < 128 && lo >> period != hi >> period));
                 }
             }
-            for bits in 1..=kmax {
+            // Every other width from the widest: the costs vary smoothly.
+            for bits in (1..=kmax).rev().step_by(2) {
                 let down = kmax - bits;
                 let nch = 1u32 << bits;
                 counts.clear();
                 counts.resize(nch as usize + 1, 0);
                 let mut wide = full;
                 let mut total = 0usize;
-                for &(clo, chi, wrap) in &spans {
+                for &(clo, chi, wrap) in spans.iter() {
                     if clo == NIL {
                         wide += 1.0;
                         continue;
@@ -1021,8 +1098,8 @@ impl Builder<'_> {
             // Hash cut on exact values.
             let n_exact = ranges.iter().filter(|r| r.0 == r.1).count();
             if self.cfg.hash_cuts && n_exact * 2 >= s && n_exact >= 16 {
-                let mut vals: Vec<u128> =
-                    ranges.iter().filter(|r| r.0 == r.1).map(|r| r.0).collect();
+                vals.clear();
+                vals.extend(ranges.iter().filter(|r| r.0 == r.1).map(|r| r.0));
                 vals.sort_unstable();
                 let mut sumsq = 0f64;
                 let mut distinct = 0usize;
@@ -1030,7 +1107,7 @@ impl Builder<'_> {
                     sumsq += (run.len() as f64).powi(2);
                     distinct += 1;
                 }
-                if distinct > 1 {
+                if distinct > 1 && vals.len() * 32 >= s {
                     let avg = sumsq / vals.len() as f64 * scale;
                     let wide = (s - vals.len()) as f64 * scale;
                     consider(Cut {
@@ -1047,7 +1124,7 @@ impl Builder<'_> {
                 let rstep = ranges.len().div_ceil(RANGE_SAMPLE);
                 let rs = ranges.len().div_ceil(rstep);
                 let rscale = scale * ranges.len() as f64 / rs as f64;
-                let mut ends: Vec<u128> = Vec::with_capacity(2 * rs);
+                ends.clear();
                 for &(lo, hi) in ranges.iter().step_by(rstep) {
                     if lo > 0 {
                         ends.push(lo);
@@ -1070,7 +1147,7 @@ impl Builder<'_> {
                 };
                 let maxb = (1usize << self.cfg.max_bits).min(cap) - 1;
                 let bounds: Vec<u128> = if ends.len() <= maxb {
-                    ends
+                    ends.clone()
                 } else {
                     let mut b: Vec<u128> = (1..=maxb)
                         .map(|i| ends[i * ends.len() / (maxb + 1)])
@@ -1083,8 +1160,9 @@ impl Builder<'_> {
                 counts.resize(nch + 1, 0);
                 let mut wide = full * (rs as f64 / ranges.len() as f64);
                 let mut total = 0usize;
+                let spanner = Spanner::new(&bounds);
                 for &(lo, hi) in ranges.iter().step_by(rstep) {
-                    let (clo, chi) = range_span(&bounds, lo, hi);
+                    let (clo, chi) = spanner.span(lo, hi);
                     let span = (chi - clo + 1) as usize;
                     if span < nch && self.narrow(span, nch) {
                         total += span;
@@ -1135,9 +1213,16 @@ fn cost(
 ) -> f64 {
     let mut run = 0i64;
     let mut sumsq = 0f64;
+    let mut largest = 0i64;
     for &d in diffs {
         run += d;
+        largest = largest.max(run);
         sumsq += (run as f64) * (run as f64);
+    }
+    // No progress: everything wide, or everything in one child.
+    let sampled = n as f64 / scale;
+    if wide >= 0.97 * sampled || largest as f64 >= 0.97 * sampled {
+        return f64::INFINITY;
     }
     let avg = if total == 0 {
         0.0
@@ -1160,7 +1245,8 @@ impl TreeClassifier {
         TreeClassifier::from_compiled(Compiled::new(rules, match_type), cfg)
     }
 
-    pub fn from_compiled(c: Compiled, cfg: TreeConfig) -> TreeClassifier {
+    pub fn from_compiled(mut c: Compiled, cfg: TreeConfig) -> TreeClassifier {
+        c.sort_by_rank();
         let ids: Vec<u32> = (0..c.len() as u32).collect();
         let idx = TreeIndex::new(&c, &ids, cfg);
         TreeClassifier { c, idx }

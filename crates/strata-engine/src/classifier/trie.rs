@@ -156,6 +156,20 @@ impl PopTrie {
         }
     }
 
+    /// Replace every stored rank `r` by `f(r)` (for instance the rule it
+    /// stands for, saving the caller an indirection). `f` must map into
+    /// `0..=NO_RANK`; other values are clamped to [`NO_RANK`].
+    pub fn map_leaves(&mut self, f: impl Fn(u32) -> u32) {
+        for e in &mut self.direct {
+            if *e & NODE_TAG == 0 {
+                *e = f(*e).min(NO_RANK);
+            }
+        }
+        for l in &mut self.leaves {
+            *l = f(*l).min(NO_RANK);
+        }
+    }
+
     pub fn memory_bytes(&self) -> usize {
         self.direct.capacity() * 4
             + self.nodes.capacity() * std::mem::size_of::<PNode>()
