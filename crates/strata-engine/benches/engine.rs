@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use strata_engine::scenario::*;
 use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
-use strata_packet::{MacAddr, PacketBuf};
+use strata_packet::PacketBuf;
 
 /// Counts allocations and live bytes.
 struct Counting;
@@ -47,46 +47,13 @@ static GLOBAL: Counting = Counting;
 
 const PAYLOAD: [u8; 64] = [0x5a; 64];
 
-#[allow(clippy::too_many_arguments)]
-fn tcp(
-    sm: MacAddr,
-    dm: MacAddr,
-    s: Ipv4Addr,
-    d: Ipv4Addr,
-    sp: u16,
-    dp: u16,
-    flags: u8,
-    seq: u32,
-    ack: u32,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = etherparse::PacketBuilder::ethernet2(sm.0, dm.0)
-        .ipv4(s.octets(), d.octets(), 64)
-        .tcp(sp, dp, seq, 64240);
-    if flags & 0x02 != 0 {
-        b = b.syn();
-    }
-    if flags & 0x01 != 0 {
-        b = b.fin();
-    }
-    if flags & 0x10 != 0 {
-        b = b.ack(ack);
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("build");
-    v
-}
+/// Frame builders shared with the integration tests (etherparse-based).
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::tcp;
 
 fn vxlan(src_pa: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x08, 0, 0, 0];
-    p.extend_from_slice(&(VNI << 8).to_be_bytes());
-    p.extend_from_slice(inner);
-    let b = etherparse::PacketBuilder::ethernet2(GW_MAC.0, HOST_MAC.0)
-        .ipv4(src_pa.octets(), HOST_PA.octets(), 64)
-        .udp(50000, 4789);
-    let mut v = Vec::new();
-    b.write(&mut v, &p).expect("build");
-    v
+    common::vxlan(GW_MAC, HOST_MAC, src_pa, HOST_PA, VNI, inner)
 }
 
 fn run(p: &mut Port, buf: &mut PacketBuf, d: Direction, f: &[u8], now: u64) -> Verdict {
