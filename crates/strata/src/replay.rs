@@ -19,11 +19,13 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use strata_engine::port::parse_options;
 use strata_engine::trace::{LayerDecision, Trace, describe_ufid};
 use strata_engine::{
     ActionRegistry, ApiError, DefaultAction, Direction, DropReason, Port, Verdict,
 };
 use strata_packet::PacketBuf;
+use strata_packet::parse::parse_with;
 
 /// Errors of replay and of loading a port.
 #[derive(Debug, thiserror::Error)]
@@ -301,14 +303,11 @@ pub struct Replayer<'p> {
     pub expire_interval_ns: Option<u64>,
     last_expire: Option<u64>,
     index: u64,
-    /// The port's malformed counters as last seen.
-    malformed_seen: BTreeMap<String, u64>,
     pub summary: ReplaySummary,
 }
 
 impl<'p> Replayer<'p> {
     pub fn new(port: &'p mut Port, log: bool, expire_interval_ns: Option<u64>) -> Replayer<'p> {
-        let malformed_seen = port.counters().malformed.clone();
         Replayer {
             port,
             buf: PacketBuf::with_capacity(16 * 1024),
@@ -316,7 +315,6 @@ impl<'p> Replayer<'p> {
             expire_interval_ns,
             last_expire: None,
             index: 0,
-            malformed_seen,
             summary: ReplaySummary::default(),
         }
     }
@@ -338,12 +336,19 @@ impl<'p> Replayer<'p> {
         } else {
             None
         };
-        let before = *self.port.counters().direction(d);
+        // Fast or slow path: does the unified flow table hold the frame's
+        // key already? (Parsed as the port parses this direction; reading
+        // the port's counters per packet would cost O(flows).)
+        let pre = parse_with(frame, parse_options(d));
+        let (fast, slow, pre_error) = match &pre {
+            Ok(p) => {
+                let hit = self.port.connection(d, &p.ufid).is_some();
+                (hit, !hit, None)
+            }
+            Err(e) => (false, false, Some(e.reason())),
+        };
         self.buf.reset(frame);
         let verdict = self.port.process(d, &mut self.buf, now);
-        let after = *self.port.counters().direction(d);
-        let fast = after.fast_path > before.fast_path;
-        let slow = after.slow_path > before.slow_path;
         let output = verdict.is_forward().then(|| self.buf.as_slice().to_vec());
 
         let s = &mut self.summary;
@@ -364,19 +369,9 @@ impl<'p> Replayer<'p> {
         }
         let mut parse_error = None;
         if verdict.drop_reason() == Some(DropReason::Malformed) {
-            // The parser's reason: the port's counter that moved (the port
-            // parses each direction its own way, e.g. tunnels are decoded
-            // only on the network side).
-            let now_counts = &self.port.counters().malformed;
-            let moved = now_counts
-                .iter()
-                .find(|(k, n)| self.malformed_seen.get(*k) != Some(*n))
-                .map(|(k, _)| k.clone());
-            self.malformed_seen = now_counts.clone();
-            if let Some(r) = moved {
-                *s.malformed.entry(r.clone()).or_insert(0) += 1;
-                parse_error = Some(r);
-            }
+            let r = pre_error.unwrap_or("unknown");
+            *s.malformed.entry(r.to_string()).or_insert(0) += 1;
+            parse_error = Some(r.to_string());
         }
         let line = trace.map(|tr| {
             let tr = tr.ok();
