@@ -80,6 +80,16 @@ fn demo_capture_replays_identically() {
     assert_eq!(s.packets_in, r.packets);
     assert_eq!(s.packets_out, r.forwarded);
     assert_eq!(s.drops.values().sum::<u64>(), r.dropped);
+    // The replayer's own fast/slow accounting agrees with the port's.
+    let c = port.counters();
+    for d in [strata_engine::Direction::Out, strata_engine::Direction::In] {
+        let (mine, port_dir) = (&s.dir[d.index()], c.direction(d));
+        assert_eq!(mine.packets, port_dir.packets, "{d:?}");
+        assert_eq!(mine.fast_path, port_dir.fast_path, "{d:?}");
+        assert_eq!(mine.slow_path, port_dir.slow_path, "{d:?}");
+        assert_eq!(mine.forwarded, port_dir.forwarded, "{d:?}");
+    }
+    assert_eq!(s.malformed, c.malformed);
     let log = std::fs::read_to_string(dir.join("verdicts.jsonl")).expect("log");
     assert_eq!(log.lines().count() as u64, r.packets);
     let _ = std::fs::remove_dir_all(&dir);
