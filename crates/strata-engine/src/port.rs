@@ -150,6 +150,17 @@ impl Port {
         &self.registry
     }
 
+    /// Port totals of one direction, O(1): packets, bytes, forwarded,
+    /// dropped, fast/slow path, reconciled. Cheap enough to read per packet.
+    pub fn direction_counters(&self, d: Direction) -> crate::counters::DirCounters {
+        self.counters.dir[d.index()]
+    }
+
+    /// Drops by reason, O(1).
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.counters.drops[r.index()]
+    }
+
     /// All counters, exact: includes packets still pending in unified
     /// flows (O(flows) — a monitoring read, not a per-packet call).
     pub fn counters(&self) -> PortCounters {

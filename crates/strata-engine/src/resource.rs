@@ -60,6 +60,11 @@ impl MappingTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Mapping)> {
+        self.entries.iter()
+    }
 }
 
 /// A pool of SNAT ports on one public address.
