@@ -632,6 +632,14 @@ impl Compiled {
         self.plen.shrink_to_fit();
     }
 
+    /// Forget the entries (an index holding its own copy of what it needs
+    /// was built); ranks, rules and dimensions stay.
+    pub(crate) fn drop_entries(&mut self) {
+        self.recs = Vec::new();
+        self.rank = Vec::new();
+        self.plen = Vec::new();
+    }
+
     /// Extract the packet's key, or `None` if a value is wider than its
     /// field (the caller then falls back to [`Compiled::fallback`]).
     #[inline]

@@ -44,6 +44,7 @@ pub struct LpmClassifier {
     main: PopTrie,
     rest: Rest,
     pure: usize,
+    other: usize,
     /// The tries hold rule indices instead of ranks (nothing else to merge
     /// with).
     rules_in_trie: bool,
@@ -144,12 +145,15 @@ impl LpmClassifier {
             }
             main.map_leaves(to_rule);
         }
+        let other = c.len();
         let rest = match c.len() {
             0 => Rest::None,
             n if n <= super::plan::SCAN_MAX => Rest::Scan(ScanIndex::new(&c, 0..n as u32)),
             n => {
                 let ids: Vec<u32> = (0..n as u32).collect();
-                Rest::Tree(Box::new(TreeIndex::new(&c, &ids, cfg)))
+                let t = TreeIndex::new(&c, &ids, cfg);
+                c.drop_entries();
+                Rest::Tree(Box::new(t))
             }
         };
         LpmClassifier {
@@ -160,6 +164,7 @@ impl LpmClassifier {
             main,
             rest,
             pure: npure,
+            other,
             rules_in_trie,
         }
     }
@@ -171,7 +176,7 @@ impl LpmClassifier {
 
     /// Entries held by the secondary index.
     pub fn other_entries(&self) -> usize {
-        self.c.len()
+        self.other
     }
 }
 

@@ -15,12 +15,14 @@
 //! Structures (all immutable, `Send + Sync`, built off the datapath):
 //! - [`linear`]: the reference scan;
 //! - [`compile`]: rules compiled to flat, ranked boxes (shared front end);
+//! - [`boxes`]: the same boxes packed on cache lines for the tree's leaves;
 //! - [`scan`]: compiled boxes scanned best first (small groups);
 //! - [`tree`]: cut tree with bit (multibit trie), range (interval) and hash
 //!   cuts and wildcard separation (ACL groups);
 //! - [`trie`] and [`lpm`]: poptrie for longest-prefix groups (routes);
 //! - [`plan`]: the planner choosing among them per group.
 
+pub mod boxes;
 pub mod compile;
 pub mod linear;
 pub mod lpm;

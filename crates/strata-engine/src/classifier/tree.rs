@@ -7,31 +7,42 @@
 //!   of `bits` bits of the value taken at `shift`, placed at the highest bit
 //!   where the node's entries differ, so the constant leading bits of IPv4
 //!   in IPv6 space, or of a clustered address block, cost nothing;
-//! - **range cut** (interval structure): the child is found by binary search
-//!   among up to 255 boundaries chosen from the entries' interval endpoints,
-//!   for arbitrary, overlapping ranges (ports, IP ranges);
+//! - **range cut** (interval structure): the child is found among up to 255
+//!   boundaries chosen from the entries' interval endpoints (equi-dense,
+//!   HiCuts style), for arbitrary, overlapping ranges (ports, IP ranges,
+//!   clustered prefixes); boundaries sharing their high 96 (64) bits are
+//!   searched as 32-bit (64-bit) keys, two blocks of 16 counted at once;
 //! - **hash cut**: the child is found by hashing the value, for entries
-//!   with exact values on that dimension.
+//!   with exact values on that dimension (host addresses, VNIs).
 //!
 //! An entry goes to every child its interval overlaps as long as it spans a
 //! few children. Entries spanning more (wildcards and short prefixes on the
 //! cut dimension) are not replicated but set aside into the node's *wide*
 //! subtree, built recursively on the other dimensions (an EffiCuts-style
 //! separation by size, applied at every node). A lookup visits the selected
-//! child and the wide subtree.
+//! child and the wide subtree, the one holding the better rank first.
+//!
+//! Every subtree reference carries the best rank inside it, so a subtree
+//! that cannot beat the best match found so far is skipped without being
+//! read. On top of that, the entries are split by rank into chunks of
+//! doubling size, each with its own tree, searched best chunk first: the
+//! best match of a packet covered by many rules is usually among the better
+//! ranks, and once a chunk has matched every later chunk is skipped. A group
+//! mixing IPv4 and IPv6 entries gets one tree per family.
 //!
 //! Leaves hold at most `leaf_size` entries sorted by rank (entries dominated
-//! by a better exact entry of the same leaf are dropped). Every node knows
-//! the best rank below it, so a subtree that cannot beat the best match
-//! found so far is skipped: a lookup checks only a handful of boxes and
-//! always finishes with an exact check, so correctness never depends on the
-//! shape of the tree. A packet without the cut dimension skips the children
-//! (they all require it) and visits only the wide subtree.
+//! by a better exact entry of the same leaf are dropped), as [`Boxes`]:
+//! cache-line boxes with 32-bit intervals where the family allows, checked
+//! branch-free. A lookup always finishes with an exact check, so
+//! correctness never depends on the shape of the tree. A packet without the
+//! cut dimension skips the children (they all require it) and visits only
+//! the wide subtree.
 //!
 //! Building is a single top-down pass: each node evaluates its candidate
 //! cuts on a sample of its entries, so a 50k-rule group builds in tens of
 //! milliseconds, bounded in memory by a global replication budget.
 
+use super::boxes::{BoxKey, Boxes};
 use super::compile::{Compiled, Key, NONE};
 use super::{GroupClassifier, MatchType, RuleMatch};
 use crate::condition::FieldValues;
@@ -89,6 +100,9 @@ pub struct TreeConfig {
     pub range_cuts: bool,
     /// Entries sampled per node to choose its cut.
     pub sample: usize,
+    /// Entries of the first rank chunk (each next chunk doubles); 0 builds
+    /// a single tree.
+    pub chunk: usize,
 }
 
 impl Default for TreeConfig {
@@ -103,8 +117,17 @@ impl Default for TreeConfig {
             hash_cuts: true,
             range_cuts: true,
             sample: 512,
+            chunk: 8192,
         }
     }
+}
+
+/// What a lookup carries down the tree.
+struct Query<'a> {
+    key: &'a Key,
+    fv: &'a FieldValues,
+    boxes: &'a Boxes,
+    bk: BoxKey,
 }
 
 /// A subtree: its kind and, for internal nodes, the node itself (so a level
@@ -206,14 +229,17 @@ pub struct TreeStats {
 /// A cut tree over some entries of a [`Compiled`] group.
 #[derive(Debug, Clone)]
 pub struct TreeIndex {
-    /// Root for packets whose `split` address is IPv4 (or absent), and root
-    /// for the others (same as the first when not split).
-    root: [Ref; 2],
+    /// Per rank chunk (best first): the root for packets whose `split`
+    /// address is IPv4 (or absent), and the root for the others (the same
+    /// when not split).
+    roots: Vec<[Ref; 2]>,
     /// Address dimension splitting IPv4 from IPv6 entries, if any.
     split: Option<usize>,
     children: Vec<Ref>,
-    /// `(rank, entry)`.
+    /// `(rank, box)`.
     items: Vec<(u32, u32)>,
+    /// Entry boxes of each family's trees.
+    boxes: [Boxes; 2],
     bounds: Vec<u128>,
     bounds64: Vec<u64>,
     /// Per 32-bit range cut: the common high 96 bits (two words), then the
@@ -378,6 +404,10 @@ struct Builder<'a> {
     budget: usize,
     nodes: usize,
     scratch: Scratch,
+    /// Family whose trees are being built.
+    fam: usize,
+    /// Per family: entry -> box, or NIL.
+    slots: [Vec<u32>; 2],
 }
 
 /// Buffers reused by every [`Builder::choose`].
@@ -414,7 +444,8 @@ impl TreeIndex {
             c,
             cfg,
             t: TreeIndex {
-                root: [NIL_REF; 2],
+                roots: Vec::new(),
+                boxes: Default::default(),
                 split: None,
                 children: Vec::with_capacity(4 * ids.len() + 16),
                 items: Vec::with_capacity(3 * ids.len() + 16),
@@ -427,6 +458,8 @@ impl TreeIndex {
             budget,
             nodes: 0,
             scratch: Scratch::default(),
+            fam: 0,
+            slots: [vec![NIL; c.len()], Vec::new()],
         };
         // A group mixing IPv4 and IPv6 entries on an address: one tree per
         // family (entries not bound to a family in both), so that every cut
@@ -442,34 +475,72 @@ impl TreeIndex {
                 v4.min(v6) * 64 >= ids.len()
             }
         });
-        let root = match split {
-            None => {
-                let r = b.build(&ids, 0);
-                [r, r]
-            }
+        // Family membership of each entry, and each family's box layout.
+        let in_fam = |e: u32, f: usize| match split {
+            None => f == 0,
             Some(d) => {
-                let (mut a, mut o) = (Vec::new(), Vec::new());
-                for &e in &ids {
-                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
-                    if lo <= V4_HI && hi >= V4_LO {
-                        a.push(e);
-                    }
-                    if lo < V4_LO || hi > V4_HI {
-                        o.push(e);
-                    }
+                let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                if f == 0 {
+                    lo <= V4_HI && hi >= V4_LO
+                } else {
+                    lo < V4_LO || hi > V4_HI
                 }
-                let ra = b.build(&a, 0);
-                let ro = b.build(&o, 0);
-                [ra, ro]
             }
         };
+        for f in 0..if split.is_some() { 2 } else { 1 } {
+            let members: Vec<u32> = ids.iter().copied().filter(|&e| in_fam(e, f)).collect();
+            b.t.boxes[f] = Boxes::new(c, &members);
+        }
+        if split.is_some() {
+            b.slots[1] = vec![NIL; c.len()];
+        }
+        // Rank chunks of doubling size: a packet's best match is usually
+        // among the better ranks of the many rules covering it, and once a
+        // chunk yields a match, every later chunk is skipped.
+        let mut roots = Vec::new();
+        let mut start = 0;
+        let mut size = if cfg.chunk == 0 {
+            usize::MAX
+        } else {
+            cfg.chunk
+        };
+        while start < ids.len() {
+            let mut end = start.saturating_add(size).min(ids.len());
+            // The last chunk takes a small remainder.
+            if ids.len() - end < size / 2 {
+                end = ids.len();
+            }
+            let chunk = &ids[start..end];
+            let root = match split {
+                None => {
+                    b.fam = 0;
+                    let r = b.build(chunk, 0);
+                    [r, r]
+                }
+                Some(_) => {
+                    let a: Vec<u32> = chunk.iter().copied().filter(|&e| in_fam(e, 0)).collect();
+                    let o: Vec<u32> = chunk.iter().copied().filter(|&e| in_fam(e, 1)).collect();
+                    b.fam = 0;
+                    let ra = b.build(&a, 0);
+                    b.fam = 1;
+                    let ro = b.build(&o, 0);
+                    [ra, ro]
+                }
+            };
+            roots.push(root);
+            start = end;
+            size = size.saturating_mul(2);
+        }
         let nodes = b.nodes;
         let mut t = b.t;
-        t.root = root;
+        t.roots = roots;
         t.split = split;
         t.stats.nodes = nodes;
         t.children.shrink_to_fit();
         t.items.shrink_to_fit();
+        for bx in &mut t.boxes {
+            bx.shrink();
+        }
         t.bounds.shrink_to_fit();
         t.bounds64.shrink_to_fit();
         t.bounds32.shrink_to_fit();
@@ -480,20 +551,46 @@ impl TreeIndex {
         self.stats
     }
 
+    /// Which root of a chunk serves this packet.
     #[inline]
-    fn root(&self, key: &Key) -> &Ref {
+    fn family(&self, key: &Key) -> usize {
         match self.split {
-            Some(d) if key.present & (1 << d) != 0 && !(V4_LO..=V4_HI).contains(&key.v[d]) => {
-                &self.root[1]
+            Some(d) if key.present & (1 << d) != 0 && !(V4_LO..=V4_HI).contains(&key.v[d]) => 1,
+            _ => 0,
+        }
+    }
+
+    #[inline]
+    fn search<P: Probe>(
+        &self,
+        c: &Compiled,
+        key: &Key,
+        fv: &FieldValues,
+        best: &mut u32,
+        p: &mut P,
+    ) {
+        let f = self.family(key);
+        let q = Query {
+            key,
+            fv,
+            boxes: &self.boxes[f],
+            bk: self.boxes[f].key(key),
+        };
+        for roots in &self.roots {
+            // Chunks are in rank order: once one has matched, or cannot
+            // beat the best, neither can the rest.
+            let r = &roots[f];
+            if r.min >= *best && r.kind() != K_NIL {
+                break;
             }
-            _ => &self.root[0],
+            self.visit(c, r, &q, best, p);
         }
     }
 
     /// Lower `best` to the rank of the best matching entry, if better.
     #[inline]
     pub fn lookup(&self, c: &Compiled, key: &Key, fv: &FieldValues, best: &mut u32) {
-        self.visit(c, self.root(key), key, fv, best, &mut ());
+        self.search(c, key, fv, best, &mut ());
     }
 
     /// [`TreeIndex::lookup`], also counting the nodes visited and the
@@ -506,57 +603,42 @@ impl TreeIndex {
         best: &mut u32,
         trace: &mut LookupTrace,
     ) {
-        self.visit(c, self.root(key), key, fv, best, trace);
+        self.search(c, key, fv, best, trace);
     }
 
     #[inline]
-    fn visit<P: Probe>(
-        &self,
-        c: &Compiled,
-        r: &Ref,
-        key: &Key,
-        fv: &FieldValues,
-        best: &mut u32,
-        p: &mut P,
-    ) {
+    fn visit<P: Probe>(&self, c: &Compiled, r: &Ref, q: &Query, best: &mut u32, p: &mut P) {
         if r.min >= *best {
             return;
         }
         match r.kind() {
             K_ONE => {
                 p.check();
-                if c.entry_matches(r.x as usize, key, fv) {
+                if q.boxes.matches(c, r.x as usize, &q.bk, q.key, q.fv) {
                     *best = r.min;
                 }
             }
             K_LEAF => {
                 let a = r.a as usize;
-                for &(rk, e) in &self.items[a..a + r.x as usize] {
+                for &(rk, bx) in &self.items[a..a + r.x as usize] {
                     if rk >= *best {
                         return;
                     }
                     p.check();
-                    if c.entry_matches(e as usize, key, fv) {
+                    if q.boxes.matches(c, bx as usize, &q.bk, q.key, q.fv) {
                         *best = rk;
                         return;
                     }
                 }
             }
             K_NIL => {}
-            _ => self.visit_node(c, r, key, fv, best, p),
+            _ => self.visit_node(c, r, q, best, p),
         }
     }
 
-    fn visit_node<P: Probe>(
-        &self,
-        c: &Compiled,
-        r: &Ref,
-        key: &Key,
-        fv: &FieldValues,
-        best: &mut u32,
-        p: &mut P,
-    ) {
+    fn visit_node<P: Probe>(&self, c: &Compiled, r: &Ref, q: &Query, best: &mut u32, p: &mut P) {
         p.node();
+        let key = q.key;
         let dim = r.dim();
         let a = r.a as usize;
         let child = if key.present & (1 << dim) == 0 {
@@ -613,22 +695,25 @@ impl TreeIndex {
             (child, wide)
         };
         if second.min < *best {
-            self.touch(c, second);
+            self.touch(q, second);
         }
-        self.visit(c, first, key, fv, best, p);
-        self.visit(c, second, key, fv, best, p);
+        self.visit(c, first, q, best, p);
+        self.visit(c, second, q, best, p);
     }
 
     /// Start loading the first line a visit of `r` will need, so that it
     /// arrives while the other subtree is searched (a plain load whose value
     /// nothing waits for acts as a prefetch).
     #[inline(always)]
-    fn touch(&self, c: &Compiled, r: &Ref) {
+    fn touch(&self, q: &Query, r: &Ref) {
         let line = match r.kind() {
-            K_ONE => c.recs.get(r.x as usize * c.stride).map(|h| *h as u64),
-            K_LEAF => self.items.get(r.a as usize).map(|x| u64::from(x.1)),
+            K_ONE => {
+                q.boxes.touch(r.x as usize);
+                None
+            }
+            K_LEAF => self.items.get(r.a as usize).map(|x| x.1),
             K_NIL => None,
-            _ => self.children.get(r.a as usize).map(|x| u64::from(x.min)),
+            _ => self.children.get(r.a as usize).map(|x| x.min),
         };
         std::hint::black_box(line);
     }
@@ -637,9 +722,11 @@ impl TreeIndex {
     #[doc(hidden)]
     pub fn outline(&self, levels: usize) -> String {
         let mut out = String::new();
-        self.outline_ref(&self.root[0], 0, levels, "root", &mut out);
-        if self.split.is_some() {
-            self.outline_ref(&self.root[1], 0, levels, "root (IPv6)", &mut out);
+        for (i, r) in self.roots.iter().enumerate() {
+            self.outline_ref(&r[0], 0, levels, &format!("chunk {i}"), &mut out);
+            if self.split.is_some() {
+                self.outline_ref(&r[1], 0, levels, &format!("chunk {i} (IPv6)"), &mut out);
+            }
         }
         out
     }
@@ -692,6 +779,8 @@ impl TreeIndex {
 
     pub fn memory_bytes(&self) -> usize {
         self.children.capacity() * std::mem::size_of::<Ref>()
+            + self.roots.capacity() * 32
+            + self.boxes.iter().map(Boxes::memory_bytes).sum::<usize>()
             + self.items.capacity() * 8
             + self.bounds.capacity() * 16
             + self.bounds64.capacity() * 8
@@ -962,18 +1051,27 @@ impl Builder<'_> {
         let min = c.rank[keep[0] as usize];
         self.t.stats.leaves += 1;
         self.t.stats.leaf_items += keep.len();
+        let (fam, slots, boxes) = (self.fam, &mut self.slots, &mut self.t.boxes);
+        let mut box_of = |e: u32| {
+            let s = &mut slots[fam][e as usize];
+            if *s == NIL {
+                *s = boxes[fam].push(c, e as usize);
+            }
+            *s
+        };
         if keep.len() == 1 {
             return Ref {
-                x: keep[0],
+                x: box_of(keep[0]),
                 min,
                 a: 0,
                 meta: K_ONE,
             };
         }
         let a = self.t.items.len() as u32;
-        self.t
-            .items
-            .extend(keep.iter().map(|&e| (c.rank[e as usize], e)));
+        for &e in &keep {
+            let bx = box_of(e);
+            self.t.items.push((c.rank[e as usize], bx));
+        }
         Ref {
             x: keep.len() as u32,
             min,
@@ -1249,6 +1347,8 @@ impl TreeClassifier {
         c.sort_by_rank();
         let ids: Vec<u32> = (0..c.len() as u32).collect();
         let idx = TreeIndex::new(&c, &ids, cfg);
+        // The tree's boxes replace the full-width records.
+        c.drop_entries();
         TreeClassifier { c, idx }
     }
 

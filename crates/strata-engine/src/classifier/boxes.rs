@@ -1,0 +1,279 @@
+//! Compact entry boxes for the cut tree's leaves.
+//!
+//! A [`Compiled`] entry record holds a 128-bit interval per dimension
+//! (16 + 32 bytes per dimension). Inside one address family most
+//! dimensions need far less: IPv4 addresses (in IPv6 space) share their
+//! high 96 bits, ports, protocols, VLANs and the like fit 32 bits. A
+//! [`Boxes`] store keeps, per dimension, either a 32-bit interval relative to
+//! a common base (the value's high 96 bits) or the full 128-bit interval,
+//! and lays each box out on whole cache lines: a 5-tuple IPv4 box is 56
+//! bytes, one line, so checking an entry costs one memory access.
+//!
+//! A dimension is stored narrow when nearly all of the entries' intervals
+//! on it lie in one block; the rare others are stored as wildcards there
+//! and marked inexact (their rule is checked), so a few IPv6 rules in an
+//! IPv4 tree do not widen every box.
+//!
+//! Per box (32-bit words): `need` (dimensions whose interval lies in the
+//! base block: a packet outside the block fails), `req` (dimensions that
+//! must be present), the rule, the exactness flag, then the 32-bit
+//! intervals, then the 128-bit ones. A packet is turned into a
+//! [`BoxKey`] once per lookup.
+
+use super::compile::{Compiled, Key};
+use crate::condition::{Field, FieldValues};
+
+/// One cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+const HEADER: usize = 4;
+/// Narrow dimensions of the one-line layout.
+const FAST: usize = 6;
+const BIAS: u32 = 0x8000_0000;
+
+/// Compact boxes of the entries of one family.
+#[derive(Clone, Debug, Default)]
+pub struct Boxes {
+    /// Dimensions stored as 32-bit intervals, with their base (`v >> 32`).
+    narrow: Vec<(u8, u128)>,
+    /// Dimensions stored as 128-bit intervals.
+    wide: Vec<u8>,
+    /// Lines per box.
+    lines: usize,
+    /// One-line layout: header, then the (sign-biased) lower bounds of up
+    /// to [`FAST`] narrow dimensions, then their upper bounds, compared
+    /// all at once.
+    fast: bool,
+    data: Vec<Line>,
+}
+
+/// A packet's values for a [`Boxes`] store.
+#[derive(Clone, Copy, Debug)]
+pub struct BoxKey {
+    k32: [u32; Field::COUNT],
+    /// The narrow values in layout order, sign-biased (one-line layout).
+    kb: [i32; FAST],
+    /// Narrow dimensions whose value is outside the base block.
+    outside: u32,
+}
+
+impl Boxes {
+    /// Choose the layout for the given entries of `c`.
+    pub fn new(c: &Compiled, entries: &[u32]) -> Boxes {
+        let mut narrow = Vec::new();
+        let mut wide = Vec::new();
+        let mut bases: Vec<u128> = Vec::new();
+        for d in 0..c.dims() {
+            let max = c.maxes[d];
+            // The most common high 96 bits of the (non-wildcard) intervals.
+            bases.clear();
+            let mut constrained = 0usize;
+            for &e in entries {
+                let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                if lo == 0 && hi >= max {
+                    continue;
+                }
+                constrained += 1;
+                if lo >> 32 == hi >> 32 {
+                    bases.push(lo >> 32);
+                }
+            }
+            bases.sort_unstable();
+            let (base, count) = bases
+                .chunk_by(|a, b| a == b)
+                .map(|run| (run[0], run.len()))
+                .max_by_key(|x| x.1)
+                .unwrap_or((0, 0));
+            // Narrow when nearly all fit: the few others are stored as
+            // wildcards on that dimension and checked against their rule.
+            if count * 32 >= constrained * 31 {
+                narrow.push((d as u8, base));
+            } else {
+                wide.push(d as u8);
+            }
+        }
+        let words = HEADER + 2 * narrow.len() + 8 * wide.len();
+        Boxes {
+            fast: wide.is_empty() && narrow.len() <= FAST,
+            narrow,
+            wide,
+            lines: words.div_ceil(16),
+            data: Vec::new(),
+        }
+    }
+
+    /// Append the box of entry `e`; returns its index.
+    pub fn push(&mut self, c: &Compiled, e: usize) -> u32 {
+        let id = self.data.len() / self.lines;
+        // Header, 2 words per narrow and 8 per wide dimension: at most 11 lines.
+        let mut w = [0u32; 16 * 11];
+        let max_of = |d: usize| c.maxes[d];
+        let mut need = 0u32;
+        let mut exact = c.exact(e);
+        let mut j = HEADER;
+        for &(d, base) in &self.narrow {
+            let d = usize::from(d);
+            let (lo, hi) = (c.lo(e, d), c.hi(e, d));
+            let full = lo == 0 && hi >= max_of(d);
+            if full || lo >> 32 != base || hi >> 32 != base {
+                // A wildcard, or an interval outside the base block: no
+                // constraint here (and the rule decides if it had one).
+                exact &= full;
+                w[j] = 0;
+                w[j + 1] = u32::MAX;
+            } else {
+                need |= 1 << d;
+                w[j] = lo as u32;
+                w[j + 1] = hi as u32;
+            }
+            j += 2;
+        }
+        for &d in &self.wide {
+            let d = usize::from(d);
+            for (k, v) in [c.lo(e, d), c.hi(e, d)].into_iter().enumerate() {
+                for q in 0..4 {
+                    w[j + 4 * k + q] = (v >> (32 * q)) as u32;
+                }
+            }
+            j += 8;
+        }
+        w[0] = need;
+        w[1] = c.req(e);
+        w[2] = c.rule(e) as u32;
+        w[3] = u32::from(exact);
+        if self.fast {
+            // Regroup as biased lower bounds, then upper bounds; unused
+            // slots accept everything.
+            let mut lo = [0u32; FAST];
+            let mut hi = [u32::MAX; FAST];
+            for t in 0..self.narrow.len() {
+                lo[t] = w[HEADER + 2 * t];
+                hi[t] = w[HEADER + 2 * t + 1];
+            }
+            for t in 0..FAST {
+                w[HEADER + t] = lo[t] ^ BIAS;
+                w[HEADER + FAST + t] = hi[t] ^ BIAS;
+            }
+        }
+        for l in w[..self.lines * 16].chunks_exact(16) {
+            let mut line = Line::default();
+            line.0.copy_from_slice(l);
+            self.data.push(line);
+        }
+        id as u32
+    }
+
+    /// The packet's key for this store.
+    #[inline]
+    pub fn key(&self, key: &Key) -> BoxKey {
+        let mut k = BoxKey {
+            k32: [0; Field::COUNT],
+            kb: [0; FAST],
+            outside: 0,
+        };
+        for (t, &(d, base)) in self.narrow.iter().enumerate() {
+            let d = usize::from(d);
+            let v = key.v[d];
+            k.k32[d] = v as u32;
+            if let Some(x) = k.kb.get_mut(t) {
+                *x = (v as u32 ^ BIAS) as i32;
+            }
+            if key.present & (1 << d) != 0 && v >> 32 != base {
+                k.outside |= 1 << d;
+            }
+        }
+        k
+    }
+
+    /// Start loading box `i` (see the tree's touch-ahead).
+    #[inline(always)]
+    pub fn touch(&self, i: usize) {
+        std::hint::black_box(self.data.get(i * self.lines).map(|l| l.0[0]));
+    }
+
+    /// Does box `i` match?
+    #[inline]
+    pub fn matches(
+        &self,
+        c: &Compiled,
+        i: usize,
+        bk: &BoxKey,
+        key: &Key,
+        fv: &FieldValues,
+    ) -> bool {
+        if self.fast {
+            let w = &self.data[i].0;
+            let mut bad = (w[1] & !key.present) | (w[0] & bk.outside);
+            for t in 0..FAST {
+                let k = bk.kb[t];
+                bad |= u32::from(k < w[HEADER + t] as i32)
+                    | u32::from(k > w[HEADER + FAST + t] as i32);
+            }
+            bad == 0 && (w[3] != 0 || c.flat.matches(w[2] as usize, fv))
+        } else if self.lines == 1 {
+            // Branch-free: which entries match differs from packet to
+            // packet, so early exits would mostly be mispredicted.
+            let w = &self.data[i].0;
+            let mut bad = (w[1] & !key.present) | (w[0] & bk.outside);
+            let mut j = HEADER;
+            for &(d, _) in &self.narrow {
+                let v = bk.k32[usize::from(d)];
+                bad |= u32::from(v < w[j]) | u32::from(v > w[j + 1]);
+                j += 2;
+            }
+            for &d in &self.wide {
+                let v = key.v[usize::from(d)];
+                bad |= u32::from(v < word128(w, j)) | u32::from(v > word128(w, j + 4));
+                j += 8;
+            }
+            bad == 0 && (w[3] != 0 || c.flat.matches(w[2] as usize, fv))
+        } else {
+            let lines = &self.data[i * self.lines..(i + 1) * self.lines];
+            let w = |j: usize| lines[j >> 4].0[j & 15];
+            if w(1) & !key.present != 0 || w(0) & bk.outside != 0 {
+                return false;
+            }
+            let mut j = HEADER;
+            for &(d, _) in &self.narrow {
+                let v = bk.k32[usize::from(d)];
+                if v < w(j) || v > w(j + 1) {
+                    return false;
+                }
+                j += 2;
+            }
+            for &d in &self.wide {
+                let v = key.v[usize::from(d)];
+                let lo = (0..4).fold(0u128, |a, q| a | (u128::from(w(j + q)) << (32 * q)));
+                let hi = (0..4).fold(0u128, |a, q| a | (u128::from(w(j + 4 + q)) << (32 * q)));
+                if v < lo || v > hi {
+                    return false;
+                }
+                j += 8;
+            }
+            w(3) != 0 || c.flat.matches(w(2) as usize, fv)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len() / self.lines.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn shrink(&mut self) {
+        self.data.shrink_to_fit();
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.data.capacity() * 64 + self.narrow.capacity() * 32 + self.wide.capacity()
+    }
+}
+
+#[inline]
+fn word128(w: &[u32; 16], j: usize) -> u128 {
+    (0..4).fold(0u128, |a, q| a | (u128::from(w[j + q]) << (32 * q)))
+}
