@@ -1045,8 +1045,13 @@ impl Port {
         now: Time,
         mode: Mode,
     ) -> Option<(u32, usize)> {
-        let (slot, side) = self.flow_table(layer.uid)?.lookup(d, local)?;
-        let f = self.flow_table(layer.uid)?.get(slot)?;
+        let table = self.flow_table(layer.uid)?;
+        // Layers without stateful rules never hold flows: no hashing.
+        if table.is_empty() {
+            return None;
+        }
+        let (slot, side) = table.lookup(d, local)?;
+        let f = table.get(slot)?;
         if f.layer_generation == layer.generation {
             return Some((slot, side));
         }
