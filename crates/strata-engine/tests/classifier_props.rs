@@ -196,6 +196,12 @@ fn tiny_trees() -> Vec<TreeConfig> {
             budget_factor: 0,
             ..base
         },
+        TreeConfig {
+            leaf_size: 6,
+            chunk: 8,
+            blocks: true,
+            ..base
+        },
     ]
 }
 

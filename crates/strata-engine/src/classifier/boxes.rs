@@ -33,6 +33,31 @@ const HEADER: usize = 4;
 const FAST: usize = 6;
 const BIAS: u32 = 0x8000_0000;
 
+/// Lanes of a [`Block`].
+pub const LANES: usize = 4;
+
+/// Up to [`LANES`] entries of a leaf, dimension-major, checked together
+/// (one-line layouts only): the bounds of each narrow dimension sit side by
+/// side, so a packet is compared with all lanes at once.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub struct Block {
+    /// Lower bound and span (`hi - lo`) per narrow dimension and lane: a
+    /// value `v` is inside when `v - lo <= span` (wrapping), one unsigned
+    /// comparison.
+    lo: [[u32; LANES]; FAST],
+    span: [[u32; LANES]; FAST],
+    need: [u32; LANES],
+    req: [u32; LANES],
+    /// Ascending; `u32::MAX` in unused lanes.
+    rank: [u32; LANES],
+    /// Rule, and the exactness flag in the top bit.
+    rule: [u32; LANES],
+}
+
+/// Rules beyond this index cannot be stored in a [`Block`].
+pub const BLOCK_RULES: usize = 1 << 31;
+
 /// Compact boxes of the entries of one family.
 #[derive(Clone, Debug, Default)]
 pub struct Boxes {
@@ -55,6 +80,8 @@ pub struct BoxKey {
     k32: [u32; Field::COUNT],
     /// The narrow values in layout order, sign-biased (one-line layout).
     kb: [i32; FAST],
+    /// The narrow values in layout order (blocks).
+    kn: [u32; FAST],
     /// Narrow dimensions whose value is outside the base block.
     outside: u32,
 }
@@ -109,25 +136,19 @@ impl Boxes {
         let id = self.data.len() / self.lines;
         // Header, 2 words per narrow and 8 per wide dimension: at most 11 lines.
         let mut w = [0u32; 16 * 11];
-        let max_of = |d: usize| c.maxes[d];
         let mut need = 0u32;
         let mut exact = c.exact(e);
         let mut j = HEADER;
-        for &(d, base) in &self.narrow {
-            let d = usize::from(d);
-            let (lo, hi) = (c.lo(e, d), c.hi(e, d));
-            let full = lo == 0 && hi >= max_of(d);
-            if full || lo >> 32 != base || hi >> 32 != base {
-                // A wildcard, or an interval outside the base block: no
-                // constraint here (and the rule decides if it had one).
-                exact &= full;
-                w[j] = 0;
-                w[j + 1] = u32::MAX;
-            } else {
-                need |= 1 << d;
-                w[j] = lo as u32;
-                w[j + 1] = hi as u32;
+        for t in 0..self.narrow.len() {
+            // A wildcard, or an interval outside the base block, is no
+            // constraint here (and the rule decides if it had one).
+            let (lo, hi, constrained, ok) = self.narrow_interval(c, e, t);
+            if constrained {
+                need |= 1 << self.narrow[t].0;
             }
+            exact &= ok;
+            w[j] = lo;
+            w[j + 1] = hi;
             j += 2;
         }
         for &d in &self.wide {
@@ -171,6 +192,7 @@ impl Boxes {
         let mut k = BoxKey {
             k32: [0; Field::COUNT],
             kb: [0; FAST],
+            kn: [0; FAST],
             outside: 0,
         };
         for (t, &(d, base)) in self.narrow.iter().enumerate() {
@@ -180,11 +202,107 @@ impl Boxes {
             if let Some(x) = k.kb.get_mut(t) {
                 *x = (v as u32 ^ BIAS) as i32;
             }
+            if let Some(x) = k.kn.get_mut(t) {
+                *x = v as u32;
+            }
             if key.present & (1 << d) != 0 && v >> 32 != base {
                 k.outside |= 1 << d;
             }
         }
         k
+    }
+
+    /// Can leaves be stored as [`Block`]s?
+    pub fn blocks(&self) -> bool {
+        self.fast
+    }
+
+    /// The narrow interval of entry `e` on narrow dimension `t`: `(lo, hi,
+    /// constrained, exact)` (an interval outside the base block is stored as
+    /// a wildcard and makes the entry inexact).
+    fn narrow_interval(&self, c: &Compiled, e: usize, t: usize) -> (u32, u32, bool, bool) {
+        let (d, base) = self.narrow[t];
+        let d = usize::from(d);
+        let (lo, hi) = (c.lo(e, d), c.hi(e, d));
+        let full = lo == 0 && hi >= c.maxes[d];
+        if full || lo >> 32 != base || hi >> 32 != base {
+            (0, u32::MAX, false, full)
+        } else {
+            (lo as u32, hi as u32, true, true)
+        }
+    }
+
+    /// Blocks for a leaf's `(rank, entry)` items, in order.
+    pub fn make_blocks(&self, c: &Compiled, items: &[(u32, u32)], out: &mut Vec<Block>) {
+        for chunk in items.chunks(LANES) {
+            let mut b = Block {
+                lo: [[0; LANES]; FAST],
+                span: [[u32::MAX; LANES]; FAST],
+                need: [0; LANES],
+                req: [0; LANES],
+                rank: [u32::MAX; LANES],
+                rule: [0; LANES],
+            };
+            for (l, &(rank, e)) in chunk.iter().enumerate() {
+                let e = e as usize;
+                let mut exact = c.exact(e);
+                for t in 0..self.narrow.len().min(FAST) {
+                    let (lo, hi, constrained, ok) = self.narrow_interval(c, e, t);
+                    b.lo[t][l] = lo;
+                    b.span[t][l] = hi.wrapping_sub(lo);
+                    if constrained {
+                        b.need[l] |= 1 << self.narrow[t].0;
+                    }
+                    exact &= ok;
+                }
+                b.req[l] = c.req(e);
+                b.rank[l] = rank;
+                b.rule[l] = (c.rule(e) as u32 & !BIAS) | if exact { BIAS } else { 0 };
+            }
+            out.push(b);
+        }
+    }
+
+    /// The rank of the first entry of `blocks` matching with a rank below
+    /// `best`.
+    // Indexed lane loops: the shape the vectorizer turns into SIMD.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    pub fn match_blocks(
+        &self,
+        c: &Compiled,
+        blocks: &[Block],
+        bk: &BoxKey,
+        key: &Key,
+        fv: &FieldValues,
+        best: u32,
+    ) -> Option<u32> {
+        for b in blocks {
+            if b.rank[0] >= best {
+                return None;
+            }
+            // Failures counted per lane (0/1 terms, so they vectorize).
+            let mut bad = [0u32; LANES];
+            for l in 0..LANES {
+                bad[l] = u32::from((b.req[l] & !key.present) | (b.need[l] & bk.outside) != 0)
+                    + u32::from(b.rank[l] >= best);
+            }
+            for t in 0..FAST {
+                let k = bk.kn[t];
+                for l in 0..LANES {
+                    bad[l] += u32::from(k.wrapping_sub(b.lo[t][l]) > b.span[t][l]);
+                }
+            }
+            for l in 0..LANES {
+                if bad[l] == 0 {
+                    let r = b.rule[l];
+                    if r & BIAS != 0 || c.flat.matches((r & !BIAS) as usize, fv) {
+                        return Some(b.rank[l]);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Start loading box `i` (see the tree's touch-ahead).
@@ -258,6 +376,11 @@ impl Boxes {
 
     pub fn len(&self) -> usize {
         self.data.len() / self.lines.max(1)
+    }
+
+    /// `(narrow dimensions, wide dimensions, lines per box)`.
+    pub fn layout(&self) -> (usize, usize, usize) {
+        (self.narrow.len(), self.wide.len(), self.lines)
     }
 
     pub fn is_empty(&self) -> bool {

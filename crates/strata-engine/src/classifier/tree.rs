@@ -42,7 +42,7 @@
 //! cuts on a sample of its entries, so a 50k-rule group builds in tens of
 //! milliseconds, bounded in memory by a global replication budget.
 
-use super::boxes::{BoxKey, Boxes};
+use super::boxes::{BLOCK_RULES, Block, BoxKey, Boxes};
 use super::compile::{Compiled, Key, NONE};
 use super::{GroupClassifier, MatchType, RuleMatch};
 use crate::condition::FieldValues;
@@ -58,11 +58,17 @@ const K_HASH: u32 = 4;
 const K_RANGE: u32 = 5;
 const K_RANGE64: u32 = 6;
 const K_RANGE32: u32 = 7;
+const K_BLOCK: u32 = 8;
 
 const NIL: u32 = u32::MAX;
 /// Largest number of entries a tree can index.
 pub const MAX_ENTRIES: usize = (u32::MAX - 1) as usize;
 
+/// Address families of the entries (IPv4 or not, on up to two address
+/// dimensions).
+const FAMILIES: usize = 4;
+/// Pending subtrees of a walk (one per level at most).
+const STACK: usize = 64;
 /// Range cuts over 128-bit boundaries: at most this many children.
 const RANGE_MAX_CHILDREN: usize = 64;
 /// Boundaries per block of a 128-bit range cut's two-level search.
@@ -103,6 +109,10 @@ pub struct TreeConfig {
     /// Entries of the first rank chunk (each next chunk doubles); 0 builds
     /// a single tree.
     pub chunk: usize,
+    /// Store leaves of several entries as [`Block`]s checked lane-parallel
+    /// (when the family's boxes allow). Off by default: with leaves of a
+    /// few entries, one-line boxes checked one by one cost as little.
+    pub blocks: bool,
 }
 
 impl Default for TreeConfig {
@@ -118,6 +128,7 @@ impl Default for TreeConfig {
             range_cuts: true,
             sample: 512,
             chunk: 8192,
+            blocks: false,
         }
     }
 }
@@ -229,17 +240,18 @@ pub struct TreeStats {
 /// A cut tree over some entries of a [`Compiled`] group.
 #[derive(Debug, Clone)]
 pub struct TreeIndex {
-    /// Per rank chunk (best first): the root for packets whose `split`
-    /// address is IPv4 (or absent), and the root for the others (the same
-    /// when not split).
-    roots: Vec<[Ref; 2]>,
-    /// Address dimension splitting IPv4 from IPv6 entries, if any.
-    split: Option<usize>,
+    /// Per rank chunk (best first): one root per family (see
+    /// [`TreeIndex::family`]).
+    roots: Vec<[Ref; FAMILIES]>,
+    /// Address dimensions splitting IPv4 from IPv6 entries (up to two).
+    split: [Option<usize>; 2],
     children: Vec<Ref>,
     /// `(rank, box)`.
     items: Vec<(u32, u32)>,
     /// Entry boxes of each family's trees.
-    boxes: [Boxes; 2],
+    boxes: [Boxes; FAMILIES],
+    /// Leaves checked a block of entries at a time.
+    blocks: Vec<Block>,
     bounds: Vec<u128>,
     bounds64: Vec<u64>,
     /// Per 32-bit range cut: the common high 96 bits (two words), then the
@@ -407,7 +419,7 @@ struct Builder<'a> {
     /// Family whose trees are being built.
     fam: usize,
     /// Per family: entry -> box, or NIL.
-    slots: [Vec<u32>; 2],
+    slots: [Vec<u32>; FAMILIES],
 }
 
 /// Buffers reused by every [`Builder::choose`].
@@ -434,6 +446,7 @@ impl TreeIndex {
         ids.dedup();
         let mut cfg = cfg;
         cfg.max_bits = cfg.max_bits.clamp(1, 8);
+        cfg.max_depth = cfg.max_depth.min(STACK - 2);
         cfg.leaf_size = cfg.leaf_size.max(1);
         cfg.sample = cfg.sample.max(16);
         let budget = cfg
@@ -446,7 +459,8 @@ impl TreeIndex {
             t: TreeIndex {
                 roots: Vec::new(),
                 boxes: Default::default(),
-                split: None,
+                blocks: Vec::new(),
+                split: [None; 2],
                 children: Vec::with_capacity(4 * ids.len() + 16),
                 items: Vec::with_capacity(3 * ids.len() + 16),
                 bounds: Vec::new(),
@@ -459,12 +473,12 @@ impl TreeIndex {
             nodes: 0,
             scratch: Scratch::default(),
             fam: 0,
-            slots: [vec![NIL; c.len()], Vec::new()],
+            slots: Default::default(),
         };
         // A group mixing IPv4 and IPv6 entries on an address: one tree per
         // family (entries not bound to a family in both), so that every cut
         // below works on 32-bit IPv4 values or on IPv6 values alone.
-        let split = (0..c.dims()).find(|&d| {
+        let mut split_dims = (0..c.dims()).filter(|&d| {
             c.dims[d].is_ip() && {
                 let (mut v4, mut v6) = (0usize, 0usize);
                 for &e in &ids {
@@ -475,24 +489,29 @@ impl TreeIndex {
                 v4.min(v6) * 64 >= ids.len()
             }
         });
-        // Family membership of each entry, and each family's box layout.
-        let in_fam = |e: u32, f: usize| match split {
-            None => f == 0,
+        let split = [split_dims.next(), split_dims.next()];
+        // Family membership of each entry (bit k of the family: IPv6 on
+        // split dimension k), and each family's box layout.
+        let side = |e: u32, d: Option<usize>, v6: bool| match d {
+            None => !v6,
             Some(d) => {
                 let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
-                if f == 0 {
-                    lo <= V4_HI && hi >= V4_LO
-                } else {
+                if v6 {
                     lo < V4_LO || hi > V4_HI
+                } else {
+                    lo <= V4_HI && hi >= V4_LO
                 }
             }
         };
-        for f in 0..if split.is_some() { 2 } else { 1 } {
+        let in_fam =
+            |e: u32, f: usize| side(e, split[0], f & 1 != 0) && side(e, split[1], f & 2 != 0);
+        let used: Vec<usize> = (0..FAMILIES)
+            .filter(|&f| (f & 1 == 0 || split[0].is_some()) && (f & 2 == 0 || split[1].is_some()))
+            .collect();
+        for &f in &used {
             let members: Vec<u32> = ids.iter().copied().filter(|&e| in_fam(e, f)).collect();
             b.t.boxes[f] = Boxes::new(c, &members);
-        }
-        if split.is_some() {
-            b.slots[1] = vec![NIL; c.len()];
+            b.slots[f] = vec![NIL; c.len()];
         }
         // Rank chunks of doubling size: a packet's best match is usually
         // among the better ranks of the many rules covering it, and once a
@@ -511,22 +530,12 @@ impl TreeIndex {
                 end = ids.len();
             }
             let chunk = &ids[start..end];
-            let root = match split {
-                None => {
-                    b.fam = 0;
-                    let r = b.build(chunk, 0);
-                    [r, r]
-                }
-                Some(_) => {
-                    let a: Vec<u32> = chunk.iter().copied().filter(|&e| in_fam(e, 0)).collect();
-                    let o: Vec<u32> = chunk.iter().copied().filter(|&e| in_fam(e, 1)).collect();
-                    b.fam = 0;
-                    let ra = b.build(&a, 0);
-                    b.fam = 1;
-                    let ro = b.build(&o, 0);
-                    [ra, ro]
-                }
-            };
+            let mut root = [NIL_REF; FAMILIES];
+            for &f in &used {
+                let members: Vec<u32> = chunk.iter().copied().filter(|&e| in_fam(e, f)).collect();
+                b.fam = f;
+                root[f] = b.build(&members, 0);
+            }
             roots.push(root);
             start = end;
             size = size.saturating_mul(2);
@@ -538,6 +547,7 @@ impl TreeIndex {
         t.stats.nodes = nodes;
         t.children.shrink_to_fit();
         t.items.shrink_to_fit();
+        t.blocks.shrink_to_fit();
         for bx in &mut t.boxes {
             bx.shrink();
         }
@@ -551,13 +561,22 @@ impl TreeIndex {
         self.stats
     }
 
-    /// Which root of a chunk serves this packet.
+    /// Which root of a chunk serves this packet: bit `k` set when the
+    /// packet's address on split dimension `k` is present and not IPv4
+    /// (an absent address only matches entries without a condition on it,
+    /// which are in every family).
     #[inline]
     fn family(&self, key: &Key) -> usize {
-        match self.split {
-            Some(d) if key.present & (1 << d) != 0 && !(V4_LO..=V4_HI).contains(&key.v[d]) => 1,
-            _ => 0,
+        let mut f = 0;
+        for (k, d) in self.split.iter().enumerate() {
+            if let Some(d) = *d
+                && key.present & (1 << d) != 0
+                && !(V4_LO..=V4_HI).contains(&key.v[d])
+            {
+                f |= 1 << k;
+            }
         }
+        f
     }
 
     #[inline]
@@ -583,7 +602,7 @@ impl TreeIndex {
             if r.min >= *best && r.kind() != K_NIL {
                 break;
             }
-            self.visit(c, r, &q, best, p);
+            self.walk(c, *r, &q, best, p);
         }
     }
 
@@ -606,39 +625,74 @@ impl TreeIndex {
         self.search(c, key, fv, best, trace);
     }
 
+    /// Depth-first search of one tree, iterative: the subtree not taken
+    /// first waits on a fixed stack (one per level: depth is bounded).
     #[inline]
-    fn visit<P: Probe>(&self, c: &Compiled, r: &Ref, q: &Query, best: &mut u32, p: &mut P) {
-        if r.min >= *best {
-            return;
-        }
-        match r.kind() {
-            K_ONE => {
-                p.check();
-                if q.boxes.matches(c, r.x as usize, &q.bk, q.key, q.fv) {
-                    *best = r.min;
+    fn walk<P: Probe>(&self, c: &Compiled, root: Ref, q: &Query, best: &mut u32, p: &mut P) {
+        let mut stack = [NIL_REF; STACK];
+        let mut sp = 0;
+        let mut r = root;
+        loop {
+            if r.min < *best {
+                match r.kind() {
+                    K_ONE => {
+                        p.check();
+                        if q.boxes.matches(c, r.x as usize, &q.bk, q.key, q.fv) {
+                            *best = r.min;
+                        }
+                    }
+                    K_BLOCK => {
+                        p.check();
+                        let a = r.a as usize;
+                        let blocks = &self.blocks[a..a + r.x as usize];
+                        if let Some(rk) = q.boxes.match_blocks(c, blocks, &q.bk, q.key, q.fv, *best)
+                        {
+                            *best = rk;
+                        }
+                    }
+                    K_LEAF => {
+                        let a = r.a as usize;
+                        for &(rk, bx) in &self.items[a..a + r.x as usize] {
+                            if rk >= *best {
+                                break;
+                            }
+                            p.check();
+                            if q.boxes.matches(c, bx as usize, &q.bk, q.key, q.fv) {
+                                *best = rk;
+                                break;
+                            }
+                        }
+                    }
+                    K_NIL => {}
+                    _ => {
+                        p.node();
+                        let (first, second) = self.step(&r, q.key);
+                        if second.min < *best {
+                            self.touch(q, &second);
+                            if sp < STACK {
+                                stack[sp] = second;
+                                sp += 1;
+                            } else {
+                                // Unreachable with the depth bound; stay exact.
+                                self.walk(c, second, q, best, p);
+                            }
+                        }
+                        r = first;
+                        continue;
+                    }
                 }
             }
-            K_LEAF => {
-                let a = r.a as usize;
-                for &(rk, bx) in &self.items[a..a + r.x as usize] {
-                    if rk >= *best {
-                        return;
-                    }
-                    p.check();
-                    if q.boxes.matches(c, bx as usize, &q.bk, q.key, q.fv) {
-                        *best = rk;
-                        return;
-                    }
-                }
+            if sp == 0 {
+                return;
             }
-            K_NIL => {}
-            _ => self.visit_node(c, r, q, best, p),
+            sp -= 1;
+            r = stack[sp];
         }
     }
 
-    fn visit_node<P: Probe>(&self, c: &Compiled, r: &Ref, q: &Query, best: &mut u32, p: &mut P) {
-        p.node();
-        let key = q.key;
+    /// The child a packet goes to and the wide subtree, better rank first.
+    #[inline(always)]
+    fn step(&self, r: &Ref, key: &Key) -> (Ref, Ref) {
         let dim = r.dim();
         let a = r.a as usize;
         let child = if key.present & (1 << dim) == 0 {
@@ -689,16 +743,11 @@ impl TreeIndex {
             }
         };
         let wide = &self.children[a];
-        let (first, second) = if wide.min < child.min {
-            (wide, child)
+        if wide.min < child.min {
+            (*wide, *child)
         } else {
-            (child, wide)
-        };
-        if second.min < *best {
-            self.touch(q, second);
+            (*child, *wide)
         }
-        self.visit(c, first, q, best, p);
-        self.visit(c, second, q, best, p);
     }
 
     /// Start loading the first line a visit of `r` will need, so that it
@@ -712,6 +761,7 @@ impl TreeIndex {
                 None
             }
             K_LEAF => self.items.get(r.a as usize).map(|x| x.1),
+            K_BLOCK => self.blocks.get(r.a as usize).map(|_| 0),
             K_NIL => None,
             _ => self.children.get(r.a as usize).map(|x| x.min),
         };
@@ -721,11 +771,14 @@ impl TreeIndex {
     /// A textual outline of the top `levels` levels (debugging aid).
     #[doc(hidden)]
     pub fn outline(&self, levels: usize) -> String {
-        let mut out = String::new();
+        let mut out = format!(
+            "boxes {:?}, split {:?}\n",
+            self.boxes.iter().map(Boxes::layout).collect::<Vec<_>>(),
+            self.split
+        );
         for (i, r) in self.roots.iter().enumerate() {
-            self.outline_ref(&r[0], 0, levels, &format!("chunk {i}"), &mut out);
-            if self.split.is_some() {
-                self.outline_ref(&r[1], 0, levels, &format!("chunk {i} (IPv6)"), &mut out);
+            for (f, root) in r.iter().enumerate() {
+                self.outline_ref(root, 0, levels, &format!("chunk {i} family {f}"), &mut out);
             }
         }
         out
@@ -741,6 +794,9 @@ impl TreeIndex {
             }
             K_LEAF => {
                 let _ = writeln!(out, "{pad}{label}: leaf {} min={}", r.x, r.min);
+            }
+            K_BLOCK => {
+                let _ = writeln!(out, "{pad}{label}: blocks {} min={}", r.x, r.min);
             }
             k => {
                 let a = r.a as usize;
@@ -779,8 +835,9 @@ impl TreeIndex {
 
     pub fn memory_bytes(&self) -> usize {
         self.children.capacity() * std::mem::size_of::<Ref>()
-            + self.roots.capacity() * 32
+            + self.roots.capacity() * std::mem::size_of::<[Ref; FAMILIES]>()
             + self.boxes.iter().map(Boxes::memory_bytes).sum::<usize>()
+            + self.blocks.capacity() * std::mem::size_of::<Block>()
             + self.items.capacity() * 8
             + self.bounds.capacity() * 16
             + self.bounds64.capacity() * 8
@@ -1051,7 +1108,23 @@ impl Builder<'_> {
         let min = c.rank[keep[0] as usize];
         self.t.stats.leaves += 1;
         self.t.stats.leaf_items += keep.len();
-        let (fam, slots, boxes) = (self.fam, &mut self.slots, &mut self.t.boxes);
+        let fam = self.fam;
+        if self.cfg.blocks
+            && keep.len() > 1
+            && self.t.boxes[fam].blocks()
+            && c.flat.len() < BLOCK_RULES
+        {
+            let items: Vec<(u32, u32)> = keep.iter().map(|&e| (c.rank[e as usize], e)).collect();
+            let a = self.t.blocks.len() as u32;
+            self.t.boxes[fam].make_blocks(c, &items, &mut self.t.blocks);
+            return Ref {
+                x: self.t.blocks.len() as u32 - a,
+                min,
+                a,
+                meta: K_BLOCK,
+            };
+        }
+        let (slots, boxes) = (&mut self.slots, &mut self.t.boxes);
         let mut box_of = |e: u32| {
             let s = &mut slots[fam][e as usize];
             if *s == NIL {
