@@ -91,28 +91,35 @@ impl Boxes {
     pub fn new(c: &Compiled, entries: &[u32]) -> Boxes {
         let mut narrow = Vec::new();
         let mut wide = Vec::new();
-        let mut bases: Vec<u128> = Vec::new();
         for d in 0..c.dims() {
             let max = c.maxes[d];
-            // The most common high 96 bits of the (non-wildcard) intervals.
-            bases.clear();
-            let mut constrained = 0usize;
-            for &e in entries {
-                let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
-                if lo == 0 && hi >= max {
-                    continue;
-                }
-                constrained += 1;
-                if lo >> 32 == hi >> 32 {
-                    bases.push(lo >> 32);
+            // The majority high 96 bits of the (non-wildcard) intervals
+            // (Boyer-Moore vote, then a count).
+            let constrained = || {
+                entries.iter().filter_map(move |&e| {
+                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                    (!(lo == 0 && hi >= max)).then_some((lo, hi))
+                })
+            };
+            let (mut cand, mut votes) = (None, 0usize);
+            for (lo, hi) in constrained() {
+                let b = (lo >> 32 == hi >> 32).then_some(lo >> 32);
+                if votes == 0 {
+                    cand = b;
+                    votes = 1;
+                } else if b == cand {
+                    votes += 1;
+                } else {
+                    votes -= 1;
                 }
             }
-            bases.sort_unstable();
-            let (base, count) = bases
-                .chunk_by(|a, b| a == b)
-                .map(|run| (run[0], run.len()))
-                .max_by_key(|x| x.1)
-                .unwrap_or((0, 0));
+            let base = cand.unwrap_or(0);
+            let (mut count, mut total) = (0usize, 0usize);
+            for (lo, hi) in constrained() {
+                total += 1;
+                count += usize::from(cand.is_some() && lo >> 32 == base && hi >> 32 == base);
+            }
+            let constrained = total;
             // Narrow when nearly all fit: the few others are stored as
             // wildcards on that dimension and checked against their rule.
             if count * 32 >= constrained * 31 {
@@ -135,7 +142,8 @@ impl Boxes {
     pub fn push(&mut self, c: &Compiled, e: usize) -> u32 {
         let id = self.data.len() / self.lines;
         // Header, 2 words per narrow and 8 per wide dimension: at most 11 lines.
-        let mut w = [0u32; 16 * 11];
+        let mut buf = [0u32; 16 * 11];
+        let w = &mut buf[..self.lines * 16];
         let mut need = 0u32;
         let mut exact = c.exact(e);
         let mut j = HEADER;
@@ -178,11 +186,11 @@ impl Boxes {
                 w[HEADER + FAST + t] = hi[t] ^ BIAS;
             }
         }
-        for l in w[..self.lines * 16].chunks_exact(16) {
+        self.data.extend(w.chunks_exact(16).map(|l| {
             let mut line = Line::default();
             line.0.copy_from_slice(l);
-            self.data.push(line);
-        }
+            line
+        }));
         id as u32
     }
 

@@ -81,6 +81,9 @@ const BLOCK32: usize = 16;
 /// IPv4 addresses in the IPv6 space.
 const V4_LO: u128 = 0xffff << 32;
 const V4_HI: u128 = V4_LO | 0xffff_ffff;
+/// Cost (in entry checks) of a range cut's search over a bit cut's shift:
+/// a range cut must save that much to be chosen.
+const RANGE_PENALTY: f64 = 4.0;
 /// Entries sampled to evaluate a range cut.
 const RANGE_SAMPLE: usize = 128;
 
@@ -478,18 +481,31 @@ impl TreeIndex {
         // A group mixing IPv4 and IPv6 entries on an address: one tree per
         // family (entries not bound to a family in both), so that every cut
         // below works on 32-bit IPv4 values or on IPv6 values alone.
-        let mut split_dims = (0..c.dims()).filter(|&d| {
+        // Address dimensions with both IPv4 and IPv6 entries.
+        let mixed = |d: usize, ids: &[u32]| {
             c.dims[d].is_ip() && {
                 let (mut v4, mut v6) = (0usize, 0usize);
-                for &e in &ids {
+                for &e in ids {
                     let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
                     v4 += usize::from(lo >= V4_LO && hi <= V4_HI);
                     v6 += usize::from(hi < V4_LO || lo > V4_HI);
                 }
-                v4.min(v6) * 64 >= ids.len()
+                v4.min(v6) * 32 >= ids.len()
             }
+        };
+        let first = (0..c.dims()).find(|&d| mixed(d, &ids));
+        // A second address dimension only if it is still mixed within the
+        // first split's IPv4 side (otherwise its few odd entries are stored
+        // as wildcards in that family's boxes).
+        let second = first.and_then(|d0| {
+            let v4side: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|&e| c.lo(e as usize, d0) <= V4_HI && c.hi(e as usize, d0) >= V4_LO)
+                .collect();
+            (d0 + 1..c.dims()).find(|&d| mixed(d, &v4side))
         });
-        let split = [split_dims.next(), split_dims.next()];
+        let split = [first, second];
         // Family membership of each entry (bit k of the family: IPv6 on
         // split dimension k), and each family's box layout.
         let side = |e: u32, d: Option<usize>, v6: bool| match d {
@@ -1346,7 +1362,7 @@ impl Builder<'_> {
                 if total > self.cfg.space_factor * rs {
                     continue;
                 }
-                let cost = cost(&counts[..nch], total, wide, rscale, nch, n, 1.0);
+                let cost = cost(&counts[..nch], total, wide, rscale, nch, n, RANGE_PENALTY);
                 consider(Cut {
                     dim,
                     kind: CutKind::Range(bounds),
