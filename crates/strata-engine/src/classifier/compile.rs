@@ -204,6 +204,14 @@ fn header(req: u32, rule: u32, exact: bool) -> u128 {
     u128::from(req) | (u128::from(rule) << 32) | (u128::from(exact) << 64)
 }
 
+impl Key {
+    /// No dimension present.
+    pub const EMPTY: Key = Key {
+        v: [0; Field::COUNT],
+        present: 0,
+    };
+}
+
 /// One alternative interval of a rule on a dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Alt {
@@ -644,20 +652,24 @@ impl Compiled {
     /// field (the caller then falls back to [`Compiled::fallback`]).
     #[inline]
     pub fn key(&self, fv: &FieldValues) -> Option<Key> {
-        let mut k = Key {
-            v: [0; Field::COUNT],
-            present: 0,
-        };
+        let mut k = Key::EMPTY;
+        self.fill_key(fv, &mut k).then_some(k)
+    }
+
+    /// [`Compiled::key`] into a caller's (empty) key, without a copy;
+    /// `false` for out-of-width values.
+    #[inline(always)]
+    pub fn fill_key(&self, fv: &FieldValues, k: &mut Key) -> bool {
         for (i, &f) in self.dims.iter().enumerate() {
             if let Some(v) = fv.get(f) {
                 if v > self.maxes[i] {
-                    return None;
+                    return false;
                 }
                 k.v[i] = v;
                 k.present |= 1 << i;
             }
         }
-        Some(k)
+        true
     }
 
     /// Does entry `e` match?

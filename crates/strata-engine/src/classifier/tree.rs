@@ -83,7 +83,7 @@ const V4_LO: u128 = 0xffff << 32;
 const V4_HI: u128 = V4_LO | 0xffff_ffff;
 /// Cost (in entry checks) of a range cut's search over a bit cut's shift:
 /// a range cut must save that much to be chosen.
-const RANGE_PENALTY: f64 = 4.0;
+const RANGE_PENALTY: f64 = 2.0;
 /// Entries sampled to evaluate a range cut.
 const RANGE_SAMPLE: usize = 128;
 
@@ -1456,9 +1456,10 @@ impl TreeClassifier {
         if self.c.lpm_absent(fv) {
             return None;
         }
-        let Some(key) = self.c.key(fv) else {
+        let mut key = Key::EMPTY;
+        if !self.c.fill_key(fv, &mut key) {
             return self.c.fallback(fv);
-        };
+        }
         let mut best = NONE;
         self.idx.lookup_traced(&self.c, &key, fv, &mut best, trace);
         self.c.resolve(best, fv)
@@ -1471,9 +1472,10 @@ impl GroupClassifier for TreeClassifier {
         if self.c.lpm_absent(fv) {
             return None;
         }
-        let Some(key) = self.c.key(fv) else {
+        let mut key = Key::EMPTY;
+        if !self.c.fill_key(fv, &mut key) {
             return self.c.fallback(fv);
-        };
+        }
         let mut best = NONE;
         self.idx.lookup(&self.c, &key, fv, &mut best);
         self.c.resolve(best, fv)
