@@ -1,0 +1,99 @@
+//! Classifying a packet allocates nothing, whatever structure the planner
+//! built (and whatever path the lookup takes: trees, tries, residual rules,
+//! out-of-width fallbacks).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use strata_engine::classifier::plan::{Strategy, build_with};
+use strata_engine::classifier::tree::TreeConfig;
+use strata_engine::classifier::{MatchType, RuleMatch, build};
+use strata_engine::condition::{Condition, Field, FieldValues, MatchValue};
+use strata_engine::rulegen;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> usize {
+    ALLOCS.with(Cell::get)
+}
+
+#[test]
+fn best_match_does_not_allocate() {
+    let mut acl = rulegen::acl(3000, 5);
+    // A rule beyond the LPM expansion cap (residual) and one hulled.
+    let many: Vec<MatchValue> = (0..300u128)
+        .map(|i| MatchValue::Prefix {
+            value: (0xffff << 32) | (i << 12),
+            len: 116,
+        })
+        .collect();
+    acl.push(RuleMatch {
+        priority: 3,
+        conditions: vec![
+            Condition::new(Field::DstIp, many.clone()),
+            Condition::new(Field::DstIp, many.clone()),
+            Condition::new(Field::DstIp, many),
+        ],
+    });
+    let mut routes = rulegen::routes_v4(5000, 2);
+    routes.extend(rulegen::routes_v6(2000, 2));
+    routes.extend(rulegen::acl(50, 3));
+    let cases = [
+        (acl.clone(), MatchType::Priority),
+        (acl.clone(), MatchType::Lpm(Field::DstIp)),
+        (routes.clone(), MatchType::Lpm(Field::DstIp)),
+        (rulegen::routes_v4(5000, 4), MatchType::Lpm(Field::DstIp)),
+        (acl[..10].to_vec(), MatchType::Priority),
+    ];
+    for (rules, mt) in cases {
+        let mut packets = rulegen::packets(&rules, 2000, 7);
+        packets.push(FieldValues::from_pairs(&[
+            (Field::Vlan, 70_000),
+            (Field::DstIp, 5),
+        ]));
+        packets.push(FieldValues::from_pairs(&[]));
+        let cfg = TreeConfig {
+            blocks: true,
+            ..TreeConfig::default()
+        };
+        let classifiers = [
+            build(&rules, mt),
+            build_with(&rules, mt, Strategy::Scan),
+            build_with(&rules, mt, Strategy::Tree(cfg)),
+            build_with(&rules, mt, Strategy::Lpm(cfg)),
+        ];
+        for c in &classifiers {
+            let before = allocs();
+            let mut hits = 0usize;
+            for p in &packets {
+                hits += usize::from(c.best_match(p).is_some());
+            }
+            assert_eq!(allocs(), before, "{} allocated", c.kind());
+            assert!(hits > 0);
+        }
+    }
+}
