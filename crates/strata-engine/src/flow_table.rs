@@ -29,11 +29,12 @@ use strata_packet::transposition::Transposition;
 pub struct LayerFlow {
     /// Direction of the packet whose rule created the flow.
     pub origin: Direction,
-    /// `[origin key, reverse key]`: the reverse key is looked up in the
-    /// opposite direction.
-    pub keys: [Ufid; 2],
-    /// The rule's transposition and its inverse.
-    pub transpositions: [Transposition; 2],
+    /// The layer-local key of the originating packet. The reverse key
+    /// (looked up in the opposite direction) is derived from it: the
+    /// reversed post-transposition key.
+    pub key: Ufid,
+    /// The rule's transposition; its inverse is derived for the reverse side.
+    pub transposition: Transposition,
     /// Action contexts (counter slots) of the originating side.
     pub counters: Box<[u32]>,
     /// The deciding rule's id (shared with the policy, not copied per flow).
@@ -61,6 +62,24 @@ impl LayerFlow {
             self.origin
         } else {
             self.origin.opposite()
+        }
+    }
+
+    /// The key of side `side` (0 = origin, 1 = reverse).
+    pub fn key_of(&self, side: usize) -> Ufid {
+        if side == 0 {
+            self.key
+        } else {
+            self.transposition.apply_to_ufid(&self.key).reversed()
+        }
+    }
+
+    /// The transposition of side `side`: the rule's, or its inverse.
+    pub fn transposition_of(&self, side: usize) -> Transposition {
+        if side == 0 {
+            self.transposition.clone()
+        } else {
+            self.transposition.reverse_for(&self.key)
         }
     }
 
@@ -99,7 +118,7 @@ fn lf_slot_hash(slots: &[Option<LayerFlow>], v: u32) -> u64 {
         .and_then(|f| f.as_ref())
         .map(|f| {
             let side = (v & 1) as usize;
-            lf_hash(f.dir_of(side), &layer_flow_key(&f.keys[side]))
+            lf_hash(f.dir_of(side), &layer_flow_key(&f.key_of(side)))
         })
         .unwrap_or(0)
 }
@@ -125,7 +144,7 @@ impl LayerFlowTable {
                 .and_then(|f| f.as_ref())
                 .is_some_and(|f| {
                     let side = (v & 1) as usize;
-                    f.dir_of(side) == d && layer_flow_key(&f.keys[side]) == k
+                    f.dir_of(side) == d && layer_flow_key(&f.key_of(side)) == k
                 })
         })?;
         Some((v >> 1, (v & 1) as usize))
@@ -144,7 +163,7 @@ impl LayerFlowTable {
     /// first owner.
     pub fn insert(&mut self, f: LayerFlow) -> u32 {
         let taken: [bool; 2] =
-            [0, 1].map(|side| self.lookup(f.dir_of(side), &f.keys[side]).is_some());
+            [0, 1].map(|side| self.lookup(f.dir_of(side), &f.key_of(side)).is_some());
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -152,7 +171,7 @@ impl LayerFlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        let hashes = [0, 1].map(|side| lf_hash(f.dir_of(side), &layer_flow_key(&f.keys[side])));
+        let hashes = [0, 1].map(|side| lf_hash(f.dir_of(side), &layer_flow_key(&f.key_of(side))));
         self.slots[slot as usize] = Some(f);
         for side in 0..2 {
             if !taken[side] {
@@ -176,7 +195,7 @@ impl LayerFlowTable {
         }
         f.detached = true;
         for side in 0..2 {
-            let h = lf_hash(f.dir_of(side), &layer_flow_key(&f.keys[side]));
+            let h = lf_hash(f.dir_of(side), &layer_flow_key(&f.key_of(side)));
             self.index.remove(h, slot << 1 | side as u32);
         }
     }
@@ -233,7 +252,7 @@ impl LayerFlowTable {
                 continue;
             }
             for side in 0..2 {
-                let k = layer_flow_key(&f.keys[side]);
+                let k = layer_flow_key(&f.key_of(side));
                 let d = f.dir_of(side);
                 let h = lf_hash(d, &k);
                 let dup = index
@@ -243,7 +262,7 @@ impl LayerFlowTable {
                             .and_then(|g| g.as_ref())
                             .is_some_and(|g| {
                                 let s = (v & 1) as usize;
-                                g.dir_of(s) == d && layer_flow_key(&g.keys[s]) == k
+                                g.dir_of(s) == d && layer_flow_key(&g.key_of(s)) == k
                             })
                     })
                     .is_some();
@@ -271,8 +290,9 @@ pub struct UnifiedFlow {
     pub transposition: Transposition,
     pub verdict: Verdict,
     /// Counter slots this flow's packets count towards (forward: layers,
-    /// rules, meters; drop: the deciding layer and rule).
-    pub counters: Box<[u32]>,
+    /// rules, meters; drop: the deciding layer and rule). Interned: shared
+    /// by every flow with the same list.
+    pub counters: Arc<[u32]>,
     /// Packets and bytes not yet added to `counters` (the fast path counts
     /// here, in the entry it already has in cache; flushed lazily).
     #[serde(default)]

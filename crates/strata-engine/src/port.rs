@@ -61,6 +61,8 @@ pub struct Port {
     pub(crate) layer_flows: Vec<(u32, LayerFlowTable)>,
     pub(crate) uft: UnifiedFlowTable,
     pub(crate) counters: PortCounters,
+    /// Interned counter-slot lists of unified flows.
+    pub(crate) counter_lists: hashbrown::HashSet<Arc<[u32]>>,
 }
 
 /// Result of walking the layers for one UFID.
@@ -127,6 +129,7 @@ impl Port {
             layer_flows: Vec::new(),
             uft: UnifiedFlowTable::default(),
             counters: PortCounters::default(),
+            counter_lists: Default::default(),
         }
     }
 
@@ -759,8 +762,13 @@ impl Port {
         c
     }
 
-    fn unified_flow(&self, key: &Ufid, hash: u64, sim: &Sim) -> UnifiedFlow {
+    fn unified_flow(&mut self, key: &Ufid, hash: u64, sim: &Sim) -> UnifiedFlow {
         let forward = sim.verdict.is_none();
+        let counters = self.intern_counters(if forward {
+            &sim.counters
+        } else {
+            &sim.drop_counters
+        });
         UnifiedFlow {
             key: *key,
             hash,
@@ -771,14 +779,21 @@ impl Port {
                 Transposition::identity()
             },
             verdict: sim.verdict(),
-            counters: if forward {
-                sim.counters.clone().into_boxed_slice()
-            } else {
-                sim.drop_counters.clone().into_boxed_slice()
-            },
+            counters,
             packets: 0,
             bytes: 0,
         }
+    }
+
+    /// One shared copy of each distinct counter-slot list: flows decided by
+    /// the same rules point at the same list (no allocation per flow).
+    fn intern_counters(&mut self, slots: &[u32]) -> Arc<[u32]> {
+        if let Some(a) = self.counter_lists.get(slots) {
+            return Arc::clone(a);
+        }
+        let a: Arc<[u32]> = Arc::from(slots);
+        self.counter_lists.insert(Arc::clone(&a));
+        a
     }
 
     /// Re-simulate a stale unified flow (VFP-13).
@@ -873,7 +888,7 @@ impl Port {
                 let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
                     continue;
                 };
-                let t = f.transpositions[side].clone();
+                let t = f.transposition_of(side);
                 sim.counters.extend_from_slice(f.side_counters(side));
                 sim.counters.push(layer.counter);
                 sim.counters.push(f.rule_counter);
@@ -1004,14 +1019,10 @@ impl Port {
             }
             return (out, None);
         }
-        let after = out.transposition.apply_to_ufid(local);
         let flow = LayerFlow {
             origin: d,
-            keys: [*local, after.reversed()],
-            transpositions: [
-                out.transposition.clone(),
-                out.transposition.reverse_for(local),
-            ],
+            key: *local,
+            transposition: out.transposition.clone(),
             counters: out.counters.clone().into_boxed_slice(),
             rule_id: Arc::clone(&crule.id),
             rule_counter: crule.counter,
@@ -1056,7 +1067,7 @@ impl Port {
             return Some((slot, side));
         }
         let origin = f.origin;
-        let origin_key = f.keys[0];
+        let origin_key = f.key;
         let fv = FieldValues::from_ufid(&origin_key);
         let decided = layer.classify(origin, &fv);
         let still = decided
@@ -1114,8 +1125,8 @@ impl Port {
         let cfg = &self.config;
         if let Some(t) = &c.tcp {
             return match t.state {
-                TcpState::TimeWait => t.finished_at.saturating_add(cfg.tcp_time_wait),
-                TcpState::Closed => t.finished_at.saturating_add(cfg.tcp_closed_linger),
+                TcpState::TimeWait => t.finished_at().saturating_add(cfg.tcp_time_wait),
+                TcpState::Closed => t.finished_at().saturating_add(cfg.tcp_closed_linger),
                 s if s.is_half_open() => c.last_seen.saturating_add(cfg.tcp_half_open_idle),
                 _ => c
                     .last_seen
@@ -1143,6 +1154,8 @@ impl Port {
     /// resets), releasing layer flows and SNAT ports. Returns how many.
     pub fn expire(&mut self, now: Time) -> usize {
         self.flush_counters();
+        // Lists no flow uses any more.
+        self.counter_lists.retain(|a| Arc::strong_count(a) > 1);
         let due: Vec<u32> = self
             .uft
             .iter()

@@ -151,6 +151,7 @@ impl Port {
             layer_flows,
             uft,
             counters,
+            counter_lists: Default::default(),
         })
     }
 }

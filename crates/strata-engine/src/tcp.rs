@@ -54,15 +54,56 @@ impl TcpState {
 }
 
 /// Per-direction sequence tracking. Index 0 = initiator, 1 = responder.
+/// Packed (32 bytes): optional fields are flagged in `flags`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Side {
     isn: u32,
-    /// Highest sequence number sent + length (next expected), if seen.
-    next_seq: Option<u32>,
-    fin_seq: Option<u32>,
-    fin_acked: bool,
-    /// An outstanding RTT sample: (sequence end, send time).
-    rtt_probe: Option<(u32, Time)>,
+    /// Highest sequence number sent + length (next expected).
+    next: u32,
+    fin: u32,
+    /// Outstanding RTT sample: sequence end and send time.
+    probe_seq: u32,
+    probe_time: Time,
+    flags: u8,
+}
+
+const HAS_NEXT: u8 = 1;
+const HAS_FIN: u8 = 2;
+const FIN_ACKED: u8 = 4;
+const HAS_PROBE: u8 = 8;
+
+impl Side {
+    fn next_seq(&self) -> Option<u32> {
+        (self.flags & HAS_NEXT != 0).then_some(self.next)
+    }
+
+    fn set_next(&mut self, v: u32) {
+        self.next = v;
+        self.flags |= HAS_NEXT;
+    }
+
+    fn fin_seq(&self) -> Option<u32> {
+        (self.flags & HAS_FIN != 0).then_some(self.fin)
+    }
+
+    fn fin_acked(&self) -> bool {
+        self.flags & FIN_ACKED != 0
+    }
+
+    fn probe(&self) -> Option<(u32, Time)> {
+        (self.flags & HAS_PROBE != 0).then_some((self.probe_seq, self.probe_time))
+    }
+
+    fn set_probe(&mut self, p: Option<(u32, Time)>) {
+        match p {
+            Some((seq, t)) => {
+                self.probe_seq = seq;
+                self.probe_time = t;
+                self.flags |= HAS_PROBE;
+            }
+            None => self.flags &= !HAS_PROBE,
+        }
+    }
 }
 
 /// TCP tracking state of one connection.
@@ -72,10 +113,9 @@ pub struct TcpConn {
     /// Direction of the initiator's packets.
     pub initiator: Direction,
     sides: [Side; 2],
-    syn_time: Time,
-    synack_time: Time,
-    /// When TIME_WAIT or CLOSED began.
-    pub finished_at: Time,
+    /// One timestamp reused by phase: the SYN's time while `SynSent`, the
+    /// SYN-ACK's while `SynReceived`, when TIME_WAIT or CLOSED began after.
+    mark: Time,
 }
 
 /// `a` is after `b` in sequence space.
@@ -99,17 +139,20 @@ impl TcpConn {
             },
             initiator: dir,
             sides: [Side::default(); 2],
-            syn_time: now,
-            synack_time: 0,
-            finished_at: 0,
+            mark: now,
         };
         if syn_only {
             c.sides[0].isn = m.tcp_seq;
-            c.sides[0].next_seq = Some(m.tcp_seq.wrapping_add(1));
+            c.sides[0].set_next(m.tcp_seq.wrapping_add(1));
         } else {
             c.track_data(0, m, now, stats);
         }
         c
+    }
+
+    /// When TIME_WAIT or CLOSED began (meaningful in those states).
+    pub fn finished_at(&self) -> Time {
+        self.mark
     }
 
     /// Update with one packet travelling in `dir`.
@@ -124,7 +167,7 @@ impl TcpConn {
             if self.state != TcpState::Closed {
                 stats.resets += 1;
                 self.state = TcpState::Closed;
-                self.finished_at = now;
+                self.mark = now;
             }
             return;
         }
@@ -142,11 +185,11 @@ impl TcpConn {
                 {
                     if m.tcp_ack == self.sides[0].isn.wrapping_add(1) {
                         self.sides[1].isn = m.tcp_seq;
-                        self.sides[1].next_seq = Some(m.tcp_seq.wrapping_add(1));
-                        self.synack_time = now;
+                        self.sides[1].set_next(m.tcp_seq.wrapping_add(1));
                         self.state = TcpState::SynReceived;
                         stats.rtt_samples += 1;
-                        stats.rtt_sum_ns += now.saturating_sub(self.syn_time);
+                        stats.rtt_sum_ns += now.saturating_sub(self.mark);
+                        self.mark = now;
                     } else {
                         stats.invalid_handshakes += 1;
                     }
@@ -156,7 +199,7 @@ impl TcpConn {
                         stats.retransmits += 1;
                     } else {
                         self.sides[0].isn = m.tcp_seq;
-                        self.sides[0].next_seq = Some(m.tcp_seq.wrapping_add(1));
+                        self.sides[0].set_next(m.tcp_seq.wrapping_add(1));
                     }
                 } else {
                     stats.invalid_handshakes += 1;
@@ -171,7 +214,7 @@ impl TcpConn {
                     self.state = TcpState::Established;
                     stats.handshakes_completed += 1;
                     stats.rtt_samples += 1;
-                    stats.rtt_sum_ns += now.saturating_sub(self.synack_time);
+                    stats.rtt_sum_ns += now.saturating_sub(self.mark);
                     self.track_data(me, m, now, stats);
                 } else if me == 1 && f & tcp_flags::SYN != 0 {
                     stats.retransmits += 1;
@@ -189,9 +232,10 @@ impl TcpConn {
                 if f & tcp_flags::ACK != 0 {
                     self.track_ack(other, m, now, stats);
                 }
-                if f & tcp_flags::FIN != 0 && self.sides[me].fin_seq.is_none() {
+                if f & tcp_flags::FIN != 0 && self.sides[me].fin_seq().is_none() {
                     // FIN occupies one sequence number after the payload.
-                    self.sides[me].fin_seq = Some(m.tcp_seq.wrapping_add(m.l4_payload_len));
+                    self.sides[me].fin = m.tcp_seq.wrapping_add(m.l4_payload_len);
+                    self.sides[me].flags |= HAS_FIN;
                 }
                 self.advance_close(now);
             }
@@ -207,18 +251,18 @@ impl TcpConn {
         }
         let end = m.tcp_seq.wrapping_add(len).wrapping_add(fin);
         let s = &mut self.sides[me];
-        match s.next_seq {
+        match s.next_seq() {
             Some(next) if !seq_gt(end, next) => {
                 if len > 0 {
                     stats.retransmits += 1;
                     // Karn: a retransmitted segment gives no RTT sample.
-                    s.rtt_probe = None;
+                    s.set_probe(None);
                 }
             }
             _ => {
-                s.next_seq = Some(end);
-                if s.rtt_probe.is_none() {
-                    s.rtt_probe = Some((end, now));
+                s.set_next(end);
+                if s.probe().is_none() {
+                    s.set_probe(Some((end, now)));
                 }
             }
         }
@@ -227,23 +271,23 @@ impl TcpConn {
     /// Acknowledgement from the other side of `acked`'s data.
     fn track_ack(&mut self, acked: usize, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
         let s = &mut self.sides[acked];
-        if let Some((end, t)) = s.rtt_probe
+        if let Some((end, t)) = s.probe()
             && seq_ge(m.tcp_ack, end)
         {
             stats.rtt_samples += 1;
             stats.rtt_sum_ns += now.saturating_sub(t);
-            s.rtt_probe = None;
+            s.set_probe(None);
         }
-        if let Some(fs) = s.fin_seq
+        if let Some(fs) = s.fin_seq()
             && seq_ge(m.tcp_ack, fs.wrapping_add(1))
         {
-            s.fin_acked = true;
+            s.flags |= FIN_ACKED;
         }
     }
 
     fn advance_close(&mut self, now: Time) {
-        let fins = self.sides.iter().filter(|s| s.fin_seq.is_some()).count();
-        let acked = self.sides.iter().filter(|s| s.fin_acked).count();
+        let fins = self.sides.iter().filter(|s| s.fin_seq().is_some()).count();
+        let acked = self.sides.iter().filter(|s| s.fin_acked()).count();
         let next = match (fins, acked) {
             (2, 2) => TcpState::TimeWait,
             (2, _) => TcpState::Closing,
@@ -252,7 +296,7 @@ impl TcpConn {
         };
         if next != self.state && !self.state.is_finished() {
             if next == TcpState::TimeWait {
-                self.finished_at = now;
+                self.mark = now;
             }
             // Data seen before a handshake stays unverified until closing.
             if !(self.state == TcpState::Unverified && fins == 0) {
