@@ -320,7 +320,7 @@ impl Boxes {
     }
 
     /// Does box `i` match?
-    #[inline]
+    #[inline(always)]
     pub fn matches(
         &self,
         c: &Compiled,
