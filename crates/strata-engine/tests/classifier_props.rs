@@ -275,22 +275,36 @@ proptest! {
         check(&rules, MatchType::Lpm(Field::DstIp), &packets)?;
     }
 
-    /// The trie returns the minimum rank over the prefixes covering a value.
+    /// The trie returns the minimum rank over the prefixes covering a value
+    /// (dense nested prefixes, and sparse long ones that path-compress),
+    /// also after its leaves are remapped.
     #[test]
     fn poptrie_is_min_over_covering_prefixes(
         width in prop::sample::select(vec![6u8, 12, 16, 32, 48, 128]),
+        sparse in any::<bool>(),
         prefixes in prop::collection::vec((any::<u128>(), any::<u8>(), 0u32..1000), 0..80),
         probes in prop::collection::vec(any::<u128>(), 1..40),
     ) {
         let max = if width == 128 { u128::MAX } else { (1u128 << width) - 1 };
-        // Cluster values so prefixes nest.
         let prefixes: Vec<(u128, u8, u32)> = prefixes
             .iter()
-            .map(|&(v, l, r)| ((v & max) >> (u32::from(width) / 2) << (u32::from(width) / 2), l % (width + 1), r))
+            .map(|&(v, l, r)| {
+                if sparse {
+                    // Few prefixes, long, sharing a random top: long chains.
+                    let top = (v & max) >> (u32::from(width) / 4) << (u32::from(width) / 4);
+                    (top, width / 2 + l % (width / 2 + 1), r)
+                } else {
+                    // Clustered values so prefixes nest.
+                    ((v & max) >> (u32::from(width) / 2) << (u32::from(width) / 2), l % (width + 1), r)
+                }
+            })
             .collect();
         let t = PopTrie::new(width, &prefixes);
+        let mut mapped = t.clone();
+        mapped.map_leaves(|r| if r == NO_RANK { NO_RANK } else { r + 7 });
         for &p in &probes {
-            for v in [p & max, prefixes.first().map_or(0, |x| x.0 | (p & 0xff & max))] {
+            let near = prefixes.first().map_or(0, |x| x.0 | (p & 0xff & max));
+            for v in [p & max, near, near ^ (1 << (p % u128::from(width)))] {
                 let want = prefixes
                     .iter()
                     .filter(|&&(pv, len, _)| MatchValue::Prefix { value: pv, len }.matches(v, width))
@@ -298,6 +312,7 @@ proptest! {
                     .min()
                     .unwrap_or(NO_RANK);
                 prop_assert_eq!(t.lookup(v), want);
+                prop_assert_eq!(mapped.lookup(v), if want == NO_RANK { NO_RANK } else { want + 7 });
             }
         }
     }

@@ -24,6 +24,12 @@
 pub const NO_RANK: u32 = u32::MAX >> 1;
 const NODE_TAG: u32 = 1 << 31;
 const STRIDE: u32 = 6;
+/// `base_leaf` of a skip node (path compression): `vector` holds the bits
+/// to match, `leafvec` their count (low byte) and the value for keys that
+/// differ (high half), `base_node` the node to continue at.
+const SKIP: u32 = u32::MAX;
+/// Longest skip of one node (bits).
+const MAX_SKIP: u32 = 60;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct PNode {
@@ -144,6 +150,15 @@ impl PopTrie {
         let mut off = self.direct_bits;
         loop {
             let node = &self.nodes[n];
+            if node.base_leaf == SKIP {
+                let len = (node.leafvec & 0xff) as u32;
+                if ((k << off) >> (128 - len)) as u64 != node.vector {
+                    return (node.leafvec >> 32) as u32;
+                }
+                off += len;
+                n = node.base_node as usize;
+                continue;
+            }
             let idx = ((k << off) >> (128 - STRIDE)) as u32;
             let m = u64::MAX >> (63 - idx);
             if (node.vector >> idx) & 1 != 0 {
@@ -168,6 +183,12 @@ impl PopTrie {
         for l in &mut self.leaves {
             *l = f(*l).min(NO_RANK);
         }
+        for n in &mut self.nodes {
+            if n.base_leaf == SKIP {
+                let miss = f((n.leafvec >> 32) as u32).min(NO_RANK);
+                n.leafvec = (n.leafvec & 0xffff_ffff) | (u64::from(miss) << 32);
+            }
+        }
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -187,6 +208,36 @@ impl Build<'_> {
     /// (all sharing the node's leading `off` bits; those of length `<= off`
     /// are already accounted for in `inh`).
     fn node(&mut self, id: usize, off: u32, a: usize, b: usize, inh: u32) {
+        // Path compression: while every prefix below continues through the
+        // same slot without ending, skip the level.
+        let relevant = || self.p[a..b].iter().filter(|x| u32::from(x.1) > off);
+        let mut skip = 0u32;
+        let mut bits = 0u64;
+        while skip + STRIDE <= MAX_SKIP && off + skip + STRIDE < 128 {
+            let o = off + skip;
+            let slot = |k: u128| ((k << o) >> (128 - STRIDE)) as u64;
+            let mut it = relevant();
+            let Some(first) = it.next() else { break };
+            let s0 = slot(first.0);
+            let through = |x: &(u128, u8, u32)| u32::from(x.1) > o + STRIDE && slot(x.0) == s0;
+            if !(through(first) && it.all(through)) {
+                break;
+            }
+            bits = (bits << STRIDE) | s0;
+            skip += STRIDE;
+        }
+        if skip > 0 {
+            let child = self.nodes.len();
+            self.nodes.push(PNode::default());
+            self.nodes[id] = PNode {
+                vector: bits,
+                leafvec: u64::from(skip) | (u64::from(inh) << 32),
+                base_leaf: SKIP,
+                base_node: child as u32,
+            };
+            self.node(child, off + skip, a, b, inh);
+            return;
+        }
         let mut val = [inh; 64];
         let top = off + STRIDE;
         for &(k, len, r) in &self.p[a..b] {
