@@ -18,8 +18,10 @@
 //! - [`boxes`]: the same boxes packed on cache lines for the tree's leaves;
 //! - [`scan`]: compiled boxes scanned best first (small groups);
 //! - [`tree`]: cut tree with bit (multibit trie), range (interval) and hash
-//!   cuts and wildcard separation (ACL groups);
-//! - [`trie`] and [`lpm`]: poptrie for longest-prefix groups (routes);
+//!   cuts and wildcard separation, one per address family and rank chunk
+//!   (ACL groups);
+//! - [`trie`] and [`lpm`]: path-compressed poptrie for longest-prefix groups
+//!   (routes), with a secondary index for their other rules;
 //! - [`plan`]: the planner choosing among them per group.
 
 pub mod boxes;
