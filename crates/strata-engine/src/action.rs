@@ -447,8 +447,7 @@ impl Action for Meter {
         if cx.dry_run {
             return out;
         }
-        let fv = crate::condition::FieldValues::from_ufid(cx.flow);
-        let value = fv.get(self.by).map(|v| {
+        let value = crate::condition::FieldValues::field_of(cx.flow, self.by).map(|v| {
             let w = self.by.width();
             v & crate::condition::prefix_mask(self.prefix_len.unwrap_or(w), w)
         });

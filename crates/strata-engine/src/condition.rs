@@ -322,6 +322,35 @@ impl FieldValues {
         }
     }
 
+    /// One field of a UFID, without building the others (same presence
+    /// rules as [`FieldValues::from_ufid`]).
+    pub fn field_of(u: &Ufid, f: Field) -> Option<u128> {
+        let k = &u.inner;
+        let ip = k.ether_type == ethertype::IPV4 || k.ether_type == ethertype::IPV6;
+        let ports = ip && matches!(k.proto, ipproto::TCP | ipproto::UDP);
+        let icmp = ip && matches!(k.proto, ipproto::ICMP | ipproto::ICMPV6);
+        let o = u.outer.as_ref();
+        match f {
+            Field::SrcMac => Some(u128::from(k.src_mac.to_u64())),
+            Field::DstMac => Some(u128::from(k.dst_mac.to_u64())),
+            Field::Vlan => k.vlan.map(u128::from),
+            Field::EtherType => Some(u128::from(k.ether_type)),
+            Field::SrcIp => ip.then(|| ip_to_u128(k.src_ip)),
+            Field::DstIp => ip.then(|| ip_to_u128(k.dst_ip)),
+            Field::Proto => ip.then_some(u128::from(k.proto)),
+            Field::Dscp => ip.then_some(u128::from(k.dscp)),
+            Field::SrcPort => ports.then_some(u128::from(k.src_port)),
+            Field::DstPort => ports.then_some(u128::from(k.dst_port)),
+            Field::IcmpType => icmp.then_some(u128::from(k.icmp_type)),
+            Field::IcmpCode => icmp.then_some(u128::from(k.icmp_code)),
+            Field::TunnelId => o.map(|o| u128::from(o.vni)),
+            Field::OuterSrcMac => o.map(|o| u128::from(o.src_mac.to_u64())),
+            Field::OuterDstMac => o.map(|o| u128::from(o.dst_mac.to_u64())),
+            Field::OuterSrcIp => o.map(|o| ip_to_u128(o.src_ip)),
+            Field::OuterDstIp => o.map(|o| ip_to_u128(o.dst_ip)),
+        }
+    }
+
     /// Build directly from values (tests, benches, generators).
     pub fn from_pairs(pairs: &[(Field, u128)]) -> FieldValues {
         let mut fv = FieldValues {
@@ -346,6 +375,60 @@ impl FieldValues {
             Some(self.values[f.index()])
         } else {
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_packet::flow::{FlowKey, MacAddr, OuterKey, TunnelKind};
+
+    #[test]
+    fn field_of_agrees_with_from_ufid() {
+        let inner = FlowKey {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            vlan: Some(7),
+            ether_type: ethertype::IPV4,
+            src_ip: "10.0.0.1".parse().unwrap(),
+            dst_ip: "10.0.0.2".parse().unwrap(),
+            proto: ipproto::TCP,
+            dscp: 10,
+            src_port: 1000,
+            dst_port: 80,
+            icmp_type: 0,
+            icmp_code: 0,
+        };
+        let outer = OuterKey {
+            src_mac: MacAddr([2, 0xaa, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0xaa, 0, 0, 0, 2]),
+            src_ip: "192.168.0.1".parse().unwrap(),
+            dst_ip: "192.168.0.2".parse().unwrap(),
+            tunnel: TunnelKind::Vxlan,
+            vni: 42,
+        };
+        for u in [
+            Ufid::plain(inner),
+            Ufid {
+                outer: Some(outer),
+                inner,
+            },
+            Ufid::plain(FlowKey {
+                proto: ipproto::ICMP,
+                icmp_type: 8,
+                ..inner
+            }),
+            Ufid::plain(FlowKey {
+                ether_type: 0x0806,
+                vlan: None,
+                ..inner
+            }),
+        ] {
+            let fv = FieldValues::from_ufid(&u);
+            for f in Field::ALL {
+                assert_eq!(FieldValues::field_of(&u, f), fv.get(f), "{f:?} of {u:?}");
+            }
         }
     }
 }

@@ -137,16 +137,7 @@ impl LayerFlowTable {
     /// `(slot, side)` of the flow keyed `(d, key)`.
     pub fn lookup(&self, d: Direction, key: &Ufid) -> Option<(u32, usize)> {
         let k = layer_flow_key(key);
-        let slots = &self.slots;
-        let v = self.index.find(lf_hash(d, &k), |v| {
-            slots
-                .get((v >> 1) as usize)
-                .and_then(|f| f.as_ref())
-                .is_some_and(|f| {
-                    let side = (v & 1) as usize;
-                    f.dir_of(side) == d && layer_flow_key(&f.key_of(side)) == k
-                })
-        })?;
+        let v = self.find(lf_hash(d, &k), d, &k)?;
         Some((v >> 1, (v & 1) as usize))
     }
 
@@ -162,8 +153,11 @@ impl LayerFlowTable {
     /// whose reverse keys collide, e.g. many-to-one static NAT) keeps its
     /// first owner.
     pub fn insert(&mut self, f: LayerFlow) -> u32 {
-        let taken: [bool; 2] =
-            [0, 1].map(|side| self.lookup(f.dir_of(side), &f.key_of(side)).is_some());
+        // Each side's identity and hash, computed once.
+        let keys = [layer_flow_key(&f.key), layer_flow_key(&f.key_of(1))];
+        let dirs = [f.dir_of(0), f.dir_of(1)];
+        let hashes = [lf_hash(dirs[0], &keys[0]), lf_hash(dirs[1], &keys[1])];
+        let taken = [0, 1].map(|side| self.find(hashes[side], dirs[side], &keys[side]).is_some());
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -171,7 +165,6 @@ impl LayerFlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        let hashes = [0, 1].map(|side| lf_hash(f.dir_of(side), &layer_flow_key(&f.key_of(side))));
         self.slots[slot as usize] = Some(f);
         for side in 0..2 {
             if !taken[side] {
@@ -183,6 +176,20 @@ impl LayerFlowTable {
             }
         }
         slot
+    }
+
+    /// Index lookup with a precomputed hash of an identity key.
+    fn find(&self, hash: u64, d: Direction, k: &Ufid) -> Option<u32> {
+        let slots = &self.slots;
+        self.index.find(hash, |v| {
+            slots
+                .get((v >> 1) as usize)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| {
+                    let side = (v & 1) as usize;
+                    f.dir_of(side) == d && layer_flow_key(&f.key_of(side)) == *k
+                })
+        })
     }
 
     /// Take a flow out of the index (it stays in its slot while held).
