@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use strata_engine::scenario::*;
 use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
-use strata_packet::PacketBuf;
+use strata_packet::{MacAddr, PacketBuf};
 
 /// Counts allocations and live bytes.
 struct Counting;
@@ -339,9 +339,112 @@ fn connection_rate(c: &mut Criterion) {
     );
 }
 
+/// Issue 3: first packet through 10 layers × 10 groups × 5,000 generated
+/// ACL rules each (500,000 rules; classifiers chosen by the planner).
+fn slow_path_10x10x5k(c: &mut Criterion) {
+    use strata_engine::classifier::RuleMatch;
+    use strata_engine::condition::Field;
+    use strata_engine::policy::{Group, LayerSpec, Rule};
+    use strata_engine::{ActionSpec, DefaultAction, rulegen};
+    let t0 = std::time::Instant::now();
+    let live0 = LIVE.load(Relaxed);
+    let mut port = Port::new("ten-layers", PortConfig::default());
+    let mut probe_rules = Vec::new();
+    for l in 0..10u64 {
+        let mut spec = LayerSpec::new(&format!("l{l}"), DefaultAction::Allow, DefaultAction::Allow);
+        for g in 0..10u64 {
+            let rules = rulegen::acl(5000, l * 10 + g + 1);
+            if l == 0 && g == 0 {
+                probe_rules = rules.clone();
+            }
+            // Allow rules (none blocks: every packet walks all ten layers).
+            let rules = rules
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(
+                        i,
+                        RuleMatch {
+                            priority,
+                            conditions,
+                        },
+                    )| {
+                        Rule::new(
+                            &format!("g{g}r{i}"),
+                            priority,
+                            conditions,
+                            ActionSpec::Allow,
+                        )
+                    },
+                )
+                .collect();
+            spec.groups
+                .push(Group::new(&format!("g{g}"), Direction::Out).with_rules(rules));
+        }
+        port.add_layer(spec, None).expect("layer");
+    }
+    println!(
+        "10x10x5k: built 500,000 rules in {:?}, {:.0} MiB",
+        t0.elapsed(),
+        (LIVE.load(Relaxed) - live0) as f64 / 1048576.0
+    );
+    // IPv4 TCP/UDP packets aimed at the rules (hits, near misses, misses).
+    let probes: Vec<(Ipv4Addr, Ipv4Addr, u16)> = rulegen::packets(&probe_rules, 8192, 3)
+        .into_iter()
+        .filter_map(|fv| {
+            let s = fv.get(Field::SrcIp)?;
+            let d = fv.get(Field::DstIp)?;
+            let to4 = |v: u128| (v >> 32 == 0xffff).then(|| Ipv4Addr::from(v as u32));
+            Some((
+                to4(s)?,
+                to4(d)?,
+                fv.get(Field::DstPort).unwrap_or(80) as u16,
+            ))
+        })
+        .collect();
+    let mut buf = PacketBuf::with_capacity(2048);
+    let mut i = 0u32;
+    let mut g = c.benchmark_group("slow_path");
+    g.bench_function("first_packet_10_layers_x_10_groups_x_5k_rules", |b| {
+        b.iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                let (s, d, dp) = probes[i as usize % probes.len()];
+                // A new flow each time: the source port and MAC vary.
+                let sm = MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                tcp(
+                    sm,
+                    VM_GW_MAC,
+                    s,
+                    d,
+                    (i % 60000) as u16 + 1024,
+                    dp,
+                    0x02,
+                    1,
+                    0,
+                    b"",
+                )
+            },
+            |f| {
+                if port.connection_count() > 500_000 {
+                    port.expire(u64::MAX / 2);
+                }
+                black_box(run(&mut port, &mut buf, Direction::Out, &f, secs(1)))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    let out = port.direction_counters(Direction::Out);
+    println!(
+        "10x10x5k: {} slow paths, {} forwarded",
+        out.slow_path, out.forwarded
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
-    targets = fast_path, slow_path, connection_rate
+    targets = fast_path, slow_path, slow_path_10x10x5k, connection_rate
 }
 criterion_main!(benches);
