@@ -159,6 +159,15 @@ pub trait Action: Send + Sync + Debug {
     fn teardown(&self, _state: &ActionState, _resources: &mut Resources) {}
 }
 
+/// Why an action spec did not compile.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("unknown action type {0:?} (not registered)")]
+    Unknown(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// A factory building a custom action from its parameters.
 pub type ActionFactory =
     Arc<dyn Fn(&BTreeMap<String, String>) -> Result<Arc<dyn Action>, String> + Send + Sync>;
@@ -183,7 +192,16 @@ impl ActionRegistry {
     }
 
     /// Compile one spec; errors name what is wrong.
-    pub fn compile(&self, spec: &ActionSpec) -> Result<Arc<dyn Action>, String> {
+    pub fn compile(&self, spec: &ActionSpec) -> Result<Arc<dyn Action>, CompileError> {
+        self.compile_inner(spec).map_err(|message| match spec {
+            ActionSpec::Custom { name, .. } if !self.custom.contains_key(name) => {
+                CompileError::Unknown(name.clone())
+            }
+            _ => CompileError::Invalid(message),
+        })
+    }
+
+    fn compile_inner(&self, spec: &ActionSpec) -> Result<Arc<dyn Action>, String> {
         Ok(match spec {
             ActionSpec::Allow | ActionSpec::Count => {
                 Arc::new(Fixed(ActionOutput::allow(Transposition::identity())))

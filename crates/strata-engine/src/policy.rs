@@ -8,7 +8,7 @@
 //! `Arc`s, replaced as a whole on every change (read-copy-update), so no
 //! reader ever sees a half-applied update.
 
-use crate::action::{Action, ActionRegistry, ActionSpec};
+use crate::action::{Action, ActionRegistry, ActionSpec, CompileError};
 use crate::classifier::{self, GroupClassifier, MatchType, RuleMatch};
 use crate::condition::{Condition, FieldValues, all_match};
 use crate::error::{ApiError, check_id};
@@ -155,17 +155,13 @@ impl Group {
                             .into(),
                 });
             }
-            let action = registry
-                .compile(&r.action)
-                .map_err(|message| match &r.action {
-                    ActionSpec::Custom { name, .. } if message.starts_with("unknown action") => {
-                        ApiError::UnknownAction(name.clone())
-                    }
-                    _ => ApiError::InvalidAction {
-                        rule: r.id.clone(),
-                        message,
-                    },
-                })?;
+            let action = registry.compile(&r.action).map_err(|e| match e {
+                CompileError::Unknown(name) => ApiError::UnknownAction(name),
+                CompileError::Invalid(message) => ApiError::InvalidAction {
+                    rule: r.id.clone(),
+                    message,
+                },
+            })?;
             rules.push(CompiledRule {
                 id: Arc::from(r.id.as_str()),
                 fingerprint: r.fingerprint(),

@@ -571,17 +571,14 @@ impl Port {
             dc.packets += 1;
             dc.bytes += bytes;
         }
-        let (conn, created) = match self.uft.lookup(d, &parsed.ufid, hash) {
+        let (conn, tracked) = match self.uft.lookup(d, &parsed.ufid, hash) {
             Some(c) => {
                 self.counters.dir[d.index()].fast_path += 1;
                 (c, false)
             }
             None => {
                 self.counters.dir[d.index()].slow_path += 1;
-                (
-                    self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now),
-                    true,
-                )
+                self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now)
             }
         };
         let stale = self
@@ -614,9 +611,10 @@ impl Port {
         let verdict = uf.verdict;
         match verdict {
             Verdict::Forward => {
-                // A connection created by this packet has already tracked it.
+                // A connection whose TCP state began with this packet has
+                // already tracked it.
                 if let Some(t) = c.tcp.as_mut()
-                    && !(created && c.created == now && t.initiator == d)
+                    && !tracked
                 {
                     t.update(d, &parsed.meta, now, &mut self.counters.tcp);
                 }
@@ -664,7 +662,9 @@ impl Port {
         }
     }
 
-    /// Slow path: compile a new unified flow and its pair.
+    /// Slow path: compile a new unified flow and its pair. Returns the
+    /// connection and whether its TCP state was started from this packet
+    /// (so the caller does not track the packet twice).
     fn create_flow(
         &mut self,
         d: Direction,
@@ -672,7 +672,7 @@ impl Port {
         hash: u64,
         meta: &PacketMeta,
         now: Time,
-    ) -> u32 {
+    ) -> (u32, bool) {
         let sim = self.simulate(d, ufid, now, Mode::Create, false);
         let forward = sim.verdict.is_none();
         let final_ufid = sim.transposition.apply_to_ufid(ufid);
@@ -692,14 +692,16 @@ impl Port {
                 }
                 self.uft.set_side(c, d, uf);
                 let mut added = SmallVec::new();
+                let mut tracked = false;
                 if let Some(conn) = self.uft.get_mut(c) {
                     added = add_refs(&mut conn.layer_flows, &sim.refs);
                     if forward && conn.tcp.is_none() && ufid.inner.is_tcp() {
                         conn.tcp = Some(TcpConn::new(d, meta, now, &mut self.counters.tcp));
+                        tracked = true;
                     }
                 }
                 self.hold(&added);
-                return c;
+                return (c, tracked);
             }
         }
 
@@ -708,6 +710,7 @@ impl Port {
         }
         let tcp = (forward && ufid.inner.is_tcp())
             .then(|| TcpConn::new(d, meta, now, &mut self.counters.tcp));
+        let tracked = tcp.is_some();
         let mut layer_flows = LayerFlowRefs::new();
         let added = add_refs(&mut layer_flows, &sim.refs);
         let conn = Connection {
@@ -725,7 +728,7 @@ impl Port {
         self.uft.set_side(c, d, uf);
         self.counters.flows.connections_created += 1;
         if !forward {
-            return c;
+            return (c, tracked);
         }
 
         // Create the partner flow by simulation, so the first packet the
@@ -734,7 +737,7 @@ impl Port {
         let pkey = final_ufid.reversed();
         let phash = uft_hash(pd, &pkey);
         if self.uft.lookup(pd, &pkey, phash).is_some() {
-            return c;
+            return (c, tracked);
         }
         let psim = self.simulate(pd, &pkey, now, Mode::Create, false);
         let paired = psim.verdict.is_none()
@@ -759,7 +762,7 @@ impl Port {
         } else {
             self.rollback(&psim.created);
         }
-        c
+        (c, tracked)
     }
 
     fn unified_flow(&mut self, key: &Ufid, hash: u64, sim: &Sim) -> UnifiedFlow {
