@@ -1,8 +1,10 @@
 //! Classifier benchmarks: per-packet classification of generated ACL groups
 //! (1k, 10k, 50k rules) by the planner's classifier and by the linear
 //! reference in the same run, longest-prefix lookups over 1M IPv4 and 100k
-//! IPv6 routes, and group build (replacement) times. Memory per rule is
-//! printed before the measurements.
+//! IPv6 routes (for IPv4 also the DIR-24-8 table and the poptrie side by
+//! side, whichever the planner picks), and group build (replacement) times.
+//! Memory per rule (and build time of the IPv4 variants) is printed before
+//! the measurements.
 //!
 //! Packets: 4096 per group from `rulegen::packets` (hits, near misses and
 //! misses), cycled through, so a lookup touches its own random path of the
@@ -10,6 +12,10 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::time::Instant;
+use strata_engine::classifier::lpm::V4Index;
+use strata_engine::classifier::plan::{Strategy, build_with};
+use strata_engine::classifier::tree::TreeConfig;
 use strata_engine::classifier::{GroupClassifier, MatchType, RuleMatch, build, linear};
 use strata_engine::condition::{Field, FieldValues};
 use strata_engine::rulegen;
@@ -80,6 +86,23 @@ fn lpm(cr: &mut Criterion) {
             let mut i = 0;
             b.iter(|| c.best_match(black_box(cycle(&pk, &mut i))))
         });
+        if name.starts_with("v4") {
+            // The two IPv4 structures side by side, same packets.
+            for (v4name, v4) in [("dir24", V4Index::Dir24), ("poptrie", V4Index::PopTrie)] {
+                let t0 = Instant::now();
+                let c = build_with(&rules, mt, Strategy::LpmV4(TreeConfig::default(), v4));
+                let built = t0.elapsed();
+                report(&format!("lpm/{name}/{v4name}"), &rules, mt, c.as_ref(), &pk);
+                println!(
+                    "lpm/{name}/{v4name}: built in {:.0} ms",
+                    built.as_secs_f64() * 1e3
+                );
+                g.bench_function(BenchmarkId::new(v4name, name), |b| {
+                    let mut i = 0;
+                    b.iter(|| c.best_match(black_box(cycle(&pk, &mut i))))
+                });
+            }
+        }
         g.sample_size(10);
         g.bench_function(BenchmarkId::new("linear", name), |b| {
             let mut i = 0;

@@ -22,10 +22,12 @@
 //!   (ACL groups);
 //! - [`trie`] and [`lpm`]: path-compressed poptrie for longest-prefix groups
 //!   (routes), with a secondary index for their other rules;
+//! - [`dir24`]: DIR-24-8 table for the IPv4 routes of large LPM groups;
 //! - [`plan`]: the planner choosing among them per group.
 
 pub mod boxes;
 pub mod compile;
+pub mod dir24;
 pub mod linear;
 pub mod lpm;
 pub mod plan;

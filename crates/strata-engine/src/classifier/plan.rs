@@ -5,7 +5,9 @@
 //!   (flat boxes, best first; nothing beats it at that size).
 //! - `MatchType::Lpm(field)` groups whose entries are mostly routes (rules
 //!   constraining only the LPM field): an [`LpmClassifier`] (poptrie over
-//!   the routes, scan or cut tree over the other rules).
+//!   the routes, or a DIR-24-8 table for their IPv4 part from
+//!   [`super::lpm::DIR24_MIN`] IPv4 prefixes on; scan or cut tree over the
+//!   other rules).
 //! - Everything else: a [`TreeClassifier`] (cut tree, whose nodes pick bit,
 //!   range or hash cuts per dimension from the rules they hold).
 //!
@@ -14,7 +16,7 @@
 
 use super::compile::Compiled;
 use super::linear::LinearClassifier;
-use super::lpm::LpmClassifier;
+use super::lpm::{LpmClassifier, V4Index};
 use super::scan::ScanClassifier;
 use super::tree::{TreeClassifier, TreeConfig};
 use super::{GroupClassifier, MatchType, RuleMatch};
@@ -36,6 +38,9 @@ pub enum Strategy {
     Tree(TreeConfig),
     /// The LPM trie (LPM groups; priority groups get the default tree).
     Lpm(TreeConfig),
+    /// The LPM trie with this IPv4 structure (as [`Strategy::Lpm`]
+    /// otherwise).
+    LpmV4(TreeConfig, V4Index),
 }
 
 /// Build the classifier for a group with the planner's choice.
@@ -55,6 +60,10 @@ pub fn build_with(
         Strategy::Tree(cfg) => Box::new(TreeClassifier::new(rules, match_type, cfg)),
         Strategy::Lpm(cfg) => match match_type {
             MatchType::Lpm(f) => Box::new(LpmClassifier::new(rules, f, cfg)),
+            MatchType::Priority => Box::new(TreeClassifier::new(rules, match_type, cfg)),
+        },
+        Strategy::LpmV4(cfg, v4) => match match_type {
+            MatchType::Lpm(f) => Box::new(LpmClassifier::with_v4(rules, f, cfg, v4)),
             MatchType::Priority => Box::new(TreeClassifier::new(rules, match_type, cfg)),
         },
         Strategy::Auto => {
