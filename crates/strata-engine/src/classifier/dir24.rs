@@ -44,17 +44,21 @@ impl std::fmt::Debug for Dir24 {
 /// Runs of equal best rank: `(start, rank)`, starts strictly increasing from
 /// 0, each run lasting until the next start (the last one until 2^32).
 fn runs(prefixes: &[(u128, u8, u32)]) -> Vec<(u64, u32)> {
-    let mut p: Vec<(u64, u8, u32)> = prefixes
+    // (start << 6 | len, rank): by start, then length, then rank.
+    let mut p: Vec<(u64, u32)> = prefixes
         .iter()
         .map(|&(v, len, r)| {
             let len = len.min(32);
             let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            (u64::from(v as u32 & m), len, r.min(NO_RANK))
+            (
+                u64::from(v as u32 & m) << 6 | u64::from(len),
+                r.min(NO_RANK),
+            )
         })
         .collect();
     p.sort_unstable();
     // Same prefix twice: the first (lowest rank) wins.
-    p.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    p.dedup_by_key(|a| a.0);
     let mut out: Vec<(u64, u32)> = Vec::with_capacity(2 * p.len() + 1);
     let push = |start: u64, end: u64, r: u32, out: &mut Vec<(u64, u32)>| {
         if start < end && out.last().is_none_or(|l| l.1 != r) {
@@ -64,7 +68,8 @@ fn runs(prefixes: &[(u128, u8, u32)]) -> Vec<(u64, u32)> {
     // Open prefixes: (end, best rank inside); the root covers everything.
     let mut stack: Vec<(u64, u32)> = vec![(SPACE, NO_RANK)];
     let mut cur = 0u64;
-    for &(start, len, r) in &p {
+    for &(key, r) in &p {
+        let (start, len) = (key >> 6, (key & 63) as u32);
         while let Some(&(end, rr)) = stack.last()
             && end <= start
         {
@@ -75,7 +80,7 @@ fn runs(prefixes: &[(u128, u8, u32)]) -> Vec<(u64, u32)> {
         let top = stack.last().map_or(NO_RANK, |t| t.1);
         push(cur, start, top, &mut out);
         cur = cur.max(start);
-        stack.push((start + (1u64 << (32 - u32::from(len))), r.min(top)));
+        stack.push((start + (1u64 << (32 - len)), r.min(top)));
     }
     while let Some((end, rr)) = stack.pop() {
         push(cur, end, rr, &mut out);
@@ -92,8 +97,18 @@ impl Dir24 {
     pub fn new(prefixes: &[(u128, u8, u32)]) -> Dir24 {
         let runs = runs(prefixes);
         let next = |j: usize| runs.get(j + 1).map_or(SPACE, |r| r.0);
+        // One chunk per /24 with a run starting inside it (runs are sorted,
+        // so equal /24s are adjacent).
+        let mut nchunks = 0usize;
+        let mut last = u64::MAX;
+        for &(start, _) in &runs {
+            if start & 0xff != 0 && start >> 8 != last {
+                nchunks += 1;
+                last = start >> 8;
+            }
+        }
         let mut direct: Vec<u32> = Vec::with_capacity(DIRECT);
-        let mut chunks: Vec<u32> = Vec::new();
+        let mut chunks: Vec<u32> = Vec::with_capacity(nchunks * CHUNK);
         let mut j = 0usize;
         while direct.len() < DIRECT {
             let lo = (direct.len() as u64) << 8;
@@ -120,7 +135,7 @@ impl Dir24 {
                 direct.push(TAG | id as u32);
             }
         }
-        chunks.shrink_to_fit();
+        debug_assert_eq!(chunks.len(), nchunks * CHUNK);
         let direct: Box<[u32; DIRECT]> = direct
             .into_boxed_slice()
             .try_into()
