@@ -105,8 +105,9 @@ pub enum ActionSpec {
 pub struct ActionOutput {
     pub transposition: Transposition,
     pub verdict: Result<(), DropReason>,
-    /// Counter slots the unified flow bumps per packet (action contexts).
-    pub counters: Vec<u32>,
+    /// Counter slots the unified flow bumps per packet (action contexts);
+    /// inline, so producing them allocates nothing.
+    pub counters: smallvec::SmallVec<[u32; 2]>,
     /// State taken from a resource; released when the flow ends.
     pub state: ActionState,
 }
@@ -116,7 +117,7 @@ impl ActionOutput {
         ActionOutput {
             transposition: t,
             verdict: Ok(()),
-            counters: Vec::new(),
+            counters: smallvec::SmallVec::new(),
             state: ActionState::None,
         }
     }
@@ -125,7 +126,7 @@ impl ActionOutput {
         ActionOutput {
             transposition: Transposition::identity(),
             verdict: Err(reason),
-            counters: Vec::new(),
+            counters: smallvec::SmallVec::new(),
             state: ActionState::None,
         }
     }

@@ -884,7 +884,12 @@ impl Port {
                 Direction::In => n - 1 - step,
             };
             let layer = &policy.layers[li];
-            let local = sim.transposition.apply_to_ufid(ufid);
+            // Until a layer transforms something, the local id is the UFID.
+            let local = if sim.transposition.is_identity() {
+                *ufid
+            } else {
+                sim.transposition.apply_to_ufid(ufid)
+            };
 
             // 1. An existing layer flow decides.
             if let Some((slot, side)) = self.layer_flow_hit(layer, d, &local, now, mode) {
@@ -1026,7 +1031,7 @@ impl Port {
             origin: d,
             key: *local,
             transposition: out.transposition.clone(),
-            counters: out.counters.clone().into_boxed_slice(),
+            counters: out.counters.iter().copied().collect(),
             rule_id: Arc::clone(&crule.id),
             rule_counter: crule.counter,
             fingerprint: crule.fingerprint,
