@@ -16,14 +16,6 @@ pub struct Counter {
     pub drops: u64,
 }
 
-impl Counter {
-    #[inline]
-    pub fn hit(&mut self, bytes: u64) {
-        self.packets += 1;
-        self.bytes += bytes;
-    }
-}
-
 /// What a counter slot counts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum CounterName {
@@ -81,13 +73,6 @@ impl CounterArena {
     }
 
     #[inline]
-    pub fn hit(&mut self, slot: u32, bytes: u64) {
-        if let Some(c) = self.slots.get_mut(slot as usize) {
-            c.hit(bytes);
-        }
-    }
-
-    #[inline]
     pub fn add(&mut self, slot: u32, packets: u64, bytes: u64) {
         if let Some(c) = self.slots.get_mut(slot as usize) {
             c.packets += packets;
@@ -99,13 +84,6 @@ impl CounterArena {
     pub fn add_drops(&mut self, slot: u32, n: u64) {
         if let Some(c) = self.slots.get_mut(slot as usize) {
             c.drops += n;
-        }
-    }
-
-    #[inline]
-    pub fn drop_one(&mut self, slot: u32) {
-        if let Some(c) = self.slots.get_mut(slot as usize) {
-            c.drops += 1;
         }
     }
 

@@ -52,11 +52,6 @@ pub struct LayerFlow {
 }
 
 impl LayerFlow {
-    /// The side looked up in direction `d` with its key.
-    pub fn side_for(&self, d: Direction) -> usize {
-        if d == self.origin { 0 } else { 1 }
-    }
-
     fn dir_of(&self, side: usize) -> Direction {
         if side == 0 {
             self.origin

@@ -107,6 +107,8 @@ pub struct ConnectionInfo {
     pub out_flow: Option<UnifiedFlow>,
     pub in_flow: Option<UnifiedFlow>,
     pub layer_flows: usize,
+    /// When the connection's first packet was seen.
+    pub created: Time,
     pub last_seen: Time,
 }
 
@@ -236,6 +238,7 @@ impl Port {
             out_flow: c.side(Direction::Out).cloned(),
             in_flow: c.side(Direction::In).cloned(),
             layer_flows: c.layer_flows.len(),
+            created: c.created,
             last_seen: c.last_seen,
         })
     }

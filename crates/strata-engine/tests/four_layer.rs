@@ -8,18 +8,11 @@ use common::*;
 use std::net::{IpAddr, Ipv4Addr};
 use strata_engine::scenario::*;
 use strata_engine::{Direction, DropReason, PortConfig, ResourceEvent, Verdict, secs};
-use strata_packet::PacketBuf;
 
 fn port() -> strata_engine::Port {
     let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
     install_mappings(&mut p, 2).expect("mappings");
     p
-}
-
-fn run(p: &mut strata_engine::Port, d: Direction, frame: &[u8], now: u64) -> (Verdict, Vec<u8>) {
-    let mut b = PacketBuf::from_frame(frame);
-    let v = p.process(d, &mut b, now);
-    (v, b.as_slice().to_vec())
 }
 
 fn peer(x: u8, y: u8) -> Ipv4Addr {

@@ -8,13 +8,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use strata_engine::scenario::*;
 use strata_engine::tcp::TcpState;
 use strata_engine::{Direction, DropReason, Port, PortConfig, Verdict, secs};
-use strata_packet::PacketBuf;
-
-fn run(p: &mut Port, d: Direction, frame: &[u8], now: u64) -> (Verdict, Vec<u8>) {
-    let mut b = PacketBuf::from_frame(frame);
-    let v = p.process(d, &mut b, now);
-    (v, b.as_slice().to_vec())
-}
 
 fn state(p: &Port, frame: &[u8]) -> Option<TcpState> {
     let key = strata_packet::parse(frame).expect("parse").ufid;
@@ -34,58 +27,48 @@ fn full_connection(p: &mut Port, sp: u16, t0: u64) -> u16 {
     assert_eq!(v, Verdict::Forward);
     let np = decode(&out).inner.sp;
     let rx = |flags, seq, ack| tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np, flags, seq, ack, b"");
-    assert!(
-        run(p, Direction::In, &rx(SYN | ACK, 500, 101), t0 + 1_000)
-            .0
-            .is_forward()
-    );
-    assert!(
-        run(
-            p,
-            Direction::Out,
-            &vm_tcp(WEB, sp, 443, ACK, 101, 501, b""),
-            t0 + 2_000
-        )
-        .0
-        .is_forward()
-    );
+    assert!(forwards(
+        p,
+        Direction::In,
+        &rx(SYN | ACK, 500, 101),
+        t0 + 1_000
+    ));
+    assert!(forwards(
+        p,
+        Direction::Out,
+        &vm_tcp(WEB, sp, 443, ACK, 101, 501, b""),
+        t0 + 2_000
+    ));
     assert_eq!(
         state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")),
         Some(TcpState::Established)
     );
-    assert!(
-        run(
-            p,
-            Direction::Out,
-            &vm_tcp(WEB, sp, 443, FIN | ACK, 101, 501, b""),
-            t0 + 3_000
-        )
-        .0
-        .is_forward()
-    );
+    assert!(forwards(
+        p,
+        Direction::Out,
+        &vm_tcp(WEB, sp, 443, FIN | ACK, 101, 501, b""),
+        t0 + 3_000
+    ));
     assert_eq!(
         state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")),
         Some(TcpState::FinWait)
     );
-    assert!(
-        run(p, Direction::In, &rx(FIN | ACK, 501, 102), t0 + 4_000)
-            .0
-            .is_forward()
-    );
+    assert!(forwards(
+        p,
+        Direction::In,
+        &rx(FIN | ACK, 501, 102),
+        t0 + 4_000
+    ));
     assert_eq!(
         state(p, &vm_tcp(WEB, sp, 443, ACK, 101, 501, b"")),
         Some(TcpState::Closing)
     );
-    assert!(
-        run(
-            p,
-            Direction::Out,
-            &vm_tcp(WEB, sp, 443, ACK, 102, 502, b""),
-            t0 + 5_000
-        )
-        .0
-        .is_forward()
-    );
+    assert!(forwards(
+        p,
+        Direction::Out,
+        &vm_tcp(WEB, sp, 443, ACK, 102, 502, b""),
+        t0 + 5_000
+    ));
     assert_eq!(
         state(p, &vm_tcp(WEB, sp, 443, ACK, 102, 502, b"")),
         Some(TcpState::TimeWait)
@@ -161,7 +144,7 @@ fn syn_flood_leaves_only_half_open_flows_that_expire_fast() {
             b"",
         );
         let f = vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &inner);
-        assert!(run(&mut p, Direction::In, &f, secs(1)).0.is_forward());
+        assert!(forwards(&mut p, Direction::In, &f, secs(1)));
     }
     // A bogus final ACK (wrong numbers) does not establish anything.
     let client = Ipv4Addr::from(0xc633_6400);

@@ -13,13 +13,6 @@ use strata_engine::trace::LayerDecision;
 use strata_engine::{
     ActionRegistry, ApiError, DefaultAction, Direction, DropReason, Port, PortConfig, Verdict, secs,
 };
-use strata_packet::PacketBuf;
-
-fn run(p: &mut Port, d: Direction, frame: &[u8], now: u64) -> (Verdict, Vec<u8>) {
-    let mut b = PacketBuf::from_frame(frame);
-    let v = p.process(d, &mut b, now);
-    (v, b.as_slice().to_vec())
-}
 
 fn port() -> Port {
     let mut p = four_layer_port(PortConfig::default(), 0).unwrap();
@@ -49,36 +42,24 @@ fn block_peer_group() -> Group {
 #[test]
 fn rule_change_mid_connection_applies_to_the_next_packet_both_ways() {
     let mut p = port();
-    assert!(
-        run(
-            &mut p,
-            Direction::Out,
-            &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""),
-            1
-        )
-        .0
-        .is_forward()
-    );
-    assert!(
-        run(
-            &mut p,
-            Direction::In,
-            &peer_tcp(1, 7, 80, 40000, SYN | ACK, 9, 2, b""),
-            2
-        )
-        .0
-        .is_forward()
-    );
-    assert!(
-        run(
-            &mut p,
-            Direction::Out,
-            &vm_tcp(PEER, 40000, 80, ACK, 2, 10, b""),
-            3
-        )
-        .0
-        .is_forward()
-    );
+    assert!(forwards(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""),
+        1
+    ));
+    assert!(forwards(
+        &mut p,
+        Direction::In,
+        &peer_tcp(1, 7, 80, 40000, SYN | ACK, 9, 2, b""),
+        2
+    ));
+    assert!(forwards(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40000, 80, ACK, 2, 10, b""),
+        3
+    ));
     let gen_before = p.generation();
 
     // The infra controller blocks the peer: the very next packet, on the
@@ -114,16 +95,12 @@ fn rule_change_mid_connection_applies_to_the_next_packet_both_ways() {
         )]),
     )
     .unwrap();
-    assert!(
-        run(
-            &mut p,
-            Direction::Out,
-            &vm_tcp(PEER, 40001, 80, SYN, 1, 0, b""),
-            6
-        )
-        .0
-        .is_forward()
-    );
+    assert!(forwards(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40001, 80, SYN, 1, 0, b""),
+        6
+    ));
 }
 
 #[test]
@@ -396,16 +373,12 @@ fn trace_shows_each_layer_and_changes_nothing() {
 #[test]
 fn layers_inserted_and_removed_at_runtime() {
     let mut p = port();
-    assert!(
-        run(
-            &mut p,
-            Direction::Out,
-            &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""),
-            1
-        )
-        .0
-        .is_forward()
-    );
+    assert!(forwards(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(PEER, 40000, 80, SYN, 1, 0, b""),
+        1
+    ));
     // A new layer at the VM side that marks DSCP 46 on everything outbound.
     let mut spec = LayerSpec::new("qos", DefaultAction::Allow, DefaultAction::Allow);
     spec.groups.push(

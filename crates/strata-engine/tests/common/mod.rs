@@ -6,6 +6,8 @@
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use std::net::Ipv4Addr;
 use strata_engine::scenario::*;
+use strata_engine::{Direction, Port, Verdict};
+use strata_packet::PacketBuf;
 use strata_packet::flow::MacAddr;
 
 pub const SYN: u8 = 0x02;
@@ -288,4 +290,16 @@ pub fn peer_tcp(
         payload,
     );
     vxlan(GW_MAC, HOST_MAC, remote_pa(x, y), HOST_PA, VNI, &inner)
+}
+
+/// Run one frame through a port; the verdict and the resulting bytes.
+pub fn run(p: &mut Port, d: Direction, frame: &[u8], now: u64) -> (Verdict, Vec<u8>) {
+    let mut b = PacketBuf::from_frame(frame);
+    let v = p.process(d, &mut b, now);
+    (v, b.as_slice().to_vec())
+}
+
+/// Whether the port forwards the frame.
+pub fn forwards(p: &mut Port, d: Direction, frame: &[u8], now: u64) -> bool {
+    run(p, d, frame, now).0.is_forward()
 }
