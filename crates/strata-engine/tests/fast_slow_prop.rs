@@ -246,3 +246,9 @@ proptest! {
         check(seed);
     }
 }
+
+/// A seed that sends a VM's own (non-VXLAN) UDP datagram to port 4789.
+#[test]
+fn vm_udp_to_port_4789_regression() {
+    check(5180477602203517807);
+}
