@@ -416,3 +416,63 @@ fn layers_inserted_and_removed_at_runtime() {
     );
     assert_eq!(decode(&out).inner.dscp, 0);
 }
+
+#[test]
+fn removals_and_defaults_reconcile_and_emit_failures_are_counted() {
+    let mut p = port();
+    let peer_key = |sp| vm_tcp(PEER, sp, 80, SYN, 1, 0, b"");
+    assert!(forwards(&mut p, Direction::Out, &peer_key(40000), 1));
+    // Removing the peer's mapping: the cached flow reconciles to a miss.
+    p.remove_mapping(MAPPING, PEER.into()).unwrap();
+    let (v, _) = run(&mut p, Direction::Out, &peer_key(40000), 2);
+    assert_eq!(v.drop_reason(), Some(DropReason::MappingMiss));
+    // With both outbound groups gone, the ACL's default decides: block.
+    p.remove_group("acl", "customer-out").unwrap();
+    p.remove_group("acl", "infra-out").unwrap();
+    let (v, _) = run(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40001, 443, SYN, 1, 0, b""),
+        3,
+    );
+    assert_eq!(v.drop_reason(), Some(DropReason::DefaultBlock));
+    // Opening the ACL's outbound default lets it through again.
+    p.set_layer_defaults("acl", DefaultAction::Allow, DefaultAction::Block)
+        .unwrap();
+    assert!(forwards(
+        &mut p,
+        Direction::Out,
+        &vm_tcp(WEB, 40001, 443, SYN, 1, 0, b""),
+        4
+    ));
+
+    // An IPv4 SNAT applied to an IPv6 flow cannot be emitted: a counted
+    // drop, the frame is not forwarded.
+    let v6 = {
+        let b = etherparse::PacketBuilder::ethernet2(VM_MAC.0, VM_GW_MAC.0)
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .tcp(1000, 443, 1, 1000)
+            .syn();
+        let mut out = Vec::new();
+        b.write(&mut out, b"").unwrap();
+        out
+    };
+    let mut q = Port::new("v6", PortConfig::default());
+    let mut l = LayerSpec::new("nat", DefaultAction::Allow, DefaultAction::Allow);
+    l.groups
+        .push(Group::new("g", Direction::Out).with_rules(vec![Rule::new(
+            "v4-nat",
+            1,
+            vec![],
+            ActionSpec::Nat {
+                src_ip: Some(VIP.into()),
+                dst_ip: None,
+                src_port: None,
+                dst_port: None,
+            },
+        )]));
+    q.add_layer(l, None).unwrap();
+    let (v, _) = run(&mut q, Direction::Out, &v6, 1);
+    assert_eq!(v.drop_reason(), Some(DropReason::EmitFailed));
+    assert_eq!(q.drops(DropReason::EmitFailed), 1);
+}
