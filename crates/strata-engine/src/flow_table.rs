@@ -16,12 +16,12 @@ use crate::flow_index::FlowIndex;
 use crate::resource::ActionState;
 use crate::tcp::TcpConn;
 use crate::types::{Direction, Time, Verdict};
-use core::hash::{BuildHasher, Hash, Hasher};
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
 use strata_packet::flow::{MacAddr, Ufid};
+use strata_packet::packed::PackedUfid;
 use strata_packet::transposition::Transposition;
 
 /// A stateful flow of one layer.
@@ -31,8 +31,8 @@ pub struct LayerFlow {
     pub origin: Direction,
     /// The layer-local key of the originating packet. The reverse key
     /// (looked up in the opposite direction) is derived from it: the
-    /// reversed post-transposition key.
-    pub key: Ufid,
+    /// reversed post-transposition key. Stored packed.
+    pub key: PackedUfid,
     /// The rule's transposition; its inverse is derived for the reverse side.
     pub transposition: Transposition,
     /// Action contexts (counter slots) of the originating side.
@@ -62,10 +62,11 @@ impl LayerFlow {
 
     /// The key of side `side` (0 = origin, 1 = reverse).
     pub fn key_of(&self, side: usize) -> Ufid {
+        let key = self.key.unpack();
         if side == 0 {
-            self.key
+            key
         } else {
-            self.transposition.apply_to_ufid(&self.key).reversed()
+            self.transposition.apply_to_ufid(&key).reversed()
         }
     }
 
@@ -74,7 +75,7 @@ impl LayerFlow {
         if side == 0 {
             self.transposition.clone()
         } else {
-            self.transposition.reverse_for(&self.key)
+            self.transposition.reverse_for(&self.key.unpack())
         }
     }
 
@@ -101,10 +102,7 @@ pub fn layer_flow_key(u: &Ufid) -> Ufid {
 
 #[inline]
 fn lf_hash(d: Direction, k: &Ufid) -> u64 {
-    let mut h = foldhash::fast::FixedState::with_seed(0x4c46).build_hasher();
-    d.hash(&mut h);
-    k.hash(&mut h);
-    h.finish()
+    k.table_hash(0x4c46_0000 ^ d.index() as u64)
 }
 
 fn lf_slot_hash(slots: &[Option<LayerFlow>], v: u32) -> u64 {
@@ -149,7 +147,7 @@ impl LayerFlowTable {
     /// first owner.
     pub fn insert(&mut self, f: LayerFlow) -> u32 {
         // Each side's identity and hash, computed once.
-        let keys = [layer_flow_key(&f.key), layer_flow_key(&f.key_of(1))];
+        let keys = [layer_flow_key(&f.key_of(0)), layer_flow_key(&f.key_of(1))];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         let hashes = [lf_hash(dirs[0], &keys[0]), lf_hash(dirs[1], &keys[1])];
         let taken = [0, 1].map(|side| self.find(hashes[side], dirs[side], &keys[side]).is_some());
@@ -240,6 +238,7 @@ impl LayerFlowTable {
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
         self.slots.capacity() * size_of::<Option<LayerFlow>>()
+            + self.iter().map(|(_, f)| f.key.heap_bytes()).sum::<usize>()
             + self.index.memory_bytes()
             + self.free.capacity() * 4
     }
@@ -283,7 +282,8 @@ impl LayerFlowTable {
 /// transposition plus action contexts (VFP-12).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnifiedFlow {
-    pub key: Ufid,
+    /// The flow's UFID (stored packed; compare with [`PackedUfid::matches`]).
+    pub key: PackedUfid,
     /// Hash of `(direction, key)`, kept so the index can rehash without
     /// recomputing.
     pub hash: u64,
@@ -365,10 +365,7 @@ impl Connection {
 /// Hash of a UFT key.
 #[inline]
 pub fn uft_hash(d: Direction, k: &Ufid) -> u64 {
-    let mut h = foldhash::fast::FixedState::with_seed(0x0055_4654).build_hasher();
-    d.hash(&mut h);
-    k.hash(&mut h);
-    h.finish()
+    k.table_hash(0x0055_4654_0000 ^ d.index() as u64)
 }
 
 /// The unified flow table.
@@ -401,7 +398,7 @@ impl UnifiedFlowTable {
                         .get((v >> 1) as usize)
                         .and_then(|c| c.as_ref())
                         .and_then(|c| c.sides[di].as_ref())
-                        .is_some_and(|uf| uf.key == *key)
+                        .is_some_and(|uf| uf.key.matches(key))
             })
             .map(|v| v >> 1)
     }
@@ -425,9 +422,7 @@ impl UnifiedFlowTable {
             .and_then(|c| c.as_ref())
             .and_then(|c| c.sides[d.index()].as_ref())
             // The hash and both ends of the key: the lines the lookup reads.
-            .map_or(1, |uf| {
-                uf.hash ^ u64::from(uf.key.inner.dst_port) ^ u64::from(uf.key.inner.src_mac.0[0])
-            })
+            .map_or(1, |uf| uf.hash ^ u64::from(uf.key.proto()))
     }
 
     /// The connection whose outbound flow has the VM-side identity of
@@ -441,7 +436,7 @@ impl UnifiedFlowTable {
                     .get(c as usize)
                     .and_then(|c| c.as_ref())
                     .and_then(|c| c.side(Direction::Out))
-                    .is_some_and(|uf| layer_flow_key(&uf.key) == k)
+                    .is_some_and(|uf| layer_flow_key(&uf.key.unpack()) == k)
             })
             .copied()
     }
@@ -485,7 +480,7 @@ impl UnifiedFlowTable {
     pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow) {
         self.clear_side(c, d);
         let hash = uf.hash;
-        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key)));
+        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key.unpack())));
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
         let conns = &self.conns;
@@ -503,7 +498,7 @@ impl UnifiedFlowTable {
             return;
         };
         let hash = uf.hash;
-        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key)));
+        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key.unpack())));
         let want = c << 1 | d.index() as u32;
         self.index.remove(hash, want);
         if let Some(ph) = pair
@@ -587,7 +582,7 @@ impl UnifiedFlowTable {
                     index.insert(uf.hash, v, |v| side_hash(conns, v));
                     if d == Direction::Out {
                         pair_index.insert_unique(
-                            pair_hash(&layer_flow_key(&uf.key)),
+                            pair_hash(&layer_flow_key(&uf.key.unpack())),
                             i as u32,
                             |&c| out_pair_hash(conns, c),
                         );
@@ -612,7 +607,7 @@ impl UnifiedFlowTable {
                         + c.sides
                             .iter()
                             .flatten()
-                            .map(|uf| uf.counters.len() * 4)
+                            .map(|uf| uf.counters.len() * 4 + uf.key.heap_bytes())
                             .sum::<usize>()
                 })
                 .sum::<usize>()
@@ -629,7 +624,7 @@ fn side_hash(conns: &[Option<Connection>], v: u32) -> u64 {
 }
 
 fn pair_hash(k: &Ufid) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x5041_4952).hash_one(k)
+    k.table_hash(0x5041_4952)
 }
 
 fn out_pair_hash(conns: &[Option<Connection>], c: u32) -> u64 {
@@ -637,6 +632,6 @@ fn out_pair_hash(conns: &[Option<Connection>], c: u32) -> u64 {
         .get(c as usize)
         .and_then(|c| c.as_ref())
         .and_then(|c| c.side(Direction::Out))
-        .map(|uf| pair_hash(&layer_flow_key(&uf.key)))
+        .map(|uf| pair_hash(&layer_flow_key(&uf.key.unpack())))
         .unwrap_or(0)
 }

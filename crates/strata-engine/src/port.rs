@@ -37,6 +37,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use strata_packet::emit::{PacketBuf, apply};
 use strata_packet::flow::{Ufid, ipproto};
+use strata_packet::packed::PackedUfid;
 use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_with};
 use strata_packet::transposition::Transposition;
 
@@ -776,7 +777,7 @@ impl Port {
             &sim.drop_counters
         });
         UnifiedFlow {
-            key: *key,
+            key: PackedUfid::pack(key),
             hash,
             generation: self.generation,
             transposition: if forward {
@@ -804,7 +805,12 @@ impl Port {
 
     /// Re-simulate a stale unified flow (VFP-13).
     fn reconcile(&mut self, c: u32, d: Direction, now: Time) {
-        let Some(key) = self.uft.get(c).and_then(|c| c.side(d)).map(|uf| uf.key) else {
+        let Some(key) = self
+            .uft
+            .get(c)
+            .and_then(|c| c.side(d))
+            .map(|uf| uf.key.unpack())
+        else {
             return;
         };
         let sim = self.simulate(d, &key, now, Mode::Create, false);
@@ -881,21 +887,26 @@ impl Port {
         let policy = Arc::clone(&self.policy);
         let n = policy.layers.len();
         let mut sim = Sim::default();
+        // The layer-local id and its field values, re-derived only after a
+        // layer transformed something (most layers do not).
+        let mut local = *ufid;
+        let mut fv: Option<FieldValues> = None;
+        let mut changed = false;
         for step in 0..n {
             let li = match d {
                 Direction::Out => step,
                 Direction::In => n - 1 - step,
             };
             let layer = &policy.layers[li];
-            // Until a layer transforms something, the local id is the UFID.
-            let local = if sim.transposition.is_identity() {
-                *ufid
-            } else {
-                sim.transposition.apply_to_ufid(ufid)
-            };
+            if changed {
+                local = sim.transposition.apply_to_ufid(ufid);
+                fv = None;
+                changed = false;
+            }
+            let local = &local;
 
             // 1. An existing layer flow decides.
-            if let Some((slot, side)) = self.layer_flow_hit(layer, d, &local, now, mode) {
+            if let Some((slot, side)) = self.layer_flow_hit(layer, d, local, now, mode) {
                 let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
                     continue;
                 };
@@ -907,7 +918,7 @@ impl Port {
                 if trace {
                     sim.trace.push(LayerTrace {
                         layer: layer.id.clone(),
-                        input: local,
+                        input: *local,
                         decision: LayerDecision::LayerFlow {
                             rule: f.rule_id.to_string(),
                             reverse: side == 1,
@@ -921,18 +932,21 @@ impl Port {
                     layer_uid: layer.uid,
                     slot,
                 });
-                sim.transposition = sim.transposition.then(&t);
+                if !t.is_identity() {
+                    sim.transposition = sim.transposition.then(&t);
+                    changed = true;
+                }
                 continue;
             }
 
             // 2. Classify.
-            let fv = FieldValues::from_ufid(&local);
-            let Some(rref) = layer.classify(d, &fv) else {
+            let fv = fv.get_or_insert_with(|| FieldValues::from_ufid(local));
+            let Some(rref) = layer.classify(d, fv) else {
                 let def = layer.default_for(d);
                 if trace {
                     sim.trace.push(LayerTrace {
                         layer: layer.id.clone(),
-                        input: local,
+                        input: *local,
                         decision: LayerDecision::Default(def),
                         transposition: "identity".into(),
                         step: Transposition::identity(),
@@ -949,14 +963,14 @@ impl Port {
                 }
                 continue;
             };
-            let (out, lf) = self.run_rule(layer, rref, d, &local, now, mode);
+            let (out, lf) = self.run_rule(layer, rref, d, local, now, mode);
             let Some((rule, crule, group)) = layer.rule(rref) else {
                 continue;
             };
             if trace {
                 sim.trace.push(LayerTrace {
                     layer: layer.id.clone(),
-                    input: local,
+                    input: *local,
                     decision: LayerDecision::Rule {
                         group: group.id.clone(),
                         rule: rule.id.clone(),
@@ -984,7 +998,10 @@ impl Port {
             sim.counters.push(layer.counter);
             sim.counters.push(crule.counter);
             sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
-            sim.transposition = sim.transposition.then(&out.transposition);
+            if !out.transposition.is_identity() {
+                sim.transposition = sim.transposition.then(&out.transposition);
+                changed = true;
+            }
         }
         if sim.verdict.is_some() && mode == Mode::Create {
             let created = std::mem::take(&mut sim.created);
@@ -1032,7 +1049,7 @@ impl Port {
         }
         let flow = LayerFlow {
             origin: d,
-            key: *local,
+            key: PackedUfid::pack(local),
             transposition: out.transposition.clone(),
             counters: out.counters.iter().copied().collect(),
             rule_id: Arc::clone(&crule.id),
@@ -1078,7 +1095,7 @@ impl Port {
             return Some((slot, side));
         }
         let origin = f.origin;
-        let origin_key = f.key;
+        let origin_key = f.key.unpack();
         let fv = FieldValues::from_ufid(&origin_key);
         let decided = layer.classify(origin, &fv);
         let still = decided
@@ -1149,7 +1166,7 @@ impl Port {
             .iter()
             .flatten()
             .next()
-            .map(|uf| uf.key.inner.proto)
+            .map(|uf| uf.key.proto())
             .unwrap_or(0);
         let idle = if c.is_drop_only() {
             cfg.tcp_half_open_idle

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub const MAGIC: [u8; 8] = *b"STRATASR";
-pub const VERSION: u32 = 1;
+/// Format version: 2 since flow keys are stored packed ([`strata_packet::PackedUfid`]);
+/// version 1 snapshots are refused with a clear error.
+pub const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub struct Envelope {
@@ -38,7 +40,7 @@ struct LayerState {
 }
 
 #[derive(Serialize, Deserialize)]
-struct PortStateV1 {
+struct PortState {
     name: String,
     config: PortConfig,
     generation: u64,
@@ -53,7 +55,7 @@ struct PortStateV1 {
 impl Port {
     /// Serialize the whole port.
     pub fn snapshot(&self) -> Result<Vec<u8>, ApiError> {
-        let state = PortStateV1 {
+        let state = PortState {
             name: self.name.clone(),
             config: self.config.clone(),
             generation: self.generation,
@@ -100,7 +102,7 @@ impl Port {
                 env.version
             )));
         }
-        let st: PortStateV1 = postcard::from_bytes(&env.payload)
+        let st: PortState = postcard::from_bytes(&env.payload)
             .map_err(|e| ApiError::Snapshot(format!("bad payload: {e}")))?;
         let mut counters = st.counters;
         counters.arena.reindex();

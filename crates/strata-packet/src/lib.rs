@@ -5,6 +5,7 @@
 //!   `new_checked`, after which no accessor can panic.
 //! - [`parse`](mod@parse): parse a frame once into header groups and the [`Ufid`]
 //!   (VFP-8), plus the per-packet fields TCP tracking needs.
+//! - [`packed`]: the compact form flow tables store UFIDs in.
 //! - [`transposition`]: header transpositions (VFP-9) as plain data, with
 //!   composition and inversion.
 //! - [`emit`]: apply one transposition to a frame in place, using headroom for
@@ -18,11 +19,13 @@
 pub mod checksum;
 pub mod emit;
 pub mod flow;
+pub mod packed;
 pub mod parse;
 pub mod transposition;
 pub mod wire;
 
 pub use emit::{EmitError, PacketBuf, apply};
 pub use flow::{FlowKey, MacAddr, OuterKey, TunnelKind, Ufid};
+pub use packed::PackedUfid;
 pub use parse::{PacketMeta, ParseError, ParseOptions, Parsed, parse, parse_with};
 pub use transposition::{Encap, OuterOp, Transposition, VlanOp};

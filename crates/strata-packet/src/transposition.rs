@@ -137,8 +137,18 @@ impl Transposition {
         Transposition::default()
     }
 
+    #[inline]
     pub fn is_identity(&self) -> bool {
-        *self == Transposition::default()
+        // Field by field, cheapest first (the slow path asks once per layer).
+        self.src_ip.is_none()
+            && self.dst_ip.is_none()
+            && self.src_port.is_none()
+            && self.dst_port.is_none()
+            && matches!(self.outer, OuterOp::Ignore)
+            && self.src_mac.is_none()
+            && self.dst_mac.is_none()
+            && self.dscp.is_none()
+            && matches!(self.vlan, VlanOp::Ignore)
     }
 
     /// Composition: `self` first, then `next` (VFP-10's `acc ∘ rule.ht`).

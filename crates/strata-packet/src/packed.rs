@@ -1,0 +1,345 @@
+//! Compact storage form of a [`Ufid`] for flow tables.
+//!
+//! A [`Ufid`] is 112 bytes because every address may be IPv6. Flow tables
+//! hold millions of keys and almost all of them are IPv4 (with at most one
+//! IPv4 tunnel header group), so a table stores a [`PackedUfid`]: IPv4 keys
+//! inline in 60 bytes, anything else boxed. Packing is lossless
+//! (`PackedUfid::pack(u).unpack() == u` for every `u`), and
+//! [`PackedUfid::matches`] compares against a full key without unpacking, so
+//! a lookup never builds a key.
+
+use crate::flow::{FlowKey, MacAddr, OuterKey, TunnelKind, Ufid};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// A UFID as a flow table stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PackedUfid {
+    /// IPv4 (or non-IP) inner groups, optional IPv4 outer groups.
+    V4(PackedV4),
+    /// Everything else (IPv6 anywhere).
+    Wide(Box<Ufid>),
+}
+
+/// Bit 15 of `vlan` marks a present tag (ids are 12 bits).
+const VLAN_PRESENT: u16 = 0x8000;
+
+/// The IPv4 form: every field of the [`Ufid`], narrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedV4 {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src_ip: u32,
+    dst_ip: u32,
+    src_port: u16,
+    dst_port: u16,
+    ether_type: u16,
+    vlan: u16,
+    proto: u8,
+    dscp: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    /// Outer groups; `outer_kind` 0 = none, else `TunnelKind` + 1.
+    outer_src_mac: [u8; 6],
+    outer_dst_mac: [u8; 6],
+    outer_src_ip: u32,
+    outer_dst_ip: u32,
+    /// VNI in the low 24 bits, `outer_kind` in the top 8.
+    outer_vni_kind: u32,
+}
+
+fn v4(ip: IpAddr) -> Option<u32> {
+    match ip {
+        IpAddr::V4(a) => Some(u32::from(a)),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn kind_code(k: TunnelKind) -> u32 {
+    match k {
+        TunnelKind::Vxlan => 1,
+        TunnelKind::Nvgre => 2,
+        TunnelKind::Geneve => 3,
+    }
+}
+
+fn kind_of(code: u32) -> Option<TunnelKind> {
+    match code {
+        1 => Some(TunnelKind::Vxlan),
+        2 => Some(TunnelKind::Nvgre),
+        3 => Some(TunnelKind::Geneve),
+        _ => None,
+    }
+}
+
+impl PackedV4 {
+    fn pack(u: &Ufid) -> Option<PackedV4> {
+        let k = &u.inner;
+        let vlan = match k.vlan {
+            None => 0,
+            Some(v) if v < VLAN_PRESENT => v | VLAN_PRESENT,
+            Some(_) => return None,
+        };
+        let mut p = PackedV4 {
+            src_mac: k.src_mac.0,
+            dst_mac: k.dst_mac.0,
+            src_ip: v4(k.src_ip)?,
+            dst_ip: v4(k.dst_ip)?,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            ether_type: k.ether_type,
+            vlan,
+            proto: k.proto,
+            dscp: k.dscp,
+            icmp_type: k.icmp_type,
+            icmp_code: k.icmp_code,
+            outer_src_mac: [0; 6],
+            outer_dst_mac: [0; 6],
+            outer_src_ip: 0,
+            outer_dst_ip: 0,
+            outer_vni_kind: 0,
+        };
+        if let Some(o) = &u.outer {
+            if o.vni >= 1 << 24 {
+                return None;
+            }
+            p.outer_src_mac = o.src_mac.0;
+            p.outer_dst_mac = o.dst_mac.0;
+            p.outer_src_ip = v4(o.src_ip)?;
+            p.outer_dst_ip = v4(o.dst_ip)?;
+            p.outer_vni_kind = o.vni | kind_code(o.tunnel) << 24;
+        }
+        Some(p)
+    }
+
+    fn outer(&self) -> Option<OuterKey> {
+        kind_of(self.outer_vni_kind >> 24).map(|tunnel| OuterKey {
+            src_mac: MacAddr(self.outer_src_mac),
+            dst_mac: MacAddr(self.outer_dst_mac),
+            src_ip: IpAddr::V4(Ipv4Addr::from(self.outer_src_ip)),
+            dst_ip: IpAddr::V4(Ipv4Addr::from(self.outer_dst_ip)),
+            tunnel,
+            vni: self.outer_vni_kind & 0xff_ffff,
+        })
+    }
+
+    fn unpack(&self) -> Ufid {
+        Ufid {
+            outer: self.outer(),
+            inner: FlowKey {
+                src_mac: MacAddr(self.src_mac),
+                dst_mac: MacAddr(self.dst_mac),
+                vlan: (self.vlan & VLAN_PRESENT != 0).then_some(self.vlan & !VLAN_PRESENT),
+                ether_type: self.ether_type,
+                src_ip: IpAddr::V4(Ipv4Addr::from(self.src_ip)),
+                dst_ip: IpAddr::V4(Ipv4Addr::from(self.dst_ip)),
+                proto: self.proto,
+                dscp: self.dscp,
+                src_port: self.src_port,
+                dst_port: self.dst_port,
+                icmp_type: self.icmp_type,
+                icmp_code: self.icmp_code,
+            },
+        }
+    }
+
+    /// Field by field against a full key, most discriminating first.
+    #[inline]
+    fn matches(&self, u: &Ufid) -> bool {
+        let k = &u.inner;
+        let inner = k.src_port == self.src_port
+            && k.dst_port == self.dst_port
+            && v4(k.src_ip) == Some(self.src_ip)
+            && v4(k.dst_ip) == Some(self.dst_ip)
+            && k.proto == self.proto
+            && k.src_mac.0 == self.src_mac
+            && k.dst_mac.0 == self.dst_mac
+            && k.ether_type == self.ether_type
+            && k.dscp == self.dscp
+            && k.icmp_type == self.icmp_type
+            && k.icmp_code == self.icmp_code
+            && match k.vlan {
+                None => self.vlan == 0,
+                Some(v) => self.vlan == v | VLAN_PRESENT && v < VLAN_PRESENT,
+            };
+        inner
+            && match &u.outer {
+                None => self.outer_vni_kind >> 24 == 0,
+                Some(o) => {
+                    self.outer_vni_kind == o.vni | kind_code(o.tunnel) << 24
+                        && o.vni < 1 << 24
+                        && v4(o.src_ip) == Some(self.outer_src_ip)
+                        && v4(o.dst_ip) == Some(self.outer_dst_ip)
+                        && o.src_mac.0 == self.outer_src_mac
+                        && o.dst_mac.0 == self.outer_dst_mac
+                }
+            }
+    }
+}
+
+impl PackedUfid {
+    /// The storage form of `u` (inline when it fits, boxed otherwise).
+    pub fn pack(u: &Ufid) -> PackedUfid {
+        match PackedV4::pack(u) {
+            Some(p) => PackedUfid::V4(p),
+            None => PackedUfid::Wide(Box::new(*u)),
+        }
+    }
+
+    /// The full key again.
+    #[inline]
+    pub fn unpack(&self) -> Ufid {
+        match self {
+            PackedUfid::V4(p) => p.unpack(),
+            PackedUfid::Wide(u) => **u,
+        }
+    }
+
+    /// Whether this is the stored form of `u` (without unpacking).
+    #[inline]
+    pub fn matches(&self, u: &Ufid) -> bool {
+        match self {
+            PackedUfid::V4(p) => p.matches(u),
+            PackedUfid::Wide(w) => **w == *u,
+        }
+    }
+
+    /// The IP protocol of the inner groups.
+    pub fn proto(&self) -> u8 {
+        match self {
+            PackedUfid::V4(p) => p.proto,
+            PackedUfid::Wide(u) => u.inner.proto,
+        }
+    }
+
+    /// Heap bytes held beyond the value itself.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            PackedUfid::V4(_) => 0,
+            PackedUfid::Wide(_) => size_of::<Ufid>(),
+        }
+    }
+}
+
+impl From<&Ufid> for PackedUfid {
+    fn from(u: &Ufid) -> Self {
+        PackedUfid::pack(u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::NO_IP;
+    use std::net::Ipv6Addr;
+
+    fn key(src: IpAddr, dst: IpAddr) -> Ufid {
+        Ufid::plain(FlowKey {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            vlan: Some(100),
+            ether_type: 0x0800,
+            src_ip: src,
+            dst_ip: dst,
+            proto: 6,
+            dscp: 10,
+            src_port: 1234,
+            dst_port: 80,
+            icmp_type: 0,
+            icmp_code: 0,
+        })
+    }
+
+    fn outer(u: &mut Ufid, src: IpAddr, vni: u32, tunnel: TunnelKind) {
+        u.outer = Some(OuterKey {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 4]),
+            src_ip: src,
+            dst_ip: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)),
+            tunnel,
+            vni,
+        });
+    }
+
+    #[test]
+    fn round_trips_and_matches_only_itself() {
+        let a4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let a6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+        let mut keys = vec![key(a4, b4), key(a6, b4), key(NO_IP, NO_IP)];
+        let mut t = key(a4, b4);
+        outer(&mut t, b4, 5001, TunnelKind::Vxlan);
+        keys.push(t);
+        let mut t = key(a4, b4);
+        outer(&mut t, b4, 0xff_ffff, TunnelKind::Geneve);
+        keys.push(t);
+        let mut t = key(a4, b4);
+        outer(&mut t, a6, 7, TunnelKind::Nvgre);
+        keys.push(t);
+        let mut t = key(a4, b4);
+        t.inner.vlan = None;
+        keys.push(t);
+        // The IPv4-mapped IPv6 form of a4 is a different key from a4.
+        keys.push(key(
+            IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()),
+            b4,
+        ));
+        for (i, k) in keys.iter().enumerate() {
+            let p = PackedUfid::pack(k);
+            assert_eq!(p.unpack(), *k, "key {i}");
+            for (j, other) in keys.iter().enumerate() {
+                assert_eq!(p.matches(other), i == j, "key {i} vs {j}");
+                assert_eq!(p == PackedUfid::pack(other), i == j, "key {i} vs {j}");
+            }
+        }
+        assert!(matches!(PackedUfid::pack(&keys[0]), PackedUfid::V4(_)));
+        assert!(matches!(PackedUfid::pack(&keys[1]), PackedUfid::Wide(_)));
+        assert!(size_of::<PackedUfid>() <= 64);
+    }
+
+    #[test]
+    fn every_field_is_compared() {
+        let base = {
+            let mut u = key(
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            );
+            outer(
+                &mut u,
+                IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)),
+                42,
+                TunnelKind::Vxlan,
+            );
+            u
+        };
+        let p = PackedUfid::pack(&base);
+        let edits: Vec<fn(&mut Ufid)> = vec![
+            |u| u.inner.src_mac.0[5] ^= 1,
+            |u| u.inner.dst_mac.0[0] ^= 1,
+            |u| u.inner.vlan = Some(101),
+            |u| u.inner.ether_type = 0x86dd,
+            |u| u.inner.src_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+            |u| u.inner.dst_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+            |u| u.inner.proto = 17,
+            |u| u.inner.dscp = 0,
+            |u| u.inner.src_port = 1,
+            |u| u.inner.dst_port = 1,
+            |u| u.inner.icmp_type = 8,
+            |u| u.inner.icmp_code = 1,
+            |u| u.outer = None,
+            |u| u.outer.as_mut().expect("outer").src_mac.0[1] ^= 1,
+            |u| u.outer.as_mut().expect("outer").dst_mac.0[1] ^= 1,
+            |u| u.outer.as_mut().expect("outer").src_ip = IpAddr::V4(Ipv4Addr::new(2, 2, 2, 2)),
+            |u| u.outer.as_mut().expect("outer").dst_ip = IpAddr::V4(Ipv4Addr::new(2, 2, 2, 2)),
+            |u| u.outer.as_mut().expect("outer").vni = 43,
+            |u| u.outer.as_mut().expect("outer").tunnel = TunnelKind::Geneve,
+        ];
+        for (i, e) in edits.iter().enumerate() {
+            let mut u = base;
+            e(&mut u);
+            assert!(!p.matches(&u), "edit {i} not noticed");
+            assert_ne!(PackedUfid::pack(&u), p, "edit {i}");
+        }
+        assert!(p.matches(&base));
+    }
+}
