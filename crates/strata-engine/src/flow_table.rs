@@ -33,25 +33,75 @@ pub struct LayerFlow {
     /// (looked up in the opposite direction) is derived from it: the
     /// reversed post-transposition key. Stored packed.
     pub key: PackedUfid,
-    /// The rule's transposition; its inverse is derived for the reverse side.
-    pub transposition: Transposition,
-    /// Action contexts (counter slots) of the originating side.
-    pub counters: Box<[u32]>,
     /// The deciding rule's id (shared with the policy, not copied per flow).
     pub rule_id: Arc<str>,
     pub rule_counter: u32,
     pub fingerprint: u64,
     /// Generation of the layer when the flow was last validated.
     pub layer_generation: u64,
-    pub state: ActionState,
     /// Connections holding this flow.
     pub refs: u32,
     /// Removed from the index (its rule no longer decides) but still held.
     pub detached: bool,
+    /// What most flows (connection-tracking ACL entries) lack: boxed so
+    /// those flows stay small.
+    pub extra: Option<Box<LayerFlowExtra>>,
+}
+
+/// The parts of a layer flow that only some rules produce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerFlowExtra {
+    /// The rule's transposition; its inverse is derived for the reverse side.
+    pub transposition: Transposition,
+    /// Action contexts (counter slots) of the originating side.
+    pub counters: Box<[u32]>,
+    pub state: ActionState,
     pub ttl: Option<Time>,
 }
 
+/// Shared "no state" for flows without extra parts.
+static NO_STATE: ActionState = ActionState::None;
+
 impl LayerFlow {
+    /// A flow made by a rule: `extra` is allocated only when the rule left
+    /// something besides connection tracking.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        origin: Direction,
+        key: &Ufid,
+        rule_id: Arc<str>,
+        rule_counter: u32,
+        fingerprint: u64,
+        layer_generation: u64,
+        transposition: &Transposition,
+        counters: &[u32],
+        state: ActionState,
+        ttl: Option<Time>,
+    ) -> LayerFlow {
+        let plain = transposition.is_identity()
+            && counters.is_empty()
+            && state == ActionState::None
+            && ttl.is_none();
+        LayerFlow {
+            origin,
+            key: PackedUfid::pack(key),
+            rule_id,
+            rule_counter,
+            fingerprint,
+            layer_generation,
+            refs: 0,
+            detached: false,
+            extra: (!plain).then(|| {
+                Box::new(LayerFlowExtra {
+                    transposition: transposition.clone(),
+                    counters: counters.into(),
+                    state,
+                    ttl,
+                })
+            }),
+        }
+    }
+
     fn dir_of(&self, side: usize) -> Direction {
         if side == 0 {
             self.origin
@@ -60,28 +110,56 @@ impl LayerFlow {
         }
     }
 
+    /// The rule's transposition (origin side).
+    pub fn transposition(&self) -> &Transposition {
+        self.extra
+            .as_ref()
+            .map_or(&Transposition::IDENTITY, |e| &e.transposition)
+    }
+
+    /// Resource state to release when the flow ends.
+    pub fn state(&self) -> &ActionState {
+        self.extra.as_ref().map_or(&NO_STATE, |e| &e.state)
+    }
+
+    pub fn ttl(&self) -> Option<Time> {
+        self.extra.as_ref().and_then(|e| e.ttl)
+    }
+
     /// The key of side `side` (0 = origin, 1 = reverse).
     pub fn key_of(&self, side: usize) -> Ufid {
         let key = self.key.unpack();
         if side == 0 {
             key
         } else {
-            self.transposition.apply_to_ufid(&key).reversed()
+            self.transposition().apply_to_ufid(&key).reversed()
         }
     }
 
     /// The transposition of side `side`: the rule's, or its inverse.
     pub fn transposition_of(&self, side: usize) -> Transposition {
         if side == 0 {
-            self.transposition.clone()
+            self.transposition().clone()
         } else {
-            self.transposition.reverse_for(&self.key.unpack())
+            self.transposition().reverse_for(&self.key.unpack())
         }
     }
 
     /// Counter slots of side `side`.
     pub fn side_counters(&self, side: usize) -> &[u32] {
-        if side == 0 { &self.counters } else { &[] }
+        match &self.extra {
+            Some(e) if side == 0 => &e.counters,
+            _ => &[],
+        }
+    }
+
+    /// Heap bytes held beyond the value itself.
+    pub fn heap_bytes(&self) -> usize {
+        self.key.heap_bytes()
+            + self
+                .extra
+                .as_ref()
+                .map_or(0, |e| size_of::<LayerFlowExtra>() + e.counters.len() * 4)
     }
 }
 
@@ -238,7 +316,7 @@ impl LayerFlowTable {
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
         self.slots.capacity() * size_of::<Option<LayerFlow>>()
-            + self.iter().map(|(_, f)| f.key.heap_bytes()).sum::<usize>()
+            + self.iter().map(|(_, f)| f.heap_bytes()).sum::<usize>()
             + self.index.memory_bytes()
             + self.free.capacity() * 4
     }

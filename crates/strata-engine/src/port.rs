@@ -328,7 +328,7 @@ impl Port {
         if let Some(i) = self.layer_flows.iter().position(|(u, _)| *u == layer.uid) {
             let (_, mut table) = self.layer_flows.swap_remove(i);
             for f in table.drain() {
-                self.resources.release(&f.state);
+                self.resources.release(f.state());
             }
         }
         Ok(())
@@ -869,13 +869,13 @@ impl Port {
 
     /// Release a layer flow's per-flow state.
     fn teardown(&mut self, layer_uid: u32, f: &LayerFlow) {
-        self.resources.release(&f.state);
-        if let ActionState::Custom(_) = f.state {
+        self.resources.release(f.state());
+        if let ActionState::Custom(_) = f.state() {
             let policy = Arc::clone(&self.policy);
             if let Some(l) = policy.layers.iter().find(|l| l.uid == layer_uid) {
                 for g in &l.groups {
                     if let Some(i) = g.rules.iter().position(|r| *r.id == *f.rule_id) {
-                        g.rules[i].action.teardown(&f.state, &mut self.resources);
+                        g.rules[i].action.teardown(f.state(), &mut self.resources);
                     }
                 }
             }
@@ -914,7 +914,7 @@ impl Port {
                 sim.counters.extend_from_slice(f.side_counters(side));
                 sim.counters.push(layer.counter);
                 sim.counters.push(f.rule_counter);
-                sim.ttl = min_ttl(sim.ttl, f.ttl);
+                sim.ttl = min_ttl(sim.ttl, f.ttl());
                 if trace {
                     sim.trace.push(LayerTrace {
                         layer: layer.id.clone(),
@@ -1047,23 +1047,21 @@ impl Port {
             }
             return (out, None);
         }
-        let flow = LayerFlow {
-            origin: d,
-            key: PackedUfid::pack(local),
-            transposition: out.transposition.clone(),
-            counters: out.counters.iter().copied().collect(),
-            rule_id: Arc::clone(&crule.id),
-            rule_counter: crule.counter,
-            fingerprint: crule.fingerprint,
-            layer_generation: layer.generation,
-            state: std::mem::take(&mut out.state),
-            refs: 0,
-            detached: false,
-            ttl: rule.ttl_secs.map(secs),
-        };
+        let flow = LayerFlow::new(
+            d,
+            local,
+            Arc::clone(&crule.id),
+            crule.counter,
+            crule.fingerprint,
+            layer.generation,
+            &out.transposition,
+            &out.counters,
+            std::mem::take(&mut out.state),
+            rule.ttl_secs.map(secs),
+        );
         let uid = layer.uid;
         let Some(table) = self.table_mut(uid) else {
-            self.resources.release(&flow.state);
+            self.resources.release(flow.state());
             return (out, None);
         };
         let slot = table.insert(flow);

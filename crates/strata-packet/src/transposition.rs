@@ -132,6 +132,20 @@ pub struct Transposition {
 }
 
 impl Transposition {
+    /// The transposition that changes nothing, as a constant (for
+    /// references to "no transposition").
+    pub const IDENTITY: Transposition = Transposition {
+        outer: OuterOp::Ignore,
+        src_mac: None,
+        dst_mac: None,
+        vlan: VlanOp::Ignore,
+        src_ip: None,
+        dst_ip: None,
+        dscp: None,
+        src_port: None,
+        dst_port: None,
+    };
+
     /// The transposition that changes nothing.
     pub fn identity() -> Transposition {
         Transposition::default()
