@@ -362,9 +362,6 @@ impl LayerFlowTable {
 pub struct UnifiedFlow {
     /// The flow's UFID (stored packed; compare with [`PackedUfid::matches`]).
     pub key: PackedUfid,
-    /// Hash of `(direction, key)`, kept so the index can rehash without
-    /// recomputing.
-    pub hash: u64,
     /// Port generation the flow was compiled at (VFP-13).
     pub generation: u64,
     pub transposition: Transposition,
@@ -500,7 +497,7 @@ impl UnifiedFlowTable {
             .and_then(|c| c.as_ref())
             .and_then(|c| c.sides[d.index()].as_ref())
             // The hash and both ends of the key: the lines the lookup reads.
-            .map_or(1, |uf| uf.hash ^ u64::from(uf.key.proto()))
+            .map_or(1, |uf| uf.generation ^ u64::from(uf.key.proto()))
     }
 
     /// The connection whose outbound flow has the VM-side identity of
@@ -553,11 +550,11 @@ impl UnifiedFlowTable {
         }
     }
 
-    /// Install `uf` as side `d` of connection `c`, replacing (and
-    /// unindexing) any previous flow of that side.
-    pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow) {
+    /// Install `uf` (whose [`uft_hash`] is `hash`) as side `d` of
+    /// connection `c`, replacing (and unindexing) any previous flow of that
+    /// side.
+    pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow, hash: u64) {
         self.clear_side(c, d);
-        let hash = uf.hash;
         let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key.unpack())));
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
@@ -575,8 +572,9 @@ impl UnifiedFlowTable {
         let Some(uf) = self.get(c).and_then(|conn| conn.side(d)) else {
             return;
         };
-        let hash = uf.hash;
-        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key.unpack())));
+        let key = uf.key.unpack();
+        let hash = uft_hash(d, &key);
+        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&key)));
         let want = c << 1 | d.index() as u32;
         self.index.remove(hash, want);
         if let Some(ph) = pair
@@ -657,7 +655,7 @@ impl UnifiedFlowTable {
             for d in [Direction::Out, Direction::In] {
                 if let Some(uf) = c.side(d) {
                     let v = (i as u32) << 1 | d.index() as u32;
-                    index.insert(uf.hash, v, |v| side_hash(conns, v));
+                    index.insert(uft_hash(d, &uf.key.unpack()), v, |v| side_hash(conns, v));
                     if d == Direction::Out {
                         pair_index.insert_unique(
                             pair_hash(&layer_flow_key(&uf.key.unpack())),
@@ -697,7 +695,7 @@ fn side_hash(conns: &[Option<Connection>], v: u32) -> u64 {
         .get((v >> 1) as usize)
         .and_then(|c| c.as_ref())
         .and_then(|c| c.sides[(v & 1) as usize].as_ref())
-        .map(|uf| uf.hash)
+        .map(|uf| uft_hash(Direction::from_index((v & 1) as usize), &uf.key.unpack()))
         .unwrap_or(0)
 }
 

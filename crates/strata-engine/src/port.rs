@@ -680,7 +680,7 @@ impl Port {
         let sim = self.simulate(d, ufid, now, Mode::Create, false);
         let forward = sim.verdict.is_none();
         let final_ufid = sim.transposition.apply_to_ufid(ufid);
-        let uf = self.unified_flow(ufid, hash, &sim);
+        let uf = self.unified_flow(ufid, &sim);
 
         // VM-side pairing: an inbound flow whose VM-side key reversed is an
         // existing outbound flow joins that connection (asymmetric paths).
@@ -694,7 +694,7 @@ impl Port {
                 {
                     old.flush(&mut self.counters.arena);
                 }
-                self.uft.set_side(c, d, uf);
+                self.uft.set_side(c, d, uf, hash);
                 let mut added = SmallVec::new();
                 let mut tracked = false;
                 if let Some(conn) = self.uft.get_mut(c) {
@@ -729,7 +729,7 @@ impl Port {
         };
         self.hold(&added);
         let c = self.uft.alloc(conn);
-        self.uft.set_side(c, d, uf);
+        self.uft.set_side(c, d, uf, hash);
         self.counters.flows.connections_created += 1;
         if !forward {
             return (c, tracked);
@@ -755,8 +755,8 @@ impl Port {
                 Direction::In => true,
             };
         if paired {
-            let puf = self.unified_flow(&pkey, phash, &psim);
-            self.uft.set_side(c, pd, puf);
+            let puf = self.unified_flow(&pkey, &psim);
+            self.uft.set_side(c, pd, puf, phash);
             let mut added = SmallVec::new();
             if let Some(conn) = self.uft.get_mut(c) {
                 added = add_refs(&mut conn.layer_flows, &psim.refs);
@@ -769,7 +769,7 @@ impl Port {
         (c, tracked)
     }
 
-    fn unified_flow(&mut self, key: &Ufid, hash: u64, sim: &Sim) -> UnifiedFlow {
+    fn unified_flow(&mut self, key: &Ufid, sim: &Sim) -> UnifiedFlow {
         let forward = sim.verdict.is_none();
         let counters = self.intern_counters(if forward {
             &sim.counters
@@ -778,7 +778,6 @@ impl Port {
         });
         UnifiedFlow {
             key: PackedUfid::pack(key),
-            hash,
             generation: self.generation,
             transposition: if forward {
                 sim.transposition.clone()
@@ -814,8 +813,7 @@ impl Port {
             return;
         };
         let sim = self.simulate(d, &key, now, Mode::Create, false);
-        let hash = uft_hash(d, &key);
-        let uf = self.unified_flow(&key, hash, &sim);
+        let uf = self.unified_flow(&key, &sim);
         let mut new_refs = SmallVec::new();
         if let Some(conn) = self.uft.get_mut(c) {
             new_refs = add_refs(&mut conn.layer_flows, &sim.refs);

@@ -61,10 +61,16 @@ struct Side {
     /// Highest sequence number sent + length (next expected).
     next: u32,
     fin: u32,
-    /// Outstanding RTT sample: sequence end and send time.
+    /// Outstanding RTT sample: sequence end and send time in microseconds
+    /// (wrapping; 32 bits keep the tracking state small).
     probe_seq: u32,
-    probe_time: Time,
+    probe_us: u32,
     flags: u8,
+}
+
+/// A time in wrapping 32-bit microseconds.
+fn micros(t: Time) -> u32 {
+    (t / 1000) as u32
 }
 
 const HAS_NEXT: u8 = 1;
@@ -90,15 +96,15 @@ impl Side {
         self.flags & FIN_ACKED != 0
     }
 
-    fn probe(&self) -> Option<(u32, Time)> {
-        (self.flags & HAS_PROBE != 0).then_some((self.probe_seq, self.probe_time))
+    fn probe(&self) -> Option<(u32, u32)> {
+        (self.flags & HAS_PROBE != 0).then_some((self.probe_seq, self.probe_us))
     }
 
     fn set_probe(&mut self, p: Option<(u32, Time)>) {
         match p {
             Some((seq, t)) => {
                 self.probe_seq = seq;
-                self.probe_time = t;
+                self.probe_us = micros(t);
                 self.flags |= HAS_PROBE;
             }
             None => self.flags &= !HAS_PROBE,
@@ -275,7 +281,7 @@ impl TcpConn {
             && seq_ge(m.tcp_ack, end)
         {
             stats.rtt_samples += 1;
-            stats.rtt_sum_ns += now.saturating_sub(t);
+            stats.rtt_sum_ns += u64::from(micros(now).wrapping_sub(t)) * 1000;
             s.set_probe(None);
         }
         if let Some(fs) = s.fin_seq()

@@ -31,6 +31,15 @@ impl Direction {
         }
     }
 
+    /// Inverse of [`Direction::index`] (0 = out, anything else = in).
+    pub fn from_index(i: usize) -> Direction {
+        if i == 0 {
+            Direction::Out
+        } else {
+            Direction::In
+        }
+    }
+
     pub fn opposite(self) -> Direction {
         match self {
             Direction::Out => Direction::In,
