@@ -887,7 +887,7 @@ impl Port {
         let mut sim = Sim::default();
         // The layer-local id and its field values, re-derived only after a
         // layer transformed something (most layers do not).
-        let mut local = *ufid;
+        let mut derived: Option<Ufid> = None;
         let mut fv: Option<FieldValues> = None;
         let mut changed = false;
         for step in 0..n {
@@ -897,11 +897,11 @@ impl Port {
             };
             let layer = &policy.layers[li];
             if changed {
-                local = sim.transposition.apply_to_ufid(ufid);
+                derived = Some(sim.transposition.apply_to_ufid(ufid));
                 fv = None;
                 changed = false;
             }
-            let local = &local;
+            let local = derived.as_ref().unwrap_or(ufid);
 
             // 1. An existing layer flow decides.
             if let Some((slot, side)) = self.layer_flow_hit(layer, d, local, now, mode) {
