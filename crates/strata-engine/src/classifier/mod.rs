@@ -66,6 +66,34 @@ pub trait GroupClassifier: Send + Sync + Debug {
     fn kind(&self) -> &'static str;
     /// Approximate heap bytes used.
     fn memory_bytes(&self) -> usize;
+    /// The cut tree, when this is one (for [`best_match_many`]).
+    fn as_tree(&self) -> Option<&tree::TreeClassifier> {
+        None
+    }
+}
+
+/// Classify one packet against several groups (say, the groups of a layer):
+/// `out[i]` becomes what `groups[i].best_match(fv)` returns. At most
+/// `out.len()` groups are classified. Allocates nothing.
+///
+/// Cut trees are walked in lock-step, [`tree::LOCKSTEP`] at a time: each
+/// lookup in turn takes one step and starts loading its next node, so the
+/// cache misses of different groups overlap rather than queue. That is
+/// what dominates when many large groups are evaluated for a packet and
+/// their structures are not all in cache (the first packet of a flow
+/// through many layers); other classifiers are called one by one.
+pub fn best_match_many<'a, I>(groups: I, fv: &FieldValues, out: &mut [Option<usize>])
+where
+    I: IntoIterator<Item = &'a dyn GroupClassifier>,
+{
+    let mut batch = tree::Batch::new();
+    for (i, g) in groups.into_iter().take(out.len()).enumerate() {
+        match g.as_tree() {
+            Some(t) => batch.push(t, fv, i, out),
+            None => out[i] = g.best_match(fv),
+        }
+    }
+    batch.run(fv, out);
 }
 
 /// Build the classifier for a group (the planner's entry point, see
