@@ -78,10 +78,17 @@ pub trait GroupClassifier: Send + Sync + Debug {
 ///
 /// Cut trees are walked in lock-step, [`tree::LOCKSTEP`] at a time: each
 /// lookup in turn takes one step and starts loading its next node, so the
-/// cache misses of different groups overlap rather than queue. That is
-/// what dominates when many large groups are evaluated for a packet and
-/// their structures are not all in cache (the first packet of a flow
-/// through many layers); other classifiers are called one by one.
+/// cache misses of different groups can overlap rather than queue (the
+/// first packet of a flow through many layers of large groups); other
+/// classifiers are called one by one.
+///
+/// Measured on the 10 × 10 × 5,000-rule bench (`benches/classifier.rs`,
+/// `many`), this is not yet faster than one `best_match` per group (5–45%
+/// slower on the 2-core VM used): with 100 groups the walks are bound by
+/// TLB misses (≈2,600 distinct pages per packet) more than by cache-line
+/// latency, and the cursors' bookkeeping costs more than the overlap wins.
+/// It is kept as the batched entry point: a layout touching fewer pages
+/// per lookup is what should make it pay (see BENCHMARKS.md).
 pub fn best_match_many<'a, I>(groups: I, fv: &FieldValues, out: &mut [Option<usize>])
 where
     I: IntoIterator<Item = &'a dyn GroupClassifier>,
