@@ -9,6 +9,13 @@
 //! Packets: 4096 per group from `rulegen::packets` (hits, near misses and
 //! misses), cycled through, so a lookup touches its own random path of the
 //! structure.
+//!
+//! `many`: the classifier side of the engine's first packet through 10
+//! layers × 10 groups × 5,000 ACL rules (`rulegen::acl(5000, 1..=100)`, as
+//! in the engine bench): per packet, every group of every layer is
+//! classified, one `best_match` per group (`per_group`) or one
+//! `best_match_many` per layer (`lockstep`); time per packet (all 100
+//! groups). The 100 groups' total memory is printed first.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -16,7 +23,9 @@ use std::time::Instant;
 use strata_engine::classifier::lpm::V4Index;
 use strata_engine::classifier::plan::{Strategy, build_with};
 use strata_engine::classifier::tree::TreeConfig;
-use strata_engine::classifier::{GroupClassifier, MatchType, RuleMatch, build, linear};
+use strata_engine::classifier::{
+    GroupClassifier, MatchType, RuleMatch, best_match_many, build, linear,
+};
 use strata_engine::condition::{Field, FieldValues};
 use strata_engine::rulegen;
 
@@ -112,6 +121,75 @@ fn lpm(cr: &mut Criterion) {
     g.finish();
 }
 
+fn many(cr: &mut Criterion) {
+    const LAYERS: usize = 10;
+    const GROUPS: usize = 10;
+    let mt = MatchType::Priority;
+    let t0 = Instant::now();
+    let mut probe_rules = Vec::new();
+    let groups: Vec<Box<dyn GroupClassifier>> = (0..LAYERS * GROUPS)
+        .map(|i| {
+            let rules = rulegen::acl(5000, i as u64 + 1);
+            let c = build(&rules, mt);
+            if i == 0 {
+                probe_rules = rules;
+            }
+            c
+        })
+        .collect();
+    let built = t0.elapsed();
+    let mem: usize = groups.iter().map(|g| g.memory_bytes()).sum();
+    let pk = rulegen::packets(&probe_rules, PACKETS, 3);
+    // Same answers both ways (and a hit count for the record).
+    let mut out = [None; GROUPS];
+    let mut hits = 0usize;
+    for p in &pk {
+        for layer in groups.chunks(GROUPS) {
+            best_match_many(layer.iter().map(|g| g.as_ref()), p, &mut out);
+            for (g, o) in layer.iter().zip(&out) {
+                assert_eq!(g.best_match(p), *o);
+                hits += usize::from(o.is_some());
+            }
+        }
+    }
+    println!(
+        "many/10x10x5k: {} groups ({}), built in {:.1} s, {:.1} MiB ({:.0} B/rule), {:.1} group hits per packet",
+        groups.len(),
+        groups[0].kind(),
+        built.as_secs_f64(),
+        mem as f64 / 1048576.0,
+        mem as f64 / (groups.len() * 5000) as f64,
+        hits as f64 / pk.len() as f64,
+    );
+    let mut g = cr.benchmark_group("many");
+    g.sample_size(20);
+    g.bench_function("per_group/10x10x5k", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let p = black_box(cycle(&pk, &mut i));
+            let mut n = 0usize;
+            for grp in &groups {
+                n += grp.best_match(p).map_or(0, |r| r + 1);
+            }
+            n
+        })
+    });
+    g.bench_function("lockstep/10x10x5k", |b| {
+        let mut i = 0;
+        let mut out = [None; GROUPS];
+        b.iter(|| {
+            let p = black_box(cycle(&pk, &mut i));
+            let mut n = 0usize;
+            for layer in groups.chunks(GROUPS) {
+                best_match_many(layer.iter().map(|g| g.as_ref()), p, &mut out);
+                n += out.iter().map(|o| o.map_or(0, |r| r + 1)).sum::<usize>();
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
 fn build_time(cr: &mut Criterion) {
     let mut g = cr.benchmark_group("build");
     g.sample_size(10);
@@ -140,5 +218,5 @@ fn build_time(cr: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, acl, lpm, build_time);
+criterion_group!(benches, acl, lpm, many, build_time);
 criterion_main!(benches);

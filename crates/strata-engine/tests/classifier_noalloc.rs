@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use strata_engine::classifier::plan::{Strategy, build_with};
 use strata_engine::classifier::tree::TreeConfig;
-use strata_engine::classifier::{MatchType, RuleMatch, build};
+use strata_engine::classifier::{MatchType, RuleMatch, best_match_many, build};
 use strata_engine::condition::{Condition, Field, FieldValues, MatchValue};
 use strata_engine::rulegen;
 
@@ -95,5 +95,12 @@ fn best_match_does_not_allocate() {
             assert_eq!(allocs(), before, "{} allocated", c.kind());
             assert!(hits > 0);
         }
+        // Several groups at once (trees walked in lock-step).
+        let mut out = [None; 4];
+        let before = allocs();
+        for p in &packets {
+            best_match_many(classifiers.iter().map(|c| c.as_ref()), p, &mut out);
+        }
+        assert_eq!(allocs(), before, "best_match_many allocated");
     }
 }

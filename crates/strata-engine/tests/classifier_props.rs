@@ -10,7 +10,9 @@ use strata_engine::classifier::plan::{Strategy as Plan, build_with};
 use strata_engine::classifier::scan::ScanClassifier;
 use strata_engine::classifier::tree::{TreeClassifier, TreeConfig};
 use strata_engine::classifier::trie::{NO_RANK, PopTrie};
-use strata_engine::classifier::{GroupClassifier, MatchType, RuleMatch, build, linear};
+use strata_engine::classifier::{
+    GroupClassifier, MatchType, RuleMatch, best_match_many, build, linear,
+};
 use strata_engine::condition::{Condition, Field, FieldValues, MatchValue};
 use strata_engine::rulegen;
 
@@ -229,10 +231,16 @@ fn all_classifiers(rules: &[RuleMatch], mt: MatchType) -> Vec<Box<dyn GroupClass
 
 fn check(rules: &[RuleMatch], mt: MatchType, packets: &[FieldValues]) -> Result<(), TestCaseError> {
     let cls = all_classifiers(rules, mt);
+    let mut many = vec![None; cls.len()];
     for p in packets {
         let want = linear::best_match(rules, mt, p);
         for c in &cls {
             prop_assert_eq!(c.best_match(p), want, "classifier {} on {:?}", c.kind(), p);
+        }
+        // All of them at once, trees in lock-step.
+        best_match_many(cls.iter().map(|c| c.as_ref()), p, &mut many);
+        for (c, got) in cls.iter().zip(&many) {
+            prop_assert_eq!(*got, want, "best_match_many, {} on {:?}", c.kind(), p);
         }
     }
     Ok(())
@@ -349,11 +357,14 @@ fn generated_sets_agree_with_linear() {
             let packets = rulegen::packets(&rules, 400, seed + 1);
             let mt = MatchType::Priority;
             let cls = all_classifiers(&rules, mt);
+            let mut many = vec![None; cls.len()];
             for p in &packets {
                 let want = linear::best_match(&rules, mt, p);
                 for c in &cls {
                     assert_eq!(c.best_match(p), want, "{} n={n} seed={seed}", c.kind());
                 }
+                best_match_many(cls.iter().map(|c| c.as_ref()), p, &mut many);
+                assert!(many.iter().all(|&m| m == want), "many n={n} seed={seed}");
             }
         }
     }

@@ -213,9 +213,9 @@ impl Boxes {
             if let Some(x) = k.kn.get_mut(t) {
                 *x = v as u32;
             }
-            if key.present & (1 << d) != 0 && v >> 32 != base {
-                k.outside |= 1 << d;
-            }
+            // Branch-free: presence and block vary per packet.
+            let out = (key.present >> d) & u32::from(v >> 32 != base);
+            k.outside |= (out & 1) << d;
         }
         k
     }
@@ -337,7 +337,13 @@ impl Boxes {
                 bad |= u32::from(k < w[HEADER + t] as i32)
                     | u32::from(k > w[HEADER + FAST + t] as i32);
             }
-            bad == 0 && (w[3] != 0 || c.flat.matches(w[2] as usize, fv))
+            // One branch, on the rare inexact match (not on whether the
+            // box matched, which is a coin toss).
+            let ok = bad == 0;
+            if ok & (w[3] == 0) {
+                return c.flat.matches(w[2] as usize, fv);
+            }
+            ok
         } else if self.lines == 1 {
             // Branch-free: which entries match differs from packet to
             // packet, so early exits would mostly be mispredicted.
@@ -354,7 +360,11 @@ impl Boxes {
                 bad |= u32::from(v < word128(w, j)) | u32::from(v > word128(w, j + 4));
                 j += 8;
             }
-            bad == 0 && (w[3] != 0 || c.flat.matches(w[2] as usize, fv))
+            let ok = bad == 0;
+            if ok & (w[3] == 0) {
+                return c.flat.matches(w[2] as usize, fv);
+            }
+            ok
         } else {
             let lines = &self.data[i * self.lines..(i + 1) * self.lines];
             let w = |j: usize| lines[j >> 4].0[j & 15];

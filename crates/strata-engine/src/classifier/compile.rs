@@ -43,15 +43,106 @@ const LPM_EXPAND_CAP: usize = 1 << 16;
 
 /// The original rules, flattened (used for inexact entries, residual rules
 /// and packets with out-of-width values).
+///
+/// Values are kept in a compact word stream rather than as `MatchValue`s
+/// (48 bytes each): a tag word (kind, encoding, prefix length), then one
+/// word per 32-bit number (a number below 2^32, or an IPv4 address in IPv6
+/// space) or four (any other). A typical ACL value takes 8–12 bytes, so the
+/// copy costs a fifth of the rules' own size. Decoding rebuilds the very
+/// `MatchValue`, so the reference semantics apply unchanged.
 #[derive(Debug, Clone, Default)]
 pub struct FlatRules {
     priority: Vec<u32>,
     /// `rule_conds[i]..rule_conds[i + 1]` are rule `i`'s conditions.
     rule_conds: Vec<u32>,
     cond_field: Vec<Field>,
-    /// `cond_vals[c]..cond_vals[c + 1]` are condition `c`'s values.
+    /// `cond_vals[c]..cond_vals[c + 1]` are condition `c`'s words.
     cond_vals: Vec<u32>,
-    values: Vec<MatchValue>,
+    words: Vec<u32>,
+}
+
+/// Value kinds and number encodings of a tag word.
+const V_EXACT: u32 = 0;
+const V_RANGE: u32 = 1;
+const V_PREFIX: u32 = 2;
+/// Numbers below 2^32: one word.
+const N_SMALL: u32 = 0;
+/// IPv4 addresses in IPv6 space (`::ffff:a.b.c.d`): one word.
+const N_V4: u32 = 1;
+/// Anything else: four words, low first.
+const N_FULL: u32 = 2;
+const V4_MAPPED: u128 = 0xffff << 32;
+
+/// The encoding covering every number of a value.
+fn encoding(xs: &[u128]) -> u32 {
+    if xs.iter().all(|&x| x >> 32 == 0) {
+        N_SMALL
+    } else if xs.iter().all(|&x| x >> 32 == 0xffff) {
+        N_V4
+    } else {
+        N_FULL
+    }
+}
+
+fn encode(m: &MatchValue, out: &mut Vec<u32>) {
+    let (kind, len, nums): (u32, u8, [u128; 2]) = match *m {
+        MatchValue::Exact(x) => (V_EXACT, 0, [x, x]),
+        MatchValue::Range { lo, hi } => (V_RANGE, 0, [lo, hi]),
+        MatchValue::Prefix { value, len } => (V_PREFIX, len, [value, value]),
+    };
+    let n = if kind == V_RANGE { 2 } else { 1 };
+    let enc = encoding(&nums[..n]);
+    out.push(kind | (enc << 2) | (u32::from(len) << 8));
+    for &x in &nums[..n] {
+        if enc == N_FULL {
+            out.extend((0..4).map(|q| (x >> (32 * q)) as u32));
+        } else {
+            out.push(x as u32);
+        }
+    }
+}
+
+/// Decode the value starting at `w[0]`; returns it and its word count.
+#[inline]
+fn decode(w: &[u32]) -> (MatchValue, usize) {
+    let tag = w[0];
+    let (kind, enc, len) = (tag & 3, (tag >> 2) & 3, (tag >> 8) as u8);
+    let size = if enc == N_FULL { 4 } else { 1 };
+    let num = |i: usize| -> u128 {
+        let at = 1 + i * size;
+        match enc {
+            N_SMALL => u128::from(w[at]),
+            N_V4 => V4_MAPPED | u128::from(w[at]),
+            _ => (0..4).fold(0u128, |a, q| a | (u128::from(w[at + q]) << (32 * q))),
+        }
+    };
+    match kind {
+        V_EXACT => (MatchValue::Exact(num(0)), 1 + size),
+        V_RANGE => (
+            MatchValue::Range {
+                lo: num(0),
+                hi: num(1),
+            },
+            1 + 2 * size,
+        ),
+        _ => (MatchValue::Prefix { value: num(0), len }, 1 + size),
+    }
+}
+
+/// The values of one condition, decoded.
+struct Values<'a>(&'a [u32]);
+
+impl Iterator for Values<'_> {
+    type Item = MatchValue;
+    #[inline]
+    fn next(&mut self) -> Option<MatchValue> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let (m, n) = decode(self.0);
+        self.0 = &self.0[n..];
+        Some(m)
+    }
 }
 
 impl FlatRules {
@@ -61,7 +152,7 @@ impl FlatRules {
             rule_conds: Vec::with_capacity(rules + 1),
             cond_field: Vec::with_capacity(rules * 4),
             cond_vals: Vec::with_capacity(rules * 4 + 1),
-            values: Vec::with_capacity(rules * 4),
+            words: Vec::with_capacity(rules * 8),
         };
         f.rule_conds.push(0);
         f.cond_vals.push(0);
@@ -72,8 +163,10 @@ impl FlatRules {
         self.priority.push(r.priority);
         for c in &r.conditions {
             self.cond_field.push(c.field);
-            self.values.extend_from_slice(&c.values);
-            self.cond_vals.push(self.values.len() as u32);
+            for m in &c.values {
+                encode(m, &mut self.words);
+            }
+            self.cond_vals.push(self.words.len() as u32);
         }
         self.rule_conds.push(self.cond_field.len() as u32);
     }
@@ -83,7 +176,7 @@ impl FlatRules {
         self.rule_conds.shrink_to_fit();
         self.cond_field.shrink_to_fit();
         self.cond_vals.shrink_to_fit();
-        self.values.shrink_to_fit();
+        self.words.shrink_to_fit();
     }
 
     pub fn len(&self) -> usize {
@@ -105,8 +198,8 @@ impl FlatRules {
     }
 
     #[inline]
-    fn vals(&self, cond: usize) -> &[MatchValue] {
-        &self.values[self.cond_vals[cond] as usize..self.cond_vals[cond + 1] as usize]
+    fn vals(&self, cond: usize) -> Values<'_> {
+        Values(&self.words[self.cond_vals[cond] as usize..self.cond_vals[cond + 1] as usize])
     }
 
     /// Do all of the rule's conditions hold (reference semantics)?
@@ -117,7 +210,7 @@ impl FlatRules {
             match fv.get(field) {
                 Some(v) => {
                     let w = field.width();
-                    self.vals(c).iter().any(|m| m.matches(v, w))
+                    self.vals(c).any(|m| m.matches(v, w))
                 }
                 None => false,
             }
@@ -178,7 +271,7 @@ impl FlatRules {
             + self.rule_conds.capacity() * 4
             + self.cond_field.capacity()
             + self.cond_vals.capacity() * 4
-            + self.values.capacity() * std::mem::size_of::<MatchValue>()
+            + self.words.capacity() * 4
     }
 }
 
@@ -731,5 +824,58 @@ impl Compiled {
             + self.residual.capacity() * 4
             + self.maxes.capacity() * 16
             + self.dims.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value decodes to itself, whatever encoding its numbers take.
+    #[test]
+    fn value_stream_round_trips() {
+        let v4 = |a: u32| V4_MAPPED | u128::from(a);
+        let values = [
+            MatchValue::Exact(0),
+            MatchValue::Exact(443),
+            MatchValue::Exact(u128::from(u32::MAX)),
+            MatchValue::Exact(1 << 32),
+            MatchValue::Exact(v4(0x0a00_0001)),
+            MatchValue::Exact(u128::MAX),
+            MatchValue::Range {
+                lo: 1024,
+                hi: 65535,
+            },
+            MatchValue::Range {
+                lo: v4(0),
+                hi: v4(u32::MAX),
+            },
+            // Mixed encodings fall back to full width.
+            MatchValue::Range { lo: 5, hi: v4(7) },
+            MatchValue::Range {
+                lo: 0,
+                hi: u128::MAX,
+            },
+            MatchValue::Prefix {
+                value: v4(0x0a01_0000),
+                len: 112,
+            },
+            MatchValue::Prefix {
+                value: 0x2001_0db8 << 96,
+                len: 32,
+            },
+            MatchValue::Prefix { value: 7, len: 0 },
+        ];
+        let mut words = Vec::new();
+        for m in &values {
+            encode(m, &mut words);
+        }
+        let decoded: Vec<MatchValue> = Values(&words).collect();
+        assert_eq!(decoded, values);
+        // Small numbers and IPv4 addresses take one word each.
+        let mut w = Vec::new();
+        encode(&values[4], &mut w);
+        encode(&values[6], &mut w);
+        assert_eq!(w.len(), 2 + 3);
     }
 }

@@ -66,6 +66,41 @@ pub trait GroupClassifier: Send + Sync + Debug {
     fn kind(&self) -> &'static str;
     /// Approximate heap bytes used.
     fn memory_bytes(&self) -> usize;
+    /// The cut tree, when this is one (for [`best_match_many`]).
+    fn as_tree(&self) -> Option<&tree::TreeClassifier> {
+        None
+    }
+}
+
+/// Classify one packet against several groups (say, the groups of a layer):
+/// `out[i]` becomes what `groups[i].best_match(fv)` returns. At most
+/// `out.len()` groups are classified. Allocates nothing.
+///
+/// Cut trees are walked in lock-step, [`tree::LOCKSTEP`] at a time: each
+/// lookup in turn takes one step and starts loading its next node, so the
+/// cache misses of different groups can overlap rather than queue (the
+/// first packet of a flow through many layers of large groups); other
+/// classifiers are called one by one.
+///
+/// Measured on the 10 × 10 × 5,000-rule bench (`benches/classifier.rs`,
+/// `many`), this is not yet faster than one `best_match` per group (5–45%
+/// slower on the 2-core VM used): with 100 groups the walks are bound by
+/// TLB misses (≈2,600 distinct pages per packet) more than by cache-line
+/// latency, and the cursors' bookkeeping costs more than the overlap wins.
+/// It is kept as the batched entry point: a layout touching fewer pages
+/// per lookup is what should make it pay (see BENCHMARKS.md).
+pub fn best_match_many<'a, I>(groups: I, fv: &FieldValues, out: &mut [Option<usize>])
+where
+    I: IntoIterator<Item = &'a dyn GroupClassifier>,
+{
+    let mut batch = tree::Batch::new();
+    for (i, g) in groups.into_iter().take(out.len()).enumerate() {
+        match g.as_tree() {
+            Some(t) => batch.push(t, fv, i, out),
+            None => out[i] = g.best_match(fv),
+        }
+    }
+    batch.run(fv, out);
 }
 
 /// Build the classifier for a group (the planner's entry point, see

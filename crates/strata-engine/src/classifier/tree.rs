@@ -50,15 +50,16 @@ use foldhash::fast::RandomState;
 use hashbrown::HashMap;
 
 /// Subtree kinds (low byte of [`Ref::meta`]).
+/// Leaf kinds first, so that "is an internal node" is one comparison.
 const K_NIL: u32 = 0;
 const K_ONE: u32 = 1;
 const K_LEAF: u32 = 2;
-const K_BIT: u32 = 3;
-const K_HASH: u32 = 4;
-const K_RANGE: u32 = 5;
-const K_RANGE64: u32 = 6;
-const K_RANGE32: u32 = 7;
-const K_BLOCK: u32 = 8;
+const K_BLOCK: u32 = 3;
+const K_BIT: u32 = 4;
+const K_HASH: u32 = 5;
+const K_RANGE: u32 = 6;
+const K_RANGE64: u32 = 7;
+const K_RANGE32: u32 = 8;
 
 const NIL: u32 = u32::MAX;
 /// Largest number of entries a tree can index.
@@ -68,11 +69,9 @@ pub const MAX_ENTRIES: usize = (u32::MAX - 1) as usize;
 /// dimensions).
 const FAMILIES: usize = 4;
 /// Pending subtrees of a walk (one per level at most).
-const STACK: usize = 64;
+const STACK: usize = 34;
 /// Range cuts over 128-bit boundaries: at most this many children.
 const RANGE_MAX_CHILDREN: usize = 64;
-/// Boundaries per block of a 128-bit range cut's two-level search.
-const BLOCK: usize = 8;
 /// Range cuts over 64-bit (32-bit) boundaries, all sharing their high 64
 /// (96) bits: IPv6 within a /64, IPv4 in IPv6 space, ports, MACs, …
 const RANGE64_MAX_CHILDREN: usize = 256;
@@ -141,7 +140,7 @@ struct Query<'a> {
     key: &'a Key,
     fv: &'a FieldValues,
     boxes: &'a Boxes,
-    bk: BoxKey,
+    bk: &'a BoxKey,
 }
 
 /// A subtree: its kind and, for internal nodes, the node itself (so a level
@@ -392,6 +391,22 @@ fn search<T: Copy + PartialOrd, const B: usize>(b: &[T], m: usize, v: T) -> usiz
     pos.min(m)
 }
 
+/// Number of the sorted 128-bit keys `<= v`, among [`RANGE_MAX_CHILDREN`]
+/// laid out padded with `u128::MAX` (which no valid value reaches beyond
+/// the real keys: the count is capped by the caller): a binary search of
+/// fixed length whose steps select rather than branch (the comparisons go
+/// either way).
+#[inline]
+fn rank128(keys: &[u128; RANGE_MAX_CHILDREN], v: u128) -> usize {
+    let mut base = 0usize;
+    let mut half = RANGE_MAX_CHILDREN / 2;
+    while half > 0 {
+        base = std::hint::select_unpredictable(keys[base + half - 1] <= v, base + half, base);
+        half /= 2;
+    }
+    base
+}
+
 /// [`search`] for 32-bit keys: counts whole blocks (vectorizes well).
 #[inline]
 fn search32(b: &[u32], m: usize, v: u32) -> usize {
@@ -605,12 +620,15 @@ impl TreeIndex {
         p: &mut P,
     ) {
         let f = self.family(key);
+        let bk = self.boxes[f].key(key);
         let q = Query {
             key,
             fv,
             boxes: &self.boxes[f],
-            bk: self.boxes[f].key(key),
+            bk: &bk,
         };
+        // One stack for every chunk's walk (initialising it is not free).
+        let mut stack = [NIL_REF; STACK];
         for roots in &self.roots {
             // Chunks are in rank order: once one has matched, or cannot
             // beat the best, neither can the rest.
@@ -618,7 +636,7 @@ impl TreeIndex {
             if r.min >= *best && r.kind() != K_NIL {
                 break;
             }
-            self.walk(c, *r, &q, best, p);
+            self.walk(c, *r, &q, best, p, &mut stack);
         }
     }
 
@@ -644,59 +662,23 @@ impl TreeIndex {
     /// Depth-first search of one tree, iterative: the subtree not taken
     /// first waits on a fixed stack (one per level: depth is bounded).
     #[inline]
-    fn walk<P: Probe>(&self, c: &Compiled, root: Ref, q: &Query, best: &mut u32, p: &mut P) {
-        let mut stack = [NIL_REF; STACK];
+    fn walk<P: Probe>(
+        &self,
+        c: &Compiled,
+        root: Ref,
+        q: &Query,
+        best: &mut u32,
+        p: &mut P,
+        stack: &mut [Ref],
+    ) {
         let mut sp = 0;
         let mut r = root;
         loop {
-            if r.min < *best {
-                match r.kind() {
-                    K_ONE => {
-                        p.check();
-                        if q.boxes.matches(c, r.x as usize, &q.bk, q.key, q.fv) {
-                            *best = r.min;
-                        }
-                    }
-                    K_BLOCK => {
-                        p.check();
-                        let a = r.a as usize;
-                        let blocks = &self.blocks[a..a + r.x as usize];
-                        if let Some(rk) = q.boxes.match_blocks(c, blocks, &q.bk, q.key, q.fv, *best)
-                        {
-                            *best = rk;
-                        }
-                    }
-                    K_LEAF => {
-                        let a = r.a as usize;
-                        for &(rk, bx) in &self.items[a..a + r.x as usize] {
-                            if rk >= *best {
-                                break;
-                            }
-                            p.check();
-                            if q.boxes.matches(c, bx as usize, &q.bk, q.key, q.fv) {
-                                *best = rk;
-                                break;
-                            }
-                        }
-                    }
-                    K_NIL => {}
-                    _ => {
-                        p.node();
-                        let (first, second) = self.step(&r, q.key);
-                        if second.min < *best {
-                            self.touch(q, &second);
-                            if sp < STACK {
-                                stack[sp] = second;
-                                sp += 1;
-                            } else {
-                                // Unreachable with the depth bound; stay exact.
-                                self.walk(c, second, q, best, p);
-                            }
-                        }
-                        r = first;
-                        continue;
-                    }
-                }
+            if r.min < *best
+                && let Some(next) = self.visit(c, r, q, best, p, stack, &mut sp)
+            {
+                r = next;
+                continue;
             }
             if sp == 0 {
                 return;
@@ -704,6 +686,72 @@ impl TreeIndex {
             sp -= 1;
             r = stack[sp];
         }
+    }
+
+    /// One step of a walk at `r` (which can beat `best`): an internal node
+    /// pushes its second subtree (when it can still win) and returns the
+    /// first; a leaf lowers `best` to its best match and returns `None`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn visit<P: Probe>(
+        &self,
+        c: &Compiled,
+        r: Ref,
+        q: &Query,
+        best: &mut u32,
+        p: &mut P,
+        stack: &mut [Ref],
+        sp: &mut usize,
+    ) -> Option<Ref> {
+        // Plain comparisons rather than a jump table: internal nodes are the
+        // common case, and a two-way branch predicts better than an
+        // indirect jump.
+        let kind = r.kind();
+        if kind >= K_BIT {
+            p.node();
+            let (first, second) = self.step(&r, q.key);
+            if second.min < *best {
+                self.prime(&second, q.key, q.boxes);
+                if *sp < stack.len() {
+                    stack[*sp] = second;
+                    *sp += 1;
+                } else {
+                    // A cursor's short stack is full (a walk's never is:
+                    // depth is bounded); stay exact.
+                    let mut more = [NIL_REF; STACK];
+                    self.walk(c, second, q, best, p, &mut more);
+                }
+            }
+            return Some(first);
+        } else if kind == K_LEAF {
+            let a = r.a as usize;
+            // Ranks ascend: stop at the first match or at a rank that
+            // cannot win. (Checking every entry branch-free was tried: more
+            // work and no fewer mispredictions with leaves this small.)
+            for &(rk, bx) in &self.items[a..a + r.x as usize] {
+                if rk >= *best {
+                    break;
+                }
+                p.check();
+                if q.boxes.matches(c, bx as usize, q.bk, q.key, q.fv) {
+                    *best = rk;
+                    break;
+                }
+            }
+        } else if kind == K_ONE {
+            p.check();
+            if q.boxes.matches(c, r.x as usize, q.bk, q.key, q.fv) {
+                *best = r.min;
+            }
+        } else if kind == K_BLOCK {
+            p.check();
+            let a = r.a as usize;
+            let blocks = &self.blocks[a..a + r.x as usize];
+            if let Some(rk) = q.boxes.match_blocks(c, blocks, q.bk, q.key, q.fv, *best) {
+                *best = rk;
+            }
+        }
+        None
     }
 
     /// The child a packet goes to and the wide subtree, better rank first.
@@ -751,8 +799,14 @@ impl TreeIndex {
                     &self.children[a + 1 + i]
                 }
                 K_RANGE => {
-                    let i =
-                        search::<u128, BLOCK>(&self.bounds[r.x as usize..], r.bits() as usize, v);
+                    // At most 63 sorted boundaries (padded to 64): a
+                    // branch-free binary search, 6 steps, beats counting
+                    // 128-bit keys.
+                    let x = r.x as usize;
+                    let keys = self.bounds[x..]
+                        .first_chunk()
+                        .unwrap_or(&[0; RANGE_MAX_CHILDREN]);
+                    let i = rank128(keys, v).min(r.bits() as usize);
                     &self.children[a + 1 + i]
                 }
                 _ => self.tables[r.x as usize].get(&v).unwrap_or(&NIL_REF),
@@ -766,22 +820,40 @@ impl TreeIndex {
         }
     }
 
-    /// Start loading the first line a visit of `r` will need, so that it
-    /// arrives while the other subtree is searched (a plain load whose value
-    /// nothing waits for acts as a prefetch).
+    /// Start loading the lines a visit of `r` will need first, so that
+    /// they arrive while other work is done (a plain load whose value
+    /// nothing waits for acts as a prefetch): an internal node's wide
+    /// subtree and, as far as the key tells without reading the node, its
+    /// child or boundaries; a leaf's items; a single entry's box.
     #[inline(always)]
-    fn touch(&self, q: &Query, r: &Ref) {
-        let line = match r.kind() {
-            K_ONE => {
-                q.boxes.touch(r.x as usize);
-                None
-            }
-            K_LEAF => self.items.get(r.a as usize).map(|x| x.1),
-            K_BLOCK => self.blocks.get(r.a as usize).map(|_| 0),
-            K_NIL => None,
-            _ => self.children.get(r.a as usize).map(|x| x.min),
-        };
-        std::hint::black_box(line);
+    fn prime(&self, r: &Ref, key: &Key, boxes: &Boxes) {
+        let a = r.a as usize;
+        let x = r.x as usize;
+        let kind = r.kind();
+        let mut acc = 0u32;
+        if kind >= K_BIT {
+            acc ^= self.children.get(a).map_or(0, |c| c.min);
+            let v = key.v[r.dim()];
+            acc ^= match kind {
+                K_BIT => {
+                    let mask = (1u128 << r.bits()) - 1;
+                    let i = a + 1 + ((v >> r.shift()) & mask) as usize;
+                    self.children.get(i).map_or(0, |c| c.min)
+                }
+                K_RANGE32 => {
+                    self.bounds32.get(x).copied().unwrap_or(0)
+                        ^ self.bounds32.get(x + 18).copied().unwrap_or(0)
+                }
+                K_RANGE64 => self.bounds64.get(x + 1).map_or(0, |&b| b as u32),
+                K_RANGE => self.bounds.get(x).map_or(0, |&b| b as u32),
+                _ => 0,
+            };
+        } else if kind == K_LEAF {
+            acc ^= self.items.get(a).map_or(0, |i| i.0);
+        } else if kind == K_ONE {
+            boxes.touch(x);
+        }
+        std::hint::black_box(acc);
     }
 
     /// A textual outline of the top `levels` levels (debugging aid).
@@ -827,7 +899,7 @@ impl TreeIndex {
                 let _ = writeln!(
                     out,
                     "{pad}{label}: {} dim={} shift={} bits={} kids={}/{} min={}",
-                    ["", "", "", "bit", "hash", "range", "range64", "range32"][k as usize],
+                    ["", "", "", "", "bit", "hash", "range", "range64", "range32"][k as usize],
                     r.dim(),
                     r.shift(),
                     r.bits(),
@@ -1057,7 +1129,9 @@ impl Builder<'_> {
                     )
                 } else {
                     let x = self.t.bounds.len();
-                    layout(&bounds, BLOCK, u128::MAX, &mut self.t.bounds);
+                    self.t.bounds.extend_from_slice(&bounds);
+                    // Padded for `rank128`'s fixed-length search.
+                    self.t.bounds.resize(x + RANGE_MAX_CHILDREN, u128::MAX);
                     Ref::node(
                         K_RANGE,
                         dim,
@@ -1451,6 +1525,35 @@ impl TreeClassifier {
         self.idx.outline(levels)
     }
 
+    /// Heap bytes by part (debugging aid).
+    #[doc(hidden)]
+    pub fn memory_parts(&self) -> Vec<(&'static str, usize)> {
+        let t = &self.idx;
+        vec![
+            ("compiled", self.c.memory_bytes()),
+            (
+                "children",
+                t.children.capacity() * std::mem::size_of::<Ref>(),
+            ),
+            ("items", t.items.capacity() * 8),
+            (
+                "boxes",
+                t.boxes.iter().map(Boxes::memory_bytes).sum::<usize>(),
+            ),
+            (
+                "bounds",
+                t.bounds.capacity() * 16 + t.bounds64.capacity() * 8 + t.bounds32.capacity() * 4,
+            ),
+            (
+                "tables",
+                t.tables
+                    .iter()
+                    .map(|t| t.capacity() * (16 + 16 + 1) + 64)
+                    .sum::<usize>(),
+            ),
+        ]
+    }
+
     /// Classify, counting the work done into `trace`.
     pub fn best_match_traced(&self, fv: &FieldValues, trace: &mut LookupTrace) -> Option<usize> {
         if self.c.lpm_absent(fv) {
@@ -1485,7 +1588,202 @@ impl GroupClassifier for TreeClassifier {
         "cut-tree"
     }
 
+    fn as_tree(&self) -> Option<&TreeClassifier> {
+        Some(self)
+    }
+
     fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.c.memory_bytes() + self.idx.memory_bytes()
+    }
+}
+
+/// Lookups a [`Batch`] walks in lock-step: enough independent loads in
+/// flight to overlap several cache misses, few enough that the cursors'
+/// state stays in L1.
+pub const LOCKSTEP: usize = 8;
+/// Pending subtrees of a cursor (a deeper walk continues on a full stack,
+/// see [`TreeIndex::visit`]).
+const CURSOR_STACK: usize = 16;
+/// Boxes of a leaf a cursor starts loading before checking them (the best
+/// few: a leaf's check usually stops early).
+const LEAF_PRIME: usize = 3;
+
+/// One tree lookup in progress: what [`TreeIndex::search`] keeps on the
+/// call stack, kept here so that several lookups can advance in turn.
+struct Cursor<'a> {
+    t: &'a TreeClassifier,
+    key: Key,
+    bk: BoxKey,
+    fam: usize,
+    best: u32,
+    /// Next rank chunk to start.
+    chunk: usize,
+    r: Ref,
+    sp: usize,
+    stack: [Ref; CURSOR_STACK],
+    /// The current leaf's boxes are on their way.
+    primed: bool,
+    /// Output slot.
+    slot: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// A lookup of `fv` in `t`, or its answer when the tree is not needed.
+    fn start(
+        t: &'a TreeClassifier,
+        fv: &FieldValues,
+        slot: usize,
+    ) -> Result<Cursor<'a>, Option<usize>> {
+        if t.c.lpm_absent(fv) {
+            return Err(None);
+        }
+        let mut key = Key::EMPTY;
+        if !t.c.fill_key(fv, &mut key) {
+            return Err(t.c.fallback(fv));
+        }
+        let fam = t.idx.family(&key);
+        let bk = t.idx.boxes[fam].key(&key);
+        Ok(Cursor {
+            t,
+            key,
+            bk,
+            fam,
+            best: NONE,
+            chunk: 0,
+            r: NIL_REF,
+            sp: 0,
+            stack: [NIL_REF; CURSOR_STACK],
+            primed: false,
+            slot,
+        })
+    }
+
+    /// Do one step (a node or a leaf) and start loading what the next one
+    /// needs; `false` once the lookup is complete.
+    #[inline]
+    fn advance(&mut self, fv: &FieldValues) -> bool {
+        let idx = &self.t.idx;
+        let c = &self.t.c;
+        let boxes = &idx.boxes[self.fam];
+        if self.r.min < self.best {
+            let r = self.r;
+            if r.kind() == K_LEAF && !self.primed {
+                // Its items are here (primed with the leaf): start loading
+                // the first few boxes, check them on the next turn.
+                let a = r.a as usize;
+                let n = (r.x as usize).min(LEAF_PRIME);
+                for &(_, bx) in &idx.items[a..a + n] {
+                    boxes.touch(bx as usize);
+                }
+                self.primed = true;
+                return true;
+            }
+            let q = Query {
+                key: &self.key,
+                fv,
+                boxes,
+                bk: &self.bk,
+            };
+            let sp = self.sp;
+            if let Some(next) = idx.visit(
+                c,
+                r,
+                &q,
+                &mut self.best,
+                &mut (),
+                &mut self.stack,
+                &mut self.sp,
+            ) {
+                if self.sp > sp {
+                    // The subtree it set aside: on its way too.
+                    idx.prime(&self.stack[sp], &self.key, boxes);
+                }
+                idx.prime(&next, &self.key, boxes);
+                self.r = next;
+                self.primed = false;
+                return true;
+            }
+        }
+        self.primed = false;
+        while self.sp > 0 {
+            self.sp -= 1;
+            let r = self.stack[self.sp];
+            if r.min < self.best {
+                self.r = r;
+                return true;
+            }
+        }
+        // The next rank chunk (as in `TreeIndex::search`).
+        while let Some(roots) = idx.roots.get(self.chunk) {
+            self.chunk += 1;
+            let r = roots[self.fam];
+            if r.min < self.best {
+                idx.prime(&r, &self.key, boxes);
+                self.r = r;
+                return true;
+            }
+            if r.kind() != K_NIL {
+                break;
+            }
+        }
+        self.r = NIL_REF;
+        false
+    }
+}
+
+/// Up to [`LOCKSTEP`] tree lookups of one packet, walked in lock-step: each
+/// cursor in turn does one step and issues the load of its next node, so
+/// the cache misses of different groups overlap instead of queueing (a
+/// plain load acts as the prefetch; no `unsafe` intrinsics).
+pub(crate) struct Batch<'a> {
+    cur: [Option<Cursor<'a>>; LOCKSTEP],
+    n: usize,
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn new() -> Batch<'a> {
+        Batch {
+            cur: Default::default(),
+            n: 0,
+        }
+    }
+
+    /// Queue a lookup of `fv` in `t` answering `out[slot]` (answered at
+    /// once when it needs no walk); runs the batch first when it is full.
+    #[inline]
+    pub(crate) fn push(
+        &mut self,
+        t: &'a TreeClassifier,
+        fv: &FieldValues,
+        slot: usize,
+        out: &mut [Option<usize>],
+    ) {
+        if self.n == LOCKSTEP {
+            self.run(fv, out);
+        }
+        match Cursor::start(t, fv, slot) {
+            Ok(cu) => {
+                self.cur[self.n] = Some(cu);
+                self.n += 1;
+            }
+            Err(res) => out[slot] = res,
+        }
+    }
+
+    /// Finish every queued lookup.
+    pub(crate) fn run(&mut self, fv: &FieldValues, out: &mut [Option<usize>]) {
+        let mut live = self.n;
+        while live > 0 {
+            for slot in self.cur[..self.n].iter_mut() {
+                if let Some(cu) = slot
+                    && !cu.advance(fv)
+                {
+                    out[cu.slot] = cu.t.c.resolve(cu.best, fv);
+                    *slot = None;
+                    live -= 1;
+                }
+            }
+        }
+        self.n = 0;
     }
 }
