@@ -1,0 +1,114 @@
+//! Deterministic slow-path profile: runs N full TCP lifecycles (SYN,
+//! SYN-ACK, ACK, FIN, FIN-ACK, ACK) through the four-layer port twice — a
+//! warm-up round, then a measured round after expiring the first — and
+//! prints the wall time per connection. Wall time on a shared VM is noisy;
+//! for instruction counts run it under callgrind and collect only the
+//! measured round:
+//!
+//! ```text
+//! cargo build --release -p strata-engine --example lifecycle
+//! N=20000 valgrind --tool=callgrind --toggle-collect='lifecycle::measured_round' \
+//!     target/release/examples/lifecycle
+//! ```
+//!
+//! `SYN=1` runs only the first packet of each connection (the slow path with
+//! its simulated partner flow).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
+use std::net::Ipv4Addr;
+use strata_engine::scenario::*;
+use strata_engine::{Direction, PortConfig, secs};
+use strata_packet::PacketBuf;
+
+fn main() {
+    let n: u32 = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let mut port = four_layer_port(PortConfig::default(), 0).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    let mut buf = PacketBuf::with_capacity(2048);
+    let lc: Vec<Vec<(Direction, Vec<u8>)>> = (0..n)
+        .map(|i| {
+            let (x, y) = (((i / 250) % 4) as u8, (i % 250) as u8 + 1);
+            let (x, y) = if (x, y) == (0, 4) { (0, 251) } else { (x, y) };
+            let peer = Ipv4Addr::new(10, 1, x, y);
+            let sp = 1024 + (i % 60_000) as u16;
+            let out = |fl, s, a| {
+                (
+                    Direction::Out,
+                    tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, 80, fl, s, a, b""),
+                )
+            };
+            let inb = |fl, s, a| {
+                (
+                    Direction::In,
+                    vxlan(
+                        GW_MAC,
+                        HOST_MAC,
+                        remote_pa(x, y),
+                        HOST_PA,
+                        VNI,
+                        &tcp(remote_mac(x, y), VM_MAC, peer, VM_CA, 80, sp, fl, s, a, b""),
+                    ),
+                )
+            };
+            vec![
+                out(0x02, 100, 0),
+                inb(0x12, 500, 101),
+                out(0x10, 101, 501),
+                out(0x11, 101, 501),
+                inb(0x11, 501, 102),
+                out(0x10, 102, 502),
+            ]
+        })
+        .collect();
+    let only_syn = std::env::var("SYN").is_ok();
+    warm_round(&mut port, &mut buf, &lc, only_syn, secs(1));
+    port.expire(secs(100));
+    let t = std::time::Instant::now();
+    measured_round(&mut port, &mut buf, &lc, only_syn, secs(101));
+    println!("{n} connections: {:?} per connection", t.elapsed() / n);
+}
+
+#[inline(never)]
+fn warm_round(
+    port: &mut strata_engine::Port,
+    buf: &mut PacketBuf,
+    lc: &[Vec<(Direction, Vec<u8>)>],
+    only_syn: bool,
+    now: u64,
+) {
+    round(port, buf, lc, only_syn, now)
+}
+#[inline(never)]
+fn measured_round(
+    port: &mut strata_engine::Port,
+    buf: &mut PacketBuf,
+    lc: &[Vec<(Direction, Vec<u8>)>],
+    only_syn: bool,
+    now: u64,
+) {
+    round(port, buf, lc, only_syn, now)
+}
+#[inline(always)]
+fn round(
+    port: &mut strata_engine::Port,
+    buf: &mut PacketBuf,
+    lc: &[Vec<(Direction, Vec<u8>)>],
+    only_syn: bool,
+    now: u64,
+) {
+    for l in lc {
+        for (k, (d, f)) in l.iter().enumerate() {
+            if only_syn && k > 0 {
+                break;
+            }
+            buf.reset(f);
+            let v = port.process(*d, buf, now);
+            assert!(v.is_forward(), "{v:?}");
+        }
+    }
+}
