@@ -50,7 +50,7 @@ const PAYLOAD: [u8; 64] = [0x5a; 64];
 /// Frame builders shared with the integration tests (etherparse-based).
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::tcp;
+use common::{peer_of, tcp};
 
 fn vxlan(src_pa: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
     common::vxlan(GW_MAC, HOST_MAC, src_pa, HOST_PA, VNI, inner)
@@ -62,12 +62,6 @@ fn run(p: &mut Port, buf: &mut PacketBuf, d: Direction, f: &[u8], now: u64) -> V
 }
 
 /// Establish a VNET connection `i` (VM → 10.1.x.y, encap) with a handshake.
-/// Remote CA (x, y) for connection `i`, never the VM's own 10.1.0.4.
-fn peer_of(i: u32) -> (u8, u8) {
-    let (x, y) = (((i / 250) % 4) as u8, (i % 250) as u8 + 1);
-    if (x, y) == (0, 4) { (0, 251) } else { (x, y) }
-}
-
 fn vnet_conn(p: &mut Port, buf: &mut PacketBuf, i: u32, now: u64) {
     let (x, y) = peer_of(i);
     let sp = 1024 + ((i / 1000) % 60000) as u16;
@@ -280,36 +274,8 @@ fn connection_rate(c: &mut Criterion) {
     install_mappings(&mut port, 4).expect("mappings");
     let mut buf = PacketBuf::with_capacity(2048);
     // Pre-built lifecycles (6 packets each) for 60,000 distinct connections.
-    let lifecycles: Vec<[(Direction, Vec<u8>); 6]> = (0..60_000u32)
-        .map(|i| {
-            let (x, y) = peer_of(i);
-            let peer = Ipv4Addr::new(10, 1, x, y);
-            let sp = 1024 + (i % 60_000) as u16;
-            let out = |fl, s, a| {
-                (
-                    Direction::Out,
-                    tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, 80, fl, s, a, b""),
-                )
-            };
-            let inb = |fl, s, a| {
-                (
-                    Direction::In,
-                    vxlan(
-                        remote_pa(x, y),
-                        &tcp(remote_mac(x, y), VM_MAC, peer, VM_CA, 80, sp, fl, s, a, b""),
-                    ),
-                )
-            };
-            [
-                out(0x02, 100, 0),
-                inb(0x12, 500, 101),
-                out(0x10, 101, 501),
-                out(0x11, 101, 501),
-                inb(0x11, 501, 102),
-                out(0x10, 102, 502),
-            ]
-        })
-        .collect();
+    let lifecycles: Vec<[(Direction, Vec<u8>); 6]> =
+        (0..60_000u32).map(common::lifecycle).collect();
     let mut now = secs(1);
     let mut k = 0usize;
     let mut g = c.benchmark_group("connection_rate");

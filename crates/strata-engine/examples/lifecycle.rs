@@ -17,7 +17,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 use common::*;
-use std::net::Ipv4Addr;
 use strata_engine::scenario::*;
 use strata_engine::{Direction, PortConfig, secs};
 use strata_packet::PacketBuf;
@@ -30,64 +29,21 @@ fn main() {
     let mut port = four_layer_port(PortConfig::default(), 0).expect("port");
     install_mappings(&mut port, 4).expect("mappings");
     let mut buf = PacketBuf::with_capacity(2048);
-    let lc: Vec<Vec<(Direction, Vec<u8>)>> = (0..n)
-        .map(|i| {
-            let (x, y) = (((i / 250) % 4) as u8, (i % 250) as u8 + 1);
-            let (x, y) = if (x, y) == (0, 4) { (0, 251) } else { (x, y) };
-            let peer = Ipv4Addr::new(10, 1, x, y);
-            let sp = 1024 + (i % 60_000) as u16;
-            let out = |fl, s, a| {
-                (
-                    Direction::Out,
-                    tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, 80, fl, s, a, b""),
-                )
-            };
-            let inb = |fl, s, a| {
-                (
-                    Direction::In,
-                    vxlan(
-                        GW_MAC,
-                        HOST_MAC,
-                        remote_pa(x, y),
-                        HOST_PA,
-                        VNI,
-                        &tcp(remote_mac(x, y), VM_MAC, peer, VM_CA, 80, sp, fl, s, a, b""),
-                    ),
-                )
-            };
-            vec![
-                out(0x02, 100, 0),
-                inb(0x12, 500, 101),
-                out(0x10, 101, 501),
-                out(0x11, 101, 501),
-                inb(0x11, 501, 102),
-                out(0x10, 102, 502),
-            ]
-        })
-        .collect();
+    let lc: Vec<[(Direction, Vec<u8>); 6]> = (0..n).map(lifecycle).collect();
     let only_syn = std::env::var("SYN").is_ok();
-    warm_round(&mut port, &mut buf, &lc, only_syn, secs(1));
+    round(&mut port, &mut buf, &lc, only_syn, secs(1));
     port.expire(secs(100));
     let t = std::time::Instant::now();
     measured_round(&mut port, &mut buf, &lc, only_syn, secs(101));
     println!("{n} connections: {:?} per connection", t.elapsed() / n);
 }
 
-#[inline(never)]
-fn warm_round(
-    port: &mut strata_engine::Port,
-    buf: &mut PacketBuf,
-    lc: &[Vec<(Direction, Vec<u8>)>],
-    only_syn: bool,
-    now: u64,
-) {
-    round(port, buf, lc, only_syn, now)
-}
+/// A separate symbol, so callgrind can collect this round only.
 #[inline(never)]
 fn measured_round(
     port: &mut strata_engine::Port,
     buf: &mut PacketBuf,
-    lc: &[Vec<(Direction, Vec<u8>)>],
+    lc: &[[(Direction, Vec<u8>); 6]],
     only_syn: bool,
     now: u64,
 ) {
@@ -97,7 +53,7 @@ fn measured_round(
 fn round(
     port: &mut strata_engine::Port,
     buf: &mut PacketBuf,
-    lc: &[Vec<(Direction, Vec<u8>)>],
+    lc: &[[(Direction, Vec<u8>); 6]],
     only_syn: bool,
     now: u64,
 ) {

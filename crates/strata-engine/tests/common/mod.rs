@@ -304,3 +304,40 @@ pub fn run(p: &mut Port, d: Direction, frame: &[u8], now: u64) -> (Verdict, Vec<
 pub fn forwards(p: &mut Port, d: Direction, frame: &[u8], now: u64) -> bool {
     run(p, d, frame, now).0.is_forward()
 }
+
+/// Remote CA `(x, y)` (10.1.x.y) for generated connection `i`, never the
+/// VM's own 10.1.0.4.
+pub fn peer_of(i: u32) -> (u8, u8) {
+    let (x, y) = (((i / 250) % 4) as u8, (i % 250) as u8 + 1);
+    if (x, y) == (0, 4) { (0, 251) } else { (x, y) }
+}
+
+/// The six packets of a full TCP lifecycle (SYN, SYN-ACK, ACK, FIN,
+/// FIN-ACK, ACK) of generated VNET connection `i`: the VM to 10.1.x.y, the
+/// replies VXLAN-encapsulated from the remote host.
+pub fn lifecycle(i: u32) -> [(Direction, Vec<u8>); 6] {
+    let (x, y) = peer_of(i);
+    let peer = Ipv4Addr::new(10, 1, x, y);
+    let sp = 1024 + (i % 60_000) as u16;
+    let out = |fl, s, a| {
+        (
+            Direction::Out,
+            tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, 80, fl, s, a, b""),
+        )
+    };
+    let inb = |fl, s, a| {
+        let inner = tcp(remote_mac(x, y), VM_MAC, peer, VM_CA, 80, sp, fl, s, a, b"");
+        (
+            Direction::In,
+            vxlan(GW_MAC, HOST_MAC, remote_pa(x, y), HOST_PA, VNI, &inner),
+        )
+    };
+    [
+        out(SYN, 100, 0),
+        inb(SYN | ACK, 500, 101),
+        out(ACK, 101, 501),
+        out(FIN | ACK, 101, 501),
+        inb(FIN | ACK, 501, 102),
+        out(ACK, 102, 502),
+    ]
+}
