@@ -554,6 +554,7 @@ impl UnifiedFlowTable {
     /// connection `c`, replacing (and unindexing) any previous flow of that
     /// side.
     pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow, hash: u64) {
+        debug_assert_eq!(hash, uft_hash(d, &uf.key.unpack()), "caller's hash");
         self.clear_side(c, d);
         let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key.unpack())));
         let Some(conn) = self.get_mut(c) else { return };
