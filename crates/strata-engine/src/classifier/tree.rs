@@ -970,19 +970,10 @@ impl Builder<'_> {
                 let nch = 1usize << bits;
                 let (sh, bt) = (u32::from(*shift), u32::from(*bits));
                 let mut spans: Vec<(u32, u32)> = Vec::with_capacity(n);
-                let mut counts = vec![0usize; nch + 1];
                 for &e in ids {
                     let (lo, hi) = (c.lo(e as usize, dim), c.hi(e as usize, dim));
                     match bit_span(lo, hi, sh, bt) {
                         Some((clo, chi, span)) if self.narrow(span as usize, nch) => {
-                            let mut x = clo as usize;
-                            loop {
-                                counts[x] += 1;
-                                if x == chi as usize {
-                                    break;
-                                }
-                                x = (x + 1) & (nch - 1);
-                            }
                             spans.push((clo, chi));
                         }
                         _ => {
@@ -991,57 +982,24 @@ impl Builder<'_> {
                         }
                     }
                 }
-                offs = prefix_offsets(&counts[..nch]);
-                let mut pos = offs.clone();
-                flat.resize(offs[nch], 0);
-                for (k, &e) in ids.iter().enumerate() {
-                    let (clo, chi) = spans[k];
-                    if clo == NIL {
-                        continue;
-                    }
-                    let mut x = clo as usize;
-                    loop {
-                        flat[pos[x]] = e;
-                        pos[x] += 1;
-                        if x == chi as usize {
-                            break;
-                        }
-                        x = (x + 1) & (nch - 1);
-                    }
-                }
+                (flat, offs) = scatter(ids, &spans, nch);
             }
             CutKind::Range(bounds) => {
                 let nch = bounds.len() + 1;
                 let mut spans: Vec<(u32, u32)> = Vec::with_capacity(n);
-                let mut counts = vec![0usize; nch + 1];
                 let spanner = Spanner::new(bounds);
                 for &e in ids {
                     let (lo, hi) = (c.lo(e as usize, dim), c.hi(e as usize, dim));
                     let (clo, chi) = spanner.span(lo, hi);
                     let span = (chi - clo + 1) as usize;
                     if span < nch && self.narrow(span, nch) {
-                        for x in clo..=chi {
-                            counts[x as usize] += 1;
-                        }
                         spans.push((clo, chi));
                     } else {
                         wide.push(e);
                         spans.push((NIL, NIL));
                     }
                 }
-                offs = prefix_offsets(&counts[..nch]);
-                let mut pos = offs.clone();
-                flat.resize(offs[nch], 0);
-                for (k, &e) in ids.iter().enumerate() {
-                    let (clo, chi) = spans[k];
-                    if clo == NIL {
-                        continue;
-                    }
-                    for x in clo..=chi {
-                        flat[pos[x as usize]] = e;
-                        pos[x as usize] += 1;
-                    }
-                }
+                (flat, offs) = scatter(ids, &spans, nch);
             }
             CutKind::Hash => {
                 let mut exact: Vec<(u128, u32)> = Vec::new();
@@ -1449,6 +1407,41 @@ impl Builder<'_> {
 }
 
 /// Start offsets of consecutive groups of the given sizes (plus the end).
+/// Calls `f` on each child `lo..=hi` covers, wrapping past the last of
+/// `nch` children (a bit cut's span of a prefix may wrap; a range cut's
+/// never does).
+#[inline]
+fn for_span((lo, hi): (u32, u32), nch: usize, mut f: impl FnMut(usize)) {
+    let mut x = lo as usize;
+    loop {
+        f(x);
+        if x == hi as usize {
+            break;
+        }
+        x = if x + 1 == nch { 0 } else { x + 1 };
+    }
+}
+
+/// Counting sort of entries into the children their spans cover (`(NIL,
+/// NIL)`: not placed): child `x` holds `flat[offs[x]..offs[x + 1]]`, in
+/// input (rank) order.
+fn scatter(ids: &[u32], spans: &[(u32, u32)], nch: usize) -> (Vec<u32>, Vec<usize>) {
+    let mut counts = vec![0usize; nch];
+    for &s in spans.iter().filter(|s| s.0 != NIL) {
+        for_span(s, nch, |x| counts[x] += 1);
+    }
+    let offs = prefix_offsets(&counts);
+    let mut pos = offs.clone();
+    let mut flat = vec![0u32; offs[nch]];
+    for (&e, &s) in ids.iter().zip(spans).filter(|(_, s)| s.0 != NIL) {
+        for_span(s, nch, |x| {
+            flat[pos[x]] = e;
+            pos[x] += 1;
+        });
+    }
+    (flat, offs)
+}
+
 fn prefix_offsets(counts: &[usize]) -> Vec<usize> {
     let mut offs = Vec::with_capacity(counts.len() + 1);
     let mut acc = 0;
