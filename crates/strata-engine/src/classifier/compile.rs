@@ -71,7 +71,7 @@ const N_SMALL: u32 = 0;
 const N_V4: u32 = 1;
 /// Anything else: four words, low first.
 const N_FULL: u32 = 2;
-const V4_MAPPED: u128 = 0xffff << 32;
+pub(super) const V4_MAPPED: u128 = 0xffff << 32;
 
 /// The encoding covering every number of a value.
 fn encoding(xs: &[u128]) -> u32 {

@@ -78,7 +78,7 @@ const RANGE64_MAX_CHILDREN: usize = 256;
 const BLOCK64: usize = 16;
 const BLOCK32: usize = 16;
 /// IPv4 addresses in the IPv6 space.
-const V4_LO: u128 = 0xffff << 32;
+const V4_LO: u128 = super::compile::V4_MAPPED;
 const V4_HI: u128 = V4_LO | 0xffff_ffff;
 /// Cost (in entry checks) of a range cut's search over a bit cut's shift:
 /// a range cut must save that much to be chosen.
