@@ -178,10 +178,12 @@ impl Group {
             })
             .collect();
         let classifier = classifier::build(&matches, self.match_type);
+        let has_terminating = self.rules.iter().any(|r| r.terminating);
         Ok(PreparedGroup(CompiledGroup {
             group: self,
             rules,
             classifier,
+            has_terminating,
         }))
     }
 }
@@ -203,6 +205,9 @@ pub struct CompiledGroup {
     pub group: Group,
     pub rules: Vec<CompiledRule>,
     pub classifier: Box<dyn GroupClassifier>,
+    /// Whether any rule is terminating (only such groups can end a layer's
+    /// evaluation early, see [`LayerPolicy::classify`]).
+    pub has_terminating: bool,
 }
 
 impl CompiledGroup {
@@ -222,6 +227,12 @@ pub struct PreparedGroup(pub(crate) CompiledGroup);
 impl PreparedGroup {
     pub fn group(&self) -> &Group {
         &self.0.group
+    }
+
+    /// The compiled group, for building a [`LayerPolicy`] outside a port
+    /// (tests, tools); its rules have no counter slots yet.
+    pub fn into_compiled(self) -> CompiledGroup {
+        self.0
     }
 }
 
@@ -290,7 +301,52 @@ impl LayerPolicy {
     /// VFP-3 layer evaluation: groups of the direction in order; each gives
     /// its best rule; a terminating rule applies at once; otherwise the last
     /// group with a match wins.
+    ///
+    /// Evaluated without classifying every group: only groups holding a
+    /// terminating rule can stop the evaluation, so they are classified
+    /// first, in order; if none of them ends it, the answer is the last
+    /// group with a match, found by classifying the other groups from the
+    /// back and stopping at the first match (or at the last terminating-rule
+    /// group that matched). With broad rule sets most layers then cost one
+    /// group's classification instead of all of them; the result is always
+    /// that of [`LayerPolicy::classify_in_order`] (property-tested).
     pub fn classify(&self, d: Direction, fv: &FieldValues) -> Option<RuleRef> {
+        // The last group with a terminating rule that matched without
+        // terminating.
+        let mut floor: Option<RuleRef> = None;
+        for (gi, g) in self.groups.iter().enumerate() {
+            if g.group.direction != d || !g.has_terminating {
+                continue;
+            }
+            if let Some(ri) = g.classify(fv) {
+                let r = RuleRef {
+                    group: gi,
+                    rule: ri,
+                };
+                if g.group.rules[ri].terminating {
+                    return Some(r);
+                }
+                floor = Some(r);
+            }
+        }
+        let below = floor.map_or(0, |r| r.group + 1);
+        for (gi, g) in self.groups.iter().enumerate().skip(below).rev() {
+            if g.group.direction != d || g.has_terminating {
+                continue;
+            }
+            if let Some(ri) = g.classify(fv) {
+                return Some(RuleRef {
+                    group: gi,
+                    rule: ri,
+                });
+            }
+        }
+        floor
+    }
+
+    /// [`LayerPolicy::classify`] by the letter of VFP-3: every group of the
+    /// direction classified, in order (the reference for tests and traces).
+    pub fn classify_in_order(&self, d: Direction, fv: &FieldValues) -> Option<RuleRef> {
         let mut chosen = None;
         for (gi, g) in self.groups.iter().enumerate() {
             if g.group.direction != d {
