@@ -308,66 +308,14 @@ fn connection_rate(c: &mut Criterion) {
 /// Issue 3: first packet through 10 layers × 10 groups × 5,000 generated
 /// ACL rules each (500,000 rules; classifiers chosen by the planner).
 fn slow_path_10x10x5k(c: &mut Criterion) {
-    use strata_engine::classifier::RuleMatch;
-    use strata_engine::condition::Field;
-    use strata_engine::policy::{Group, LayerSpec, Rule};
-    use strata_engine::{ActionSpec, DefaultAction, rulegen};
     let t0 = std::time::Instant::now();
     let live0 = LIVE.load(Relaxed);
-    let mut port = Port::new("ten-layers", PortConfig::default());
-    let mut probe_rules = Vec::new();
-    for l in 0..10u64 {
-        let mut spec = LayerSpec::new(&format!("l{l}"), DefaultAction::Allow, DefaultAction::Allow);
-        for g in 0..10u64 {
-            let rules = rulegen::acl(5000, l * 10 + g + 1);
-            if l == 0 && g == 0 {
-                probe_rules = rules.clone();
-            }
-            // Allow rules (none blocks: every packet walks all ten layers).
-            let rules = rules
-                .into_iter()
-                .enumerate()
-                .map(
-                    |(
-                        i,
-                        RuleMatch {
-                            priority,
-                            conditions,
-                        },
-                    )| {
-                        Rule::new(
-                            &format!("g{g}r{i}"),
-                            priority,
-                            conditions,
-                            ActionSpec::Allow,
-                        )
-                    },
-                )
-                .collect();
-            spec.groups
-                .push(Group::new(&format!("g{g}"), Direction::Out).with_rules(rules));
-        }
-        port.add_layer(spec, None).expect("layer");
-    }
+    let (mut port, probes) = acl_layers_port(10, 10, 5000, 8192).expect("port");
     println!(
         "10x10x5k: built 500,000 rules in {:?}, {:.0} MiB",
         t0.elapsed(),
         (LIVE.load(Relaxed) - live0) as f64 / 1048576.0
     );
-    // IPv4 TCP/UDP packets aimed at the rules (hits, near misses, misses).
-    let probes: Vec<(Ipv4Addr, Ipv4Addr, u16)> = rulegen::packets(&probe_rules, 8192, 3)
-        .into_iter()
-        .filter_map(|fv| {
-            let s = fv.get(Field::SrcIp)?;
-            let d = fv.get(Field::DstIp)?;
-            let to4 = |v: u128| (v >> 32 == 0xffff).then(|| Ipv4Addr::from(v as u32));
-            Some((
-                to4(s)?,
-                to4(d)?,
-                fv.get(Field::DstPort).unwrap_or(80) as u16,
-            ))
-        })
-        .collect();
     let mut buf = PacketBuf::with_capacity(2048);
     let mut i = 0u32;
     let mut g = c.benchmark_group("slow_path");

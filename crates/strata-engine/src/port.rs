@@ -299,15 +299,15 @@ impl Port {
             .into_iter()
             .map(|p| Arc::new(self.assign_counters(&spec.id, p)))
             .collect();
-        let layer = LayerPolicy {
-            id: spec.id,
+        let layer = LayerPolicy::new(
+            spec.id,
             uid,
-            default_out: spec.default_out,
-            default_in: spec.default_in,
-            groups,
+            spec.default_out,
+            spec.default_in,
             generation,
             counter,
-        };
+        )
+        .with_groups(groups);
         let mut policy = (*self.policy).clone();
         policy.layers.insert(pos, Arc::new(layer));
         self.policy = Arc::new(policy);
@@ -390,7 +390,7 @@ impl Port {
         let old = &self.policy.layers[pos];
         let gid = prepared.0.group.id.clone();
         let others = old
-            .groups
+            .groups()
             .iter()
             .filter(|g| g.group.id != gid)
             .map(|g| &g.group);
@@ -398,10 +398,12 @@ impl Port {
         let generation = self.bump();
         let compiled = Arc::new(self.assign_counters(layer, prepared));
         let mut l = (*self.policy.layers[pos]).clone();
-        match l.groups.iter().position(|g| g.group.id == gid) {
-            Some(i) => l.groups[i] = compiled,
-            None => l.groups.push(compiled),
+        let mut groups = l.groups().to_vec();
+        match groups.iter().position(|g| g.group.id == gid) {
+            Some(i) => groups[i] = compiled,
+            None => groups.push(compiled),
         }
+        l.set_groups(groups);
         l.generation = generation;
         self.replace_layer(pos, l);
         Ok(())
@@ -413,7 +415,7 @@ impl Port {
             .position(layer)
             .ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
         let i = self.policy.layers[pos]
-            .groups
+            .groups()
             .iter()
             .position(|g| g.group.id == group)
             .ok_or_else(|| ApiError::NoSuchGroup {
@@ -422,7 +424,9 @@ impl Port {
             })?;
         let generation = self.bump();
         let mut l = (*self.policy.layers[pos]).clone();
-        l.groups.remove(i);
+        let mut groups = l.groups().to_vec();
+        groups.remove(i);
+        l.set_groups(groups);
         l.generation = generation;
         self.replace_layer(pos, l);
         Ok(())
@@ -871,7 +875,7 @@ impl Port {
         if let ActionState::Custom(_) = f.state() {
             let policy = Arc::clone(&self.policy);
             if let Some(l) = policy.layers.iter().find(|l| l.uid == layer_uid) {
-                for g in &l.groups {
+                for g in l.groups() {
                     if let Some(i) = g.rules.iter().position(|r| *r.id == *f.rule_id) {
                         g.rules[i].action.teardown(f.state(), &mut self.resources);
                     }

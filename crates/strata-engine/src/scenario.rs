@@ -334,3 +334,59 @@ pub fn install_mappings(port: &mut Port, hosts_x: u8) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// Where a probe packet goes: IPv4 source, destination and TCP destination
+/// port.
+pub type ProbeTarget = (Ipv4Addr, Ipv4Addr, u16);
+
+/// The classifier-scale port of issue 3: `layers` layers × `groups` groups of
+/// `rules` generated ACL rules each (`rulegen::acl`, seeds `1..`), every rule
+/// an allow, so every packet walks all layers. Also returns, for probing,
+/// IPv4 TCP targets `(src, dst, dst port)` aimed at the first group's rules
+/// (hits, near misses and misses, from `rulegen::packets`).
+pub fn acl_layers_port(
+    layers: u64,
+    groups: u64,
+    rules: usize,
+    probes: usize,
+) -> Result<(Port, Vec<ProbeTarget>), ApiError> {
+    use crate::rulegen;
+    let mut port = Port::new("acl-layers", PortConfig::default());
+    let mut probe_rules = Vec::new();
+    for l in 0..layers {
+        let mut spec = LayerSpec::new(&format!("l{l}"), DefaultAction::Allow, DefaultAction::Allow);
+        for g in 0..groups {
+            let set = rulegen::acl(rules, l * groups + g + 1);
+            let group_rules = set
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    Rule::new(
+                        &format!("g{g}r{i}"),
+                        m.priority,
+                        m.conditions.clone(),
+                        ActionSpec::Allow,
+                    )
+                })
+                .collect();
+            if l == 0 && g == 0 {
+                probe_rules = set;
+            }
+            spec.groups
+                .push(Group::new(&format!("g{g}"), Direction::Out).with_rules(group_rules));
+        }
+        port.add_layer(spec, None)?;
+    }
+    let to4 = |v: u128| (v >> 32 == 0xffff).then(|| Ipv4Addr::from(v as u32));
+    let targets = rulegen::packets(&probe_rules, probes, 3)
+        .into_iter()
+        .filter_map(|fv| {
+            Some((
+                to4(fv.get(Field::SrcIp)?)?,
+                to4(fv.get(Field::DstIp)?)?,
+                fv.get(Field::DstPort).unwrap_or(80) as u16,
+            ))
+        })
+        .collect();
+    Ok((port, targets))
+}

@@ -125,15 +125,17 @@ impl Port {
                 }
                 groups.push(Arc::new(cg));
             }
-            layers.push(Arc::new(LayerPolicy {
-                id: spec.id,
-                uid,
-                default_out: spec.default_out,
-                default_in: spec.default_in,
-                groups,
-                generation,
-                counter,
-            }));
+            layers.push(Arc::new(
+                LayerPolicy::new(
+                    spec.id,
+                    uid,
+                    spec.default_out,
+                    spec.default_in,
+                    generation,
+                    counter,
+                )
+                .with_groups(groups),
+            ));
         }
         let mut layer_flows = st.layer_flows;
         for (_, t) in &mut layer_flows {

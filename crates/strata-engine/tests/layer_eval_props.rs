@@ -87,15 +87,15 @@ fn layer(groups: &[GroupCase]) -> LayerPolicy {
             Arc::new(prepared.into_compiled())
         })
         .collect();
-    LayerPolicy {
-        id: "l".into(),
-        uid: 1,
-        default_out: DefaultAction::Allow,
-        default_in: DefaultAction::Allow,
-        groups,
-        generation: 1,
-        counter: 0,
-    }
+    LayerPolicy::new(
+        "l".into(),
+        1,
+        DefaultAction::Allow,
+        DefaultAction::Allow,
+        1,
+        0,
+    )
+    .with_groups(groups)
 }
 
 proptest! {
