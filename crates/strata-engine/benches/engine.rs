@@ -45,12 +45,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const PAYLOAD: [u8; 64] = [0x5a; 64];
-
 /// Frame builders shared with the integration tests (etherparse-based).
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{peer_of, tcp};
+use common::{nat_conn, peer_of, tcp};
 
 fn vxlan(src_pa: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
     common::vxlan(GW_MAC, HOST_MAC, src_pa, HOST_PA, VNI, inner)
@@ -94,35 +92,6 @@ fn vnet_conn(p: &mut Port, buf: &mut PacketBuf, i: u32, now: u64) {
         &tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, dp, 0x10, 2, 10, b""),
         now,
     );
-}
-
-/// Establish an SNAT'd internet connection (NAT + VXLAN to the gateway);
-/// returns the outbound data frame of the connection.
-fn nat_conn(p: &mut Port, buf: &mut PacketBuf, i: u32, now: u64) -> Vec<u8> {
-    let dst = Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8);
-    let sp = 20000 + (i % 40000) as u16;
-    let v = run(
-        p,
-        buf,
-        Direction::Out,
-        &tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, 0x02, 1, 0, b""),
-        now,
-    );
-    assert_eq!(v, Verdict::Forward);
-    let out = strata_packet::parse(buf.as_slice()).expect("out parses");
-    let nat_port = out.ufid.inner.src_port;
-    let sa = tcp(GW_MAC, VM_MAC, dst, VIP, 443, nat_port, 0x12, 9, 2, b"");
-    run(p, buf, Direction::In, &vxlan(INET_GW_PA, &sa), now);
-    run(
-        p,
-        buf,
-        Direction::Out,
-        &tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, 0x10, 2, 10, b""),
-        now,
-    );
-    tcp(
-        VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, 0x10, 2, 10, &PAYLOAD,
-    )
 }
 
 fn flows_target() -> u32 {
