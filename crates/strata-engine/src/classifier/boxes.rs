@@ -77,11 +77,11 @@ pub struct Boxes {
 /// A packet's values for a [`Boxes`] store.
 #[derive(Clone, Copy, Debug)]
 pub struct BoxKey {
+    /// The narrow values in layout order (other layouts).
     k32: [u32; Field::COUNT],
-    /// The narrow values in layout order, sign-biased (one-line layout).
+    /// The narrow values in layout order, sign-biased (one-line layout and
+    /// blocks).
     kb: [i32; FAST],
-    /// The narrow values in layout order (blocks).
-    kn: [u32; FAST],
     /// Narrow dimensions whose value is outside the base block.
     outside: u32,
 }
@@ -194,28 +194,32 @@ impl Boxes {
         id as u32
     }
 
-    /// The packet's key for this store.
+    /// The packet's key for this store (once per lookup: only what the
+    /// layout's checks read is computed).
     #[inline]
     pub fn key(&self, key: &Key) -> BoxKey {
         let mut k = BoxKey {
             k32: [0; Field::COUNT],
             kb: [0; FAST],
-            kn: [0; FAST],
             outside: 0,
         };
-        for (t, &(d, base)) in self.narrow.iter().enumerate() {
-            let d = usize::from(d);
-            let v = key.v[d];
-            k.k32[d] = v as u32;
-            if let Some(x) = k.kb.get_mut(t) {
+        // Branch-free: presence and block vary per packet.
+        let outside =
+            |d: usize, v: u128, base: u128| ((key.present >> d) & u32::from(v >> 32 != base)) << d;
+        if self.fast {
+            for (x, &(d, base)) in k.kb.iter_mut().zip(&self.narrow) {
+                let d = usize::from(d);
+                let v = key.v[d];
                 *x = (v as u32 ^ BIAS) as i32;
+                k.outside |= outside(d, v, base);
             }
-            if let Some(x) = k.kn.get_mut(t) {
+        } else {
+            for (x, &(d, base)) in k.k32.iter_mut().zip(&self.narrow) {
+                let d = usize::from(d);
+                let v = key.v[d];
                 *x = v as u32;
+                k.outside |= outside(d, v, base);
             }
-            // Branch-free: presence and block vary per packet.
-            let out = (key.present >> d) & u32::from(v >> 32 != base);
-            k.outside |= (out & 1) << d;
         }
         k
     }
@@ -296,7 +300,7 @@ impl Boxes {
                     + u32::from(b.rank[l] >= best);
             }
             for t in 0..FAST {
-                let k = bk.kn[t];
+                let k = bk.kb[t] as u32 ^ BIAS;
                 for l in 0..LANES {
                     bad[l] += u32::from(k.wrapping_sub(b.lo[t][l]) > b.span[t][l]);
                 }
@@ -350,8 +354,7 @@ impl Boxes {
             let w = &self.data[i].0;
             let mut bad = (w[1] & !key.present) | (w[0] & bk.outside);
             let mut j = HEADER;
-            for &(d, _) in &self.narrow {
-                let v = bk.k32[usize::from(d)];
+            for &v in &bk.k32[..self.narrow.len()] {
                 bad |= u32::from(v < w[j]) | u32::from(v > w[j + 1]);
                 j += 2;
             }
@@ -372,8 +375,7 @@ impl Boxes {
                 return false;
             }
             let mut j = HEADER;
-            for &(d, _) in &self.narrow {
-                let v = bk.k32[usize::from(d)];
+            for &v in &bk.k32[..self.narrow.len()] {
                 if v < w(j) || v > w(j + 1) {
                     return false;
                 }

@@ -1,0 +1,103 @@
+//! ACL classification probe: builds the classifier bench's ACL group
+//! (`rulegen::acl(N, 1)`, planner's choice) and classifies the bench's
+//! 4,096 packets (`rulegen::packets(.., 4096, 2)`) `ROUNDS` times, printing
+//! build time, memory, the walk's shape (nodes visited and entries checked
+//! per lookup) and the time per lookup.
+//!
+//! Wall time on a shared VM is noisy; compare builds by running two
+//! binaries alternately, and count instructions under callgrind, collecting
+//! only the measured rounds:
+//!
+//! ```text
+//! cargo build --release -p strata-engine --example acl_probe
+//! N=50000 ROUNDS=1 valgrind --tool=callgrind \
+//!     --toggle-collect='acl_probe::measured' target/release/examples/acl_probe
+//! ```
+//!
+//! (instructions per lookup = collected Ir / (4096 × ROUNDS)). `BUILDS=k`
+//! times k builds of the group and prints the median.
+
+use std::hint::black_box;
+use std::time::Instant;
+use strata_engine::classifier::tree::{LookupTrace, TreeClassifier, TreeConfig};
+use strata_engine::classifier::{GroupClassifier, MatchType, build};
+use strata_engine::condition::FieldValues;
+use strata_engine::rulegen;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[inline(never)]
+fn measured(c: &dyn GroupClassifier, pk: &[FieldValues], rounds: usize) -> usize {
+    let mut acc = 0usize;
+    for _ in 0..rounds {
+        for p in pk {
+            acc = acc.wrapping_add(c.best_match(black_box(p)).map_or(0, |r| r + 1));
+        }
+    }
+    acc
+}
+
+/// This thread's CPU time (user + system) in seconds, from procfs (clock
+/// ticks of 10 ms): unlike wall time, it leaves out the time the thread
+/// waits for a core on a busy machine.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+fn main() {
+    let n = env("N", 50_000);
+    let rounds = env("ROUNDS", 200);
+    let builds = env("BUILDS", 1);
+    let mt = MatchType::Priority;
+    let rules = rulegen::acl(n, 1);
+    let mut pk = rulegen::packets(&rules, 4096, 2);
+    // PACKETS=k: cycle through the first k only (warm caches).
+    pk.truncate(env("PACKETS", 4096).max(1));
+    let mut times = Vec::new();
+    let mut c = build(&rules, mt);
+    for _ in 0..builds {
+        let t0 = Instant::now();
+        let x = build(black_box(&rules), mt);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        c = x;
+    }
+    times.sort_by(f64::total_cmp);
+    let mut trace = LookupTrace::default();
+    let tree = TreeClassifier::new(&rules, mt, TreeConfig::default());
+    for p in &pk {
+        tree.best_match_traced(p, &mut trace);
+    }
+    println!(
+        "n={n} kind={} build {:.1} ms (median of {builds}) {:.0} B/rule; per lookup: {:.2} trees, {:.2} nodes, {:.2} leaves, {:.2} checks; stats {:?}",
+        c.kind(),
+        times[times.len() / 2],
+        c.memory_bytes() as f64 / n as f64,
+        trace.trees as f64 / pk.len() as f64,
+        trace.nodes as f64 / pk.len() as f64,
+        trace.leaves as f64 / pk.len() as f64,
+        trace.checks as f64 / pk.len() as f64,
+        tree.stats(),
+    );
+    if rounds > 0 {
+        let rounds = rounds * 4096 / pk.len();
+        let (t0, c0) = (Instant::now(), cpu_secs());
+        let acc = measured(c.as_ref(), &pk, rounds);
+        let lookups = (rounds * pk.len()) as f64;
+        let ns = t0.elapsed().as_secs_f64() * 1e9 / lookups;
+        let cpu = (cpu_secs() - c0) * 1e9 / lookups;
+        println!("n={n}: {ns:.1} ns/lookup wall, {cpu:.1} ns cpu (checksum {acc})");
+    }
+}
