@@ -1,0 +1,220 @@
+//! Fuzz targets (bolero) for every input the tools parse besides packets
+//! (those are fuzzed in `strata-packet`): policy files (TOML and JSON),
+//! port snapshots, and pcap / pcapng captures. Each must be refused with an
+//! error, never a panic or an unbounded allocation; what is accepted must
+//! then work (a port built from a mangled policy or snapshot processes
+//! packets; a capture yields frames until its end or first error).
+//!
+//! Under `cargo test` the targets run a bounded number of generated inputs
+//! (bolero's test-harness mode, stable Rust). Coverage-guided:
+//!
+//! ```text
+//! cargo +nightly bolero test -p strata --test fuzz fuzz_policy_files
+//! ```
+//!
+//! Inputs are structure-aware mutations of valid samples (byte edits and a
+//! cut), so they reach deep into each format instead of failing at its
+//! first byte.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use strata::capture::{CaptureFormat, CaptureReader, CaptureWriter};
+use strata::policy_file::{Format, parse_str};
+use strata_engine::scenario::{four_layer_port, install_mappings};
+use strata_engine::{ActionRegistry, Direction, Port, PortConfig, secs};
+use strata_packet::PacketBuf;
+
+/// Few edits per input: with many, nearly every input dies at the first
+/// syntax or length check.
+const MAX_EDITS: usize = 3;
+
+/// A sample with (up to [`MAX_EDITS`]) byte edits applied, then cut when
+/// `cut` is odd.
+fn mutate(sample: &[u8], edits: &[(u16, u8)], cut: u16) -> Vec<u8> {
+    let mut m = sample.to_vec();
+    if !m.is_empty() {
+        for &(pos, val) in edits.iter().take(MAX_EDITS) {
+            let i = usize::from(pos) % m.len();
+            m[i] = val;
+        }
+    }
+    let keep = if cut & 1 == 1 {
+        usize::from(cut >> 1) % (m.len() + 1)
+    } else {
+        m.len()
+    };
+    m.truncate(keep);
+    m
+}
+
+/// A few frames the port knows how to handle (outbound VNET and internet
+/// TCP, an inbound VXLAN packet).
+fn frames() -> &'static [(Direction, Vec<u8>)] {
+    static F: OnceLock<Vec<(Direction, Vec<u8>)>> = OnceLock::new();
+    F.get_or_init(|| {
+        use strata::frames::*;
+        let vm = std::net::SocketAddrV4::new(strata_engine::scenario::VM_CA, 40000);
+        let peer = std::net::SocketAddrV4::new([10, 1, 0, 9].into(), 80);
+        let web = std::net::SocketAddrV4::new([93, 184, 216, 34].into(), 443);
+        let out = |dst| {
+            tcp(
+                strata_engine::scenario::VM_MAC,
+                strata_engine::scenario::VM_GW_MAC,
+                vm,
+                dst,
+                1,
+                0,
+                Flags::SYN,
+                b"",
+            )
+        };
+        vec![(Direction::Out, out(peer)), (Direction::Out, out(web))]
+    })
+}
+
+/// Run the sample frames through a port; nothing may panic.
+fn exercise_port(port: &mut Port) {
+    let mut buf = PacketBuf::with_capacity(2048);
+    for (d, f) in frames() {
+        buf.reset(f);
+        let _ = port.process(*d, &mut buf, secs(1));
+    }
+    let _ = port.snapshot();
+}
+
+// ----- policy files -------------------------------------------------------
+
+fn policy_samples() -> &'static [(Format, Vec<u8>)] {
+    static S: OnceLock<Vec<(Format, Vec<u8>)>> = OnceLock::new();
+    S.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/four-layer.toml");
+        let toml = std::fs::read_to_string(path).expect("example policy");
+        let spec = parse_str(&toml, Format::Toml).expect("example parses");
+        let json = spec.to_json().expect("json");
+        vec![
+            (Format::Toml, toml.into_bytes()),
+            (Format::Json, json.into_bytes()),
+        ]
+    })
+}
+
+/// Characters policy texts are made of: edits with these keep most inputs
+/// well-formed enough to reach validation.
+const POLICY_CHARS: &[u8] = b"0123456789abcdefxo.-:/\"[]{}=, \n";
+
+/// Mangled policy files: a parse error (with a place) or a policy that
+/// builds a working port.
+#[test]
+fn fuzz_policy_files() {
+    bolero::check!()
+        .with_type::<(bool, Vec<(u16, u8)>, u16)>()
+        .for_each(|(json, edits, cut)| {
+            let (format, sample) = &policy_samples()[usize::from(*json)];
+            let edits: Vec<(u16, u8)> = edits
+                .iter()
+                .map(|&(p, v)| (p, POLICY_CHARS[usize::from(v) % POLICY_CHARS.len()]))
+                .collect();
+            // Cut rarely: a truncated policy is just a syntax error.
+            let cut = if cut % 8 == 1 { *cut } else { 0 };
+            let text = mutate(sample, &edits, cut);
+            let Ok(text) = std::str::from_utf8(&text) else {
+                return;
+            };
+            if let Ok(spec) = parse_str(text, *format)
+                && let Ok(mut port) = spec.build_port(ActionRegistry::default())
+            {
+                exercise_port(&mut port);
+            }
+        });
+}
+
+/// Arbitrary text in either format.
+#[test]
+fn fuzz_policy_text() {
+    bolero::check!()
+        .with_type::<(bool, String)>()
+        .for_each(|(json, text)| {
+            let format = if *json { Format::Json } else { Format::Toml };
+            let _ = parse_str(text, format);
+        });
+}
+
+// ----- snapshots ----------------------------------------------------------
+
+fn snapshot_sample() -> &'static [u8] {
+    static S: OnceLock<Vec<u8>> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut port = four_layer_port(PortConfig::default(), 2).expect("port");
+        install_mappings(&mut port, 1).expect("mappings");
+        exercise_port(&mut port);
+        port.snapshot().expect("snapshot")
+    })
+}
+
+/// Mangled snapshots: refused with an error, or restored into a port that
+/// processes packets and snapshots again.
+#[test]
+fn fuzz_snapshots() {
+    bolero::check!()
+        .with_type::<(Vec<(u16, u8)>, u16)>()
+        .for_each(|(edits, cut)| {
+            let bytes = mutate(snapshot_sample(), edits, *cut);
+            if let Ok(mut port) = Port::restore(&bytes, ActionRegistry::default()) {
+                exercise_port(&mut port);
+            }
+        });
+}
+
+// ----- captures -----------------------------------------------------------
+
+fn tmp_path(ext: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "strata-fuzz-{}-{}.{ext}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn capture_samples() -> &'static [Vec<u8>] {
+    static S: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    S.get_or_init(|| {
+        [CaptureFormat::Pcap, CaptureFormat::PcapNg]
+            .into_iter()
+            .map(|format| {
+                let path = tmp_path("cap");
+                let mut w = CaptureWriter::create(&path, format).expect("create");
+                for (i, (d, f)) in frames().iter().enumerate() {
+                    w.write(1_000 + i as u64, f, *d).expect("write");
+                }
+                w.finish().expect("finish");
+                let bytes = std::fs::read(&path).expect("read back");
+                let _ = std::fs::remove_file(&path);
+                bytes
+            })
+            .collect()
+    })
+}
+
+/// Mangled pcap and pcapng files: frames until the end or the first error.
+#[test]
+fn fuzz_captures() {
+    bolero::check!()
+        .with_type::<(bool, Vec<(u16, u8)>, u16)>()
+        .for_each(|(ng, edits, cut)| {
+            let bytes = mutate(&capture_samples()[usize::from(*ng)], edits, *cut);
+            let path = tmp_path("cap");
+            std::fs::write(&path, &bytes).expect("write sample");
+            if let Ok(mut r) = CaptureReader::open(&path) {
+                let mut n = 0;
+                while let Some(f) = r.next_frame() {
+                    n += 1;
+                    if f.is_err() || n > 1000 {
+                        break;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        });
+}
