@@ -1377,7 +1377,9 @@ impl Port {
             layers: sim.trace,
             cached: cached.map(|uf| crate::trace::CachedFlow {
                 // The latest generation with the flow's stamp.
-                generation: self.generation - u64::from(self.stamp().wrapping_sub(uf.generation)),
+                generation: self
+                    .generation
+                    .saturating_sub(u64::from(self.stamp().wrapping_sub(uf.generation))),
                 current: uf.generation == self.stamp(),
                 transposition: uf.transposition().describe(),
                 verdict: uf.verdict(),
@@ -1463,4 +1465,66 @@ fn check_unique_rules<'a>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::*;
+    use std::net::Ipv4Addr;
+
+    fn vm_udp(sp: u16) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2(VM_MAC.0, VM_GW_MAC.0)
+            .ipv4(VM_CA.octets(), Ipv4Addr::new(10, 1, 0, 9).octets(), 64)
+            .udp(sp, 53);
+        let mut out = Vec::new();
+        b.write(&mut out, b"q").expect("frame");
+        out
+    }
+
+    fn stamps(p: &mut Port) -> (Vec<u32>, Vec<u32>) {
+        let uf = p.uft.flows_mut().map(|uf| uf.generation).collect();
+        let lf = p
+            .layer_flows
+            .iter_mut()
+            .flat_map(|(_, t)| t.flows_mut().map(|f| f.layer_generation))
+            .collect();
+        (uf, lf)
+    }
+
+    /// Flows keep only the low half of the generation they were compiled
+    /// at. When it wraps, every flow is marked stale once, so a stamp that
+    /// comes round again 2^32 generations later is not mistaken for
+    /// current.
+    #[test]
+    fn generation_stamps_wrap_safely() {
+        let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
+        install_mappings(&mut p, 4).expect("mappings");
+        let frame = vm_udp(5000);
+        let send = |p: &mut Port, now| {
+            let mut b = PacketBuf::from_frame(&frame);
+            assert!(p.process(Direction::Out, &mut b, now).is_forward());
+        };
+        send(&mut p, secs(1));
+        let compiled = p.stamp();
+        let (uf, lf) = stamps(&mut p);
+        assert!(!uf.is_empty() && !lf.is_empty());
+        assert!(uf.iter().all(|&s| s == compiled));
+
+        // The low half wraps: stamp 0 is skipped and every flow swept to 0.
+        p.generation = u64::from(u32::MAX);
+        p.bump();
+        assert_eq!(p.generation, (1 << 32) + 1);
+        let (uf, lf) = stamps(&mut p);
+        assert!(uf.iter().chain(&lf).all(|&s| s == 0));
+
+        // 2^32 changes after compilation the old stamp value is current
+        // again; the flow must still be re-simulated.
+        p.generation = (1 << 32) + u64::from(compiled);
+        let before = p.direction_counters(Direction::Out).reconciled;
+        send(&mut p, secs(2));
+        assert_eq!(p.direction_counters(Direction::Out).reconciled, before + 1);
+        send(&mut p, secs(3));
+        assert_eq!(p.direction_counters(Direction::Out).reconciled, before + 1);
+    }
 }
