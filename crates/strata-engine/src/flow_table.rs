@@ -13,6 +13,7 @@
 //! eviction and expiry walk slots without touching the index.
 
 use crate::flow_index::FlowIndex;
+use crate::policy::RuleIdentity;
 use crate::resource::ActionState;
 use crate::tcp::TcpConn;
 use crate::types::{Direction, Time, Verdict};
@@ -22,31 +23,40 @@ use smallvec::SmallVec;
 use std::sync::Arc;
 use strata_packet::flow::{MacAddr, Ufid};
 use strata_packet::packed::PackedUfid;
-use strata_packet::transposition::Transposition;
+use strata_packet::transposition::{PortRewrite, Transposition};
 
-/// A stateful flow of one layer.
+/// A stateful flow of one layer. 24 bytes: the key and the rule are not
+/// stored here (see [`LayerFlow::key_conn`] and [`LayerFlow::rule`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerFlow {
     /// Direction of the packet whose rule created the flow.
     pub origin: Direction,
-    /// The layer-local key of the originating packet. The reverse key
-    /// (looked up in the opposite direction) is derived from it: the
-    /// reversed post-transposition key. Stored packed.
-    pub key: PackedUfid,
-    /// The deciding rule's id (shared with the policy, not copied per flow).
-    pub rule_id: Arc<str>,
-    pub rule_counter: u32,
-    pub fingerprint: u64,
-    /// Generation of the layer when the flow was last validated.
-    pub layer_generation: u64,
-    /// Connections holding this flow.
-    pub refs: u32,
     /// Removed from the index (its rule no longer decides) but still held.
     pub detached: bool,
+    /// Where the layer-local key of the originating packet (the *origin
+    /// key*) is stored: side `key_side` of connection `key_conn` when that
+    /// connection's unified flow has exactly this key — the usual case, as
+    /// layers above a stateful one seldom transform — else ([`OWN_KEY`]) in
+    /// the table's own key store. The reverse key (looked up in the opposite
+    /// direction) is derived from it: the reversed post-transposition key.
+    pub key_conn: u32,
+    pub key_side: Direction,
+    /// Connections holding this flow.
+    pub refs: u32,
+    /// Low half of the layer generation when the flow was last validated
+    /// (0 = revalidate; see `Port::bump`).
+    pub layer_generation: u32,
+    /// The deciding rule's id, fingerprint and counter (shared with the
+    /// policy, not copied per flow).
+    pub rule: Arc<RuleIdentity>,
     /// What most flows (connection-tracking ACL entries) lack: boxed so
     /// those flows stay small.
     pub extra: Option<Box<LayerFlowExtra>>,
 }
+
+/// [`LayerFlow::key_conn`] of a flow whose origin key is in the table's own
+/// store.
+pub const OWN_KEY: u32 = u32::MAX;
 
 /// The parts of a layer flow that only some rules produce.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,15 +74,12 @@ static NO_STATE: ActionState = ActionState::None;
 
 impl LayerFlow {
     /// A flow made by a rule: `extra` is allocated only when the rule left
-    /// something besides connection tracking.
-    #[allow(clippy::too_many_arguments)]
+    /// something besides connection tracking. Its key goes in with
+    /// [`LayerFlowTable::insert`].
     pub fn new(
         origin: Direction,
-        key: &Ufid,
-        rule_id: Arc<str>,
-        rule_counter: u32,
-        fingerprint: u64,
-        layer_generation: u64,
+        rule: Arc<RuleIdentity>,
+        layer_generation: u32,
         transposition: &Transposition,
         counters: &[u32],
         state: ActionState,
@@ -84,13 +91,12 @@ impl LayerFlow {
             && ttl.is_none();
         LayerFlow {
             origin,
-            key: PackedUfid::pack(key),
-            rule_id,
-            rule_counter,
-            fingerprint,
-            layer_generation,
-            refs: 0,
             detached: false,
+            key_conn: OWN_KEY,
+            key_side: origin,
+            refs: 0,
+            layer_generation,
+            rule,
             extra: (!plain).then(|| {
                 Box::new(LayerFlowExtra {
                     transposition: transposition.clone(),
@@ -126,25 +132,6 @@ impl LayerFlow {
         self.extra.as_ref().and_then(|e| e.ttl)
     }
 
-    /// The key of side `side` (0 = origin, 1 = reverse).
-    pub fn key_of(&self, side: usize) -> Ufid {
-        let key = self.key.unpack();
-        if side == 0 {
-            key
-        } else {
-            self.transposition().apply_to_ufid(&key).reversed()
-        }
-    }
-
-    /// The transposition of side `side`: the rule's, or its inverse.
-    pub fn transposition_of(&self, side: usize) -> Transposition {
-        if side == 0 {
-            self.transposition().clone()
-        } else {
-            self.transposition().reverse_for(&self.key.unpack())
-        }
-    }
-
     /// Counter slots of side `side`.
     pub fn side_counters(&self, side: usize) -> &[u32] {
         match &self.extra {
@@ -153,13 +140,12 @@ impl LayerFlow {
         }
     }
 
-    /// Heap bytes held beyond the value itself.
+    /// Heap bytes held beyond the value itself (the shared rule identity
+    /// is not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.key.heap_bytes()
-            + self
-                .extra
-                .as_ref()
-                .map_or(0, |e| size_of::<LayerFlowExtra>() + e.counters.len() * 4)
+        self.extra
+            .as_ref()
+            .map_or(0, |e| size_of::<LayerFlowExtra>() + e.counters.len() * 4)
     }
 }
 
@@ -183,32 +169,102 @@ fn lf_hash(d: Direction, k: &Ufid) -> u64 {
     k.table_hash(0x4c46_0000 ^ d.index() as u64)
 }
 
-fn lf_slot_hash(slots: &[Option<LayerFlow>], v: u32) -> u64 {
-    slots
-        .get((v >> 1) as usize)
-        .and_then(|f| f.as_ref())
-        .map(|f| {
-            let side = (v & 1) as usize;
-            lf_hash(f.dir_of(side), &layer_flow_key(&f.key_of(side)))
+/// Where a layer table reads the keys it does not store: the origin keys
+/// of flows that share them with a connection, and its own store for the
+/// rest.
+#[derive(Clone, Copy)]
+struct Keys<'a> {
+    own: &'a hashbrown::HashMap<u32, PackedUfid>,
+    conns: &'a UnifiedFlowTable,
+}
+
+impl Keys<'_> {
+    /// The origin key of the flow in `slot`.
+    fn origin(&self, slot: u32, f: &LayerFlow) -> Option<Ufid> {
+        if f.key_conn == OWN_KEY {
+            return self.own.get(&slot).map(PackedUfid::unpack);
+        }
+        self.conns
+            .get(f.key_conn)?
+            .side(f.key_side)
+            .map(|uf| uf.key.unpack())
+    }
+
+    /// The key of side `side` (0 = origin, 1 = reverse).
+    fn side(&self, slot: u32, f: &LayerFlow, side: usize) -> Option<Ufid> {
+        let key = self.origin(slot, f)?;
+        Some(if side == 0 {
+            key
+        } else {
+            f.transposition().apply_to_ufid(&key).reversed()
         })
-        .unwrap_or(0)
+    }
+
+    /// Hash of index value `v` (`slot << 1 | side`).
+    fn hash(&self, slots: &[Option<LayerFlow>], v: u32) -> u64 {
+        let slot = v >> 1;
+        let side = (v & 1) as usize;
+        slots
+            .get(slot as usize)
+            .and_then(|f| f.as_ref())
+            .and_then(|f| {
+                let k = self.side(slot, f, side)?;
+                Some(lf_hash(f.dir_of(side), &layer_flow_key(&k)))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether index value `v` is the flow side keyed `(d, k)` (`k` an
+    /// identity key).
+    fn is(&self, slots: &[Option<LayerFlow>], v: u32, d: Direction, k: &Ufid) -> bool {
+        let slot = v >> 1;
+        let side = (v & 1) as usize;
+        slots
+            .get(slot as usize)
+            .and_then(|f| f.as_ref())
+            .is_some_and(|f| {
+                f.dir_of(side) == d
+                    && self
+                        .side(slot, f, side)
+                        .is_some_and(|key| layer_flow_key(&key) == *k)
+            })
+    }
 }
 
 /// The flow table of one layer: flows in a slab, both keys of each flow in
-/// an open-addressing index of slot numbers (keys are stored once).
+/// a hash table of slot numbers. Keys are stored once: most flows' origin
+/// keys are their connection's (the table is handed the unified flow
+/// table, `conns`, to read them), the rest are in the table's own store.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LayerFlowTable {
     slots: Vec<Option<LayerFlow>>,
     free: Vec<u32>,
+    /// Origin keys of flows with [`OWN_KEY`], by slot.
+    own_keys: hashbrown::HashMap<u32, PackedUfid>,
+    /// Entries are `slot << 1 | side`. A SwissTable (7/8 load, 5 bytes a
+    /// bucket) rather than the UFT's [`crate::flow_index::FlowIndex`]: only
+    /// the slow path looks layer flows up, so memory matters more here.
     #[serde(skip)]
-    index: FlowIndex,
+    index: HashTable<u32>,
 }
 
 impl LayerFlowTable {
+    fn keys<'a>(&'a self, conns: &'a UnifiedFlowTable) -> Keys<'a> {
+        Keys {
+            own: &self.own_keys,
+            conns,
+        }
+    }
+
     /// `(slot, side)` of the flow keyed `(d, key)`.
-    pub fn lookup(&self, d: Direction, key: &Ufid) -> Option<(u32, usize)> {
+    pub fn lookup(
+        &self,
+        d: Direction,
+        key: &Ufid,
+        conns: &UnifiedFlowTable,
+    ) -> Option<(u32, usize)> {
         let k = layer_flow_key(key);
-        let v = self.find(lf_hash(d, &k), d, &k)?;
+        let v = self.find(lf_hash(d, &k), d, &k, conns)?;
         Some((v >> 1, (v & 1) as usize))
     }
 
@@ -220,15 +276,44 @@ impl LayerFlowTable {
         self.slots.get_mut(slot as usize)?.as_mut()
     }
 
-    /// Insert a flow and index both keys. A key already indexed (two flows
-    /// whose reverse keys collide, e.g. many-to-one static NAT) keeps its
-    /// first owner.
-    pub fn insert(&mut self, f: LayerFlow) -> u32 {
+    /// The origin key of the flow in `slot`.
+    pub fn origin_key(&self, slot: u32, conns: &UnifiedFlowTable) -> Option<Ufid> {
+        self.keys(conns).origin(slot, self.get(slot)?)
+    }
+
+    /// The transposition of side `side` of the flow in `slot`: the rule's,
+    /// or its inverse.
+    pub fn transposition_of(
+        &self,
+        slot: u32,
+        side: usize,
+        conns: &UnifiedFlowTable,
+    ) -> Option<Transposition> {
+        let f = self.get(slot)?;
+        if side == 0 {
+            return Some(f.transposition().clone());
+        }
+        let key = self.keys(conns).origin(slot, f)?;
+        Some(f.transposition().reverse_for(&key))
+    }
+
+    /// Insert a flow with origin key `key` (kept in the table's own store
+    /// until [`LayerFlowTable::share_key`]) and index both keys. A key
+    /// already indexed (two flows whose reverse keys collide, e.g.
+    /// many-to-one static NAT) keeps its first owner.
+    pub fn insert(&mut self, mut f: LayerFlow, key: &Ufid, conns: &UnifiedFlowTable) -> u32 {
+        f.key_conn = OWN_KEY;
         // Each side's identity and hash, computed once.
-        let keys = [layer_flow_key(&f.key_of(0)), layer_flow_key(&f.key_of(1))];
+        let keys = [
+            layer_flow_key(key),
+            layer_flow_key(&f.transposition().apply_to_ufid(key).reversed()),
+        ];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         let hashes = [lf_hash(dirs[0], &keys[0]), lf_hash(dirs[1], &keys[1])];
-        let taken = [0, 1].map(|side| self.find(hashes[side], dirs[side], &keys[side]).is_some());
+        let taken = [0, 1].map(|side| {
+            self.find(hashes[side], dirs[side], &keys[side], conns)
+                .is_some()
+        });
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -237,56 +322,115 @@ impl LayerFlowTable {
             }
         };
         self.slots[slot as usize] = Some(f);
+        self.own_keys.insert(slot, PackedUfid::pack(key));
+        let k = Keys {
+            own: &self.own_keys,
+            conns,
+        };
+        let slots = &self.slots;
         for side in 0..2 {
             if !taken[side] {
-                let slots = &self.slots;
                 self.index
-                    .insert(hashes[side], slot << 1 | side as u32, |v| {
-                        lf_slot_hash(slots, v)
-                    });
+                    .insert_unique(hashes[side], slot << 1 | side as u32, |&v| k.hash(slots, v));
             }
         }
         slot
     }
 
+    /// Let the flow in `slot` read its origin key from side `side` of
+    /// connection `conn` instead of storing it, if that flow's key is the
+    /// same (the connection must hold the flow; call
+    /// [`LayerFlowTable::own_key`] before it lets go of it or of that key).
+    /// Returns whether the key is now shared.
+    pub fn share_key(
+        &mut self,
+        slot: u32,
+        conn: u32,
+        side: Direction,
+        conns: &UnifiedFlowTable,
+    ) -> bool {
+        let Some(f) = self.slots.get_mut(slot as usize).and_then(|f| f.as_mut()) else {
+            return false;
+        };
+        if f.key_conn != OWN_KEY || f.origin != side {
+            return f.key_conn == conn && f.key_side == side;
+        }
+        let same = match (
+            self.own_keys.get(&slot),
+            conns.get(conn).and_then(|c| c.side(side)),
+        ) {
+            (Some(own), Some(uf)) => *own == uf.key,
+            _ => false,
+        };
+        if same {
+            f.key_conn = conn;
+            f.key_side = side;
+            self.own_keys.remove(&slot);
+        }
+        same
+    }
+
+    /// Store the origin key of the flow in `slot` in the table again if it
+    /// is shared with side `side` of connection `conn` (which is about to
+    /// let go of the flow or change that key).
+    pub fn own_key(&mut self, slot: u32, conn: u32, side: Direction, conns: &UnifiedFlowTable) {
+        let Some(f) = self.slots.get_mut(slot as usize).and_then(|f| f.as_mut()) else {
+            return;
+        };
+        if f.key_conn != conn || f.key_side != side {
+            return;
+        }
+        let Some(uf) = conns.get(conn).and_then(|c| c.side(side)) else {
+            return;
+        };
+        f.key_conn = OWN_KEY;
+        self.own_keys.insert(slot, uf.key.clone());
+    }
+
     /// Index lookup with a precomputed hash of an identity key.
-    fn find(&self, hash: u64, d: Direction, k: &Ufid) -> Option<u32> {
+    fn find(&self, hash: u64, d: Direction, k: &Ufid, conns: &UnifiedFlowTable) -> Option<u32> {
+        let keys = self.keys(conns);
         let slots = &self.slots;
-        self.index.find(hash, |v| {
-            slots
-                .get((v >> 1) as usize)
-                .and_then(|f| f.as_ref())
-                .is_some_and(|f| {
-                    let side = (v & 1) as usize;
-                    f.dir_of(side) == d && layer_flow_key(&f.key_of(side)) == *k
-                })
-        })
+        self.index.find(hash, |&v| keys.is(slots, v, d, k)).copied()
     }
 
     /// Take a flow out of the index (it stays in its slot while held).
-    pub fn detach(&mut self, slot: u32) {
-        let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
+    pub fn detach(&mut self, slot: u32, conns: &UnifiedFlowTable) {
+        let Some(f) = self.slots.get(slot as usize).and_then(|s| s.as_ref()) else {
             return;
         };
         if f.detached {
             return;
         }
-        f.detached = true;
+        let keys = Keys {
+            own: &self.own_keys,
+            conns,
+        };
         for side in 0..2 {
-            let h = lf_hash(f.dir_of(side), &layer_flow_key(&f.key_of(side)));
-            self.index.remove(h, slot << 1 | side as u32);
+            let v = slot << 1 | side as u32;
+            let Some(k) = keys.side(slot, f, side) else {
+                continue;
+            };
+            let h = lf_hash(f.dir_of(side), &layer_flow_key(&k));
+            if let Ok(e) = self.index.find_entry(h, |&x| x == v) {
+                e.remove();
+            }
+        }
+        if let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
+            f.detached = true;
         }
     }
 
     /// Drop one reference; returns the flow if it was the last.
-    pub fn release(&mut self, slot: u32) -> Option<LayerFlow> {
+    pub fn release(&mut self, slot: u32, conns: &UnifiedFlowTable) -> Option<LayerFlow> {
         let f = self.slots.get_mut(slot as usize)?.as_mut()?;
         f.refs = f.refs.saturating_sub(1);
         if f.refs > 0 {
             return None;
         }
-        self.detach(slot);
+        self.detach(slot, conns);
         let f = self.slots.get_mut(slot as usize)?.take();
+        self.own_keys.remove(&slot);
         self.free.push(slot);
         f
     }
@@ -306,49 +450,55 @@ impl LayerFlowTable {
             .filter_map(|(i, s)| s.as_ref().map(|f| (i as u32, f)))
     }
 
+    /// Every flow, mutably (for sweeps that leave keys alone).
+    pub fn flows_mut(&mut self) -> impl Iterator<Item = &mut LayerFlow> {
+        self.slots.iter_mut().flatten()
+    }
+
     /// Every flow, emptying the table.
     pub fn drain(&mut self) -> Vec<LayerFlow> {
         self.index.clear();
         self.free.clear();
+        self.own_keys.clear();
         self.slots.drain(..).flatten().collect()
+    }
+
+    /// Mark every flow for revalidation (generation stamps wrapped).
+    pub fn expire_stamps(&mut self) {
+        for f in self.slots.iter_mut().flatten() {
+            f.layer_generation = 0;
+        }
     }
 
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
         self.slots.capacity() * size_of::<Option<LayerFlow>>()
             + self.iter().map(|(_, f)| f.heap_bytes()).sum::<usize>()
-            + self.index.memory_bytes()
+            + self.index.capacity() * (size_of::<u32>() + 1)
+            + self.own_keys.capacity() * (size_of::<(u32, PackedUfid)>() + 1)
             + self.free.capacity() * 4
     }
 
-    /// Rebuild the index after deserialization.
-    pub fn reindex(&mut self) {
-        let mut index = FlowIndex::with_capacity(self.len() * 2);
+    /// Rebuild the index after deserialization (`conns` restored first).
+    pub fn reindex(&mut self, conns: &UnifiedFlowTable) {
+        let mut index: HashTable<u32> = HashTable::with_capacity(self.len() * 2);
+        let keys = self.keys(conns);
         let slots = &self.slots;
         for (slot, f) in slots.iter().enumerate() {
             let Some(f) = f else { continue };
             if f.detached {
                 continue;
             }
+            let slot = slot as u32;
             for side in 0..2 {
-                let k = layer_flow_key(&f.key_of(side));
+                let Some(k) = keys.side(slot, f, side) else {
+                    continue;
+                };
                 let d = f.dir_of(side);
+                let k = layer_flow_key(&k);
                 let h = lf_hash(d, &k);
-                let dup = index
-                    .find(h, |v| {
-                        slots
-                            .get((v >> 1) as usize)
-                            .and_then(|g| g.as_ref())
-                            .is_some_and(|g| {
-                                let s = (v & 1) as usize;
-                                g.dir_of(s) == d && layer_flow_key(&g.key_of(s)) == k
-                            })
-                    })
-                    .is_some();
-                if !dup {
-                    index.insert(h, (slot as u32) << 1 | side as u32, |v| {
-                        lf_slot_hash(slots, v)
-                    });
+                if index.find(h, |&v| keys.is(slots, v, d, &k)).is_none() {
+                    index.insert_unique(h, slot << 1 | side as u32, |&v| keys.hash(slots, v));
                 }
             }
         }
@@ -356,44 +506,97 @@ impl LayerFlowTable {
     }
 }
 
-/// The cached result for one UFID in one direction: one composed
-/// transposition plus action contexts (VFP-12).
+/// What a unified flow does to its packets: verdict, composed transposition
+/// (without its port rewrite) and the counter slots its packets count
+/// towards. Interned: every flow with the same result — typically all the
+/// connections to one peer, or all SNAT'd connections through one gateway —
+/// shares one, so a flow entry holds a pointer instead of the whole thing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FlowAction {
+    pub verdict: Verdict,
+    /// The composed transposition with its port rewrite cleared (the port
+    /// rewrite is per flow: [`UnifiedFlow::ports`]).
+    pub transposition: Transposition,
+    /// Counter slots (forward: layers, rules, meters; drop: the deciding
+    /// layer and rule).
+    pub counters: Box<[u32]>,
+}
+
+/// A borrowed [`FlowAction`], to look one up in the intern set without
+/// building it. Hashes exactly as the owned form.
+#[derive(Hash)]
+pub struct FlowActionRef<'a> {
+    pub verdict: &'a Verdict,
+    pub transposition: &'a Transposition,
+    pub counters: &'a [u32],
+}
+
+impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
+    fn equivalent(&self, a: &Arc<FlowAction>) -> bool {
+        *self.verdict == a.verdict
+            && *self.transposition == a.transposition
+            && *self.counters == *a.counters
+    }
+}
+
+/// The cached result for one UFID in one direction (VFP-12): the shared
+/// [`FlowAction`] plus what is the flow's own. 96 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnifiedFlow {
     /// The flow's UFID (stored packed; compare with [`PackedUfid::matches`]).
     pub key: PackedUfid,
-    /// Port generation the flow was compiled at (VFP-13).
-    pub generation: u64,
-    pub transposition: Transposition,
-    pub verdict: Verdict,
-    /// Counter slots this flow's packets count towards (forward: layers,
-    /// rules, meters; drop: the deciding layer and rule). Interned: shared
-    /// by every flow with the same list.
-    pub counters: Arc<[u32]>,
-    /// Packets and bytes not yet added to `counters` (the fast path counts
-    /// here, in the entry it already has in cache; flushed lazily).
+    /// Low 32 bits of the port generation the flow was compiled at
+    /// (VFP-13). Never 0 for a current flow: when the port generation's low
+    /// half wraps, the port sets every stamp to 0 (see `Port::bump`), so a
+    /// stamp equals the current generation's only if the flow was compiled
+    /// at it.
+    pub generation: u32,
+    /// The per-flow part of the transposition.
+    pub ports: PortRewrite,
+    pub action: Arc<FlowAction>,
+    /// Packets and bytes not yet added to the action's counters (the fast
+    /// path counts here, in the entry it already has in cache; flushed
+    /// lazily, and before `packets` would overflow).
     #[serde(default)]
-    pub packets: u64,
+    pub packets: u32,
     #[serde(default)]
     pub bytes: u64,
 }
 
 impl UnifiedFlow {
+    #[inline]
+    pub fn verdict(&self) -> Verdict {
+        self.action.verdict
+    }
+
+    /// The whole transposition (shared part and port rewrite), built for
+    /// diagnostics; the datapath applies the parts without building it.
+    pub fn transposition(&self) -> Transposition {
+        self.action.transposition.with_ports(self.ports)
+    }
+
     /// Add pending packets/bytes to the counter slots (as drops for a drop
     /// flow) and zero them.
     pub fn flush(&mut self, arena: &mut crate::counters::CounterArena) {
         if self.packets == 0 {
             return;
         }
-        for &slot in self.counters.iter() {
-            if self.verdict.is_forward() {
-                arena.add(slot, self.packets, self.bytes);
+        let (packets, bytes) = (u64::from(self.packets), self.bytes);
+        let forward = self.action.verdict.is_forward();
+        for &slot in self.action.counters.iter() {
+            if forward {
+                arena.add(slot, packets, bytes);
             } else {
-                arena.add_drops(slot, self.packets);
+                arena.add_drops(slot, packets);
             }
         }
         self.packets = 0;
         self.bytes = 0;
+    }
+
+    /// Heap bytes this flow holds alone (shared actions are not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.key.heap_bytes()
     }
 }
 
@@ -419,12 +622,59 @@ pub struct Connection {
     pub created: Time,
     pub last_seen: Time,
     /// Idle timeout from the deciding rules, if any set one.
-    pub idle_ttl: Option<Time>,
+    idle_ttl: OptTime,
     /// Second-chance bit for eviction (set on every hit).
     pub referenced: bool,
 }
 
+/// An `Option<Time>` in 8 bytes: `u64::MAX` is `None`. No TTL takes that
+/// value: rule TTLs are whole seconds in nanoseconds, so even.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct OptTime(u64);
+
+impl From<Option<Time>> for OptTime {
+    fn from(t: Option<Time>) -> OptTime {
+        OptTime(t.unwrap_or(u64::MAX))
+    }
+}
+
+impl OptTime {
+    fn get(self) -> Option<Time> {
+        (self.0 != u64::MAX).then_some(self.0)
+    }
+}
+
 impl Connection {
+    /// A connection started by a packet of direction `initiator`, with no
+    /// unified flows yet.
+    pub fn new(
+        initiator: Direction,
+        tcp: Option<TcpConn>,
+        layer_flows: LayerFlowRefs,
+        now: Time,
+        idle_ttl: Option<Time>,
+    ) -> Connection {
+        Connection {
+            sides: [None, None],
+            initiator,
+            tcp,
+            layer_flows,
+            created: now,
+            last_seen: now,
+            idle_ttl: idle_ttl.into(),
+            referenced: false,
+        }
+    }
+
+    /// Idle timeout from the deciding rules, if any set one.
+    pub fn idle_ttl(&self) -> Option<Time> {
+        self.idle_ttl.get()
+    }
+
+    pub fn set_idle_ttl(&mut self, t: Option<Time>) {
+        self.idle_ttl = t.into();
+    }
+
     pub fn side(&self, d: Direction) -> Option<&UnifiedFlow> {
         self.sides[d.index()].as_ref()
     }
@@ -433,7 +683,7 @@ impl Connection {
         self.sides
             .iter()
             .flatten()
-            .all(|uf| !uf.verdict.is_forward())
+            .all(|uf| !uf.verdict().is_forward())
     }
 }
 
@@ -497,7 +747,7 @@ impl UnifiedFlowTable {
             .and_then(|c| c.as_ref())
             .and_then(|c| c.sides[d.index()].as_ref())
             // The hash and both ends of the key: the lines the lookup reads.
-            .map_or(1, |uf| uf.generation ^ u64::from(uf.key.proto()))
+            .map_or(1, |uf| u64::from(uf.generation ^ u32::from(uf.key.proto())))
     }
 
     /// The connection whose outbound flow has the VM-side identity of
@@ -604,6 +854,14 @@ impl UnifiedFlowTable {
             .filter_map(|(i, c)| c.as_ref().map(|c| (i as u32, c)))
     }
 
+    /// Every unified flow, mutably (for sweeps that do not touch keys).
+    pub fn flows_mut(&mut self) -> impl Iterator<Item = &mut UnifiedFlow> {
+        self.conns
+            .iter_mut()
+            .flatten()
+            .flat_map(|c| c.sides.iter_mut().flatten())
+    }
+
     /// Slot numbers of all live connections.
     pub fn ids(&self) -> Vec<u32> {
         self.iter().map(|(i, _)| i).collect()
@@ -684,7 +942,7 @@ impl UnifiedFlowTable {
                         + c.sides
                             .iter()
                             .flatten()
-                            .map(|uf| uf.counters.len() * 4 + uf.key.heap_bytes())
+                            .map(|uf| uf.heap_bytes())
                             .sum::<usize>()
                 })
                 .sum::<usize>()
@@ -711,4 +969,19 @@ fn out_pair_hash(conns: &[Option<Connection>], c: u32) -> u64 {
         .and_then(|c| c.side(Direction::Out))
         .map(|uf| pair_hash(&layer_flow_key(&uf.key.unpack())))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entry sizes are what memory per connection is made of (issue 2);
+    /// growing one is a decision, not an accident.
+    #[test]
+    fn entries_stay_compact() {
+        assert_eq!(size_of::<Option<UnifiedFlow>>(), 96);
+        assert_eq!(size_of::<Option<TcpConn>>(), 52);
+        assert_eq!(size_of::<Option<Connection>>(), 296);
+        assert_eq!(size_of::<Option<LayerFlow>>(), 32);
+    }
 }

@@ -163,10 +163,12 @@ impl Group {
                 },
             })?;
             rules.push(CompiledRule {
-                id: Arc::from(r.id.as_str()),
-                fingerprint: r.fingerprint(),
+                identity: Arc::new(RuleIdentity {
+                    id: Arc::from(r.id.as_str()),
+                    fingerprint: r.fingerprint(),
+                    counter: u32::MAX,
+                }),
                 action,
-                counter: u32::MAX,
             });
         }
         let matches: Vec<RuleMatch> = self
@@ -188,15 +190,44 @@ impl Group {
     }
 }
 
-/// A rule's compiled parts, parallel to `Group::rules`.
-#[derive(Debug, Clone)]
-pub struct CompiledRule {
-    /// The rule's id, shared by every layer flow it creates.
+/// What a layer flow remembers of the rule that created it: id, content
+/// fingerprint (to revalidate the flow after policy changes) and counter
+/// slot. Shared by the compiled rule and every layer flow it creates, so a
+/// flow holds one pointer for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleIdentity {
     pub id: Arc<str>,
-    pub action: Arc<dyn Action>,
     pub fingerprint: u64,
     /// The rule's counter slot in the port's arena.
     pub counter: u32,
+}
+
+/// A rule's compiled parts, parallel to `Group::rules`.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub identity: Arc<RuleIdentity>,
+    pub action: Arc<dyn Action>,
+}
+
+impl CompiledRule {
+    /// The rule's id, shared by every layer flow it creates.
+    pub fn id(&self) -> &Arc<str> {
+        &self.identity.id
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.identity.fingerprint
+    }
+
+    /// The rule's counter slot in the port's arena.
+    pub fn counter(&self) -> u32 {
+        self.identity.counter
+    }
+
+    /// Assign the counter slot (when the rule joins a port).
+    pub fn set_counter(&mut self, counter: u32) {
+        Arc::make_mut(&mut self.identity).counter = counter;
+    }
 }
 
 /// A validated group with its classifier, ready to install.

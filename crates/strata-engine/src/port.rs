@@ -21,8 +21,8 @@ use crate::condition::FieldValues;
 use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_table::{
-    Connection, LayerFlow, LayerFlowRef, LayerFlowRefs, LayerFlowTable, UnifiedFlow,
-    UnifiedFlowTable, layer_flow_key, uft_hash,
+    Connection, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
+    UnifiedFlow, UnifiedFlowTable, layer_flow_key, uft_hash,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -35,7 +35,7 @@ use crossbeam_channel::Receiver;
 use smallvec::{SmallVec, smallvec};
 use std::net::IpAddr;
 use std::sync::Arc;
-use strata_packet::emit::{PacketBuf, apply};
+use strata_packet::emit::{PacketBuf, apply_with_ports};
 use strata_packet::flow::{Ufid, ipproto};
 use strata_packet::packed::PackedUfid;
 use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_with};
@@ -62,8 +62,8 @@ pub struct Port {
     pub(crate) layer_flows: Vec<(u32, LayerFlowTable)>,
     pub(crate) uft: UnifiedFlowTable,
     pub(crate) counters: PortCounters,
-    /// Interned counter-slot lists of unified flows.
-    pub(crate) counter_lists: hashbrown::HashSet<Arc<[u32]>>,
+    /// Interned actions of unified flows (see [`FlowAction`]).
+    pub(crate) flow_actions: hashbrown::HashSet<Arc<FlowAction>>,
 }
 
 /// Result of walking the layers for one UFID.
@@ -132,7 +132,7 @@ impl Port {
             layer_flows: Vec::new(),
             uft: UnifiedFlowTable::default(),
             counters: PortCounters::default(),
-            counter_lists: Default::default(),
+            flow_actions: Default::default(),
         }
     }
 
@@ -222,10 +222,16 @@ impl Port {
     /// accounting.
     pub fn flow_memory_bytes(&self) -> usize {
         self.uft.memory_bytes()
+            + self.flow_actions.capacity() * (size_of::<Arc<FlowAction>>() + 1)
+            + self
+                .flow_actions
+                .iter()
+                .map(|a| size_of::<FlowAction>() + 16 + a.counters.len() * 4)
+                .sum::<usize>()
             + self
                 .layer_flows
                 .iter()
-                .map(|(_, t)| t.len() * (size_of::<LayerFlow>() + 64))
+                .map(|(_, t)| t.memory_bytes())
                 .sum::<usize>()
     }
 
@@ -248,7 +254,25 @@ impl Port {
 
     fn bump(&mut self) -> u64 {
         self.generation += 1;
+        if stamp(self.generation) == 0 {
+            // The low half wrapped: stamps of flows compiled 2^32
+            // generations ago could now equal current ones. Mark every flow
+            // stale once (stamp 0 is never current) and skip generation
+            // stamp 0. Once per 2^32 policy changes, so O(flows) is fine.
+            self.generation += 1;
+            for uf in self.uft.flows_mut() {
+                uf.generation = 0;
+            }
+            for (_, t) in &mut self.layer_flows {
+                t.expire_stamps();
+            }
+        }
         self.generation
+    }
+
+    /// The generation stamp flows compiled now carry.
+    fn stamp(&self) -> u32 {
+        stamp(self.generation)
     }
 
     fn flow_table(&self, uid: u32) -> Option<&LayerFlowTable> {
@@ -363,10 +387,11 @@ impl Port {
     fn assign_counters(&mut self, layer: &str, p: PreparedGroup) -> crate::policy::CompiledGroup {
         let mut g = p.0;
         for (r, c) in g.group.rules.iter().zip(g.rules.iter_mut()) {
-            c.counter = self.counters.arena.slot(CounterName::Rule {
+            let slot = self.counters.arena.slot(CounterName::Rule {
                 layer: layer.to_string(),
                 rule: r.id.clone(),
             });
+            c.set_counter(slot);
         }
         g
     }
@@ -589,48 +614,56 @@ impl Port {
                 self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now)
             }
         };
-        let stale = self
-            .uft
-            .get(conn)
-            .and_then(|c| c.side(d))
-            .is_some_and(|uf| uf.generation != self.generation);
-        if stale {
+        const REFUSED: Verdict = Verdict::Drop {
+            reason: DropReason::ActionRefused,
+            layer: None,
+        };
+        let stamp = self.stamp();
+        // One slab access for the usual case (current flow); a stale flow
+        // is reconciled and looked up again.
+        let Some(mut c) = self.uft.get_mut(conn) else {
+            return REFUSED;
+        };
+        if c.sides[d.index()]
+            .as_ref()
+            .is_some_and(|uf| uf.generation != stamp)
+        {
             self.counters.dir[d.index()].reconciled += 1;
             self.reconcile(conn, d, now);
+            match self.uft.get_mut(conn) {
+                Some(again) => c = again,
+                None => return REFUSED,
+            }
         }
-        let Some(c) = self.uft.get_mut(conn) else {
-            return Verdict::Drop {
-                reason: DropReason::ActionRefused,
-                layer: None,
-            };
-        };
         c.last_seen = now;
         c.referenced = true;
-        let Some(uf) = c.sides[d.index()].as_mut() else {
-            return Verdict::Drop {
-                reason: DropReason::ActionRefused,
-                layer: None,
-            };
+        let Connection { sides, tcp, .. } = c;
+        let Some(uf) = sides[d.index()].as_mut() else {
+            return REFUSED;
         };
         // Counted in the flow entry itself; added to the rule, layer and
-        // meter counters lazily (see `UnifiedFlow::flush`).
-        uf.packets += 1;
+        // meter counters lazily (see `UnifiedFlow::flush`), or now if the
+        // packet count would overflow.
+        match uf.packets.checked_add(1) {
+            Some(n) => uf.packets = n,
+            None => {
+                uf.flush(&mut self.counters.arena);
+                uf.packets = 1;
+            }
+        }
         uf.bytes += bytes;
-        let verdict = uf.verdict;
-        match verdict {
+        let action = &*uf.action;
+        match action.verdict {
             Verdict::Forward => {
                 // A connection whose TCP state began with this packet has
                 // already tracked it.
-                if let Some(t) = c.tcp.as_mut()
+                if let Some(t) = tcp.as_mut()
                     && !tracked
                 {
                     t.update(d, &parsed.meta, now, &mut self.counters.tcp);
                 }
-                let Some(uf) = c.sides[d.index()].as_ref() else {
-                    return verdict;
-                };
                 let dc = &mut self.counters.dir[d.index()];
-                match apply(&uf.transposition, buf, parsed) {
+                match apply_with_ports(&action.transposition, &uf.ports, buf, parsed) {
                     Ok(()) => {
                         dc.forwarded += 1;
                         Verdict::Forward
@@ -645,7 +678,7 @@ impl Port {
                     }
                 }
             }
-            Verdict::Drop { reason, .. } => {
+            verdict @ Verdict::Drop { reason, .. } => {
                 self.counters.dir[d.index()].dropped += 1;
                 self.counters.drops[reason.index()] += 1;
                 verdict
@@ -698,6 +731,7 @@ impl Port {
                 {
                     old.flush(&mut self.counters.arena);
                 }
+                self.unshare_keys(c, d);
                 self.uft.set_side(c, d, uf, hash);
                 let mut added = SmallVec::new();
                 let mut tracked = false;
@@ -709,6 +743,7 @@ impl Port {
                     }
                 }
                 self.hold(&added);
+                self.share_keys(c, d, &sim.created);
                 return (c, tracked);
             }
         }
@@ -721,19 +756,11 @@ impl Port {
         let tracked = tcp.is_some();
         let mut layer_flows = LayerFlowRefs::new();
         let added = add_refs(&mut layer_flows, &sim.refs);
-        let conn = Connection {
-            sides: [None, None],
-            initiator: d,
-            tcp,
-            layer_flows,
-            created: now,
-            last_seen: now,
-            idle_ttl: sim.ttl,
-            referenced: false,
-        };
+        let conn = Connection::new(d, tcp, layer_flows, now, sim.ttl);
         self.hold(&added);
         let c = self.uft.alloc(conn);
         self.uft.set_side(c, d, uf, hash);
+        self.share_keys(c, d, &sim.created);
         self.counters.flows.connections_created += 1;
         if !forward {
             return (c, tracked);
@@ -764,9 +791,10 @@ impl Port {
             let mut added = SmallVec::new();
             if let Some(conn) = self.uft.get_mut(c) {
                 added = add_refs(&mut conn.layer_flows, &psim.refs);
-                conn.idle_ttl = min_ttl(conn.idle_ttl, psim.ttl);
+                conn.set_idle_ttl(min_ttl(conn.idle_ttl(), psim.ttl));
             }
             self.hold(&added);
+            self.share_keys(c, pd, &psim.created);
         } else {
             self.rollback(&psim.created);
         }
@@ -775,35 +803,60 @@ impl Port {
 
     fn unified_flow(&mut self, key: &Ufid, sim: &Sim) -> UnifiedFlow {
         let forward = sim.verdict.is_none();
-        let counters = self.intern_counters(if forward {
+        let (shared, ports) = if forward {
+            sim.transposition.split_ports()
+        } else {
+            Default::default()
+        };
+        let counters: &[u32] = if forward {
             &sim.counters
         } else {
             &sim.drop_counters
+        };
+        let action = self.intern_action(FlowActionRef {
+            verdict: &sim.verdict(),
+            transposition: &shared,
+            counters,
         });
         UnifiedFlow {
             key: PackedUfid::pack(key),
-            generation: self.generation,
-            transposition: if forward {
-                sim.transposition.clone()
-            } else {
-                Transposition::identity()
-            },
-            verdict: sim.verdict(),
-            counters,
+            generation: self.stamp(),
+            ports,
+            action,
             packets: 0,
             bytes: 0,
         }
     }
 
-    /// One shared copy of each distinct counter-slot list: flows decided by
-    /// the same rules point at the same list (no allocation per flow).
-    fn intern_counters(&mut self, slots: &[u32]) -> Arc<[u32]> {
-        if let Some(a) = self.counter_lists.get(slots) {
-            return Arc::clone(a);
+    /// One shared copy of each distinct flow action: flows decided by the
+    /// same rules with the same result point at the same one (no
+    /// allocation per flow).
+    fn intern_action(&mut self, a: FlowActionRef<'_>) -> Arc<FlowAction> {
+        if let Some(found) = self.flow_actions.get(&a) {
+            return Arc::clone(found);
         }
-        let a: Arc<[u32]> = Arc::from(slots);
-        self.counter_lists.insert(Arc::clone(&a));
-        a
+        let owned = Arc::new(FlowAction {
+            verdict: *a.verdict,
+            transposition: a.transposition.clone(),
+            counters: a.counters.into(),
+        });
+        self.flow_actions.insert(Arc::clone(&owned));
+        owned
+    }
+
+    /// Share equal actions again (after a restore, which deserializes one
+    /// copy per flow).
+    pub(crate) fn reintern_actions(&mut self) {
+        let mut set = std::mem::take(&mut self.flow_actions);
+        for uf in self.uft.flows_mut() {
+            match set.get(&uf.action) {
+                Some(a) => uf.action = Arc::clone(a),
+                None => {
+                    set.insert(Arc::clone(&uf.action));
+                }
+            }
+        }
+        self.flow_actions = set;
     }
 
     /// Re-simulate a stale unified flow (VFP-13).
@@ -821,12 +874,9 @@ impl Port {
         let mut new_refs = SmallVec::new();
         if let Some(conn) = self.uft.get_mut(c) {
             new_refs = add_refs(&mut conn.layer_flows, &sim.refs);
-            conn.idle_ttl = sim.ttl;
+            conn.set_idle_ttl(sim.ttl);
             if let Some(side) = conn.sides[d.index()].as_mut() {
-                if side.transposition == uf.transposition
-                    && side.verdict == uf.verdict
-                    && side.counters == uf.counters
-                {
+                if side.action == uf.action && side.ports == uf.ports {
                     side.generation = uf.generation;
                 } else {
                     side.flush(&mut self.counters.arena);
@@ -835,6 +885,31 @@ impl Port {
             }
         }
         self.hold(&new_refs);
+        self.share_keys(c, d, &sim.created);
+    }
+
+    /// Point restored layer flows at their compiled rule's identity again
+    /// (a restore deserializes one copy per flow).
+    pub(crate) fn reshare_rules(&mut self) {
+        let policy = Arc::clone(&self.policy);
+        for layer in &policy.layers {
+            let Some(t) = table_in(&mut self.layer_flows, layer.uid) else {
+                continue;
+            };
+            let rules: std::collections::HashMap<&str, &Arc<crate::policy::RuleIdentity>> = layer
+                .groups()
+                .iter()
+                .flat_map(|g| g.rules.iter())
+                .map(|r| (&*r.identity.id, &r.identity))
+                .collect();
+            for f in t.flows_mut() {
+                if let Some(&r) = rules.get(&*f.rule.id)
+                    && **r == *f.rule
+                {
+                    f.rule = Arc::clone(r);
+                }
+            }
+        }
     }
 
     /// Take a reference on layer flows for a connection.
@@ -847,21 +922,18 @@ impl Port {
     }
 
     fn table_mut(&mut self, uid: u32) -> Option<&mut LayerFlowTable> {
-        self.layer_flows
-            .iter_mut()
-            .find(|(u, _)| *u == uid)
-            .map(|(_, t)| t)
+        table_in(&mut self.layer_flows, uid)
     }
 
     /// Undo layer flows created by a simulation whose result is not used.
     fn rollback(&mut self, created: &[LayerFlowRef]) {
         for r in created {
-            let released = self.table_mut(r.layer_uid).and_then(|t| {
+            let released = table_in(&mut self.layer_flows, r.layer_uid).and_then(|t| {
                 // Created flows have no holder yet: take and free them.
                 if let Some(f) = t.get_mut(r.slot) {
                     f.refs = 1;
                 }
-                t.release(r.slot)
+                t.release(r.slot, &self.uft)
             });
             if let Some(f) = released {
                 self.teardown(r.layer_uid, &f);
@@ -876,7 +948,7 @@ impl Port {
             let policy = Arc::clone(&self.policy);
             if let Some(l) = policy.layers.iter().find(|l| l.uid == layer_uid) {
                 for g in l.groups() {
-                    if let Some(i) = g.rules.iter().position(|r| *r.id == *f.rule_id) {
+                    if let Some(i) = g.rules.iter().position(|r| *r.identity.id == *f.rule.id) {
                         g.rules[i].action.teardown(f.state(), &mut self.resources);
                     }
                 }
@@ -909,20 +981,25 @@ impl Port {
 
             // 1. An existing layer flow decides.
             if let Some((slot, side)) = self.layer_flow_hit(layer, d, local, now, mode) {
-                let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
+                let Some(table) = self.flow_table(layer.uid) else {
                     continue;
                 };
-                let t = f.transposition_of(side);
+                let (Some(f), Some(t)) = (
+                    table.get(slot),
+                    table.transposition_of(slot, side, &self.uft),
+                ) else {
+                    continue;
+                };
                 sim.counters.extend_from_slice(f.side_counters(side));
                 sim.counters.push(layer.counter);
-                sim.counters.push(f.rule_counter);
+                sim.counters.push(f.rule.counter);
                 sim.ttl = min_ttl(sim.ttl, f.ttl());
                 if trace {
                     sim.trace.push(LayerTrace {
                         layer: layer.id.clone(),
                         input: *local,
                         decision: LayerDecision::LayerFlow {
-                            rule: f.rule_id.to_string(),
+                            rule: f.rule.id.to_string(),
                             reverse: side == 1,
                         },
                         transposition: t.describe(),
@@ -985,7 +1062,7 @@ impl Port {
             }
             if let Err(reason) = out.verdict {
                 sim.verdict = Some((reason, li as u16));
-                sim.drop_counters = smallvec![layer.counter, crule.counter];
+                sim.drop_counters = smallvec![layer.counter, crule.counter()];
                 break;
             }
             if let Some(slot) = lf {
@@ -998,7 +1075,7 @@ impl Port {
             }
             sim.counters.extend_from_slice(&out.counters);
             sim.counters.push(layer.counter);
-            sim.counters.push(crule.counter);
+            sim.counters.push(crule.counter());
             sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
             if !out.transposition.is_identity() {
                 sim.transposition = sim.transposition.then(&out.transposition);
@@ -1035,7 +1112,7 @@ impl Port {
             dry_run: mode == Mode::DryRun,
             layer: &layer.id,
             rule: &rule.id,
-            rule_counter: crule.counter,
+            rule_counter: crule.counter(),
             resources: &mut self.resources,
             events: &mut self.events,
             counters: &mut self.counters.arena,
@@ -1051,22 +1128,19 @@ impl Port {
         }
         let flow = LayerFlow::new(
             d,
-            local,
-            Arc::clone(&crule.id),
-            crule.counter,
-            crule.fingerprint,
-            layer.generation,
+            Arc::clone(&crule.identity),
+            stamp(layer.generation),
             &out.transposition,
             &out.counters,
             std::mem::take(&mut out.state),
             rule.ttl_secs.map(secs),
         );
         let uid = layer.uid;
-        let Some(table) = self.table_mut(uid) else {
+        let Some(table) = table_in(&mut self.layer_flows, uid) else {
             self.resources.release(flow.state());
             return (out, None);
         };
-        let slot = table.insert(flow);
+        let slot = table.insert(flow, local, &self.uft);
         self.counters.flows.layer_flows_created += 1;
         (out, Some(slot))
     }
@@ -1089,33 +1163,35 @@ impl Port {
         if table.is_empty() {
             return None;
         }
-        let (slot, side) = table.lookup(d, local)?;
+        let (slot, side) = table.lookup(d, local, &self.uft)?;
         let f = table.get(slot)?;
-        if f.layer_generation == layer.generation {
+        if f.layer_generation == stamp(layer.generation) {
             return Some((slot, side));
         }
         let origin = f.origin;
-        let origin_key = f.key.unpack();
+        let origin_key = table.origin_key(slot, &self.uft)?;
         let fv = FieldValues::from_ufid(&origin_key);
         let decided = layer.classify(origin, &fv);
         let still = decided
             .and_then(|r| layer.rule(r))
             .is_some_and(|(r, cr, _)| {
-                r.stateful && *cr.id == *f.rule_id && cr.fingerprint == f.fingerprint
+                r.stateful
+                    && *cr.identity.id == *f.rule.id
+                    && cr.fingerprint() == f.rule.fingerprint
             });
         if mode == Mode::DryRun {
             return still.then_some((slot, side));
         }
-        let table = self.table_mut(layer.uid)?;
+        let table = table_in(&mut self.layer_flows, layer.uid)?;
         if still {
             if let Some(f) = table.get_mut(slot) {
-                f.layer_generation = layer.generation;
+                f.layer_generation = stamp(layer.generation);
             }
             return Some((slot, side));
         }
-        table.detach(slot);
+        table.detach(slot, &self.uft);
         if table.get(slot).is_some_and(|f| f.refs == 0)
-            && let Some(f) = table.release(slot)
+            && let Some(f) = table.release(slot, &self.uft)
         {
             self.teardown(layer.uid, &f);
         }
@@ -1127,17 +1203,17 @@ impl Port {
         let (_, new_slot) = self.run_rule(layer, rref, origin, &origin_key, now, mode);
         let new_slot = new_slot?;
         let table = self.flow_table(layer.uid)?;
-        match table.lookup(d, local) {
+        match table.lookup(d, local, &self.uft) {
             Some((s, side)) if s == new_slot => Some((s, side)),
             _ => {
                 // The re-derived flow does not cover this packet's key (e.g.
                 // a new SNAT port); it stays for the origin direction's next
                 // packet only if someone holds it.
-                if let Some(t) = self.table_mut(layer.uid)
+                if let Some(t) = table_in(&mut self.layer_flows, layer.uid)
                     && let Some(f) = t.get_mut(new_slot)
                 {
                     f.refs = 1;
-                    if let Some(f) = t.release(new_slot) {
+                    if let Some(f) = t.release(new_slot, &self.uft) {
                         self.teardown(layer.uid, &f);
                     }
                 }
@@ -1158,7 +1234,7 @@ impl Port {
                 s if s.is_half_open() => c.last_seen.saturating_add(cfg.tcp_half_open_idle),
                 _ => c
                     .last_seen
-                    .saturating_add(c.idle_ttl.unwrap_or(cfg.tcp_established_idle)),
+                    .saturating_add(c.idle_ttl().unwrap_or(cfg.tcp_established_idle)),
             };
         }
         let proto = c
@@ -1171,9 +1247,9 @@ impl Port {
         let idle = if c.is_drop_only() {
             cfg.tcp_half_open_idle
         } else if proto == ipproto::UDP {
-            c.idle_ttl.unwrap_or(cfg.udp_idle)
+            c.idle_ttl().unwrap_or(cfg.udp_idle)
         } else {
-            c.idle_ttl.unwrap_or(cfg.other_idle)
+            c.idle_ttl().unwrap_or(cfg.other_idle)
         };
         c.last_seen.saturating_add(idle)
     }
@@ -1182,8 +1258,8 @@ impl Port {
     /// resets), releasing layer flows and SNAT ports. Returns how many.
     pub fn expire(&mut self, now: Time) -> usize {
         self.flush_counters();
-        // Lists no flow uses any more.
-        self.counter_lists.retain(|a| Arc::strong_count(a) > 1);
+        // Actions no flow uses any more.
+        self.flow_actions.retain(|a| Arc::strong_count(a) > 1);
         let due: Vec<u32> = self
             .uft
             .iter()
@@ -1208,13 +1284,46 @@ impl Port {
 
     fn remove_connection(&mut self, c: u32) {
         self.flush_connection(c);
-        let Some(conn) = self.uft.remove(c) else {
+        let Some(refs) = self.uft.get(c).map(|conn| conn.layer_flows.clone()) else {
             return;
         };
-        for r in conn.layer_flows {
-            let released = self.table_mut(r.layer_uid).and_then(|t| t.release(r.slot));
+        // Layer flows go first, while the keys they share are still here.
+        for r in refs {
+            let released = table_in(&mut self.layer_flows, r.layer_uid).and_then(|t| {
+                if t.get(r.slot).is_some_and(|f| f.refs > 1) {
+                    // Others hold it on: it keeps its key itself.
+                    for d in [Direction::Out, Direction::In] {
+                        t.own_key(r.slot, c, d, &self.uft);
+                    }
+                }
+                t.release(r.slot, &self.uft)
+            });
             if let Some(f) = released {
                 self.teardown(r.layer_uid, &f);
+            }
+        }
+        self.uft.remove(c);
+    }
+
+    /// Let layer flows created for side `d` of connection `c` (and held by
+    /// it) read their origin key from that side when it is the same.
+    fn share_keys(&mut self, c: u32, d: Direction, created: &[LayerFlowRef]) {
+        for r in created {
+            if let Some(t) = table_in(&mut self.layer_flows, r.layer_uid) {
+                t.share_key(r.slot, c, d, &self.uft);
+            }
+        }
+    }
+
+    /// Before side `d` of connection `c` changes key: flows sharing it
+    /// store it themselves again.
+    fn unshare_keys(&mut self, c: u32, d: Direction) {
+        let Some(refs) = self.uft.get(c).map(|conn| conn.layer_flows.clone()) else {
+            return;
+        };
+        for r in refs {
+            if let Some(t) = table_in(&mut self.layer_flows, r.layer_uid) {
+                t.own_key(r.slot, c, d, &self.uft);
             }
         }
     }
@@ -1225,7 +1334,7 @@ impl Port {
         let cfg = self.config.clone();
         let score = |c: &Connection| -> u32 {
             let expired = {
-                let idle = c.idle_ttl.unwrap_or(cfg.tcp_established_idle);
+                let idle = c.idle_ttl().unwrap_or(cfg.tcp_established_idle);
                 c.last_seen.saturating_add(idle) <= now
             };
             match c.tcp.map(|t| t.state) {
@@ -1271,10 +1380,13 @@ impl Port {
             verdict: sim.verdict(),
             layers: sim.trace,
             cached: cached.map(|uf| crate::trace::CachedFlow {
-                generation: uf.generation,
-                current: uf.generation == self.generation,
-                transposition: uf.transposition.describe(),
-                verdict: uf.verdict,
+                // The latest generation with the flow's stamp.
+                generation: self
+                    .generation
+                    .saturating_sub(u64::from(self.stamp().wrapping_sub(uf.generation))),
+                current: uf.generation == self.stamp(),
+                transposition: uf.transposition().describe(),
+                verdict: uf.verdict(),
             }),
         }
     }
@@ -1289,6 +1401,12 @@ impl Port {
         let p = parse_with(frame, parse_options(d))?;
         Ok(self.trace(d, &p.ufid, now))
     }
+}
+
+/// The flow table of layer `uid` (a free function, so callers can borrow
+/// the unified flow table beside it).
+fn table_in(tables: &mut [(u32, LayerFlowTable)], uid: u32) -> Option<&mut LayerFlowTable> {
+    tables.iter_mut().find(|(u, _)| *u == uid).map(|(_, t)| t)
 }
 
 /// Add refs not yet held; returns the ones added (to take references on).
@@ -1309,6 +1427,11 @@ pub fn parse_options(d: Direction) -> ParseOptions {
     ParseOptions {
         decode_tunnels: d == Direction::In,
     }
+}
+
+/// The generation stamp of port generation `g` (its low half).
+fn stamp(g: u64) -> u32 {
+    g as u32
 }
 
 fn min_ttl(a: Option<Time>, b: Option<Time>) -> Option<Time> {
@@ -1346,4 +1469,66 @@ fn check_unique_rules<'a>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::*;
+    use std::net::Ipv4Addr;
+
+    fn vm_udp(sp: u16) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2(VM_MAC.0, VM_GW_MAC.0)
+            .ipv4(VM_CA.octets(), Ipv4Addr::new(10, 1, 0, 9).octets(), 64)
+            .udp(sp, 53);
+        let mut out = Vec::new();
+        b.write(&mut out, b"q").expect("frame");
+        out
+    }
+
+    fn stamps(p: &mut Port) -> (Vec<u32>, Vec<u32>) {
+        let uf = p.uft.flows_mut().map(|uf| uf.generation).collect();
+        let lf = p
+            .layer_flows
+            .iter_mut()
+            .flat_map(|(_, t)| t.flows_mut().map(|f| f.layer_generation))
+            .collect();
+        (uf, lf)
+    }
+
+    /// Flows keep only the low half of the generation they were compiled
+    /// at. When it wraps, every flow is marked stale once, so a stamp that
+    /// comes round again 2^32 generations later is not mistaken for
+    /// current.
+    #[test]
+    fn generation_stamps_wrap_safely() {
+        let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
+        install_mappings(&mut p, 4).expect("mappings");
+        let frame = vm_udp(5000);
+        let send = |p: &mut Port, now| {
+            let mut b = PacketBuf::from_frame(&frame);
+            assert!(p.process(Direction::Out, &mut b, now).is_forward());
+        };
+        send(&mut p, secs(1));
+        let compiled = p.stamp();
+        let (uf, lf) = stamps(&mut p);
+        assert!(!uf.is_empty() && !lf.is_empty());
+        assert!(uf.iter().all(|&s| s == compiled));
+
+        // The low half wraps: stamp 0 is skipped and every flow swept to 0.
+        p.generation = u64::from(u32::MAX);
+        p.bump();
+        assert_eq!(p.generation, (1 << 32) + 1);
+        let (uf, lf) = stamps(&mut p);
+        assert!(uf.iter().chain(&lf).all(|&s| s == 0));
+
+        // 2^32 changes after compilation the old stamp value is current
+        // again; the flow must still be re-simulated.
+        p.generation = (1 << 32) + u64::from(compiled);
+        let before = p.direction_counters(Direction::Out).reconciled;
+        send(&mut p, secs(2));
+        assert_eq!(p.direction_counters(Direction::Out).reconciled, before + 1);
+        send(&mut p, secs(3));
+        assert_eq!(p.direction_counters(Direction::Out).reconciled, before + 1);
+    }
 }

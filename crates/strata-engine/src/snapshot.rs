@@ -19,9 +19,11 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub const MAGIC: [u8; 8] = *b"STRATASR";
-/// Format version: 2 since flow keys are stored packed ([`strata_packet::PackedUfid`]);
-/// version 1 snapshots are refused with a clear error.
-pub const VERSION: u32 = 2;
+/// Format version: 2 since flow keys are stored packed
+/// ([`strata_packet::PackedUfid`]); 3 since unified flows share interned
+/// actions and 32-bit generation stamps and layer flows share their
+/// connection's keys. Older snapshots are refused with a clear error.
+pub const VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 pub struct Envelope {
@@ -118,10 +120,11 @@ impl Port {
             for g in spec.groups {
                 let mut cg = g.prepare(&registry)?.0;
                 for (r, c) in cg.group.rules.iter().zip(cg.rules.iter_mut()) {
-                    c.counter = counters.arena.slot(CounterName::Rule {
+                    let slot = counters.arena.slot(CounterName::Rule {
                         layer: spec.id.clone(),
                         rule: r.id.clone(),
                     });
+                    c.set_counter(slot);
                 }
                 groups.push(Arc::new(cg));
             }
@@ -137,13 +140,13 @@ impl Port {
                 .with_groups(groups),
             ));
         }
-        let mut layer_flows = st.layer_flows;
-        for (_, t) in &mut layer_flows {
-            t.reindex();
-        }
         let mut uft = st.uft;
         uft.reindex();
-        Ok(Port {
+        let mut layer_flows = st.layer_flows;
+        for (_, t) in &mut layer_flows {
+            t.reindex(&uft);
+        }
+        let mut port = Port {
             name: st.name,
             config: st.config,
             policy: Arc::new(PortPolicy { layers }),
@@ -155,7 +158,10 @@ impl Port {
             layer_flows,
             uft,
             counters,
-            counter_lists: Default::default(),
-        })
+            flow_actions: Default::default(),
+        };
+        port.reintern_actions();
+        port.reshare_rules();
+        Ok(port)
     }
 }

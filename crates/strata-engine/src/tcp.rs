@@ -54,13 +54,15 @@ impl TcpState {
 }
 
 /// Per-direction sequence tracking. Index 0 = initiator, 1 = responder.
-/// Packed (32 bytes): optional fields are flagged in `flags`.
+/// Packed (20 bytes): optional fields are flagged in `flags`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Side {
-    isn: u32,
+    /// The ISN during the handshake; the FIN's sequence number once one is
+    /// seen (`HAS_FIN`). A side never needs both: the ISN is read only in
+    /// the handshake states, and a FIN is recorded only after them.
+    isn_or_fin: u32,
     /// Highest sequence number sent + length (next expected).
     next: u32,
-    fin: u32,
     /// Outstanding RTT sample: sequence end and send time in microseconds
     /// (wrapping; 32 bits keep the tracking state small).
     probe_seq: u32,
@@ -88,8 +90,16 @@ impl Side {
         self.flags |= HAS_NEXT;
     }
 
+    fn isn(&self) -> u32 {
+        self.isn_or_fin
+    }
+
+    fn set_isn(&mut self, v: u32) {
+        self.isn_or_fin = v;
+    }
+
     fn fin_seq(&self) -> Option<u32> {
-        (self.flags & HAS_FIN != 0).then_some(self.fin)
+        (self.flags & HAS_FIN != 0).then_some(self.isn_or_fin)
     }
 
     fn fin_acked(&self) -> bool {
@@ -121,7 +131,14 @@ pub struct TcpConn {
     sides: [Side; 2],
     /// One timestamp reused by phase: the SYN's time while `SynSent`, the
     /// SYN-ACK's while `SynReceived`, when TIME_WAIT or CLOSED began after.
-    mark: Time,
+    /// Kept as two 32-bit halves so the struct is 4-aligned and packs with
+    /// the connection's small fields (48 bytes with the tag of `Option`).
+    mark: [u32; 2],
+}
+
+/// A [`Time`] as high and low halves.
+fn split_time(t: Time) -> [u32; 2] {
+    [(t >> 32) as u32, t as u32]
 }
 
 /// `a` is after `b` in sequence space.
@@ -145,10 +162,10 @@ impl TcpConn {
             },
             initiator: dir,
             sides: [Side::default(); 2],
-            mark: now,
+            mark: split_time(now),
         };
         if syn_only {
-            c.sides[0].isn = m.tcp_seq;
+            c.sides[0].set_isn(m.tcp_seq);
             c.sides[0].set_next(m.tcp_seq.wrapping_add(1));
         } else {
             c.track_data(0, m, now, stats);
@@ -158,7 +175,15 @@ impl TcpConn {
 
     /// When TIME_WAIT or CLOSED began (meaningful in those states).
     pub fn finished_at(&self) -> Time {
-        self.mark
+        self.mark()
+    }
+
+    fn mark(&self) -> Time {
+        u64::from(self.mark[0]) << 32 | u64::from(self.mark[1])
+    }
+
+    fn set_mark(&mut self, t: Time) {
+        self.mark = split_time(t);
     }
 
     /// Update with one packet travelling in `dir`.
@@ -173,7 +198,7 @@ impl TcpConn {
             if self.state != TcpState::Closed {
                 stats.resets += 1;
                 self.state = TcpState::Closed;
-                self.mark = now;
+                self.set_mark(now);
             }
             return;
         }
@@ -189,22 +214,22 @@ impl TcpConn {
                 if me == 1
                     && f & (tcp_flags::SYN | tcp_flags::ACK) == (tcp_flags::SYN | tcp_flags::ACK)
                 {
-                    if m.tcp_ack == self.sides[0].isn.wrapping_add(1) {
-                        self.sides[1].isn = m.tcp_seq;
+                    if m.tcp_ack == self.sides[0].isn().wrapping_add(1) {
+                        self.sides[1].set_isn(m.tcp_seq);
                         self.sides[1].set_next(m.tcp_seq.wrapping_add(1));
                         self.state = TcpState::SynReceived;
                         stats.rtt_samples += 1;
-                        stats.rtt_sum_ns += now.saturating_sub(self.mark);
-                        self.mark = now;
+                        stats.rtt_sum_ns += now.saturating_sub(self.mark());
+                        self.set_mark(now);
                     } else {
                         stats.invalid_handshakes += 1;
                     }
                 } else if me == 0 && f & tcp_flags::SYN != 0 {
                     // SYN retransmission.
-                    if m.tcp_seq == self.sides[0].isn {
+                    if m.tcp_seq == self.sides[0].isn() {
                         stats.retransmits += 1;
                     } else {
-                        self.sides[0].isn = m.tcp_seq;
+                        self.sides[0].set_isn(m.tcp_seq);
                         self.sides[0].set_next(m.tcp_seq.wrapping_add(1));
                     }
                 } else {
@@ -214,13 +239,13 @@ impl TcpConn {
             TcpState::SynReceived => {
                 if me == 0
                     && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::ACK
-                    && m.tcp_ack == self.sides[1].isn.wrapping_add(1)
-                    && m.tcp_seq == self.sides[0].isn.wrapping_add(1)
+                    && m.tcp_ack == self.sides[1].isn().wrapping_add(1)
+                    && m.tcp_seq == self.sides[0].isn().wrapping_add(1)
                 {
                     self.state = TcpState::Established;
                     stats.handshakes_completed += 1;
                     stats.rtt_samples += 1;
-                    stats.rtt_sum_ns += now.saturating_sub(self.mark);
+                    stats.rtt_sum_ns += now.saturating_sub(self.mark());
                     self.track_data(me, m, now, stats);
                 } else if me == 1 && f & tcp_flags::SYN != 0 {
                     stats.retransmits += 1;
@@ -240,7 +265,7 @@ impl TcpConn {
                 }
                 if f & tcp_flags::FIN != 0 && self.sides[me].fin_seq().is_none() {
                     // FIN occupies one sequence number after the payload.
-                    self.sides[me].fin = m.tcp_seq.wrapping_add(m.l4_payload_len);
+                    self.sides[me].isn_or_fin = m.tcp_seq.wrapping_add(m.l4_payload_len);
                     self.sides[me].flags |= HAS_FIN;
                 }
                 self.advance_close(now);
@@ -302,7 +327,7 @@ impl TcpConn {
         };
         if next != self.state && !self.state.is_finished() {
             if next == TcpState::TimeWait {
-                self.mark = now;
+                self.set_mark(now);
             }
             // Data seen before a handshake stays unverified until closing.
             if !(self.state == TcpState::Unverified && fins == 0) {

@@ -115,7 +115,7 @@ impl std::fmt::Display for DropReason {
 }
 
 /// What the port decided for one packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Verdict {
     /// Forward the (transformed) packet onward in its direction.
     Forward,

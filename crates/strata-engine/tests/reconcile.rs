@@ -230,17 +230,21 @@ fn snapshot_restore_processes_identically() {
         Port::restore(b"hello", ActionRegistry::default()),
         Err(ApiError::Snapshot(_))
     ));
-    // An older format version is refused by name, not misread.
+    // Older format versions are refused by name, not misread.
     let mut env: strata_engine::snapshot::Envelope = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(env.version, strata_engine::snapshot::VERSION);
-    env.version = 1;
-    let old = postcard::to_allocvec(&env).unwrap();
-    match Port::restore(&old, ActionRegistry::default()) {
-        Err(ApiError::Snapshot(m)) => assert!(m.contains("version 1"), "{m}"),
-        other => panic!(
-            "version 1 snapshot accepted: {:?}",
-            other.map(|p| p.name().to_string())
-        ),
+    for old_version in 1..strata_engine::snapshot::VERSION {
+        env.version = old_version;
+        let old = postcard::to_allocvec(&env).unwrap();
+        match Port::restore(&old, ActionRegistry::default()) {
+            Err(ApiError::Snapshot(m)) => {
+                assert!(m.contains(&format!("version {old_version}")), "{m}")
+            }
+            other => panic!(
+                "version {old_version} snapshot accepted: {:?}",
+                other.map(|p| p.name().to_string())
+            ),
+        }
     }
 }
 

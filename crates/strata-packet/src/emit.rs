@@ -27,7 +27,7 @@ use crate::checksum::{self, Delta};
 use crate::flow::TunnelKind;
 use crate::flow::{ethertype, flow_hash, ipproto};
 use crate::parse::{L3Kind, L4Kind, Layout, Parsed};
-use crate::transposition::{Encap, OuterOp, Transposition, VlanOp};
+use crate::transposition::{Encap, OuterOp, PortRewrite, Transposition, VlanOp};
 use crate::wire::{ethernet, geneve, icmp, ipv4, ipv6, nvgre, tcp, udp, vlan, vxlan};
 use std::net::IpAddr;
 
@@ -206,6 +206,18 @@ fn same_family(a: IpAddr, b: IpAddr) -> bool {
 
 /// Apply `t` to the frame in `buf`, which `parsed` describes.
 pub fn apply(t: &Transposition, buf: &mut PacketBuf, parsed: &Parsed) -> Result<(), EmitError> {
+    apply_with_ports(t, &t.ports(), buf, parsed)
+}
+
+/// Apply `t` with its port rewrite replaced by `ports`: the split form flow
+/// tables store (see [`Transposition::split_ports`]), applied without
+/// rebuilding the whole transposition.
+pub fn apply_with_ports(
+    t: &Transposition,
+    ports: &PortRewrite,
+    buf: &mut PacketBuf,
+    parsed: &Parsed,
+) -> Result<(), EmitError> {
     let lay = &parsed.layout;
     let key = &parsed.ufid.inner;
     let has_outer = parsed.ufid.outer.is_some();
@@ -309,7 +321,7 @@ pub fn apply(t: &Transposition, buf: &mut PacketBuf, parsed: &Parsed) -> Result<
         }
         if is_ip {
             let offs = [rel(lay.l3)?, rel(lay.l4)?, rel(lay.l3_end)?];
-            dirty |= rewrite_l3_l4(t, frame, lay, offs, key.icmp_type)?;
+            dirty |= rewrite_l3_l4(t, ports, frame, lay, offs, key.icmp_type)?;
         }
     }
     match t.vlan {
@@ -368,7 +380,7 @@ pub fn apply(t: &Transposition, buf: &mut PacketBuf, parsed: &Parsed) -> Result<
 
     // ---- 3. Push the new outer groups. ----
     if let Some(e) = encap {
-        let inner_key = t.apply_to_key(key);
+        let inner_key = t.apply_to_key_with_ports(key, *ports);
         push_outer(buf, e, flow_hash(&inner_key), push_len)?;
     }
     Ok(())
@@ -378,6 +390,7 @@ pub fn apply(t: &Transposition, buf: &mut PacketBuf, parsed: &Parsed) -> Result<
 /// checksum and the L4 checksum valid. Returns whether a byte changed.
 fn rewrite_l3_l4(
     t: &Transposition,
+    ports: &PortRewrite,
     frame: &mut [u8],
     lay: &Layout,
     [l3, l4, l3_end]: [usize; 3],
@@ -456,13 +469,13 @@ fn rewrite_l3_l4(
         L4Kind::Tcp => {
             let mut p = tcp::Packet::new_checked(seg).map_err(|_| MISMATCH)?;
             let mut d = pseudo;
-            if let Some(port) = t.src_port
+            if let Some(port) = ports.src
                 && port != p.src_port()
             {
                 d.u16(p.src_port(), port);
                 p.set_src_port(port);
             }
-            if let Some(port) = t.dst_port
+            if let Some(port) = ports.dst
                 && port != p.dst_port()
             {
                 d.u16(p.dst_port(), port);
@@ -477,13 +490,13 @@ fn rewrite_l3_l4(
         L4Kind::Udp => {
             let mut p = udp::Packet::new_checked(seg).map_err(|_| MISMATCH)?;
             let mut d = pseudo;
-            if let Some(port) = t.src_port
+            if let Some(port) = ports.src
                 && port != p.src_port()
             {
                 d.u16(p.src_port(), port);
                 p.set_src_port(port);
             }
-            if let Some(port) = t.dst_port
+            if let Some(port) = ports.dst
                 && port != p.dst_port()
             {
                 d.u16(p.dst_port(), port);
@@ -509,9 +522,9 @@ fn rewrite_l3_l4(
             // ICMPv6 covers the pseudo-header; ICMPv4 does not.
             let mut d = if v6 { pseudo } else { Delta::ZERO };
             let id = if icmp::is_echo_request(v6, icmp_type) {
-                t.src_port
+                ports.src
             } else if icmp::is_echo_reply(v6, icmp_type) {
-                t.dst_port
+                ports.dst
             } else {
                 None
             };

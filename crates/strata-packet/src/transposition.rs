@@ -117,6 +117,18 @@ pub enum VlanOp {
     Set(u16),
 }
 
+/// The L4 port (or ICMP echo identifier) part of a transposition.
+///
+/// Flow tables store a transposition split in two: this part per flow (it
+/// is what tells SNAT'd flows apart) and the rest shared by every flow with
+/// the same result (see [`Transposition::split_ports`]). The emitter applies
+/// the two together with no allocation ([`crate::emit::apply_with_ports`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortRewrite {
+    pub src: Option<u16>,
+    pub dst: Option<u16>,
+}
+
 /// One compiled header transposition. `None` fields are left unchanged.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Transposition {
@@ -199,8 +211,40 @@ impl Transposition {
         }
     }
 
+    /// The port rewrite of this transposition.
+    #[inline]
+    pub fn ports(&self) -> PortRewrite {
+        PortRewrite {
+            src: self.src_port,
+            dst: self.dst_port,
+        }
+    }
+
+    /// The storage split of a flow table: the transposition without its
+    /// port rewrite (shared by many flows), and the port rewrite (per flow).
+    /// `a.with_ports(p)` gives the original back.
+    pub fn split_ports(&self) -> (Transposition, PortRewrite) {
+        let mut shared = self.clone();
+        shared.src_port = None;
+        shared.dst_port = None;
+        (shared, self.ports())
+    }
+
+    /// This transposition with its port rewrite replaced by `p`.
+    pub fn with_ports(&self, p: PortRewrite) -> Transposition {
+        let mut t = self.clone();
+        t.src_port = p.src;
+        t.dst_port = p.dst;
+        t
+    }
+
     /// Apply to inner-group metadata only.
     pub fn apply_to_key(&self, k: &FlowKey) -> FlowKey {
+        self.apply_to_key_with_ports(k, self.ports())
+    }
+
+    /// [`Transposition::apply_to_key`] with the port rewrite replaced by `ports`.
+    pub fn apply_to_key_with_ports(&self, k: &FlowKey, ports: PortRewrite) -> FlowKey {
         let mut o = *k;
         if let Some(m) = self.src_mac {
             o.src_mac = m;
@@ -231,10 +275,10 @@ impl Transposition {
                 (ipproto::ICMP, 0) | (ipproto::ICMPV6, 129) => (false, true),
                 _ => (false, false),
             };
-            if src_ok && let Some(p) = self.src_port {
+            if src_ok && let Some(p) = ports.src {
                 o.src_port = p;
             }
-            if dst_ok && let Some(p) = self.dst_port {
+            if dst_ok && let Some(p) = ports.dst {
                 o.dst_port = p;
             }
         }

@@ -11,10 +11,10 @@ use etherparse::{
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use strata_packet::emit::{PacketBuf, apply};
+use strata_packet::emit::{PacketBuf, apply, apply_with_ports};
 use strata_packet::flow::{MacAddr, TunnelKind};
 use strata_packet::parse::parse;
-use strata_packet::transposition::{Encap, OuterOp, Transposition, VlanOp};
+use strata_packet::transposition::{Encap, OuterOp, PortRewrite, Transposition, VlanOp};
 
 #[derive(Debug, Clone)]
 struct Pkt {
@@ -224,5 +224,40 @@ proptest! {
             apply(&undo, &mut back, &after).unwrap();
             prop_assert_eq!(back.as_slice(), &frame[..]);
         }
+    }
+
+    /// The split form flow tables store (shared part + per-flow port
+    /// rewrite) gives exactly the bytes of the whole transposition, and
+    /// splitting loses nothing.
+    #[test]
+    fn split_ports_applies_like_the_whole(
+        p in pkt(),
+        n in nat(),
+        macs in (proptest::option::of(any::<[u8; 6]>()), proptest::option::of(any::<[u8; 6]>())),
+        other in (proptest::option::of(any::<u16>()), proptest::option::of(any::<u16>())),
+    ) {
+        let frame = build(&p);
+        let parsed = parse(&frame).unwrap();
+        let mut t = transposition(p.v6, &n);
+        t.src_mac = macs.0.map(MacAddr);
+        t.dst_mac = macs.1.map(MacAddr);
+        let (shared, ports) = t.split_ports();
+        prop_assert_eq!(shared.ports(), PortRewrite::default());
+        prop_assert_eq!(&shared.with_ports(ports), &t);
+        let mut whole = PacketBuf::from_frame(&frame);
+        let r1 = apply(&t, &mut whole, &parsed);
+        let mut split = PacketBuf::from_frame(&frame);
+        let r2 = apply_with_ports(&shared, &ports, &mut split, &parsed);
+        prop_assert_eq!(r1, r2);
+        prop_assert_eq!(whole.as_slice(), split.as_slice());
+        // The shared part's own ports never leak in: with a port rewrite
+        // left in `t` and another one passed, the passed one wins.
+        let passed = PortRewrite { src: other.0, dst: other.1 };
+        let mut over = PacketBuf::from_frame(&frame);
+        let r3 = apply_with_ports(&t, &passed, &mut over, &parsed);
+        let mut direct = PacketBuf::from_frame(&frame);
+        let r4 = apply(&t.with_ports(passed), &mut direct, &parsed);
+        prop_assert_eq!(r3, r4);
+        prop_assert_eq!(over.as_slice(), direct.as_slice());
     }
 }
