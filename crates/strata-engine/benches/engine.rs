@@ -116,7 +116,8 @@ fn fast_path(c: &mut Criterion) {
     let live_policy = LIVE.load(Relaxed);
     let mut frames = Vec::with_capacity(nat_flows as usize);
     for i in 0..nat_flows {
-        frames.push(nat_conn(&mut port, &mut buf, i, secs(1)));
+        let [(_, out), _] = nat_conn(&mut port, i);
+        frames.push(out);
     }
     for i in 0..(total - nat_flows) {
         vnet_conn(&mut port, &mut buf, i, secs(1));

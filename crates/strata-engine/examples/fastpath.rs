@@ -22,41 +22,6 @@ use strata_engine::scenario::*;
 use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
 use strata_packet::PacketBuf;
 
-const PAYLOAD: [u8; 64] = [0x5a; 64];
-
-/// Establish SNAT'd connection `i`; its outbound and inbound data frames.
-fn nat_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
-    let dst = Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8);
-    let sp = 20000 + (i % 40000) as u16;
-    let (v, out) = run(
-        p,
-        Direction::Out,
-        &vm_tcp(dst, sp, 443, SYN, 1, 0, b""),
-        secs(1),
-    );
-    assert!(v.is_forward(), "{v:?}");
-    let nat_port = strata_packet::parse(&out)
-        .expect("parses")
-        .ufid
-        .inner
-        .src_port;
-    let inb = |fl, payload: &[u8]| {
-        let inner = tcp(GW_MAC, VM_MAC, dst, VIP, 443, nat_port, fl, 9, 2, payload);
-        vxlan(GW_MAC, HOST_MAC, INET_GW_PA, HOST_PA, VNI, &inner)
-    };
-    assert!(forwards(p, Direction::In, &inb(SYN | ACK, b""), secs(1)));
-    assert!(forwards(
-        p,
-        Direction::Out,
-        &vm_tcp(dst, sp, 443, ACK, 2, 10, b""),
-        secs(1)
-    ));
-    [
-        (Direction::Out, vm_tcp(dst, sp, 443, ACK, 2, 10, &PAYLOAD)),
-        (Direction::In, inb(ACK, &PAYLOAD)),
-    ]
-}
-
 /// Establish VNET connection `i`; its outbound and inbound data frames.
 fn vnet_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
     let (x, y) = peer_of(i);

@@ -6,7 +6,7 @@
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use std::net::Ipv4Addr;
 use strata_engine::scenario::*;
-use strata_engine::{Direction, Port, Verdict};
+use strata_engine::{Direction, Port, Verdict, secs};
 use strata_packet::PacketBuf;
 use strata_packet::flow::MacAddr;
 
@@ -345,35 +345,37 @@ pub fn lifecycle(i: u32) -> [(Direction, Vec<u8>); 6] {
 /// 64 bytes of payload for data frames.
 pub const PAYLOAD: [u8; 64] = [0x5a; 64];
 
-/// Establish SNAT'd internet connection `i` (NAT + VXLAN to the gateway)
-/// with a handshake in `buf`; returns the connection's outbound data frame
-/// (64-byte payload), which then takes the fast path.
-pub fn nat_conn(p: &mut Port, buf: &mut PacketBuf, i: u32, now: u64) -> Vec<u8> {
+/// Establish SNAT'd internet connection `i` (NAT + VXLAN to the gateway);
+/// its outbound and inbound data frames (64-byte payload), which then take
+/// the fast path.
+pub fn nat_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
     let dst = Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8);
     let sp = 20000 + (i % 40000) as u16;
-    let step = |p: &mut Port, buf: &mut PacketBuf, d: Direction, f: &[u8]| {
-        buf.reset(f);
-        p.process(d, buf, now)
-    };
-    let syn = tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, SYN, 1, 0, b"");
-    assert_eq!(step(p, buf, Direction::Out, &syn), Verdict::Forward);
-    let out = strata_packet::parse(buf.as_slice()).expect("out parses");
-    let nat_port = out.ufid.inner.src_port;
-    let sa = tcp(
-        GW_MAC,
-        VM_MAC,
-        dst,
-        VIP,
-        443,
-        nat_port,
-        SYN | ACK,
-        9,
-        2,
-        b"",
+    let (v, out) = run(
+        p,
+        Direction::Out,
+        &vm_tcp(dst, sp, 443, SYN, 1, 0, b""),
+        secs(1),
     );
-    let sa = vxlan(GW_MAC, HOST_MAC, INET_GW_PA, HOST_PA, VNI, &sa);
-    step(p, buf, Direction::In, &sa);
-    let ack = tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, ACK, 2, 10, b"");
-    step(p, buf, Direction::Out, &ack);
-    tcp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 443, ACK, 2, 10, &PAYLOAD)
+    assert!(v.is_forward(), "{v:?}");
+    let nat_port = strata_packet::parse(&out)
+        .expect("parses")
+        .ufid
+        .inner
+        .src_port;
+    let inb = |fl, payload: &[u8]| {
+        let inner = tcp(GW_MAC, VM_MAC, dst, VIP, 443, nat_port, fl, 9, 2, payload);
+        vxlan(GW_MAC, HOST_MAC, INET_GW_PA, HOST_PA, VNI, &inner)
+    };
+    assert!(forwards(p, Direction::In, &inb(SYN | ACK, b""), secs(1)));
+    assert!(forwards(
+        p,
+        Direction::Out,
+        &vm_tcp(dst, sp, 443, ACK, 2, 10, b""),
+        secs(1)
+    ));
+    [
+        (Direction::Out, vm_tcp(dst, sp, 443, ACK, 2, 10, &PAYLOAD)),
+        (Direction::In, inb(ACK, &PAYLOAD)),
+    ]
 }
