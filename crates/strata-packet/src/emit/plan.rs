@@ -29,10 +29,16 @@ use crate::flow::{TunnelKind, flow_hash};
 use crate::parse::{L3Kind, Parsed};
 use crate::transposition::{OuterOp, PortRewrite, Transposition, VlanOp};
 use crate::wire::{ethernet, geneve, ipv4};
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 /// A transposition with what can be prepared ahead of the packets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Compares, hashes and serializes as its transposition: the rest is
+/// derived from it (and rebuilt on deserialization).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "Transposition", into = "Transposition")]
 pub struct EmitPlan {
     transposition: Transposition,
     /// The shortcut, when the transposition's shape allows one.
@@ -70,6 +76,32 @@ const IP_CHECKSUM: usize = IP + 10;
 const L4: usize = IP + ipv4::HEADER_LEN;
 const UDP_SRC_PORT: usize = L4;
 const UDP_LEN: usize = L4 + 4;
+
+impl PartialEq for EmitPlan {
+    fn eq(&self, other: &EmitPlan) -> bool {
+        self.transposition == other.transposition
+    }
+}
+
+impl Eq for EmitPlan {}
+
+impl Hash for EmitPlan {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.transposition.hash(state);
+    }
+}
+
+impl From<Transposition> for EmitPlan {
+    fn from(t: Transposition) -> EmitPlan {
+        EmitPlan::new(t)
+    }
+}
+
+impl From<EmitPlan> for Transposition {
+    fn from(p: EmitPlan) -> Transposition {
+        p.transposition
+    }
+}
 
 impl EmitPlan {
     /// Prepare `t` (allocates; done when a flow action is created, not per
