@@ -31,6 +31,9 @@ use crate::transposition::{Encap, OuterOp, PortRewrite, Transposition, VlanOp};
 use crate::wire::{ethernet, geneve, icmp, ipv4, ipv6, nvgre, tcp, udp, vlan, vxlan};
 use std::net::IpAddr;
 
+mod plan;
+pub use plan::{EmitPlan, apply_planned};
+
 /// Default headroom kept in front of a frame for pushed outer headers:
 /// Ethernet + IPv6 + UDP + Geneve (70 bytes) with 58 bytes to spare for
 /// Geneve options or a VLAN tag. Larger pushes still work when the buffer

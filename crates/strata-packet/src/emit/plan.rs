@@ -1,0 +1,319 @@
+//! Emit plans: a transposition prepared once for the many packets (and
+//! flows) that share it, so the fast path does not redo per packet what
+//! depends only on the transposition.
+//!
+//! [`EmitPlan::new`] checks the transposition's own parameters (encap
+//! address families, Geneve options) and, for the common shapes, builds the
+//! outer headers it pushes as a byte template: Ethernet + IPv4 + UDP +
+//! VXLAN / Geneve (options included), or Ethernet + IPv4 + GRE (NVGRE).
+//! [`apply_planned`] then copies the template and patches the four fields
+//! that depend on the packet — IPv4 total length and header checksum, UDP
+//! length and the flow-hash source port — instead of building each header
+//! through its wire view.
+//!
+//! The plan's shortcut covers: no VLAN change; outer groups pushed over
+//! IPv4, popped, or replaced; inner MAC / IPv4 / DSCP / port rewrites. For
+//! anything else (IPv6 outer headers, VLAN pushes and pops, kept outer
+//! groups whose lengths must follow the inner frame, an IP rewrite of the
+//! other family) it calls [`super::apply_with_ports`]. Either way the
+//! result — bytes and errors — is exactly that of
+//! [`super::apply_with_ports`] for the plan's transposition (property test
+//! `tests/emit_plan.rs`).
+
+use super::{
+    EmitError, MISMATCH, PacketBuf, apply_with_ports, encap_len, push_outer, rewrite_l3_l4,
+    same_family, tunnel_src_port,
+};
+use crate::checksum::{self, fold};
+use crate::flow::{TunnelKind, flow_hash};
+use crate::parse::{L3Kind, Parsed};
+use crate::transposition::{OuterOp, PortRewrite, Transposition, VlanOp};
+use crate::wire::{ethernet, geneve, ipv4};
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+
+/// A transposition with what can be prepared ahead of the packets.
+///
+/// Compares, hashes and serializes as its transposition: the rest is
+/// derived from it (and rebuilt on deserialization).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "Transposition", into = "Transposition")]
+pub struct EmitPlan {
+    transposition: Transposition,
+    /// The shortcut, when the transposition's shape allows one.
+    fast: Option<FastPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FastPlan {
+    /// The family of the IP addresses rewritten (`Some(true)` for IPv6),
+    /// if any are.
+    ip_v6: Option<bool>,
+    /// Whether an L3 field is rewritten (addresses, DSCP); ports come with
+    /// each packet.
+    l3: bool,
+    /// An outer op other than `Ignore`: a frame's existing outer groups go.
+    pops: bool,
+    /// The outer headers to push.
+    push: Option<OuterTemplate>,
+}
+
+/// Outer headers over IPv4 as bytes, with the sums needed to finish them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OuterTemplate {
+    bytes: Box<[u8]>,
+    /// UDP-based (VXLAN, Geneve): length and source port to patch.
+    udp: bool,
+    /// Sum of the IPv4 header's words with total length and checksum zero.
+    ip_sum: u64,
+}
+
+/// Offsets in a template (Ethernet, then a 20-byte IPv4 header).
+const IP: usize = ethernet::HEADER_LEN;
+const IP_TOTAL_LEN: usize = IP + 2;
+const IP_CHECKSUM: usize = IP + 10;
+const L4: usize = IP + ipv4::HEADER_LEN;
+const UDP_SRC_PORT: usize = L4;
+const UDP_LEN: usize = L4 + 4;
+
+impl PartialEq for EmitPlan {
+    fn eq(&self, other: &EmitPlan) -> bool {
+        self.transposition == other.transposition
+    }
+}
+
+impl Eq for EmitPlan {}
+
+impl Hash for EmitPlan {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.transposition.hash(state);
+    }
+}
+
+impl From<Transposition> for EmitPlan {
+    fn from(t: Transposition) -> EmitPlan {
+        EmitPlan::new(t)
+    }
+}
+
+impl From<EmitPlan> for Transposition {
+    fn from(p: EmitPlan) -> Transposition {
+        p.transposition
+    }
+}
+
+impl EmitPlan {
+    /// Prepare `t` (allocates; done when a flow action is created, not per
+    /// packet).
+    pub fn new(t: Transposition) -> EmitPlan {
+        let fast = FastPlan::new(&t);
+        EmitPlan {
+            transposition: t,
+            fast,
+        }
+    }
+
+    pub fn transposition(&self) -> &Transposition {
+        &self.transposition
+    }
+
+    /// Whether packets of the usual shapes take the prepared shortcut.
+    pub fn has_shortcut(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Whether this packet takes the shortcut (tests, traces).
+    pub fn takes_shortcut(&self, parsed: &Parsed) -> bool {
+        self.fast.as_ref().is_some_and(|f| f.fits(parsed))
+    }
+
+    /// Heap bytes held (the outer template).
+    pub fn heap_bytes(&self) -> usize {
+        let t = &self.transposition;
+        let opts = match &t.outer {
+            OuterOp::Push(e) | OuterOp::Replace(e) => e.geneve_options.capacity(),
+            OuterOp::Ignore | OuterOp::Pop => 0,
+        };
+        opts + self
+            .fast
+            .as_ref()
+            .and_then(|f| f.push.as_ref())
+            .map_or(0, |p| p.bytes.len())
+    }
+}
+
+impl FastPlan {
+    fn new(t: &Transposition) -> Option<FastPlan> {
+        if t.vlan != VlanOp::Ignore {
+            return None;
+        }
+        let v6 = |a: Option<IpAddr>| a.map(|a| a.is_ipv6());
+        let ip_v6 = match (v6(t.src_ip), v6(t.dst_ip)) {
+            (Some(a), Some(b)) if a != b => return None,
+            (a, b) => a.or(b),
+        };
+        let push = match &t.outer {
+            OuterOp::Push(e) | OuterOp::Replace(e) => Some(OuterTemplate::new(e)?),
+            OuterOp::Ignore | OuterOp::Pop => None,
+        };
+        Some(FastPlan {
+            ip_v6,
+            l3: t.src_ip.is_some() || t.dst_ip.is_some() || t.dscp.is_some(),
+            pops: t.outer != OuterOp::Ignore,
+            push,
+        })
+    }
+}
+
+impl OuterTemplate {
+    /// The headers `push_outer` writes in front of an empty frame, when
+    /// they are over IPv4 and valid.
+    fn new(e: &crate::transposition::Encap) -> Option<OuterTemplate> {
+        let (IpAddr::V4(_), IpAddr::V4(_)) = (e.src_ip, e.dst_ip) else {
+            return None;
+        };
+        if !same_family(e.src_ip, e.dst_ip)
+            || (e.kind == TunnelKind::Geneve && geneve::check_options(&e.geneve_options).is_err())
+        {
+            return None;
+        }
+        let len = encap_len(e);
+        let mut scratch = PacketBuf::with_headroom(0, len);
+        push_outer(&mut scratch, e, 0, len).ok()?;
+        let mut bytes: Box<[u8]> = scratch.as_slice().into();
+        if bytes.len() != len || bytes.len() < L4 + 8 {
+            return None;
+        }
+        bytes[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].fill(0);
+        bytes[IP_CHECKSUM..IP_CHECKSUM + 2].fill(0);
+        let ip_sum = checksum::sum_words(&bytes[IP..L4]);
+        Some(OuterTemplate {
+            bytes,
+            udp: e.kind != TunnelKind::Nvgre,
+            ip_sum,
+        })
+    }
+}
+
+/// Apply `plan`'s transposition with its port rewrite replaced by `ports`
+/// to the frame in `buf`, which `parsed` describes: the same bytes and
+/// errors as [`apply_with_ports`], with less work for the usual shapes.
+pub fn apply_planned(
+    plan: &EmitPlan,
+    ports: &PortRewrite,
+    buf: &mut PacketBuf,
+    parsed: &Parsed,
+) -> Result<(), EmitError> {
+    let t = &plan.transposition;
+    match &plan.fast {
+        Some(f) if f.fits(parsed) => apply_fast(t, f, ports, buf, parsed),
+        _ => apply_with_ports(t, ports, buf, parsed),
+    }
+}
+
+impl FastPlan {
+    /// Whether the packet needs nothing the shortcut leaves out.
+    #[inline]
+    fn fits(&self, parsed: &Parsed) -> bool {
+        let lay = &parsed.layout;
+        let is_ip = parsed.ufid.inner.is_ip() && matches!(lay.l3_kind, L3Kind::Ipv4 | L3Kind::Ipv6);
+        // Kept outer groups would need their lengths and checksums fixed.
+        let keeps_outer = parsed.ufid.outer.is_some() && !self.pops;
+        // A rewrite of the other address family is an error the general
+        // path reports.
+        let family_clash = is_ip
+            && self
+                .ip_v6
+                .is_some_and(|v6| v6 != (lay.l3_kind == L3Kind::Ipv6));
+        !keeps_outer && !family_clash
+    }
+}
+
+fn apply_fast(
+    t: &Transposition,
+    f: &FastPlan,
+    ports: &PortRewrite,
+    buf: &mut PacketBuf,
+    parsed: &Parsed,
+) -> Result<(), EmitError> {
+    let lay = &parsed.layout;
+    let key = &parsed.ufid.inner;
+    let has_outer = parsed.ufid.outer.is_some();
+    let inner_eth = lay.inner_eth as usize;
+    let inner_end = lay.inner_end as usize;
+    if inner_end > buf.len() || inner_eth > inner_end || (!has_outer && inner_eth != 0) {
+        return Err(MISMATCH);
+    }
+    // `fits` ruled out kept outer groups: any existing ones go.
+    let pop = has_outer;
+    let inner_len = if pop {
+        inner_end - inner_eth
+    } else {
+        buf.len()
+    };
+    let push_len = f.push.as_ref().map_or(0, |p| p.bytes.len());
+    if f.push.is_some() && push_len - IP + inner_len > usize::from(u16::MAX) {
+        return Err(EmitError::TooLong);
+    }
+    buf.ensure_headroom(push_len.saturating_sub(if pop { inner_eth } else { 0 }))?;
+
+    // 1. Pop.
+    if pop {
+        buf.end = buf.start + inner_end;
+        buf.start += inner_eth;
+    }
+    let shift = if pop { inner_eth } else { 0 };
+    let rel = |off: u32| (off as usize).checked_sub(shift).ok_or(MISMATCH);
+
+    // 2. Inner groups.
+    {
+        let frame = buf.as_mut_slice();
+        let eth = rel(lay.inner_eth)?;
+        if (t.src_mac.is_some() || t.dst_mac.is_some()) && frame.len() < eth + ethernet::HEADER_LEN
+        {
+            return Err(MISMATCH);
+        }
+        if let Some(m) = t.dst_mac {
+            frame
+                .get_mut(eth..eth + 6)
+                .ok_or(MISMATCH)?
+                .copy_from_slice(&m.0);
+        }
+        if let Some(m) = t.src_mac {
+            frame
+                .get_mut(eth + 6..eth + 12)
+                .ok_or(MISMATCH)?
+                .copy_from_slice(&m.0);
+        }
+        let is_ip = key.is_ip() && matches!(lay.l3_kind, L3Kind::Ipv4 | L3Kind::Ipv6);
+        if is_ip && (f.l3 || ports.src.is_some() || ports.dst.is_some()) {
+            let offs = [rel(lay.l3)?, rel(lay.l4)?, rel(lay.l3_end)?];
+            rewrite_l3_l4(t, ports, frame, lay, offs, key.icmp_type)?;
+        }
+    }
+
+    // 3. Push: the template, then the fields that depend on the packet.
+    if let Some(p) = &f.push {
+        let hash = flow_hash(&t.apply_to_key_with_ports(key, *ports));
+        buf.start = buf
+            .start
+            .checked_sub(push_len)
+            .ok_or(EmitError::NoHeadroom(push_len))?;
+        let frame = buf.as_mut_slice();
+        let hdr = frame.get_mut(..push_len).ok_or(MISMATCH)?;
+        hdr.copy_from_slice(&p.bytes);
+        // Lengths fit 16 bits (checked above).
+        let total = (push_len - IP + inner_len) as u16;
+        hdr[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
+        let csum = !fold(p.ip_sum + u64::from(total));
+        hdr[IP_CHECKSUM..IP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
+        if p.udp {
+            let udp_len = (push_len - L4 + inner_len) as u16;
+            hdr[UDP_LEN..UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
+            hdr[UDP_SRC_PORT..UDP_SRC_PORT + 2]
+                .copy_from_slice(&tunnel_src_port(hash).to_be_bytes());
+        }
+    }
+    Ok(())
+}
