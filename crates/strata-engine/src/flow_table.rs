@@ -21,6 +21,7 @@ use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
+use strata_packet::emit::EmitPlan;
 use strata_packet::flow::{MacAddr, Ufid};
 use strata_packet::packed::PackedUfid;
 use strata_packet::transposition::{PortRewrite, Transposition};
@@ -515,8 +516,10 @@ impl LayerFlowTable {
 pub struct FlowAction {
     pub verdict: Verdict,
     /// The composed transposition with its port rewrite cleared (the port
-    /// rewrite is per flow: [`UnifiedFlow::ports`]).
-    pub transposition: Transposition,
+    /// rewrite is per flow: [`UnifiedFlow::ports`]), prepared for the
+    /// emitter once for every flow sharing it. Compares, hashes and
+    /// serializes as the transposition.
+    pub plan: EmitPlan,
     /// Counter slots (forward: layers, rules, meters; drop: the deciding
     /// layer and rule).
     pub counters: Box<[u32]>,
@@ -534,7 +537,7 @@ pub struct FlowActionRef<'a> {
 impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
     fn equivalent(&self, a: &Arc<FlowAction>) -> bool {
         *self.verdict == a.verdict
-            && *self.transposition == a.transposition
+            && self.transposition == a.plan.transposition()
             && *self.counters == *a.counters
     }
 }
@@ -572,7 +575,7 @@ impl UnifiedFlow {
     /// The whole transposition (shared part and port rewrite), built for
     /// diagnostics; the datapath applies the parts without building it.
     pub fn transposition(&self) -> Transposition {
-        self.action.transposition.with_ports(self.ports)
+        self.action.plan.transposition().with_ports(self.ports)
     }
 
     /// Add pending packets/bytes to the counter slots (as drops for a drop

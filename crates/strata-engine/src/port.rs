@@ -35,7 +35,7 @@ use crossbeam_channel::Receiver;
 use smallvec::{SmallVec, smallvec};
 use std::net::IpAddr;
 use std::sync::Arc;
-use strata_packet::emit::{PacketBuf, apply_with_ports};
+use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned};
 use strata_packet::flow::{Ufid, ipproto};
 use strata_packet::packed::PackedUfid;
 use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_with};
@@ -226,7 +226,7 @@ impl Port {
             + self
                 .flow_actions
                 .iter()
-                .map(|a| size_of::<FlowAction>() + 16 + a.counters.len() * 4)
+                .map(|a| size_of::<FlowAction>() + 16 + a.counters.len() * 4 + a.plan.heap_bytes())
                 .sum::<usize>()
             + self
                 .layer_flows
@@ -663,7 +663,7 @@ impl Port {
                     t.update(d, &parsed.meta, now, &mut self.counters.tcp);
                 }
                 let dc = &mut self.counters.dir[d.index()];
-                match apply_with_ports(&action.transposition, &uf.ports, buf, parsed) {
+                match apply_planned(&action.plan, &uf.ports, buf, parsed) {
                     Ok(()) => {
                         dc.forwarded += 1;
                         Verdict::Forward
@@ -837,7 +837,7 @@ impl Port {
         }
         let owned = Arc::new(FlowAction {
             verdict: *a.verdict,
-            transposition: a.transposition.clone(),
+            plan: EmitPlan::new(a.transposition.clone()),
             counters: a.counters.into(),
         });
         self.flow_actions.insert(Arc::clone(&owned));
