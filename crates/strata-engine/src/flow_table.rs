@@ -507,11 +507,13 @@ impl LayerFlowTable {
     }
 }
 
-/// What a unified flow does to its packets: verdict, composed transposition
-/// (without its port rewrite) and the counter slots its packets count
-/// towards. Interned: every flow with the same result — typically all the
-/// connections to one peer, or all SNAT'd connections through one gateway —
-/// shares one, so a flow entry holds a pointer instead of the whole thing.
+/// What a unified flow does to its packets: verdict and composed
+/// transposition (without its port rewrite). Interned: every flow with the
+/// same result — typically all the connections through one NAT and tunnel,
+/// or to one peer — shares one, so a flow entry holds a pointer instead of
+/// the whole thing, and the fast path reads a line every such flow keeps
+/// hot. (The counter slots are not part of it: per-destination meters
+/// make them differ per peer, see [`CounterSlots`].)
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowAction {
     pub verdict: Verdict,
@@ -520,9 +522,6 @@ pub struct FlowAction {
     /// emitter once for every flow sharing it. Compares, hashes and
     /// serializes as the transposition.
     pub plan: EmitPlan,
-    /// Counter slots (forward: layers, rules, meters; drop: the deciding
-    /// layer and rule).
-    pub counters: Box<[u32]>,
 }
 
 /// A borrowed [`FlowAction`], to look one up in the intern set without
@@ -531,14 +530,29 @@ pub struct FlowAction {
 pub struct FlowActionRef<'a> {
     pub verdict: &'a Verdict,
     pub transposition: &'a Transposition,
-    pub counters: &'a [u32],
 }
 
 impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
     fn equivalent(&self, a: &Arc<FlowAction>) -> bool {
-        *self.verdict == a.verdict
-            && self.transposition == a.plan.transposition()
-            && *self.counters == *a.counters
+        *self.verdict == a.verdict && self.transposition == a.plan.transposition()
+    }
+}
+
+/// The counter slots a unified flow's packets count towards (forward:
+/// layers, rules, meters; drop: the deciding layer and rule). Interned
+/// like [`FlowAction`], but kept apart from it: only flushing counters
+/// reads them, never the per-packet path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CounterSlots(pub Box<[u32]>);
+
+/// Borrowed [`CounterSlots`], for lookups in the intern set. Hashes exactly
+/// as the owned form.
+#[derive(Hash)]
+pub struct CounterSlotsRef<'a>(pub &'a [u32]);
+
+impl hashbrown::Equivalent<Arc<CounterSlots>> for CounterSlotsRef<'_> {
+    fn equivalent(&self, a: &Arc<CounterSlots>) -> bool {
+        *self.0 == *a.0
     }
 }
 
@@ -557,6 +571,7 @@ pub struct UnifiedFlow {
     /// The per-flow part of the transposition.
     pub ports: PortRewrite,
     pub action: Arc<FlowAction>,
+    pub counters: Arc<CounterSlots>,
     /// Packets and bytes not yet added to the action's counters (the fast
     /// path counts here, in the entry it already has in cache; flushed
     /// lazily, and before `packets` would overflow).
@@ -586,7 +601,7 @@ impl UnifiedFlow {
         }
         let (packets, bytes) = (u64::from(self.packets), self.bytes);
         let forward = self.action.verdict.is_forward();
-        for &slot in self.action.counters.iter() {
+        for &slot in self.counters.0.iter() {
             if forward {
                 arena.add(slot, packets, bytes);
             } else {
@@ -751,6 +766,22 @@ impl UnifiedFlowTable {
             .and_then(|c| c.sides[d.index()].as_ref())
             // The hash and both ends of the key: the lines the lookup reads.
             .map_or(1, |uf| u64::from(uf.generation ^ u32::from(uf.key.proto())))
+    }
+
+    /// The batch pipeline's third stage: load the shared action the
+    /// candidate's flow points at (its verdict and plan). Usually hot (few
+    /// distinct actions); when a port has many, this overlaps their cache
+    /// misses across the batch.
+    #[inline]
+    pub fn touch_action(&self, candidate: u32, d: Direction) -> u64 {
+        if candidate == u32::MAX || (candidate & 1) as usize != d.index() {
+            return 0;
+        }
+        self.conns
+            .get((candidate >> 1) as usize)
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.sides[d.index()].as_ref())
+            .map_or(1, |uf| u64::from(uf.action.verdict.is_forward()))
     }
 
     /// The connection whose outbound flow has the VM-side identity of
@@ -979,12 +1010,15 @@ mod tests {
     use super::*;
 
     /// Entry sizes are what memory per connection is made of (issue 2);
-    /// growing one is a decision, not an accident.
+    /// growing one is a decision, not an accident. (Unified flows grew 96
+    /// → 104 bytes to keep their counter list out of the shared action the
+    /// fast path reads: with it inside, per-destination meters made one
+    /// action per peer, a cold line per packet.)
     #[test]
     fn entries_stay_compact() {
-        assert_eq!(size_of::<Option<UnifiedFlow>>(), 96);
+        assert_eq!(size_of::<Option<UnifiedFlow>>(), 104);
         assert_eq!(size_of::<Option<TcpConn>>(), 52);
-        assert_eq!(size_of::<Option<Connection>>(), 296);
+        assert_eq!(size_of::<Option<Connection>>(), 312);
         assert_eq!(size_of::<Option<LayerFlow>>(), 32);
     }
 }

@@ -21,8 +21,8 @@ use crate::condition::FieldValues;
 use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_table::{
-    Connection, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
-    UnifiedFlow, UnifiedFlowTable, layer_flow_key, uft_hash,
+    Connection, CounterSlots, CounterSlotsRef, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef,
+    LayerFlowRefs, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, layer_flow_key, uft_hash,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -64,6 +64,8 @@ pub struct Port {
     pub(crate) counters: PortCounters,
     /// Interned actions of unified flows (see [`FlowAction`]).
     pub(crate) flow_actions: hashbrown::HashSet<Arc<FlowAction>>,
+    /// Interned counter-slot lists of unified flows (see [`CounterSlots`]).
+    pub(crate) counter_slots: hashbrown::HashSet<Arc<CounterSlots>>,
 }
 
 /// Result of walking the layers for one UFID.
@@ -133,6 +135,7 @@ impl Port {
             uft: UnifiedFlowTable::default(),
             counters: PortCounters::default(),
             flow_actions: Default::default(),
+            counter_slots: Default::default(),
         }
     }
 
@@ -226,7 +229,13 @@ impl Port {
             + self
                 .flow_actions
                 .iter()
-                .map(|a| size_of::<FlowAction>() + 16 + a.counters.len() * 4 + a.plan.heap_bytes())
+                .map(|a| size_of::<FlowAction>() + 16 + a.plan.heap_bytes())
+                .sum::<usize>()
+            + self.counter_slots.capacity() * (size_of::<Arc<CounterSlots>>() + 1)
+            + self
+                .counter_slots
+                .iter()
+                .map(|c| size_of::<CounterSlots>() + 16 + c.0.len() * 4)
                 .sum::<usize>()
             + self
                 .layer_flows
@@ -558,6 +567,9 @@ impl Port {
             for &c in &candidates {
                 touched ^= self.uft.touch_entry(c, d);
             }
+            for &c in &candidates {
+                touched ^= self.uft.touch_action(c, d);
+            }
             std::hint::black_box(touched);
             for i in start..end {
                 if let Some((p, hash)) = &staged[i - start] {
@@ -816,13 +828,14 @@ impl Port {
         let action = self.intern_action(FlowActionRef {
             verdict: &sim.verdict(),
             transposition: &shared,
-            counters,
         });
+        let counters = self.intern_counters(counters);
         UnifiedFlow {
             key: PackedUfid::pack(key),
             generation: self.stamp(),
             ports,
             action,
+            counters,
             packets: 0,
             bytes: 0,
         }
@@ -838,25 +851,42 @@ impl Port {
         let owned = Arc::new(FlowAction {
             verdict: *a.verdict,
             plan: EmitPlan::new(a.transposition.clone()),
-            counters: a.counters.into(),
         });
         self.flow_actions.insert(Arc::clone(&owned));
+        owned
+    }
+
+    /// One shared copy of each distinct counter-slot list.
+    fn intern_counters(&mut self, slots: &[u32]) -> Arc<CounterSlots> {
+        if let Some(found) = self.counter_slots.get(&CounterSlotsRef(slots)) {
+            return Arc::clone(found);
+        }
+        let owned = Arc::new(CounterSlots(slots.into()));
+        self.counter_slots.insert(Arc::clone(&owned));
         owned
     }
 
     /// Share equal actions again (after a restore, which deserializes one
     /// copy per flow).
     pub(crate) fn reintern_actions(&mut self) {
-        let mut set = std::mem::take(&mut self.flow_actions);
+        let mut actions = std::mem::take(&mut self.flow_actions);
+        let mut slots = std::mem::take(&mut self.counter_slots);
         for uf in self.uft.flows_mut() {
-            match set.get(&uf.action) {
+            match actions.get(&uf.action) {
                 Some(a) => uf.action = Arc::clone(a),
                 None => {
-                    set.insert(Arc::clone(&uf.action));
+                    actions.insert(Arc::clone(&uf.action));
+                }
+            }
+            match slots.get(&uf.counters) {
+                Some(c) => uf.counters = Arc::clone(c),
+                None => {
+                    slots.insert(Arc::clone(&uf.counters));
                 }
             }
         }
-        self.flow_actions = set;
+        self.flow_actions = actions;
+        self.counter_slots = slots;
     }
 
     /// Re-simulate a stale unified flow (VFP-13).
@@ -1260,6 +1290,7 @@ impl Port {
         self.flush_counters();
         // Actions no flow uses any more.
         self.flow_actions.retain(|a| Arc::strong_count(a) > 1);
+        self.counter_slots.retain(|c| Arc::strong_count(c) > 1);
         let due: Vec<u32> = self
             .uft
             .iter()

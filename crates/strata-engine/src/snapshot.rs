@@ -23,7 +23,7 @@ pub const MAGIC: [u8; 8] = *b"STRATASR";
 /// ([`strata_packet::PackedUfid`]); 3 since unified flows share interned
 /// actions and 32-bit generation stamps and layer flows share their
 /// connection's keys. Older snapshots are refused with a clear error.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]
 pub struct Envelope {
@@ -159,6 +159,7 @@ impl Port {
             uft,
             counters,
             flow_actions: Default::default(),
+            counter_slots: Default::default(),
         };
         port.reintern_actions();
         port.reshare_rules();
