@@ -757,13 +757,7 @@ impl UnifiedFlowTable {
     /// cache line is on its way. Returns the word (feed it to `black_box`).
     #[inline]
     pub fn touch_entry(&self, candidate: u32, d: Direction) -> u64 {
-        if candidate == u32::MAX || (candidate & 1) as usize != d.index() {
-            return 0;
-        }
-        self.conns
-            .get((candidate >> 1) as usize)
-            .and_then(|c| c.as_ref())
-            .and_then(|c| c.sides[d.index()].as_ref())
+        self.candidate_flow(candidate, d)
             // The hash and both ends of the key: the lines the lookup reads.
             .map_or(1, |uf| u64::from(uf.generation ^ u32::from(uf.key.proto())))
     }
@@ -774,14 +768,21 @@ impl UnifiedFlowTable {
     /// misses across the batch.
     #[inline]
     pub fn touch_action(&self, candidate: u32, d: Direction) -> u64 {
+        self.candidate_flow(candidate, d)
+            .map_or(1, |uf| u64::from(uf.action.verdict.is_forward()))
+    }
+
+    /// The unified flow a [`UnifiedFlowTable::peek`] candidate names, if it
+    /// is of direction `d`.
+    #[inline]
+    fn candidate_flow(&self, candidate: u32, d: Direction) -> Option<&UnifiedFlow> {
         if candidate == u32::MAX || (candidate & 1) as usize != d.index() {
-            return 0;
+            return None;
         }
         self.conns
             .get((candidate >> 1) as usize)
             .and_then(|c| c.as_ref())
             .and_then(|c| c.sides[d.index()].as_ref())
-            .map_or(1, |uf| u64::from(uf.action.verdict.is_forward()))
     }
 
     /// The connection whose outbound flow has the VM-side identity of

@@ -410,17 +410,10 @@ impl LayerPolicy {
         // terminating.
         let mut floor: Option<RuleRef> = None;
         for &gi in &order.terminating {
-            let gi = gi as usize;
-            let g = &self.groups[gi];
-            if let Some(ri) = g.classify(fv) {
-                let r = RuleRef {
-                    group: gi,
-                    rule: ri,
-                };
-                if g.group.rules[ri].terminating {
-                    return Some(r);
-                }
-                floor = Some(r);
+            match self.group_match(gi as usize, fv) {
+                Some((r, true)) => return Some(r),
+                Some((r, false)) => floor = Some(r),
+                None => {}
             }
         }
         let below = floor.map_or(0, |r| r.group + 1);
@@ -429,11 +422,8 @@ impl LayerPolicy {
             if gi < below {
                 break;
             }
-            if let Some(ri) = self.groups[gi].classify(fv) {
-                return Some(RuleRef {
-                    group: gi,
-                    rule: ri,
-                });
+            if let Some((r, _)) = self.group_match(gi, fv) {
+                return Some(r);
             }
         }
         floor
@@ -447,18 +437,28 @@ impl LayerPolicy {
             if g.group.direction != d {
                 continue;
             }
-            if let Some(ri) = g.classify(fv) {
-                let r = RuleRef {
-                    group: gi,
-                    rule: ri,
-                };
-                if g.group.rules[ri].terminating {
-                    return Some(r);
-                }
-                chosen = Some(r);
+            match self.group_match(gi, fv) {
+                Some((r, true)) => return Some(r),
+                Some((r, false)) => chosen = Some(r),
+                None => {}
             }
         }
         chosen
+    }
+
+    /// Group `gi`'s best rule for the packet, and whether it terminates.
+    #[inline]
+    fn group_match(&self, gi: usize, fv: &FieldValues) -> Option<(RuleRef, bool)> {
+        let g = self.groups.get(gi)?;
+        let ri = g.classify(fv)?;
+        let terminating = g.group.rules.get(ri).is_some_and(|r| r.terminating);
+        Some((
+            RuleRef {
+                group: gi,
+                rule: ri,
+            },
+            terminating,
+        ))
     }
 
     pub fn rule(&self, r: RuleRef) -> Option<(&Rule, &CompiledRule, &Group)> {

@@ -223,12 +223,7 @@ pub fn apply_with_ports(
 ) -> Result<(), EmitError> {
     let lay = &parsed.layout;
     let key = &parsed.ufid.inner;
-    let has_outer = parsed.ufid.outer.is_some();
-    let inner_eth = lay.inner_eth as usize;
-    let inner_end = lay.inner_end as usize;
-    if inner_end > buf.len() || inner_eth > inner_end || (!has_outer && inner_eth != 0) {
-        return Err(MISMATCH);
-    }
+    let (has_outer, inner_eth, inner_end) = inner_bounds(buf, parsed)?;
 
     // ---- Validation: nothing is written before this block passes. ----
     let is_ip = key.is_ip() && matches!(lay.l3_kind, L3Kind::Ipv4 | L3Kind::Ipv6);
@@ -387,6 +382,20 @@ pub fn apply_with_ports(
         push_outer(buf, e, flow_hash(&inner_key), push_len)?;
     }
     Ok(())
+}
+
+/// Whether the frame has outer groups, and where its inner frame starts and
+/// ends; an error if `parsed` cannot describe `buf`.
+#[inline]
+fn inner_bounds(buf: &PacketBuf, parsed: &Parsed) -> Result<(bool, usize, usize), EmitError> {
+    let lay = &parsed.layout;
+    let has_outer = parsed.ufid.outer.is_some();
+    let inner_eth = lay.inner_eth as usize;
+    let inner_end = lay.inner_end as usize;
+    if inner_end > buf.len() || inner_eth > inner_end || (!has_outer && inner_eth != 0) {
+        return Err(MISMATCH);
+    }
+    Ok((has_outer, inner_eth, inner_end))
 }
 
 /// Rewrite IP addresses, DSCP and ports / echo id, keeping the IPv4 header

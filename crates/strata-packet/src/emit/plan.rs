@@ -21,8 +21,8 @@
 //! `tests/emit_plan.rs`).
 
 use super::{
-    EmitError, MISMATCH, PacketBuf, apply_with_ports, encap_len, push_outer, rewrite_l3_l4,
-    same_family, tunnel_src_port,
+    EmitError, MISMATCH, PacketBuf, apply_with_ports, encap_len, inner_bounds, push_outer,
+    rewrite_l3_l4, same_family, tunnel_src_port,
 };
 use crate::checksum::{self, fold};
 use crate::flow::{TunnelKind, flow_hash};
@@ -239,12 +239,7 @@ fn apply_fast(
 ) -> Result<(), EmitError> {
     let lay = &parsed.layout;
     let key = &parsed.ufid.inner;
-    let has_outer = parsed.ufid.outer.is_some();
-    let inner_eth = lay.inner_eth as usize;
-    let inner_end = lay.inner_end as usize;
-    if inner_end > buf.len() || inner_eth > inner_end || (!has_outer && inner_eth != 0) {
-        return Err(MISMATCH);
-    }
+    let (has_outer, inner_eth, inner_end) = inner_bounds(buf, parsed)?;
     // `fits` ruled out kept outer groups: any existing ones go.
     let pop = has_outer;
     let inner_len = if pop {
