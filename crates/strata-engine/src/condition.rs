@@ -369,6 +369,19 @@ impl FieldValues {
         self.present |= 1 << f.index();
     }
 
+    /// Every field's value by [`Field::index`] (0 when absent), for
+    /// classifiers reading several fields without copying them.
+    #[inline(always)]
+    pub(crate) fn values(&self) -> &[u128; Field::COUNT] {
+        &self.values
+    }
+
+    /// Bit [`Field::index`] set per present field.
+    #[inline(always)]
+    pub(crate) fn present(&self) -> u32 {
+        self.present
+    }
+
     #[inline]
     pub fn get(&self, f: Field) -> Option<u128> {
         if self.present & (1 << f.index()) != 0 {

@@ -21,7 +21,7 @@
 //! [`BoxKey`] once per lookup.
 
 use super::compile::{Compiled, Key};
-use crate::condition::{Field, FieldValues};
+use crate::condition::FieldValues;
 
 /// One cache line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,10 +61,16 @@ pub const BLOCK_RULES: usize = 1 << 31;
 /// Compact boxes of the entries of one family.
 #[derive(Clone, Debug, Default)]
 pub struct Boxes {
-    /// Dimensions stored as 32-bit intervals, with their base (`v >> 32`).
-    narrow: Vec<(u8, u128)>,
-    /// Dimensions stored as 128-bit intervals.
-    wide: Vec<u8>,
+    /// Dimensions stored as 32-bit intervals: `(dimension, field index,
+    /// base)`, the base being the values' common `v >> 32`. Lookups read
+    /// the packet by field index.
+    narrow: Vec<(u8, u8, u128)>,
+    /// Dimensions stored as 128-bit intervals: `(dimension, field index)`.
+    wide: Vec<(u8, u8)>,
+    /// The narrow dimensions a normal packet's value can lie outside the
+    /// base block of (fields wider than 32 bits): `(field index, base)`.
+    /// Only these are checked per lookup.
+    blocked: Vec<(u8, u128)>,
     /// Lines per box.
     lines: usize,
     /// One-line layout: header, then the (sign-biased) lower bounds of up
@@ -74,11 +80,10 @@ pub struct Boxes {
     data: Vec<Line>,
 }
 
-/// A packet's values for a [`Boxes`] store.
+/// A packet's values for a [`Boxes`] store (other layouts read the packet's
+/// values directly).
 #[derive(Clone, Copy, Debug)]
 pub struct BoxKey {
-    /// The narrow values in layout order (other layouts).
-    k32: [u32; Field::COUNT],
     /// The narrow values in layout order, sign-biased (one-line layout and
     /// blocks).
     kb: [i32; FAST],
@@ -122,14 +127,21 @@ impl Boxes {
             let constrained = total;
             // Narrow when nearly all fit: the few others are stored as
             // wildcards on that dimension and checked against their rule.
+            let f = c.field_of(d) as u8;
             if count * 32 >= constrained * 31 {
-                narrow.push((d as u8, base));
+                narrow.push((d as u8, f, base));
             } else {
-                wide.push(d as u8);
+                wide.push((d as u8, f));
             }
         }
         let words = HEADER + 2 * narrow.len() + 8 * wide.len();
+        let blocked = narrow
+            .iter()
+            .filter(|&&(d, _, _)| c.dims[usize::from(d)].width() > 32)
+            .map(|&(_, f, base)| (f, base))
+            .collect();
         Boxes {
+            blocked,
             fast: wide.is_empty() && narrow.len() <= FAST,
             narrow,
             wide,
@@ -152,14 +164,14 @@ impl Boxes {
             // constraint here (and the rule decides if it had one).
             let (lo, hi, constrained, ok) = self.narrow_interval(c, e, t);
             if constrained {
-                need |= 1 << self.narrow[t].0;
+                need |= 1 << self.narrow[t].1;
             }
             exact &= ok;
             w[j] = lo;
             w[j + 1] = hi;
             j += 2;
         }
-        for &d in &self.wide {
+        for &(d, _) in &self.wide {
             let d = usize::from(d);
             for (k, v) in [c.lo(e, d), c.hi(e, d)].into_iter().enumerate() {
                 for q in 0..4 {
@@ -199,27 +211,19 @@ impl Boxes {
     #[inline]
     pub fn key(&self, key: &Key) -> BoxKey {
         let mut k = BoxKey {
-            k32: [0; Field::COUNT],
             kb: [0; FAST],
             outside: 0,
         };
-        // Branch-free: presence and block vary per packet.
-        let outside =
-            |d: usize, v: u128, base: u128| ((key.present >> d) & u32::from(v >> 32 != base)) << d;
         if self.fast {
-            for (x, &(d, base)) in k.kb.iter_mut().zip(&self.narrow) {
-                let d = usize::from(d);
-                let v = key.v[d];
-                *x = (v as u32 ^ BIAS) as i32;
-                k.outside |= outside(d, v, base);
+            for (x, &(_, f, _)) in k.kb.iter_mut().zip(&self.narrow) {
+                *x = (key.v[usize::from(f)] as u32 ^ BIAS) as i32;
             }
-        } else {
-            for (x, &(d, base)) in k.k32.iter_mut().zip(&self.narrow) {
-                let d = usize::from(d);
-                let v = key.v[d];
-                *x = v as u32;
-                k.outside |= outside(d, v, base);
-            }
+        }
+        // Branch-free: presence and block vary per packet. (Narrower fields
+        // of a normal packet always lie in block 0.)
+        for &(f, base) in &self.blocked {
+            let v = key.v[usize::from(f)];
+            k.outside |= ((key.present >> f) & u32::from(v >> 32 != base)) << f;
         }
         k
     }
@@ -233,7 +237,7 @@ impl Boxes {
     /// constrained, exact)` (an interval outside the base block is stored as
     /// a wildcard and makes the entry inexact).
     fn narrow_interval(&self, c: &Compiled, e: usize, t: usize) -> (u32, u32, bool, bool) {
-        let (d, base) = self.narrow[t];
+        let (d, _, base) = self.narrow[t];
         let d = usize::from(d);
         let (lo, hi) = (c.lo(e, d), c.hi(e, d));
         let full = lo == 0 && hi >= c.maxes[d];
@@ -263,7 +267,7 @@ impl Boxes {
                     b.lo[t][l] = lo;
                     b.span[t][l] = hi.wrapping_sub(lo);
                     if constrained {
-                        b.need[l] |= 1 << self.narrow[t].0;
+                        b.need[l] |= 1 << self.narrow[t].1;
                     }
                     exact &= ok;
                 }
@@ -354,12 +358,13 @@ impl Boxes {
             let w = &self.data[i].0;
             let mut bad = (w[1] & !key.present) | (w[0] & bk.outside);
             let mut j = HEADER;
-            for &v in &bk.k32[..self.narrow.len()] {
+            for &(_, f, _) in &self.narrow {
+                let v = key.v[usize::from(f)] as u32;
                 bad |= u32::from(v < w[j]) | u32::from(v > w[j + 1]);
                 j += 2;
             }
-            for &d in &self.wide {
-                let v = key.v[usize::from(d)];
+            for &(_, f) in &self.wide {
+                let v = key.v[usize::from(f)];
                 bad |= u32::from(v < word128(w, j)) | u32::from(v > word128(w, j + 4));
                 j += 8;
             }
@@ -375,14 +380,15 @@ impl Boxes {
                 return false;
             }
             let mut j = HEADER;
-            for &v in &bk.k32[..self.narrow.len()] {
+            for &(_, f, _) in &self.narrow {
+                let v = key.v[usize::from(f)] as u32;
                 if v < w(j) || v > w(j + 1) {
                     return false;
                 }
                 j += 2;
             }
-            for &d in &self.wide {
-                let v = key.v[usize::from(d)];
+            for &(_, f) in &self.wide {
+                let v = key.v[usize::from(f)];
                 let lo = (0..4).fold(0u128, |a, q| a | (u128::from(w(j + q)) << (32 * q)));
                 let hi = (0..4).fold(0u128, |a, q| a | (u128::from(w(j + 4 + q)) << (32 * q)));
                 if v < lo || v > hi {
@@ -412,7 +418,9 @@ impl Boxes {
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.data.capacity() * 64 + self.narrow.capacity() * 32 + self.wide.capacity()
+        self.data.capacity() * 64 + self.narrow.capacity() * 32
+            + self.wide.capacity() * 2
+            + self.blocked.capacity() * 32
     }
 }
 

@@ -139,7 +139,7 @@ impl Default for TreeConfig {
 
 /// What a lookup carries down the tree.
 struct Query<'a> {
-    key: &'a Key,
+    key: &'a Key<'a>,
     fv: &'a FieldValues,
     boxes: &'a Boxes,
     bk: &'a BoxKey,
@@ -263,7 +263,8 @@ pub struct TreeIndex {
     /// Per rank chunk (best first): one root per family (see
     /// [`TreeIndex::family`]).
     roots: Vec<[Ref; FAMILIES]>,
-    /// Address dimensions splitting IPv4 from IPv6 entries (up to two).
+    /// Address fields (by field index) splitting IPv4 from IPv6 entries
+    /// (up to two).
     split: [Option<usize>; 2],
     children: Vec<Ref>,
     /// `(rank, box)`.
@@ -602,7 +603,8 @@ impl TreeIndex {
         let nodes = b.nodes;
         let mut t = b.t;
         t.roots = roots;
-        t.split = split;
+        // Lookups read the packet by field index.
+        t.split = split.map(|d| d.map(|d| c.field_of(d)));
         t.stats.nodes = nodes;
         t.children.shrink_to_fit();
         t.items.shrink_to_fit();
@@ -1071,7 +1073,7 @@ impl Builder<'_> {
                 self.t.stats.bit_cuts += 1;
                 Ref::node(
                     K_BIT,
-                    dim,
+                    c.field_of(dim),
                     u32::from(shift),
                     u32::from(bits),
                     start as u32,
@@ -1095,7 +1097,7 @@ impl Builder<'_> {
                     layout(&lows, BLOCK32, u32::MAX, &mut self.t.bounds32);
                     Ref::node(
                         K_RANGE32,
-                        dim,
+                        c.field_of(dim),
                         0,
                         bounds.len() as u32,
                         start as u32,
@@ -1109,7 +1111,7 @@ impl Builder<'_> {
                     layout(&lows, BLOCK64, u64::MAX, &mut self.t.bounds64);
                     Ref::node(
                         K_RANGE64,
-                        dim,
+                        c.field_of(dim),
                         0,
                         bounds.len() as u32,
                         start as u32,
@@ -1123,7 +1125,7 @@ impl Builder<'_> {
                     self.t.bounds.resize(x + RANGE_MAX_CHILDREN, u128::MAX);
                     Ref::node(
                         K_RANGE,
-                        dim,
+                        c.field_of(dim),
                         0,
                         bounds.len() as u32,
                         start as u32,
@@ -1150,7 +1152,7 @@ impl Builder<'_> {
                 let ti = self.t.tables.len();
                 self.t.tables.push(table);
                 self.t.stats.hash_cuts += 1;
-                Ref::node(K_HASH, dim, 0, 0, start as u32, ti as u32, min)
+                Ref::node(K_HASH, c.field_of(dim), 0, 0, start as u32, ti as u32, min)
             }
         };
         drop(flat);
@@ -1583,10 +1585,9 @@ impl TreeClassifier {
         if self.c.lpm_absent(fv) {
             return None;
         }
-        let mut key = Key::EMPTY;
-        if !self.c.fill_key(fv, &mut key) {
+        let Some(key) = self.c.key(fv) else {
             return self.c.fallback(fv);
-        }
+        };
         let mut best = NONE;
         self.idx.lookup_traced(&self.c, &key, fv, &mut best, trace);
         self.c.resolve(best, fv)
@@ -1599,10 +1600,9 @@ impl GroupClassifier for TreeClassifier {
         if self.c.lpm_absent(fv) {
             return None;
         }
-        let mut key = Key::EMPTY;
-        if !self.c.fill_key(fv, &mut key) {
+        let Some(key) = self.c.key(fv) else {
             return self.c.fallback(fv);
-        }
+        };
         let mut best = NONE;
         self.idx.lookup(&self.c, &key, fv, &mut best);
         self.c.resolve(best, fv)
@@ -1636,7 +1636,6 @@ const LEAF_PRIME: usize = 3;
 /// call stack, kept here so that several lookups can advance in turn.
 struct Cursor<'a> {
     t: &'a TreeClassifier,
-    key: Key,
     bk: BoxKey,
     fam: usize,
     best: u32,
@@ -1661,15 +1660,13 @@ impl<'a> Cursor<'a> {
         if t.c.lpm_absent(fv) {
             return Err(None);
         }
-        let mut key = Key::EMPTY;
-        if !t.c.fill_key(fv, &mut key) {
+        let Some(key) = t.c.key(fv) else {
             return Err(t.c.fallback(fv));
-        }
+        };
         let fam = t.idx.family(&key);
         let bk = t.idx.boxes[fam].key(&key);
         Ok(Cursor {
             t,
-            key,
             bk,
             fam,
             best: NONE,
@@ -1689,6 +1686,8 @@ impl<'a> Cursor<'a> {
         let idx = &self.t.idx;
         let c = &self.t.c;
         let boxes = &idx.boxes[self.fam];
+        // Checked by `start`.
+        let key = Key::of(fv);
         if self.r.min < self.best {
             let r = self.r;
             if r.kind() == K_LEAF && !self.primed {
@@ -1703,7 +1702,7 @@ impl<'a> Cursor<'a> {
                 return true;
             }
             let q = Query {
-                key: &self.key,
+                key: &key,
                 fv,
                 boxes,
                 bk: &self.bk,
@@ -1720,9 +1719,9 @@ impl<'a> Cursor<'a> {
             ) {
                 if self.sp > sp {
                     // The subtree it set aside: on its way too.
-                    idx.prime(&self.stack[sp], &self.key, boxes);
+                    idx.prime(&self.stack[sp], &key, boxes);
                 }
-                idx.prime(&next, &self.key, boxes);
+                idx.prime(&next, &key, boxes);
                 self.r = next;
                 self.primed = false;
                 return true;
@@ -1742,7 +1741,7 @@ impl<'a> Cursor<'a> {
             self.chunk += 1;
             let r = roots[self.fam];
             if r.min < self.best {
-                idx.prime(&r, &self.key, boxes);
+                idx.prime(&r, &key, boxes);
                 self.r = r;
                 return true;
             }
