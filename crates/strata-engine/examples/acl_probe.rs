@@ -91,6 +91,10 @@ fn main() {
         trace.checks as f64 / pk.len() as f64,
         tree.stats(),
     );
+    // OUTLINE=k: print the tree's top k levels.
+    if let Some(levels) = std::env::var("OUTLINE").ok().and_then(|v| v.parse().ok()) {
+        print!("{}", tree.outline(levels));
+    }
     if rounds > 0 {
         let rounds = rounds * 4096 / pk.len();
         let (t0, c0) = (Instant::now(), cpu_secs());
