@@ -73,6 +73,12 @@ pub struct Boxes {
     blocked: Vec<(u8, u128)>,
     /// Lines per box.
     lines: usize,
+    /// Line-split layout (boxes of two lines or more with at most
+    /// [`FAST`] narrow dimensions, IPv6 above all): the first line as in
+    /// the one-line layout (header, biased narrow bounds), then two 128-bit
+    /// intervals per line at fixed offsets, each bound read as two 64-bit
+    /// words: the whole check is branch-free.
+    split: bool,
     /// One-line layout: header, then the (sign-biased) lower bounds of up
     /// to [`FAST`] narrow dimensions, then their upper bounds, compared
     /// all at once.
@@ -135,6 +141,9 @@ impl Boxes {
             }
         }
         let words = HEADER + 2 * narrow.len() + 8 * wide.len();
+        let lines = words.div_ceil(16);
+        // Only where it costs no extra line.
+        let split = lines > 1 && narrow.len() <= FAST && 1 + wide.len().div_ceil(2) == lines;
         let blocked = narrow
             .iter()
             .filter(|&&(d, _, _)| c.dims[usize::from(d)].width() > 32)
@@ -145,7 +154,8 @@ impl Boxes {
             fast: wide.is_empty() && narrow.len() <= FAST,
             narrow,
             wide,
-            lines: words.div_ceil(16),
+            lines,
+            split,
             data: Vec::new(),
         }
     }
@@ -171,8 +181,11 @@ impl Boxes {
             w[j + 1] = hi;
             j += 2;
         }
-        for &(d, _) in &self.wide {
+        for (n, &(d, _)) in self.wide.iter().enumerate() {
             let d = usize::from(d);
+            if self.split {
+                j = 16 + 8 * n;
+            }
             for (k, v) in [c.lo(e, d), c.hi(e, d)].into_iter().enumerate() {
                 for q in 0..4 {
                     w[j + 4 * k + q] = (v >> (32 * q)) as u32;
@@ -184,7 +197,7 @@ impl Boxes {
         w[1] = c.req(e);
         w[2] = c.rule(e) as u32;
         w[3] = u32::from(exact);
-        if self.fast {
+        if self.fast || self.split {
             // Regroup as biased lower bounds, then upper bounds; unused
             // slots accept everything.
             let mut lo = [0u32; FAST];
@@ -214,7 +227,7 @@ impl Boxes {
             kb: [0; FAST],
             outside: 0,
         };
-        if self.fast {
+        if self.fast || self.split {
             for (x, &(_, f, _)) in k.kb.iter_mut().zip(&self.narrow) {
                 *x = (key.v[usize::from(f)] as u32 ^ BIAS) as i32;
             }
@@ -339,12 +352,7 @@ impl Boxes {
     ) -> bool {
         if self.fast {
             let w = &self.data[i].0;
-            let mut bad = (w[1] & !key.present) | (w[0] & bk.outside);
-            for t in 0..FAST {
-                let k = bk.kb[t];
-                bad |= u32::from(k < w[HEADER + t] as i32)
-                    | u32::from(k > w[HEADER + FAST + t] as i32);
-            }
+            let bad = first_line_bad(w, bk, key);
             // One branch, on the rare inexact match (not on whether the
             // box matched, which is a coin toss).
             let ok = bad == 0;
@@ -367,6 +375,35 @@ impl Boxes {
                 let v = key.v[usize::from(f)];
                 bad |= u32::from(v < word128(w, j)) | u32::from(v > word128(w, j + 4));
                 j += 8;
+            }
+            let ok = bad == 0;
+            if ok & (w[3] == 0) {
+                return c.flat.matches(w[2] as usize, fv);
+            }
+            ok
+        } else if self.split {
+            let Some(lines) = self.data.get(i * self.lines..(i + 1) * self.lines) else {
+                return false;
+            };
+            let w = &lines[0].0;
+            let mut bad = first_line_bad(w, bk, key);
+            // One branch between the lines: a box failing on its first line
+            // (most do) does not load the second, a likely cache miss that
+            // costs more than the occasional misprediction.
+            if bad != 0 {
+                return false;
+            }
+            for (line, pair) in lines[1..].iter().zip(self.wide.chunks(2)) {
+                for (k, &(_, f)) in pair.iter().enumerate() {
+                    let v = key.v[usize::from(f)];
+                    let (vh, vl) = ((v >> 64) as u64, v as u64);
+                    let (lh, ll) = (word64(&line.0, 8 * k + 2), word64(&line.0, 8 * k));
+                    let (hh, hl) = (word64(&line.0, 8 * k + 6), word64(&line.0, 8 * k + 4));
+                    // `v < lo` and `v > hi` on 64-bit halves, no branch.
+                    let below = (vh < lh) | ((vh == lh) & (vl < ll));
+                    let above = (vh > hh) | ((vh == hh) & (vl > hl));
+                    bad |= u32::from(below | above);
+                }
             }
             let ok = bad == 0;
             if ok & (w[3] == 0) {
@@ -422,6 +459,24 @@ impl Boxes {
             + self.wide.capacity() * 2
             + self.blocked.capacity() * 32
     }
+}
+
+/// The one-line check of a box's first line (header and up to [`FAST`]
+/// biased narrow intervals, all compared): non-zero when it fails.
+#[inline(always)]
+fn first_line_bad(w: &[u32; 16], bk: &BoxKey, key: &Key) -> u32 {
+    let mut bad = (w[1] & !key.present) | (w[0] & bk.outside);
+    for t in 0..FAST {
+        let k = bk.kb[t];
+        bad |= u32::from(k < w[HEADER + t] as i32) | u32::from(k > w[HEADER + FAST + t] as i32);
+    }
+    bad
+}
+
+/// Words `j` (low) and `j + 1` of a line as one 64-bit number.
+#[inline(always)]
+fn word64(w: &[u32; 16], j: usize) -> u64 {
+    u64::from(w[j]) | (u64::from(w[j + 1]) << 32)
 }
 
 #[inline]
