@@ -33,6 +33,9 @@ const HEADER: usize = 4;
 const FAST: usize = 6;
 const BIAS: u32 = 0x8000_0000;
 
+/// Blocked dimensions kept inline (a 5-tuple's two addresses).
+const BLOCKED_INLINE: usize = 2;
+
 /// Lanes of a [`Block`].
 pub const LANES: usize = 4;
 
@@ -69,8 +72,15 @@ pub struct Boxes {
     wide: Vec<(u8, u8)>,
     /// The narrow dimensions a normal packet's value can lie outside the
     /// base block of (fields wider than 32 bits): `(field index, base)`.
-    /// Only these are checked per lookup.
+    /// Only these are checked per lookup. The first [`BLOCKED_INLINE`] are
+    /// kept inline, as are the fields of the one-line layout's narrow
+    /// dimensions: a lookup into a cold group then loads no heap line to
+    /// build its [`BoxKey`].
     blocked: Vec<(u8, u128)>,
+    blocked_inline: [(u8, u128); BLOCKED_INLINE],
+    blocked_inline_len: u8,
+    /// Narrow fields in layout order (one-line and line-split layouts).
+    fast_fields: [u8; FAST],
     /// Lines per box.
     lines: usize,
     /// Line-split layout (boxes of two lines or more with at most
@@ -144,13 +154,24 @@ impl Boxes {
         let lines = words.div_ceil(16);
         // Only where it costs no extra line.
         let split = lines > 1 && narrow.len() <= FAST && 1 + wide.len().div_ceil(2) == lines;
-        let blocked = narrow
+        let mut blocked: Vec<(u8, u128)> = narrow
             .iter()
             .filter(|&&(d, _, _)| c.dims[usize::from(d)].width() > 32)
             .map(|&(_, f, base)| (f, base))
             .collect();
+        let mut blocked_inline = [(0u8, 0u128); BLOCKED_INLINE];
+        let inline = blocked.len().min(BLOCKED_INLINE);
+        blocked_inline[..inline].copy_from_slice(&blocked[..inline]);
+        blocked.drain(..inline);
+        let mut fast_fields = [0u8; FAST];
+        for (x, &(_, f, _)) in fast_fields.iter_mut().zip(&narrow) {
+            *x = f;
+        }
         Boxes {
             blocked,
+            blocked_inline,
+            blocked_inline_len: inline as u8,
+            fast_fields,
             fast: wide.is_empty() && narrow.len() <= FAST,
             narrow,
             wide,
@@ -228,13 +249,15 @@ impl Boxes {
             outside: 0,
         };
         if self.fast || self.split {
-            for (x, &(_, f, _)) in k.kb.iter_mut().zip(&self.narrow) {
+            let n = self.narrow.len().min(FAST);
+            for (x, &f) in k.kb.iter_mut().zip(&self.fast_fields).take(n) {
                 *x = (key.v[usize::from(f)] as u32 ^ BIAS) as i32;
             }
         }
         // Branch-free: presence and block vary per packet. (Narrower fields
         // of a normal packet always lie in block 0.)
-        for &(f, base) in &self.blocked {
+        let inline = &self.blocked_inline[..usize::from(self.blocked_inline_len)];
+        for &(f, base) in inline.iter().chain(&self.blocked) {
             let v = key.v[usize::from(f)];
             k.outside |= ((key.present >> f) & u32::from(v >> 32 != base)) << f;
         }

@@ -326,9 +326,12 @@ pub struct Compiled {
     /// The fields indexed: addresses first, then the most referenced.
     pub(crate) dims: Vec<Field>,
     pub(crate) maxes: Vec<u128>,
-    /// `(field index, largest value)` of the dimensions narrower than 128
-    /// bits: a packet exceeding one is classified by [`Compiled::fallback`].
-    pub(crate) widths: Vec<(u8, u128)>,
+    /// The dimensions narrower than 128 bits (bit per field index) and
+    /// every field's width: a packet exceeding one is classified by
+    /// [`Compiled::fallback`]. Inline rather than on the heap: a lookup into
+    /// a cold group then loads no line just for this check.
+    pub(crate) narrow_fields: u32,
+    pub(crate) field_bits: [u8; Field::COUNT],
     pub(crate) flat: FlatRules,
     /// Entry records of `stride = 1 + 2 * dims.len()` words: a header
     /// (required-dimension mask, rule index, exactness: the box decides and
@@ -438,11 +441,11 @@ impl Compiled {
         let mut c = Compiled {
             match_type,
             maxes: dims.iter().map(|f| f.max_value()).collect(),
-            widths: dims
+            narrow_fields: dims
                 .iter()
-                .filter(|f| f.max_value() != u128::MAX)
-                .map(|f| (f.index() as u8, f.max_value()))
-                .collect(),
+                .filter(|f| f.width() < 128)
+                .fold(0, |m, f| m | (1 << f.index())),
+            field_bits: Field::ALL.map(|f| f.width()),
             dims,
             flat: FlatRules::with_capacity(rules.len()),
             recs: Vec::new(),
@@ -766,12 +769,15 @@ impl Compiled {
     #[inline(always)]
     pub fn key<'a>(&self, fv: &'a FieldValues) -> Option<Key<'a>> {
         let k = Key::of(fv);
-        // Branch-free: a handful of dimensions, all checked.
-        let mut wide = false;
-        for &(f, max) in &self.widths {
-            wide |= (k.present >> f) & 1 != 0 && k.v[usize::from(f)] > max;
+        // The present narrow dimensions (a handful).
+        let mut m = self.narrow_fields & k.present;
+        let mut wide = 0;
+        while m != 0 {
+            let f = m.trailing_zeros() as usize;
+            wide |= k.v[f] >> self.field_bits[f];
+            m &= m - 1;
         }
-        (!wide).then_some(k)
+        (wide == 0).then_some(k)
     }
 
     /// The presence bit of dimension `d` (entry headers and every index
@@ -845,7 +851,6 @@ impl Compiled {
             + self.rank_plen.capacity()
             + self.residual.capacity() * 4
             + self.maxes.capacity() * 16
-            + self.widths.capacity() * 32
             + self.dims.capacity()
     }
 }
