@@ -369,8 +369,10 @@ impl FieldValues {
         self.present |= 1 << f.index();
     }
 
-    /// Every field's value by [`Field::index`] (0 when absent), for
-    /// classifiers reading several fields without copying them.
+    /// Every field's value by [`Field::index`], for classifiers reading
+    /// several fields without copying them. An absent field's value is
+    /// always 0 (values are only ever set together with their presence
+    /// bit); classifiers rely on it.
     #[inline(always)]
     pub(crate) fn values(&self) -> &[u128; Field::COUNT] {
         &self.values

@@ -485,7 +485,8 @@ impl Boxes {
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.data.capacity() * 64 + self.narrow.capacity() * 32
+        self.data.capacity() * 64
+            + self.narrow.capacity() * 32
             + self.wide.capacity() * 2
             + self.blocked.capacity() * 32
     }
@@ -554,7 +555,10 @@ mod tests {
                         Condition::new(Field::Proto, vec![MatchValue::Exact(6)]),
                         Condition::new(
                             Field::SrcPort,
-                            vec![MatchValue::Range { lo: sp, hi: sp + 50 }],
+                            vec![MatchValue::Range {
+                                lo: sp,
+                                hi: sp + 50,
+                            }],
                         ),
                         Condition::new(
                             Field::DstPort,
@@ -569,7 +573,10 @@ mod tests {
         let mut boxes = Boxes::new(&c, &entries);
         assert!(boxes.split && !boxes.fast, "layout {:?}", boxes.layout());
         assert_eq!(boxes.layout(), (3, 2, 2));
-        let ids: Vec<u32> = entries.iter().map(|&e| boxes.push(&c, e as usize)).collect();
+        let ids: Vec<u32> = entries
+            .iter()
+            .map(|&e| boxes.push(&c, e as usize))
+            .collect();
         let (mut hits, mut checks) = (0, 0);
         for _ in 0..3000 {
             // Values near a random entry's bounds.

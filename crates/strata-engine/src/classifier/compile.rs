@@ -326,12 +326,12 @@ pub struct Compiled {
     /// The fields indexed: addresses first, then the most referenced.
     pub(crate) dims: Vec<Field>,
     pub(crate) maxes: Vec<u128>,
-    /// The dimensions narrower than 128 bits (bit per field index) and
-    /// every field's width: a packet exceeding one is classified by
-    /// [`Compiled::fallback`]. Inline rather than on the heap: a lookup into
-    /// a cold group then loads no line just for this check.
-    pub(crate) narrow_fields: u32,
-    pub(crate) field_bits: [u8; Field::COUNT],
+    /// `(field index, largest value)` of the dimensions narrower than 128
+    /// bits (all 48 bits or less; the first `width_checks_len`): a packet exceeding one is classified
+    /// by [`Compiled::fallback`]. Inline rather than on the heap: a lookup
+    /// into a cold group then loads no line just for this check.
+    pub(crate) width_checks: [(u8, u64); Field::COUNT],
+    pub(crate) width_checks_len: u8,
     pub(crate) flat: FlatRules,
     /// Entry records of `stride = 1 + 2 * dims.len()` words: a header
     /// (required-dimension mask, rule index, exactness: the box decides and
@@ -441,11 +441,14 @@ impl Compiled {
         let mut c = Compiled {
             match_type,
             maxes: dims.iter().map(|f| f.max_value()).collect(),
-            narrow_fields: dims
-                .iter()
-                .filter(|f| f.width() < 128)
-                .fold(0, |m, f| m | (1 << f.index())),
-            field_bits: Field::ALL.map(|f| f.width()),
+            width_checks: {
+                let mut w = [(0, 0); Field::COUNT];
+                for (x, f) in w.iter_mut().zip(dims.iter().filter(|f| f.width() < 128)) {
+                    *x = (f.index() as u8, f.max_value() as u64);
+                }
+                w
+            },
+            width_checks_len: dims.iter().filter(|f| f.width() < 128).count() as u8,
             dims,
             flat: FlatRules::with_capacity(rules.len()),
             recs: Vec::new(),
@@ -769,15 +772,13 @@ impl Compiled {
     #[inline(always)]
     pub fn key<'a>(&self, fv: &'a FieldValues) -> Option<Key<'a>> {
         let k = Key::of(fv);
-        // The present narrow dimensions (a handful).
-        let mut m = self.narrow_fields & k.present;
-        let mut wide = 0;
-        while m != 0 {
-            let f = m.trailing_zeros() as usize;
-            wide |= k.v[f] >> self.field_bits[f];
-            m &= m - 1;
+        // Branch-free, a handful of dimensions; an absent field's value is
+        // 0, so presence needs no check.
+        let mut wide = false;
+        for &(f, max) in &self.width_checks[..usize::from(self.width_checks_len)] {
+            wide |= k.v[usize::from(f)] > u128::from(max);
         }
-        (wide == 0).then_some(k)
+        (!wide).then_some(k)
     }
 
     /// The presence bit of dimension `d` (entry headers and every index
