@@ -326,11 +326,11 @@ pub struct Compiled {
     /// The fields indexed: addresses first, then the most referenced.
     pub(crate) dims: Vec<Field>,
     pub(crate) maxes: Vec<u128>,
-    /// `(field index, largest value)` of the dimensions narrower than 128
-    /// bits (all 48 bits or less; the first `width_checks_len`): a packet exceeding one is classified
+    /// `(field index, width)` of the dimensions narrower than 128 bits
+    /// (all 48 bits or less; the first `width_checks_len`): a packet exceeding one is classified
     /// by [`Compiled::fallback`]. Inline rather than on the heap: a lookup
     /// into a cold group then loads no line just for this check.
-    pub(crate) width_checks: [(u8, u64); Field::COUNT],
+    pub(crate) width_checks: [(u8, u8); Field::COUNT],
     pub(crate) width_checks_len: u8,
     pub(crate) flat: FlatRules,
     /// Entry records of `stride = 1 + 2 * dims.len()` words: a header
@@ -444,7 +444,7 @@ impl Compiled {
             width_checks: {
                 let mut w = [(0, 0); Field::COUNT];
                 for (x, f) in w.iter_mut().zip(dims.iter().filter(|f| f.width() < 128)) {
-                    *x = (f.index() as u8, f.max_value() as u64);
+                    *x = (f.index() as u8, f.width());
                 }
                 w
             },
@@ -774,11 +774,14 @@ impl Compiled {
         let k = Key::of(fv);
         // Branch-free, a handful of dimensions; an absent field's value is
         // 0, so presence needs no check.
-        let mut wide = false;
-        for &(f, max) in &self.width_checks[..usize::from(self.width_checks_len)] {
-            wide |= k.v[usize::from(f)] > u128::from(max);
+        // (Shifts of the 64-bit halves: a 128-bit shift by a variable
+        // costs several instructions.)
+        let mut wide = 0u64;
+        for &(f, bits) in &self.width_checks[..usize::from(self.width_checks_len)] {
+            let v = k.v[usize::from(f)];
+            wide |= ((v >> 64) as u64) | ((v as u64) >> bits);
         }
-        (!wide).then_some(k)
+        (wide == 0).then_some(k)
     }
 
     /// The presence bit of dimension `d` (entry headers and every index
