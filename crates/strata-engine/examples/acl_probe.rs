@@ -91,6 +91,16 @@ fn main() {
         trace.checks as f64 / pk.len() as f64,
         tree.stats(),
     );
+    // PARTS=1: heap bytes per rule by part.
+    if env("PARTS", 0) != 0 {
+        for (part, bytes) in tree.memory_parts() {
+            println!("  {part}: {:.1} B/rule", bytes as f64 / n as f64);
+        }
+    }
+    // OUTLINE=k: print the tree's top k levels.
+    if let Some(levels) = std::env::var("OUTLINE").ok().and_then(|v| v.parse().ok()) {
+        print!("{}", tree.outline(levels));
+    }
     if rounds > 0 {
         let rounds = rounds * 4096 / pk.len();
         let (t0, c0) = (Instant::now(), cpu_secs());

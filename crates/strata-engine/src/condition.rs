@@ -369,6 +369,21 @@ impl FieldValues {
         self.present |= 1 << f.index();
     }
 
+    /// Every field's value by [`Field::index`], for classifiers reading
+    /// several fields without copying them. An absent field's value is
+    /// always 0 (values are only ever set together with their presence
+    /// bit); classifiers rely on it.
+    #[inline(always)]
+    pub(crate) fn values(&self) -> &[u128; Field::COUNT] {
+        &self.values
+    }
+
+    /// Bit [`Field::index`] set per present field.
+    #[inline(always)]
+    pub(crate) fn present(&self) -> u32 {
+        self.present
+    }
+
     #[inline]
     pub fn get(&self, f: Field) -> Option<u128> {
         if self.present & (1 << f.index()) != 0 {

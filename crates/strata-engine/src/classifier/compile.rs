@@ -284,25 +284,31 @@ pub fn better(a: (u8, u32, usize), b: Option<(u8, u32, usize)>) -> bool {
     }
 }
 
-/// A packet's values on a group's dimensions.
+/// A packet's values as the indexes read them: a view of its
+/// [`FieldValues`], addressed by field index (every structure stores field
+/// indices, not dimension positions), so a lookup copies nothing.
 #[derive(Clone, Copy, Debug)]
-pub struct Key {
-    pub v: [u128; Field::COUNT],
-    /// Bit `i` set when dimension `i` is present.
+pub struct Key<'a> {
+    /// Value per field index (0 when absent).
+    pub v: &'a [u128; Field::COUNT],
+    /// Bit `f` set when field `f` is present.
     pub present: u32,
+}
+
+impl<'a> Key<'a> {
+    /// The view of `fv` (no check: see [`Compiled::key`]).
+    #[inline(always)]
+    pub fn of(fv: &'a FieldValues) -> Key<'a> {
+        Key {
+            v: fv.values(),
+            present: fv.present(),
+        }
+    }
 }
 
 /// An entry record's header word.
 fn header(req: u32, rule: u32, exact: bool) -> u128 {
     u128::from(req) | (u128::from(rule) << 32) | (u128::from(exact) << 64)
-}
-
-impl Key {
-    /// No dimension present.
-    pub const EMPTY: Key = Key {
-        v: [0; Field::COUNT],
-        present: 0,
-    };
 }
 
 /// One alternative interval of a rule on a dimension.
@@ -320,6 +326,12 @@ pub struct Compiled {
     /// The fields indexed: addresses first, then the most referenced.
     pub(crate) dims: Vec<Field>,
     pub(crate) maxes: Vec<u128>,
+    /// `(field index, width)` of the dimensions narrower than 128 bits
+    /// (all 48 bits or less; the first `width_checks_len`): a packet exceeding one is classified
+    /// by [`Compiled::fallback`]. Inline rather than on the heap: a lookup
+    /// into a cold group then loads no line just for this check.
+    pub(crate) width_checks: [(u8, u8); Field::COUNT],
+    pub(crate) width_checks_len: u8,
     pub(crate) flat: FlatRules,
     /// Entry records of `stride = 1 + 2 * dims.len()` words: a header
     /// (required-dimension mask, rule index, exactness: the box decides and
@@ -429,6 +441,14 @@ impl Compiled {
         let mut c = Compiled {
             match_type,
             maxes: dims.iter().map(|f| f.max_value()).collect(),
+            width_checks: {
+                let mut w = [(0, 0); Field::COUNT];
+                for (x, f) in w.iter_mut().zip(dims.iter().filter(|f| f.width() < 128)) {
+                    *x = (f.index() as u8, f.width());
+                }
+                w
+            },
+            width_checks_len: dims.iter().filter(|f| f.width() < 128).count() as u8,
             dims,
             flat: FlatRules::with_capacity(rules.len()),
             recs: Vec::new(),
@@ -453,11 +473,16 @@ impl Compiled {
             for p in per_dim.iter_mut() {
                 p.clear();
             }
+            // Required dimensions, by position (here) and by field index
+            // (the entry's header: what lookups compare with the packet's
+            // presence mask).
             let mut req = 0u32;
+            let mut req_fields = 0u32;
             for cond in &r.conditions {
                 let di = dim_of[cond.field.index()];
                 let first = req & (1 << di) == 0;
                 req |= 1 << di;
+                req_fields |= 1 << cond.field.index();
                 tmp.clear();
                 tmp.extend(
                     cond.values
@@ -561,7 +586,7 @@ impl Compiled {
             for x in idx.iter_mut() {
                 *x = 0;
             }
-            let header = header(req, ri as u32, exact);
+            let header = header(req_fields, ri as u32, exact);
             loop {
                 let mut plen = 0u8;
                 c.recs.push(header);
@@ -741,28 +766,35 @@ impl Compiled {
         self.plen = Vec::new();
     }
 
-    /// Extract the packet's key, or `None` if a value is wider than its
-    /// field (the caller then falls back to [`Compiled::fallback`]).
-    #[inline]
-    pub fn key(&self, fv: &FieldValues) -> Option<Key> {
-        let mut k = Key::EMPTY;
-        self.fill_key(fv, &mut k).then_some(k)
+    /// The packet's key, or `None` if a value is wider than its field (the
+    /// caller then falls back to [`Compiled::fallback`]). Nothing is
+    /// copied: only the group's narrow dimensions are checked.
+    #[inline(always)]
+    pub fn key<'a>(&self, fv: &'a FieldValues) -> Option<Key<'a>> {
+        let k = Key::of(fv);
+        // Branch-free, a handful of dimensions; an absent field's value is
+        // 0, so presence needs no check.
+        // (Shifts of the 64-bit halves: a 128-bit shift by a variable
+        // costs several instructions.)
+        let mut wide = 0u64;
+        for &(f, bits) in &self.width_checks[..usize::from(self.width_checks_len)] {
+            let v = k.v[usize::from(f)];
+            wide |= ((v >> 64) as u64) | ((v as u64) >> bits);
+        }
+        (wide == 0).then_some(k)
     }
 
-    /// [`Compiled::key`] into a caller's (empty) key, without a copy;
-    /// `false` for out-of-width values.
-    #[inline(always)]
-    pub fn fill_key(&self, fv: &FieldValues, k: &mut Key) -> bool {
-        for (i, &f) in self.dims.iter().enumerate() {
-            if let Some(v) = fv.get(f) {
-                if v > self.maxes[i] {
-                    return false;
-                }
-                k.v[i] = v;
-                k.present |= 1 << i;
-            }
-        }
-        true
+    /// The presence bit of dimension `d` (entry headers and every index
+    /// use field indices).
+    #[inline]
+    pub fn dim_bit(&self, d: usize) -> u32 {
+        1 << self.dims[d].index()
+    }
+
+    /// The field index of dimension `d`.
+    #[inline]
+    pub fn field_of(&self, d: usize) -> usize {
+        self.dims[d].index()
     }
 
     /// Does entry `e` match?
@@ -773,8 +805,8 @@ impl Compiled {
         if (h as u32) & !key.present != 0 {
             return false;
         }
-        for (i, lh) in rec[1..].chunks_exact(2).enumerate() {
-            let v = key.v[i];
+        for (&f, lh) in self.dims.iter().zip(rec[1..].chunks_exact(2)) {
+            let v = key.v[f.index()];
             if v < lh[0] || v > lh[1] {
                 return false;
             }

@@ -142,7 +142,7 @@ impl LpmClassifier {
         v4_index: V4Index,
     ) -> LpmClassifier {
         let width = field.width();
-        let lpm_bit = c.lpm_dim.map_or(0, |d| 1u32 << d);
+        let lpm_bit = c.lpm_dim.map_or(0, |d| c.dim_bit(d));
         let pure: Vec<bool> = (0..c.len())
             .map(|e| c.exact(e) && c.req(e) & !lpm_bit == 0)
             .collect();
@@ -246,13 +246,9 @@ impl GroupClassifier for LpmClassifier {
         if v > self.max {
             return self.c.fallback(fv);
         }
-        let key = if self.c.dims() > 1 {
-            match self.c.key(fv) {
-                Some(k) => Some(k),
-                None => return self.c.fallback(fv),
-            }
-        } else {
-            None
+        // A view of `fv`, not a copy: cheap enough to take every time.
+        let Some(key) = self.c.key(fv) else {
+            return self.c.fallback(fv);
         };
         let r = match &self.v4 {
             V4::Dir24(t) if v >> 32 == 0xffff => t.lookup(v as u32),
@@ -263,19 +259,10 @@ impl GroupClassifier for LpmClassifier {
             return (r != NO_RANK).then_some(r as usize);
         }
         let mut best = if r == NO_RANK { NONE } else { r };
-        if !matches!(self.rest, Rest::None) {
-            let key = match key {
-                Some(k) => k,
-                None => match self.c.key(fv) {
-                    Some(k) => k,
-                    None => return self.c.fallback(fv),
-                },
-            };
-            match &self.rest {
-                Rest::Scan(s) => s.lookup(&self.c, &key, fv, &mut best),
-                Rest::Tree(t) => t.lookup(&self.c, &key, fv, &mut best),
-                Rest::None => {}
-            }
+        match &self.rest {
+            Rest::Scan(s) => s.lookup(&self.c, &key, fv, &mut best),
+            Rest::Tree(t) => t.lookup(&self.c, &key, fv, &mut best),
+            Rest::None => {}
         }
         self.c.resolve(best, fv)
     }

@@ -72,7 +72,7 @@ pub fn build_with(
             match match_type {
                 _ if c.len() <= SCAN_MAX => Box::new(ScanClassifier::from_compiled(c)),
                 MatchType::Lpm(f) => {
-                    let lpm_bit = c.lpm_dim.map_or(0, |d| 1u32 << d);
+                    let lpm_bit = c.lpm_dim.map_or(0, |d| c.dim_bit(d));
                     let pure = (0..c.len())
                         .filter(|&e| c.exact(e) && c.req(e) & !lpm_bit == 0)
                         .count();

@@ -78,10 +78,9 @@ impl GroupClassifier for ScanClassifier {
         if self.c.lpm_absent(fv) {
             return None;
         }
-        let mut key = Key::EMPTY;
-        if !self.c.fill_key(fv, &mut key) {
+        let Some(key) = self.c.key(fv) else {
             return self.c.fallback(fv);
-        }
+        };
         let mut best = NONE;
         self.idx.lookup(&self.c, &key, fv, &mut best);
         self.c.resolve(best, fv)

@@ -139,7 +139,7 @@ impl Default for TreeConfig {
 
 /// What a lookup carries down the tree.
 struct Query<'a> {
-    key: &'a Key,
+    key: &'a Key<'a>,
     fv: &'a FieldValues,
     boxes: &'a Boxes,
     bk: &'a BoxKey,
@@ -263,7 +263,8 @@ pub struct TreeIndex {
     /// Per rank chunk (best first): one root per family (see
     /// [`TreeIndex::family`]).
     roots: Vec<[Ref; FAMILIES]>,
-    /// Address dimensions splitting IPv4 from IPv6 entries (up to two).
+    /// Address fields (by field index) splitting IPv4 from IPv6 entries
+    /// (up to two).
     split: [Option<usize>; 2],
     children: Vec<Ref>,
     /// `(rank, box)`.
@@ -274,9 +275,13 @@ pub struct TreeIndex {
     blocks: Vec<Block>,
     bounds: Vec<u128>,
     bounds64: Vec<u64>,
-    /// Per 32-bit range cut: the common high 96 bits (two words), then the
-    /// laid-out low halves.
-    bounds32: Vec<u32>,
+    /// Per 32-bit range cut: the laid-out low halves, starting on a cache
+    /// line (a search reads one line, or a summary line and one block line).
+    bounds32: Vec<Bounds32>,
+    /// The common high 96 bits of 32-bit range cuts (`v >> 32`), shared:
+    /// a handful per tree (IPv4 in IPv6 space, zero for ports), indexed by
+    /// the node's shift byte, so the node's lines hold boundaries only.
+    bases32: Vec<u128>,
     tables: Vec<HashMap<u128, Ref, RandomState>>,
     stats: TreeStats,
 }
@@ -427,11 +432,11 @@ fn rank128(keys: &[u128; RANGE_MAX_CHILDREN], v: u128) -> usize {
 
 /// [`search`] for 32-bit keys: counts whole blocks (vectorizes well).
 #[inline]
-fn search32(b: &[u32], m: usize, v: u32) -> usize {
+fn search32(b: &[Bounds32], m: usize, v: u32) -> usize {
     #[inline(always)]
-    fn count(blk: &[u32], v: u32) -> usize {
-        let blk: &[u32; BLOCK32] = match blk.first_chunk() {
-            Some(x) => x,
+    fn count(blk: Option<&Bounds32>, v: u32) -> usize {
+        let blk: &[u32; BLOCK32] = match blk {
+            Some(x) => &x.0,
             None => return 0,
         };
         // A branch-free binary search of fixed length (fewer instructions
@@ -447,12 +452,28 @@ fn search32(b: &[u32], m: usize, v: u32) -> usize {
         base + usize::from(blk[BLOCK32 - 1] <= v)
     }
     let pos = if m <= BLOCK32 {
-        count(b, v)
+        count(b.first(), v)
     } else {
-        let j = count(b, v).min(m.div_ceil(BLOCK32) - 1);
-        j * BLOCK32 + count(&b[BLOCK32 * (j + 1)..], v)
+        let j = count(b.first(), v).min(m.div_ceil(BLOCK32) - 1);
+        j * BLOCK32 + count(b.get(j + 1), v)
     };
     pos.min(m)
+}
+
+/// One block of 32-bit boundaries, on its own cache line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
+struct Bounds32([u32; BLOCK32]);
+
+/// [`layout`] for 32-bit keys, one block per cache line.
+fn layout32(keys: &[u32], out: &mut Vec<Bounds32>) {
+    let mut laid = Vec::new();
+    layout(keys, BLOCK32, u32::MAX, &mut laid);
+    out.extend(laid.chunks_exact(BLOCK32).map(|b| {
+        let mut blk = Bounds32([u32::MAX; BLOCK32]);
+        blk.0.copy_from_slice(b);
+        blk
+    }));
 }
 
 struct Builder<'a> {
@@ -512,6 +533,7 @@ impl TreeIndex {
                 bounds: Vec::new(),
                 bounds64: Vec::new(),
                 bounds32: Vec::new(),
+                bases32: Vec::new(),
                 tables: Vec::new(),
                 stats: TreeStats::default(),
             },
@@ -602,7 +624,8 @@ impl TreeIndex {
         let nodes = b.nodes;
         let mut t = b.t;
         t.roots = roots;
-        t.split = split;
+        // Lookups read the packet by field index.
+        t.split = split.map(|d| d.map(|d| c.field_of(d)));
         t.stats.nodes = nodes;
         t.children.shrink_to_fit();
         t.items.shrink_to_fit();
@@ -613,6 +636,7 @@ impl TreeIndex {
         t.bounds.shrink_to_fit();
         t.bounds64.shrink_to_fit();
         t.bounds32.shrink_to_fit();
+        t.bases32.shrink_to_fit();
         t
     }
 
@@ -801,9 +825,8 @@ impl TreeIndex {
                 }
                 K_RANGE32 => {
                     let x = r.x as usize;
-                    let b = &self.bounds32[x..];
-                    let base =
-                        (u128::from(b[0]) << 64) | (u128::from(b[1]) << 32) | u128::from(b[2]);
+                    let b = self.bounds32.get(x..).unwrap_or_default();
+                    let base = self.bases32.get(r.shift() as usize).copied().unwrap_or(0);
                     let hi = v >> 32;
                     let m = r.bits() as usize;
                     let i = if hi < base {
@@ -811,7 +834,7 @@ impl TreeIndex {
                     } else if hi > base {
                         m
                     } else {
-                        search32(&b[3..], m, v as u32)
+                        search32(b, m, v as u32)
                     };
                     &self.children[a + 1 + i]
                 }
@@ -872,8 +895,8 @@ impl TreeIndex {
                     self.children.get(i).map_or(0, |c| c.min)
                 }
                 K_RANGE32 => {
-                    self.bounds32.get(x).copied().unwrap_or(0)
-                        ^ self.bounds32.get(x + 18).copied().unwrap_or(0)
+                    self.bounds32.get(x).map_or(0, |b| b.0[0])
+                        ^ self.bounds32.get(x + 1).map_or(0, |b| b.0[0])
                 }
                 K_RANGE64 => self.bounds64.get(x + 1).map_or(0, |&b| b as u32),
                 K_RANGE => self.bounds.get(x).map_or(0, |&b| b as u32),
@@ -960,7 +983,8 @@ impl TreeIndex {
             + self.items.capacity() * 8
             + self.bounds.capacity() * 16
             + self.bounds64.capacity() * 8
-            + self.bounds32.capacity() * 4
+            + self.bounds32.capacity() * 64
+            + self.bases32.capacity() * 16
             + self
                 .tables
                 .iter()
@@ -1071,7 +1095,7 @@ impl Builder<'_> {
                 self.t.stats.bit_cuts += 1;
                 Ref::node(
                     K_BIT,
-                    dim,
+                    c.field_of(dim),
                     u32::from(shift),
                     u32::from(bits),
                     start as u32,
@@ -1084,19 +1108,29 @@ impl Builder<'_> {
                 self.t.children.resize(start + 1 + parts, NIL_REF);
                 let base = bounds[0] >> 64;
                 let base96 = bounds[0] >> 32;
-                let r = if bounds.iter().all(|&b| b >> 32 == base96) {
+                // The shared base's index (at most 256 per tree; beyond,
+                // the 64-bit layout serves: the boundaries share their high
+                // 64 bits too).
+                let base32 = if bounds.iter().all(|&b| b >> 32 == base96) {
+                    match self.t.bases32.iter().position(|&b| b == base96) {
+                        Some(i) => Some(i),
+                        None if self.t.bases32.len() < 256 => {
+                            self.t.bases32.push(base96);
+                            Some(self.t.bases32.len() - 1)
+                        }
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                let r = if let Some(bi) = base32 {
                     let x = self.t.bounds32.len();
-                    self.t.bounds32.extend([
-                        (base96 >> 64) as u32,
-                        (base96 >> 32) as u32,
-                        base96 as u32,
-                    ]);
                     let lows: Vec<u32> = bounds.iter().map(|&b| b as u32).collect();
-                    layout(&lows, BLOCK32, u32::MAX, &mut self.t.bounds32);
+                    layout32(&lows, &mut self.t.bounds32);
                     Ref::node(
                         K_RANGE32,
-                        dim,
-                        0,
+                        c.field_of(dim),
+                        bi as u32,
                         bounds.len() as u32,
                         start as u32,
                         x as u32,
@@ -1109,7 +1143,7 @@ impl Builder<'_> {
                     layout(&lows, BLOCK64, u64::MAX, &mut self.t.bounds64);
                     Ref::node(
                         K_RANGE64,
-                        dim,
+                        c.field_of(dim),
                         0,
                         bounds.len() as u32,
                         start as u32,
@@ -1123,7 +1157,7 @@ impl Builder<'_> {
                     self.t.bounds.resize(x + RANGE_MAX_CHILDREN, u128::MAX);
                     Ref::node(
                         K_RANGE,
-                        dim,
+                        c.field_of(dim),
                         0,
                         bounds.len() as u32,
                         start as u32,
@@ -1150,7 +1184,7 @@ impl Builder<'_> {
                 let ti = self.t.tables.len();
                 self.t.tables.push(table);
                 self.t.stats.hash_cuts += 1;
-                Ref::node(K_HASH, dim, 0, 0, start as u32, ti as u32, min)
+                Ref::node(K_HASH, c.field_of(dim), 0, 0, start as u32, ti as u32, min)
             }
         };
         drop(flat);
@@ -1566,7 +1600,7 @@ impl TreeClassifier {
             ),
             (
                 "bounds",
-                t.bounds.capacity() * 16 + t.bounds64.capacity() * 8 + t.bounds32.capacity() * 4,
+                t.bounds.capacity() * 16 + t.bounds64.capacity() * 8 + t.bounds32.capacity() * 64,
             ),
             (
                 "tables",
@@ -1583,10 +1617,9 @@ impl TreeClassifier {
         if self.c.lpm_absent(fv) {
             return None;
         }
-        let mut key = Key::EMPTY;
-        if !self.c.fill_key(fv, &mut key) {
+        let Some(key) = self.c.key(fv) else {
             return self.c.fallback(fv);
-        }
+        };
         let mut best = NONE;
         self.idx.lookup_traced(&self.c, &key, fv, &mut best, trace);
         self.c.resolve(best, fv)
@@ -1599,10 +1632,9 @@ impl GroupClassifier for TreeClassifier {
         if self.c.lpm_absent(fv) {
             return None;
         }
-        let mut key = Key::EMPTY;
-        if !self.c.fill_key(fv, &mut key) {
+        let Some(key) = self.c.key(fv) else {
             return self.c.fallback(fv);
-        }
+        };
         let mut best = NONE;
         self.idx.lookup(&self.c, &key, fv, &mut best);
         self.c.resolve(best, fv)
@@ -1636,7 +1668,6 @@ const LEAF_PRIME: usize = 3;
 /// call stack, kept here so that several lookups can advance in turn.
 struct Cursor<'a> {
     t: &'a TreeClassifier,
-    key: Key,
     bk: BoxKey,
     fam: usize,
     best: u32,
@@ -1661,15 +1692,13 @@ impl<'a> Cursor<'a> {
         if t.c.lpm_absent(fv) {
             return Err(None);
         }
-        let mut key = Key::EMPTY;
-        if !t.c.fill_key(fv, &mut key) {
+        let Some(key) = t.c.key(fv) else {
             return Err(t.c.fallback(fv));
-        }
+        };
         let fam = t.idx.family(&key);
         let bk = t.idx.boxes[fam].key(&key);
         Ok(Cursor {
             t,
-            key,
             bk,
             fam,
             best: NONE,
@@ -1689,6 +1718,8 @@ impl<'a> Cursor<'a> {
         let idx = &self.t.idx;
         let c = &self.t.c;
         let boxes = &idx.boxes[self.fam];
+        // Checked by `start`.
+        let key = Key::of(fv);
         if self.r.min < self.best {
             let r = self.r;
             if r.kind() == K_LEAF && !self.primed {
@@ -1703,7 +1734,7 @@ impl<'a> Cursor<'a> {
                 return true;
             }
             let q = Query {
-                key: &self.key,
+                key: &key,
                 fv,
                 boxes,
                 bk: &self.bk,
@@ -1720,9 +1751,9 @@ impl<'a> Cursor<'a> {
             ) {
                 if self.sp > sp {
                     // The subtree it set aside: on its way too.
-                    idx.prime(&self.stack[sp], &self.key, boxes);
+                    idx.prime(&self.stack[sp], &key, boxes);
                 }
-                idx.prime(&next, &self.key, boxes);
+                idx.prime(&next, &key, boxes);
                 self.r = next;
                 self.primed = false;
                 return true;
@@ -1742,7 +1773,7 @@ impl<'a> Cursor<'a> {
             self.chunk += 1;
             let r = roots[self.fam];
             if r.min < self.best {
-                idx.prime(&r, &self.key, boxes);
+                idx.prime(&r, &key, boxes);
                 self.r = r;
                 return true;
             }
@@ -1834,7 +1865,7 @@ mod tests {
                 let mut keys: Vec<u32> = (0..m).map(|_| (rnd() % spread) as u32).collect();
                 keys.sort_unstable();
                 let mut laid = Vec::new();
-                layout(&keys, BLOCK32, u32::MAX, &mut laid);
+                layout32(&keys, &mut laid);
                 let keys64: Vec<u64> = keys.iter().map(|&k| u64::from(k)).collect();
                 let mut laid64 = Vec::new();
                 layout(&keys64, BLOCK64, u64::MAX, &mut laid64);
