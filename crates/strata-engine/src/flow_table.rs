@@ -203,12 +203,8 @@ impl Keys<'_> {
 
     /// Hash of index value `v` (`slot << 1 | side`).
     fn hash(&self, slots: &[Option<LayerFlow>], v: u32) -> u64 {
-        let slot = v >> 1;
-        let side = (v & 1) as usize;
-        slots
-            .get(slot as usize)
-            .and_then(|f| f.as_ref())
-            .and_then(|f| {
+        indexed(slots, v)
+            .and_then(|(slot, side, f)| {
                 let k = self.side(slot, f, side)?;
                 Some(lf_hash(f.dir_of(side), &layer_flow_key(&k)))
             })
@@ -218,18 +214,21 @@ impl Keys<'_> {
     /// Whether index value `v` is the flow side keyed `(d, k)` (`k` an
     /// identity key).
     fn is(&self, slots: &[Option<LayerFlow>], v: u32, d: Direction, k: &Ufid) -> bool {
-        let slot = v >> 1;
-        let side = (v & 1) as usize;
-        slots
-            .get(slot as usize)
-            .and_then(|f| f.as_ref())
-            .is_some_and(|f| {
-                f.dir_of(side) == d
-                    && self
-                        .side(slot, f, side)
-                        .is_some_and(|key| layer_flow_key(&key) == *k)
-            })
+        indexed(slots, v).is_some_and(|(slot, side, f)| {
+            f.dir_of(side) == d
+                && self
+                    .side(slot, f, side)
+                    .is_some_and(|key| layer_flow_key(&key) == *k)
+        })
     }
+}
+
+/// The slot, side and flow an index value (`slot << 1 | side`) names.
+fn indexed(slots: &[Option<LayerFlow>], v: u32) -> Option<(u32, usize, &LayerFlow)> {
+    let slot = v >> 1;
+    let side = (v & 1) as usize;
+    let f = slots.get(slot as usize)?.as_ref()?;
+    Some((slot, side, f))
 }
 
 /// The flow table of one layer: flows in a slab, both keys of each flow in
