@@ -761,16 +761,6 @@ impl UnifiedFlowTable {
             .map_or(1, |uf| u64::from(uf.generation ^ u32::from(uf.key.proto())))
     }
 
-    /// The batch pipeline's third stage: load the shared action the
-    /// candidate's flow points at (its verdict and plan). Usually hot (few
-    /// distinct actions); when a port has many, this overlaps their cache
-    /// misses across the batch.
-    #[inline]
-    pub fn touch_action(&self, candidate: u32, d: Direction) -> u64 {
-        self.candidate_flow(candidate, d)
-            .map_or(1, |uf| u64::from(uf.action.verdict.is_forward()))
-    }
-
     /// The unified flow a [`UnifiedFlowTable::peek`] candidate names, if it
     /// is of direction `d`.
     #[inline]

@@ -430,7 +430,8 @@ impl LayerPolicy {
     }
 
     /// [`LayerPolicy::classify`] by the letter of VFP-3: every group of the
-    /// direction classified, in order (the reference for tests and traces).
+    /// direction classified, in order (the reference the property test
+    /// compares [`LayerPolicy::classify`] with).
     pub fn classify_in_order(&self, d: Direction, fv: &FieldValues) -> Option<RuleRef> {
         let mut chosen = None;
         for (gi, g) in self.groups.iter().enumerate() {

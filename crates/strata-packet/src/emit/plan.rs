@@ -22,7 +22,7 @@
 
 use super::{
     EmitError, MISMATCH, PacketBuf, apply_with_ports, encap_len, inner_bounds, push_outer,
-    rewrite_l3_l4, same_family, tunnel_src_port,
+    rewrite_l3_l4, tunnel_src_port,
 };
 use crate::checksum::{self, fold};
 use crate::flow::{TunnelKind, flow_hash};
@@ -173,9 +173,7 @@ impl OuterTemplate {
         let (IpAddr::V4(_), IpAddr::V4(_)) = (e.src_ip, e.dst_ip) else {
             return None;
         };
-        if !same_family(e.src_ip, e.dst_ip)
-            || (e.kind == TunnelKind::Geneve && geneve::check_options(&e.geneve_options).is_err())
-        {
+        if e.kind == TunnelKind::Geneve && geneve::check_options(&e.geneve_options).is_err() {
             return None;
         }
         let len = encap_len(e);
