@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `SYN=1` runs only the first packet of each connection (the slow path with
-//! its simulated partner flow).
+//! its simulated partner flow); `RULES=1000` puts that many rules in the
+//! customer ACL group.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -26,7 +27,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let mut port = four_layer_port(PortConfig::default(), 0).expect("port");
+    let rules: usize = std::env::var("RULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cfg = PortConfig {
+        max_connections: 1 << 21,
+        ..PortConfig::default()
+    };
+    let mut port = four_layer_port(cfg, rules).expect("port");
     install_mappings(&mut port, 4).expect("mappings");
     let mut buf = PacketBuf::with_capacity(2048);
     let lc: Vec<[(Direction, Vec<u8>); 6]> = (0..n).map(lifecycle).collect();

@@ -318,7 +318,7 @@ pub fn peer_of(i: u32) -> (u8, u8) {
 pub fn lifecycle(i: u32) -> [(Direction, Vec<u8>); 6] {
     let (x, y) = peer_of(i);
     let peer = Ipv4Addr::new(10, 1, x, y);
-    let sp = 1024 + (i % 60_000) as u16;
+    let sp = 1024 + ((i / 1000) % 60_000) as u16;
     let out = |fl, s, a| {
         (
             Direction::Out,
