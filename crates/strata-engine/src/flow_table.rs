@@ -20,11 +20,12 @@ use crate::types::{Direction, Time, Verdict};
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use std::net::IpAddr;
 use std::sync::Arc;
 use strata_packet::emit::EmitPlan;
 use strata_packet::flow::{MacAddr, Ufid};
 use strata_packet::packed::PackedUfid;
-use strata_packet::transposition::{PortRewrite, Transposition};
+use strata_packet::transposition::{OuterOp, PortRewrite, Transposition};
 
 /// A stateful flow of one layer. 24 bytes: the key and the rule are not
 /// stored here (see [`LayerFlow::key_conn`] and [`LayerFlow::rule`]).
@@ -268,6 +269,52 @@ impl LayerFlowTable {
         Some((v >> 1, (v & 1) as usize))
     }
 
+    /// Like [`LayerFlowTable::lookup`], also giving the flow's origin key
+    /// (read anyway to compare keys; a hit then needs no second read for
+    /// [`LayerFlowTable::transposition_for`]).
+    pub fn lookup_with_origin(
+        &self,
+        d: Direction,
+        key: &Ufid,
+        conns: &UnifiedFlowTable,
+    ) -> Option<(u32, usize, Ufid)> {
+        let k = layer_flow_key(key);
+        let keys = self.keys(conns);
+        let slots = &self.slots;
+        let mut origin = None;
+        let v = *self.index.find(lf_hash(d, &k), |&v| {
+            let Some((slot, side, f)) = indexed(slots, v) else {
+                return false;
+            };
+            if f.dir_of(side) != d {
+                return false;
+            }
+            let Some(o) = keys.origin(slot, f) else {
+                return false;
+            };
+            let hit = if side == 0 {
+                layer_flow_key(&o) == k
+            } else {
+                layer_flow_key(&f.transposition().apply_to_ufid(&o).reversed()) == k
+            };
+            if hit {
+                origin = Some(o);
+            }
+            hit
+        })?;
+        Some((v >> 1, (v & 1) as usize, origin?))
+    }
+
+    /// The transposition of side `side` of `f`, whose origin key is
+    /// `origin`: the rule's, or its inverse.
+    pub fn transposition_for(f: &LayerFlow, side: usize, origin: &Ufid) -> Transposition {
+        if side == 0 {
+            f.transposition().clone()
+        } else {
+            f.transposition().reverse_for(origin)
+        }
+    }
+
     pub fn get(&self, slot: u32) -> Option<&LayerFlow> {
         self.slots.get(slot as usize)?.as_ref()
     }
@@ -279,22 +326,6 @@ impl LayerFlowTable {
     /// The origin key of the flow in `slot`.
     pub fn origin_key(&self, slot: u32, conns: &UnifiedFlowTable) -> Option<Ufid> {
         self.keys(conns).origin(slot, self.get(slot)?)
-    }
-
-    /// The transposition of side `side` of the flow in `slot`: the rule's,
-    /// or its inverse.
-    pub fn transposition_of(
-        &self,
-        slot: u32,
-        side: usize,
-        conns: &UnifiedFlowTable,
-    ) -> Option<Transposition> {
-        let f = self.get(slot)?;
-        if side == 0 {
-            return Some(f.transposition().clone());
-        }
-        let key = self.keys(conns).origin(slot, f)?;
-        Some(f.transposition().reverse_for(&key))
     }
 
     /// Insert a flow with origin key `key` (kept in the table's own store
@@ -310,10 +341,6 @@ impl LayerFlowTable {
         ];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         let hashes = [lf_hash(dirs[0], &keys[0]), lf_hash(dirs[1], &keys[1])];
-        let taken = [0, 1].map(|side| {
-            self.find(hashes[side], dirs[side], &keys[side], conns)
-                .is_some()
-        });
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -321,17 +348,24 @@ impl LayerFlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
+        // In place first: growing the index while the second side goes in
+        // rehashes the first, which reads this flow's key.
         self.slots[slot as usize] = Some(f);
         self.own_keys.insert(slot, PackedUfid::pack(key));
-        let k = Keys {
-            own: &self.own_keys,
-            conns,
-        };
-        let slots = &self.slots;
+        // One probe per side: find an earlier flow with the key, or the
+        // place to put it.
         for side in 0..2 {
-            if !taken[side] {
-                self.index
-                    .insert_unique(hashes[side], slot << 1 | side as u32, |&v| k.hash(slots, v));
+            let k = Keys {
+                own: &self.own_keys,
+                conns,
+            };
+            let slots = &self.slots;
+            if let hashbrown::hash_table::Entry::Vacant(v) = self.index.entry(
+                hashes[side],
+                |&v| v >> 1 != slot && k.is(slots, v, dirs[side], &keys[side]),
+                |&v| k.hash(slots, v),
+            ) {
+                v.insert(slot << 1 | side as u32);
             }
         }
         slot
@@ -513,7 +547,7 @@ impl LayerFlowTable {
 /// the whole thing, and the fast path reads a line every such flow keeps
 /// hot. (The counter slots are not part of it: per-destination meters
 /// make them differ per peer, see [`CounterSlots`].)
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowAction {
     pub verdict: Verdict,
     /// The composed transposition with its port rewrite cleared (the port
@@ -523,12 +557,65 @@ pub struct FlowAction {
     pub plan: EmitPlan,
 }
 
+impl std::hash::Hash for FlowAction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(action_digest(&self.verdict, self.plan.transposition()));
+    }
+}
+
 /// A borrowed [`FlowAction`], to look one up in the intern set without
 /// building it. Hashes exactly as the owned form.
-#[derive(Hash)]
 pub struct FlowActionRef<'a> {
     pub verdict: &'a Verdict,
     pub transposition: &'a Transposition,
+}
+
+impl std::hash::Hash for FlowActionRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(action_digest(self.verdict, self.transposition));
+    }
+}
+
+/// A digest of the fields that tell flow actions apart in practice: the
+/// verdict, address and port rewrites, and the tunnel's VNI and far end.
+/// Equal actions digest alike; the intern set compares in full when
+/// digests match. Interning runs once per new unified flow, and hashing the
+/// whole transposition field by field cost more than the rest of the
+/// lookup.
+fn action_digest(v: &Verdict, t: &Transposition) -> u64 {
+    fn ip(a: Option<IpAddr>) -> u64 {
+        match a {
+            None => 0,
+            Some(IpAddr::V4(x)) => u64::from(u32::from(x)) | 1 << 40,
+            Some(IpAddr::V6(x)) => {
+                let b = u128::from(x);
+                (b as u64) ^ (b >> 64) as u64 ^ 2 << 40
+            }
+        }
+    }
+    fn port(p: Option<u16>) -> u64 {
+        p.map_or(0, |p| u64::from(p) | 1 << 16)
+    }
+    fn mix(h: u64, w: u64) -> u64 {
+        (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+    }
+    let verdict = match v {
+        Verdict::Forward => 0,
+        Verdict::Drop { reason, layer } => {
+            1 | (reason.index() as u64) << 1 | layer.map_or(0, |l| u64::from(l) + 1) << 16
+        }
+    };
+    let outer = match &t.outer {
+        OuterOp::Ignore => 0,
+        OuterOp::Pop => 1,
+        OuterOp::Push(e) => 2 | u64::from(e.vni) << 8 ^ ip(Some(e.dst_ip)) << 3,
+        OuterOp::Replace(e) => 3 | u64::from(e.vni) << 8 ^ ip(Some(e.dst_ip)) << 3,
+    };
+    let mut h = mix(verdict, outer);
+    h = mix(h, ip(t.src_ip));
+    h = mix(h, ip(t.dst_ip));
+    h = mix(h, port(t.src_port) | port(t.dst_port) << 20);
+    mix(h, t.dscp.map_or(0, |d| u64::from(d) | 0x100))
 }
 
 impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
@@ -824,13 +911,14 @@ impl UnifiedFlowTable {
         }
     }
 
-    /// Install `uf` (whose [`uft_hash`] is `hash`) as side `d` of
-    /// connection `c`, replacing (and unindexing) any previous flow of that
-    /// side.
-    pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow, hash: u64) {
-        debug_assert_eq!(hash, uft_hash(d, &uf.key.unpack()), "caller's hash");
+    /// Install `uf` (keyed `key`, whose [`uft_hash`] is `hash`) as side `d`
+    /// of connection `c`, replacing (and unindexing) any previous flow of
+    /// that side. The caller has the key unpacked and hashed already.
+    pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow, key: &Ufid, hash: u64) {
+        debug_assert!(uf.key.matches(key), "caller's key");
+        debug_assert_eq!(hash, uft_hash(d, key), "caller's hash");
         self.clear_side(c, d);
-        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&uf.key.unpack())));
+        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(key)));
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
         let conns = &self.conns;
@@ -1010,5 +1098,74 @@ mod tests {
         assert_eq!(size_of::<Option<TcpConn>>(), 52);
         assert_eq!(size_of::<Option<Connection>>(), 312);
         assert_eq!(size_of::<Option<LayerFlow>>(), 32);
+    }
+
+    /// Both keys of every flow stay findable while the index grows under
+    /// inserts (growth rehashes entries, including the first side of the
+    /// flow being inserted, which must be readable by then), and a reverse
+    /// key already taken keeps its first owner.
+    #[test]
+    fn layer_index_finds_both_sides_across_growth() {
+        use std::net::Ipv4Addr;
+        let conns = UnifiedFlowTable::default();
+        let mut t = LayerFlowTable::default();
+        let rule = Arc::new(RuleIdentity {
+            id: "snat".into(),
+            fingerprint: 1,
+            counter: 0,
+        });
+        let key = |i: u32| {
+            Ufid::plain(strata_packet::flow::FlowKey {
+                ether_type: 0x0800,
+                src_ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+                dst_ip: IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
+                proto: 6,
+                src_port: 1000 + (i % 50_000) as u16,
+                dst_port: 443,
+                ..Default::default()
+            })
+        };
+        // Every flow's source becomes one public address and port: reverse
+        // keys differ by port, except flows 5000.. which reuse 0..'s ports.
+        let nat = |i: u32| Transposition {
+            src_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            src_port: Some(2000 + (i % 5000) as u16),
+            ..Transposition::identity()
+        };
+        let n = 6000u32;
+        let slots: Vec<u32> = (0..n)
+            .map(|i| {
+                let f = LayerFlow::new(
+                    Direction::Out,
+                    Arc::clone(&rule),
+                    1,
+                    &nat(i),
+                    &[],
+                    ActionState::None,
+                    None,
+                );
+                let slot = t.insert(f, &key(i), &conns);
+                // Checked at once too: a later growth would rehash (and so
+                // hide) an entry misplaced by this insert.
+                assert_eq!(t.lookup(Direction::Out, &key(i), &conns), Some((slot, 0)));
+                slot
+            })
+            .collect();
+        for i in 0..n {
+            let slot = slots[i as usize];
+            assert_eq!(
+                t.lookup(Direction::Out, &key(i), &conns),
+                Some((slot, 0)),
+                "origin side of flow {i}"
+            );
+            let reply = nat(i).apply_to_ufid(&key(i)).reversed();
+            let owner = slots[(i % 5000) as usize];
+            assert_eq!(
+                t.lookup_with_origin(Direction::In, &reply, &conns)
+                    .map(|(s, side, o)| (s, side, o == key(i % 5000))),
+                Some((owner, 1, true)),
+                "reverse side of flow {i}"
+            );
+        }
     }
 }

@@ -741,7 +741,7 @@ impl Port {
                     old.flush(&mut self.counters.arena);
                 }
                 self.unshare_keys(c, d);
-                self.uft.set_side(c, d, uf, hash);
+                self.uft.set_side(c, d, uf, ufid, hash);
                 let mut added = SmallVec::new();
                 let mut tracked = false;
                 if let Some(conn) = self.uft.get_mut(c) {
@@ -768,7 +768,7 @@ impl Port {
         let conn = Connection::new(d, tcp, layer_flows, now, sim.ttl);
         self.hold(&added);
         let c = self.uft.alloc(conn);
-        self.uft.set_side(c, d, uf, hash);
+        self.uft.set_side(c, d, uf, ufid, hash);
         self.share_keys(c, d, &sim.created);
         self.counters.flows.connections_created += 1;
         if !forward {
@@ -796,7 +796,7 @@ impl Port {
             };
         if paired {
             let puf = self.unified_flow(&pkey, &psim);
-            self.uft.set_side(c, pd, puf, phash);
+            self.uft.set_side(c, pd, puf, &pkey, phash);
             let mut added = SmallVec::new();
             if let Some(conn) = self.uft.get_mut(c) {
                 added = add_refs(&mut conn.layer_flows, &psim.refs);
@@ -1007,16 +1007,11 @@ impl Port {
             let local = derived.as_ref().unwrap_or(ufid);
 
             // 1. An existing layer flow decides.
-            if let Some((slot, side)) = self.layer_flow_hit(layer, d, local, now, mode) {
-                let Some(table) = self.flow_table(layer.uid) else {
+            if let Some((slot, side, origin)) = self.layer_flow_hit(layer, d, local, now, mode) {
+                let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
                     continue;
                 };
-                let (Some(f), Some(t)) = (
-                    table.get(slot),
-                    table.transposition_of(slot, side, &self.uft),
-                ) else {
-                    continue;
-                };
+                let t = LayerFlowTable::transposition_for(f, side, &origin);
                 sim.counters.extend_from_slice(f.side_counters(side));
                 sim.counters.push(layer.counter);
                 sim.counters.push(f.rule.counter);
@@ -1184,19 +1179,18 @@ impl Port {
         local: &Ufid,
         now: Time,
         mode: Mode,
-    ) -> Option<(u32, usize)> {
+    ) -> Option<(u32, usize, Ufid)> {
         let table = self.flow_table(layer.uid)?;
         // Layers without stateful rules never hold flows: no hashing.
         if table.is_empty() {
             return None;
         }
-        let (slot, side) = table.lookup(d, local, &self.uft)?;
+        let (slot, side, origin_key) = table.lookup_with_origin(d, local, &self.uft)?;
         let f = table.get(slot)?;
         if f.layer_generation == stamp(layer.generation) {
-            return Some((slot, side));
+            return Some((slot, side, origin_key));
         }
         let origin = f.origin;
-        let origin_key = table.origin_key(slot, &self.uft)?;
         let fv = FieldValues::from_ufid(&origin_key);
         let decided = layer.classify(origin, &fv);
         let still = decided
@@ -1207,14 +1201,14 @@ impl Port {
                     && cr.fingerprint() == f.rule.fingerprint
             });
         if mode == Mode::DryRun {
-            return still.then_some((slot, side));
+            return still.then_some((slot, side, origin_key));
         }
         let table = table_in(&mut self.layer_flows, layer.uid)?;
         if still {
             if let Some(f) = table.get_mut(slot) {
                 f.layer_generation = stamp(layer.generation);
             }
-            return Some((slot, side));
+            return Some((slot, side, origin_key));
         }
         table.detach(slot, &self.uft);
         if table.get(slot).is_some_and(|f| f.refs == 0)
@@ -1230,8 +1224,8 @@ impl Port {
         let (_, new_slot) = self.run_rule(layer, rref, origin, &origin_key, now, mode);
         let new_slot = new_slot?;
         let table = self.flow_table(layer.uid)?;
-        match table.lookup(d, local, &self.uft) {
-            Some((s, side)) if s == new_slot => Some((s, side)),
+        match table.lookup_with_origin(d, local, &self.uft) {
+            Some((s, side, o)) if s == new_slot => Some((s, side, o)),
             _ => {
                 // The re-derived flow does not cover this packet's key (e.g.
                 // a new SNAT port); it stays for the origin direction's next
