@@ -125,6 +125,17 @@ impl LayerFlow {
             .map_or(&Transposition::IDENTITY, |e| &e.transposition)
     }
 
+    /// The key of the reverse side for origin key `origin`: the origin's
+    /// result reversed (most flows transpose nothing: no work to apply).
+    fn reverse_key(&self, origin: &Ufid) -> Ufid {
+        match &self.extra {
+            Some(e) if !e.transposition.is_identity() => {
+                e.transposition.apply_to_ufid(origin).reversed()
+            }
+            _ => origin.reversed(),
+        }
+    }
+
     /// Resource state to release when the flow ends.
     pub fn state(&self) -> &ActionState {
         self.extra.as_ref().map_or(&NO_STATE, |e| &e.state)
@@ -198,7 +209,7 @@ impl Keys<'_> {
         Some(if side == 0 {
             key
         } else {
-            f.transposition().apply_to_ufid(&key).reversed()
+            f.reverse_key(&key)
         })
     }
 
@@ -295,7 +306,7 @@ impl LayerFlowTable {
             let hit = if side == 0 {
                 layer_flow_key(&o) == k
             } else {
-                layer_flow_key(&f.transposition().apply_to_ufid(&o).reversed()) == k
+                layer_flow_key(&f.reverse_key(&o)) == k
             };
             if hit {
                 origin = Some(o);
@@ -337,7 +348,7 @@ impl LayerFlowTable {
         // Each side's identity and hash, computed once.
         let keys = [
             layer_flow_key(key),
-            layer_flow_key(&f.transposition().apply_to_ufid(key).reversed()),
+            layer_flow_key(&f.reverse_key(key)),
         ];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         let hashes = [lf_hash(dirs[0], &keys[0]), lf_hash(dirs[1], &keys[1])];
