@@ -25,7 +25,7 @@
 
 use crate::checksum::{self, Delta};
 use crate::flow::TunnelKind;
-use crate::flow::{ethertype, flow_hash, ipproto};
+use crate::flow::{ethertype, ipproto, tunnel_hash};
 use crate::parse::{L3Kind, L4Kind, Layout, Parsed};
 use crate::transposition::{Encap, OuterOp, PortRewrite, Transposition, VlanOp};
 use crate::wire::{ethernet, geneve, icmp, ipv4, ipv6, nvgre, tcp, udp, vlan, vxlan};
@@ -198,7 +198,8 @@ fn encap_l4_len(e: &Encap) -> usize {
     }
 }
 
-/// The outer UDP source port for an inner flow hash (RFC 7348 §5).
+/// The outer UDP source port for an inner flow's
+/// [`tunnel_hash`](crate::flow::tunnel_hash) (RFC 7348 §5).
 pub fn tunnel_src_port(hash: u64) -> u16 {
     TUNNEL_SRC_PORT_BASE + (hash % TUNNEL_SRC_PORT_RANGE) as u16
 }
@@ -378,8 +379,8 @@ pub fn apply_with_ports(
 
     // ---- 3. Push the new outer groups. ----
     if let Some(e) = encap {
-        let inner_key = t.apply_to_key_with_ports(key, *ports);
-        push_outer(buf, e, flow_hash(&inner_key), push_len)?;
+        let hash = tunnel_hash(&t.tuple_with_ports(key, *ports));
+        push_outer(buf, e, hash, push_len)?;
     }
     Ok(())
 }
