@@ -93,33 +93,40 @@ impl PacketBuf {
         self.storage[self.start..self.end].copy_from_slice(frame);
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         &self.storage[self.start..self.end]
     }
 
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.end]
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.end - self.start
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }
 
+    #[inline]
     pub fn headroom(&self) -> usize {
         self.start
     }
 
     /// Bytes free after the frame.
+    #[inline]
     pub fn tailroom(&self) -> usize {
         self.storage.len() - self.end
     }
 
     /// Make at least `n` bytes of headroom, shifting the frame into the
     /// tailroom if needed (a copy, but no allocation).
+    #[inline]
     fn ensure_headroom(&mut self, n: usize) -> Result<(), EmitError> {
         if self.start >= n {
             return Ok(());
@@ -199,7 +206,7 @@ fn encap_l4_len(e: &Encap) -> usize {
 }
 
 /// The outer UDP source port for an inner flow's
-/// [`tunnel_hash`](crate::flow::tunnel_hash) (RFC 7348 §5).
+/// [`tunnel_hash`] (RFC 7348 §5).
 pub fn tunnel_src_port(hash: u64) -> u16 {
     TUNNEL_SRC_PORT_BASE + (hash % TUNNEL_SRC_PORT_RANGE) as u16
 }

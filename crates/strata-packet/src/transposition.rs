@@ -408,7 +408,7 @@ impl Transposition {
 /// IP key. ICMP echo carries one identifier on the wire: a request's lives
 /// in `src_port`, a reply's in `dst_port` (see [`FlowKey`]).
 #[inline]
-fn ports_rewritable(k: &FlowKey) -> (bool, bool) {
+pub(crate) fn ports_rewritable(k: &FlowKey) -> (bool, bool) {
     match (k.proto, k.icmp_type) {
         (ipproto::TCP | ipproto::UDP, _) => (true, true),
         (ipproto::ICMP, 8) | (ipproto::ICMPV6, 128) => (true, false),

@@ -11,6 +11,11 @@
 //! length and the flow-hash source port — instead of building each header
 //! through its wire view.
 //!
+//! The plan also keeps the IPv4 addresses it writes as numbers, so the
+//! usual NAT rewrite (IPv4 with TCP or UDP) and the source port's
+//! [`tunnel_hash`] of the translated 5-tuple work on plain integers rather
+//! than on `IpAddr`s and whole keys.
+//!
 //! The plan's shortcut covers: no VLAN change; outer groups pushed over
 //! IPv4, popped, or replaced; inner MAC / IPv4 / DSCP / port rewrites. For
 //! anything else (IPv6 outer headers, VLAN pushes and pops, kept outer
@@ -24,10 +29,10 @@ use super::{
     EmitError, MISMATCH, PacketBuf, apply_with_ports, encap_len, inner_bounds, push_outer,
     rewrite_l3_l4, tunnel_src_port,
 };
-use crate::checksum::{self, Delta, fold};
-use crate::flow::{TunnelKind, tunnel_hash};
+use crate::checksum::{self, Delta};
+use crate::flow::{FlowKey, TunnelKind, ports_word, tunnel_hash, tunnel_hash_v4};
 use crate::parse::{L3Kind, L4Kind, Parsed};
-use crate::transposition::{OuterOp, PortRewrite, Transposition, VlanOp};
+use crate::transposition::{OuterOp, PortRewrite, Transposition, VlanOp, ports_rewritable};
 use crate::wire::{ethernet, geneve, ipv4, tcp, udp, vxlan};
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
@@ -70,8 +75,9 @@ struct OuterTemplate {
     bytes: Box<[u8]>,
     /// UDP-based (VXLAN, Geneve): length and source port to patch.
     udp: bool,
-    /// Sum of the IPv4 header's words with total length and checksum zero.
-    ip_sum: u64,
+    /// Folded sum of the IPv4 header's words with total length and
+    /// checksum zero.
+    ip_sum: u16,
 }
 
 /// Offsets in a template (Ethernet, then a 20-byte IPv4 header).
@@ -199,7 +205,7 @@ impl OuterTemplate {
         }
         bytes[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].fill(0);
         bytes[IP_CHECKSUM..IP_CHECKSUM + 2].fill(0);
-        let ip_sum = checksum::sum_words(&bytes[IP..L4]);
+        let ip_sum = checksum::data_sum(&bytes[IP..L4]);
         Some(OuterTemplate {
             bytes,
             udp: e.kind != TunnelKind::Nvgre,
@@ -358,6 +364,42 @@ impl FastPlan {
     }
 }
 
+impl FastPlan {
+    /// `tunnel_hash(&t.tuple_with_ports(key, ports))`, computed on numbers
+    /// when the key and the rewrite are IPv4 (or the key is not IP, so its
+    /// fields stay as they are).
+    #[inline]
+    fn tunnel_hash(&self, t: &Transposition, key: &FlowKey, ports: &PortRewrite) -> u64 {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (key.src_ip, key.dst_ip) else {
+            return tunnel_hash(&t.tuple_with_ports(key, *ports));
+        };
+        if !key.is_ip() {
+            return tunnel_hash_v4(
+                s.to_bits(),
+                d.to_bits(),
+                ports_word(key.proto, key.src_port, key.dst_port),
+            );
+        }
+        if self.ip_v6 == Some(true) {
+            return tunnel_hash(&t.tuple_with_ports(key, *ports));
+        }
+        let (src_ok, dst_ok) = ports_rewritable(key);
+        let pick = |ok: bool, new: Option<u16>, old: u16| match new {
+            Some(p) if ok => p,
+            _ => old,
+        };
+        tunnel_hash_v4(
+            self.src_v4.unwrap_or(s.to_bits()),
+            self.dst_v4.unwrap_or(d.to_bits()),
+            ports_word(
+                key.proto,
+                pick(src_ok, ports.src, key.src_port),
+                pick(dst_ok, ports.dst, key.dst_port),
+            ),
+        )
+    }
+}
+
 /// The L4 header checks of [`rewrite_l3_l4`] for TCP / UDP, when no byte of
 /// it changes.
 fn check_l4(frame: &[u8], l4_kind: L4Kind, l4: usize, l3_end: usize) -> Result<(), EmitError> {
@@ -436,7 +478,7 @@ fn apply_fast(
 
     // 3. Push: the template, then the fields that depend on the packet.
     if let Some(p) = &f.push {
-        let hash = tunnel_hash(&t.tuple_with_ports(key, *ports));
+        let hash = f.tunnel_hash(t, key, ports);
         buf.start = buf
             .start
             .checked_sub(push_len)
@@ -455,7 +497,9 @@ fn apply_fast(
         // Lengths fit 16 bits (checked above).
         let total = (push_len - IP + inner_len) as u16;
         hdr[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
-        let csum = !fold(p.ip_sum + u64::from(total));
+        // One end-around-carry addition: the template's sum is folded.
+        let (sum, carry) = p.ip_sum.overflowing_add(total);
+        let csum = !(sum + u16::from(carry));
         hdr[IP_CHECKSUM..IP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
         if p.udp {
             let udp_len = (push_len - L4 + inner_len) as u16;
