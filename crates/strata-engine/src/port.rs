@@ -38,7 +38,7 @@ use std::sync::Arc;
 use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned};
 use strata_packet::flow::{Ufid, ipproto};
 use strata_packet::packed::PackedUfid;
-use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_with};
+use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_into, parse_with};
 use strata_packet::transposition::Transposition;
 
 /// Frames per pipelined chunk of [`Port::process_batch`].
@@ -66,6 +66,10 @@ pub struct Port {
     pub(crate) flow_actions: hashbrown::HashSet<Arc<FlowAction>>,
     /// Interned counter-slot lists of unified flows (see [`CounterSlots`]).
     pub(crate) counter_slots: hashbrown::HashSet<Arc<CounterSlots>>,
+    /// Parse results of the chunk [`Port::process_batch`] has in flight,
+    /// kept between calls (allocated by the first batch) so a batch neither
+    /// initialises nor copies the 192-byte results.
+    pub(crate) batch: Vec<Parsed>,
 }
 
 /// Result of walking the layers for one UFID.
@@ -136,6 +140,7 @@ impl Port {
             counters: PortCounters::default(),
             flow_actions: Default::default(),
             counter_slots: Default::default(),
+            batch: Vec::new(),
         }
     }
 
@@ -517,8 +522,9 @@ impl Port {
     /// Process one frame in place. On `Forward` the buffer holds the frame to
     /// send on.
     pub fn process(&mut self, d: Direction, buf: &mut PacketBuf, now: Time) -> Verdict {
-        match parse_with(buf.as_slice(), parse_options(d)) {
-            Ok(p) => {
+        let mut p = Parsed::EMPTY;
+        match parse_into(buf.as_slice(), parse_options(d), &mut p) {
+            Ok(()) => {
                 let hash = uft_hash(d, &p.ufid);
                 self.process_parsed(d, buf, &p, hash, now)
             }
@@ -543,23 +549,28 @@ impl Port {
         let n = bufs.len().min(out.len());
         let opts = parse_options(d);
         let mut start = 0;
+        // Frames are parsed in place into `parsed` (no copy of the result);
+        // `hashes[j]` is `Some` for the frames that parsed. The scratch is
+        // taken out of `self` while `process_parsed` borrows it mutably.
+        let mut parsed = std::mem::take(&mut self.batch);
+        if parsed.len() < BATCH {
+            parsed.resize(BATCH, Parsed::EMPTY);
+        }
         while start < n {
             let end = (start + BATCH).min(n);
-            let mut staged: [Option<(Parsed, u64)>; BATCH] = [None; BATCH];
+            let mut hashes: [Option<u64>; BATCH] = [None; BATCH];
             for i in start..end {
-                match parse_with(bufs[i].as_slice(), opts) {
-                    Ok(p) => {
-                        let hash = uft_hash(d, &p.ufid);
-                        staged[i - start] = Some((p, hash));
-                    }
+                let j = i - start;
+                match parse_into(bufs[i].as_slice(), opts, &mut parsed[j]) {
+                    Ok(()) => hashes[j] = Some(uft_hash(d, &parsed[j].ufid)),
                     Err(e) => out[i] = self.malformed(d, bufs[i].len(), e),
                 }
             }
             // Tight loops of independent loads: the index buckets of the
             // whole chunk, then the flow entries they point at.
             let mut candidates = [u32::MAX; BATCH];
-            for (c, st) in candidates.iter_mut().zip(staged.iter()) {
-                if let Some((_, hash)) = st {
+            for (c, h) in candidates.iter_mut().zip(hashes.iter()) {
+                if let Some(hash) = h {
                     *c = self.uft.peek(*hash);
                 }
             }
@@ -569,12 +580,14 @@ impl Port {
             }
             std::hint::black_box(touched);
             for i in start..end {
-                if let Some((p, hash)) = &staged[i - start] {
-                    out[i] = self.process_parsed(d, &mut bufs[i], p, *hash, now);
+                let j = i - start;
+                if let Some(hash) = hashes[j] {
+                    out[i] = self.process_parsed(d, &mut bufs[i], &parsed[j], hash, now);
                 }
             }
             start = end;
         }
+        self.batch = parsed;
     }
 
     /// Count a frame that did not parse.

@@ -160,6 +160,7 @@ impl Port {
             counters,
             flow_actions: Default::default(),
             counter_slots: Default::default(),
+            batch: Vec::new(),
         };
         port.reintern_actions();
         port.reshare_rules();

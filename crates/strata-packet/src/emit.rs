@@ -25,7 +25,7 @@
 
 use crate::checksum::{self, Delta};
 use crate::flow::TunnelKind;
-use crate::flow::{ethertype, flow_hash, ipproto};
+use crate::flow::{ethertype, ipproto, tunnel_hash};
 use crate::parse::{L3Kind, L4Kind, Layout, Parsed};
 use crate::transposition::{Encap, OuterOp, PortRewrite, Transposition, VlanOp};
 use crate::wire::{ethernet, geneve, icmp, ipv4, ipv6, nvgre, tcp, udp, vlan, vxlan};
@@ -93,33 +93,40 @@ impl PacketBuf {
         self.storage[self.start..self.end].copy_from_slice(frame);
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         &self.storage[self.start..self.end]
     }
 
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.end]
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.end - self.start
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }
 
+    #[inline]
     pub fn headroom(&self) -> usize {
         self.start
     }
 
     /// Bytes free after the frame.
+    #[inline]
     pub fn tailroom(&self) -> usize {
         self.storage.len() - self.end
     }
 
     /// Make at least `n` bytes of headroom, shifting the frame into the
     /// tailroom if needed (a copy, but no allocation).
+    #[inline]
     fn ensure_headroom(&mut self, n: usize) -> Result<(), EmitError> {
         if self.start >= n {
             return Ok(());
@@ -198,7 +205,8 @@ fn encap_l4_len(e: &Encap) -> usize {
     }
 }
 
-/// The outer UDP source port for an inner flow hash (RFC 7348 §5).
+/// The outer UDP source port for an inner flow's
+/// [`tunnel_hash`] (RFC 7348 §5).
 pub fn tunnel_src_port(hash: u64) -> u16 {
     TUNNEL_SRC_PORT_BASE + (hash % TUNNEL_SRC_PORT_RANGE) as u16
 }
@@ -378,8 +386,8 @@ pub fn apply_with_ports(
 
     // ---- 3. Push the new outer groups. ----
     if let Some(e) = encap {
-        let inner_key = t.apply_to_key_with_ports(key, *ports);
-        push_outer(buf, e, flow_hash(&inner_key), push_len)?;
+        let hash = tunnel_hash(&t.tuple_with_ports(key, *ports));
+        push_outer(buf, e, hash, push_len)?;
     }
     Ok(())
 }

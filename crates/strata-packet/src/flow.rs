@@ -149,24 +149,28 @@ pub struct FlowKey {
 
 impl Default for FlowKey {
     fn default() -> Self {
-        FlowKey {
-            src_mac: MacAddr::ZERO,
-            dst_mac: MacAddr::ZERO,
-            vlan: None,
-            ether_type: 0,
-            src_ip: NO_IP,
-            dst_ip: NO_IP,
-            proto: 0,
-            dscp: 0,
-            src_port: 0,
-            dst_port: 0,
-            icmp_type: 0,
-            icmp_code: 0,
-        }
+        FlowKey::EMPTY
     }
 }
 
 impl FlowKey {
+    /// The default key as a constant: zero MACs, untagged, ethertype 0,
+    /// [`NO_IP`] addresses, every other field 0.
+    pub const EMPTY: FlowKey = FlowKey {
+        src_mac: MacAddr::ZERO,
+        dst_mac: MacAddr::ZERO,
+        vlan: None,
+        ether_type: 0,
+        src_ip: NO_IP,
+        dst_ip: NO_IP,
+        proto: 0,
+        dscp: 0,
+        src_port: 0,
+        dst_port: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+    };
+
     /// The key of the opposite direction of the same connection: MACs, IPs
     /// and ports swapped. ICMP echo request/reply types are swapped too so a
     /// reply's key equals the reversed request key.
@@ -317,13 +321,89 @@ impl Ufid {
         fold(h ^ w2, FOLD_K[7])
     }
 
-    /// A 64-bit hash of the inner 5-tuple, stable across runs and hosts.
-    /// Used for the VXLAN/Geneve outer UDP source port (RFC 7348 §5) so
-    /// underlay ECMP spreads flows, and for load-balancing choices.
+    /// A 64-bit hash of the inner 5-tuple, stable across runs and hosts,
+    /// used for load-balancing choices (see [`flow_hash`]).
     pub fn flow_hash(&self) -> u64 {
         flow_hash(&self.inner)
     }
 }
+
+/// The 5-tuple a flow hash covers: source and destination address, IP
+/// protocol, source and destination port (or ICMP echo identifier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl FiveTuple {
+    pub fn of(k: &FlowKey) -> FiveTuple {
+        FiveTuple {
+            src_ip: k.src_ip,
+            dst_ip: k.dst_ip,
+            proto: k.proto,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+        }
+    }
+}
+
+/// A hash of the inner 5-tuple for tunnel entropy: the VXLAN/Geneve outer
+/// UDP source port (RFC 7348 §5) and the outer IPv6 flow label (RFC 6438),
+/// so underlay ECMP spreads flows. A fixed function of the tuple (the same
+/// on every call, run and host), computed on every encapsulated packet, so
+/// it is two (IPv4) or three folded multiplies over the tuple packed into words
+/// rather than a general-purpose hasher: every output bit depends on every
+/// input bit, the low 14 bits (source port) and bits 32–51 (flow label)
+/// included.
+#[inline]
+pub fn tunnel_hash(t: &FiveTuple) -> u64 {
+    let ports = ports_word(t.proto, t.src_port, t.dst_port);
+    match (t.src_ip, t.dst_ip) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tunnel_hash_v4(s.to_bits(), d.to_bits(), ports),
+        (s, d) => {
+            let (s0, s1) = ip_words(s);
+            let (d0, d1) = ip_words(d);
+            let h = fold(s0 ^ TUNNEL_K[0], d0 ^ TUNNEL_K[1]);
+            let h = fold(h ^ s1, d1 ^ TUNNEL_K[2]);
+            fold(h ^ TUNNEL_K[2], ports ^ TUNNEL_K[3])
+        }
+    }
+}
+
+/// The proto and ports of a 5-tuple in one word, for [`tunnel_hash`].
+#[inline(always)]
+pub fn ports_word(proto: u8, src_port: u16, dst_port: u16) -> u64 {
+    u64::from(proto) << 32 | u64::from(src_port) << 16 | u64::from(dst_port)
+}
+
+/// [`tunnel_hash`] of an IPv4 tuple (`ports` from [`ports_word`]).
+#[inline(always)]
+pub fn tunnel_hash_v4(src: u32, dst: u32, ports: u64) -> u64 {
+    // The proto/ports word uses 40 bits; a top byte tags IPv4 so a tuple
+    // never feeds the same words as an IPv6 one. The constants' top bytes
+    // differ from that tag, so no multiplier below is ever zero; the
+    // ports are folded in twice so an address pair that zeroes the first
+    // product still spreads its flows.
+    let p = ports | 4 << 56;
+    let h = fold(
+        (u64::from(src) << 32 | u64::from(dst)) ^ TUNNEL_K[0],
+        p ^ TUNNEL_K[1],
+    );
+    fold(h ^ TUNNEL_K[2], p ^ TUNNEL_K[3])
+}
+
+/// Odd constants (digits of e) for [`tunnel_hash`], distinct from the table
+/// hash's so the two are unrelated.
+const TUNNEL_K: [u64; 4] = [
+    0xb7e1_5162_8aed_2a6b,
+    0xbf71_5880_9cf4_f3c7,
+    0x62e7_160f_38b4_da57,
+    0xa784_d904_5190_cfef,
+];
 
 /// Odd constants (digits of pi) decorrelating the folds of [`Ufid::table_hash`].
 const FOLD_K: [u64; 8] = [
@@ -363,7 +443,9 @@ fn mac_word(m: MacAddr) -> u64 {
     u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
 }
 
-/// A stable (seeded with a constant) hash of a flow key's 5-tuple.
+/// A stable (seeded with a constant) hash of a flow key's 5-tuple, for
+/// load-balancing choices (backend selection). Not the tunnel source
+/// port's hash: that one is [`tunnel_hash`], cheaper per packet.
 pub fn flow_hash(k: &FlowKey) -> u64 {
     use core::hash::{BuildHasher, Hash, Hasher};
     let mut h = foldhash::fast::FixedState::with_seed(0x5354_5241_5441).build_hasher();

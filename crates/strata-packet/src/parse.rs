@@ -18,6 +18,13 @@
 //!
 //! `parse` does not allocate and runs in time bounded by the header sizes
 //! (VLAN tags, IPv6 extension headers and Geneve options are bounded loops).
+//!
+//! Frames of the shapes nearly all traffic has (untagged IPv4 / TCP or UDP,
+//! alone or inside VXLAN over untagged IPv4) take a shortcut with constant
+//! header offsets (`fast`); anything else, and any frame the shortcut would
+//! have to reject, goes through the general parser, so the result is the
+//! same either way. [`parse_into`] writes the result in place, which the
+//! datapath uses to avoid copying it.
 
 use crate::flow::{
     FlowKey, MacAddr, NO_IP, OuterKey, TunnelKind, Ufid, ethertype, ipproto, tunnel_port,
@@ -25,6 +32,8 @@ use crate::flow::{
 use crate::wire::{self, arp, ethernet, geneve, icmp, ipv4, ipv6, nvgre, tcp, udp, vlan, vxlan};
 use core::fmt;
 use std::net::IpAddr;
+
+mod fast;
 
 /// Per-packet fields that are not part of the flow key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,6 +73,25 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// A placeholder to parse into (a non-IP frame of length 0, as the
+    /// parser never returns it).
+    pub const EMPTY: Parsed = Parsed {
+        ufid: Ufid {
+            outer: None,
+            inner: FlowKey::EMPTY,
+        },
+        meta: PacketMeta {
+            frame_len: 0,
+            tcp_flags: 0,
+            tcp_seq: 0,
+            tcp_ack: 0,
+            l4_payload_len: 0,
+            ecn: 0,
+            ttl: 0,
+        },
+        layout: Layout::EMPTY,
+    };
+
     /// Whether the frame carries outer (tunnel) header groups.
     pub fn is_tunnelled(&self) -> bool {
         self.ufid.outer.is_some()
@@ -148,6 +176,28 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Every offset 0, no L3 / L4 header (`Layout::default()` as a constant).
+    pub const EMPTY: Layout = Layout {
+        outer_l3: 0,
+        outer_l3_v6: false,
+        outer_l4: 0,
+        encap: 0,
+        inner_eth: 0,
+        inner_end: 0,
+        vlan_count: 0,
+        vlan_tci: [0; 2],
+        ether_type: 0,
+        l3: 0,
+        l3_kind: L3Kind::None,
+        l3_hdr_len: 0,
+        l3_end: 0,
+        fragment: false,
+        non_first_fragment: false,
+        l4: 0,
+        l4_kind: L4Kind::None,
+        l4_hdr_len: 0,
+    };
+
     /// Offset of the L4 checksum field, if the L4 header has one the
     /// emitter maintains.
     pub fn l4_checksum(&self) -> Option<u32> {
@@ -570,16 +620,51 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
 
 /// Parse one frame with options.
 pub fn parse_with(frame: &[u8], opts: ParseOptions) -> Result<Parsed, ParseError> {
+    let mut p = Parsed::EMPTY;
+    parse_into(frame, opts, &mut p)?;
+    Ok(p)
+}
+
+/// Parse one frame with options into `out`, which the fast path reuses
+/// across packets: writing the 192-byte result in place saves copying it
+/// out of a returned `Result`. On error `out` holds an unspecified (valid)
+/// value.
+///
+/// Frames of the common shapes (untagged IPv4 / TCP or UDP, plain or in
+/// VXLAN) take a shortcut; the result is always that of [`parse_general`].
+pub fn parse_into(frame: &[u8], opts: ParseOptions, out: &mut Parsed) -> Result<(), ParseError> {
+    if fast::parse(frame, opts.decode_tunnels, out) {
+        return Ok(());
+    }
+    general(frame, opts, out)
+}
+
+/// The general parser alone, without the shortcut for common shapes: the
+/// reference [`parse_with`] is tested against.
+pub fn parse_general(frame: &[u8], opts: ParseOptions) -> Result<Parsed, ParseError> {
+    let mut p = Parsed::EMPTY;
+    general(frame, opts, &mut p)?;
+    Ok(p)
+}
+
+/// Whether `frame` takes the shortcut (tests).
+pub fn takes_shortcut(frame: &[u8], opts: ParseOptions) -> bool {
+    let mut scratch = Parsed::EMPTY;
+    fast::parse(frame, opts.decode_tunnels, &mut scratch)
+}
+
+/// The general parser, writing into `p`.
+#[inline(never)]
+fn general(frame: &[u8], opts: ParseOptions, p: &mut Parsed) -> Result<(), ParseError> {
     if u32::try_from(frame.len()).is_err() {
         return Err(ParseError::FrameTooLong);
     }
-    let mut p = Parsed {
-        ufid: Ufid::plain(FlowKey::default()),
+    *p = Parsed {
         meta: PacketMeta {
             frame_len: o32(frame.len()),
             ..PacketMeta::default()
         },
-        layout: Layout::default(),
+        ..Parsed::EMPTY
     };
     let l2 = parse_l2(frame, 0)?;
     let l3 = match l2.ether_type {
@@ -614,12 +699,10 @@ pub fn parse_with(frame: &[u8], opts: ParseOptions) -> Result<Parsed, ParseError
             ethertype::IPV6 => Some(parse_ipv6(inner, l2.l3)?),
             _ => None,
         };
-        fill(inner, &l2, l3.as_ref(), &mut p)?;
-        return Ok(p);
+        return fill(inner, &l2, l3.as_ref(), p);
     }
     p.layout.inner_end = o32(frame.len());
-    fill(frame, &l2, l3.as_ref(), &mut p)?;
-    Ok(p)
+    fill(frame, &l2, l3.as_ref(), p)
 }
 
 /// Fill the inner key, meta and layout from the inner (or only) frame's
@@ -748,6 +831,13 @@ mod tests {
             );
             assert!(!e.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn constants_are_the_defaults() {
+        assert_eq!(Layout::EMPTY, Layout::default());
+        assert_eq!(Parsed::EMPTY.ufid, Ufid::plain(FlowKey::default()));
+        assert_eq!(Parsed::EMPTY.meta, PacketMeta::default());
     }
 
     #[test]

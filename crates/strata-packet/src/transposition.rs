@@ -11,7 +11,7 @@
 //! Strata supports one level of encapsulation: pushing an outer group onto a
 //! flow that already has one replaces it (it is not nested).
 
-use crate::flow::{FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, ipproto, tunnel_port};
+use crate::flow::{FiveTuple, FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, ipproto, tunnel_port};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -267,14 +267,30 @@ impl Transposition {
             if let Some(d) = self.dscp {
                 o.dscp = d & 0x3f;
             }
-            // ICMP echo carries one identifier on the wire: a request's
-            // lives in `src_port`, a reply's in `dst_port` (see FlowKey).
-            let (src_ok, dst_ok) = match (k.proto, k.icmp_type) {
-                (ipproto::TCP | ipproto::UDP, _) => (true, true),
-                (ipproto::ICMP, 8) | (ipproto::ICMPV6, 128) => (true, false),
-                (ipproto::ICMP, 0) | (ipproto::ICMPV6, 129) => (false, true),
-                _ => (false, false),
-            };
+            let (src_ok, dst_ok) = ports_rewritable(k);
+            if src_ok && let Some(p) = ports.src {
+                o.src_port = p;
+            }
+            if dst_ok && let Some(p) = ports.dst {
+                o.dst_port = p;
+            }
+        }
+        o
+    }
+
+    /// The 5-tuple of `apply_to_key_with_ports(k, ports)`, without
+    /// building the whole key (the tunnel hash needs only this).
+    #[inline]
+    pub fn tuple_with_ports(&self, k: &FlowKey, ports: PortRewrite) -> FiveTuple {
+        let mut o = FiveTuple::of(k);
+        if k.is_ip() {
+            if let Some(ip) = self.src_ip {
+                o.src_ip = ip;
+            }
+            if let Some(ip) = self.dst_ip {
+                o.dst_ip = ip;
+            }
+            let (src_ok, dst_ok) = ports_rewritable(k);
             if src_ok && let Some(p) = ports.src {
                 o.src_port = p;
             }
@@ -385,6 +401,19 @@ impl Transposition {
         } else {
             parts.join(", ")
         }
+    }
+}
+
+/// Whether a port rewrite applies to the source and destination port of an
+/// IP key. ICMP echo carries one identifier on the wire: a request's lives
+/// in `src_port`, a reply's in `dst_port` (see [`FlowKey`]).
+#[inline]
+pub(crate) fn ports_rewritable(k: &FlowKey) -> (bool, bool) {
+    match (k.proto, k.icmp_type) {
+        (ipproto::TCP | ipproto::UDP, _) => (true, true),
+        (ipproto::ICMP, 8) | (ipproto::ICMPV6, 128) => (true, false),
+        (ipproto::ICMP, 0) | (ipproto::ICMPV6, 129) => (false, true),
+        _ => (false, false),
     }
 }
 

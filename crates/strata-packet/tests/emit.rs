@@ -9,7 +9,7 @@ use etherparse::{LinkHeader, NetHeaders, PacketHeaders, TransportHeader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use strata_packet::emit::{EmitError, PacketBuf, TUNNEL_SRC_PORT_BASE, apply, tunnel_src_port};
-use strata_packet::flow::{MacAddr, TunnelKind, flow_hash};
+use strata_packet::flow::{FiveTuple, MacAddr, TunnelKind, tunnel_hash};
 use strata_packet::parse::{Parsed, parse};
 use strata_packet::transposition::{Encap, OuterOp, Transposition, VlanOp};
 
@@ -332,12 +332,13 @@ fn push_vxlan_v4() {
     let Some(TransportHeader::Udp(u)) = &h.transport else {
         panic!()
     };
-    let expect_port = tunnel_src_port(flow_hash(&before.ufid.inner));
+    let hash = tunnel_hash(&FiveTuple::of(&before.ufid.inner));
+    let expect_port = tunnel_src_port(hash);
     assert_eq!(u.source_port, expect_port);
     assert!(u.source_port >= TUNNEL_SRC_PORT_BASE);
     assert_eq!(
         u32::from(expect_port - TUNNEL_SRC_PORT_BASE),
-        (flow_hash(&before.ufid.inner) % 16384) as u32
+        (hash % 16384) as u32
     );
     assert_eq!(u.destination_port, 4789);
     assert_eq!(u.checksum, 0);
@@ -449,7 +450,7 @@ fn nat_then_encap_hashes_translated_flow() {
     assert_eq!(after.ufid.inner, translated);
     assert_eq!(
         u16::from_be_bytes([out[34], out[35]]),
-        tunnel_src_port(flow_hash(&translated))
+        tunnel_src_port(tunnel_hash(&FiveTuple::of(&translated)))
     );
 }
 

@@ -11,6 +11,11 @@
 //! length and the flow-hash source port — instead of building each header
 //! through its wire view.
 //!
+//! The plan also keeps the IPv4 addresses it writes as numbers, so the
+//! usual NAT rewrite (IPv4 with TCP or UDP) and the source port's
+//! [`tunnel_hash`] of the translated 5-tuple work on plain integers rather
+//! than on `IpAddr`s and whole keys.
+//!
 //! The plan's shortcut covers: no VLAN change; outer groups pushed over
 //! IPv4, popped, or replaced; inner MAC / IPv4 / DSCP / port rewrites. For
 //! anything else (IPv6 outer headers, VLAN pushes and pops, kept outer
@@ -24,11 +29,11 @@ use super::{
     EmitError, MISMATCH, PacketBuf, apply_with_ports, encap_len, inner_bounds, push_outer,
     rewrite_l3_l4, tunnel_src_port,
 };
-use crate::checksum::{self, fold};
-use crate::flow::{TunnelKind, flow_hash};
-use crate::parse::{L3Kind, Parsed};
-use crate::transposition::{OuterOp, PortRewrite, Transposition, VlanOp};
-use crate::wire::{ethernet, geneve, ipv4};
+use crate::checksum::{self, Delta};
+use crate::flow::{FlowKey, TunnelKind, ports_word, tunnel_hash, tunnel_hash_v4};
+use crate::parse::{L3Kind, L4Kind, Parsed};
+use crate::transposition::{OuterOp, PortRewrite, Transposition, VlanOp, ports_rewritable};
+use crate::wire::{ethernet, geneve, ipv4, tcp, udp, vxlan};
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
@@ -53,6 +58,11 @@ struct FastPlan {
     /// Whether an L3 field is rewritten (addresses, DSCP); ports come with
     /// each packet.
     l3: bool,
+    /// The IPv4 addresses written (when `ip_v6` is not `Some(true)`), as
+    /// numbers for the specialised IPv4 rewrite.
+    src_v4: Option<u32>,
+    dst_v4: Option<u32>,
+    dscp: Option<u8>,
     /// An outer op other than `Ignore`: a frame's existing outer groups go.
     pops: bool,
     /// The outer headers to push.
@@ -65,8 +75,9 @@ struct OuterTemplate {
     bytes: Box<[u8]>,
     /// UDP-based (VXLAN, Geneve): length and source port to patch.
     udp: bool,
-    /// Sum of the IPv4 header's words with total length and checksum zero.
-    ip_sum: u64,
+    /// Folded sum of the IPv4 header's words with total length and
+    /// checksum zero.
+    ip_sum: u16,
 }
 
 /// Offsets in a template (Ethernet, then a 20-byte IPv4 header).
@@ -76,6 +87,8 @@ const IP_CHECKSUM: usize = IP + 10;
 const L4: usize = IP + ipv4::HEADER_LEN;
 const UDP_SRC_PORT: usize = L4;
 const UDP_LEN: usize = L4 + 4;
+/// Length of a VXLAN-over-IPv4 template.
+const VXLAN_V4_LEN: usize = L4 + udp::HEADER_LEN + vxlan::HEADER_LEN;
 
 impl PartialEq for EmitPlan {
     fn eq(&self, other: &EmitPlan) -> bool {
@@ -157,9 +170,16 @@ impl FastPlan {
             OuterOp::Push(e) | OuterOp::Replace(e) => Some(OuterTemplate::new(e)?),
             OuterOp::Ignore | OuterOp::Pop => None,
         };
+        let v4 = |a: Option<IpAddr>| match a {
+            Some(IpAddr::V4(a)) => Some(a.to_bits()),
+            Some(IpAddr::V6(_)) | None => None,
+        };
         Some(FastPlan {
             ip_v6,
             l3: t.src_ip.is_some() || t.dst_ip.is_some() || t.dscp.is_some(),
+            src_v4: v4(t.src_ip),
+            dst_v4: v4(t.dst_ip),
+            dscp: t.dscp,
             pops: t.outer != OuterOp::Ignore,
             push,
         })
@@ -185,7 +205,7 @@ impl OuterTemplate {
         }
         bytes[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].fill(0);
         bytes[IP_CHECKSUM..IP_CHECKSUM + 2].fill(0);
-        let ip_sum = checksum::sum_words(&bytes[IP..L4]);
+        let ip_sum = checksum::data_sum(&bytes[IP..L4]);
         Some(OuterTemplate {
             bytes,
             udp: e.kind != TunnelKind::Nvgre,
@@ -226,6 +246,169 @@ impl FastPlan {
                 .is_some_and(|v6| v6 != (lay.l3_kind == L3Kind::Ipv6));
         !keeps_outer && !family_clash
     }
+}
+
+impl FastPlan {
+    /// [`rewrite_l3_l4`] for IPv4 with TCP or UDP (the NAT case): the same
+    /// checks in the same order, the same bytes written, on fixed-size
+    /// header arrays with the rewrite values prepared as numbers.
+    #[inline]
+    fn rewrite_v4(
+        &self,
+        ports: &PortRewrite,
+        frame: &mut [u8],
+        l4_kind: L4Kind,
+        [l3, l4, l3_end]: [usize; 3],
+    ) -> Result<(), EmitError> {
+        // What `ipv4::Packet::new_checked` checks.
+        let ip = frame.get_mut(l3..).ok_or(MISMATCH)?;
+        let ip_len = ip.len();
+        let h: &mut [u8; ipv4::HEADER_LEN] = ip.first_chunk_mut().ok_or(MISMATCH)?;
+        let hl = usize::from(h[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        if h[0] >> 4 != 4 || hl < ipv4::HEADER_LEN || hl > ip_len || total < hl || total > ip_len {
+            return Err(MISMATCH);
+        }
+        // Address changes, covered by the L4 pseudo-header too.
+        let mut pseudo = Delta::ZERO;
+        if let Some(a) = self.src_v4 {
+            let old = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+            if old != a {
+                pseudo.u32(old, a);
+                h[12..16].copy_from_slice(&a.to_be_bytes());
+            }
+        }
+        if let Some(a) = self.dst_v4 {
+            let old = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+            if old != a {
+                pseudo.u32(old, a);
+                h[16..20].copy_from_slice(&a.to_be_bytes());
+            }
+        }
+        let mut hdr = pseudo;
+        if let Some(d) = self.dscp {
+            let tos = h[1];
+            let new = ((d & 0x3f) << 2) | (tos & 3);
+            if new != tos {
+                // The ToS byte is the low half of the header's first word.
+                let hi = u16::from(h[0]) << 8;
+                hdr.u16(hi | u16::from(tos), hi | u16::from(new));
+                h[1] = new;
+            }
+        }
+        if !hdr.is_zero() {
+            let c = hdr.apply(u16::from_be_bytes([h[10], h[11]]));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        if ports.src.is_none() && ports.dst.is_none() && pseudo.is_zero() {
+            // Nothing covered by the L4 checksum changed; the general
+            // rewrite still checks the L4 header's lengths.
+            return check_l4(frame, l4_kind, l4, l3_end);
+        }
+        let seg = frame.get_mut(l4..l3_end).ok_or(MISMATCH)?;
+        let seg_len = seg.len();
+        // TCP and UDP share the port fields; the checksum's place and the
+        // lengths checked (`new_checked`) differ.
+        let csum_at = match l4_kind {
+            L4Kind::Tcp => {
+                let t: &[u8; tcp::HEADER_LEN] = seg.first_chunk().ok_or(MISMATCH)?;
+                let hl = usize::from(t[12] >> 4) * 4;
+                if hl < tcp::HEADER_LEN || hl > seg_len {
+                    return Err(MISMATCH);
+                }
+                tcp::field::CHECKSUM
+            }
+            _ => {
+                let u: &[u8; udp::HEADER_LEN] = seg.first_chunk().ok_or(MISMATCH)?;
+                let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
+                if len < udp::HEADER_LEN || len > seg_len {
+                    return Err(MISMATCH);
+                }
+                udp::field::CHECKSUM
+            }
+        };
+        let p: &mut [u8; udp::HEADER_LEN] = seg.first_chunk_mut().ok_or(MISMATCH)?;
+        let mut d = pseudo;
+        if let Some(port) = ports.src {
+            let old = u16::from_be_bytes([p[0], p[1]]);
+            if port != old {
+                d.u16(old, port);
+                p[0..2].copy_from_slice(&port.to_be_bytes());
+            }
+        }
+        if let Some(port) = ports.dst {
+            let old = u16::from_be_bytes([p[2], p[3]]);
+            if port != old {
+                d.u16(old, port);
+                p[2..4].copy_from_slice(&port.to_be_bytes());
+            }
+        }
+        if d.is_zero() {
+            return Ok(());
+        }
+        let c = seg.get_mut(csum_at..csum_at + 2).ok_or(MISMATCH)?;
+        let old = u16::from_be_bytes([c[0], c[1]]);
+        let new = if l4_kind == L4Kind::Tcp {
+            d.apply(old)
+        } else if old == 0 {
+            // UDP without a checksum keeps none (see `rewrite_l3_l4`).
+            return Ok(());
+        } else {
+            match d.apply(old) {
+                0 => 0xffff,
+                c => c,
+            }
+        };
+        c.copy_from_slice(&new.to_be_bytes());
+        Ok(())
+    }
+}
+
+impl FastPlan {
+    /// `tunnel_hash(&t.tuple_with_ports(key, ports))`, computed on numbers
+    /// when the key and the rewrite are IPv4 (or the key is not IP, so its
+    /// fields stay as they are).
+    #[inline]
+    fn tunnel_hash(&self, t: &Transposition, key: &FlowKey, ports: &PortRewrite) -> u64 {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (key.src_ip, key.dst_ip) else {
+            return tunnel_hash(&t.tuple_with_ports(key, *ports));
+        };
+        if !key.is_ip() {
+            return tunnel_hash_v4(
+                s.to_bits(),
+                d.to_bits(),
+                ports_word(key.proto, key.src_port, key.dst_port),
+            );
+        }
+        if self.ip_v6 == Some(true) {
+            return tunnel_hash(&t.tuple_with_ports(key, *ports));
+        }
+        let (src_ok, dst_ok) = ports_rewritable(key);
+        let pick = |ok: bool, new: Option<u16>, old: u16| match new {
+            Some(p) if ok => p,
+            _ => old,
+        };
+        tunnel_hash_v4(
+            self.src_v4.unwrap_or(s.to_bits()),
+            self.dst_v4.unwrap_or(d.to_bits()),
+            ports_word(
+                key.proto,
+                pick(src_ok, ports.src, key.src_port),
+                pick(dst_ok, ports.dst, key.dst_port),
+            ),
+        )
+    }
+}
+
+/// The L4 header checks of [`rewrite_l3_l4`] for TCP / UDP, when no byte of
+/// it changes.
+fn check_l4(frame: &[u8], l4_kind: L4Kind, l4: usize, l3_end: usize) -> Result<(), EmitError> {
+    let seg = frame.get(l4..l3_end).ok_or(MISMATCH)?;
+    let ok = match l4_kind {
+        L4Kind::Tcp => tcp::Packet::new_checked(seg).is_ok(),
+        _ => udp::Packet::new_checked(seg).is_ok(),
+    };
+    if ok { Ok(()) } else { Err(MISMATCH) }
 }
 
 fn apply_fast(
@@ -282,24 +465,41 @@ fn apply_fast(
         let is_ip = key.is_ip() && matches!(lay.l3_kind, L3Kind::Ipv4 | L3Kind::Ipv6);
         if is_ip && (f.l3 || ports.src.is_some() || ports.dst.is_some()) {
             let offs = [rel(lay.l3)?, rel(lay.l4)?, rel(lay.l3_end)?];
-            rewrite_l3_l4(t, ports, frame, lay, offs, key.icmp_type)?;
+            if lay.l3_kind == L3Kind::Ipv4
+                && !lay.non_first_fragment
+                && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
+            {
+                f.rewrite_v4(ports, frame, lay.l4_kind, offs)?;
+            } else {
+                rewrite_l3_l4(t, ports, frame, lay, offs, key.icmp_type)?;
+            }
         }
     }
 
     // 3. Push: the template, then the fields that depend on the packet.
     if let Some(p) = &f.push {
-        let hash = flow_hash(&t.apply_to_key_with_ports(key, *ports));
+        let hash = f.tunnel_hash(t, key, ports);
         buf.start = buf
             .start
             .checked_sub(push_len)
             .ok_or(EmitError::NoHeadroom(push_len))?;
         let frame = buf.as_mut_slice();
         let hdr = frame.get_mut(..push_len).ok_or(MISMATCH)?;
-        hdr.copy_from_slice(&p.bytes);
+        // VXLAN over IPv4, the usual template, is copied as a fixed-size
+        // array: inline moves instead of a call to `memcpy`.
+        match (
+            hdr.first_chunk_mut::<VXLAN_V4_LEN>(),
+            p.bytes.first_chunk::<VXLAN_V4_LEN>(),
+        ) {
+            (Some(d), Some(s)) if push_len == VXLAN_V4_LEN => *d = *s,
+            _ => hdr.copy_from_slice(&p.bytes),
+        }
         // Lengths fit 16 bits (checked above).
         let total = (push_len - IP + inner_len) as u16;
         hdr[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
-        let csum = !fold(p.ip_sum + u64::from(total));
+        // One end-around-carry addition: the template's sum is folded.
+        let (sum, carry) = p.ip_sum.overflowing_add(total);
+        let csum = !(sum + u16::from(carry));
         hdr[IP_CHECKSUM..IP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
         if p.udp {
             let udp_len = (push_len - L4 + inner_len) as u16;
