@@ -21,7 +21,9 @@
 //!
 //! Everything that can make a transposition inapplicable (address family,
 //! encap parameters, lengths, headroom) is checked before the first byte is
-//! written, so on error the frame is unchanged.
+//! written, so on error the frame is unchanged — given that the `Parsed`
+//! passed in was parsed from this very buffer (the engine's case). A stale
+//! or foreign `Parsed` can fail after the IP header was rewritten.
 
 use crate::checksum::{self, Delta};
 use crate::flow::TunnelKind;
