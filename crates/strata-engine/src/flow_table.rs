@@ -206,11 +206,7 @@ impl Keys<'_> {
     /// The key of side `side` (0 = origin, 1 = reverse).
     fn side(&self, slot: u32, f: &LayerFlow, side: usize) -> Option<Ufid> {
         let key = self.origin(slot, f)?;
-        Some(if side == 0 {
-            key
-        } else {
-            f.reverse_key(&key)
-        })
+        Some(if side == 0 { key } else { f.reverse_key(&key) })
     }
 
     /// Hash of index value `v` (`slot << 1 | side`).
@@ -346,10 +342,7 @@ impl LayerFlowTable {
     pub fn insert(&mut self, mut f: LayerFlow, key: &Ufid, conns: &UnifiedFlowTable) -> u32 {
         f.key_conn = OWN_KEY;
         // Each side's identity and hash, computed once.
-        let keys = [
-            layer_flow_key(key),
-            layer_flow_key(&f.reverse_key(key)),
-        ];
+        let keys = [layer_flow_key(key), layer_flow_key(&f.reverse_key(key))];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         let hashes = [lf_hash(dirs[0], &keys[0]), lf_hash(dirs[1], &keys[1])];
         let slot = match self.free.pop() {
