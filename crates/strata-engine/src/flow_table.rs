@@ -222,12 +222,29 @@ impl Keys<'_> {
     /// Whether index value `v` is the flow side keyed `(d, k)` (`k` an
     /// identity key).
     fn is(&self, slots: &[Option<LayerFlow>], v: u32, d: Direction, k: &Ufid) -> bool {
-        indexed(slots, v).is_some_and(|(slot, side, f)| {
-            f.dir_of(side) == d
-                && self
-                    .side(slot, f, side)
-                    .is_some_and(|key| layer_flow_key(&key) == *k)
-        })
+        self.matching_origin(slots, v, d, k).is_some()
+    }
+
+    /// The origin key of index value `v`'s flow if `v` is the flow side
+    /// keyed `(d, k)`.
+    fn matching_origin(
+        &self,
+        slots: &[Option<LayerFlow>],
+        v: u32,
+        d: Direction,
+        k: &Ufid,
+    ) -> Option<Ufid> {
+        let (slot, side, f) = indexed(slots, v)?;
+        if f.dir_of(side) != d {
+            return None;
+        }
+        let origin = self.origin(slot, f)?;
+        let key = if side == 0 {
+            origin
+        } else {
+            f.reverse_key(&origin)
+        };
+        (layer_flow_key(&key) == *k).then_some(origin)
     }
 }
 
@@ -271,9 +288,8 @@ impl LayerFlowTable {
         key: &Ufid,
         conns: &UnifiedFlowTable,
     ) -> Option<(u32, usize)> {
-        let k = layer_flow_key(key);
-        let v = self.find(lf_hash(d, &k), d, &k, conns)?;
-        Some((v >> 1, (v & 1) as usize))
+        self.lookup_with_origin(d, key, conns)
+            .map(|(slot, side, _)| (slot, side))
     }
 
     /// Like [`LayerFlowTable::lookup`], also giving the flow's origin key
@@ -290,24 +306,8 @@ impl LayerFlowTable {
         let slots = &self.slots;
         let mut origin = None;
         let v = *self.index.find(lf_hash(d, &k), |&v| {
-            let Some((slot, side, f)) = indexed(slots, v) else {
-                return false;
-            };
-            if f.dir_of(side) != d {
-                return false;
-            }
-            let Some(o) = keys.origin(slot, f) else {
-                return false;
-            };
-            let hit = if side == 0 {
-                layer_flow_key(&o) == k
-            } else {
-                layer_flow_key(&f.reverse_key(&o)) == k
-            };
-            if hit {
-                origin = Some(o);
-            }
-            hit
+            origin = keys.matching_origin(slots, v, d, &k);
+            origin.is_some()
         })?;
         Some((v >> 1, (v & 1) as usize, origin?))
     }
@@ -328,11 +328,6 @@ impl LayerFlowTable {
 
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut LayerFlow> {
         self.slots.get_mut(slot as usize)?.as_mut()
-    }
-
-    /// The origin key of the flow in `slot`.
-    pub fn origin_key(&self, slot: u32, conns: &UnifiedFlowTable) -> Option<Ufid> {
-        self.keys(conns).origin(slot, self.get(slot)?)
     }
 
     /// Insert a flow with origin key `key` (kept in the table's own store
@@ -423,13 +418,6 @@ impl LayerFlowTable {
         };
         f.key_conn = OWN_KEY;
         self.own_keys.insert(slot, uf.key.clone());
-    }
-
-    /// Index lookup with a precomputed hash of an identity key.
-    fn find(&self, hash: u64, d: Direction, k: &Ufid, conns: &UnifiedFlowTable) -> Option<u32> {
-        let keys = self.keys(conns);
-        let slots = &self.slots;
-        self.index.find(hash, |&v| keys.is(slots, v, d, k)).copied()
     }
 
     /// Take a flow out of the index (it stays in its slot while held).
