@@ -136,6 +136,16 @@ impl LayerFlow {
         }
     }
 
+    /// The transposition of side `side` for origin key `origin`: the
+    /// rule's, or its inverse.
+    pub fn side_transposition(&self, side: usize, origin: &Ufid) -> Transposition {
+        if side == 0 {
+            self.transposition().clone()
+        } else {
+            self.transposition().reverse_for(origin)
+        }
+    }
+
     /// Resource state to release when the flow ends.
     pub fn state(&self) -> &ActionState {
         self.extra.as_ref().map_or(&NO_STATE, |e| &e.state)
@@ -294,7 +304,7 @@ impl LayerFlowTable {
 
     /// Like [`LayerFlowTable::lookup`], also giving the flow's origin key
     /// (read anyway to compare keys; a hit then needs no second read for
-    /// [`LayerFlowTable::transposition_for`]).
+    /// [`LayerFlow::side_transposition`]).
     pub fn lookup_with_origin(
         &self,
         d: Direction,
@@ -310,16 +320,6 @@ impl LayerFlowTable {
             origin.is_some()
         })?;
         Some((v >> 1, (v & 1) as usize, origin?))
-    }
-
-    /// The transposition of side `side` of `f`, whose origin key is
-    /// `origin`: the rule's, or its inverse.
-    pub fn transposition_for(f: &LayerFlow, side: usize, origin: &Ufid) -> Transposition {
-        if side == 0 {
-            f.transposition().clone()
-        } else {
-            f.transposition().reverse_for(origin)
-        }
     }
 
     pub fn get(&self, slot: u32) -> Option<&LayerFlow> {

@@ -1024,7 +1024,7 @@ impl Port {
                 let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
                     continue;
                 };
-                let t = LayerFlowTable::transposition_for(f, side, &origin);
+                let t = f.side_transposition(side, &origin);
                 sim.counters.extend_from_slice(f.side_counters(side));
                 sim.counters.push(layer.counter);
                 sim.counters.push(f.rule.counter);
