@@ -7,6 +7,7 @@ use crate::types::{Direction, DropReason};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 /// Packets, bytes and drops of one object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,7 +18,7 @@ pub struct Counter {
 }
 
 /// What a counter slot counts.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum CounterName {
     /// Packets that traversed a layer (fast and slow path).
     Layer { layer: String },
@@ -29,6 +30,42 @@ pub enum CounterName {
         rule: String,
         bucket: String,
     },
+}
+
+// By hand, so that a rule's counter can be found by borrowed names
+// (`RuleCounter`) hashing the same way.
+impl Hash for CounterName {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self {
+            CounterName::Layer { layer } => (0u8, layer.as_str()).hash(h),
+            CounterName::Rule { layer, rule } => RuleCounter { layer, rule }.hash(h),
+            CounterName::Meter {
+                layer,
+                rule,
+                bucket,
+            } => (2u8, layer.as_str(), rule.as_str(), bucket.as_str()).hash(h),
+        }
+    }
+}
+
+/// [`CounterName::Rule`] by borrowed names: looking a rule's slot up
+/// allocates nothing (a 50k-rule group looks up 50k of them per update).
+#[derive(Clone, Copy, Debug)]
+struct RuleCounter<'a> {
+    layer: &'a str,
+    rule: &'a str,
+}
+
+impl Hash for RuleCounter<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (1u8, self.layer, self.rule).hash(h);
+    }
+}
+
+impl hashbrown::Equivalent<CounterName> for RuleCounter<'_> {
+    fn equivalent(&self, key: &CounterName) -> bool {
+        matches!(key, CounterName::Rule { layer, rule } if layer == self.layer && rule == self.rule)
+    }
 }
 
 /// Counter slots, named, never freed (a re-added rule gets its old slot back,
@@ -56,6 +93,19 @@ impl CounterArena {
         self.names.push(name.clone());
         self.by_name.insert(name, s);
         s
+    }
+
+    /// The slot of rule `rule` of layer `layer` (as [`CounterArena::slot`]
+    /// with [`CounterName::Rule`], without building the name when the slot
+    /// exists).
+    pub fn rule_slot(&mut self, layer: &str, rule: &str) -> u32 {
+        match self.by_name.get(&RuleCounter { layer, rule }) {
+            Some(&s) => s,
+            None => self.slot(CounterName::Rule {
+                layer: layer.to_string(),
+                rule: rule.to_string(),
+            }),
+        }
     }
 
     /// The meter bucket slot for `(rule slot, value)`, if known.
@@ -223,5 +273,42 @@ impl PortCounters {
                 _ => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rule's slot is the same whether looked up by borrowed names or by
+    /// its full name, whichever created it; other names stay apart.
+    #[test]
+    fn rule_slots_by_borrowed_names() {
+        let mut a = CounterArena::default();
+        let by_name = a.slot(CounterName::Rule {
+            layer: "acl".into(),
+            rule: "r1".into(),
+        });
+        assert_eq!(a.rule_slot("acl", "r1"), by_name);
+        let borrowed = a.rule_slot("acl", "r2");
+        assert_ne!(borrowed, by_name);
+        assert_eq!(
+            a.slot(CounterName::Rule {
+                layer: "acl".into(),
+                rule: "r2".into(),
+            }),
+            borrowed
+        );
+        // Same strings, other kinds or order: other slots.
+        let layer = a.slot(CounterName::Layer {
+            layer: "acl".into(),
+        });
+        assert!(layer != by_name && layer != borrowed);
+        assert_ne!(a.rule_slot("r1", "acl"), by_name);
+        assert_eq!(a.len(), 4);
+        // After a restore (names deserialized, index rebuilt).
+        a.reindex();
+        assert_eq!(a.rule_slot("acl", "r2"), borrowed);
+        assert_eq!(a.len(), 4);
     }
 }

@@ -18,6 +18,11 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
+/// Groups of at least this many rules build their classifier on a second
+/// thread while the rules are checked (below, a thread costs more than it
+/// saves).
+pub const PARALLEL_PREPARE_MIN: usize = 4096;
+
 /// A rule (VFP-4).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rule {
@@ -131,7 +136,53 @@ impl Group {
                 field: format!("{f:?}"),
             });
         }
-        let mut seen = HashSet::new();
+        // The classifier (most of the work for a large group) is built on
+        // a second thread while the rules are checked and their actions
+        // compiled; a group that fails validation discards it.
+        let build_classifier = || {
+            let matches: Vec<RuleMatch> = self
+                .rules
+                .iter()
+                .map(|r| RuleMatch {
+                    priority: r.priority,
+                    conditions: r.conditions.clone(),
+                })
+                .collect();
+            classifier::build(&matches, self.match_type)
+        };
+        let (rules, classifier) = if self.rules.len() >= PARALLEL_PREPARE_MIN {
+            std::thread::scope(|s| {
+                let builder = std::thread::Builder::new()
+                    .name("strata-classify".into())
+                    .spawn_scoped(s, build_classifier);
+                let rules = self.compile_rules(registry);
+                let classifier = match builder {
+                    Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    // No thread to be had: build here.
+                    Err(_) => build_classifier(),
+                };
+                (rules, classifier)
+            })
+        } else {
+            (self.compile_rules(registry), build_classifier())
+        };
+        let rules = rules?;
+        let has_terminating = self.rules.iter().any(|r| r.terminating);
+        Ok(PreparedGroup(CompiledGroup {
+            group: self,
+            rules,
+            classifier,
+            has_terminating,
+        }))
+    }
+
+    /// Check the rules (unique ids, valid conditions, stateful SNAT) and
+    /// compile their actions.
+    fn compile_rules(&self, registry: &ActionRegistry) -> Result<Vec<CompiledRule>, ApiError> {
+        let mut seen = HashSet::with_capacity_and_hasher(
+            self.rules.len(),
+            foldhash::fast::RandomState::default(),
+        );
         let mut rules = Vec::with_capacity(self.rules.len());
         for r in &self.rules {
             check_id(&r.id)?;
@@ -171,22 +222,7 @@ impl Group {
                 action,
             });
         }
-        let matches: Vec<RuleMatch> = self
-            .rules
-            .iter()
-            .map(|r| RuleMatch {
-                priority: r.priority,
-                conditions: r.conditions.clone(),
-            })
-            .collect();
-        let classifier = classifier::build(&matches, self.match_type);
-        let has_terminating = self.rules.iter().any(|r| r.terminating);
-        Ok(PreparedGroup(CompiledGroup {
-            group: self,
-            rules,
-            classifier,
-            has_terminating,
-        }))
+        Ok(rules)
     }
 }
 

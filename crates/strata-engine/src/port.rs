@@ -401,10 +401,7 @@ impl Port {
     fn assign_counters(&mut self, layer: &str, p: PreparedGroup) -> crate::policy::CompiledGroup {
         let mut g = p.0;
         for (r, c) in g.group.rules.iter().zip(g.rules.iter_mut()) {
-            let slot = self.counters.arena.slot(CounterName::Rule {
-                layer: layer.to_string(),
-                rule: r.id.clone(),
-            });
+            let slot = self.counters.arena.rule_slot(layer, &r.id);
             c.set_counter(slot);
         }
         g
@@ -438,13 +435,19 @@ impl Port {
         let compiled = Arc::new(self.assign_counters(layer, prepared));
         let mut l = (*self.policy.layers[pos]).clone();
         let mut groups = l.groups().to_vec();
-        match groups.iter().position(|g| g.group.id == gid) {
-            Some(i) => groups[i] = compiled,
-            None => groups.push(compiled),
-        }
+        let old = match groups.iter().position(|g| g.group.id == gid) {
+            Some(i) => Some(std::mem::replace(&mut groups[i], compiled)),
+            None => {
+                groups.push(compiled);
+                None
+            }
+        };
         l.set_groups(groups);
         l.generation = generation;
         self.replace_layer(pos, l);
+        if let Some(old) = old {
+            retire(old);
+        }
         Ok(())
     }
 
@@ -1488,11 +1491,25 @@ fn with_layer(e: ApiError, layer: &str) -> ApiError {
 }
 
 /// Rule ids are unique across a layer's groups (counters are named by them).
+/// Free a replaced group. A large one (tens of milliseconds of frees for
+/// tens of thousands of rules) is freed on a thread of its own, so the
+/// update returns once the new group is in place; nothing on the datapath
+/// can still reach it (the port's policy no longer holds it).
+fn retire(group: Arc<crate::policy::CompiledGroup>) {
+    if group.rules.len() < crate::policy::PARALLEL_PREPARE_MIN || Arc::strong_count(&group) > 1 {
+        return;
+    }
+    // If no thread can be had, the closure (and the group) is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("strata-retire".into())
+        .spawn(move || drop(group));
+}
+
 fn check_unique_rules<'a>(
     layer: &str,
     groups: impl Iterator<Item = &'a Group>,
 ) -> Result<(), ApiError> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = hashbrown::HashSet::with_hasher(foldhash::fast::RandomState::default());
     for g in groups {
         for r in &g.rules {
             if !seen.insert(r.id.as_str()) {

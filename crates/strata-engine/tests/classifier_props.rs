@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use strata_engine::classifier::lpm::{LpmClassifier, range_prefixes};
 use strata_engine::classifier::plan::{Strategy as Plan, build_with};
 use strata_engine::classifier::scan::ScanClassifier;
-use strata_engine::classifier::tree::{TreeClassifier, TreeConfig};
+use strata_engine::classifier::tree::{self, TreeClassifier, TreeConfig};
 use strata_engine::classifier::trie::{NO_RANK, PopTrie};
 use strata_engine::classifier::{
     GroupClassifier, MatchType, RuleMatch, best_match_many, build, linear,
@@ -383,6 +383,52 @@ fn generated_sets_agree_with_linear() {
             for c in &cls {
                 assert_eq!(c.best_match(p), want, "{} {name}", c.kind());
             }
+        }
+    }
+}
+
+/// Large groups build their rank chunks on several threads and append
+/// them into one tree: the merged tree answers as the linear scan does,
+/// with the default chunking (three chunks of a 40k group, the largest on
+/// a thread of its own) and with many small chunks (every array of every
+/// chunk moved, including hash tables and shared range bases).
+#[test]
+fn chunks_built_on_threads_agree_with_linear() {
+    let rules = rulegen::acl(40_000, 11);
+    let packets = rulegen::packets(&rules, 1500, 12);
+    let mt = MatchType::Priority;
+    assert!(rules.len() >= tree::PARALLEL_BUILD_MIN);
+    let trees = [
+        TreeClassifier::new(&rules, mt, TreeConfig::default()),
+        TreeClassifier::new(
+            &rules,
+            mt,
+            TreeConfig {
+                chunk: 512,
+                ..TreeConfig::default()
+            },
+        ),
+    ];
+    let single = TreeClassifier::new(
+        &rules,
+        mt,
+        TreeConfig {
+            chunk: 0,
+            ..TreeConfig::default()
+        },
+    );
+    for t in &trees {
+        let s = t.stats();
+        assert!(
+            s.hash_cuts > 0 && s.range_cuts > 0 && s.bit_cuts > 0,
+            "{s:?}"
+        );
+    }
+    for p in &packets {
+        let want = linear::best_match(&rules, mt, p);
+        assert_eq!(single.best_match(p), want);
+        for t in &trees {
+            assert_eq!(t.best_match(p), want, "{p:?}");
         }
     }
 }

@@ -471,6 +471,33 @@ impl Boxes {
         self.data.len() / self.lines.max(1)
     }
 
+    /// The words of box `i` (tests compare stores by content).
+    #[cfg(test)]
+    pub(crate) fn words(&self, i: usize) -> Vec<u32> {
+        let l = self.lines.max(1);
+        self.data[i * l..(i + 1) * l]
+            .iter()
+            .flat_map(|line| line.0)
+            .collect()
+    }
+
+    /// The same layout with no boxes (for a builder working in parallel).
+    pub fn empty_like(&self) -> Boxes {
+        Boxes {
+            data: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Move the boxes of `other` (same layout) to the end; returns the
+    /// index its first box now has.
+    pub fn append(&mut self, other: &mut Boxes) -> u32 {
+        debug_assert_eq!(self.layout(), other.layout());
+        let at = self.len() as u32;
+        self.data.append(&mut other.data);
+        at
+    }
+
     /// `(narrow dimensions, wide dimensions, lines per box)`.
     pub fn layout(&self) -> (usize, usize, usize) {
         (self.narrow.len(), self.wide.len(), self.lines)

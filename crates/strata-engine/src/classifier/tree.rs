@@ -476,11 +476,259 @@ fn layout32(keys: &[u32], out: &mut Vec<Bounds32>) {
     }));
 }
 
+/// How a tree build splits its entries: address families (see
+/// [`TreeIndex::family`]) with their box layouts, and rank chunks.
+struct ChunkPlan {
+    /// Dimensions (of the compiled group) splitting IPv4 from IPv6.
+    split: [Option<usize>; 2],
+    layouts: [Boxes; FAMILIES],
+    /// Per rank chunk (best first), per family: its entries.
+    chunks: Vec<[Vec<u32>; FAMILIES]>,
+}
+
+impl ChunkPlan {
+    fn new(c: &Compiled, ids: &[u32], cfg: TreeConfig) -> ChunkPlan {
+        // A group mixing IPv4 and IPv6 entries on an address: one tree per
+        // family (entries not bound to a family in both), so that every cut
+        // below works on 32-bit IPv4 values or on IPv6 values alone.
+        // Address dimensions with both IPv4 and IPv6 entries.
+        let mixed = |d: usize, ids: &[u32]| {
+            c.dims[d].is_ip() && {
+                let (mut v4, mut v6) = (0usize, 0usize);
+                for &e in ids {
+                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                    v4 += usize::from(lo >= V4_LO && hi <= V4_HI);
+                    v6 += usize::from(hi < V4_LO || lo > V4_HI);
+                }
+                v4.min(v6) * 32 >= ids.len()
+            }
+        };
+        let first = (0..c.dims()).find(|&d| mixed(d, ids));
+        // A second address dimension only if it is still mixed within the
+        // first split's IPv4 side (otherwise its few odd entries are stored
+        // as wildcards in that family's boxes).
+        let second = first.and_then(|d0| {
+            let v4side: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|&e| c.lo(e as usize, d0) <= V4_HI && c.hi(e as usize, d0) >= V4_LO)
+                .collect();
+            (d0 + 1..c.dims()).find(|&d| mixed(d, &v4side))
+        });
+        let split = [first, second];
+        // Family membership of each entry (bit k of the family: IPv6 on
+        // split dimension k), and each family's box layout.
+        let side = |e: u32, d: Option<usize>, v6: bool| match d {
+            None => !v6,
+            Some(d) => {
+                let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                if v6 {
+                    lo < V4_LO || hi > V4_HI
+                } else {
+                    lo <= V4_HI && hi >= V4_LO
+                }
+            }
+        };
+        let in_fam =
+            |e: u32, f: usize| side(e, split[0], f & 1 != 0) && side(e, split[1], f & 2 != 0);
+        let used: Vec<usize> = (0..FAMILIES)
+            .filter(|&f| (f & 1 == 0 || split[0].is_some()) && (f & 2 == 0 || split[1].is_some()))
+            .collect();
+        let mut layouts: [Boxes; FAMILIES] = Default::default();
+        for &f in &used {
+            let members: Vec<u32> = ids.iter().copied().filter(|&e| in_fam(e, f)).collect();
+            layouts[f] = Boxes::new(c, &members);
+        }
+        // Rank chunks of doubling size: a packet's best match is usually
+        // among the better ranks of the many rules covering it, and once a
+        // chunk yields a match, every later chunk is skipped.
+        let mut chunks: Vec<[Vec<u32>; FAMILIES]> = Vec::new();
+        let mut start = 0;
+        let mut size = if cfg.chunk == 0 {
+            usize::MAX
+        } else {
+            cfg.chunk
+        };
+        while start < ids.len() {
+            let mut end = start.saturating_add(size).min(ids.len());
+            // The last chunk takes a small remainder.
+            if ids.len() - end < size / 2 {
+                end = ids.len();
+            }
+            let chunk = &ids[start..end];
+            let mut members: [Vec<u32>; FAMILIES] = Default::default();
+            for &f in &used {
+                members[f] = chunk.iter().copied().filter(|&e| in_fam(e, f)).collect();
+            }
+            chunks.push(members);
+            start = end;
+            size = size.saturating_mul(2);
+        }
+        ChunkPlan {
+            split,
+            layouts,
+            chunks,
+        }
+    }
+}
+
+/// Rank chunks with at least this many entries in all are built on
+/// several threads (below, a thread costs more than it saves).
+pub const PARALLEL_BUILD_MIN: usize = 16_384;
+/// Most threads one tree build uses (chunks double in size, so the largest
+/// is about half the work whatever the count).
+const MAX_BUILD_THREADS: usize = 4;
+
+/// What every rank chunk's build shares.
+struct ChunkJob<'a> {
+    c: &'a Compiled,
+    cfg: TreeConfig,
+    /// Each family's box layout (chosen over all its entries).
+    layouts: &'a [Boxes; FAMILIES],
+    /// Shared 32-bit bases one chunk may add.
+    bases_cap: usize,
+}
+
+/// One rank chunk's trees, in arrays of their own until
+/// [`TreeIndex::absorb`] appends them.
+struct ChunkPart {
+    t: TreeIndex,
+    roots: [Ref; FAMILIES],
+    nodes: usize,
+}
+
+/// How far each array of a [`ChunkPart`] moves when it is appended, and
+/// where its shared bases went.
+struct Offsets {
+    children: u32,
+    items: u32,
+    blocks: u32,
+    bounds: u32,
+    bounds64: u32,
+    bounds32: u32,
+    tables: u32,
+    boxes: [u32; FAMILIES],
+    bases: Vec<u32>,
+}
+
+impl ChunkJob<'_> {
+    /// Build one chunk: per family, the tree over its members.
+    fn build(&self, members: &[Vec<u32>; FAMILIES]) -> ChunkPart {
+        let c = self.c;
+        let n = members.iter().map(Vec::len).max().unwrap_or(0);
+        let mut b = Builder {
+            c,
+            cfg: self.cfg,
+            t: TreeIndex {
+                boxes: std::array::from_fn(|f| self.layouts[f].empty_like()),
+                children: Vec::with_capacity(4 * n + 16),
+                items: Vec::with_capacity(3 * n + 16),
+                ..TreeIndex::empty()
+            },
+            budget: self
+                .cfg
+                .budget_factor
+                .saturating_mul(n)
+                .saturating_add(4096),
+            bases_cap: self.bases_cap,
+            nodes: 0,
+            scratch: Scratch::default(),
+            fam: 0,
+            slots: Default::default(),
+        };
+        let mut roots = [NIL_REF; FAMILIES];
+        for (f, ids) in members.iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            b.slots[f] = vec![NIL; c.len()];
+            b.fam = f;
+            roots[f] = b.build(ids, 0);
+            b.slots[f] = Vec::new();
+        }
+        ChunkPart {
+            t: b.t,
+            roots,
+            nodes: b.nodes,
+        }
+    }
+
+    /// Build every chunk, in order; large groups spread the chunks over
+    /// threads (largest first, each to the least loaded), the caller's
+    /// thread taking a share.
+    fn run_all(&self, chunks: &[[Vec<u32>; FAMILIES]]) -> Vec<ChunkPart> {
+        let sizes: Vec<usize> = chunks
+            .iter()
+            .map(|m| m.iter().map(Vec::len).sum())
+            .collect();
+        let workers = if chunks.len() > 1 && sizes.iter().sum::<usize>() >= PARALLEL_BUILD_MIN {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(chunks.len())
+                .min(MAX_BUILD_THREADS)
+        } else {
+            1
+        };
+        if workers <= 1 {
+            return chunks.iter().map(|m| self.build(m)).collect();
+        }
+        let mut order: Vec<usize> = (0..chunks.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+        let mut load = vec![0usize; workers];
+        let mut plan: Vec<Vec<usize>> = vec![Vec::new(); workers];
+        for i in order {
+            let w = (0..workers).min_by_key(|&w| load[w]).unwrap_or(0);
+            load[w] += sizes[i];
+            plan[w].push(i);
+        }
+        let mut parts: Vec<Option<ChunkPart>> = chunks.iter().map(|_| None).collect();
+        std::thread::scope(|s| {
+            let spawned: Vec<_> = plan[1..]
+                .iter()
+                .map(|list| {
+                    let h = std::thread::Builder::new()
+                        .name("strata-tree".into())
+                        .spawn_scoped(s, move || {
+                            list.iter()
+                                .map(|&i| (i, self.build(&chunks[i])))
+                                .collect::<Vec<_>>()
+                        });
+                    (list, h)
+                })
+                .collect();
+            for &i in &plan[0] {
+                parts[i] = Some(self.build(&chunks[i]));
+            }
+            for (list, h) in spawned {
+                match h {
+                    Ok(h) => match h.join() {
+                        Ok(done) => {
+                            for (i, p) in done {
+                                parts[i] = Some(p);
+                            }
+                        }
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    },
+                    // No thread to be had: build its share here.
+                    Err(_) => {
+                        for &i in list {
+                            parts[i] = Some(self.build(&chunks[i]));
+                        }
+                    }
+                }
+            }
+        });
+        parts.into_iter().flatten().collect()
+    }
+}
+
 struct Builder<'a> {
     c: &'a Compiled,
     cfg: TreeConfig,
     t: TreeIndex,
     budget: usize,
+    /// Shared 32-bit bases this builder may add.
+    bases_cap: usize,
     nodes: usize,
     scratch: Scratch,
     /// Family whose trees are being built.
@@ -516,117 +764,26 @@ impl TreeIndex {
         cfg.max_depth = cfg.max_depth.min(STACK - 2);
         cfg.leaf_size = cfg.leaf_size.max(1);
         cfg.sample = cfg.sample.max(16);
-        let budget = cfg
-            .budget_factor
-            .saturating_mul(ids.len())
-            .saturating_add(4096);
-        let mut b = Builder {
+        let plan = ChunkPlan::new(c, &ids, cfg);
+        let job = ChunkJob {
             c,
             cfg,
-            t: TreeIndex {
-                roots: Vec::new(),
-                boxes: Default::default(),
-                blocks: Vec::new(),
-                split: [None; 2],
-                children: Vec::with_capacity(4 * ids.len() + 16),
-                items: Vec::with_capacity(3 * ids.len() + 16),
-                bounds: Vec::new(),
-                bounds64: Vec::new(),
-                bounds32: Vec::new(),
-                bases32: Vec::new(),
-                tables: Vec::new(),
-                stats: TreeStats::default(),
-            },
-            budget,
-            nodes: 0,
-            scratch: Scratch::default(),
-            fam: 0,
-            slots: Default::default(),
+            layouts: &plan.layouts,
+            // Each chunk may add this many shared 32-bit bases, so the
+            // merged tree never holds more than a node's byte can index.
+            bases_cap: 256 / plan.chunks.len().max(1),
         };
-        // A group mixing IPv4 and IPv6 entries on an address: one tree per
-        // family (entries not bound to a family in both), so that every cut
-        // below works on 32-bit IPv4 values or on IPv6 values alone.
-        // Address dimensions with both IPv4 and IPv6 entries.
-        let mixed = |d: usize, ids: &[u32]| {
-            c.dims[d].is_ip() && {
-                let (mut v4, mut v6) = (0usize, 0usize);
-                for &e in ids {
-                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
-                    v4 += usize::from(lo >= V4_LO && hi <= V4_HI);
-                    v6 += usize::from(hi < V4_LO || lo > V4_HI);
-                }
-                v4.min(v6) * 32 >= ids.len()
-            }
+        let parts = job.run_all(&plan.chunks);
+        let mut t = TreeIndex {
+            roots: Vec::with_capacity(parts.len()),
+            boxes: plan.layouts.clone(),
+            ..TreeIndex::empty()
         };
-        let first = (0..c.dims()).find(|&d| mixed(d, &ids));
-        // A second address dimension only if it is still mixed within the
-        // first split's IPv4 side (otherwise its few odd entries are stored
-        // as wildcards in that family's boxes).
-        let second = first.and_then(|d0| {
-            let v4side: Vec<u32> = ids
-                .iter()
-                .copied()
-                .filter(|&e| c.lo(e as usize, d0) <= V4_HI && c.hi(e as usize, d0) >= V4_LO)
-                .collect();
-            (d0 + 1..c.dims()).find(|&d| mixed(d, &v4side))
-        });
-        let split = [first, second];
-        // Family membership of each entry (bit k of the family: IPv6 on
-        // split dimension k), and each family's box layout.
-        let side = |e: u32, d: Option<usize>, v6: bool| match d {
-            None => !v6,
-            Some(d) => {
-                let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
-                if v6 {
-                    lo < V4_LO || hi > V4_HI
-                } else {
-                    lo <= V4_HI && hi >= V4_LO
-                }
-            }
-        };
-        let in_fam =
-            |e: u32, f: usize| side(e, split[0], f & 1 != 0) && side(e, split[1], f & 2 != 0);
-        let used: Vec<usize> = (0..FAMILIES)
-            .filter(|&f| (f & 1 == 0 || split[0].is_some()) && (f & 2 == 0 || split[1].is_some()))
-            .collect();
-        for &f in &used {
-            let members: Vec<u32> = ids.iter().copied().filter(|&e| in_fam(e, f)).collect();
-            b.t.boxes[f] = Boxes::new(c, &members);
-            b.slots[f] = vec![NIL; c.len()];
+        for part in parts {
+            t.absorb(part);
         }
-        // Rank chunks of doubling size: a packet's best match is usually
-        // among the better ranks of the many rules covering it, and once a
-        // chunk yields a match, every later chunk is skipped.
-        let mut roots = Vec::new();
-        let mut start = 0;
-        let mut size = if cfg.chunk == 0 {
-            usize::MAX
-        } else {
-            cfg.chunk
-        };
-        while start < ids.len() {
-            let mut end = start.saturating_add(size).min(ids.len());
-            // The last chunk takes a small remainder.
-            if ids.len() - end < size / 2 {
-                end = ids.len();
-            }
-            let chunk = &ids[start..end];
-            let mut root = [NIL_REF; FAMILIES];
-            for &f in &used {
-                let members: Vec<u32> = chunk.iter().copied().filter(|&e| in_fam(e, f)).collect();
-                b.fam = f;
-                root[f] = b.build(&members, 0);
-            }
-            roots.push(root);
-            start = end;
-            size = size.saturating_mul(2);
-        }
-        let nodes = b.nodes;
-        let mut t = b.t;
-        t.roots = roots;
         // Lookups read the packet by field index.
-        t.split = split.map(|d| d.map(|d| c.field_of(d)));
-        t.stats.nodes = nodes;
+        t.split = plan.split.map(|d| d.map(|d| c.field_of(d)));
         t.children.shrink_to_fit();
         t.items.shrink_to_fit();
         t.blocks.shrink_to_fit();
@@ -638,6 +795,125 @@ impl TreeIndex {
         t.bounds32.shrink_to_fit();
         t.bases32.shrink_to_fit();
         t
+    }
+
+    fn empty() -> TreeIndex {
+        TreeIndex {
+            roots: Vec::new(),
+            boxes: Default::default(),
+            blocks: Vec::new(),
+            split: [None; 2],
+            children: Vec::new(),
+            items: Vec::new(),
+            bounds: Vec::new(),
+            bounds64: Vec::new(),
+            bounds32: Vec::new(),
+            bases32: Vec::new(),
+            tables: Vec::new(),
+            stats: TreeStats::default(),
+        }
+    }
+
+    /// Append a separately built rank chunk: its arrays go after this
+    /// index's, so every reference in it moves by the lengths they had.
+    fn absorb(&mut self, mut part: ChunkPart) {
+        let mut bases = Vec::with_capacity(part.t.bases32.len());
+        for &b in &part.t.bases32 {
+            let i = match self.bases32.iter().position(|&x| x == b) {
+                Some(i) => i,
+                None => {
+                    self.bases32.push(b);
+                    self.bases32.len() - 1
+                }
+            };
+            bases.push(i as u32);
+        }
+        let mut boxes = [0u32; FAMILIES];
+        for (f, at) in boxes.iter_mut().enumerate() {
+            *at = self.boxes[f].append(&mut part.t.boxes[f]);
+        }
+        let o = Offsets {
+            children: self.children.len() as u32,
+            items: self.items.len() as u32,
+            blocks: self.blocks.len() as u32,
+            bounds: self.bounds.len() as u32,
+            bounds64: self.bounds64.len() as u32,
+            bounds32: self.bounds32.len() as u32,
+            tables: self.tables.len() as u32,
+            boxes,
+            bases,
+        };
+        let mut roots = part.roots;
+        for (f, r) in roots.iter_mut().enumerate() {
+            *r = part.t.relocate(*r, f, &o);
+        }
+        self.roots.push(roots);
+        self.children.append(&mut part.t.children);
+        self.items.append(&mut part.t.items);
+        self.blocks.append(&mut part.t.blocks);
+        self.bounds.append(&mut part.t.bounds);
+        self.bounds64.append(&mut part.t.bounds64);
+        self.bounds32.append(&mut part.t.bounds32);
+        self.tables.append(&mut part.t.tables);
+        let (s, p) = (&mut self.stats, part.t.stats);
+        s.nodes += part.nodes;
+        s.leaves += p.leaves;
+        s.leaf_items += p.leaf_items;
+        s.max_depth = s.max_depth.max(p.max_depth);
+        s.bit_cuts += p.bit_cuts;
+        s.range_cuts += p.range_cuts;
+        s.hash_cuts += p.hash_cuts;
+    }
+
+    /// `r` (a subtree of this index, of family `f`) with every reference
+    /// below it moved by `o`; returns `r` moved.
+    fn relocate(&mut self, r: Ref, f: usize, o: &Offsets) -> Ref {
+        let mut r = r;
+        let a = r.a as usize;
+        let kind = r.kind();
+        match kind {
+            K_NIL => return r,
+            K_ONE => r.x += o.boxes[f],
+            K_LEAF => {
+                for item in &mut self.items[a..a + r.x as usize] {
+                    item.1 += o.boxes[f];
+                }
+                r.a += o.items;
+            }
+            K_BLOCK => r.a += o.blocks,
+            _ => {
+                let kids = match kind {
+                    K_BIT => 1 + (1usize << r.bits()),
+                    K_RANGE | K_RANGE64 | K_RANGE32 => 2 + r.bits() as usize,
+                    _ => 1,
+                };
+                for i in a..a + kids {
+                    let k = self.children[i];
+                    self.children[i] = self.relocate(k, f, o);
+                }
+                match kind {
+                    K_RANGE32 => {
+                        r.x += o.bounds32;
+                        let base = o.bases[r.shift() as usize];
+                        r.meta = (r.meta & !(0xff << 16)) | (base << 16);
+                    }
+                    K_RANGE64 => r.x += o.bounds64,
+                    K_RANGE => r.x += o.bounds,
+                    K_HASH => {
+                        let ti = r.x as usize;
+                        let mut table = std::mem::take(&mut self.tables[ti]);
+                        for v in table.values_mut() {
+                            *v = self.relocate(*v, f, o);
+                        }
+                        self.tables[ti] = table;
+                        r.x += o.tables;
+                    }
+                    _ => {}
+                }
+                r.a += o.children;
+            }
+        }
+        r
     }
 
     pub fn stats(&self) -> TreeStats {
@@ -1114,7 +1390,7 @@ impl Builder<'_> {
                 let base32 = if bounds.iter().all(|&b| b >> 32 == base96) {
                     match self.t.bases32.iter().position(|&b| b == base96) {
                         Some(i) => Some(i),
-                        None if self.t.bases32.len() < 256 => {
+                        None if self.t.bases32.len() < self.bases_cap => {
                             self.t.bases32.push(base96);
                             Some(self.t.bases32.len() - 1)
                         }
@@ -1846,6 +2122,110 @@ impl<'a> Batch<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Everything a lookup can read below `r`, by value (box contents, not
+    /// box indexes; bases, not base indexes): equal for a subtree and its
+    /// moved copy.
+    fn shape(t: &TreeIndex, r: Ref, f: usize, out: &mut Vec<u128>) {
+        let (a, x) = (r.a as usize, r.x as usize);
+        let kind = r.kind();
+        out.extend([u128::from(kind), u128::from(r.min)]);
+        match kind {
+            K_NIL => {}
+            K_ONE => out.extend(t.boxes[f].words(x).into_iter().map(u128::from)),
+            K_LEAF => {
+                for &(rank, bx) in &t.items[a..a + x] {
+                    out.push(u128::from(rank));
+                    out.extend(t.boxes[f].words(bx as usize).into_iter().map(u128::from));
+                }
+            }
+            K_BLOCK => out.push(x as u128),
+            _ => {
+                out.extend([r.dim() as u128, u128::from(r.bits())]);
+                let kids = match kind {
+                    K_BIT => {
+                        out.push(u128::from(r.shift()));
+                        1 + (1usize << r.bits())
+                    }
+                    K_RANGE32 => {
+                        out.push(t.bases32[r.shift() as usize]);
+                        let m = r.bits() as usize;
+                        let lines = if m <= BLOCK32 {
+                            1
+                        } else {
+                            1 + m.div_ceil(BLOCK32)
+                        };
+                        for b in &t.bounds32[x..x + lines] {
+                            out.extend(b.0.iter().map(|&v| u128::from(v)));
+                        }
+                        2 + r.bits() as usize
+                    }
+                    K_RANGE64 => {
+                        let n = r.bits() as usize;
+                        let laid = if n <= BLOCK64 {
+                            BLOCK64
+                        } else {
+                            BLOCK64 * (1 + n.div_ceil(BLOCK64))
+                        };
+                        out.extend(t.bounds64[x..x + 1 + laid].iter().map(|&v| u128::from(v)));
+                        2 + n
+                    }
+                    K_RANGE => {
+                        out.extend_from_slice(&t.bounds[x..x + RANGE_MAX_CHILDREN]);
+                        2 + r.bits() as usize
+                    }
+                    _ => {
+                        let mut entries: Vec<(u128, Ref)> =
+                            t.tables[x].iter().map(|(&k, &v)| (k, v)).collect();
+                        entries.sort_by_key(|e| e.0);
+                        for (k, v) in entries {
+                            out.push(k);
+                            shape(t, v, f, out);
+                        }
+                        1
+                    }
+                };
+                for &k in &t.children[a..a + kids] {
+                    shape(t, k, f, out);
+                }
+            }
+        }
+    }
+
+    /// A tree built in rank chunks on threads and appended into one holds,
+    /// chunk by chunk, exactly the trees each chunk's builder made.
+    #[test]
+    fn appended_chunks_keep_their_trees() {
+        let rules = crate::rulegen::acl(20_000, 3);
+        let mut c = Compiled::new(&rules, crate::classifier::MatchType::Priority);
+        c.sort_by_rank();
+        let ids: Vec<u32> = (0..c.len() as u32).collect();
+        let cfg = TreeConfig {
+            chunk: 1024,
+            ..TreeConfig::default()
+        };
+        let merged = TreeIndex::new(&c, &ids, cfg);
+        assert!(merged.roots.len() > 3 && merged.stats.hash_cuts > 0);
+        assert!(merged.stats.range_cuts > 0 && !merged.bases32.is_empty());
+        // The same chunks, built alone.
+        let plan = ChunkPlan::new(&c, &ids, cfg);
+        let job = ChunkJob {
+            c: &c,
+            cfg,
+            layouts: &plan.layouts,
+            bases_cap: 256 / plan.chunks.len(),
+        };
+        assert_eq!(plan.chunks.len(), merged.roots.len());
+        for (i, members) in plan.chunks.iter().enumerate() {
+            let part = job.build(members);
+            for f in 0..FAMILIES {
+                let (mut want, mut got) = (Vec::new(), Vec::new());
+                shape(&part.t, part.roots[f], f, &mut want);
+                shape(&merged, merged.roots[i][f], f, &mut got);
+                assert!(want == got, "chunk {i} family {f}");
+            }
+        }
+    }
 
     /// The boundary searches count exactly the keys `<= v` (the reference
     /// is `partition_point` on the sorted keys), whatever the key count

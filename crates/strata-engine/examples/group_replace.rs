@@ -1,0 +1,104 @@
+//! Profile of the issue-3 group replacement at engine level: a port with an
+//! ACL layer holding one generated group of N stateful rules
+//! (`rulegen::acl(N, seed)`) has that group replaced `ROUNDS` times (at
+//! least 2): every other time by `Port::set_group` (validate, compile
+//! actions, build the classifier, assign counters, swap, bump the
+//! generation), in between in its two halves, `Group::prepare` (off the
+//! datapath) and `Port::install_group`. Also times the classifier build
+//! alone. Prints the medians.
+//!
+//! ```text
+//! cargo build --release -p strata-engine --example group_replace
+//! N=50000 ROUNDS=6 target/release/examples/group_replace
+//! ```
+
+use std::hint::black_box;
+use std::time::Instant;
+use strata_engine::classifier::{MatchType, RuleMatch, build};
+use strata_engine::rulegen;
+use strata_engine::{
+    ActionSpec, DefaultAction, Direction, Group, LayerSpec, Port, PortConfig, Rule,
+};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Group `acl` of `n` generated allow rules (rule ids unique per seed).
+fn group(n: usize, seed: u64) -> Group {
+    let rules = rulegen::acl(n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut r = Rule::new(
+                &format!("s{seed}r{i}"),
+                m.priority,
+                m.conditions,
+                ActionSpec::Allow,
+            );
+            r.stateful = true;
+            r
+        })
+        .collect();
+    Group::new("acl", Direction::Out).with_rules(rules)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn main() {
+    let n = env("N", 50_000);
+    let rounds = env("ROUNDS", 6).max(2);
+    let mut port = Port::new("replace", PortConfig::default());
+    port.add_layer(
+        LayerSpec::new("acl", DefaultAction::Block, DefaultAction::Block),
+        None,
+    )
+    .expect("layer");
+    port.set_group("acl", group(n, 1)).expect("first group");
+    let groups: Vec<Group> = (0..rounds).map(|i| group(n, 2 + i as u64 % 2)).collect();
+    let registry = port.registry().clone();
+    let (mut whole, mut prep, mut install, mut classify) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, g) in groups.into_iter().enumerate() {
+        let matches: Vec<RuleMatch> = g
+            .rules
+            .iter()
+            .map(|r| RuleMatch {
+                priority: r.priority,
+                conditions: r.conditions.clone(),
+            })
+            .collect();
+        let t = Instant::now();
+        black_box(build(&matches, MatchType::Priority));
+        classify.push(ms(t));
+        if i % 2 == 0 {
+            let t = Instant::now();
+            port.set_group("acl", g).expect("replace");
+            whole.push(ms(t));
+        } else {
+            let t = Instant::now();
+            let p = g.prepare(&registry).expect("prepare");
+            prep.push(ms(t));
+            let t = Instant::now();
+            port.install_group("acl", p).expect("install");
+            install.push(ms(t));
+        }
+    }
+    println!(
+        "n={n}: set_group {:.1} ms; prepare {:.1} ms + install {:.1} ms; classifier alone {:.1} ms (medians of {rounds})",
+        median(whole),
+        median(prep),
+        median(install),
+        median(classify),
+    );
+}
