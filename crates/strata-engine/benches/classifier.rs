@@ -31,9 +31,8 @@ use strata_engine::classifier::{
 };
 use strata_engine::condition::{Field, FieldValues};
 use strata_engine::rulegen;
-use strata_engine::{
-    ActionSpec, DefaultAction, Direction, Group, LayerSpec, Port, PortConfig, Rule,
-};
+use strata_engine::scenario::generated_acl_group;
+use strata_engine::{DefaultAction, LayerSpec, Port, PortConfig};
 
 const PACKETS: usize = 4096;
 
@@ -228,24 +227,7 @@ fn build_time(cr: &mut Criterion) {
         None,
     )
     .expect("layer");
-    let group = |seed: u64| {
-        let rules = rulegen::acl(50_000, seed)
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let mut r = Rule::new(
-                    &format!("r{i}"),
-                    m.priority,
-                    m.conditions,
-                    ActionSpec::Allow,
-                );
-                r.stateful = true;
-                r
-            })
-            .collect();
-        Group::new("acl", Direction::Out).with_rules(rules)
-    };
-    let groups = [group(1), group(2)];
+    let groups = [1, 2].map(|seed| generated_acl_group(50_000, seed, "r"));
     port.set_group("acl", groups[1].clone()).expect("group");
     let mut k = 0;
     g.bench_function("acl_50k_set_group_on_port", |b| {

@@ -14,36 +14,15 @@
 
 use std::hint::black_box;
 use std::time::Instant;
-use strata_engine::classifier::{MatchType, RuleMatch, build};
-use strata_engine::rulegen;
-use strata_engine::{
-    ActionSpec, DefaultAction, Direction, Group, LayerSpec, Port, PortConfig, Rule,
-};
+use strata_engine::classifier::{MatchType, build};
+use strata_engine::scenario::generated_acl_group;
+use strata_engine::{DefaultAction, Group, LayerSpec, Port, PortConfig};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Group `acl` of `n` generated allow rules (rule ids unique per seed).
-fn group(n: usize, seed: u64) -> Group {
-    let rules = rulegen::acl(n, seed)
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let mut r = Rule::new(
-                &format!("s{seed}r{i}"),
-                m.priority,
-                m.conditions,
-                ActionSpec::Allow,
-            );
-            r.stateful = true;
-            r
-        })
-        .collect();
-    Group::new("acl", Direction::Out).with_rules(rules)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -64,20 +43,19 @@ fn main() {
         None,
     )
     .expect("layer");
-    port.set_group("acl", group(n, 1)).expect("first group");
-    let groups: Vec<Group> = (0..rounds).map(|i| group(n, 2 + i as u64 % 2)).collect();
+    port.set_group("acl", generated_acl_group(n, 1, "s1r"))
+        .expect("first group");
+    let groups: Vec<Group> = (0..rounds)
+        .map(|i| {
+            let seed = 2 + i as u64 % 2;
+            generated_acl_group(n, seed, &format!("s{seed}r"))
+        })
+        .collect();
     let registry = port.registry().clone();
     let (mut whole, mut prep, mut install, mut classify) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, g) in groups.into_iter().enumerate() {
-        let matches: Vec<RuleMatch> = g
-            .rules
-            .iter()
-            .map(|r| RuleMatch {
-                priority: r.priority,
-                conditions: r.conditions.clone(),
-            })
-            .collect();
+        let matches = g.rule_matches();
         let t = Instant::now();
         black_box(build(&matches, MatchType::Priority));
         classify.push(ms(t));

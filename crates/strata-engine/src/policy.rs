@@ -139,17 +139,7 @@ impl Group {
         // The classifier (most of the work for a large group) is built on
         // a second thread while the rules are checked and their actions
         // compiled; a group that fails validation discards it.
-        let build_classifier = || {
-            let matches: Vec<RuleMatch> = self
-                .rules
-                .iter()
-                .map(|r| RuleMatch {
-                    priority: r.priority,
-                    conditions: r.conditions.clone(),
-                })
-                .collect();
-            classifier::build(&matches, self.match_type)
-        };
+        let build_classifier = || classifier::build(&self.rule_matches(), self.match_type);
         let (rules, classifier) = if self.rules.len() >= PARALLEL_PREPARE_MIN {
             std::thread::scope(|s| {
                 let builder = std::thread::Builder::new()
@@ -174,6 +164,17 @@ impl Group {
             classifier,
             has_terminating,
         }))
+    }
+
+    /// What the classifier sees of the rules: priority and conditions.
+    pub fn rule_matches(&self) -> Vec<RuleMatch> {
+        self.rules
+            .iter()
+            .map(|r| RuleMatch {
+                priority: r.priority,
+                conditions: r.conditions.clone(),
+            })
+            .collect()
     }
 
     /// Check the rules (unique ids, valid conditions, stateful SNAT) and

@@ -339,6 +339,27 @@ pub fn install_mappings(port: &mut Port, hosts_x: u8) -> Result<(), ApiError> {
 /// port.
 pub type ProbeTarget = (Ipv4Addr, Ipv4Addr, u16);
 
+/// Outbound group `acl` of `n` generated stateful allow rules
+/// (`rulegen::acl(n, seed)`), ids `{prefix}{i}`: the group of the issue-3
+/// replacement measurements.
+pub fn generated_acl_group(n: usize, seed: u64, prefix: &str) -> Group {
+    let rules = crate::rulegen::acl(n, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut r = Rule::new(
+                &format!("{prefix}{i}"),
+                m.priority,
+                m.conditions,
+                ActionSpec::Allow,
+            );
+            r.stateful = true;
+            r
+        })
+        .collect();
+    Group::new("acl", Direction::Out).with_rules(rules)
+}
+
 /// The classifier-scale port of issue 3: `layers` layers × `groups` groups of
 /// `rules` generated ACL rules each (`rulegen::acl`, seeds `1..`), every rule
 /// an allow, so every packet walks all layers. Also returns, for probing,
