@@ -484,8 +484,16 @@ impl Boxes {
     /// The same layout with no boxes (for a builder working in parallel).
     pub fn empty_like(&self) -> Boxes {
         Boxes {
+            narrow: self.narrow.clone(),
+            wide: self.wide.clone(),
+            blocked: self.blocked.clone(),
+            blocked_inline: self.blocked_inline,
+            blocked_inline_len: self.blocked_inline_len,
+            fast_fields: self.fast_fields,
+            lines: self.lines,
+            split: self.split,
+            fast: self.fast,
             data: Vec::new(),
-            ..self.clone()
         }
     }
 

@@ -776,7 +776,7 @@ impl TreeIndex {
         let parts = job.run_all(&plan.chunks);
         let mut t = TreeIndex {
             roots: Vec::with_capacity(parts.len()),
-            boxes: plan.layouts.clone(),
+            boxes: plan.layouts,
             ..TreeIndex::empty()
         };
         for part in parts {
