@@ -6,7 +6,7 @@
 use crate::types::{Direction, DropReason};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
 /// Packets, bytes and drops of one object.
@@ -68,12 +68,20 @@ impl hashbrown::Equivalent<CounterName> for RuleCounter<'_> {
     }
 }
 
-/// Counter slots, named, never freed (a re-added rule gets its old slot back,
-/// so its counts continue).
+/// Counter slots, named. A slot outlives its rule or layer while flows still
+/// count into it: removing a rule only *retires* its slot (a rule re-added
+/// with the same id gets it back, so its counts continue); the port frees
+/// retired slots that no flow refers to any more ([`CounterArena::reclaim`])
+/// and hands freed slots to new names, so replacing groups with fresh rule
+/// ids does not grow the arena for ever.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CounterArena {
     slots: Vec<Counter>,
-    names: Vec<CounterName>,
+    /// `None` for a freed slot (on the free list).
+    names: Vec<Option<CounterName>>,
+    /// Slots whose rule or layer left the policy.
+    retired: BTreeSet<u32>,
+    free: Vec<u32>,
     #[serde(skip)]
     by_name: HashMap<CounterName, u32>,
     /// Meter buckets by (rule counter slot, bucket value): found without
@@ -83,14 +91,24 @@ pub struct CounterArena {
 }
 
 impl CounterArena {
-    /// The slot for `name`, created at zero if new.
+    /// The slot for `name`, created at zero if new (in a freed slot when
+    /// there is one).
     pub fn slot(&mut self, name: CounterName) -> u32 {
         if let Some(&s) = self.by_name.get(&name) {
+            self.unretire(s);
             return s;
         }
-        let s = self.slots.len() as u32;
-        self.slots.push(Counter::default());
-        self.names.push(name.clone());
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.names[s as usize] = Some(name.clone());
+                s
+            }
+            None => {
+                self.slots.push(Counter::default());
+                self.names.push(Some(name.clone()));
+                (self.slots.len() - 1) as u32
+            }
+        };
         self.by_name.insert(name, s);
         s
     }
@@ -100,11 +118,84 @@ impl CounterArena {
     /// exists).
     pub fn rule_slot(&mut self, layer: &str, rule: &str) -> u32 {
         match self.by_name.get(&RuleCounter { layer, rule }) {
-            Some(&s) => s,
+            Some(&s) => {
+                self.unretire(s);
+                s
+            }
             None => self.slot(CounterName::Rule {
                 layer: layer.to_string(),
                 rule: rule.to_string(),
             }),
+        }
+    }
+
+    fn unretire(&mut self, s: u32) {
+        if !self.retired.is_empty() {
+            self.retired.remove(&s);
+        }
+    }
+
+    /// The object counted in `slot` left the policy: free the slot once no
+    /// flow refers to it.
+    pub fn retire(&mut self, slot: u32) {
+        if matches!(self.names.get(slot as usize), Some(Some(_))) {
+            self.retired.insert(slot);
+        }
+    }
+
+    /// Slots waiting for [`CounterArena::reclaim`].
+    pub fn retired(&self) -> usize {
+        self.retired.len()
+    }
+
+    /// Free every retired slot for which `referenced` says no flow counts
+    /// into it, with the meter buckets of freed rules (themselves retired
+    /// while flows still count into them). Returns how many slots were
+    /// freed. O(retired), plus O(slots) when a rule was freed.
+    pub fn reclaim(&mut self, referenced: impl Fn(u32) -> bool) -> usize {
+        let candidates = std::mem::take(&mut self.retired);
+        let mut freed = 0;
+        let mut rule_freed = false;
+        for s in candidates {
+            if referenced(s) {
+                self.retired.insert(s);
+                continue;
+            }
+            rule_freed |= matches!(self.names[s as usize], Some(CounterName::Rule { .. }));
+            self.free_slot(s);
+            freed += 1;
+        }
+        if rule_freed {
+            // Meter buckets whose rule is gone.
+            let orphans: Vec<u32> = (0..self.names.len() as u32)
+                .filter(|&s| match &self.names[s as usize] {
+                    Some(CounterName::Meter { layer, rule, .. }) => {
+                        !self.by_name.contains_key(&RuleCounter { layer, rule })
+                    }
+                    _ => false,
+                })
+                .collect();
+            for s in orphans {
+                if referenced(s) {
+                    self.retired.insert(s);
+                } else {
+                    self.free_slot(s);
+                    freed += 1;
+                }
+            }
+            let names = &self.names;
+            self.meter_index.retain(|&(rule, _), bucket| {
+                names[rule as usize].is_some() && names[*bucket as usize].is_some()
+            });
+        }
+        freed
+    }
+
+    fn free_slot(&mut self, s: u32) {
+        if let Some(name) = self.names[s as usize].take() {
+            self.by_name.remove(&name);
+            self.slots[s as usize] = Counter::default();
+            self.free.push(s);
         }
     }
 
@@ -142,12 +233,18 @@ impl CounterArena {
             .and_then(|s| self.slots.get(s as usize).copied())
     }
 
+    /// Named (live or retired) slots.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.names.len() - self.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
+    }
+
+    /// Slots allocated, named or free: what the arena's memory grows with.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
     /// Every counter with its name, sorted by name.
@@ -155,11 +252,38 @@ impl CounterArena {
         let mut v: Vec<_> = self
             .names
             .iter()
-            .cloned()
-            .zip(self.slots.iter().copied())
+            .zip(self.slots.iter())
+            .filter_map(|(n, c)| Some((n.clone()?, *c)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// Check a deserialized arena before use: parallel vectors, the free
+    /// list naming exactly the unnamed slots, retired slots named.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.slots.len();
+        if self.names.len() != n {
+            return Err(format!("{} counter names for {n} slots", self.names.len()));
+        }
+        let mut on_free_list = vec![false; n];
+        for &s in &self.free {
+            match on_free_list.get_mut(s as usize) {
+                Some(f) if !*f && self.names[s as usize].is_none() => *f = true,
+                _ => return Err(format!("bad free counter slot {s}")),
+            }
+        }
+        if self.names.iter().filter(|n| n.is_none()).count() != self.free.len() {
+            return Err("unnamed counter slots missing from the free list".into());
+        }
+        if let Some(s) = self
+            .retired
+            .iter()
+            .find(|&&s| !matches!(self.names.get(s as usize), Some(Some(_))))
+        {
+            return Err(format!("bad retired counter slot {s}"));
+        }
+        Ok(())
     }
 
     /// Rebuild the name index after deserialization.
@@ -168,7 +292,7 @@ impl CounterArena {
             .names
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
+            .filter_map(|(i, n)| Some((n.clone()?, i as u32)))
             .collect();
     }
 }
@@ -310,5 +434,66 @@ mod tests {
         a.reindex();
         assert_eq!(a.rule_slot("acl", "r2"), borrowed);
         assert_eq!(a.len(), 4);
+    }
+
+    fn rule(layer: &str, rule: &str) -> CounterName {
+        CounterName::Rule {
+            layer: layer.into(),
+            rule: rule.into(),
+        }
+    }
+
+    /// A freed slot goes to the next new name, zeroed; a retired one stays
+    /// named (and counting) until reclaimed; re-adding a retired name
+    /// keeps it.
+    #[test]
+    fn retire_reclaim_reuse() {
+        let mut a = CounterArena::default();
+        let r1 = a.slot(rule("acl", "r1"));
+        let r2 = a.slot(rule("acl", "r2"));
+        a.add(r1, 5, 500);
+        a.retire(r1);
+        a.retire(r2);
+        assert_eq!(a.rule_slot("acl", "r2"), r2, "re-added: same slot");
+        assert_eq!(a.retired(), 1);
+        assert_eq!(a.reclaim(|s| s == r1), 0, "still referenced");
+        assert_eq!(a.get(&rule("acl", "r1")).map(|c| c.packets), Some(5));
+        assert_eq!(a.reclaim(|_| false), 1);
+        assert_eq!(a.get(&rule("acl", "r1")), None);
+        assert_eq!((a.len(), a.capacity()), (1, 2));
+        let r3 = a.slot(rule("acl", "r3"));
+        assert_eq!(r3, r1, "freed slot reused");
+        assert_eq!(a.get(&rule("acl", "r3")), Some(Counter::default()));
+        assert!(a.validate().is_ok());
+    }
+
+    /// Deserialized arenas that would index out of bounds or hand one slot
+    /// to two names are refused.
+    #[test]
+    fn validate_refuses_inconsistent_arenas() {
+        let mut a = CounterArena::default();
+        a.slot(rule("acl", "r1"));
+        a.slot(rule("acl", "r2"));
+        let good = a.clone();
+        assert!(good.validate().is_ok());
+        let mut bad = good.clone();
+        bad.free.push(7);
+        assert!(bad.validate().is_err());
+        let mut bad = good.clone();
+        bad.free.push(0);
+        assert!(bad.validate().is_err(), "a named slot on the free list");
+        let mut bad = good.clone();
+        bad.names[1] = None;
+        assert!(bad.validate().is_err(), "an unnamed slot off the free list");
+        let mut bad = good.clone();
+        bad.names[1] = None;
+        bad.free.extend([1, 1]);
+        assert!(bad.validate().is_err(), "a slot freed twice");
+        let mut bad = good.clone();
+        bad.retired.insert(9);
+        assert!(bad.validate().is_err());
+        let mut bad = good;
+        bad.names.pop();
+        assert!(bad.validate().is_err());
     }
 }

@@ -363,6 +363,10 @@ impl Port {
         let mut policy = (*self.policy).clone();
         let layer = policy.layers.remove(pos);
         self.policy = Arc::new(policy);
+        self.counters.arena.retire(layer.counter);
+        for g in layer.groups() {
+            self.retire_rule_counters(g, None);
+        }
         if let Some(i) = self.layer_flows.iter().position(|(u, _)| *u == layer.uid) {
             let (_, mut table) = self.layer_flows.swap_remove(i);
             for f in table.drain() {
@@ -396,6 +400,67 @@ impl Port {
         let mut policy = (*self.policy).clone();
         policy.layers[pos] = Arc::new(layer);
         self.policy = Arc::new(policy);
+    }
+
+    /// Retire the counter slots of `old`'s rules that `new` does not carry
+    /// (rule ids are unique within a layer, so those rules left it); they
+    /// are freed once no flow counts into them (see `expire`).
+    fn retire_rule_counters(
+        &mut self,
+        old: &crate::policy::CompiledGroup,
+        new: Option<&crate::policy::CompiledGroup>,
+    ) {
+        let arena = &mut self.counters.arena;
+        let mut kept = vec![false; arena.capacity()];
+        for r in new.into_iter().flat_map(|g| g.rules.iter()) {
+            if let Some(k) = kept.get_mut(r.counter() as usize) {
+                *k = true;
+            }
+        }
+        for r in &old.rules {
+            if !kept.get(r.counter() as usize).copied().unwrap_or(false) {
+                arena.retire(r.counter());
+            }
+        }
+    }
+
+    /// Free the retired counter slots no flow, layer or rule counts into
+    /// any more (called by `expire`, after pending counts were flushed).
+    /// O(unified flows + layer flows + rules), like `expire` itself.
+    fn reclaim_counters(&mut self) {
+        let mut referenced = vec![false; self.counters.arena.capacity()];
+        let mut mark = |s: u32| {
+            if let Some(r) = referenced.get_mut(s as usize) {
+                *r = true;
+            }
+        };
+        // A stale unified flow with nothing pending never counts into its
+        // slots again: its next packet re-simulates it first.
+        let stamp = self.stamp();
+        for (_, conn) in self.uft.iter() {
+            for uf in conn.sides.iter().flatten() {
+                if uf.generation == stamp || uf.packets > 0 {
+                    uf.counters.0.iter().for_each(|&s| mark(s));
+                }
+            }
+        }
+        for (_, table) in &self.layer_flows {
+            for (_, f) in table.iter() {
+                mark(f.rule.counter);
+                if let Some(e) = &f.extra {
+                    e.counters.iter().for_each(|&s| mark(s));
+                }
+            }
+        }
+        for layer in &self.policy.layers {
+            mark(layer.counter);
+            for g in layer.groups() {
+                g.rules.iter().for_each(|r| mark(r.counter()));
+            }
+        }
+        self.counters
+            .arena
+            .reclaim(|s| referenced.get(s as usize).copied().unwrap_or(true));
     }
 
     fn assign_counters(&mut self, layer: &str, p: PreparedGroup) -> crate::policy::CompiledGroup {
@@ -446,6 +511,12 @@ impl Port {
         l.generation = generation;
         self.replace_layer(pos, l);
         if let Some(old) = old {
+            let new = self.policy.layers[pos]
+                .groups()
+                .iter()
+                .find(|g| g.group.id == gid)
+                .cloned();
+            self.retire_rule_counters(&old, new.as_deref());
             retire(old);
         }
         Ok(())
@@ -467,10 +538,12 @@ impl Port {
         let generation = self.bump();
         let mut l = (*self.policy.layers[pos]).clone();
         let mut groups = l.groups().to_vec();
-        groups.remove(i);
+        let removed = groups.remove(i);
         l.set_groups(groups);
         l.generation = generation;
         self.replace_layer(pos, l);
+        self.retire_rule_counters(&removed, None);
+        retire(removed);
         Ok(())
     }
 
@@ -921,6 +994,12 @@ impl Port {
             if let Some(side) = conn.sides[d.index()].as_mut() {
                 if side.action == uf.action && side.ports == uf.ports {
                     side.generation = uf.generation;
+                    // Same action, other rules (or slots): count into
+                    // the new ones from this packet on.
+                    if !Arc::ptr_eq(&side.counters, &uf.counters) {
+                        side.flush(&mut self.counters.arena);
+                        side.counters = uf.counters;
+                    }
                 } else {
                     side.flush(&mut self.counters.arena);
                     *side = uf;
@@ -929,6 +1008,7 @@ impl Port {
         }
         self.hold(&new_refs);
         self.share_keys(c, d, &sim.created);
+        self.drop_unreachable_refs(c);
     }
 
     /// Point restored layer flows at their compiled rule's identity again
@@ -1317,6 +1397,9 @@ impl Port {
             }
             self.remove_connection(c);
         }
+        if self.counters.arena.retired() > 0 {
+            self.reclaim_counters();
+        }
         due.len()
     }
 
@@ -1327,20 +1410,56 @@ impl Port {
         };
         // Layer flows go first, while the keys they share are still here.
         for r in refs {
-            let released = table_in(&mut self.layer_flows, r.layer_uid).and_then(|t| {
-                if t.get(r.slot).is_some_and(|f| f.refs > 1) {
-                    // Others hold it on: it keeps its key itself.
-                    for d in [Direction::Out, Direction::In] {
-                        t.own_key(r.slot, c, d, &self.uft);
-                    }
-                }
-                t.release(r.slot, &self.uft)
-            });
-            if let Some(f) = released {
-                self.teardown(r.layer_uid, &f);
-            }
+            self.release_ref(c, r);
         }
         self.uft.remove(c);
+    }
+
+    /// Connection `c` lets go of one layer flow (its key must still be
+    /// readable from `c`): the flow's last holder tears it down.
+    fn release_ref(&mut self, c: u32, r: LayerFlowRef) {
+        let released = table_in(&mut self.layer_flows, r.layer_uid).and_then(|t| {
+            if t.get(r.slot).is_some_and(|f| f.refs > 1) {
+                // Others hold it on: it keeps its key itself.
+                for d in [Direction::Out, Direction::In] {
+                    t.own_key(r.slot, c, d, &self.uft);
+                }
+            }
+            t.release(r.slot, &self.uft)
+        });
+        if let Some(f) = released {
+            self.teardown(r.layer_uid, &f);
+        }
+    }
+
+    /// After a reconcile: let go of layer flows connection `c` can no
+    /// longer reach — flows a policy change detached (no lookup finds them
+    /// again; every unified flow of the port is stale, so none uses them)
+    /// and flows of removed layers. Without this, each change that moves a
+    /// connection to another rule left it holding one more flow.
+    fn drop_unreachable_refs(&mut self, c: u32) {
+        let Some(conn) = self.uft.get(c) else {
+            return;
+        };
+        let dead: SmallVec<[LayerFlowRef; 4]> = conn
+            .layer_flows
+            .iter()
+            .filter(|r| {
+                self.flow_table(r.layer_uid)
+                    .and_then(|t| t.get(r.slot))
+                    .is_none_or(|f| f.detached)
+            })
+            .copied()
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for &r in &dead {
+            self.release_ref(c, r);
+        }
+        if let Some(conn) = self.uft.get_mut(c) {
+            conn.layer_flows.retain(|r| !dead.contains(r));
+        }
     }
 
     /// Let layer flows created for side `d` of connection `c` (and held by

@@ -22,8 +22,11 @@ pub const MAGIC: [u8; 8] = *b"STRATASR";
 /// Format version: 2 since flow keys are stored packed
 /// ([`strata_packet::PackedUfid`]); 3 since unified flows share interned
 /// actions and 32-bit generation stamps and layer flows share their
-/// connection's keys. Older snapshots are refused with a clear error.
-pub const VERSION: u32 = 4;
+/// connection's keys; 4 since counter-slot lists are interned apart from
+/// flow actions; 5 since counter slots are retired and freed (the
+/// arena stores its free list and retired slots). Older snapshots are
+/// refused with a clear error.
+pub const VERSION: u32 = 5;
 
 #[derive(Serialize, Deserialize)]
 pub struct Envelope {
@@ -107,6 +110,10 @@ impl Port {
         let st: PortState = postcard::from_bytes(&env.payload)
             .map_err(|e| ApiError::Snapshot(format!("bad payload: {e}")))?;
         let mut counters = st.counters;
+        counters
+            .arena
+            .validate()
+            .map_err(|e| ApiError::Snapshot(format!("bad counters: {e}")))?;
         counters.arena.reindex();
         let mut layers = Vec::with_capacity(st.layers.len());
         for l in st.layers {

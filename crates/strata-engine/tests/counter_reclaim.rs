@@ -1,0 +1,221 @@
+//! Counter slots of rules and layers that leave the policy (VFP-22): a
+//! controller that replaces groups with fresh rule ids must not grow the
+//! port's counter arena for ever. A removed rule's slot is retired, still
+//! counts what flows created before the change send, and is freed (then
+//! reused) once no flow refers to it; a rule re-added under the same id
+//! keeps its counts; all of it survives snapshot/restore.
+
+mod common;
+
+use common::*;
+use std::net::Ipv4Addr;
+use strata_engine::action::ActionSpec;
+use strata_engine::policy::{Group, LayerSpec, Rule};
+use strata_engine::scenario::{VM_CA, VM_GW_MAC, VM_MAC};
+use strata_engine::{ActionRegistry, DefaultAction, Direction, Field, Port, PortConfig, secs};
+
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 7);
+
+fn meter_group(rule: &str) -> Group {
+    Group::new("meter-out", Direction::Out).with_rules(vec![Rule::new(
+        rule,
+        10,
+        vec![],
+        ActionSpec::Meter {
+            by: Field::DstIp,
+            prefix_len: None,
+        },
+    )])
+}
+
+fn acl_group(rule: &str) -> Group {
+    Group::new("acl-out", Direction::Out).with_rules(vec![
+        Rule::new(rule, 10, vec![], ActionSpec::Allow).stateful(),
+    ])
+}
+
+/// A meter layer and a stateful ACL layer (default block).
+fn port() -> Port {
+    let mut p = Port::new("reclaim", PortConfig::default());
+    let meter = LayerSpec {
+        groups: vec![meter_group("meter-0")],
+        ..LayerSpec::new("meter", DefaultAction::Allow, DefaultAction::Allow)
+    };
+    let acl = LayerSpec {
+        groups: vec![acl_group("allow-0")],
+        ..LayerSpec::new("acl", DefaultAction::Block, DefaultAction::Block)
+    };
+    p.add_layer(meter, None).unwrap();
+    p.add_layer(acl, None).unwrap();
+    p
+}
+
+fn out_udp(sp: u16) -> Vec<u8> {
+    udp(VM_MAC, VM_GW_MAC, VM_CA, PEER, sp, 53, b"query")
+}
+
+fn replace(p: &mut Port, round: u32) {
+    p.set_group("acl", acl_group(&format!("allow-{round}")))
+        .unwrap();
+    p.set_group("meter", meter_group(&format!("meter-{round}")))
+        .unwrap();
+}
+
+#[test]
+fn replaced_rules_free_their_slots_and_the_arena_stays_bounded() {
+    let mut p = port();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(1000), secs(1)));
+    let capacity = p.counters().arena.capacity();
+    for round in 1..=40u32 {
+        replace(&mut p, round);
+        // The connection's next packet reconciles to the new rules.
+        let now = secs(1) + u64::from(round);
+        assert!(forwards(&mut p, Direction::Out, &out_udp(1000), now));
+        assert_eq!(p.expire(now), 0, "the connection stays");
+    }
+    let c = p.counters();
+    assert_eq!(c.arena.retired(), 0, "nothing left to reclaim");
+    assert!(
+        c.arena.capacity() <= capacity + 4,
+        "arena grew from {capacity} to {} slots over 40 replacements",
+        c.arena.capacity()
+    );
+    // The current rules count the packet they decided; the old ones are gone.
+    assert_eq!(c.rule("acl", "allow-40").packets, 1);
+    assert_eq!(c.meter("meter", "meter-40").len(), 1);
+    assert_eq!(c.meter("meter", "meter-40")["10.1.1.7"].packets, 1);
+    for old in 0..40 {
+        assert_eq!(c.rule("acl", &format!("allow-{old}")).packets, 0);
+        assert!(c.meter("meter", &format!("meter-{old}")).is_empty());
+    }
+    // Names and counters still line up for every live slot.
+    assert_eq!(c.arena.len(), c.arena.all().len());
+}
+
+#[test]
+fn a_retired_slot_lives_while_a_flow_can_count_into_it() {
+    let mut p = port();
+    for i in 0..3 {
+        assert!(forwards(
+            &mut p,
+            Direction::Out,
+            &out_udp(2000),
+            secs(1) + i
+        ));
+    }
+    replace(&mut p, 1);
+    // Pending fast-path counts land in the retired slots. The connection's
+    // stateful ACL flow still names rule allow-0 (it is revalidated on the
+    // next packet), so that slot stays; the meter rule's slot was only in
+    // the (now stale) unified flow, so it is freed with its buckets.
+    p.expire(secs(2));
+    let c = p.counters();
+    assert_eq!(c.rule("acl", "allow-0").packets, 3);
+    assert_eq!(c.arena.retired(), 1);
+    assert_eq!(c.rule("meter", "meter-0").packets, 0);
+    assert!(c.meter("meter", "meter-0").is_empty());
+    // A new name does not take the retired slot (it takes a freed one).
+    let capacity = c.arena.capacity();
+    p.set_group("acl", acl_group("allow-1b")).unwrap();
+    p.set_group("acl", acl_group("allow-1c")).unwrap();
+    p.set_group("meter", meter_group("meter-1b")).unwrap();
+    assert_eq!(p.counters().arena.capacity(), capacity + 1);
+
+    // The next packet reconciles (the ACL flow moves to the new rule);
+    // after that nothing refers to the old rules and the sweep frees them.
+    assert!(forwards(&mut p, Direction::Out, &out_udp(2000), secs(3)));
+    p.expire(secs(3));
+    let c = p.counters();
+    assert_eq!(c.arena.retired(), 0);
+    assert_eq!(c.rule("acl", "allow-0").packets, 0);
+    assert_eq!(c.rule("acl", "allow-1c").packets, 1);
+    assert_eq!(c.meter("meter", "meter-1b")["10.1.1.7"].packets, 1);
+    assert_eq!(p.layer_flow_count("acl"), 1);
+    // Freed slots are handed to the next new names first.
+    let capacity = c.arena.capacity();
+    replace(&mut p, 2);
+    assert_eq!(p.counters().arena.capacity(), capacity);
+}
+
+#[test]
+fn a_rule_re_added_before_the_sweep_keeps_its_counts() {
+    let mut p = port();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(3000), secs(1)));
+    p.remove_group("acl", "acl-out").unwrap();
+    p.set_group("acl", acl_group("allow-0")).unwrap();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(3000), secs(2)));
+    p.expire(secs(2));
+    let c = p.counters();
+    assert_eq!(c.arena.retired(), 0);
+    assert_eq!(c.rule("acl", "allow-0").packets, 2);
+}
+
+#[test]
+fn removed_layers_free_their_slots() {
+    let mut p = port();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(4000), secs(1)));
+    let before = p.counters();
+    assert_eq!(before.layer("meter").packets, 1);
+    p.remove_layer("meter").unwrap();
+    // Only the connection's unified flow (stale now) named the layer's
+    // slots: once its pending counts are added, they are freed.
+    assert_eq!(p.expire(secs(1)), 0);
+    let c = p.counters();
+    assert_eq!(c.arena.retired(), 0);
+    assert_eq!(c.layer("meter").packets, 0);
+    assert!(c.meter("meter", "meter-0").is_empty());
+    assert_eq!(c.arena.len(), before.arena.len() - 3, "layer, rule, bucket");
+    assert_eq!(
+        c.rule("acl", "allow-0").packets,
+        1,
+        "other layers untouched"
+    );
+    // Re-adding the layer reuses the freed slots.
+    let meter = LayerSpec {
+        groups: vec![meter_group("meter-9")],
+        ..LayerSpec::new("meter", DefaultAction::Allow, DefaultAction::Allow)
+    };
+    p.add_layer(meter, Some(0)).unwrap();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(4000), secs(2)));
+    let c = p.counters();
+    assert_eq!(c.arena.capacity(), before.arena.capacity());
+    assert_eq!(c.meter("meter", "meter-9")["10.1.1.7"].packets, 1);
+    assert_eq!(c.layer("meter").packets, 1, "counts restart at zero");
+}
+
+#[test]
+fn retired_and_free_slots_survive_snapshot_restore() {
+    let mut p = port();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(5000), secs(1)));
+    assert!(forwards(&mut p, Direction::Out, &out_udp(5001), secs(1)));
+    replace(&mut p, 1);
+    // One connection reconciles (its old slots could go); the other still
+    // holds the old rules.
+    assert!(forwards(&mut p, Direction::Out, &out_udp(5000), secs(2)));
+    p.expire(secs(2));
+    let before = p.counters();
+    assert!(before.arena.retired() > 0);
+
+    let mut q = Port::restore(&p.snapshot().unwrap(), ActionRegistry::default()).unwrap();
+    let after = q.counters();
+    assert_eq!(after.arena.all(), before.arena.all());
+    assert_eq!(after.arena.retired(), before.arena.retired());
+    assert_eq!(after.arena.capacity(), before.arena.capacity());
+
+    // Both ports go on identically: the second connection reconciles, the
+    // sweep frees the old rules, new names reuse the same slots.
+    for port in [&mut p, &mut q] {
+        assert!(forwards(port, Direction::Out, &out_udp(5001), secs(3)));
+        port.expire(secs(3));
+        replace(port, 2);
+        assert!(forwards(port, Direction::Out, &out_udp(5001), secs(4)));
+        port.expire(secs(4));
+    }
+    let (a, b) = (p.counters(), q.counters());
+    // Connection 5000's ACL flow (not reconciled since) names allow-1.
+    assert_eq!(a.arena.retired(), 1);
+    assert_eq!(b.arena.retired(), 1);
+    assert_eq!(a.arena.all(), b.arena.all());
+    assert_eq!(a.arena.capacity(), b.arena.capacity());
+    assert_eq!(a.rule("acl", "allow-2").packets, 1);
+}
