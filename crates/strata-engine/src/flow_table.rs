@@ -187,9 +187,24 @@ pub fn layer_flow_key(u: &Ufid) -> Ufid {
     k
 }
 
+/// A flow table's hash seed, random per table (drawn when the table is
+/// created or restored; never stored). Flow keys come from the network:
+/// with a seed known in advance a sender could pick keys that all land in
+/// one probe chain and turn every lookup into a scan (hash flooding).
+#[derive(Clone, Copy, Debug)]
+pub struct TableSeed(u64);
+
+impl Default for TableSeed {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // std's RandomState is keyed from the OS's randomness.
+        TableSeed(std::collections::hash_map::RandomState::new().hash_one(0x5345_4544_u64))
+    }
+}
+
 #[inline]
-fn lf_hash(d: Direction, k: &Ufid) -> u64 {
-    k.table_hash(0x4c46_0000 ^ d.index() as u64)
+fn lf_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
+    k.table_hash(seed.0 ^ 0x4c46_0000 ^ d.index() as u64)
 }
 
 /// Where a layer table reads the keys it does not store: the origin keys
@@ -199,6 +214,7 @@ fn lf_hash(d: Direction, k: &Ufid) -> u64 {
 struct Keys<'a> {
     own: &'a hashbrown::HashMap<u32, PackedUfid>,
     conns: &'a UnifiedFlowTable,
+    seed: TableSeed,
 }
 
 impl Keys<'_> {
@@ -224,7 +240,7 @@ impl Keys<'_> {
         indexed(slots, v)
             .and_then(|(slot, side, f)| {
                 let k = self.side(slot, f, side)?;
-                Some(lf_hash(f.dir_of(side), &layer_flow_key(&k)))
+                Some(lf_hash(self.seed, f.dir_of(side), &layer_flow_key(&k)))
             })
             .unwrap_or(0)
     }
@@ -281,6 +297,8 @@ pub struct LayerFlowTable {
     /// the slow path looks layer flows up, so memory matters more here.
     #[serde(skip)]
     index: HashTable<u32>,
+    #[serde(skip)]
+    seed: TableSeed,
 }
 
 impl LayerFlowTable {
@@ -288,6 +306,7 @@ impl LayerFlowTable {
         Keys {
             own: &self.own_keys,
             conns,
+            seed: self.seed,
         }
     }
 
@@ -315,7 +334,7 @@ impl LayerFlowTable {
         let keys = self.keys(conns);
         let slots = &self.slots;
         let mut origin = None;
-        let v = *self.index.find(lf_hash(d, &k), |&v| {
+        let v = *self.index.find(lf_hash(self.seed, d, &k), |&v| {
             origin = keys.matching_origin(slots, v, d, &k);
             origin.is_some()
         })?;
@@ -339,7 +358,10 @@ impl LayerFlowTable {
         // Each side's identity and hash, computed once.
         let keys = [layer_flow_key(key), layer_flow_key(&f.reverse_key(key))];
         let dirs = [f.dir_of(0), f.dir_of(1)];
-        let hashes = [lf_hash(dirs[0], &keys[0]), lf_hash(dirs[1], &keys[1])];
+        let hashes = [
+            lf_hash(self.seed, dirs[0], &keys[0]),
+            lf_hash(self.seed, dirs[1], &keys[1]),
+        ];
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -357,6 +379,7 @@ impl LayerFlowTable {
             let k = Keys {
                 own: &self.own_keys,
                 conns,
+                seed: self.seed,
             };
             let slots = &self.slots;
             if let hashbrown::hash_table::Entry::Vacant(v) = self.index.entry(
@@ -431,13 +454,14 @@ impl LayerFlowTable {
         let keys = Keys {
             own: &self.own_keys,
             conns,
+            seed: self.seed,
         };
         for side in 0..2 {
             let v = slot << 1 | side as u32;
             let Some(k) = keys.side(slot, f, side) else {
                 continue;
             };
-            let h = lf_hash(f.dir_of(side), &layer_flow_key(&k));
+            let h = lf_hash(self.seed, f.dir_of(side), &layer_flow_key(&k));
             if let Ok(e) = self.index.find_entry(h, |&x| x == v) {
                 e.remove();
             }
@@ -522,7 +546,7 @@ impl LayerFlowTable {
                 };
                 let d = f.dir_of(side);
                 let k = layer_flow_key(&k);
-                let h = lf_hash(d, &k);
+                let h = lf_hash(self.seed, d, &k);
                 if index.find(h, |&v| keys.is(slots, v, d, &k)).is_none() {
                     index.insert_unique(h, slot << 1 | side as u32, |&v| keys.hash(slots, v));
                 }
@@ -783,10 +807,9 @@ impl Connection {
     }
 }
 
-/// Hash of a UFT key.
 #[inline]
-pub fn uft_hash(d: Direction, k: &Ufid) -> u64 {
-    k.table_hash(0x0055_4654_0000 ^ d.index() as u64)
+fn uft_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
+    k.table_hash(seed.0 ^ 0x0055_4654_0000 ^ d.index() as u64)
 }
 
 /// The unified flow table.
@@ -804,9 +827,18 @@ pub struct UnifiedFlowTable {
     pair_index: HashTable<u32>,
     /// Clock hand for eviction.
     hand: usize,
+    #[serde(skip)]
+    seed: TableSeed,
 }
 
 impl UnifiedFlowTable {
+    /// Hash of the unified flow key `(d, key)` in this table (the `hash`
+    /// argument of [`UnifiedFlowTable::lookup`] and `set_side`).
+    #[inline]
+    pub fn hash(&self, d: Direction, key: &Ufid) -> u64 {
+        uft_hash(self.seed, d, key)
+    }
+
     /// The connection holding the unified flow `(d, key)`.
     #[inline]
     pub fn lookup(&self, d: Direction, key: &Ufid, hash: u64) -> Option<u32> {
@@ -859,7 +891,7 @@ impl UnifiedFlowTable {
         let k = layer_flow_key(vm_key);
         let conns = &self.conns;
         self.pair_index
-            .find(pair_hash(&k), |&c| {
+            .find(pair_hash(self.seed, &k), |&c| {
                 conns
                     .get(c as usize)
                     .and_then(|c| c.as_ref())
@@ -903,22 +935,24 @@ impl UnifiedFlowTable {
         }
     }
 
-    /// Install `uf` (keyed `key`, whose [`uft_hash`] is `hash`) as side `d`
+    /// Install `uf` (keyed `key`, whose [`UnifiedFlowTable::hash`] is `hash`) as side `d`
     /// of connection `c`, replacing (and unindexing) any previous flow of
     /// that side. The caller has the key unpacked and hashed already.
     pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow, key: &Ufid, hash: u64) {
         debug_assert!(uf.key.matches(key), "caller's key");
-        debug_assert_eq!(hash, uft_hash(d, key), "caller's hash");
+        debug_assert_eq!(hash, self.hash(d, key), "caller's hash");
         self.clear_side(c, d);
-        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(key)));
+        let seed = self.seed;
+        let pair = (d == Direction::Out).then(|| pair_hash(seed, &layer_flow_key(key)));
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
         let conns = &self.conns;
-        self.index
-            .insert(hash, c << 1 | d.index() as u32, |v| side_hash(conns, v));
+        self.index.insert(hash, c << 1 | d.index() as u32, |v| {
+            side_hash(conns, seed, v)
+        });
         if let Some(ph) = pair {
             self.pair_index
-                .insert_unique(ph, c, |&c| out_pair_hash(conns, c));
+                .insert_unique(ph, c, |&c| out_pair_hash(conns, seed, c));
         }
     }
 
@@ -928,8 +962,8 @@ impl UnifiedFlowTable {
             return;
         };
         let key = uf.key.unpack();
-        let hash = uft_hash(d, &key);
-        let pair = (d == Direction::Out).then(|| pair_hash(&layer_flow_key(&key)));
+        let hash = self.hash(d, &key);
+        let pair = (d == Direction::Out).then(|| pair_hash(self.seed, &layer_flow_key(&key)));
         let want = c << 1 | d.index() as u32;
         self.index.remove(hash, want);
         if let Some(ph) = pair
@@ -1013,17 +1047,20 @@ impl UnifiedFlowTable {
         let mut index = FlowIndex::with_capacity(self.len() * 2);
         let mut pair_index = HashTable::with_capacity(self.len());
         let conns = &self.conns;
+        let seed = self.seed;
         for (i, c) in conns.iter().enumerate() {
             let Some(c) = c else { continue };
             for d in [Direction::Out, Direction::In] {
                 if let Some(uf) = c.side(d) {
                     let v = (i as u32) << 1 | d.index() as u32;
-                    index.insert(uft_hash(d, &uf.key.unpack()), v, |v| side_hash(conns, v));
+                    index.insert(uft_hash(seed, d, &uf.key.unpack()), v, |v| {
+                        side_hash(conns, seed, v)
+                    });
                     if d == Direction::Out {
                         pair_index.insert_unique(
-                            pair_hash(&layer_flow_key(&uf.key.unpack())),
+                            pair_hash(seed, &layer_flow_key(&uf.key.unpack())),
                             i as u32,
-                            |&c| out_pair_hash(conns, c),
+                            |&c| out_pair_hash(conns, seed, c),
                         );
                     }
                 }
@@ -1053,25 +1090,31 @@ impl UnifiedFlowTable {
     }
 }
 
-fn side_hash(conns: &[Option<Connection>], v: u32) -> u64 {
+fn side_hash(conns: &[Option<Connection>], seed: TableSeed, v: u32) -> u64 {
     conns
         .get((v >> 1) as usize)
         .and_then(|c| c.as_ref())
         .and_then(|c| c.sides[(v & 1) as usize].as_ref())
-        .map(|uf| uft_hash(Direction::from_index((v & 1) as usize), &uf.key.unpack()))
+        .map(|uf| {
+            uft_hash(
+                seed,
+                Direction::from_index((v & 1) as usize),
+                &uf.key.unpack(),
+            )
+        })
         .unwrap_or(0)
 }
 
-fn pair_hash(k: &Ufid) -> u64 {
-    k.table_hash(0x5041_4952)
+fn pair_hash(seed: TableSeed, k: &Ufid) -> u64 {
+    k.table_hash(seed.0 ^ 0x5041_4952)
 }
 
-fn out_pair_hash(conns: &[Option<Connection>], c: u32) -> u64 {
+fn out_pair_hash(conns: &[Option<Connection>], seed: TableSeed, c: u32) -> u64 {
     conns
         .get(c as usize)
         .and_then(|c| c.as_ref())
         .and_then(|c| c.side(Direction::Out))
-        .map(|uf| pair_hash(&layer_flow_key(&uf.key.unpack())))
+        .map(|uf| pair_hash(seed, &layer_flow_key(&uf.key.unpack())))
         .unwrap_or(0)
 }
 
@@ -1090,6 +1133,31 @@ mod tests {
         assert_eq!(size_of::<Option<TcpConn>>(), 52);
         assert_eq!(size_of::<Option<Connection>>(), 312);
         assert_eq!(size_of::<Option<LayerFlow>>(), 32);
+    }
+
+    /// Flow keys come from the network: every table hashes with its own
+    /// random seed, so no sender can precompute keys that collide in it. A
+    /// clone keeps its seed (its index was built with it); a restored table
+    /// draws a new one and rebuilds its index (the snapshot tests find
+    /// every flow again).
+    #[test]
+    fn tables_hash_with_their_own_seeds() {
+        let key = Ufid::plain(strata_packet::flow::FlowKey {
+            ether_type: 0x0800,
+            src_ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+            dst_ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+            proto: 17,
+            src_port: 53,
+            dst_port: 5353,
+            ..Default::default()
+        });
+        let d = Direction::Out;
+        let (a, b) = (UnifiedFlowTable::default(), UnifiedFlowTable::default());
+        assert_ne!(a.hash(d, &key), b.hash(d, &key));
+        assert_eq!(a.clone().hash(d, &key), a.hash(d, &key));
+        let (la, lb) = (LayerFlowTable::default(), LayerFlowTable::default());
+        assert_ne!(lf_hash(la.seed, d, &key), lf_hash(lb.seed, d, &key));
+        assert_ne!(pair_hash(a.seed, &key), pair_hash(b.seed, &key));
     }
 
     /// Both keys of every flow stay findable while the index grows under

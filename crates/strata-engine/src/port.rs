@@ -22,7 +22,7 @@ use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_table::{
     Connection, CounterSlots, CounterSlotsRef, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef,
-    LayerFlowRefs, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, layer_flow_key, uft_hash,
+    LayerFlowRefs, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, layer_flow_key,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -251,7 +251,7 @@ impl Port {
 
     /// The connection whose `d` side has UFID `key`.
     pub fn connection(&self, d: Direction, key: &Ufid) -> Option<ConnectionInfo> {
-        let c = self.uft.lookup(d, key, uft_hash(d, key))?;
+        let c = self.uft.lookup(d, key, self.uft.hash(d, key))?;
         let c = self.uft.get(c)?;
         Some(ConnectionInfo {
             initiator: c.initiator,
@@ -601,7 +601,7 @@ impl Port {
         let mut p = Parsed::EMPTY;
         match parse_into(buf.as_slice(), parse_options(d), &mut p) {
             Ok(()) => {
-                let hash = uft_hash(d, &p.ufid);
+                let hash = self.uft.hash(d, &p.ufid);
                 self.process_parsed(d, buf, &p, hash, now)
             }
             Err(e) => self.malformed(d, buf.len(), e),
@@ -638,7 +638,7 @@ impl Port {
             for i in start..end {
                 let j = i - start;
                 match parse_into(bufs[i].as_slice(), opts, &mut parsed[j]) {
-                    Ok(()) => hashes[j] = Some(uft_hash(d, &parsed[j].ufid)),
+                    Ok(()) => hashes[j] = Some(self.uft.hash(d, &parsed[j].ufid)),
                     Err(e) => out[i] = self.malformed(d, bufs[i].len(), e),
                 }
             }
@@ -868,7 +868,7 @@ impl Port {
         // other way already hits the fast path.
         let pd = d.opposite();
         let pkey = final_ufid.reversed();
-        let phash = uft_hash(pd, &pkey);
+        let phash = self.uft.hash(pd, &pkey);
         if self.uft.lookup(pd, &pkey, phash).is_some() {
             return (c, tracked);
         }
