@@ -6,7 +6,7 @@
 use crate::types::{Direction, DropReason};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 /// Packets, bytes and drops of one object.
@@ -68,6 +68,49 @@ impl hashbrown::Equivalent<CounterName> for RuleCounter<'_> {
     }
 }
 
+/// A set of counter slots as a bitmap: retiring or re-adding the slots of a
+/// 50k-rule group is a bit flip each.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SlotSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl SlotSet {
+    fn insert(&mut self, s: u32) {
+        let (w, b) = (s as usize / 64, 1u64 << (s % 64));
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        if self.words[w] & b == 0 {
+            self.words[w] |= b;
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, s: u32) {
+        let (w, b) = (s as usize / 64, 1u64 << (s % 64));
+        if let Some(x) = self.words.get_mut(w)
+            && *x & b != 0
+        {
+            *x &= !b;
+            self.len -= 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &x)| {
+            (0..64)
+                .filter(move |b| x & (1u64 << b) != 0)
+                .map(move |b| (w * 64 + b) as u32)
+        })
+    }
+}
+
 /// Counter slots, named. A slot outlives its rule or layer while flows still
 /// count into it: removing a rule only *retires* its slot (a rule re-added
 /// with the same id gets it back, so its counts continue); the port frees
@@ -80,7 +123,7 @@ pub struct CounterArena {
     /// `None` for a freed slot (on the free list).
     names: Vec<Option<CounterName>>,
     /// Slots whose rule or layer left the policy.
-    retired: BTreeSet<u32>,
+    retired: SlotSet,
     free: Vec<u32>,
     #[serde(skip)]
     by_name: HashMap<CounterName, u32>,
@@ -129,9 +172,16 @@ impl CounterArena {
         }
     }
 
-    fn unretire(&mut self, s: u32) {
-        if !self.retired.is_empty() {
-            self.retired.remove(&s);
+    /// The slot of rule `rule` of layer `layer`, if it has one (read-only:
+    /// can run beside other readers while a group is prepared).
+    pub fn find_rule(&self, layer: &str, rule: &str) -> Option<u32> {
+        self.by_name.get(&RuleCounter { layer, rule }).copied()
+    }
+
+    /// `s` is in use again (its rule came back).
+    pub fn unretire(&mut self, s: u32) {
+        if self.retired.len() > 0 {
+            self.retired.remove(s);
         }
     }
 
@@ -151,12 +201,12 @@ impl CounterArena {
     /// Free every retired slot for which `referenced` says no flow counts
     /// into it, with the meter buckets of freed rules (themselves retired
     /// while flows still count into them). Returns how many slots were
-    /// freed. O(retired), plus O(slots) when a rule was freed.
+    /// freed. O(slots / 64 + retired), plus O(slots) when a rule was freed.
     pub fn reclaim(&mut self, referenced: impl Fn(u32) -> bool) -> usize {
         let candidates = std::mem::take(&mut self.retired);
         let mut freed = 0;
         let mut rule_freed = false;
-        for s in candidates {
+        for s in candidates.iter() {
             if referenced(s) {
                 self.retired.insert(s);
                 continue;
@@ -279,9 +329,12 @@ impl CounterArena {
         if let Some(s) = self
             .retired
             .iter()
-            .find(|&&s| !matches!(self.names.get(s as usize), Some(Some(_))))
+            .find(|&s| !matches!(self.names.get(s as usize), Some(Some(_))))
         {
             return Err(format!("bad retired counter slot {s}"));
+        }
+        if self.retired.iter().count() != self.retired.len() {
+            return Err("retired counter slots miscounted".into());
         }
         Ok(())
     }
@@ -492,6 +545,11 @@ mod tests {
         let mut bad = good.clone();
         bad.retired.insert(9);
         assert!(bad.validate().is_err());
+        let mut bad = good.clone();
+        bad.retired.insert(1);
+        assert!(bad.validate().is_ok());
+        bad.retired.len = 2;
+        assert!(bad.validate().is_err(), "a miscounted retired set");
         let mut bad = good;
         bad.names.pop();
         assert!(bad.validate().is_err());

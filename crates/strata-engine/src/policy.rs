@@ -47,6 +47,17 @@ pub struct Rule {
     pub ttl_secs: Option<u64>,
 }
 
+/// The classifier reads a rule where it is (see [`Group::prepare`]).
+impl classifier::MatchSource for Rule {
+    fn priority(&self) -> u32 {
+        self.priority
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
 impl Rule {
     pub fn new(id: &str, priority: u32, conditions: Vec<Condition>, action: ActionSpec) -> Rule {
         Rule {
@@ -121,6 +132,18 @@ impl Group {
     /// Validate and compile: actions through the registry, the classifier by
     /// the planner. Pure: touches no port.
     pub fn prepare(self, registry: &ActionRegistry) -> Result<PreparedGroup, ApiError> {
+        self.prepare_with(registry, |_| ()).map(|(p, ())| p)
+    }
+
+    /// [`Group::prepare`], also running `side` on the group: for a large
+    /// group, on the calling thread while the classifier is built on
+    /// another (work the caller must do anyway and that needs only the
+    /// group, e.g. a port's look-ups of the rules' counter slots).
+    pub fn prepare_with<T>(
+        self,
+        registry: &ActionRegistry,
+        side: impl FnOnce(&Group) -> T,
+    ) -> Result<(PreparedGroup, T), ApiError> {
         check_id(&self.id)?;
         for c in &self.conditions {
             c.validate().map_err(|message| ApiError::InvalidCondition {
@@ -139,31 +162,37 @@ impl Group {
         // The classifier (most of the work for a large group) is built on
         // a second thread while the rules are checked and their actions
         // compiled; a group that fails validation discards it.
-        let build_classifier = || classifier::build(&self.rule_matches(), self.match_type);
-        let (rules, classifier) = if self.rules.len() >= PARALLEL_PREPARE_MIN {
+        let build_classifier = || classifier::build(&self.rules, self.match_type);
+        let (rules, side, classifier) = if self.rules.len() >= PARALLEL_PREPARE_MIN {
             std::thread::scope(|s| {
                 let builder = std::thread::Builder::new()
                     .name("strata-classify".into())
                     .spawn_scoped(s, build_classifier);
                 let rules = self.compile_rules(registry);
+                let side = side(&self);
                 let classifier = match builder {
                     Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
                     // No thread to be had: build here.
                     Err(_) => build_classifier(),
                 };
-                (rules, classifier)
+                (rules, side, classifier)
             })
         } else {
-            (self.compile_rules(registry), build_classifier())
+            (
+                self.compile_rules(registry),
+                side(&self),
+                build_classifier(),
+            )
         };
         let rules = rules?;
         let has_terminating = self.rules.iter().any(|r| r.terminating);
-        Ok(PreparedGroup(CompiledGroup {
+        let prepared = PreparedGroup(CompiledGroup {
             group: self,
             rules,
             classifier,
             has_terminating,
-        }))
+        });
+        Ok((prepared, side))
     }
 
     /// What the classifier sees of the rules: priority and conditions.

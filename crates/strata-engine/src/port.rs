@@ -335,7 +335,7 @@ impl Port {
         });
         let groups = prepared
             .into_iter()
-            .map(|p| Arc::new(self.assign_counters(&spec.id, p)))
+            .map(|p| Arc::new(self.assign_counters(&spec.id, p, &[])))
             .collect();
         let layer = LayerPolicy::new(
             spec.id,
@@ -463,10 +463,24 @@ impl Port {
             .reclaim(|s| referenced.get(s as usize).copied().unwrap_or(true));
     }
 
-    fn assign_counters(&mut self, layer: &str, p: PreparedGroup) -> crate::policy::CompiledGroup {
+    /// Give a prepared group's rules their counter slots: `known[i]`, when
+    /// given, is rule `i`'s existing slot (looked up beforehand).
+    fn assign_counters(
+        &mut self,
+        layer: &str,
+        p: PreparedGroup,
+        known: &[Option<u32>],
+    ) -> crate::policy::CompiledGroup {
         let mut g = p.0;
-        for (r, c) in g.group.rules.iter().zip(g.rules.iter_mut()) {
-            let slot = self.counters.arena.rule_slot(layer, &r.id);
+        let arena = &mut self.counters.arena;
+        for (i, (r, c)) in g.group.rules.iter().zip(g.rules.iter_mut()).enumerate() {
+            let slot = match known.get(i).copied().flatten() {
+                Some(s) => {
+                    arena.unretire(s);
+                    s
+                }
+                None => arena.rule_slot(layer, &r.id),
+            };
             c.set_counter(slot);
         }
         g
@@ -474,10 +488,27 @@ impl Port {
 
     /// Add or atomically replace a group (validated and compiled first).
     pub fn set_group(&mut self, layer: &str, group: Group) -> Result<(), ApiError> {
-        let prepared = group
-            .prepare(&self.registry)
+        let pos = self.policy.position(layer);
+        let (arena, policy) = (&self.counters.arena, &self.policy);
+        // While a large group's classifier is built: the rule-id check
+        // against the layer's other groups, and the slots of the rule ids
+        // the port already counts (the names it hashes are the group's).
+        let (prepared, (unique, known)) = group
+            .prepare_with(&self.registry, |g| {
+                let unique =
+                    pos.map(|pos| check_unique_rules(layer, with_others(&policy.layers[pos], g)));
+                let known: Vec<Option<u32>> = g
+                    .rules
+                    .iter()
+                    .map(|r| arena.find_rule(layer, &r.id))
+                    .collect();
+                (unique, known)
+            })
             .map_err(|e| with_layer(e, layer))?;
-        self.install_group(layer, prepared)
+        let pos = pos.ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
+        unique.unwrap_or(Ok(()))?;
+        self.swap_group(pos, layer, prepared, &known);
+        Ok(())
     }
 
     /// Install a group prepared off the datapath: replaces the group with the
@@ -488,16 +519,25 @@ impl Port {
             .policy
             .position(layer)
             .ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
-        let old = &self.policy.layers[pos];
+        check_unique_rules(
+            layer,
+            with_others(&self.policy.layers[pos], &prepared.0.group),
+        )?;
+        self.swap_group(pos, layer, prepared, &[]);
+        Ok(())
+    }
+
+    /// The swap of [`Port::install_group`], checks done.
+    fn swap_group(
+        &mut self,
+        pos: usize,
+        layer: &str,
+        prepared: PreparedGroup,
+        known: &[Option<u32>],
+    ) {
         let gid = prepared.0.group.id.clone();
-        let others = old
-            .groups()
-            .iter()
-            .filter(|g| g.group.id != gid)
-            .map(|g| &g.group);
-        check_unique_rules(layer, others.chain(std::iter::once(&prepared.0.group)))?;
         let generation = self.bump();
-        let compiled = Arc::new(self.assign_counters(layer, prepared));
+        let compiled = Arc::new(self.assign_counters(layer, prepared, known));
         let mut l = (*self.policy.layers[pos]).clone();
         let mut groups = l.groups().to_vec();
         let old = match groups.iter().position(|g| g.group.id == gid) {
@@ -519,7 +559,6 @@ impl Port {
             self.retire_rule_counters(&old, new.as_deref());
             retire(old);
         }
-        Ok(())
     }
 
     pub fn remove_group(&mut self, layer: &str, group: &str) -> Result<(), ApiError> {
@@ -1622,6 +1661,16 @@ fn retire(group: Arc<crate::policy::CompiledGroup>) {
     let _ = std::thread::Builder::new()
         .name("strata-retire".into())
         .spawn(move || drop(group));
+}
+
+/// The groups of `layer` with `g` in place of its namesake (or added).
+fn with_others<'a>(layer: &'a LayerPolicy, g: &'a Group) -> impl Iterator<Item = &'a Group> + 'a {
+    layer
+        .groups()
+        .iter()
+        .filter(move |x| x.group.id != g.id)
+        .map(|x| &x.group)
+        .chain(std::iter::once(g))
 }
 
 fn check_unique_rules<'a>(

@@ -436,7 +436,7 @@ fn chunks_built_on_threads_agree_with_linear() {
 /// The planner picks by rule mix.
 #[test]
 fn planner_choices() {
-    assert_eq!(build(&[], MatchType::Priority).kind(), "scan");
+    assert_eq!(build::<RuleMatch>(&[], MatchType::Priority).kind(), "scan");
     assert_eq!(
         build(&rulegen::acl(8, 1), MatchType::Priority).kind(),
         "scan"

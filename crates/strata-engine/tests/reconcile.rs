@@ -341,6 +341,45 @@ fn bad_api_calls_return_typed_errors_and_change_nothing() {
         p.set_group("slb", stateless_snat),
         Err(ApiError::InvalidAction { .. })
     ));
+    // The same checks for groups large enough to be prepared on two
+    // threads (the rule-id check and counter look-ups run beside the
+    // classifier build).
+    let big = |extra: Rule| {
+        let mut g = generated_acl_group(strata_engine::policy::PARALLEL_PREPARE_MIN, 5, "big-");
+        g.id = "g-big".into();
+        g.rules.push(extra);
+        g
+    };
+    assert!(matches!(
+        p.set_group(
+            "acl",
+            big(Rule::new("allow-out", 1, vec![], ActionSpec::Allow))
+        ),
+        Err(ApiError::DuplicateRule { .. })
+    ));
+    assert!(matches!(
+        p.set_group("acl", big(Rule::new("big-7", 1, vec![], ActionSpec::Allow))),
+        Err(ApiError::DuplicateRule { .. })
+    ));
+    assert!(matches!(
+        p.set_group("nope", big(Rule::new("x", 1, vec![], ActionSpec::Allow))),
+        Err(ApiError::NoSuchLayer(_))
+    ));
+    assert!(matches!(
+        p.set_group(
+            "nope",
+            big(Rule::new(
+                "x",
+                1,
+                vec![Condition::new(
+                    Field::DstPort,
+                    vec![MatchValue::Range { lo: 9, hi: 3 }],
+                )],
+                ActionSpec::Allow
+            ))
+        ),
+        Err(ApiError::InvalidCondition { .. })
+    ));
     assert!(matches!(
         p.set_mapping("nope", IpAddr::V4(PEER), mapping_for(1, 7)),
         Err(ApiError::NoSuchResource(_))

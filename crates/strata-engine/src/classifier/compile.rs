@@ -27,7 +27,7 @@
 //! In an LPM group, a rule whose LPM values would expand too far is kept as a
 //! *residual* rule, checked by the reference semantics on every lookup.
 
-use super::{MatchType, RuleMatch};
+use super::{MatchSource, MatchType};
 use crate::condition::{Field, FieldValues, MatchValue};
 
 /// "No entry" rank / id.
@@ -159,9 +159,9 @@ impl FlatRules {
         f
     }
 
-    fn push(&mut self, r: &RuleMatch) {
-        self.priority.push(r.priority);
-        for c in &r.conditions {
+    fn push<R: MatchSource>(&mut self, r: &R) {
+        self.priority.push(r.priority());
+        for c in r.conditions() {
             self.cond_field.push(c.field);
             for m in &c.values {
                 encode(m, &mut self.words);
@@ -408,7 +408,7 @@ fn value_interval(m: &MatchValue, field: Field) -> Option<(u128, u128, u8)> {
 
 impl Compiled {
     /// Compile a group's rules.
-    pub fn new(rules: &[RuleMatch], match_type: MatchType) -> Compiled {
+    pub fn new<R: MatchSource>(rules: &[R], match_type: MatchType) -> Compiled {
         let lpm_field = match match_type {
             MatchType::Lpm(f) => Some(f),
             MatchType::Priority => None,
@@ -417,7 +417,7 @@ impl Compiled {
         let mut uses = [0usize; Field::COUNT];
         for r in rules {
             let mut seen = 0u32;
-            for c in &r.conditions {
+            for c in r.conditions() {
                 if seen & (1 << c.field.index()) == 0 {
                     seen |= 1 << c.field.index();
                     uses[c.field.index()] += 1;
@@ -478,7 +478,7 @@ impl Compiled {
             // presence mask).
             let mut req = 0u32;
             let mut req_fields = 0u32;
-            for cond in &r.conditions {
+            for cond in r.conditions() {
                 let di = dim_of[cond.field.index()];
                 let first = req & (1 << di) == 0;
                 req |= 1 << di;

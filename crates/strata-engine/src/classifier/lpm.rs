@@ -25,7 +25,7 @@ use super::dir24::Dir24;
 use super::scan::ScanIndex;
 use super::tree::{TreeConfig, TreeIndex};
 use super::trie::{NO_RANK, PopTrie};
-use super::{GroupClassifier, MatchType, RuleMatch};
+use super::{GroupClassifier, MatchSource, MatchType};
 use crate::condition::{Field, FieldValues};
 
 const V4_BASE: u128 = 0xffff << 32;
@@ -116,7 +116,7 @@ fn mask128(len: u8) -> u128 {
 
 impl LpmClassifier {
     /// Build for an LPM group on `field`.
-    pub fn new(rules: &[RuleMatch], field: Field, cfg: TreeConfig) -> LpmClassifier {
+    pub fn new<R: MatchSource>(rules: &[R], field: Field, cfg: TreeConfig) -> LpmClassifier {
         LpmClassifier::from_compiled(Compiled::new(rules, MatchType::Lpm(field)), field, cfg)
     }
 
@@ -125,8 +125,8 @@ impl LpmClassifier {
     }
 
     /// Build for an LPM group on `field` with the given IPv4 structure.
-    pub fn with_v4(
-        rules: &[RuleMatch],
+    pub fn with_v4<R: MatchSource>(
+        rules: &[R],
         field: Field,
         cfg: TreeConfig,
         v4: V4Index,

@@ -57,6 +57,32 @@ pub struct RuleMatch {
     pub conditions: Vec<Condition>,
 }
 
+/// Anything a classifier can be built from: a rule's priority and
+/// conditions, borrowed. A port's own rules are one (building a 50k-rule
+/// group's classifier copies none of its conditions).
+pub trait MatchSource: Sync {
+    fn priority(&self) -> u32;
+    fn conditions(&self) -> &[Condition];
+
+    /// An owned copy (for the linear reference classifier).
+    fn to_rule_match(&self) -> RuleMatch {
+        RuleMatch {
+            priority: self.priority(),
+            conditions: self.conditions().to_vec(),
+        }
+    }
+}
+
+impl MatchSource for RuleMatch {
+    fn priority(&self) -> u32 {
+        self.priority
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
 /// A built classifier for one group's rules. Immutable once built; shared by
 /// readers while a replacement is built off the datapath.
 pub trait GroupClassifier: Send + Sync + Debug {
@@ -105,6 +131,6 @@ where
 
 /// Build the classifier for a group (the planner's entry point, see
 /// [`plan`]).
-pub fn build(rules: &[RuleMatch], match_type: MatchType) -> Box<dyn GroupClassifier> {
+pub fn build<R: MatchSource>(rules: &[R], match_type: MatchType) -> Box<dyn GroupClassifier> {
     plan::build(rules, match_type)
 }

@@ -19,7 +19,7 @@ use super::linear::LinearClassifier;
 use super::lpm::{LpmClassifier, V4Index};
 use super::scan::ScanClassifier;
 use super::tree::{TreeClassifier, TreeConfig};
-use super::{GroupClassifier, MatchType, RuleMatch};
+use super::{GroupClassifier, MatchSource, MatchType};
 
 /// Groups of at most this many entries are scanned.
 pub const SCAN_MAX: usize = 16;
@@ -44,18 +44,21 @@ pub enum Strategy {
 }
 
 /// Build the classifier for a group with the planner's choice.
-pub fn build(rules: &[RuleMatch], match_type: MatchType) -> Box<dyn GroupClassifier> {
+pub fn build<R: MatchSource>(rules: &[R], match_type: MatchType) -> Box<dyn GroupClassifier> {
     build_with(rules, match_type, Strategy::Auto)
 }
 
 /// Build the classifier for a group with the given strategy.
-pub fn build_with(
-    rules: &[RuleMatch],
+pub fn build_with<R: MatchSource>(
+    rules: &[R],
     match_type: MatchType,
     strategy: Strategy,
 ) -> Box<dyn GroupClassifier> {
     match strategy {
-        Strategy::Linear => Box::new(LinearClassifier::new(rules.to_vec(), match_type)),
+        Strategy::Linear => Box::new(LinearClassifier::new(
+            rules.iter().map(R::to_rule_match).collect(),
+            match_type,
+        )),
         Strategy::Scan => Box::new(ScanClassifier::new(rules, match_type)),
         Strategy::Tree(cfg) => Box::new(TreeClassifier::new(rules, match_type, cfg)),
         Strategy::Lpm(cfg) => match match_type {

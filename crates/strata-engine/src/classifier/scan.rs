@@ -6,7 +6,7 @@
 //! comparisons instead of a walk over nested vectors.
 
 use super::compile::{Compiled, Key, NONE};
-use super::{GroupClassifier, MatchType, RuleMatch};
+use super::{GroupClassifier, MatchSource, MatchType};
 use crate::condition::FieldValues;
 
 /// Entries sorted by rank.
@@ -62,7 +62,7 @@ pub struct ScanClassifier {
 }
 
 impl ScanClassifier {
-    pub fn new(rules: &[RuleMatch], match_type: MatchType) -> ScanClassifier {
+    pub fn new<R: MatchSource>(rules: &[R], match_type: MatchType) -> ScanClassifier {
         ScanClassifier::from_compiled(Compiled::new(rules, match_type))
     }
 

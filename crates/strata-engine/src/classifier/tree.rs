@@ -44,7 +44,7 @@
 
 use super::boxes::{BLOCK_RULES, Block, BoxKey, Boxes};
 use super::compile::{Compiled, Key, NONE};
-use super::{GroupClassifier, MatchType, RuleMatch};
+use super::{GroupClassifier, MatchSource, MatchType};
 use crate::condition::FieldValues;
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
@@ -1836,7 +1836,11 @@ pub struct TreeClassifier {
 }
 
 impl TreeClassifier {
-    pub fn new(rules: &[RuleMatch], match_type: MatchType, cfg: TreeConfig) -> TreeClassifier {
+    pub fn new<R: MatchSource>(
+        rules: &[R],
+        match_type: MatchType,
+        cfg: TreeConfig,
+    ) -> TreeClassifier {
         TreeClassifier::from_compiled(Compiled::new(rules, match_type), cfg)
     }
 
