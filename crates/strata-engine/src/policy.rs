@@ -214,6 +214,7 @@ impl Group {
             foldhash::fast::RandomState::default(),
         );
         let mut rules = Vec::with_capacity(self.rules.len());
+        let mut shared: [Option<Arc<dyn Action>>; 2] = [None, None];
         for r in &self.rules {
             check_id(&r.id)?;
             if !seen.insert(r.id.as_str()) {
@@ -236,13 +237,30 @@ impl Group {
                             .into(),
                 });
             }
-            let action = registry.compile(&r.action).map_err(|e| match e {
-                CompileError::Unknown(name) => ApiError::UnknownAction(name),
-                CompileError::Invalid(message) => ApiError::InvalidAction {
-                    rule: r.id.clone(),
-                    message,
-                },
-            })?;
+            // The stateless fixed verdicts (most of a big ACL) share one
+            // compiled action: one allocation less per rule to make and,
+            // when the group is replaced, to free.
+            let fixed = match r.action {
+                ActionSpec::Allow => Some(0),
+                ActionSpec::Block => Some(1),
+                _ => None,
+            };
+            let action = match fixed.and_then(|i| shared[i].as_ref()) {
+                Some(a) => Arc::clone(a),
+                None => {
+                    let a = registry.compile(&r.action).map_err(|e| match e {
+                        CompileError::Unknown(name) => ApiError::UnknownAction(name),
+                        CompileError::Invalid(message) => ApiError::InvalidAction {
+                            rule: r.id.clone(),
+                            message,
+                        },
+                    })?;
+                    if let Some(i) = fixed {
+                        shared[i] = Some(Arc::clone(&a));
+                    }
+                    a
+                }
+            };
             rules.push(CompiledRule {
                 identity: Arc::new(RuleIdentity {
                     id: Arc::from(r.id.as_str()),

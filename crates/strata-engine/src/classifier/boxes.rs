@@ -119,39 +119,51 @@ impl Boxes {
     pub fn new(c: &Compiled, entries: &[u32]) -> Boxes {
         let mut narrow = Vec::new();
         let mut wide = Vec::new();
-        for d in 0..c.dims() {
-            let max = c.maxes[d];
-            // The majority high 96 bits of the (non-wildcard) intervals
-            // (Boyer-Moore vote, then a count).
-            let constrained = || {
-                entries.iter().filter_map(move |&e| {
-                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
-                    (!(lo == 0 && hi >= max)).then_some((lo, hi))
-                })
-            };
-            let (mut cand, mut votes) = (None, 0usize);
-            for (lo, hi) in constrained() {
+        // Per dimension, the majority high 96 bits of the (non-wildcard)
+        // intervals: a Boyer-Moore vote, then a count. Each pass reads the
+        // entries once for all dimensions (the records are wide; one pass
+        // per dimension read them `dims` times).
+        let dims = c.dims();
+        let constrained = |e: u32, d: usize| {
+            let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+            (!(lo == 0 && hi >= c.maxes[d])).then_some((lo, hi))
+        };
+        let mut cand: Vec<Option<u128>> = vec![None; dims];
+        let mut votes = vec![0usize; dims];
+        for &e in entries {
+            for d in 0..dims {
+                let Some((lo, hi)) = constrained(e, d) else {
+                    continue;
+                };
                 let b = (lo >> 32 == hi >> 32).then_some(lo >> 32);
-                if votes == 0 {
-                    cand = b;
-                    votes = 1;
-                } else if b == cand {
-                    votes += 1;
+                if votes[d] == 0 {
+                    cand[d] = b;
+                    votes[d] = 1;
+                } else if b == cand[d] {
+                    votes[d] += 1;
                 } else {
-                    votes -= 1;
+                    votes[d] -= 1;
                 }
             }
-            let base = cand.unwrap_or(0);
-            let (mut count, mut total) = (0usize, 0usize);
-            for (lo, hi) in constrained() {
-                total += 1;
-                count += usize::from(cand.is_some() && lo >> 32 == base && hi >> 32 == base);
+        }
+        let mut count = vec![0usize; dims];
+        let mut total = vec![0usize; dims];
+        for &e in entries {
+            for d in 0..dims {
+                let Some((lo, hi)) = constrained(e, d) else {
+                    continue;
+                };
+                let base = cand[d].unwrap_or(0);
+                total[d] += 1;
+                count[d] += usize::from(cand[d].is_some() && lo >> 32 == base && hi >> 32 == base);
             }
-            let constrained = total;
+        }
+        for d in 0..dims {
+            let base = cand[d].unwrap_or(0);
             // Narrow when nearly all fit: the few others are stored as
             // wildcards on that dimension and checked against their rule.
             let f = c.field_of(d) as u8;
-            if count * 32 >= constrained * 31 {
+            if count[d] * 32 >= total[d] * 31 {
                 narrow.push((d as u8, f, base));
             } else {
                 wide.push((d as u8, f));
