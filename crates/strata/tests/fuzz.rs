@@ -73,14 +73,25 @@ fn frames() -> &'static [(Direction, Vec<u8>)] {
     })
 }
 
-/// Run the sample frames through a port; nothing may panic.
+/// Run the sample frames through a port, read its counters, change its
+/// policy, expire everything (which sweeps counters and flows); nothing
+/// may panic.
 fn exercise_port(port: &mut Port) {
     let mut buf = PacketBuf::with_capacity(2048);
     for (d, f) in frames() {
         buf.reset(f);
         let _ = port.process(*d, &mut buf, secs(1));
     }
+    let _ = port.counters();
     let _ = port.snapshot();
+    if let Some(layer) = port.layer_ids().first() {
+        let _ = port.remove_layer(layer);
+    }
+    for (d, f) in frames() {
+        buf.reset(f);
+        let _ = port.process(*d, &mut buf, secs(2));
+    }
+    let _ = port.expire(secs(1_000_000));
 }
 
 // ----- policy files -------------------------------------------------------
