@@ -12,7 +12,7 @@
 //! given back when the flow ends.
 
 use crate::condition::Field;
-use crate::counters::{CounterArena, CounterName};
+use crate::counters::CounterArena;
 use crate::resource::{ActionState, EventSink, Mapping, Resources};
 use crate::types::{Direction, DropReason, Time};
 use serde::{Deserialize, Serialize};
@@ -457,8 +457,8 @@ struct Meter {
     prefix_len: Option<u8>,
 }
 
-/// Bucket cap per meter rule: beyond it, new buckets share "other".
-const MAX_METER_BUCKETS: usize = 65_536;
+/// Bucket cap per meter rule: beyond it, new values share "other".
+pub const MAX_METER_BUCKETS: usize = 65_536;
 
 impl Action for Meter {
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput {
@@ -471,30 +471,17 @@ impl Action for Meter {
             v & crate::condition::prefix_mask(self.prefix_len.unwrap_or(w), w)
         });
         // Known buckets are found by number, without building their names.
-        let key = value.unwrap_or(u128::MAX);
-        if let Some(slot) = cx.counters.meter_slot(cx.rule_counter, key) {
-            out.counters.push(slot);
-            return out;
-        }
-        let bucket = match value {
-            None => "none".to_string(),
-            Some(masked) => self.bucket_name(masked),
-        };
-        let name = CounterName::Meter {
-            layer: cx.layer.to_string(),
-            rule: cx.rule.to_string(),
-            bucket,
-        };
-        let slot = match cx.counters.find(&name) {
-            Some(s) => s,
-            None if cx.counters.len() < MAX_METER_BUCKETS * 4 => cx.counters.slot(name),
-            None => cx.counters.slot(CounterName::Meter {
-                layer: cx.layer.to_string(),
-                rule: cx.rule.to_string(),
-                bucket: "other".into(),
-            }),
-        };
-        cx.counters.set_meter_slot(cx.rule_counter, key, slot);
+        let slot = cx.counters.meter_bucket(
+            cx.layer,
+            cx.rule,
+            cx.rule_counter,
+            value.unwrap_or(u128::MAX),
+            || match value {
+                None => "none".to_string(),
+                Some(masked) => self.bucket_name(masked),
+            },
+            MAX_METER_BUCKETS,
+        );
         out.counters.push(slot);
         out
     }

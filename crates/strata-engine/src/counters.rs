@@ -131,6 +131,10 @@ pub struct CounterArena {
     /// building the bucket's name (rebuilt lazily after a restore).
     #[serde(skip)]
     meter_index: HashMap<(u32, u128), u32>,
+    /// Named meter buckets per rule counter slot (for the per-rule cap;
+    /// rebuilt by `reindex`).
+    #[serde(skip)]
+    meter_buckets: HashMap<u32, usize>,
 }
 
 impl CounterArena {
@@ -242,6 +246,19 @@ impl CounterArena {
     }
 
     fn free_slot(&mut self, s: u32) {
+        match &self.names[s as usize] {
+            Some(CounterName::Rule { .. }) => {
+                self.meter_buckets.remove(&s);
+            }
+            Some(CounterName::Meter { layer, rule, .. }) => {
+                if let Some(r) = self.by_name.get(&RuleCounter { layer, rule })
+                    && let Some(n) = self.meter_buckets.get_mut(r)
+                {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            _ => {}
+        }
         if let Some(name) = self.names[s as usize].take() {
             self.by_name.remove(&name);
             self.slots[s as usize] = Counter::default();
@@ -249,14 +266,57 @@ impl CounterArena {
         }
     }
 
-    /// The meter bucket slot for `(rule slot, value)`, if known.
-    pub fn meter_slot(&self, rule: u32, value: u128) -> Option<u32> {
-        self.meter_index.get(&(rule, value)).copied()
+    /// The slot counting `value` for meter rule `rule` of layer `layer`
+    /// (counter slot `rule_slot`): its bucket (named by `bucket`, called
+    /// only when the value is new), created while the rule has fewer than
+    /// `cap` buckets, else the rule's shared "other" bucket. Values with a
+    /// bucket of their own are then found by number; values beyond the cap
+    /// are not remembered (so a sender spraying addresses cannot grow the
+    /// port's memory; they cost a name look-up on the slow path instead).
+    pub fn meter_bucket(
+        &mut self,
+        layer: &str,
+        rule: &str,
+        rule_slot: u32,
+        value: u128,
+        bucket: impl FnOnce() -> String,
+        cap: usize,
+    ) -> u32 {
+        if let Some(&s) = self.meter_index.get(&(rule_slot, value)) {
+            return s;
+        }
+        let name = CounterName::Meter {
+            layer: layer.to_string(),
+            rule: rule.to_string(),
+            bucket: bucket(),
+        };
+        let own = match self.by_name.get(&name) {
+            Some(&s) => {
+                self.unretire(s);
+                Some(s)
+            }
+            None if self.meter_buckets.get(&rule_slot).copied().unwrap_or(0) < cap => {
+                *self.meter_buckets.entry(rule_slot).or_default() += 1;
+                Some(self.slot(name))
+            }
+            None => None,
+        };
+        match own {
+            Some(s) => {
+                self.meter_index.insert((rule_slot, value), s);
+                s
+            }
+            None => self.slot(CounterName::Meter {
+                layer: layer.to_string(),
+                rule: rule.to_string(),
+                bucket: "other".into(),
+            }),
+        }
     }
 
-    /// Remember a meter bucket's slot.
-    pub fn set_meter_slot(&mut self, rule: u32, value: u128, slot: u32) {
-        self.meter_index.insert((rule, value), slot);
+    /// Values remembered with a bucket of their own (all meter rules).
+    pub fn meter_values(&self) -> usize {
+        self.meter_index.len()
     }
 
     pub fn find(&self, name: &CounterName) -> Option<u32> {
@@ -339,7 +399,8 @@ impl CounterArena {
         Ok(())
     }
 
-    /// Rebuild the name index after deserialization.
+    /// Rebuild the name index (and per-rule bucket counts) after
+    /// deserialization.
     pub fn reindex(&mut self) {
         self.by_name = self
             .names
@@ -347,6 +408,14 @@ impl CounterArena {
             .enumerate()
             .filter_map(|(i, n)| Some((n.clone()?, i as u32)))
             .collect();
+        self.meter_buckets.clear();
+        for n in self.names.iter().flatten() {
+            if let CounterName::Meter { layer, rule, .. } = n
+                && let Some(&r) = self.by_name.get(&RuleCounter { layer, rule })
+            {
+                *self.meter_buckets.entry(r).or_default() += 1;
+            }
+        }
     }
 }
 
@@ -553,5 +622,46 @@ mod tests {
         let mut bad = good;
         bad.names.pop();
         assert!(bad.validate().is_err());
+    }
+
+    /// The bucket cap is per meter rule (other rules' slots do not count),
+    /// values beyond it share "other" and are not remembered, and a
+    /// restored arena knows each rule's buckets again.
+    #[test]
+    fn meter_cap_is_per_rule_and_survives_restore() {
+        let mut a = CounterArena::default();
+        for i in 0..300 {
+            a.rule_slot("acl", &format!("r{i}"));
+        }
+        let m = a.rule_slot("meter", "m");
+        let cap = 4;
+        let slots: Vec<u32> = (0..6u128)
+            .map(|v| a.meter_bucket("meter", "m", m, v, || v.to_string(), cap))
+            .collect();
+        let other = a
+            .find(&CounterName::Meter {
+                layer: "meter".into(),
+                rule: "m".into(),
+                bucket: "other".into(),
+            })
+            .expect("other bucket");
+        assert_eq!(&slots[4..], &[other, other]);
+        let own: std::collections::BTreeSet<u32> = slots[..4].iter().copied().collect();
+        assert_eq!(own.len(), 4);
+        assert!(!own.contains(&other));
+        assert_eq!(a.meter_values(), 4);
+
+        let bytes = postcard::to_stdvec(&a).expect("encode");
+        let mut b: CounterArena = postcard::from_bytes(&bytes).expect("decode");
+        b.reindex();
+        assert_eq!(
+            b.meter_bucket("meter", "m", m, 2, || "2".into(), cap),
+            slots[2]
+        );
+        assert_eq!(
+            b.meter_bucket("meter", "m", m, 9, || "9".into(), cap),
+            other
+        );
+        assert_eq!(b.meter_values(), 1);
     }
 }

@@ -219,3 +219,50 @@ fn retired_and_free_slots_survive_snapshot_restore() {
     assert_eq!(a.arena.capacity(), b.arena.capacity());
     assert_eq!(a.rule("acl", "allow-2").packets, 1);
 }
+
+/// A meter rule keeps at most `MAX_METER_BUCKETS` buckets of its own; more
+/// values share "other" and are not remembered one by one, so a VM
+/// spraying destinations cannot grow the port's memory.
+#[test]
+fn meter_buckets_are_capped_per_rule() {
+    use strata_engine::action::MAX_METER_BUCKETS;
+    let mut p = port();
+    let extra = 300u32;
+    let n = MAX_METER_BUCKETS as u32 + extra;
+    let mut buf = strata_packet::PacketBuf::with_capacity(256);
+    for i in 0..n {
+        let dst = Ipv4Addr::from(0x0b00_0000 + i);
+        buf.reset(&udp(VM_MAC, VM_GW_MAC, VM_CA, dst, 1000, 53, b"q"));
+        assert!(p.process(Direction::Out, &mut buf, secs(1)).is_forward());
+    }
+    let c = p.counters();
+    let buckets = c.meter("meter", "meter-0");
+    assert_eq!(buckets.len(), MAX_METER_BUCKETS + 1);
+    assert_eq!(buckets["other"].packets, u64::from(extra));
+    assert_eq!(buckets["11.0.0.0"].packets, 1);
+    assert_eq!(c.arena.meter_values(), MAX_METER_BUCKETS);
+    // Another meter rule (in a layer of its own) has a cap of its own.
+    let by_port = LayerSpec {
+        groups: vec![
+            Group::new("meter-out", Direction::Out).with_rules(vec![Rule::new(
+                "meter-port",
+                10,
+                vec![],
+                ActionSpec::Meter {
+                    by: Field::DstPort,
+                    prefix_len: None,
+                },
+            )]),
+        ],
+        ..LayerSpec::new("meter2", DefaultAction::Allow, DefaultAction::Allow)
+    };
+    p.add_layer(by_port, Some(0)).unwrap();
+    buf.reset(&udp(VM_MAC, VM_GW_MAC, VM_CA, PEER, 1000, 53, b"q"));
+    assert!(p.process(Direction::Out, &mut buf, secs(2)).is_forward());
+    let c = p.counters();
+    assert_eq!(c.meter("meter2", "meter-port")["53"].packets, 1);
+    assert_eq!(
+        c.meter("meter", "meter-0")["other"].packets,
+        u64::from(extra) + 1
+    );
+}
