@@ -240,7 +240,9 @@ pub enum ResourceEvent {
 /// The sending side of a port's event channel. Bounded: when the agent is
 /// not keeping up, events are counted as lost rather than queued without
 /// limit; repeated misses for a key already reported are suppressed until
-/// that table changes.
+/// that table changes (remembering at most [`MAX_SUPPRESSED`] keys: a VM
+/// spraying unmapped addresses while the agent reads every event but maps
+/// none must not grow the port's memory).
 #[derive(Debug)]
 pub struct EventSink {
     tx: Sender<ResourceEvent>,
@@ -249,6 +251,9 @@ pub struct EventSink {
     pub lost: u64,
     pub sent: u64,
 }
+
+/// Most reported keys whose repeats are suppressed at once.
+pub const MAX_SUPPRESSED: usize = 65_536;
 
 impl Default for EventSink {
     fn default() -> Self {
@@ -270,6 +275,10 @@ impl EventSink {
     }
 
     pub fn mapping_miss(&mut self, table: &str, key: IpAddr) {
+        if self.pending.len() >= MAX_SUPPRESSED {
+            // Forget them all: at worst a key is reported again.
+            self.pending.clear();
+        }
         if !self.pending.insert((table.to_string(), key)) {
             return;
         }
@@ -288,5 +297,33 @@ impl EventSink {
     /// Forget suppressed misses of a table (it changed).
     pub fn table_changed(&mut self, table: &str) {
         self.pending.retain(|(t, _)| t != table);
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    /// Repeats are suppressed; the suppression set stays bounded however
+    /// many distinct keys miss, while an agent that keeps reading gets an
+    /// event for every one of them.
+    #[test]
+    fn suppressed_misses_stay_bounded() {
+        let mut sink = EventSink::default();
+        let rx = sink.subscribe();
+        let key = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        sink.mapping_miss("t", key(0));
+        sink.mapping_miss("t", key(0));
+        assert_eq!((sink.sent, rx.len()), (1, 1));
+        rx.try_recv().expect("the first miss");
+        let n = MAX_SUPPRESSED as u32 + 1000;
+        for i in 1..n {
+            sink.mapping_miss("t", key(i));
+            assert!(sink.pending.len() <= MAX_SUPPRESSED);
+            rx.try_recv().expect("one event per new key");
+        }
+        assert_eq!((sink.sent, sink.lost), (u64::from(n), 0));
+        sink.mapping_miss("t", key(n - 1));
+        assert!(rx.is_empty(), "a recent key is still suppressed");
     }
 }
