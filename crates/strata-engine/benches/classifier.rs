@@ -34,10 +34,6 @@ use strata_engine::rulegen;
 use strata_engine::scenario::generated_acl_group;
 use strata_engine::{DefaultAction, LayerSpec, Port, PortConfig};
 
-/// The strata binary's allocator, so this measures what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const PACKETS: usize = 4096;
 
 fn report(

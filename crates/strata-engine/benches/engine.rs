@@ -7,8 +7,7 @@
 //! (`STRATA_BENCH_FLOWS=100000` for a quicker, smaller table.)
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use mimalloc::MiMalloc;
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -21,26 +20,25 @@ struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static LIVE: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: forwards to mimalloc (the strata binary's allocator) unchanged;
-// only counts.
+// SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         LIVE.fetch_add(l.size() as u64, Relaxed);
         // SAFETY: same layout contract as our caller's.
-        unsafe { MiMalloc.alloc(l) }
+        unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as u64, Relaxed);
-        // SAFETY: p was allocated by MiMalloc with layout l.
-        unsafe { MiMalloc.dealloc(p, l) }
+        // SAFETY: p was allocated by System with layout l.
+        unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Relaxed);
         LIVE.fetch_add(new as u64, Relaxed);
         LIVE.fetch_sub(l.size() as u64, Relaxed);
-        // SAFETY: p was allocated by MiMalloc with layout l.
-        unsafe { MiMalloc.realloc(p, l, new) }
+        // SAFETY: p was allocated by System with layout l.
+        unsafe { System.realloc(p, l, new) }
     }
 }
 

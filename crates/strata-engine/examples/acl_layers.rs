@@ -19,10 +19,6 @@ use strata_engine::scenario::{ProbeTarget, VM_GW_MAC, acl_layers_port};
 use strata_engine::{Direction, Port, secs};
 use strata_packet::{MacAddr, PacketBuf};
 
-/// The strata binary's allocator, so this measures what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

@@ -24,10 +24,6 @@ use strata_engine::classifier::{GroupClassifier, MatchType, build};
 use strata_engine::condition::FieldValues;
 use strata_engine::rulegen;
 
-/// The strata binary's allocator, so this measures what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

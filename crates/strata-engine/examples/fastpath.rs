@@ -22,10 +22,6 @@ use strata_engine::scenario::*;
 use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
 use strata_packet::PacketBuf;
 
-/// The strata binary's allocator, so this measures what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Establish VNET connection `i`; its outbound and inbound data frames.
 fn vnet_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
     let (x, y) = peer_of(i);

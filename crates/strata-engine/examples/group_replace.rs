@@ -18,10 +18,6 @@ use strata_engine::classifier::{MatchType, build};
 use strata_engine::scenario::generated_acl_group;
 use strata_engine::{DefaultAction, Group, LayerSpec, Port, PortConfig};
 
-/// The strata binary's allocator, so this measures what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

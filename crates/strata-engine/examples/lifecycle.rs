@@ -22,10 +22,6 @@ use strata_engine::scenario::*;
 use strata_engine::{Direction, PortConfig, secs};
 use strata_packet::PacketBuf;
 
-/// The strata binary's allocator, so this measures what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let n: u32 = std::env::var("N")
         .ok()

@@ -19,12 +19,6 @@ use strata::replay::{self, PortSource, ReplayOptions};
 use strata::trace_cmd::{self, TraceInput};
 use strata_engine::Direction;
 
-/// mimalloc rather than glibc's malloc: replacing a large group frees the
-/// old one on another thread while the next is built, which glibc's arenas
-/// serialize (see BENCHMARKS.md, group replacement).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Strata virtual switch tools")]
 struct Cli {
