@@ -135,6 +135,8 @@ pub struct CounterArena {
     /// rebuilt by `reindex`).
     #[serde(skip)]
     meter_buckets: HashMap<u32, usize>,
+    #[serde(skip)]
+    retirements: u64,
 }
 
 impl CounterArena {
@@ -194,7 +196,14 @@ impl CounterArena {
     pub fn retire(&mut self, slot: u32) {
         if matches!(self.names.get(slot as usize), Some(Some(_))) {
             self.retired.insert(slot);
+            self.retirements += 1;
         }
+    }
+
+    /// How many retirements this arena has seen (since it was made or
+    /// restored): lets a sweep tell that nothing was retired meanwhile.
+    pub fn retirements(&self) -> u64 {
+        self.retirements
     }
 
     /// Slots waiting for [`CounterArena::reclaim`].

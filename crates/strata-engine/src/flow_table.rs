@@ -1000,6 +1000,11 @@ impl UnifiedFlowTable {
             .flat_map(|c| c.sides.iter_mut().flatten())
     }
 
+    /// Connection slots, live or free (the range of connection ids).
+    pub fn slot_count(&self) -> usize {
+        self.conns.len()
+    }
+
     /// Slot numbers of all live connections.
     pub fn ids(&self) -> Vec<u32> {
         self.iter().map(|(i, _)| i).collect()

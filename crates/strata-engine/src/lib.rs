@@ -11,6 +11,7 @@ pub mod classifier;
 pub mod condition;
 pub mod counters;
 pub mod error;
+pub mod expiry;
 pub mod flow_index;
 pub mod flow_table;
 pub mod policy;

@@ -70,6 +70,8 @@ pub struct Port {
     /// kept between calls (allocated by the first batch) so a batch neither
     /// initialises nor copies the 192-byte results.
     pub(crate) batch: Vec<Parsed>,
+    /// Where [`Port::expire_some`] stands.
+    pub(crate) sweep: crate::expiry::ExpirySweep,
 }
 
 /// Result of walking the layers for one UFID.
@@ -141,6 +143,7 @@ impl Port {
             flow_actions: Default::default(),
             counter_slots: Default::default(),
             batch: Vec::new(),
+            sweep: Default::default(),
         }
     }
 
@@ -285,8 +288,13 @@ impl Port {
     }
 
     /// The generation stamp flows compiled now carry.
-    fn stamp(&self) -> u32 {
+    pub(crate) fn stamp(&self) -> u32 {
         stamp(self.generation)
+    }
+
+    /// The layer flow in `slot` of layer `uid`'s table.
+    pub(crate) fn layer_flow(&self, uid: u32, slot: u32) -> Option<&LayerFlow> {
+        self.flow_table(uid)?.get(slot)
     }
 
     fn flow_table(&self, uid: u32) -> Option<&LayerFlowTable> {
@@ -832,7 +840,7 @@ impl Port {
         }
     }
 
-    fn flush_connection(&mut self, c: u32) {
+    pub(crate) fn flush_connection(&mut self, c: u32) {
         if let Some(conn) = self.uft.get_mut(c) {
             for uf in conn.sides.iter_mut().flatten() {
                 uf.flush(&mut self.counters.arena);
@@ -1381,7 +1389,7 @@ impl Port {
     // ----- expiry and eviction ---------------------------------------------
 
     /// When connection `c` expires.
-    fn deadline(&self, c: &Connection) -> Time {
+    pub(crate) fn deadline(&self, c: &Connection) -> Time {
         let cfg = &self.config;
         if let Some(t) = &c.tcp {
             return match t.state {
@@ -1424,22 +1432,28 @@ impl Port {
             .map(|(i, _)| i)
             .collect();
         for &c in &due {
-            let closed = self
-                .uft
-                .get(c)
-                .and_then(|c| c.tcp)
-                .is_some_and(|t| t.state.is_finished());
-            if closed {
-                self.counters.flows.connections_closed += 1;
-            } else {
-                self.counters.flows.connections_expired += 1;
-            }
-            self.remove_connection(c);
+            self.retire_connection(c);
         }
         if self.counters.arena.retired() > 0 {
             self.reclaim_counters();
         }
         due.len()
+    }
+
+    /// Remove connection `c` because its time has come, counted as closed
+    /// (TCP finished) or expired.
+    pub(crate) fn retire_connection(&mut self, c: u32) {
+        let closed = self
+            .uft
+            .get(c)
+            .and_then(|c| c.tcp)
+            .is_some_and(|t| t.state.is_finished());
+        if closed {
+            self.counters.flows.connections_closed += 1;
+        } else {
+            self.counters.flows.connections_expired += 1;
+        }
+        self.remove_connection(c);
     }
 
     fn remove_connection(&mut self, c: u32) {

@@ -168,6 +168,7 @@ impl Port {
             flow_actions: Default::default(),
             counter_slots: Default::default(),
             batch: Vec::new(),
+            sweep: Default::default(),
         };
         port.reintern_actions();
         port.reshare_rules();

@@ -266,3 +266,86 @@ fn meter_buckets_are_capped_per_rule() {
         u64::from(extra) + 1
     );
 }
+
+/// `expire_some` until a cycle ends.
+fn expiry_cycle(p: &mut Port, now: u64) {
+    for _ in 0..1000 {
+        if p.expire_some(now, 2).cycle_ended {
+            return;
+        }
+    }
+    panic!("no cycle end");
+}
+
+/// Bounded expiry frees retired slots too, once a whole cycle has seen
+/// that no flow counts into them.
+#[test]
+fn bounded_expiry_reclaims_after_a_full_cycle() {
+    let mut p = port();
+    for sp in [7000, 7001, 7002] {
+        assert!(forwards(&mut p, Direction::Out, &out_udp(sp), secs(1)));
+    }
+    replace(&mut p, 1);
+    for sp in [7000, 7001, 7002] {
+        assert!(forwards(&mut p, Direction::Out, &out_udp(sp), secs(2)));
+    }
+    assert!(p.counters().arena.retired() > 0);
+    expiry_cycle(&mut p, secs(2));
+    let c = p.counters();
+    assert_eq!(c.arena.retired(), 0);
+    assert_eq!(c.rule("acl", "allow-0").packets, 0);
+    assert_eq!(c.rule("acl", "allow-1").packets, 3);
+}
+
+fn two_rule_acl(web: &str, other: &str) -> Group {
+    Group::new("acl-out", Direction::Out).with_rules(vec![
+        Rule::new(
+            web,
+            5,
+            vec![strata_engine::Condition::exact(Field::DstPort, 80)],
+            ActionSpec::Allow,
+        )
+        .stateful(),
+        Rule::new(other, 10, vec![], ActionSpec::Allow).stateful(),
+    ])
+}
+
+/// A retirement during a cycle voids its marks: a connection made behind
+/// the cursor, whose rule is then removed, still has packets to add to
+/// that rule's slot; freeing the slot at the cycle's end would hand those
+/// packets to whichever new name took it.
+#[test]
+fn a_retirement_during_a_cycle_voids_its_marks() {
+    let mut p = port();
+    p.set_group("acl", two_rule_acl("allow-web", "allow-other"))
+        .unwrap();
+    let udp_idle = PortConfig::default().udp_idle;
+    // A (slot 0) idles out first; B and C (slots 1, 2) stay.
+    assert!(forwards(&mut p, Direction::Out, &out_udp(7100), secs(1)));
+    for sp in [7101, 7102] {
+        assert!(forwards(&mut p, Direction::Out, &out_udp(sp), udp_idle));
+    }
+    let now = udp_idle + secs(2);
+    // Retired slots waiting (the old meter rule): the next cycle marks.
+    p.set_group("meter", meter_group("meter-1")).unwrap();
+    let first = p.expire_some(now, 1);
+    assert_eq!((first.examined, first.removed), (1, 1));
+    // D takes A's slot, behind the cursor, with three packets pending for
+    // rule allow-web.
+    let web = udp(VM_MAC, VM_GW_MAC, VM_CA, PEER, 7103, 80, b"get");
+    for _ in 0..3 {
+        assert!(forwards(&mut p, Direction::Out, &web, now));
+    }
+    // allow-web leaves the policy before the cycle ends.
+    p.set_group("acl", two_rule_acl("web-2", "other-2"))
+        .unwrap();
+    expiry_cycle(&mut p, now);
+    // A new name after the cycle; then D's next packet adds its three
+    // pending packets to allow-web's slot.
+    p.set_group("meter", meter_group("meter-2")).unwrap();
+    assert!(forwards(&mut p, Direction::Out, &web, now));
+    let c = p.counters();
+    assert_eq!(c.rule("acl", "allow-web").packets, 3);
+    assert_eq!(c.rule("acl", "web-2").packets, 1);
+    assert_eq!(c.rule("meter", "meter-2").packets, 1);
+}
