@@ -698,6 +698,14 @@ impl UnifiedFlow {
     /// Add pending packets/bytes to the counter slots (as drops for a drop
     /// flow) and zero them.
     pub fn flush(&mut self, arena: &mut crate::counters::CounterArena) {
+        self.add_pending(arena);
+        self.packets = 0;
+        self.bytes = 0;
+    }
+
+    /// Add the pending packets/bytes to the counter slots without taking
+    /// them (a read of exact counters, see `Port::counters`).
+    pub fn add_pending(&self, arena: &mut crate::counters::CounterArena) {
         if self.packets == 0 {
             return;
         }
@@ -710,8 +718,6 @@ impl UnifiedFlow {
                 arena.add_drops(slot, packets);
             }
         }
-        self.packets = 0;
-        self.bytes = 0;
     }
 
     /// Heap bytes this flow holds alone (shared actions are not counted).

@@ -184,8 +184,7 @@ impl Port {
         let mut c = self.counters.clone();
         for (_, conn) in self.uft.iter() {
             for uf in conn.sides.iter().flatten() {
-                let mut uf = uf.clone();
-                uf.flush(&mut c.arena);
+                uf.add_pending(&mut c.arena);
             }
         }
         c
