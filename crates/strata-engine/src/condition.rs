@@ -199,17 +199,25 @@ pub fn prefix_mask(len: u8, width: u8) -> u128 {
     }
 }
 
+/// The values of a condition. Most conditions have one: it is kept inline,
+/// so a rule's conditions cost no allocation each (a 50k-rule group is
+/// built, kept and freed with 200k fewer allocations).
+pub type MatchValues = smallvec::SmallVec<[MatchValue; 1]>;
+
 /// A condition: the field matches any of `values`. An empty value list never
 /// matches (and is rejected by validation).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Condition {
     pub field: Field,
-    pub values: Vec<MatchValue>,
+    pub values: MatchValues,
 }
 
 impl Condition {
     pub fn new(field: Field, values: Vec<MatchValue>) -> Condition {
-        Condition { field, values }
+        Condition {
+            field,
+            values: MatchValues::from_vec(values),
+        }
     }
 
     pub fn exact(field: Field, v: u128) -> Condition {

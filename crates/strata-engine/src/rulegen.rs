@@ -361,7 +361,7 @@ fn variant(rng: &mut Rng, pools: &Pools, base: &[Condition]) -> Vec<Condition> {
                 } else {
                     value
                 };
-                c.values = vec![MatchValue::Prefix {
+                c.values = smallvec::smallvec![MatchValue::Prefix {
                     value: nv & mask128(nl),
                     len: nl,
                 }];
@@ -371,7 +371,7 @@ fn variant(rng: &mut Rng, pools: &Pools, base: &[Condition]) -> Vec<Condition> {
             if rng.chance(0.5) {
                 conds.remove(i);
             } else {
-                c.values = vec![port_range(rng)];
+                c.values = smallvec::smallvec![port_range(rng)];
             }
         }
         _ => {

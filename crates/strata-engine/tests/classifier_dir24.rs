@@ -69,15 +69,9 @@ fn rule() -> impl Strategy<Value = RuleMatch> {
         prop_oneof![6 => Just(None), 1 => (0u128..4).prop_map(Some)],
     )
         .prop_map(|(priority, values, port)| {
-            let mut conditions = vec![Condition {
-                field: Field::DstIp,
-                values,
-            }];
+            let mut conditions = vec![Condition::new(Field::DstIp, values)];
             if let Some(p) = port {
-                conditions.push(Condition {
-                    field: Field::DstPort,
-                    values: vec![MatchValue::Exact(p)],
-                });
+                conditions.push(Condition::exact(Field::DstPort, p));
             }
             RuleMatch {
                 priority,

@@ -95,7 +95,7 @@ fn condition() -> impl Strategy<Value = Condition> {
             30 => prop::collection::vec(value(f), 1..4),
             1 => Just(Vec::new()),
         ]
-        .prop_map(move |values| Condition { field: f, values })
+        .prop_map(move |values| Condition::new(f, values))
     })
 }
 

@@ -32,7 +32,7 @@ fn value(f: Field) -> impl Strategy<Value = MatchValue> {
 fn condition() -> impl Strategy<Value = Condition> {
     prop::sample::select(FIELDS.to_vec()).prop_flat_map(|field| {
         prop::collection::vec(value(field), 1..3)
-            .prop_map(move |values| Condition { field, values })
+            .prop_map(move |values| Condition::new(field, values))
     })
 }
 

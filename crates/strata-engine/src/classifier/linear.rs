@@ -62,11 +62,18 @@ impl GroupClassifier for LinearClassifier {
         self.rules
             .iter()
             .map(|r| {
-                32 + r
-                    .conditions
-                    .iter()
-                    .map(|c| 32 + c.values.len() * 48)
-                    .sum::<usize>()
+                size_of::<RuleMatch>()
+                    + r.conditions
+                        .iter()
+                        .map(|c| {
+                            size_of::<crate::condition::Condition>()
+                                + if c.values.spilled() {
+                                    c.values.capacity() * size_of::<crate::condition::MatchValue>()
+                                } else {
+                                    0
+                                }
+                        })
+                        .sum::<usize>()
             })
             .sum()
     }
