@@ -89,23 +89,43 @@ impl Port {
         p
     }
 
-    /// Mark the counter slots connection `c`'s flows can still count into
-    /// (as `reclaim_counters` does for the whole table).
+    /// Free the retired counter slots no flow can count into any more, from
+    /// a walk of the whole table (`expire`, after pending counts were
+    /// flushed). A retired slot is never a current rule's or layer's (a
+    /// rule or layer that comes back takes its slot out of retirement), so
+    /// only flows need looking at.
+    pub(crate) fn reclaim_counters(&mut self) {
+        let mut referenced = vec![false; self.counters.arena.capacity()];
+        let stamp = self.stamp();
+        for (c, _) in self.uft.iter() {
+            self.mark_connection(c, stamp, &mut referenced);
+        }
+        self.counters
+            .arena
+            .reclaim(|s| referenced.get(s as usize).copied().unwrap_or(true));
+    }
+
+    /// Mark, for this cycle, the counter slots connection `c`'s flows can
+    /// still count into.
     fn mark_counters(&mut self, c: u32) {
         let stamp = self.stamp();
         let Some(mut marks) = self.sweep.marks.take() else {
             return;
         };
-        self.mark_connection(c, stamp, &mut marks);
+        self.mark_connection(c, stamp, &mut marks.referenced);
         self.sweep.marks = Some(marks);
     }
 
-    fn mark_connection(&self, c: u32, stamp: u32, marks: &mut Marks) {
+    /// Set `referenced[s]` for every slot connection `c` can count into:
+    /// those of its unified flows that are current or have packets pending
+    /// (a stale flow's next packet re-simulates it first), and those of
+    /// the layer flows it holds (every layer flow is held by a connection).
+    fn mark_connection(&self, c: u32, stamp: u32, referenced: &mut [bool]) {
         let Some(conn) = self.uft.get(c) else {
             return;
         };
         let mut mark = |s: u32| {
-            if let Some(r) = marks.referenced.get_mut(s as usize) {
+            if let Some(r) = referenced.get_mut(s as usize) {
                 *r = true;
             }
         };

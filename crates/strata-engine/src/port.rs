@@ -431,45 +431,6 @@ impl Port {
         }
     }
 
-    /// Free the retired counter slots no flow, layer or rule counts into
-    /// any more (called by `expire`, after pending counts were flushed).
-    /// O(unified flows + layer flows + rules), like `expire` itself.
-    fn reclaim_counters(&mut self) {
-        let mut referenced = vec![false; self.counters.arena.capacity()];
-        let mut mark = |s: u32| {
-            if let Some(r) = referenced.get_mut(s as usize) {
-                *r = true;
-            }
-        };
-        // A stale unified flow with nothing pending never counts into its
-        // slots again: its next packet re-simulates it first.
-        let stamp = self.stamp();
-        for (_, conn) in self.uft.iter() {
-            for uf in conn.sides.iter().flatten() {
-                if uf.generation == stamp || uf.packets > 0 {
-                    uf.counters.0.iter().for_each(|&s| mark(s));
-                }
-            }
-        }
-        for (_, table) in &self.layer_flows {
-            for (_, f) in table.iter() {
-                mark(f.rule.counter);
-                if let Some(e) = &f.extra {
-                    e.counters.iter().for_each(|&s| mark(s));
-                }
-            }
-        }
-        for layer in &self.policy.layers {
-            mark(layer.counter);
-            for g in layer.groups() {
-                g.rules.iter().for_each(|r| mark(r.counter()));
-            }
-        }
-        self.counters
-            .arena
-            .reclaim(|s| referenced.get(s as usize).copied().unwrap_or(true));
-    }
-
     /// Give a prepared group's rules their counter slots: `known[i]`, when
     /// given, is rule `i`'s existing slot (looked up beforehand).
     fn assign_counters(
@@ -498,8 +459,8 @@ impl Port {
         let pos = self.policy.position(layer);
         let (arena, policy) = (&self.counters.arena, &self.policy);
         // While a large group's classifier is built: the rule-id check
-        // against the layer's other groups, and the slots of the rule ids
-        // the port already counts (the names it hashes are the group's).
+        // against the layer's other groups, and the look-up of the counter
+        // slots the port already has for these rule ids.
         let (prepared, (unique, known)) = group
             .prepare_with(&self.registry, |g| {
                 let unique =
