@@ -3,14 +3,17 @@
 //! (`rulegen::acl(N, seed)`) has that group replaced `ROUNDS` times (at
 //! least 2): every other time by `Port::set_group` (validate, compile
 //! actions, build the classifier, assign counters, swap, bump the
-//! generation), in between in its two halves, `Group::prepare` (off the
-//! datapath) and `Port::install_group`. Also times the classifier build
+//! generation), in between in its two halves, `Group::prepare_for` (off
+//! the datapath, against a policy snapshot) and `Port::install_group`
+//! (the datapath's pause). Also times the classifier build
 //! alone. Prints the medians.
 //!
 //! ```text
 //! cargo build --release -p strata-engine --example group_replace
 //! N=50000 ROUNDS=6 target/release/examples/group_replace
 //! ```
+//!
+//! `SAME=1`: each group keeps the rule ids of the one it replaces.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -45,10 +48,18 @@ fn main() {
     .expect("layer");
     port.set_group("acl", generated_acl_group(n, 1, "s1r"))
         .expect("first group");
+    // SAME=1: every group reuses the rule ids of the one it replaces (a
+    // controller updating a group in place); else the ids are new each time.
+    let same = env("SAME", 0) != 0;
     let groups: Vec<Group> = (0..rounds)
         .map(|i| {
             let seed = 2 + i as u64 % 2;
-            generated_acl_group(n, seed, &format!("s{seed}r"))
+            let prefix = if same {
+                "s1r".into()
+            } else {
+                format!("s{seed}r")
+            };
+            generated_acl_group(n, seed, &prefix)
         })
         .collect();
     let registry = port.registry().clone();
@@ -63,8 +74,11 @@ fn main() {
             port.set_group("acl", g).expect("replace");
             whole.push(ms(t));
         } else {
+            let policy = port.policy().clone();
             let t = Instant::now();
-            let p = g.prepare(&registry).expect("prepare");
+            let p = g
+                .prepare_for(&registry, policy.layer("acl").expect("layer"))
+                .expect("prepare");
             prep.push(ms(t));
             let t = Instant::now();
             port.install_group("acl", p).expect("install");

@@ -135,6 +135,44 @@ impl Group {
         self.prepare_with(registry, |_| ()).map(|(p, ())| p)
     }
 
+    /// [`Group::prepare`] for installing into `layer` (from a policy
+    /// snapshot, [`crate::Port::policy`], on any thread): also checks the
+    /// rule ids against the layer's other groups and finds the counter
+    /// slots of the rule ids the layer already has, so that
+    /// [`crate::Port::install_group`] — on the datapath's thread — only
+    /// swaps, as long as the layer has not changed since (else it checks
+    /// and looks up again).
+    pub fn prepare_for(
+        self,
+        registry: &ActionRegistry,
+        layer: &LayerPolicy,
+    ) -> Result<PreparedGroup, ApiError> {
+        let (mut prepared, (unique, slots)) = self
+            .prepare_with(registry, |g| {
+                let unique =
+                    crate::port::check_unique_rules(&layer.id, crate::port::with_others(layer, g));
+                let mut by_id =
+                    hashbrown::HashMap::with_hasher(foldhash::fast::RandomState::default());
+                for r in layer.groups().iter().flat_map(|cg| cg.rules.iter()) {
+                    by_id.insert(&*r.identity.id, r.counter());
+                }
+                let slots: Vec<Option<u32>> = g
+                    .rules
+                    .iter()
+                    .map(|r| by_id.get(r.id.as_str()).copied())
+                    .collect();
+                (unique, slots)
+            })
+            .map_err(|e| crate::port::with_layer(e, &layer.id))?;
+        unique?;
+        prepared.1 = Some(PreparedFor {
+            layer_uid: layer.uid,
+            generation: layer.generation,
+            slots,
+        });
+        Ok(prepared)
+    }
+
     /// [`Group::prepare`], also running `side` on the group: for a large
     /// group, on the calling thread while the classifier is built on
     /// another (work the caller must do anyway and that needs only the
@@ -186,12 +224,15 @@ impl Group {
         };
         let rules = rules?;
         let has_terminating = self.rules.iter().any(|r| r.terminating);
-        let prepared = PreparedGroup(CompiledGroup {
-            group: self,
-            rules,
-            classifier,
-            has_terminating,
-        });
+        let prepared = PreparedGroup(
+            CompiledGroup {
+                group: self,
+                rules,
+                classifier,
+                has_terminating,
+            },
+            None,
+        );
         Ok((prepared, side))
     }
 
@@ -335,9 +376,21 @@ impl CompiledGroup {
     }
 }
 
-/// A group that passed validation (from [`Group::prepare`]).
+/// A group that passed validation (from [`Group::prepare`] or
+/// [`Group::prepare_for`]).
 #[derive(Debug)]
-pub struct PreparedGroup(pub(crate) CompiledGroup);
+pub struct PreparedGroup(pub(crate) CompiledGroup, pub(crate) Option<PreparedFor>);
+
+/// The layer state a group was prepared against ([`Group::prepare_for`]):
+/// while the layer is unchanged, the port installs the group with these
+/// results instead of working them out on its own thread.
+#[derive(Debug)]
+pub(crate) struct PreparedFor {
+    pub layer_uid: u32,
+    pub generation: u64,
+    /// Counter slot of rule `i`, for rule ids the layer already had.
+    pub slots: Vec<Option<u32>>,
+}
 
 impl PreparedGroup {
     pub fn group(&self) -> &Group {
@@ -569,6 +622,11 @@ pub struct PortPolicy {
 }
 
 impl PortPolicy {
+    /// The layer with id `layer`.
+    pub fn layer(&self, layer: &str) -> Option<&Arc<LayerPolicy>> {
+        self.layers.iter().find(|l| l.id == layer)
+    }
+
     pub fn position(&self, layer: &str) -> Option<usize> {
         self.layers.iter().position(|l| l.id == layer)
     }

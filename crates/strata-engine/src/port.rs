@@ -460,7 +460,8 @@ impl Port {
         let (arena, policy) = (&self.counters.arena, &self.policy);
         // While a large group's classifier is built: the rule-id check
         // against the layer's other groups, and the look-up of the counter
-        // slots the port already has for these rule ids.
+        // slots the port already has for these rule ids (current or
+        // retired: a rule that comes back keeps its counts).
         let (prepared, (unique, known)) = group
             .prepare_with(&self.registry, |g| {
                 let unique =
@@ -481,17 +482,27 @@ impl Port {
 
     /// Install a group prepared off the datapath: replaces the group with the
     /// same id in place, or appends it. One swap; nothing half-built is ever
-    /// visible.
-    pub fn install_group(&mut self, layer: &str, prepared: PreparedGroup) -> Result<(), ApiError> {
+    /// visible. A group from [`Group::prepare_for`] whose layer has not
+    /// changed since needs no further checks or look-ups here.
+    pub fn install_group(
+        &mut self,
+        layer: &str,
+        mut prepared: PreparedGroup,
+    ) -> Result<(), ApiError> {
         let pos = self
             .policy
             .position(layer)
             .ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
-        check_unique_rules(
-            layer,
-            with_others(&self.policy.layers[pos], &prepared.0.group),
-        )?;
-        self.swap_group(pos, layer, prepared, &[]);
+        let current = &self.policy.layers[pos];
+        let known = prepared
+            .1
+            .take()
+            .filter(|f| f.layer_uid == current.uid && f.generation == current.generation)
+            .map(|f| f.slots);
+        if known.is_none() {
+            check_unique_rules(layer, with_others(current, &prepared.0.group))?;
+        }
+        self.swap_group(pos, layer, prepared, known.as_deref().unwrap_or(&[]));
         Ok(())
     }
 
@@ -1612,7 +1623,7 @@ fn min_ttl(a: Option<Time>, b: Option<Time>) -> Option<Time> {
     }
 }
 
-fn with_layer(e: ApiError, layer: &str) -> ApiError {
+pub(crate) fn with_layer(e: ApiError, layer: &str) -> ApiError {
     match e {
         ApiError::DuplicateRule { rule, .. } => ApiError::DuplicateRule {
             layer: layer.to_string(),
@@ -1638,7 +1649,10 @@ fn retire(group: Arc<crate::policy::CompiledGroup>) {
 }
 
 /// The groups of `layer` with `g` in place of its namesake (or added).
-fn with_others<'a>(layer: &'a LayerPolicy, g: &'a Group) -> impl Iterator<Item = &'a Group> + 'a {
+pub(crate) fn with_others<'a>(
+    layer: &'a LayerPolicy,
+    g: &'a Group,
+) -> impl Iterator<Item = &'a Group> + 'a {
     layer
         .groups()
         .iter()
@@ -1647,7 +1661,7 @@ fn with_others<'a>(layer: &'a LayerPolicy, g: &'a Group) -> impl Iterator<Item =
         .chain(std::iter::once(g))
 }
 
-fn check_unique_rules<'a>(
+pub(crate) fn check_unique_rules<'a>(
     layer: &str,
     groups: impl Iterator<Item = &'a Group>,
 ) -> Result<(), ApiError> {

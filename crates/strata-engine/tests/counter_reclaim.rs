@@ -349,3 +349,72 @@ fn a_retirement_during_a_cycle_voids_its_marks() {
     assert_eq!(c.rule("acl", "web-2").packets, 1);
     assert_eq!(c.rule("meter", "meter-2").packets, 1);
 }
+
+/// A group prepared on another thread against a policy snapshot installs
+/// with the counter slots it found: a rule kept across the replacement
+/// keeps counting.
+#[test]
+fn prepared_against_a_snapshot_keeps_counter_slots() {
+    let mut p = port();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(8000), secs(1)));
+    let (policy, registry) = (p.policy().clone(), p.registry().clone());
+    let prepared = std::thread::spawn(move || {
+        let layer = policy.layer("acl").expect("acl layer");
+        acl_group("allow-0").prepare_for(&registry, layer)
+    })
+    .join()
+    .expect("preparing thread")
+    .expect("valid group");
+    p.install_group("acl", prepared).unwrap();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(8000), secs(2)));
+    assert_eq!(p.counters().rule("acl", "allow-0").packets, 2);
+}
+
+/// When the layer changed between preparing and installing, the port checks
+/// the rule ids again: a clash made meanwhile is refused, nothing changes.
+#[test]
+fn a_layer_changed_since_preparing_is_checked_again() {
+    let mut p = port();
+    let policy = p.policy().clone();
+    let prepared = Group::new("g2", Direction::Out)
+        .with_rules(vec![Rule::new("dup", 1, vec![], ActionSpec::Allow)])
+        .prepare_for(p.registry(), policy.layer("acl").expect("acl layer"))
+        .expect("no clash yet");
+    p.set_group(
+        "acl",
+        Group::new("g3", Direction::Out).with_rules(vec![Rule::new(
+            "dup",
+            1,
+            vec![],
+            ActionSpec::Allow,
+        )]),
+    )
+    .unwrap();
+    let generation = p.generation();
+    assert!(matches!(
+        p.install_group("acl", prepared),
+        Err(strata_engine::ApiError::DuplicateRule { .. })
+    ));
+    assert_eq!(p.generation(), generation);
+}
+
+/// Slots found against a layer that changed since are not used: the one
+/// found for `allow-0` was freed (its rule removed, nothing counting into
+/// it) and handed to a new name before the install.
+#[test]
+fn slots_found_against_an_older_layer_are_looked_up_again() {
+    let mut p = port();
+    let policy = p.policy().clone();
+    let prepared = acl_group("allow-0")
+        .prepare_for(p.registry(), policy.layer("acl").expect("acl layer"))
+        .expect("valid group");
+    p.set_group("acl", acl_group("allow-1")).unwrap();
+    p.expire(secs(1));
+    assert_eq!(p.counters().arena.retired(), 0, "allow-0's slot freed");
+    p.set_group("meter", meter_group("meter-new")).unwrap();
+    p.install_group("acl", prepared).unwrap();
+    assert!(forwards(&mut p, Direction::Out, &out_udp(8100), secs(2)));
+    let c = p.counters();
+    assert_eq!(c.rule("acl", "allow-0").packets, 1);
+    assert_eq!(c.rule("meter", "meter-new").packets, 1);
+}

@@ -71,12 +71,17 @@ fn replace_50k_rule_group_while_traffic_flows() {
     // An established flow that the new group will block.
     assert!(run(&mut p, &vm_tcp(peer, 40000, 80, SYN, 1, 0, b""), 1).is_forward());
 
-    // Build the new group on another thread (the datapath never waits).
+    // Build the new group on another thread, against a snapshot of the
+    // policy (the datapath never waits).
     let registry = p.registry().clone();
+    let policy = p.policy().clone();
     let (tx, rx) = mpsc::channel();
     let builder = std::thread::spawn(move || {
         let t0 = std::time::Instant::now();
-        let prepared = big_group().prepare(&registry).expect("valid group");
+        let layer = policy.layer("acl").expect("acl layer");
+        let prepared = big_group()
+            .prepare_for(&registry, layer)
+            .expect("valid group");
         tx.send((prepared, t0.elapsed())).expect("send");
     });
 
