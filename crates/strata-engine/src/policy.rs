@@ -9,7 +9,7 @@
 //! reader ever sees a half-applied update.
 
 use crate::action::{Action, ActionRegistry, ActionSpec, CompileError};
-use crate::classifier::{self, GroupClassifier, MatchType, RuleMatch};
+use crate::classifier::{self, GroupClassifier, MatchType};
 use crate::condition::{Condition, FieldValues, all_match};
 use crate::error::{ApiError, check_id};
 use crate::types::{Direction, Time, secs};
@@ -234,17 +234,6 @@ impl Group {
             None,
         );
         Ok((prepared, side))
-    }
-
-    /// What the classifier sees of the rules: priority and conditions.
-    pub fn rule_matches(&self) -> Vec<RuleMatch> {
-        self.rules
-            .iter()
-            .map(|r| RuleMatch {
-                priority: r.priority,
-                conditions: r.conditions.clone(),
-            })
-            .collect()
     }
 
     /// Check the rules (unique ids, valid conditions, stateful SNAT) and
