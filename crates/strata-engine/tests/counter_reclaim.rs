@@ -418,3 +418,69 @@ fn slots_found_against_an_older_layer_are_looked_up_again() {
     assert_eq!(c.rule("acl", "allow-0").packets, 1);
     assert_eq!(c.rule("meter", "meter-new").packets, 1);
 }
+
+/// Twin ports under the same random traffic, policy changes and clock: one
+/// maintained with `expire`, the other with `expire_some` of random budgets
+/// (two cycles at each maintenance time, so every slot is examined at that
+/// time). Every verdict, the live state and the current rules' counters
+/// stay the same, and the bounded one's arena stays as small.
+#[test]
+fn bounded_and_whole_table_expiry_agree_under_churn() {
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut a, mut b) = (port(), port());
+    let mut now = secs(1);
+    let mut round = 0;
+    for _ in 0..3000 {
+        match next(10) {
+            0..=5 => {
+                let f = out_udp(9000 + next(60) as u16);
+                assert_eq!(
+                    run(&mut a, Direction::Out, &f, now),
+                    run(&mut b, Direction::Out, &f, now)
+                );
+            }
+            6 => {
+                round += 1;
+                replace(&mut a, round);
+                replace(&mut b, round);
+            }
+            7 => now += secs(next(40)),
+            _ => {
+                let removed = a.expire(now);
+                let mut removed_b = 0;
+                for _ in 0..2 {
+                    loop {
+                        let p = b.expire_some(now, 1 + next(9) as usize);
+                        removed_b += p.removed;
+                        if p.cycle_ended {
+                            break;
+                        }
+                    }
+                }
+                assert_eq!(removed_b, removed, "at {now}");
+            }
+        }
+    }
+    a.expire(now);
+    for _ in 0..2 {
+        while !b.expire_some(now, 5).cycle_ended {}
+    }
+    assert_eq!(a.connection_count(), b.connection_count());
+    assert_eq!(a.layer_flow_count("acl"), b.layer_flow_count("acl"));
+    let (ca, cb) = (a.counters(), b.counters());
+    assert_eq!(ca.dir, cb.dir);
+    assert_eq!(ca.flows, cb.flows);
+    let (r, m) = (format!("allow-{round}"), format!("meter-{round}"));
+    assert_eq!(ca.rule("acl", &r), cb.rule("acl", &r));
+    assert_eq!(ca.meter("meter", &m), cb.meter("meter", &m));
+    assert!(round > 100, "{round} replacements");
+    assert!(ca.flows.connections_expired > 500, "{:?}", ca.flows);
+    assert!(cb.arena.capacity() <= ca.arena.capacity() + 8);
+    assert!(ca.arena.capacity() < 40, "{} slots", ca.arena.capacity());
+}
