@@ -111,6 +111,59 @@ impl SlotSet {
     }
 }
 
+/// Slots by name, hashing the names the arena already holds (each name is
+/// stored once, not again as a map key).
+#[derive(Clone, Debug, Default)]
+struct NameIndex {
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl NameIndex {
+    fn hash<K: Hash + ?Sized>(&self, k: &K) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(k)
+    }
+
+    fn find<K>(&self, names: &[Option<CounterName>], k: &K) -> Option<u32>
+    where
+        K: Hash + hashbrown::Equivalent<CounterName> + ?Sized,
+    {
+        let named = |s: &u32| {
+            names
+                .get(*s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|n| k.equivalent(n))
+        };
+        self.table.find(self.hash(k), named).copied()
+    }
+
+    /// Index slot `s` under the name it holds.
+    fn insert(&mut self, names: &[Option<CounterName>], s: u32) {
+        let Some(name) = names.get(s as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let (h, hasher) = (self.hash(name), &self.hasher);
+        self.table.insert_unique(h, s, |&x| {
+            use std::hash::BuildHasher;
+            names
+                .get(x as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |n| hasher.hash_one(n))
+        });
+    }
+
+    /// Unindex slot `s` (before its name goes).
+    fn remove(&mut self, names: &[Option<CounterName>], s: u32) {
+        let Some(name) = names.get(s as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if let Ok(e) = self.table.find_entry(self.hash(name), |&x| x == s) {
+            e.remove();
+        }
+    }
+}
+
 /// Counter slots, named. A slot outlives its rule or layer while flows still
 /// count into it: removing a rule only *retires* its slot (a rule re-added
 /// with the same id gets it back, so its counts continue); the port frees
@@ -126,7 +179,7 @@ pub struct CounterArena {
     retired: SlotSet,
     free: Vec<u32>,
     #[serde(skip)]
-    by_name: HashMap<CounterName, u32>,
+    by_name: NameIndex,
     /// Meter buckets by (rule counter slot, bucket value): found without
     /// building the bucket's name (rebuilt lazily after a restore).
     #[serde(skip)]
@@ -143,22 +196,22 @@ impl CounterArena {
     /// The slot for `name`, created at zero if new (in a freed slot when
     /// there is one).
     pub fn slot(&mut self, name: CounterName) -> u32 {
-        if let Some(&s) = self.by_name.get(&name) {
+        if let Some(s) = self.by_name.find(&self.names, &name) {
             self.unretire(s);
             return s;
         }
         let s = match self.free.pop() {
             Some(s) => {
-                self.names[s as usize] = Some(name.clone());
+                self.names[s as usize] = Some(name);
                 s
             }
             None => {
                 self.slots.push(Counter::default());
-                self.names.push(Some(name.clone()));
+                self.names.push(Some(name));
                 (self.slots.len() - 1) as u32
             }
         };
-        self.by_name.insert(name, s);
+        self.by_name.insert(&self.names, s);
         s
     }
 
@@ -166,8 +219,8 @@ impl CounterArena {
     /// with [`CounterName::Rule`], without building the name when the slot
     /// exists).
     pub fn rule_slot(&mut self, layer: &str, rule: &str) -> u32 {
-        match self.by_name.get(&RuleCounter { layer, rule }) {
-            Some(&s) => {
+        match self.by_name.find(&self.names, &RuleCounter { layer, rule }) {
+            Some(s) => {
                 self.unretire(s);
                 s
             }
@@ -181,7 +234,7 @@ impl CounterArena {
     /// The slot of rule `rule` of layer `layer`, if it has one (read-only:
     /// can run beside other readers while a group is prepared).
     pub fn find_rule(&self, layer: &str, rule: &str) -> Option<u32> {
-        self.by_name.get(&RuleCounter { layer, rule }).copied()
+        self.by_name.find(&self.names, &RuleCounter { layer, rule })
     }
 
     /// `s` is in use again (its rule came back).
@@ -232,9 +285,10 @@ impl CounterArena {
             // Meter buckets whose rule is gone.
             let orphans: Vec<u32> = (0..self.names.len() as u32)
                 .filter(|&s| match &self.names[s as usize] {
-                    Some(CounterName::Meter { layer, rule, .. }) => {
-                        !self.by_name.contains_key(&RuleCounter { layer, rule })
-                    }
+                    Some(CounterName::Meter { layer, rule, .. }) => self
+                        .by_name
+                        .find(&self.names, &RuleCounter { layer, rule })
+                        .is_none(),
                     _ => false,
                 })
                 .collect();
@@ -260,16 +314,16 @@ impl CounterArena {
                 self.meter_buckets.remove(&s);
             }
             Some(CounterName::Meter { layer, rule, .. }) => {
-                if let Some(r) = self.by_name.get(&RuleCounter { layer, rule })
-                    && let Some(n) = self.meter_buckets.get_mut(r)
+                if let Some(r) = self.by_name.find(&self.names, &RuleCounter { layer, rule })
+                    && let Some(n) = self.meter_buckets.get_mut(&r)
                 {
                     *n = n.saturating_sub(1);
                 }
             }
             _ => {}
         }
-        if let Some(name) = self.names[s as usize].take() {
-            self.by_name.remove(&name);
+        self.by_name.remove(&self.names, s);
+        if self.names[s as usize].take().is_some() {
             self.slots[s as usize] = Counter::default();
             self.free.push(s);
         }
@@ -299,8 +353,8 @@ impl CounterArena {
             rule: rule.to_string(),
             bucket: bucket(),
         };
-        let own = match self.by_name.get(&name) {
-            Some(&s) => {
+        let own = match self.by_name.find(&self.names, &name) {
+            Some(s) => {
                 self.unretire(s);
                 Some(s)
             }
@@ -329,7 +383,7 @@ impl CounterArena {
     }
 
     pub fn find(&self, name: &CounterName) -> Option<u32> {
-        self.by_name.get(name).copied()
+        self.by_name.find(&self.names, name)
     }
 
     #[inline]
@@ -411,16 +465,14 @@ impl CounterArena {
     /// Rebuild the name index (and per-rule bucket counts) after
     /// deserialization.
     pub fn reindex(&mut self) {
-        self.by_name = self
-            .names
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| Some((n.clone()?, i as u32)))
-            .collect();
+        self.by_name = NameIndex::default();
+        for s in 0..self.names.len() as u32 {
+            self.by_name.insert(&self.names, s);
+        }
         self.meter_buckets.clear();
         for n in self.names.iter().flatten() {
             if let CounterName::Meter { layer, rule, .. } = n
-                && let Some(&r) = self.by_name.get(&RuleCounter { layer, rule })
+                && let Some(r) = self.by_name.find(&self.names, &RuleCounter { layer, rule })
             {
                 *self.meter_buckets.entry(r).or_default() += 1;
             }
