@@ -13,6 +13,7 @@
 //! eviction and expiry walk slots without touching the index.
 
 use crate::flow_index::FlowIndex;
+use crate::flow_key::{HeaderContexts, StoredUfid};
 use crate::policy::RuleIdentity;
 use crate::resource::ActionState;
 use crate::tcp::TcpConn;
@@ -223,10 +224,7 @@ impl Keys<'_> {
         if f.key_conn == OWN_KEY {
             return self.own.get(&slot).map(PackedUfid::unpack);
         }
-        self.conns
-            .get(f.key_conn)?
-            .side(f.key_side)
-            .map(|uf| uf.key.unpack())
+        self.conns.side_key(f.key_conn, f.key_side)
     }
 
     /// The key of side `side` (0 = origin, 1 = reverse).
@@ -411,11 +409,8 @@ impl LayerFlowTable {
         if f.key_conn != OWN_KEY || f.origin != side {
             return f.key_conn == conn && f.key_side == side;
         }
-        let same = match (
-            self.own_keys.get(&slot),
-            conns.get(conn).and_then(|c| c.side(side)),
-        ) {
-            (Some(own), Some(uf)) => *own == uf.key,
+        let same = match (self.own_keys.get(&slot), conns.side_key(conn, side)) {
+            (Some(own), Some(key)) => own.matches(&key),
             _ => false,
         };
         if same {
@@ -436,11 +431,11 @@ impl LayerFlowTable {
         if f.key_conn != conn || f.key_side != side {
             return;
         }
-        let Some(uf) = conns.get(conn).and_then(|c| c.side(side)) else {
+        let Some(key) = conns.side_key(conn, side) else {
             return;
         };
         f.key_conn = OWN_KEY;
-        self.own_keys.insert(slot, uf.key.clone());
+        self.own_keys.insert(slot, PackedUfid::pack(&key));
     }
 
     /// Take a flow out of the index (it stays in its slot while held).
@@ -659,11 +654,13 @@ impl hashbrown::Equivalent<Arc<CounterSlots>> for CounterSlotsRef<'_> {
 }
 
 /// The cached result for one UFID in one direction (VFP-12): the shared
-/// [`FlowAction`] plus what is the flow's own. 96 bytes.
+/// [`FlowAction`] plus what is the flow's own. 64 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnifiedFlow {
-    /// The flow's UFID (stored packed; compare with [`PackedUfid::matches`]).
-    pub key: PackedUfid,
+    /// The flow's UFID in storage form: set by the table when the flow goes
+    /// in (see [`UnifiedFlowTable::set_side`]), compared and unpacked
+    /// through the table.
+    pub key: StoredUfid,
     /// Low 32 bits of the port generation the flow was compiled at
     /// (VFP-13). Never 0 for a current flow: when the port generation's low
     /// half wraps, the port sets every stamp to 0 (see `Port::bump`), so a
@@ -813,9 +810,16 @@ impl Connection {
     }
 }
 
+/// Outbound keys hash without their MACs (compared in full all the same):
+/// VM-side pairing finds an inbound flow's outbound partner by its L3/L4
+/// identity with the same index, no second one.
 #[inline]
 fn uft_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
-    k.table_hash(seed.0 ^ 0x0055_4654_0000 ^ d.index() as u64)
+    let seed = seed.0 ^ 0x0055_4654_0000 ^ d.index() as u64;
+    match d {
+        Direction::Out => k.table_hash_without_macs(seed),
+        Direction::In => k.table_hash(seed),
+    }
 }
 
 /// The unified flow table.
@@ -826,11 +830,8 @@ pub struct UnifiedFlowTable {
     /// Entries are `connection << 1 | direction`.
     #[serde(skip)]
     index: FlowIndex,
-    /// Connections with an outbound flow, by the MAC-agnostic identity of
-    /// that flow's key: VM-side pairing (VFP-14) finds an inbound flow's
-    /// partner here even when the return path's MACs differ.
-    #[serde(skip)]
-    pair_index: HashTable<u32>,
+    /// The header contexts the flows' keys name.
+    contexts: HeaderContexts,
     /// Clock hand for eviction.
     hand: usize,
     #[serde(skip)]
@@ -848,7 +849,7 @@ impl UnifiedFlowTable {
     /// The connection holding the unified flow `(d, key)`.
     #[inline]
     pub fn lookup(&self, d: Direction, key: &Ufid, hash: u64) -> Option<u32> {
-        let conns = &self.conns;
+        let (conns, contexts) = (&self.conns, &self.contexts);
         let di = d.index();
         self.index
             .find(hash, |v| {
@@ -857,7 +858,7 @@ impl UnifiedFlowTable {
                         .get((v >> 1) as usize)
                         .and_then(|c| c.as_ref())
                         .and_then(|c| c.sides[di].as_ref())
-                        .is_some_and(|uf| uf.key.matches(key))
+                        .is_some_and(|uf| contexts.matches(&uf.key, key))
             })
             .map(|v| v >> 1)
     }
@@ -892,19 +893,28 @@ impl UnifiedFlowTable {
     }
 
     /// The connection whose outbound flow has the VM-side identity of
-    /// `vm_key` (MACs ignored).
+    /// `vm_key` (MACs ignored: outbound keys hash without them).
     pub fn lookup_pair(&self, vm_key: &Ufid) -> Option<u32> {
         let k = layer_flow_key(vm_key);
-        let conns = &self.conns;
-        self.pair_index
-            .find(pair_hash(self.seed, &k), |&c| {
-                conns
-                    .get(c as usize)
-                    .and_then(|c| c.as_ref())
-                    .and_then(|c| c.side(Direction::Out))
-                    .is_some_and(|uf| layer_flow_key(&uf.key.unpack()) == k)
+        let out = Direction::Out.index() as u32;
+        self.index
+            .find(self.hash(Direction::Out, vm_key), |v| {
+                v & 1 == out
+                    && self
+                        .side_key(v >> 1, Direction::Out)
+                        .is_some_and(|u| layer_flow_key(&u) == k)
             })
-            .copied()
+            .map(|v| v >> 1)
+    }
+
+    /// The full key of side `d` of connection `c`.
+    pub fn side_key(&self, c: u32, d: Direction) -> Option<Ufid> {
+        self.contexts.unpack(&self.get(c)?.side(d)?.key)
+    }
+
+    /// Header contexts in use (shared by the keys, see [`crate::flow_key`]).
+    pub fn context_count(&self) -> usize {
+        self.contexts.len()
     }
 
     pub fn get(&self, c: u32) -> Option<&Connection> {
@@ -944,41 +954,36 @@ impl UnifiedFlowTable {
     /// Install `uf` (keyed `key`, whose [`UnifiedFlowTable::hash`] is `hash`) as side `d`
     /// of connection `c`, replacing (and unindexing) any previous flow of
     /// that side. The caller has the key unpacked and hashed already.
-    pub fn set_side(&mut self, c: u32, d: Direction, uf: UnifiedFlow, key: &Ufid, hash: u64) {
-        debug_assert!(uf.key.matches(key), "caller's key");
+    pub fn set_side(&mut self, c: u32, d: Direction, mut uf: UnifiedFlow, key: &Ufid, hash: u64) {
         debug_assert_eq!(hash, self.hash(d, key), "caller's hash");
+        if self.get(c).is_none() {
+            return;
+        }
+        // Store first: a context the old flow shared stays without a
+        // free-and-intern round trip.
+        uf.key = self.contexts.store(key);
         self.clear_side(c, d);
         let seed = self.seed;
-        let pair = (d == Direction::Out).then(|| pair_hash(seed, &layer_flow_key(key)));
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
-        let conns = &self.conns;
+        let (conns, contexts) = (&self.conns, &self.contexts);
         self.index.insert(hash, c << 1 | d.index() as u32, |v| {
-            side_hash(conns, seed, v)
+            side_hash(conns, contexts, seed, v)
         });
-        if let Some(ph) = pair {
-            self.pair_index
-                .insert_unique(ph, c, |&c| out_pair_hash(conns, seed, c));
-        }
     }
 
     /// Remove side `d` of connection `c` from the table.
     pub fn clear_side(&mut self, c: u32, d: Direction) {
-        let Some(uf) = self.get(c).and_then(|conn| conn.side(d)) else {
+        let Some(key) = self.side_key(c, d) else {
             return;
         };
-        let key = uf.key.unpack();
         let hash = self.hash(d, &key);
-        let pair = (d == Direction::Out).then(|| pair_hash(self.seed, &layer_flow_key(&key)));
-        let want = c << 1 | d.index() as u32;
-        self.index.remove(hash, want);
-        if let Some(ph) = pair
-            && let Ok(e) = self.pair_index.find_entry(ph, |&v| v == c)
+        self.index.remove(hash, c << 1 | d.index() as u32);
+        if let Some(uf) = self
+            .get_mut(c)
+            .and_then(|conn| conn.sides[d.index()].take())
         {
-            e.remove();
-        }
-        if let Some(conn) = self.get_mut(c) {
-            conn.sides[d.index()] = None;
+            self.contexts.release(&uf.key);
         }
     }
 
@@ -1053,32 +1058,32 @@ impl UnifiedFlowTable {
         best.map(|(_, i)| i)
     }
 
-    /// Rebuild the index after deserialization.
-    pub fn reindex(&mut self) {
+    /// Rebuild the index and the contexts' reference counts after
+    /// deserialization; a key naming a missing context is an error.
+    pub fn rebuild(&mut self) -> Result<(), String> {
+        self.contexts.rebuild(
+            self.conns
+                .iter()
+                .flatten()
+                .flat_map(|c| c.sides.iter().flatten())
+                .map(|uf| &uf.key),
+        )?;
         let mut index = FlowIndex::with_capacity(self.len() * 2);
-        let mut pair_index = HashTable::with_capacity(self.len());
-        let conns = &self.conns;
+        let (conns, contexts) = (&self.conns, &self.contexts);
         let seed = self.seed;
         for (i, c) in conns.iter().enumerate() {
             let Some(c) = c else { continue };
             for d in [Direction::Out, Direction::In] {
-                if let Some(uf) = c.side(d) {
-                    let v = (i as u32) << 1 | d.index() as u32;
-                    index.insert(uft_hash(seed, d, &uf.key.unpack()), v, |v| {
-                        side_hash(conns, seed, v)
+                let v = (i as u32) << 1 | d.index() as u32;
+                if c.side(d).is_some() {
+                    index.insert(side_hash(conns, contexts, seed, v), v, |v| {
+                        side_hash(conns, contexts, seed, v)
                     });
-                    if d == Direction::Out {
-                        pair_index.insert_unique(
-                            pair_hash(seed, &layer_flow_key(&uf.key.unpack())),
-                            i as u32,
-                            |&c| out_pair_hash(conns, seed, c),
-                        );
-                    }
                 }
             }
         }
         self.index = index;
-        self.pair_index = pair_index;
+        Ok(())
     }
 
     /// Approximate heap bytes used by the table (slab + index), for the
@@ -1086,7 +1091,7 @@ impl UnifiedFlowTable {
     pub fn memory_bytes(&self) -> usize {
         self.conns.capacity() * size_of::<Option<Connection>>()
             + self.index.memory_bytes()
-            + self.pair_index.capacity() * (size_of::<u32>() + 1)
+            + self.contexts.memory_bytes()
             + self
                 .iter()
                 .map(|(_, c)| {
@@ -1101,32 +1106,19 @@ impl UnifiedFlowTable {
     }
 }
 
-fn side_hash(conns: &[Option<Connection>], seed: TableSeed, v: u32) -> u64 {
+fn side_hash(
+    conns: &[Option<Connection>],
+    contexts: &HeaderContexts,
+    seed: TableSeed,
+    v: u32,
+) -> u64 {
+    let d = Direction::from_index((v & 1) as usize);
     conns
         .get((v >> 1) as usize)
         .and_then(|c| c.as_ref())
-        .and_then(|c| c.sides[(v & 1) as usize].as_ref())
-        .map(|uf| {
-            uft_hash(
-                seed,
-                Direction::from_index((v & 1) as usize),
-                &uf.key.unpack(),
-            )
-        })
-        .unwrap_or(0)
-}
-
-fn pair_hash(seed: TableSeed, k: &Ufid) -> u64 {
-    k.table_hash(seed.0 ^ 0x5041_4952)
-}
-
-fn out_pair_hash(conns: &[Option<Connection>], seed: TableSeed, c: u32) -> u64 {
-    conns
-        .get(c as usize)
-        .and_then(|c| c.as_ref())
-        .and_then(|c| c.side(Direction::Out))
-        .map(|uf| pair_hash(seed, &layer_flow_key(&uf.key.unpack())))
-        .unwrap_or(0)
+        .and_then(|c| c.side(d))
+        .and_then(|uf| contexts.unpack(&uf.key))
+        .map_or(0, |k| uft_hash(seed, d, &k))
 }
 
 #[cfg(test)]
@@ -1137,12 +1129,15 @@ mod tests {
     /// growing one is a decision, not an accident. (Unified flows grew 96
     /// → 104 bytes to keep their counter list out of the shared action the
     /// fast path reads: with it inside, per-destination meters made one
-    /// action per peer, a cold line per packet.)
+    /// action per peer, a cold line per packet. Then 104 → 64 when keys
+    /// began naming a shared header context instead of holding MACs and
+    /// tunnel headers.)
     #[test]
     fn entries_stay_compact() {
-        assert_eq!(size_of::<Option<UnifiedFlow>>(), 104);
+        assert_eq!(size_of::<StoredUfid>(), 24);
+        assert_eq!(size_of::<Option<UnifiedFlow>>(), 64);
         assert_eq!(size_of::<Option<TcpConn>>(), 52);
-        assert_eq!(size_of::<Option<Connection>>(), 312);
+        assert_eq!(size_of::<Option<Connection>>(), 232);
         assert_eq!(size_of::<Option<LayerFlow>>(), 32);
     }
 
@@ -1168,7 +1163,8 @@ mod tests {
         assert_eq!(a.clone().hash(d, &key), a.hash(d, &key));
         let (la, lb) = (LayerFlowTable::default(), LayerFlowTable::default());
         assert_ne!(lf_hash(la.seed, d, &key), lf_hash(lb.seed, d, &key));
-        assert_ne!(pair_hash(a.seed, &key), pair_hash(b.seed, &key));
+        let i = Direction::In;
+        assert_ne!(a.hash(i, &key), b.hash(i, &key));
     }
 
     /// Both keys of every flow stay findable while the index grows under

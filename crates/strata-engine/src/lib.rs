@@ -13,6 +13,7 @@ pub mod counters;
 pub mod error;
 pub mod expiry;
 pub mod flow_index;
+pub mod flow_key;
 pub mod flow_table;
 pub mod policy;
 pub mod port;

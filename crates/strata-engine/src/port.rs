@@ -20,6 +20,7 @@ use crate::action::{ActionCx, ActionOutput, ActionRegistry};
 use crate::condition::FieldValues;
 use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
+use crate::flow_key::StoredUfid;
 use crate::flow_table::{
     Connection, CounterSlots, CounterSlotsRef, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef,
     LayerFlowRefs, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, layer_flow_key,
@@ -37,7 +38,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned};
 use strata_packet::flow::{Ufid, ipproto};
-use strata_packet::packed::PackedUfid;
 use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_into, parse_with};
 use strata_packet::transposition::Transposition;
 
@@ -833,7 +833,7 @@ impl Port {
         let sim = self.simulate(d, ufid, now, Mode::Create, false);
         let forward = sim.verdict.is_none();
         let final_ufid = sim.transposition.apply_to_ufid(ufid);
-        let uf = self.unified_flow(ufid, &sim);
+        let uf = self.unified_flow(&sim);
 
         // VM-side pairing: an inbound flow whose VM-side key reversed is an
         // existing outbound flow joins that connection (asymmetric paths).
@@ -902,7 +902,7 @@ impl Port {
                 Direction::In => true,
             };
         if paired {
-            let puf = self.unified_flow(&pkey, &psim);
+            let puf = self.unified_flow(&psim);
             self.uft.set_side(c, pd, puf, &pkey, phash);
             let mut added = SmallVec::new();
             if let Some(conn) = self.uft.get_mut(c) {
@@ -917,7 +917,7 @@ impl Port {
         (c, tracked)
     }
 
-    fn unified_flow(&mut self, key: &Ufid, sim: &Sim) -> UnifiedFlow {
+    fn unified_flow(&mut self, sim: &Sim) -> UnifiedFlow {
         let forward = sim.verdict.is_none();
         let (shared, ports) = if forward {
             sim.transposition.split_ports()
@@ -935,7 +935,7 @@ impl Port {
         });
         let counters = self.intern_counters(counters);
         UnifiedFlow {
-            key: PackedUfid::pack(key),
+            key: StoredUfid::default(),
             generation: self.stamp(),
             ports,
             action,
@@ -995,16 +995,11 @@ impl Port {
 
     /// Re-simulate a stale unified flow (VFP-13).
     fn reconcile(&mut self, c: u32, d: Direction, now: Time) {
-        let Some(key) = self
-            .uft
-            .get(c)
-            .and_then(|c| c.side(d))
-            .map(|uf| uf.key.unpack())
-        else {
+        let Some(key) = self.uft.side_key(c, d) else {
             return;
         };
         let sim = self.simulate(d, &key, now, Mode::Create, false);
-        let uf = self.unified_flow(&key, &sim);
+        let uf = self.unified_flow(&sim);
         let mut new_refs = SmallVec::new();
         if let Some(conn) = self.uft.get_mut(c) {
             new_refs = add_refs(&mut conn.layer_flows, &sim.refs);

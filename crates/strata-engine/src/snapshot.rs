@@ -24,9 +24,10 @@ pub const MAGIC: [u8; 8] = *b"STRATASR";
 /// actions and 32-bit generation stamps and layer flows share their
 /// connection's keys; 4 since counter-slot lists are interned apart from
 /// flow actions; 5 since counter slots are retired and freed (the
-/// arena stores its free list and retired slots). Older snapshots are
+/// arena stores its free list and retired slots); 6 since unified flow keys
+/// name header contexts the flow table stores once. Older snapshots are
 /// refused with a clear error.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 #[derive(Serialize, Deserialize)]
 pub struct Envelope {
@@ -148,7 +149,8 @@ impl Port {
             ));
         }
         let mut uft = st.uft;
-        uft.reindex();
+        uft.rebuild()
+            .map_err(|e| ApiError::Snapshot(format!("bad flow table: {e}")))?;
         let mut layer_flows = st.layer_flows;
         for (_, t) in &mut layer_flows {
             t.reindex(&uft);

@@ -92,3 +92,57 @@ fn shared_layer_flow_outlives_the_connection_whose_key_it_read() {
     assert_eq!(p.connection_count(), 0);
     assert_eq!(p.layer_flow_count("acl"), 0);
 }
+
+/// VM-side pairing (VFP-14) finds an inbound flow's outbound partner by
+/// L3/L4 identity: a reply whose inner and outer MACs differ from the ones
+/// the outbound simulation predicted (another router, a moved peer NIC)
+/// joins the existing connection instead of starting one, and the
+/// connection's unified flows then match it on the fast path. Also after a
+/// snapshot restore (the index is rebuilt from the stored keys).
+#[test]
+fn reply_with_other_macs_joins_its_connection() {
+    let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
+    install_mappings(&mut p, 4).expect("mappings");
+    let query = udp(VM_MAC, VM_GW_MAC, VM_CA, peer_ip(), 5000, 53, b"q");
+    assert!(forwards(&mut p, Direction::Out, &query, secs(1)));
+    assert_eq!((p.connection_count(), p.unified_flow_count()), (1, 2));
+    let inner = udp(
+        MacAddr([0x02, 0x77, 0, 0, 0, 1]),
+        VM_MAC,
+        peer_ip(),
+        VM_CA,
+        53,
+        5000,
+        b"answer",
+    );
+    let odd_reply = vxlan(
+        MacAddr([0x02, 0x77, 0, 0, 0, 2]),
+        HOST_MAC,
+        remote_pa(PEER.0, PEER.1),
+        HOST_PA,
+        VNI,
+        &inner,
+    );
+    let snapshot = p.snapshot().expect("snapshot");
+    let mut q = Port::restore(&snapshot, ActionRegistry::default()).expect("restore");
+    for port in [&mut p, &mut q] {
+        let slow = port.direction_counters(Direction::In).slow_path;
+        let (v, _) = run(port, Direction::In, &odd_reply, secs(2));
+        assert!(v.is_forward(), "{v:?}");
+        assert_eq!(port.direction_counters(Direction::In).slow_path, slow + 1);
+        assert_eq!(
+            (port.connection_count(), port.unified_flow_count()),
+            (1, 2),
+            "the reply joined the query's connection"
+        );
+        let (v, _) = run(port, Direction::In, &odd_reply, secs(3));
+        assert!(v.is_forward(), "{v:?}");
+        assert_eq!(
+            port.direction_counters(Direction::In).slow_path,
+            slow + 1,
+            "the next reply hits the joined flow"
+        );
+        assert!(forwards(port, Direction::Out, &query, secs(4)));
+        assert_eq!(port.connection_count(), 1);
+    }
+}

@@ -295,6 +295,20 @@ impl Ufid {
     /// through `Hash`. Equal keys hash equally; it is not a stable format.
     #[inline]
     pub fn table_hash(&self, seed: u64) -> u64 {
+        self.hash_fields::<true>(seed)
+    }
+
+    /// [`Ufid::table_hash`] of the key with every MAC address (inner and
+    /// outer) zeroed, without copying it: keys that differ only in MACs
+    /// hash alike, so a table can find a flow by its L3/L4 identity.
+    #[inline]
+    pub fn table_hash_without_macs(&self, seed: u64) -> u64 {
+        self.hash_fields::<false>(seed)
+    }
+
+    #[inline(always)]
+    fn hash_fields<const MACS: bool>(&self, seed: u64) -> u64 {
+        let mac_word = |m: MacAddr| if MACS { mac_word(m) } else { 0 };
         let k = &self.inner;
         let (s0, s1) = ip_words(k.src_ip);
         let (d0, d1) = ip_words(k.dst_ip);
@@ -406,7 +420,7 @@ const TUNNEL_K: [u64; 4] = [
 ];
 
 /// Odd constants (digits of pi) decorrelating the folds of [`Ufid::table_hash`].
-const FOLD_K: [u64; 8] = [
+pub(crate) const FOLD_K: [u64; 8] = [
     0x243f_6a88_85a3_08d3,
     0x1319_8a2e_0370_7345,
     0xa409_3822_299f_31d1,
@@ -419,7 +433,7 @@ const FOLD_K: [u64; 8] = [
 
 /// Folded multiply: the full 128-bit product's halves xored together.
 #[inline(always)]
-fn fold(a: u64, b: u64) -> u64 {
+pub(crate) fn fold(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
 }

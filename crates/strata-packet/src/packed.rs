@@ -3,12 +3,17 @@
 //! A [`Ufid`] is 112 bytes because every address may be IPv6. Flow tables
 //! hold millions of keys and almost all of them are IPv4 (with at most one
 //! IPv4 tunnel header group), so a table stores a [`PackedUfid`]: IPv4 keys
-//! inline in 60 bytes, anything else boxed. Packing is lossless
+//! inline in 56 bytes, anything else boxed. Packing is lossless
 //! (`PackedUfid::pack(u).unpack() == u` for every `u`), and
 //! [`PackedUfid::matches`] compares against a full key without unpacking, so
 //! a lookup never builds a key.
+//!
+//! The IPv4 form splits ([`split_v4`]) into a 16-byte [`TupleV4`] of the
+//! fields that tell connections apart and a [`HeaderContext`] of the fields
+//! many flows share (MACs, VLAN, the tunnel header group), for tables that
+//! keep each context once.
 
-use crate::flow::{FlowKey, MacAddr, OuterKey, TunnelKind, Ufid};
+use crate::flow::{FOLD_K, FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, fold};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -24,21 +29,40 @@ pub enum PackedUfid {
 /// Bit 15 of `vlan` marks a present tag (ids are 12 bits).
 const VLAN_PRESENT: u16 = 0x8000;
 
-/// The IPv4 form: every field of the [`Ufid`], narrowed.
+/// The IPv4 form: every field of the [`Ufid`], narrowed, in two parts —
+/// the fields that tell connections apart ([`TupleV4`]) and the ones many
+/// flows share ([`HeaderContext`]). A table may store the context once for
+/// all its flows (see the engine's unified flow table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackedV4 {
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
+    tuple: TupleV4,
+    context: HeaderContext,
+}
+
+/// The per-connection fields of an IPv4 UFID: addresses, ports, protocol,
+/// DSCP and ICMP type/code of the inner groups. 16 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TupleV4 {
     src_ip: u32,
     dst_ip: u32,
     src_port: u16,
     dst_port: u16,
-    ether_type: u16,
-    vlan: u16,
     proto: u8,
     dscp: u8,
     icmp_type: u8,
     icmp_code: u8,
+}
+
+/// The fields of an IPv4 UFID that the flows between the same two
+/// endpoints' NICs share: inner MACs, VLAN and ethertype, and the whole
+/// outer header group (outer MACs and IPv4 addresses, tunnel kind, VNI).
+/// 40 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HeaderContext {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    ether_type: u16,
+    vlan: u16,
     /// Outer groups; `outer_kind` 0 = none, else `TunnelKind` + 1.
     outer_src_mac: [u8; 6],
     outer_dst_mac: [u8; 6],
@@ -72,44 +96,102 @@ fn kind_of(code: u32) -> Option<TunnelKind> {
     }
 }
 
-impl PackedV4 {
-    fn pack(u: &Ufid) -> Option<PackedV4> {
-        let k = &u.inner;
-        let vlan = match k.vlan {
-            None => 0,
-            Some(v) if v < VLAN_PRESENT => v | VLAN_PRESENT,
-            Some(_) => return None,
-        };
-        let mut p = PackedV4 {
-            src_mac: k.src_mac.0,
-            dst_mac: k.dst_mac.0,
-            src_ip: v4(k.src_ip)?,
-            dst_ip: v4(k.dst_ip)?,
-            src_port: k.src_port,
-            dst_port: k.dst_port,
-            ether_type: k.ether_type,
-            vlan,
-            proto: k.proto,
-            dscp: k.dscp,
-            icmp_type: k.icmp_type,
-            icmp_code: k.icmp_code,
-            outer_src_mac: [0; 6],
-            outer_dst_mac: [0; 6],
-            outer_src_ip: 0,
-            outer_dst_ip: 0,
-            outer_vni_kind: 0,
-        };
-        if let Some(o) = &u.outer {
-            if o.vni >= 1 << 24 {
-                return None;
-            }
-            p.outer_src_mac = o.src_mac.0;
-            p.outer_dst_mac = o.dst_mac.0;
-            p.outer_src_ip = v4(o.src_ip)?;
-            p.outer_dst_ip = v4(o.dst_ip)?;
-            p.outer_vni_kind = o.vni | kind_code(o.tunnel) << 24;
+/// `u` as an IPv4 tuple and its header context, if it has the IPv4 form
+/// (IPv4 or non-IP inner groups, no outer group or an IPv4 one).
+pub fn split_v4(u: &Ufid) -> Option<(TupleV4, HeaderContext)> {
+    let k = &u.inner;
+    let vlan = match k.vlan {
+        None => 0,
+        Some(v) if v < VLAN_PRESENT => v | VLAN_PRESENT,
+        Some(_) => return None,
+    };
+    let tuple = TupleV4 {
+        src_ip: v4(k.src_ip)?,
+        dst_ip: v4(k.dst_ip)?,
+        src_port: k.src_port,
+        dst_port: k.dst_port,
+        proto: k.proto,
+        dscp: k.dscp,
+        icmp_type: k.icmp_type,
+        icmp_code: k.icmp_code,
+    };
+    let mut c = HeaderContext {
+        src_mac: k.src_mac.0,
+        dst_mac: k.dst_mac.0,
+        ether_type: k.ether_type,
+        vlan,
+        ..HeaderContext::default()
+    };
+    if let Some(o) = &u.outer {
+        if o.vni >= 1 << 24 {
+            return None;
         }
-        Some(p)
+        c.outer_src_mac = o.src_mac.0;
+        c.outer_dst_mac = o.dst_mac.0;
+        c.outer_src_ip = v4(o.src_ip)?;
+        c.outer_dst_ip = v4(o.dst_ip)?;
+        c.outer_vni_kind = o.vni | kind_code(o.tunnel) << 24;
+    }
+    Some((tuple, c))
+}
+
+/// The UFID whose [`split_v4`] is `(t, c)`.
+pub fn join_v4(t: &TupleV4, c: &HeaderContext) -> Ufid {
+    Ufid {
+        outer: c.outer(),
+        inner: FlowKey {
+            src_mac: MacAddr(c.src_mac),
+            dst_mac: MacAddr(c.dst_mac),
+            vlan: (c.vlan & VLAN_PRESENT != 0).then_some(c.vlan & !VLAN_PRESENT),
+            ether_type: c.ether_type,
+            src_ip: IpAddr::V4(Ipv4Addr::from(t.src_ip)),
+            dst_ip: IpAddr::V4(Ipv4Addr::from(t.dst_ip)),
+            proto: t.proto,
+            dscp: t.dscp,
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            icmp_type: t.icmp_type,
+            icmp_code: t.icmp_code,
+        },
+    }
+}
+
+impl TupleV4 {
+    /// Whether `u`'s per-connection fields are these, most discriminating
+    /// first. With [`HeaderContext::matches`], exactly `u == join_v4(..)`.
+    #[inline]
+    pub fn matches(&self, u: &Ufid) -> bool {
+        let k = &u.inner;
+        k.src_port == self.src_port
+            && k.dst_port == self.dst_port
+            && v4(k.src_ip) == Some(self.src_ip)
+            && v4(k.dst_ip) == Some(self.dst_ip)
+            && k.proto == self.proto
+            && k.dscp == self.dscp
+            && k.icmp_type == self.icmp_type
+            && k.icmp_code == self.icmp_code
+    }
+
+    /// The IP protocol.
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+
+impl HeaderContext {
+    /// A fast 64-bit hash of the context (one per `seed`), folded like
+    /// [`Ufid::table_hash`]: a table interns a context per new flow.
+    #[inline]
+    pub fn table_hash(&self, seed: u64) -> u64 {
+        let mac = |m: [u8; 6]| u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]);
+        let w0 = mac(self.src_mac) | u64::from(self.ether_type) << 48;
+        let w1 = mac(self.dst_mac) | u64::from(self.vlan) << 48;
+        let w2 = mac(self.outer_src_mac) | u64::from(self.outer_vni_kind >> 16) << 48;
+        let w3 = mac(self.outer_dst_mac) | u64::from(self.outer_vni_kind & 0xffff) << 48;
+        let w4 = u64::from(self.outer_src_ip) << 32 | u64::from(self.outer_dst_ip);
+        let mut h = fold(w0 ^ seed, w1 ^ FOLD_K[0]);
+        h = fold(h ^ w2, w3 ^ FOLD_K[1]);
+        fold(h ^ w4, FOLD_K[2])
     }
 
     fn outer(&self) -> Option<OuterKey> {
@@ -123,41 +205,13 @@ impl PackedV4 {
         })
     }
 
-    fn unpack(&self) -> Ufid {
-        Ufid {
-            outer: self.outer(),
-            inner: FlowKey {
-                src_mac: MacAddr(self.src_mac),
-                dst_mac: MacAddr(self.dst_mac),
-                vlan: (self.vlan & VLAN_PRESENT != 0).then_some(self.vlan & !VLAN_PRESENT),
-                ether_type: self.ether_type,
-                src_ip: IpAddr::V4(Ipv4Addr::from(self.src_ip)),
-                dst_ip: IpAddr::V4(Ipv4Addr::from(self.dst_ip)),
-                proto: self.proto,
-                dscp: self.dscp,
-                src_port: self.src_port,
-                dst_port: self.dst_port,
-                icmp_type: self.icmp_type,
-                icmp_code: self.icmp_code,
-            },
-        }
-    }
-
-    /// Field by field against a full key, most discriminating first.
+    /// Whether `u`'s shared fields are these.
     #[inline]
-    fn matches(&self, u: &Ufid) -> bool {
+    pub fn matches(&self, u: &Ufid) -> bool {
         let k = &u.inner;
-        let inner = k.src_port == self.src_port
-            && k.dst_port == self.dst_port
-            && v4(k.src_ip) == Some(self.src_ip)
-            && v4(k.dst_ip) == Some(self.dst_ip)
-            && k.proto == self.proto
-            && k.src_mac.0 == self.src_mac
+        let inner = k.src_mac.0 == self.src_mac
             && k.dst_mac.0 == self.dst_mac
             && k.ether_type == self.ether_type
-            && k.dscp == self.dscp
-            && k.icmp_type == self.icmp_type
-            && k.icmp_code == self.icmp_code
             && match k.vlan {
                 None => self.vlan == 0,
                 Some(v) => self.vlan == v | VLAN_PRESENT && v < VLAN_PRESENT,
@@ -174,6 +228,21 @@ impl PackedV4 {
                         && o.dst_mac.0 == self.outer_dst_mac
                 }
             }
+    }
+}
+
+impl PackedV4 {
+    fn pack(u: &Ufid) -> Option<PackedV4> {
+        split_v4(u).map(|(tuple, context)| PackedV4 { tuple, context })
+    }
+
+    fn unpack(&self) -> Ufid {
+        join_v4(&self.tuple, &self.context)
+    }
+
+    #[inline]
+    fn matches(&self, u: &Ufid) -> bool {
+        self.tuple.matches(u) && self.context.matches(u)
     }
 }
 
@@ -207,7 +276,7 @@ impl PackedUfid {
     /// The IP protocol of the inner groups.
     pub fn proto(&self) -> u8 {
         match self {
-            PackedUfid::V4(p) => p.proto,
+            PackedUfid::V4(p) => p.tuple.proto,
             PackedUfid::Wide(u) => u.inner.proto,
         }
     }

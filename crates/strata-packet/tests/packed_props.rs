@@ -5,6 +5,7 @@
 
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use strata_packet::packed::{join_v4, split_v4};
 use strata_packet::{FlowKey, MacAddr, OuterKey, PackedUfid, TunnelKind, Ufid};
 
 fn ip() -> impl Strategy<Value = IpAddr> {
@@ -99,6 +100,25 @@ proptest! {
         if a == b {
             prop_assert_eq!(a.table_hash(7), b.table_hash(7));
         }
+        // The split form (a tuple and a shared header context) is exact too.
+        if let Some((ta, ca)) = split_v4(&a) {
+            prop_assert_eq!(join_v4(&ta, &ca), a);
+            prop_assert_eq!(ta.matches(&b) && ca.matches(&b), a == b);
+            if let Some((tb, cb)) = split_v4(&b) {
+                prop_assert_eq!(ta == tb && ca == cb, a == b);
+            }
+        } else {
+            prop_assert!(matches!(pa, PackedUfid::Wide(_)));
+        }
+        // Without MACs: keys equal but for MACs hash alike.
+        let mut am = a;
+        am.inner.src_mac = b.inner.src_mac;
+        am.inner.dst_mac = b.inner.dst_mac;
+        if let (Some(o), Some(bo)) = (am.outer.as_mut(), b.outer.as_ref()) {
+            o.src_mac = bo.src_mac;
+            o.dst_mac = bo.dst_mac;
+        }
+        prop_assert_eq!(a.table_hash_without_macs(3), am.table_hash_without_macs(3));
     }
 }
 
@@ -144,6 +164,9 @@ proptest! {
         let b = with_field_of(&a, &other, f);
         let pa = PackedUfid::pack(&a);
         prop_assert_eq!(PackedUfid::pack(&b).unpack(), b);
+        if let Some((t, c)) = split_v4(&a) {
+            prop_assert_eq!(t.matches(&b) && c.matches(&b), a == b, "field {}", f);
+        }
         prop_assert_eq!(pa.matches(&b), a == b, "field {}", f);
         prop_assert_eq!(pa == PackedUfid::pack(&b), a == b, "field {}", f);
     }

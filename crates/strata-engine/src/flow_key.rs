@@ -1,0 +1,363 @@
+//! Unified flow keys as the unified flow table stores them.
+//!
+//! A million connections mean two million keys, and most of what a key
+//! holds is the same across many of them: the inner MACs, VLAN and
+//! ethertype, and the whole outer header group (outer MACs and addresses,
+//! tunnel kind, VNI) are those of the two NICs and hosts a flow runs
+//! between. So a [`StoredUfid`] of the IPv4 form keeps only its 16-byte
+//! [`TupleV4`] (addresses, ports, protocol, DSCP, ICMP type/code) and the id
+//! of a [`HeaderContext`] kept once in the table's [`HeaderContexts`],
+//! reference-counted and freed with its last flow. Keys with IPv6 anywhere
+//! are boxed whole. A stored key is 24 bytes instead of 64; comparing one
+//! against a packet's UFID reads the context by id, a line every flow with
+//! it keeps hot.
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use serde::{Deserialize, Serialize};
+use std::hash::BuildHasher;
+use strata_packet::flow::Ufid;
+use strata_packet::packed::{HeaderContext, TupleV4, join_v4, split_v4};
+
+/// The context id of a key not stored in any table: it matches nothing.
+const NO_CONTEXT: u32 = u32::MAX;
+
+/// A unified flow key in storage form; only meaningful with the
+/// [`HeaderContexts`] that stored it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredUfid {
+    /// IPv4 (or non-IP) inner groups, no outer group or an IPv4 one.
+    V4 { tuple: TupleV4, context: u32 },
+    /// Everything else (IPv6 anywhere, VLAN ids or VNIs out of range).
+    Wide(Box<Ufid>),
+}
+
+impl Default for StoredUfid {
+    /// A key that matches no UFID (a flow not yet in a table).
+    fn default() -> Self {
+        StoredUfid::V4 {
+            tuple: TupleV4::default(),
+            context: NO_CONTEXT,
+        }
+    }
+}
+
+impl StoredUfid {
+    /// The IP protocol of the inner groups.
+    #[inline]
+    pub fn proto(&self) -> u8 {
+        match self {
+            StoredUfid::V4 { tuple, .. } => tuple.proto(),
+            StoredUfid::Wide(u) => u.inner.proto,
+        }
+    }
+
+    /// Heap bytes held beyond the value itself (contexts are counted by
+    /// [`HeaderContexts::memory_bytes`]).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            StoredUfid::V4 { .. } => 0,
+            StoredUfid::Wide(_) => size_of::<Ufid>(),
+        }
+    }
+}
+
+/// The header contexts of one table's keys, each stored once with the
+/// number of keys naming it. Bounded by the number of keys: a context is
+/// freed (and its id reused) when its last key is released.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HeaderContexts {
+    /// By id; `None` is a free id.
+    entries: Vec<Option<HeaderContext>>,
+    /// Keys naming each id (rebuilt on restore).
+    #[serde(skip)]
+    refs: Vec<u32>,
+    #[serde(skip)]
+    free: Vec<u32>,
+    /// Ids by context value.
+    #[serde(skip)]
+    index: HashTable<u32>,
+    /// Randomly seeded: contexts come from packets (hash flooding).
+    #[serde(skip)]
+    seed: ContextSeed,
+}
+
+impl HeaderContexts {
+    /// The storage form of `u`, taking a reference on its context.
+    pub fn store(&mut self, u: &Ufid) -> StoredUfid {
+        match split_v4(u) {
+            Some((tuple, c)) => StoredUfid::V4 {
+                tuple,
+                context: self.acquire(&c),
+            },
+            None => StoredUfid::Wide(Box::new(*u)),
+        }
+    }
+
+    fn acquire(&mut self, c: &HeaderContext) -> u32 {
+        let h = c.table_hash(self.seed.0);
+        let entries = &self.entries;
+        if let Some(&id) = self
+            .index
+            .find(h, |&id| entries[id as usize].as_ref() == Some(c))
+        {
+            self.refs[id as usize] += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = Some(*c);
+                self.refs[id as usize] = 1;
+                id
+            }
+            None => {
+                self.entries.push(Some(*c));
+                self.refs.push(1);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let (entries, seed) = (&self.entries, self.seed.0);
+        self.index
+            .insert_unique(h, id, |&v| context_hash(entries, seed, v));
+        id
+    }
+
+    /// Drop `k`'s reference on its context (freeing it with the last).
+    pub fn release(&mut self, k: &StoredUfid) {
+        let StoredUfid::V4 { context: id, .. } = *k else {
+            return;
+        };
+        let Some(r) = self.refs.get_mut(id as usize).filter(|r| **r > 0) else {
+            return;
+        };
+        *r -= 1;
+        if *r > 0 {
+            return;
+        }
+        if let Some(c) = self.entries[id as usize].take() {
+            let h = c.table_hash(self.seed.0);
+            if let Ok(e) = self.index.find_entry(h, |&v| v == id) {
+                e.remove();
+            }
+        }
+        self.free.push(id);
+    }
+
+    /// Whether `k` is the stored form of `u` (without unpacking).
+    #[inline]
+    pub fn matches(&self, k: &StoredUfid, u: &Ufid) -> bool {
+        match k {
+            StoredUfid::V4 { tuple, context } => {
+                tuple.matches(u)
+                    && self
+                        .entries
+                        .get(*context as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|c| c.matches(u))
+            }
+            StoredUfid::Wide(w) => **w == *u,
+        }
+    }
+
+    /// The full key `k` stands for (`None` for a key this table did not
+    /// store).
+    pub fn unpack(&self, k: &StoredUfid) -> Option<Ufid> {
+        match k {
+            StoredUfid::V4 { tuple, context } => self
+                .entries
+                .get(*context as usize)?
+                .as_ref()
+                .map(|c| join_v4(tuple, c)),
+            StoredUfid::Wide(w) => Some(**w),
+        }
+    }
+
+    /// Contexts in use.
+    pub fn len(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Heap bytes used.
+    pub fn memory_bytes(&self) -> usize {
+        self.entries.capacity() * size_of::<Option<HeaderContext>>()
+            + self.refs.capacity() * 4
+            + self.free.capacity() * 4
+            + self.index.capacity() * (size_of::<u32>() + 1)
+    }
+
+    /// After deserialization: count the references of `keys` (every key
+    /// the table holds), refuse keys naming a missing context, and free
+    /// contexts no key names.
+    pub fn rebuild<'a>(
+        &mut self,
+        keys: impl Iterator<Item = &'a StoredUfid>,
+    ) -> Result<(), String> {
+        let mut refs = vec![0u32; self.entries.len()];
+        for k in keys {
+            let StoredUfid::V4 { context: id, .. } = *k else {
+                continue;
+            };
+            match self.entries.get(id as usize) {
+                Some(Some(_)) => refs[id as usize] += 1,
+                _ => {
+                    return Err(format!(
+                        "a flow key names header context {id}, which is missing"
+                    ));
+                }
+            }
+        }
+        let mut free = Vec::new();
+        for (id, (e, r)) in self.entries.iter_mut().zip(&refs).enumerate() {
+            if *r == 0 {
+                *e = None;
+                free.push(id as u32);
+            }
+        }
+        let (entries, seed) = (&self.entries, self.seed.0);
+        let mut index = HashTable::with_capacity(entries.len() - free.len());
+        for (id, e) in entries.iter().enumerate() {
+            if let Some(c) = e {
+                index.insert_unique(c.table_hash(seed), id as u32, |&v| {
+                    context_hash(entries, seed, v)
+                });
+            }
+        }
+        self.refs = refs;
+        self.free = free;
+        self.index = index;
+        Ok(())
+    }
+}
+
+/// Hash of the context with id `v` (for the index's rehashing).
+fn context_hash(entries: &[Option<HeaderContext>], seed: u64, v: u32) -> u64 {
+    entries
+        .get(v as usize)
+        .and_then(Option::as_ref)
+        .map_or(0, |c| c.table_hash(seed))
+}
+
+/// A random hash seed per table (never stored).
+#[derive(Clone, Copy, Debug)]
+struct ContextSeed(u64);
+
+impl Default for ContextSeed {
+    fn default() -> Self {
+        ContextSeed(RandomState::default().hash_one(0x4354_5853_u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use strata_packet::flow::{FlowKey, MacAddr, OuterKey, TunnelKind};
+
+    fn key(port: u16, peer_mac: u8, tunnel_src: Option<u8>) -> Ufid {
+        Ufid {
+            outer: tunnel_src.map(|s| OuterKey {
+                src_mac: MacAddr([2, 0, 0, 0, 1, s]),
+                dst_mac: MacAddr([2, 0, 0, 0, 1, 0]),
+                src_ip: IpAddr::V4(Ipv4Addr::new(192, 168, 0, s)),
+                dst_ip: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)),
+                tunnel: TunnelKind::Vxlan,
+                vni: 5001,
+            }),
+            inner: FlowKey {
+                src_mac: MacAddr([2, 0, 0, 0, 0, peer_mac]),
+                dst_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                ether_type: 0x0800,
+                src_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                dst_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                proto: 6,
+                src_port: port,
+                dst_port: 80,
+                ..FlowKey::EMPTY
+            },
+        }
+    }
+
+    /// Keys of one context share it; each key matches exactly its own UFID
+    /// and unpacks to it; the context is freed with its last key and its id
+    /// reused.
+    #[test]
+    fn contexts_are_shared_counted_and_freed() {
+        let mut t = HeaderContexts::default();
+        let a = key(1000, 7, Some(9));
+        let b = key(1001, 7, Some(9));
+        let c = key(1000, 8, Some(9));
+        let (sa, sb, sc) = (t.store(&a), t.store(&b), t.store(&c));
+        assert_eq!(t.len(), 2, "a and b share a context, c has its own");
+        for (s, u) in [(&sa, a), (&sb, b), (&sc, c)] {
+            assert_eq!(t.unpack(s), Some(u));
+            for other in [a, b, c, key(1000, 7, None), key(1000, 7, Some(3))] {
+                assert_eq!(t.matches(s, &other), other == u);
+            }
+        }
+        t.release(&sa);
+        assert_eq!(t.len(), 2);
+        assert!(t.matches(&sb, &b), "b's context outlives a");
+        t.release(&sb);
+        assert_eq!(t.len(), 1);
+        assert!(!t.matches(&sb, &b), "a freed context matches nothing");
+        let sd = t.store(&key(5, 1, None));
+        let StoredUfid::V4 { context, .. } = sd else {
+            panic!("IPv4 key stored wide")
+        };
+        let StoredUfid::V4 { context: freed, .. } = sa else {
+            panic!("IPv4 key stored wide")
+        };
+        assert_eq!(context, freed, "freed id reused");
+        assert_eq!(t.len(), 2);
+        // Releasing a key never stored changes nothing.
+        t.release(&StoredUfid::default());
+        assert_eq!(t.len(), 2);
+        assert!(!t.matches(&StoredUfid::default(), &key(0, 0, None)));
+    }
+
+    /// IPv6 keys are kept whole and take no context.
+    #[test]
+    fn wide_keys_are_boxed() {
+        let mut t = HeaderContexts::default();
+        let mut u = key(1, 1, Some(2));
+        u.inner.src_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let s = t.store(&u);
+        assert!(matches!(s, StoredUfid::Wide(_)));
+        assert_eq!(t.len(), 0);
+        assert!(t.matches(&s, &u));
+        assert_eq!(t.unpack(&s), Some(u));
+    }
+
+    /// Restoring recounts references, frees unnamed contexts and refuses a
+    /// key naming a missing one.
+    #[test]
+    fn rebuild_recounts_and_validates() {
+        let mut t = HeaderContexts::default();
+        let keys = [key(1, 1, None), key(2, 1, None), key(3, 2, Some(4))];
+        let stored: Vec<StoredUfid> = keys.iter().map(|k| t.store(k)).collect();
+        let bytes = postcard::to_stdvec(&t).expect("serialize");
+        let mut r: HeaderContexts = postcard::from_bytes(&bytes).expect("deserialize");
+        r.rebuild(stored[..2].iter()).expect("valid keys");
+        assert_eq!(r.len(), 1, "the third key's context is no longer named");
+        assert!(r.matches(&stored[0], &keys[0]));
+        r.release(&stored[0]);
+        assert!(r.matches(&stored[1], &keys[1]), "still one reference");
+        // Interning after a restore finds the restored context.
+        let again = r.store(&keys[1]);
+        assert_eq!(again, stored[1]);
+
+        let mut r: HeaderContexts = postcard::from_bytes(&bytes).expect("deserialize");
+        let bad = StoredUfid::V4 {
+            tuple: TupleV4::default(),
+            context: 17,
+        };
+        let err = r
+            .rebuild([&stored[0], &bad].into_iter())
+            .expect_err("missing context");
+        assert!(err.contains("header context 17"), "{err}");
+    }
+}
