@@ -566,11 +566,65 @@ pub struct FlowAction {
     /// emitter once for every flow sharing it. Compares, hashes and
     /// serializes as the transposition.
     pub plan: EmitPlan,
+    /// Which ports the flows sharing this action rewrite (the values are
+    /// each flow's own).
+    pub port_shape: PortShape,
+}
+
+/// Which of the source and destination ports a flow's transposition
+/// rewrites. Part of the shared [`FlowAction`], so a flow keeps only the
+/// values ([`PortValues`], 4 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortShape {
+    pub src: bool,
+    pub dst: bool,
+}
+
+impl PortShape {
+    /// The shape of `p`.
+    pub fn of(p: &PortRewrite) -> PortShape {
+        PortShape {
+            src: p.src.is_some(),
+            dst: p.dst.is_some(),
+        }
+    }
+}
+
+/// A flow's own port rewrite values (0 where its action's [`PortShape`]
+/// rewrites nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortValues {
+    pub src: u16,
+    pub dst: u16,
+}
+
+impl PortValues {
+    pub fn of(p: &PortRewrite) -> PortValues {
+        PortValues {
+            src: p.src.unwrap_or(0),
+            dst: p.dst.unwrap_or(0),
+        }
+    }
+}
+
+impl FlowAction {
+    /// The port rewrite of a flow with port values `v`.
+    #[inline]
+    pub fn port_rewrite(&self, v: PortValues) -> PortRewrite {
+        PortRewrite {
+            src: self.port_shape.src.then_some(v.src),
+            dst: self.port_shape.dst.then_some(v.dst),
+        }
+    }
 }
 
 impl std::hash::Hash for FlowAction {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(action_digest(&self.verdict, self.plan.transposition()));
+        state.write_u64(action_digest(
+            &self.verdict,
+            self.plan.transposition(),
+            self.port_shape,
+        ));
     }
 }
 
@@ -579,11 +633,16 @@ impl std::hash::Hash for FlowAction {
 pub struct FlowActionRef<'a> {
     pub verdict: &'a Verdict,
     pub transposition: &'a Transposition,
+    pub port_shape: PortShape,
 }
 
 impl std::hash::Hash for FlowActionRef<'_> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(action_digest(self.verdict, self.transposition));
+        state.write_u64(action_digest(
+            self.verdict,
+            self.transposition,
+            self.port_shape,
+        ));
     }
 }
 
@@ -593,7 +652,7 @@ impl std::hash::Hash for FlowActionRef<'_> {
 /// digests match. Interning runs once per new unified flow, and hashing the
 /// whole transposition field by field cost more than the rest of the
 /// lookup.
-fn action_digest(v: &Verdict, t: &Transposition) -> u64 {
+fn action_digest(v: &Verdict, t: &Transposition, shape: PortShape) -> u64 {
     fn ip(a: Option<IpAddr>) -> u64 {
         match a {
             None => 0,
@@ -611,7 +670,7 @@ fn action_digest(v: &Verdict, t: &Transposition) -> u64 {
         (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
     }
     let verdict = match v {
-        Verdict::Forward => 0,
+        Verdict::Forward => u64::from(shape.src) << 40 | u64::from(shape.dst) << 41,
         Verdict::Drop { reason, layer } => {
             1 | (reason.index() as u64) << 1 | layer.map_or(0, |l| u64::from(l) + 1) << 16
         }
@@ -631,7 +690,9 @@ fn action_digest(v: &Verdict, t: &Transposition) -> u64 {
 
 impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
     fn equivalent(&self, a: &Arc<FlowAction>) -> bool {
-        *self.verdict == a.verdict && self.transposition == a.plan.transposition()
+        *self.verdict == a.verdict
+            && self.port_shape == a.port_shape
+            && self.transposition == a.plan.transposition()
     }
 }
 
@@ -654,7 +715,7 @@ impl hashbrown::Equivalent<Arc<CounterSlots>> for CounterSlotsRef<'_> {
 }
 
 /// The cached result for one UFID in one direction (VFP-12): the shared
-/// [`FlowAction`] plus what is the flow's own. 64 bytes.
+/// [`FlowAction`] plus what is the flow's own. 56 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnifiedFlow {
     /// The flow's UFID in storage form: set by the table when the flow goes
@@ -667,17 +728,18 @@ pub struct UnifiedFlow {
     /// stamp equals the current generation's only if the flow was compiled
     /// at it.
     pub generation: u32,
-    /// The per-flow part of the transposition.
-    pub ports: PortRewrite,
+    /// The per-flow part of the transposition (which ports it rewrites is
+    /// the action's [`FlowAction::port_shape`]).
+    pub ports: PortValues,
     pub action: Arc<FlowAction>,
     pub counters: Arc<CounterSlots>,
     /// Packets and bytes not yet added to the action's counters (the fast
     /// path counts here, in the entry it already has in cache; flushed
-    /// lazily, and before `packets` would overflow).
+    /// lazily, and before either would overflow — at worst every 4 GiB).
     #[serde(default)]
     pub packets: u32,
     #[serde(default)]
-    pub bytes: u64,
+    pub bytes: u32,
 }
 
 impl UnifiedFlow {
@@ -689,7 +751,27 @@ impl UnifiedFlow {
     /// The whole transposition (shared part and port rewrite), built for
     /// diagnostics; the datapath applies the parts without building it.
     pub fn transposition(&self) -> Transposition {
-        self.action.plan.transposition().with_ports(self.ports)
+        self.action
+            .plan
+            .transposition()
+            .with_ports(self.port_rewrite())
+    }
+
+    /// The flow's port rewrite.
+    #[inline]
+    pub fn port_rewrite(&self) -> PortRewrite {
+        self.action.port_rewrite(self.ports)
+    }
+
+    /// Count one packet of `bytes` bytes, flushing first if a pending count
+    /// would overflow.
+    #[inline]
+    pub fn count(&mut self, bytes: u32, arena: &mut crate::counters::CounterArena) {
+        if self.packets == u32::MAX || self.bytes.checked_add(bytes).is_none() {
+            self.flush(arena);
+        }
+        self.packets += 1;
+        self.bytes += bytes;
     }
 
     /// Add pending packets/bytes to the counter slots (as drops for a drop
@@ -706,7 +788,7 @@ impl UnifiedFlow {
         if self.packets == 0 {
             return;
         }
-        let (packets, bytes) = (u64::from(self.packets), self.bytes);
+        let (packets, bytes) = (u64::from(self.packets), u64::from(self.bytes));
         let forward = self.action.verdict.is_forward();
         for &slot in self.counters.0.iter() {
             if forward {
@@ -742,28 +824,36 @@ pub struct Connection {
     pub initiator: Direction,
     pub tcp: Option<TcpConn>,
     pub layer_flows: LayerFlowRefs,
-    pub created: Time,
+    /// When the first packet was seen, in whole seconds (see
+    /// [`Connection::created`]).
+    created_secs: u32,
     pub last_seen: Time,
     /// Idle timeout from the deciding rules, if any set one.
-    idle_ttl: OptTime,
+    idle_ttl: OptSecs,
     /// Second-chance bit for eviction (set on every hit).
     pub referenced: bool,
 }
 
-/// An `Option<Time>` in 8 bytes: `u64::MAX` is `None`. No TTL takes that
-/// value: rule TTLs are whole seconds in nanoseconds, so even.
+/// An optional TTL in 4 bytes, as whole seconds (rule TTLs are whole
+/// seconds); `u32::MAX` is `None`, longer TTLs are capped just below it
+/// (136 years).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct OptTime(u64);
+struct OptSecs(u32);
 
-impl From<Option<Time>> for OptTime {
-    fn from(t: Option<Time>) -> OptTime {
-        OptTime(t.unwrap_or(u64::MAX))
+/// Whole seconds of `t`, capped below `u32::MAX`.
+fn whole_secs(t: Time) -> u32 {
+    (t / 1_000_000_000).min(u64::from(u32::MAX - 1)) as u32
+}
+
+impl From<Option<Time>> for OptSecs {
+    fn from(t: Option<Time>) -> OptSecs {
+        OptSecs(t.map_or(u32::MAX, whole_secs))
     }
 }
 
-impl OptTime {
+impl OptSecs {
     fn get(self) -> Option<Time> {
-        (self.0 != u64::MAX).then_some(self.0)
+        (self.0 != u32::MAX).then(|| crate::types::secs(u64::from(self.0)))
     }
 }
 
@@ -782,11 +872,17 @@ impl Connection {
             initiator,
             tcp,
             layer_flows,
-            created: now,
+            created_secs: whole_secs(now),
             last_seen: now,
             idle_ttl: idle_ttl.into(),
             referenced: false,
         }
+    }
+
+    /// When the connection's first packet was seen, to the whole second
+    /// (kept in 4 bytes: it is for diagnostics, not timing).
+    pub fn created(&self) -> Time {
+        crate::types::secs(u64::from(self.created_secs))
     }
 
     /// Idle timeout from the deciding rules, if any set one.
@@ -1131,14 +1227,62 @@ mod tests {
     /// fast path reads: with it inside, per-destination meters made one
     /// action per peer, a cold line per packet. Then 104 → 64 when keys
     /// began naming a shared header context instead of holding MACs and
-    /// tunnel headers.)
+    /// tunnel headers, → 56 with 32-bit pending bytes and port values whose
+    /// shape is the shared action's; TCP state 52 → 44 with the sides'
+    /// flags packed together; connection times 24 → 16 bytes.)
     #[test]
     fn entries_stay_compact() {
         assert_eq!(size_of::<StoredUfid>(), 24);
-        assert_eq!(size_of::<Option<UnifiedFlow>>(), 64);
-        assert_eq!(size_of::<Option<TcpConn>>(), 52);
-        assert_eq!(size_of::<Option<Connection>>(), 232);
+        assert_eq!(size_of::<Option<UnifiedFlow>>(), 56);
+        assert_eq!(size_of::<Option<TcpConn>>(), 44);
+        assert_eq!(size_of::<Option<Connection>>(), 200);
         assert_eq!(size_of::<Option<LayerFlow>>(), 32);
+    }
+
+    /// Pending counts are 32-bit: a packet that would overflow either
+    /// count flushes the pending ones to the counter slots first, so no
+    /// packet or byte is lost (jumbo frames on a long-lived flow pass 4 GiB
+    /// in seconds).
+    #[test]
+    fn pending_counts_flush_before_overflow() {
+        use crate::counters::{CounterArena, CounterName};
+        let mut arena = CounterArena::default();
+        let name = CounterName::Layer { layer: "l".into() };
+        let slot = arena.slot(name.clone());
+        let mut uf = UnifiedFlow {
+            key: StoredUfid::default(),
+            generation: 1,
+            ports: PortValues::default(),
+            action: Arc::new(FlowAction {
+                verdict: Verdict::Forward,
+                plan: EmitPlan::new(Transposition::identity()),
+                port_shape: PortShape::default(),
+            }),
+            counters: Arc::new(CounterSlots(vec![slot].into())),
+            packets: 0,
+            bytes: 0,
+        };
+        let jumbo = 9000u32;
+        let n = u64::from(u32::MAX / jumbo) + 10;
+        for _ in 0..n {
+            uf.count(jumbo, &mut arena);
+        }
+        let flushed = arena.get(&name).expect("counter");
+        assert!(flushed.packets > 0, "flushed once before the byte overflow");
+        assert_eq!(flushed.packets + u64::from(uf.packets), n);
+        assert_eq!(flushed.bytes + u64::from(uf.bytes), n * u64::from(jumbo));
+        uf.packets = u32::MAX;
+        uf.bytes = 0;
+        uf.count(64, &mut arena);
+        assert_eq!(
+            (uf.packets, uf.bytes),
+            (1, 64),
+            "packet count overflow flushes"
+        );
+        assert_eq!(
+            arena.get(&name).expect("counter").packets,
+            flushed.packets + u64::from(u32::MAX)
+        );
     }
 
     /// Flow keys come from the network: every table hashes with its own

@@ -23,7 +23,8 @@ use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
     Connection, CounterSlots, CounterSlotsRef, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef,
-    LayerFlowRefs, LayerFlowTable, UnifiedFlow, UnifiedFlowTable, layer_flow_key,
+    LayerFlowRefs, LayerFlowTable, PortShape, PortValues, UnifiedFlow, UnifiedFlowTable,
+    layer_flow_key,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -116,7 +117,7 @@ pub struct ConnectionInfo {
     pub out_flow: Option<UnifiedFlow>,
     pub in_flow: Option<UnifiedFlow>,
     pub layer_flows: usize,
-    /// When the connection's first packet was seen.
+    /// When the connection's first packet was seen (whole seconds).
     pub created: Time,
     pub last_seen: Time,
 }
@@ -261,7 +262,7 @@ impl Port {
             out_flow: c.side(Direction::Out).cloned(),
             in_flow: c.side(Direction::In).cloned(),
             layer_flows: c.layer_flows.len(),
-            created: c.created,
+            created: c.created(),
             last_seen: c.last_seen,
         })
     }
@@ -758,16 +759,9 @@ impl Port {
             return REFUSED;
         };
         // Counted in the flow entry itself; added to the rule, layer and
-        // meter counters lazily (see `UnifiedFlow::flush`), or now if the
-        // packet count would overflow.
-        match uf.packets.checked_add(1) {
-            Some(n) => uf.packets = n,
-            None => {
-                uf.flush(&mut self.counters.arena);
-                uf.packets = 1;
-            }
-        }
-        uf.bytes += bytes;
+        // meter counters lazily (see `UnifiedFlow::flush`), or now if a
+        // pending count would overflow.
+        uf.count(parsed.meta.frame_len, &mut self.counters.arena);
         let action = &*uf.action;
         match action.verdict {
             Verdict::Forward => {
@@ -779,7 +773,7 @@ impl Port {
                     t.update(d, &parsed.meta, now, &mut self.counters.tcp);
                 }
                 let dc = &mut self.counters.dir[d.index()];
-                match apply_planned(&action.plan, &uf.ports, buf, parsed) {
+                match apply_planned(&action.plan, &uf.port_rewrite(), buf, parsed) {
                     Ok(()) => {
                         dc.forwarded += 1;
                         Verdict::Forward
@@ -932,12 +926,13 @@ impl Port {
         let action = self.intern_action(FlowActionRef {
             verdict: &sim.verdict(),
             transposition: &shared,
+            port_shape: PortShape::of(&ports),
         });
         let counters = self.intern_counters(counters);
         UnifiedFlow {
             key: StoredUfid::default(),
             generation: self.stamp(),
-            ports,
+            ports: PortValues::of(&ports),
             action,
             counters,
             packets: 0,
@@ -955,6 +950,7 @@ impl Port {
         let owned = Arc::new(FlowAction {
             verdict: *a.verdict,
             plan: EmitPlan::new(a.transposition.clone()),
+            port_shape: a.port_shape,
         });
         self.flow_actions.insert(Arc::clone(&owned));
         owned

@@ -54,7 +54,8 @@ impl TcpState {
 }
 
 /// Per-direction sequence tracking. Index 0 = initiator, 1 = responder.
-/// Packed (20 bytes): optional fields are flagged in `flags`.
+/// 16 bytes: which optional fields are set is flagged in the connection's
+/// `flags` (kept apart so the pair packs without padding; see [`SideMut`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Side {
     /// The ISN during the handshake; the FIN's sequence number once one is
@@ -67,7 +68,12 @@ struct Side {
     /// (wrapping; 32 bits keep the tracking state small).
     probe_seq: u32,
     probe_us: u32,
-    flags: u8,
+}
+
+/// One side with its flags, for reading and updating both together.
+struct SideMut<'a> {
+    s: &'a mut Side,
+    flags: &'a mut u8,
 }
 
 /// A time in wrapping 32-bit microseconds.
@@ -80,44 +86,41 @@ const HAS_FIN: u8 = 2;
 const FIN_ACKED: u8 = 4;
 const HAS_PROBE: u8 = 8;
 
-impl Side {
+impl SideMut<'_> {
     fn next_seq(&self) -> Option<u32> {
-        (self.flags & HAS_NEXT != 0).then_some(self.next)
+        (*self.flags & HAS_NEXT != 0).then_some(self.s.next)
     }
 
     fn set_next(&mut self, v: u32) {
-        self.next = v;
-        self.flags |= HAS_NEXT;
-    }
-
-    fn isn(&self) -> u32 {
-        self.isn_or_fin
+        self.s.next = v;
+        *self.flags |= HAS_NEXT;
     }
 
     fn set_isn(&mut self, v: u32) {
-        self.isn_or_fin = v;
+        self.s.isn_or_fin = v;
     }
 
     fn fin_seq(&self) -> Option<u32> {
-        (self.flags & HAS_FIN != 0).then_some(self.isn_or_fin)
+        (*self.flags & HAS_FIN != 0).then_some(self.s.isn_or_fin)
     }
 
-    fn fin_acked(&self) -> bool {
-        self.flags & FIN_ACKED != 0
+    fn set_fin(&mut self, seq: u32) {
+        self.s.isn_or_fin = seq;
+        *self.flags |= HAS_FIN;
     }
 
     fn probe(&self) -> Option<(u32, u32)> {
-        (self.flags & HAS_PROBE != 0).then_some((self.probe_seq, self.probe_us))
+        (*self.flags & HAS_PROBE != 0).then_some((self.s.probe_seq, self.s.probe_us))
     }
 
     fn set_probe(&mut self, p: Option<(u32, Time)>) {
         match p {
             Some((seq, t)) => {
-                self.probe_seq = seq;
-                self.probe_us = micros(t);
-                self.flags |= HAS_PROBE;
+                self.s.probe_seq = seq;
+                self.s.probe_us = micros(t);
+                *self.flags |= HAS_PROBE;
             }
-            None => self.flags &= !HAS_PROBE,
+            None => *self.flags &= !HAS_PROBE,
         }
     }
 }
@@ -128,11 +131,13 @@ pub struct TcpConn {
     pub state: TcpState,
     /// Direction of the initiator's packets.
     pub initiator: Direction,
+    /// Flags of `sides` (`HAS_NEXT`, …), by the same index.
+    flags: [u8; 2],
     sides: [Side; 2],
     /// One timestamp reused by phase: the SYN's time while `SynSent`, the
     /// SYN-ACK's while `SynReceived`, when TIME_WAIT or CLOSED began after.
     /// Kept as two 32-bit halves so the struct is 4-aligned and packs with
-    /// the connection's small fields (48 bytes with the tag of `Option`).
+    /// the connection's small fields (44 bytes with the tag of `Option`).
     mark: [u32; 2],
 }
 
@@ -161,16 +166,34 @@ impl TcpConn {
                 TcpState::Unverified
             },
             initiator: dir,
+            flags: [0; 2],
             sides: [Side::default(); 2],
             mark: split_time(now),
         };
         if syn_only {
-            c.sides[0].set_isn(m.tcp_seq);
-            c.sides[0].set_next(m.tcp_seq.wrapping_add(1));
+            c.side(0).set_isn(m.tcp_seq);
+            c.side(0).set_next(m.tcp_seq.wrapping_add(1));
         } else {
             c.track_data(0, m, now, stats);
         }
         c
+    }
+
+    /// Side `i` (0 = initiator) with its flags.
+    fn side(&mut self, i: usize) -> SideMut<'_> {
+        SideMut {
+            s: &mut self.sides[i],
+            flags: &mut self.flags[i],
+        }
+    }
+
+    /// The ISN of side `i` (meaningful in the handshake states).
+    fn isn(&self, i: usize) -> u32 {
+        self.sides[i].isn_or_fin
+    }
+
+    fn has(&self, i: usize, flag: u8) -> bool {
+        self.flags[i] & flag != 0
     }
 
     /// When TIME_WAIT or CLOSED began (meaningful in those states).
@@ -214,9 +237,9 @@ impl TcpConn {
                 if me == 1
                     && f & (tcp_flags::SYN | tcp_flags::ACK) == (tcp_flags::SYN | tcp_flags::ACK)
                 {
-                    if m.tcp_ack == self.sides[0].isn().wrapping_add(1) {
-                        self.sides[1].set_isn(m.tcp_seq);
-                        self.sides[1].set_next(m.tcp_seq.wrapping_add(1));
+                    if m.tcp_ack == self.isn(0).wrapping_add(1) {
+                        self.side(1).set_isn(m.tcp_seq);
+                        self.side(1).set_next(m.tcp_seq.wrapping_add(1));
                         self.state = TcpState::SynReceived;
                         stats.rtt_samples += 1;
                         stats.rtt_sum_ns += now.saturating_sub(self.mark());
@@ -226,11 +249,11 @@ impl TcpConn {
                     }
                 } else if me == 0 && f & tcp_flags::SYN != 0 {
                     // SYN retransmission.
-                    if m.tcp_seq == self.sides[0].isn() {
+                    if m.tcp_seq == self.isn(0) {
                         stats.retransmits += 1;
                     } else {
-                        self.sides[0].set_isn(m.tcp_seq);
-                        self.sides[0].set_next(m.tcp_seq.wrapping_add(1));
+                        self.side(0).set_isn(m.tcp_seq);
+                        self.side(0).set_next(m.tcp_seq.wrapping_add(1));
                     }
                 } else {
                     stats.invalid_handshakes += 1;
@@ -239,8 +262,8 @@ impl TcpConn {
             TcpState::SynReceived => {
                 if me == 0
                     && f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::ACK
-                    && m.tcp_ack == self.sides[1].isn().wrapping_add(1)
-                    && m.tcp_seq == self.sides[0].isn().wrapping_add(1)
+                    && m.tcp_ack == self.isn(1).wrapping_add(1)
+                    && m.tcp_seq == self.isn(0).wrapping_add(1)
                 {
                     self.state = TcpState::Established;
                     stats.handshakes_completed += 1;
@@ -263,10 +286,10 @@ impl TcpConn {
                 if f & tcp_flags::ACK != 0 {
                     self.track_ack(other, m, now, stats);
                 }
-                if f & tcp_flags::FIN != 0 && self.sides[me].fin_seq().is_none() {
+                if f & tcp_flags::FIN != 0 && !self.has(me, HAS_FIN) {
                     // FIN occupies one sequence number after the payload.
-                    self.sides[me].isn_or_fin = m.tcp_seq.wrapping_add(m.l4_payload_len);
-                    self.sides[me].flags |= HAS_FIN;
+                    self.side(me)
+                        .set_fin(m.tcp_seq.wrapping_add(m.l4_payload_len));
                 }
                 self.advance_close(now);
             }
@@ -281,7 +304,7 @@ impl TcpConn {
             return;
         }
         let end = m.tcp_seq.wrapping_add(len).wrapping_add(fin);
-        let s = &mut self.sides[me];
+        let mut s = self.side(me);
         match s.next_seq() {
             Some(next) if !seq_gt(end, next) => {
                 if len > 0 {
@@ -301,7 +324,7 @@ impl TcpConn {
 
     /// Acknowledgement from the other side of `acked`'s data.
     fn track_ack(&mut self, acked: usize, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
-        let s = &mut self.sides[acked];
+        let mut s = self.side(acked);
         if let Some((end, t)) = s.probe()
             && seq_ge(m.tcp_ack, end)
         {
@@ -312,13 +335,13 @@ impl TcpConn {
         if let Some(fs) = s.fin_seq()
             && seq_ge(m.tcp_ack, fs.wrapping_add(1))
         {
-            s.flags |= FIN_ACKED;
+            *s.flags |= FIN_ACKED;
         }
     }
 
     fn advance_close(&mut self, now: Time) {
-        let fins = self.sides.iter().filter(|s| s.fin_seq().is_some()).count();
-        let acked = self.sides.iter().filter(|s| s.fin_acked()).count();
+        let fins = self.flags.iter().filter(|f| **f & HAS_FIN != 0).count();
+        let acked = self.flags.iter().filter(|f| **f & FIN_ACKED != 0).count();
         let next = match (fins, acked) {
             (2, 2) => TcpState::TimeWait,
             (2, _) => TcpState::Closing,
