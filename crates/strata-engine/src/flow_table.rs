@@ -36,6 +36,12 @@ pub struct LayerFlow {
     pub origin: Direction,
     /// Removed from the index (its rule no longer decides) but still held.
     pub detached: bool,
+    /// Both keys are found through one index entry: the reverse key is the
+    /// origin key reversed (the rule transposes nothing, as for connection
+    /// tracking) and the two hash alike ([`Ufid::reversible_hash`]). Half
+    /// the index entries for the most common layer flows.
+    #[serde(default)]
+    pub one_entry: bool,
     /// Where the layer-local key of the originating packet (the *origin
     /// key*) is stored: side `key_side` of connection `key_conn` when that
     /// connection's unified flow has exactly this key — the usual case, as
@@ -95,6 +101,7 @@ impl LayerFlow {
         LayerFlow {
             origin,
             detached: false,
+            one_entry: false,
             key_conn: OWN_KEY,
             key_side: origin,
             refs: 0,
@@ -203,9 +210,14 @@ impl Default for TableSeed {
     }
 }
 
-#[inline]
+/// The index hash of layer key `k` (an identity key) in direction `d`:
+/// the same for `(d, k)` and `(d.opposite(), k.reversed())` (see
+/// [`LayerFlow::one_entry`]) unless the two orientations cannot be told
+/// apart.
+#[inline(always)]
 fn lf_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
-    k.table_hash(seed.0 ^ 0x4c46_0000 ^ d.index() as u64)
+    k.reversible_hash(seed.0 ^ 0x4c46_0000, d == Direction::Out)
+        .unwrap_or_else(|| k.table_hash(seed.0 ^ 0x4c46_0001 ^ (d.index() as u64) << 8))
 }
 
 /// Where a layer table reads the keys it does not store: the origin keys
@@ -243,32 +255,37 @@ impl Keys<'_> {
             .unwrap_or(0)
     }
 
-    /// Whether index value `v` is the flow side keyed `(d, k)` (`k` an
+    /// Whether index value `v` finds the flow side keyed `(d, k)` (`k` an
     /// identity key).
     fn is(&self, slots: &[Option<LayerFlow>], v: u32, d: Direction, k: &Ufid) -> bool {
         self.matching_origin(slots, v, d, k).is_some()
     }
 
-    /// The origin key of index value `v`'s flow if `v` is the flow side
-    /// keyed `(d, k)`.
+    /// The side and origin key of index value `v`'s flow if `v` finds the
+    /// flow side keyed `(d, k)`: its own side, or for a
+    /// [`LayerFlow::one_entry`] flow either.
     fn matching_origin(
         &self,
         slots: &[Option<LayerFlow>],
         v: u32,
         d: Direction,
         k: &Ufid,
-    ) -> Option<Ufid> {
+    ) -> Option<(usize, Ufid)> {
         let (slot, side, f) = indexed(slots, v)?;
-        if f.dir_of(side) != d {
+        let side = if f.one_entry {
+            usize::from(f.origin != d)
+        } else if f.dir_of(side) == d {
+            side
+        } else {
             return None;
-        }
+        };
         let origin = self.origin(slot, f)?;
         let key = if side == 0 {
             origin
         } else {
             f.reverse_key(&origin)
         };
-        (layer_flow_key(&key) == *k).then_some(origin)
+        (layer_flow_key(&key) == *k).then_some((side, origin))
     }
 }
 
@@ -331,12 +348,13 @@ impl LayerFlowTable {
         let k = layer_flow_key(key);
         let keys = self.keys(conns);
         let slots = &self.slots;
-        let mut origin = None;
+        let mut found = None;
         let v = *self.index.find(lf_hash(self.seed, d, &k), |&v| {
-            origin = keys.matching_origin(slots, v, d, &k);
-            origin.is_some()
+            found = keys.matching_origin(slots, v, d, &k);
+            found.is_some()
         })?;
-        Some((v >> 1, (v & 1) as usize, origin?))
+        let (side, origin) = found?;
+        Some((v >> 1, side, origin))
     }
 
     pub fn get(&self, slot: u32) -> Option<&LayerFlow> {
@@ -367,10 +385,37 @@ impl LayerFlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
+        // One entry for both keys when the reverse key is the origin's
+        // reversed and both hash alike — unless an earlier flow owns either
+        // key (it keeps it; this flow must answer for exactly the other).
+        let mirror = f.transposition().is_identity() && hashes[0] == hashes[1];
         // In place first: growing the index while the second side goes in
         // rehashes the first, which reads this flow's key.
         self.slots[slot as usize] = Some(f);
         self.own_keys.insert(slot, PackedUfid::pack(key));
+        if mirror {
+            // Both keys share a probe chain: one probe checks both.
+            let k = Keys {
+                own: &self.own_keys,
+                conns,
+                seed: self.seed,
+            };
+            let slots = &self.slots;
+            if let hashbrown::hash_table::Entry::Vacant(v) = self.index.entry(
+                hashes[0],
+                |&v| {
+                    v >> 1 != slot
+                        && (k.is(slots, v, dirs[0], &keys[0]) || k.is(slots, v, dirs[1], &keys[1]))
+                },
+                |&v| k.hash(slots, v),
+            ) {
+                v.insert(slot << 1);
+                if let Some(f) = self.slots[slot as usize].as_mut() {
+                    f.one_entry = true;
+                }
+                return slot;
+            }
+        }
         // One probe per side: find an earlier flow with the key, or the
         // place to put it.
         for side in 0..2 {
@@ -451,7 +496,7 @@ impl LayerFlowTable {
             conns,
             seed: self.seed,
         };
-        for side in 0..2 {
+        for side in 0..if f.one_entry { 1 } else { 2 } {
             let v = slot << 1 | side as u32;
             let Some(k) = keys.side(slot, f, side) else {
                 continue;
@@ -535,7 +580,7 @@ impl LayerFlowTable {
                 continue;
             }
             let slot = slot as u32;
-            for side in 0..2 {
+            for side in 0..if f.one_entry { 1 } else { 2 } {
                 let Some(k) = keys.side(slot, f, side) else {
                     continue;
                 };
@@ -1378,5 +1423,133 @@ mod tests {
                 "reverse side of flow {i}"
             );
         }
+    }
+
+    /// Connection-tracking flows (no transposition) take one index entry
+    /// for both keys; both are found from it, with the right side, across
+    /// growth, detach and a rebuild; a flow whose key is another's reverse
+    /// key keeps out of it (the first owner answers), and a later mirror
+    /// flow whose reverse key is taken falls back to its own entries.
+    #[test]
+    fn mirror_flows_take_one_index_entry() {
+        use std::net::Ipv4Addr;
+        let conns = UnifiedFlowTable::default();
+        let mut t = LayerFlowTable::default();
+        let rule = Arc::new(RuleIdentity {
+            id: "track".into(),
+            fingerprint: 1,
+            counter: 0,
+        });
+        let key = |i: u32, icmp: bool| {
+            Ufid::plain(strata_packet::flow::FlowKey {
+                ether_type: 0x0800,
+                src_ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+                dst_ip: IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
+                proto: if icmp { 1 } else { 6 },
+                src_port: if icmp { i as u16 } else { 1000 + i as u16 },
+                dst_port: if icmp { 0 } else { 443 },
+                icmp_type: if icmp { 8 } else { 0 },
+                ..Default::default()
+            })
+        };
+        let flow = |d: Direction| {
+            LayerFlow::new(
+                d,
+                Arc::clone(&rule),
+                1,
+                &Transposition::identity(),
+                &[],
+                ActionState::None,
+                None,
+            )
+        };
+        let n = 3000u32;
+        let mut slots = Vec::new();
+        for i in 0..n {
+            let icmp = i % 3 == 0;
+            let d = if i % 2 == 0 {
+                Direction::Out
+            } else {
+                Direction::In
+            };
+            slots.push(t.insert(flow(d), &key(i, icmp), &conns));
+        }
+        assert_eq!(t.index.len(), n as usize, "one entry per flow");
+        let check = |t: &LayerFlowTable, live: &dyn Fn(u32) -> bool| {
+            for i in 0..n {
+                let icmp = i % 3 == 0;
+                let d = if i % 2 == 0 {
+                    Direction::Out
+                } else {
+                    Direction::In
+                };
+                let k = key(i, icmp);
+                let want = |side| live(i).then_some((slots[i as usize], side));
+                assert_eq!(t.lookup(d, &k, &conns), want(0), "origin of {i}");
+                assert_eq!(
+                    t.lookup(d.opposite(), &k.reversed(), &conns),
+                    want(1),
+                    "reverse of {i}"
+                );
+                assert_eq!(t.lookup(d.opposite(), &k, &conns), None, "{i} other way");
+                assert_eq!(t.lookup(d, &k.reversed(), &conns), None, "{i} reversed");
+            }
+        };
+        check(&t, &|_| true);
+
+        // Detach every third flow: both its keys go.
+        for i in (0..n).step_by(3) {
+            t.detach(slots[i as usize], &conns);
+        }
+        check(&t, &|i| i % 3 != 0);
+
+        // Serialized and rebuilt: the same.
+        let bytes = postcard::to_stdvec(&t).expect("serialize");
+        let mut r: LayerFlowTable = postcard::from_bytes(&bytes).expect("deserialize");
+        r.reindex(&conns);
+        check(&r, &|i| i % 3 != 0);
+        assert_eq!(r.index.len(), t.index.len());
+
+        // A flow whose origin key is flow 1's reverse key: flow 1 keeps
+        // answering for it, and the newcomer's own reverse key (flow 1's
+        // origin, taken too) stays flow 1's.
+        let k1 = key(1, false);
+        let late = t.insert(flow(Direction::Out), &k1.reversed(), &conns);
+        assert_eq!(
+            t.lookup(Direction::Out, &k1.reversed(), &conns),
+            Some((slots[1], 1))
+        );
+        assert_eq!(t.lookup(Direction::In, &k1, &conns), Some((slots[1], 0)));
+        assert!(!t.get(late).expect("late flow").one_entry);
+        // A mirror flow whose reverse key alone is taken (by a NAT flow's
+        // reverse side): its origin key gets an entry of its own, its
+        // reverse key stays the NAT flow's.
+        let snat = Transposition {
+            src_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            src_port: Some(2000),
+            ..Transposition::identity()
+        };
+        let nat_key = key(7000, false);
+        let nat = LayerFlow::new(
+            Direction::Out,
+            Arc::clone(&rule),
+            1,
+            &snat,
+            &[],
+            ActionState::None,
+            None,
+        );
+        let nat_slot = t.insert(nat, &nat_key, &conns);
+        let nat_reply = snat.apply_to_ufid(&nat_key).reversed();
+        let m = t.insert(flow(Direction::Out), &nat_reply.reversed(), &conns);
+        assert!(!t.get(m).expect("mirror").one_entry);
+        assert_eq!(
+            t.lookup(Direction::Out, &nat_reply.reversed(), &conns),
+            Some((m, 0))
+        );
+        assert_eq!(
+            t.lookup(Direction::In, &nat_reply, &conns),
+            Some((nat_slot, 1))
+        );
     }
 }

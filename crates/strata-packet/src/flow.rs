@@ -335,6 +335,43 @@ impl Ufid {
         fold(h ^ w2, FOLD_K[7])
     }
 
+    /// A hash equal for this key travelling one way (`forward`) and its
+    /// [`Ufid::reversed`] travelling the other (`!forward`), so a table can
+    /// find both keys of a connection through one entry. MAC addresses are
+    /// not hashed (keys equal but for MACs hash alike). `None` when the two
+    /// orientations cannot be told apart (both endpoints hash alike, e.g. a
+    /// flow from an address and port to themselves): the caller hashes each
+    /// orientation on its own then.
+    #[inline]
+    pub fn reversible_hash(&self, seed: u64, forward: bool) -> Option<u64> {
+        let k = &self.inner;
+        let (os, od) = match &self.outer {
+            Some(o) => (Some(o.src_ip), Some(o.dst_ip)),
+            None => (None, None),
+        };
+        let ea = endpoint_word(k.src_ip, k.src_port, os);
+        let eb = endpoint_word(k.dst_ip, k.dst_port, od);
+        if ea == eb {
+            return None;
+        }
+        let (lo, hi) = if ea < eb { (ea, eb) } else { (eb, ea) };
+        let orientation = u64::from(forward ^ (ea > eb));
+        let icmp = k.icmp_type.min(reverse_icmp_type(k.proto, k.icmp_type));
+        let w = u64::from(k.proto)
+            | u64::from(k.dscp) << 8
+            | u64::from(icmp) << 16
+            | u64::from(k.icmp_code) << 24
+            | u64::from(k.ether_type) << 32
+            | orientation << 48;
+        // VLAN id and presence (17 bits), VNI (24) and tunnel kind (2).
+        let vlan = k.vlan.map_or(0, |v| u64::from(v) | 0x1_0000);
+        let tunnel = self
+            .outer
+            .map_or(0, |o| u64::from(o.vni) | (o.tunnel as u64 + 1) << 32);
+        let h = fold(lo ^ seed, hi ^ FOLD_K[0]);
+        Some(fold(h ^ w, (vlan ^ tunnel << 17) ^ FOLD_K[1]))
+    }
+
     /// A 64-bit hash of the inner 5-tuple, stable across runs and hosts,
     /// used for load-balancing choices (see [`flow_hash`]).
     pub fn flow_hash(&self) -> u64 {
@@ -430,6 +467,27 @@ pub(crate) const FOLD_K: [u64; 8] = [
     0xc0ac_29b7_c97c_50dd,
     0x3f84_d5b5_b547_0917,
 ];
+
+/// One end of a flow (address, port, and the outer address on its side)
+/// as one word, for [`Ufid::reversible_hash`].
+#[inline(always)]
+fn endpoint_word(ip: IpAddr, port: u16, outer: Option<IpAddr>) -> u64 {
+    // The common case exactly, no multiply: an IPv4 address and port,
+    // tagged apart from the folded forms (whose top bit may be anything,
+    // so a collision between the two only costs a probe, never a match).
+    if let (IpAddr::V4(a), None) = (ip, outer) {
+        return u64::from(u32::from(a)) << 16 | u64::from(port) | 0x5a << 56;
+    }
+    let (a0, a1) = ip_words(ip);
+    let e = fold(a0 ^ FOLD_K[3], a1 ^ u64::from(port) ^ FOLD_K[4]);
+    match outer {
+        None => e,
+        Some(o) => {
+            let (o0, o1) = ip_words(o);
+            e ^ fold(o0 ^ FOLD_K[5], o1 ^ FOLD_K[6])
+        }
+    }
+}
 
 /// Folded multiply: the full 128-bit product's halves xored together.
 #[inline(always)]

@@ -119,6 +119,15 @@ proptest! {
             o.dst_mac = bo.dst_mac;
         }
         prop_assert_eq!(a.table_hash_without_macs(3), am.table_hash_without_macs(3));
+        // A key one way and its reverse the other way hash alike; the two
+        // orientations of one key do not (when they can be told apart).
+        for fwd in [true, false] {
+            prop_assert_eq!(a.reversible_hash(5, fwd), a.reversed().reversible_hash(5, !fwd));
+            prop_assert_eq!(a.reversible_hash(5, fwd), am.reversible_hash(5, fwd));
+        }
+        if let (Some(x), Some(y)) = (a.reversible_hash(5, true), a.reversible_hash(5, false)) {
+            prop_assert_ne!(x, y);
+        }
     }
 }
 

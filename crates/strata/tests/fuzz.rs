@@ -12,6 +12,9 @@
 //! cargo +nightly bolero test -p strata --test fuzz fuzz_policy_files
 //! ```
 //!
+//! A longer local run without cargo-bolero: `STRATA_FUZZ_ITERATIONS=100000
+//! cargo test --release -p strata --test fuzz fuzz_snapshots`.
+//!
 //! Inputs are structure-aware mutations of valid samples (byte edits and a
 //! cut), so they reach deep into each format instead of failing at its
 //! first byte.
@@ -24,6 +27,23 @@ use strata::policy_file::{Format, parse_str};
 use strata_engine::scenario::{four_layer_port, install_mappings};
 use strata_engine::{ActionRegistry, Direction, Port, PortConfig, secs};
 use strata_packet::PacketBuf;
+
+/// Inputs per target when `STRATA_FUZZ_ITERATIONS` is set (else bolero's
+/// default for the mode it runs in).
+fn fuzz_iterations() -> Option<usize> {
+    std::env::var("STRATA_FUZZ_ITERATIONS").ok()?.parse().ok()
+}
+
+/// `bolero::check!()` with the iteration budget of [`fuzz_iterations`].
+macro_rules! fuzz_check {
+    () => {{
+        let target = bolero::check!();
+        match fuzz_iterations() {
+            Some(n) => target.with_iterations(n),
+            None => target,
+        }
+    }};
+}
 
 /// Few edits per input: with many, nearly every input dies at the first
 /// syntax or length check.
@@ -118,7 +138,7 @@ const POLICY_CHARS: &[u8] = b"0123456789abcdefxo.-:/\"[]{}=, \n";
 /// builds a working port.
 #[test]
 fn fuzz_policy_files() {
-    bolero::check!()
+    fuzz_check!()
         .with_type::<(bool, Vec<(u16, u8)>, u16)>()
         .for_each(|(json, edits, cut)| {
             let (format, sample) = &policy_samples()[usize::from(*json)];
@@ -143,7 +163,7 @@ fn fuzz_policy_files() {
 /// Arbitrary text in either format.
 #[test]
 fn fuzz_policy_text() {
-    bolero::check!()
+    fuzz_check!()
         .with_type::<(bool, String)>()
         .for_each(|(json, text)| {
             let format = if *json { Format::Json } else { Format::Toml };
@@ -167,7 +187,7 @@ fn snapshot_sample() -> &'static [u8] {
 /// processes packets and snapshots again.
 #[test]
 fn fuzz_snapshots() {
-    bolero::check!()
+    fuzz_check!()
         .with_type::<(Vec<(u16, u8)>, u16)>()
         .for_each(|(edits, cut)| {
             let bytes = mutate(snapshot_sample(), edits, *cut);
@@ -211,7 +231,7 @@ fn capture_samples() -> &'static [Vec<u8>] {
 /// Mangled pcap and pcapng files: frames until the end or the first error.
 #[test]
 fn fuzz_captures() {
-    bolero::check!()
+    fuzz_check!()
         .with_type::<(bool, Vec<(u16, u8)>, u16)>()
         .for_each(|(ng, edits, cut)| {
             let bytes = mutate(&capture_samples()[usize::from(*ng)], edits, *cut);
