@@ -8,9 +8,9 @@
 //! [`TupleV4`] (addresses, ports, protocol, DSCP, ICMP type/code) and the id
 //! of a [`HeaderContext`] kept once in the table's [`HeaderContexts`],
 //! reference-counted and freed with its last flow. Keys with IPv6 anywhere
-//! are boxed whole. A stored key is 24 bytes instead of 64; comparing one
-//! against a packet's UFID reads the context by id, a line every flow with
-//! it keeps hot.
+//! are kept whole in the table's slab of wide keys. A stored key is 20
+//! bytes (4-aligned) instead of 64; comparing one against a packet's UFID
+//! reads the context by id, a line every flow with it keeps hot.
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
@@ -22,20 +22,24 @@ use strata_packet::packed::{HeaderContext, TupleV4, join_v4, split_v4};
 /// The context id of a key not stored in any table: it matches nothing.
 const NO_CONTEXT: u32 = u32::MAX;
 
+/// Set in [`StoredUfid::context`] for a wide key: the rest is its index in
+/// the table's slab of wide keys (and the tuple is unused).
+const WIDE: u32 = 1 << 31;
+
 /// A unified flow key in storage form; only meaningful with the
-/// [`HeaderContexts`] that stored it.
+/// [`HeaderContexts`] that stored it. IPv4 (or non-IP) keys with no outer
+/// group or an IPv4 one are a tuple and a context id; every other key is
+/// an index into the table's wide keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StoredUfid {
-    /// IPv4 (or non-IP) inner groups, no outer group or an IPv4 one.
-    V4 { tuple: TupleV4, context: u32 },
-    /// Everything else (IPv6 anywhere, VLAN ids or VNIs out of range).
-    Wide(Box<Ufid>),
+pub struct StoredUfid {
+    tuple: TupleV4,
+    context: u32,
 }
 
 impl Default for StoredUfid {
     /// A key that matches no UFID (a flow not yet in a table).
     fn default() -> Self {
-        StoredUfid::V4 {
+        StoredUfid {
             tuple: TupleV4::default(),
             context: NO_CONTEXT,
         }
@@ -43,22 +47,8 @@ impl Default for StoredUfid {
 }
 
 impl StoredUfid {
-    /// The IP protocol of the inner groups.
-    #[inline]
-    pub fn proto(&self) -> u8 {
-        match self {
-            StoredUfid::V4 { tuple, .. } => tuple.proto(),
-            StoredUfid::Wide(u) => u.inner.proto,
-        }
-    }
-
-    /// Heap bytes held beyond the value itself (contexts are counted by
-    /// [`HeaderContexts::memory_bytes`]).
-    pub fn heap_bytes(&self) -> usize {
-        match self {
-            StoredUfid::V4 { .. } => 0,
-            StoredUfid::Wide(_) => size_of::<Ufid>(),
-        }
+    fn is_wide(&self) -> bool {
+        self.context & WIDE != 0
     }
 }
 
@@ -80,18 +70,42 @@ pub struct HeaderContexts {
     /// Randomly seeded: contexts come from packets (hash flooding).
     #[serde(skip)]
     seed: ContextSeed,
+    /// Wide keys (IPv6 anywhere), one per stored key; `None` is free.
+    wide: Vec<Option<Box<Ufid>>>,
+    #[serde(skip)]
+    wide_free: Vec<u32>,
 }
 
 impl HeaderContexts {
-    /// The storage form of `u`, taking a reference on its context.
+    /// The storage form of `u`, taking a reference on its context (or a
+    /// wide-key slot of its own).
     pub fn store(&mut self, u: &Ufid) -> StoredUfid {
         match split_v4(u) {
-            Some((tuple, c)) => StoredUfid::V4 {
+            Some((tuple, c)) => StoredUfid {
                 tuple,
                 context: self.acquire(&c),
             },
-            None => StoredUfid::Wide(Box::new(*u)),
+            None => {
+                let i = match self.wide_free.pop() {
+                    Some(i) => {
+                        self.wide[i as usize] = Some(Box::new(*u));
+                        i
+                    }
+                    None => {
+                        self.wide.push(Some(Box::new(*u)));
+                        (self.wide.len() - 1) as u32
+                    }
+                };
+                StoredUfid {
+                    tuple: TupleV4::default(),
+                    context: WIDE | i,
+                }
+            }
         }
+    }
+
+    fn wide_key(&self, k: &StoredUfid) -> Option<&Ufid> {
+        self.wide.get((k.context & !WIDE) as usize)?.as_deref()
     }
 
     fn acquire(&mut self, c: &HeaderContext) -> u32 {
@@ -124,9 +138,19 @@ impl HeaderContexts {
 
     /// Drop `k`'s reference on its context (freeing it with the last).
     pub fn release(&mut self, k: &StoredUfid) {
-        let StoredUfid::V4 { context: id, .. } = *k else {
+        if k.context == NO_CONTEXT {
             return;
-        };
+        }
+        if k.is_wide() {
+            let i = k.context & !WIDE;
+            if let Some(w) = self.wide.get_mut(i as usize)
+                && w.take().is_some()
+            {
+                self.wide_free.push(i);
+            }
+            return;
+        }
+        let id = k.context;
         let Some(r) = self.refs.get_mut(id as usize).filter(|r| **r > 0) else {
             return;
         };
@@ -146,30 +170,38 @@ impl HeaderContexts {
     /// Whether `k` is the stored form of `u` (without unpacking).
     #[inline]
     pub fn matches(&self, k: &StoredUfid, u: &Ufid) -> bool {
-        match k {
-            StoredUfid::V4 { tuple, context } => {
-                tuple.matches(u)
-                    && self
-                        .entries
-                        .get(*context as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|c| c.matches(u))
-            }
-            StoredUfid::Wide(w) => **w == *u,
+        if k.is_wide() {
+            return self.wide_key(k).is_some_and(|w| w == u);
+        }
+        k.tuple.matches(u)
+            && self
+                .entries
+                .get(k.context as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.matches(u))
+    }
+
+    /// The IP protocol of the inner groups of `k` (0 for a key this table
+    /// did not store).
+    #[inline]
+    pub fn proto(&self, k: &StoredUfid) -> u8 {
+        if k.is_wide() {
+            self.wide_key(k).map_or(0, |w| w.inner.proto)
+        } else {
+            k.tuple.proto()
         }
     }
 
     /// The full key `k` stands for (`None` for a key this table did not
     /// store).
     pub fn unpack(&self, k: &StoredUfid) -> Option<Ufid> {
-        match k {
-            StoredUfid::V4 { tuple, context } => self
-                .entries
-                .get(*context as usize)?
-                .as_ref()
-                .map(|c| join_v4(tuple, c)),
-            StoredUfid::Wide(w) => Some(**w),
+        if k.is_wide() {
+            return self.wide_key(k).copied();
         }
+        self.entries
+            .get(k.context as usize)?
+            .as_ref()
+            .map(|c| join_v4(&k.tuple, c))
     }
 
     /// Contexts in use.
@@ -183,7 +215,10 @@ impl HeaderContexts {
 
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * size_of::<Option<HeaderContext>>()
+        self.wide.capacity() * 8
+            + self.wide.iter().flatten().count() * size_of::<Ufid>()
+            + self.wide_free.capacity() * 4
+            + self.entries.capacity() * size_of::<Option<HeaderContext>>()
             + self.refs.capacity() * 4
             + self.free.capacity() * 4
             + self.index.capacity() * (size_of::<u32>() + 1)
@@ -197,10 +232,21 @@ impl HeaderContexts {
         keys: impl Iterator<Item = &'a StoredUfid>,
     ) -> Result<(), String> {
         let mut refs = vec![0u32; self.entries.len()];
+        let mut wide_used = vec![false; self.wide.len()];
         for k in keys {
-            let StoredUfid::V4 { context: id, .. } = *k else {
+            if k.is_wide() {
+                let i = (k.context & !WIDE) as usize;
+                match (self.wide.get(i), wide_used.get_mut(i)) {
+                    (Some(Some(_)), Some(used @ false)) => *used = true,
+                    _ => {
+                        return Err(format!(
+                            "a flow key names wide key {i}, which is missing or taken"
+                        ));
+                    }
+                }
                 continue;
-            };
+            }
+            let id = k.context;
             match self.entries.get(id as usize) {
                 Some(Some(_)) => refs[id as usize] += 1,
                 _ => {
@@ -208,6 +254,13 @@ impl HeaderContexts {
                         "a flow key names header context {id}, which is missing"
                     ));
                 }
+            }
+        }
+        self.wide_free.clear();
+        for (i, (w, used)) in self.wide.iter_mut().zip(&wide_used).enumerate() {
+            if !used {
+                *w = None;
+                self.wide_free.push(i as u32);
             }
         }
         let mut free = Vec::new();
@@ -305,13 +358,8 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(!t.matches(&sb, &b), "a freed context matches nothing");
         let sd = t.store(&key(5, 1, None));
-        let StoredUfid::V4 { context, .. } = sd else {
-            panic!("IPv4 key stored wide")
-        };
-        let StoredUfid::V4 { context: freed, .. } = sa else {
-            panic!("IPv4 key stored wide")
-        };
-        assert_eq!(context, freed, "freed id reused");
+        assert!(!sd.is_wide() && !sa.is_wide(), "IPv4 keys stored narrow");
+        assert_eq!(sd.context, sa.context, "freed id reused");
         assert_eq!(t.len(), 2);
         // Releasing a key never stored changes nothing.
         t.release(&StoredUfid::default());
@@ -326,10 +374,19 @@ mod tests {
         let mut u = key(1, 1, Some(2));
         u.inner.src_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
         let s = t.store(&u);
-        assert!(matches!(s, StoredUfid::Wide(_)));
+        assert!(s.is_wide());
         assert_eq!(t.len(), 0);
         assert!(t.matches(&s, &u));
         assert_eq!(t.unpack(&s), Some(u));
+        assert_eq!(t.proto(&s), u.inner.proto);
+        // Its slot is freed with it and reused.
+        t.release(&s);
+        assert!(!t.matches(&s, &u));
+        let mut v = u;
+        v.inner.src_port = 2;
+        let s2 = t.store(&v);
+        assert_eq!(s2.context, s.context);
+        assert!(t.matches(&s2, &v) && !t.matches(&s2, &u));
     }
 
     /// Restoring recounts references, frees unnamed contexts and refuses a
@@ -351,7 +408,7 @@ mod tests {
         assert_eq!(again, stored[1]);
 
         let mut r: HeaderContexts = postcard::from_bytes(&bytes).expect("deserialize");
-        let bad = StoredUfid::V4 {
+        let bad = StoredUfid {
             tuple: TupleV4::default(),
             context: 17,
         };

@@ -843,11 +843,6 @@ impl UnifiedFlow {
             }
         }
     }
-
-    /// Heap bytes this flow holds alone (shared actions are not counted).
-    pub fn heap_bytes(&self) -> usize {
-        self.key.heap_bytes()
-    }
 }
 
 /// Reference from a connection to a layer flow it holds.
@@ -1017,7 +1012,9 @@ impl UnifiedFlowTable {
     pub fn touch_entry(&self, candidate: u32, d: Direction) -> u64 {
         self.candidate_flow(candidate, d)
             // The hash and both ends of the key: the lines the lookup reads.
-            .map_or(1, |uf| u64::from(uf.generation ^ u32::from(uf.key.proto())))
+            .map_or(1, |uf| {
+                u64::from(uf.generation ^ u32::from(self.contexts.proto(&uf.key)))
+            })
     }
 
     /// The unified flow a [`UnifiedFlowTable::peek`] candidate names, if it
@@ -1235,15 +1232,18 @@ impl UnifiedFlowTable {
             + self.contexts.memory_bytes()
             + self
                 .iter()
-                .map(|(_, c)| {
-                    c.layer_flows.capacity() * size_of::<LayerFlowRef>()
-                        + c.sides
-                            .iter()
-                            .flatten()
-                            .map(|uf| uf.heap_bytes())
-                            .sum::<usize>()
-                })
+                .filter(|(_, c)| c.layer_flows.spilled())
+                .map(|(_, c)| c.layer_flows.capacity() * size_of::<LayerFlowRef>())
                 .sum::<usize>()
+    }
+
+    /// The IP protocol of connection `c`'s flows.
+    pub fn proto(&self, c: &Connection) -> u8 {
+        c.sides
+            .iter()
+            .flatten()
+            .next()
+            .map_or(0, |uf| self.contexts.proto(&uf.key))
     }
 }
 
@@ -1277,7 +1277,7 @@ mod tests {
     /// flags packed together; connection times 24 → 16 bytes.)
     #[test]
     fn entries_stay_compact() {
-        assert_eq!(size_of::<StoredUfid>(), 24);
+        assert_eq!(size_of::<StoredUfid>(), 20);
         assert_eq!(size_of::<Option<UnifiedFlow>>(), 56);
         assert_eq!(size_of::<Option<TcpConn>>(), 44);
         assert_eq!(size_of::<Option<Connection>>(), 200);

@@ -1011,7 +1011,10 @@ impl Port {
                     }
                 } else {
                     side.flush(&mut self.counters.arena);
-                    *side = uf;
+                    // The key stays: it is the table's (stored with a
+                    // reference on its context); the rest is the new flow.
+                    let key = std::mem::take(&mut side.key);
+                    *side = UnifiedFlow { key, ..uf };
                 }
             }
         }
@@ -1363,13 +1366,7 @@ impl Port {
                     .saturating_add(c.idle_ttl().unwrap_or(cfg.tcp_established_idle)),
             };
         }
-        let proto = c
-            .sides
-            .iter()
-            .flatten()
-            .next()
-            .map(|uf| uf.key.proto())
-            .unwrap_or(0);
+        let proto = self.uft.proto(c);
         let idle = if c.is_drop_only() {
             cfg.tcp_half_open_idle
         } else if proto == ipproto::UDP {

@@ -531,3 +531,51 @@ fn removals_and_defaults_reconcile_and_emit_failures_are_counted() {
     assert_eq!(v.drop_reason(), Some(DropReason::EmitFailed));
     assert_eq!(q.drops(DropReason::EmitFailed), 1);
 }
+
+/// A flow re-simulated after a policy change stays the connection's flow,
+/// keyed as before: the packet after the reconciling one hits the fast
+/// path (no second slow path, no new connection), whether the change gave
+/// it a new action (forward → drop, drop → forward) or kept it.
+#[test]
+fn reconciled_flows_keep_their_keys() {
+    let mut p = port();
+    let syn = vm_tcp(PEER, 40000, 80, SYN, 1, 0, b"");
+    assert!(forwards(&mut p, Direction::Out, &syn, 1));
+    let conns = p.connection_count();
+    let mut t = 2;
+    let mut step = |p: &mut Port, group: Group, want_drop: bool| {
+        p.set_group("acl", group).unwrap();
+        let before = p.direction_counters(Direction::Out);
+        for i in 0..2 {
+            t += 1;
+            let (v, _) = run(p, Direction::Out, &syn, t);
+            assert_eq!(v.drop_reason().is_some(), want_drop, "packet {i}: {v:?}");
+        }
+        let after = p.direction_counters(Direction::Out);
+        assert_eq!(after.slow_path, before.slow_path, "both found the flow");
+        assert_eq!(after.reconciled, before.reconciled + 1, "reconciled once");
+        assert_eq!(after.fast_path, before.fast_path + 2);
+        assert_eq!(p.connection_count(), conns);
+    };
+    step(&mut p, block_peer_group(), true);
+    let allow = || {
+        Group::new("infra-out", Direction::Out).with_rules(vec![Rule::new(
+            "infra-allow-out",
+            1000,
+            vec![],
+            ActionSpec::Allow,
+        )])
+    };
+    step(&mut p, allow(), false);
+    // Same action, another rule id: the flow keeps its action.
+    step(
+        &mut p,
+        Group::new("infra-out", Direction::Out).with_rules(vec![Rule::new(
+            "infra-allow-out-2",
+            1000,
+            vec![],
+            ActionSpec::Allow,
+        )]),
+        false,
+    );
+}
