@@ -131,7 +131,11 @@ impl Port {
         };
         for uf in conn.sides.iter().flatten() {
             if uf.generation == stamp || uf.packets > 0 {
-                uf.counters.0.iter().for_each(|&s| mark(s));
+                self.uft
+                    .counter_lists()
+                    .get(uf.counters)
+                    .iter()
+                    .for_each(|&s| mark(s));
             }
         }
         for r in &conn.layer_flows {
@@ -148,7 +152,6 @@ impl Port {
     fn end_expiry_cycle(&mut self) {
         self.sweep.cursor = 0;
         self.flow_actions.retain(|a| Arc::strong_count(a) > 1);
-        self.counter_slots.retain(|c| Arc::strong_count(c) > 1);
         if let Some(m) = self.sweep.marks.take()
             && m.retirements == self.counters.arena.retirements()
         {

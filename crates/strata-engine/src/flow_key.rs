@@ -12,10 +12,8 @@
 //! bytes (4-aligned) instead of 64; comparing one against a packet's UFID
 //! reads the context by id, a line every flow with it keeps hot.
 
-use foldhash::fast::RandomState;
-use hashbrown::HashTable;
+use crate::intern::{Seed, SharedTable};
 use serde::{Deserialize, Serialize};
-use std::hash::BuildHasher;
 use strata_packet::flow::Ufid;
 use strata_packet::packed::{HeaderContext, TupleV4, join_v4, split_v4};
 
@@ -57,19 +55,10 @@ impl StoredUfid {
 /// freed (and its id reused) when its last key is released.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HeaderContexts {
-    /// By id; `None` is a free id.
-    entries: Vec<Option<HeaderContext>>,
-    /// Keys naming each id (rebuilt on restore).
-    #[serde(skip)]
-    refs: Vec<u32>,
-    #[serde(skip)]
-    free: Vec<u32>,
-    /// Ids by context value.
-    #[serde(skip)]
-    index: HashTable<u32>,
+    contexts: SharedTable<HeaderContext>,
     /// Randomly seeded: contexts come from packets (hash flooding).
     #[serde(skip)]
-    seed: ContextSeed,
+    seed: Seed,
     /// Wide keys (IPv6 anywhere), one per stored key; `None` is free.
     wide: Vec<Option<Box<Ufid>>>,
     #[serde(skip)]
@@ -109,31 +98,13 @@ impl HeaderContexts {
     }
 
     fn acquire(&mut self, c: &HeaderContext) -> u32 {
-        let h = c.table_hash(self.seed.0);
-        let entries = &self.entries;
-        if let Some(&id) = self
-            .index
-            .find(h, |&id| entries[id as usize].as_ref() == Some(c))
-        {
-            self.refs[id as usize] += 1;
-            return id;
-        }
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.entries[id as usize] = Some(*c);
-                self.refs[id as usize] = 1;
-                id
-            }
-            None => {
-                self.entries.push(Some(*c));
-                self.refs.push(1);
-                (self.entries.len() - 1) as u32
-            }
-        };
-        let (entries, seed) = (&self.entries, self.seed.0);
-        self.index
-            .insert_unique(h, id, |&v| context_hash(entries, seed, v));
-        id
+        let seed = self.seed.0;
+        self.contexts.acquire(
+            c.table_hash(seed),
+            |x| x == c,
+            || *c,
+            |x| x.table_hash(seed),
+        )
     }
 
     /// Drop `k`'s reference on its context (freeing it with the last).
@@ -150,21 +121,8 @@ impl HeaderContexts {
             }
             return;
         }
-        let id = k.context;
-        let Some(r) = self.refs.get_mut(id as usize).filter(|r| **r > 0) else {
-            return;
-        };
-        *r -= 1;
-        if *r > 0 {
-            return;
-        }
-        if let Some(c) = self.entries[id as usize].take() {
-            let h = c.table_hash(self.seed.0);
-            if let Ok(e) = self.index.find_entry(h, |&v| v == id) {
-                e.remove();
-            }
-        }
-        self.free.push(id);
+        let seed = self.seed.0;
+        self.contexts.release(k.context, |x| x.table_hash(seed));
     }
 
     /// Whether `k` is the stored form of `u` (without unpacking).
@@ -173,12 +131,7 @@ impl HeaderContexts {
         if k.is_wide() {
             return self.wide_key(k).is_some_and(|w| w == u);
         }
-        k.tuple.matches(u)
-            && self
-                .entries
-                .get(k.context as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|c| c.matches(u))
+        k.tuple.matches(u) && self.contexts.get(k.context).is_some_and(|c| c.matches(u))
     }
 
     /// The IP protocol of the inner groups of `k` (0 for a key this table
@@ -198,15 +151,12 @@ impl HeaderContexts {
         if k.is_wide() {
             return self.wide_key(k).copied();
         }
-        self.entries
-            .get(k.context as usize)?
-            .as_ref()
-            .map(|c| join_v4(&k.tuple, c))
+        self.contexts.get(k.context).map(|c| join_v4(&k.tuple, c))
     }
 
     /// Contexts in use.
     pub fn len(&self) -> usize {
-        self.entries.len() - self.free.len()
+        self.contexts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -218,21 +168,47 @@ impl HeaderContexts {
         self.wide.capacity() * 8
             + self.wide.iter().flatten().count() * size_of::<Ufid>()
             + self.wide_free.capacity() * 4
-            + self.entries.capacity() * size_of::<Option<HeaderContext>>()
-            + self.refs.capacity() * 4
-            + self.free.capacity() * 4
-            + self.index.capacity() * (size_of::<u32>() + 1)
+            + self.contexts.memory_bytes(|_| 0)
+    }
+
+    /// Whether the references are exactly those of `keys` (every key the
+    /// table holds): see [`SharedTable::verify`].
+    pub fn verify<'a>(&self, keys: impl Iterator<Item = &'a StoredUfid>) -> Result<(), String> {
+        let mut wide = vec![false; self.wide.len()];
+        let mut narrow = Vec::new();
+        for k in keys {
+            if k.is_wide() {
+                let i = (k.context & !WIDE) as usize;
+                match (self.wide.get(i), wide.get_mut(i)) {
+                    (Some(Some(_)), Some(used @ false)) => *used = true,
+                    _ => return Err(format!("wide key {i} missing or held twice")),
+                }
+            } else {
+                narrow.push(k.context);
+            }
+        }
+        let held = wide.iter().filter(|u| **u).count();
+        if held + self.wide_free.len() != self.wide.len() {
+            return Err(format!(
+                "{held} wide keys held, {} free of {}",
+                self.wide_free.len(),
+                self.wide.len()
+            ));
+        }
+        self.contexts
+            .verify(narrow.into_iter())
+            .map_err(|e| format!("header contexts: {e}"))
     }
 
     /// After deserialization: count the references of `keys` (every key
-    /// the table holds), refuse keys naming a missing context, and free
-    /// contexts no key names.
+    /// the table holds), refuse keys naming a missing context or wide key
+    /// (or a wide key twice), and free what no key names.
     pub fn rebuild<'a>(
         &mut self,
         keys: impl Iterator<Item = &'a StoredUfid>,
     ) -> Result<(), String> {
-        let mut refs = vec![0u32; self.entries.len()];
         let mut wide_used = vec![false; self.wide.len()];
+        let mut narrow = Vec::new();
         for k in keys {
             if k.is_wide() {
                 let i = (k.context & !WIDE) as usize;
@@ -244,16 +220,8 @@ impl HeaderContexts {
                         ));
                     }
                 }
-                continue;
-            }
-            let id = k.context;
-            match self.entries.get(id as usize) {
-                Some(Some(_)) => refs[id as usize] += 1,
-                _ => {
-                    return Err(format!(
-                        "a flow key names header context {id}, which is missing"
-                    ));
-                }
+            } else {
+                narrow.push(k.context);
             }
         }
         self.wide_free.clear();
@@ -263,44 +231,10 @@ impl HeaderContexts {
                 self.wide_free.push(i as u32);
             }
         }
-        let mut free = Vec::new();
-        for (id, (e, r)) in self.entries.iter_mut().zip(&refs).enumerate() {
-            if *r == 0 {
-                *e = None;
-                free.push(id as u32);
-            }
-        }
-        let (entries, seed) = (&self.entries, self.seed.0);
-        let mut index = HashTable::with_capacity(entries.len() - free.len());
-        for (id, e) in entries.iter().enumerate() {
-            if let Some(c) = e {
-                index.insert_unique(c.table_hash(seed), id as u32, |&v| {
-                    context_hash(entries, seed, v)
-                });
-            }
-        }
-        self.refs = refs;
-        self.free = free;
-        self.index = index;
-        Ok(())
-    }
-}
-
-/// Hash of the context with id `v` (for the index's rehashing).
-fn context_hash(entries: &[Option<HeaderContext>], seed: u64, v: u32) -> u64 {
-    entries
-        .get(v as usize)
-        .and_then(Option::as_ref)
-        .map_or(0, |c| c.table_hash(seed))
-}
-
-/// A random hash seed per table (never stored).
-#[derive(Clone, Copy, Debug)]
-struct ContextSeed(u64);
-
-impl Default for ContextSeed {
-    fn default() -> Self {
-        ContextSeed(RandomState::default().hash_one(0x4354_5853_u64))
+        let seed = self.seed.0;
+        self.contexts
+            .rebuild(narrow.into_iter(), |c| c.table_hash(seed))
+            .map_err(|id| format!("a flow key names header context {id}, which is missing"))
     }
 }
 

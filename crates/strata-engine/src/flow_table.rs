@@ -14,6 +14,7 @@
 
 use crate::flow_index::FlowIndex;
 use crate::flow_key::{HeaderContexts, StoredUfid};
+use crate::intern::{Seed, SharedTable};
 use crate::policy::RuleIdentity;
 use crate::resource::ActionState;
 use crate::tcp::TcpConn;
@@ -741,26 +742,61 @@ impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
     }
 }
 
-/// The counter slots a unified flow's packets count towards (forward:
-/// layers, rules, meters; drop: the deciding layer and rule). Interned
-/// like [`FlowAction`], but kept apart from it: only flushing counters
-/// reads them, never the per-packet path.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct CounterSlots(pub Box<[u32]>);
+/// The counter-slot lists unified flows count towards (forward: layers,
+/// rules, meters; drop: the deciding layer and rule), each stored once and
+/// named by a 4-byte id in the flow. Kept apart from [`FlowAction`]: only
+/// flushing counters reads them, never the per-packet path.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CounterLists {
+    lists: SharedTable<Box<[u32]>>,
+    #[serde(skip)]
+    seed: Seed,
+}
 
-/// Borrowed [`CounterSlots`], for lookups in the intern set. Hashes exactly
-/// as the owned form.
-#[derive(Hash)]
-pub struct CounterSlotsRef<'a>(pub &'a [u32]);
+fn list_hash(seed: u64, slots: &[u32]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(seed).hash_one(slots)
+}
 
-impl hashbrown::Equivalent<Arc<CounterSlots>> for CounterSlotsRef<'_> {
-    fn equivalent(&self, a: &Arc<CounterSlots>) -> bool {
-        *self.0 == *a.0
+impl CounterLists {
+    /// A reference on the list equal to `slots`.
+    pub fn acquire(&mut self, slots: &[u32]) -> u32 {
+        let seed = self.seed.0;
+        self.lists.acquire(
+            list_hash(seed, slots),
+            |l| **l == *slots,
+            || slots.into(),
+            |l| list_hash(seed, l),
+        )
+    }
+
+    pub fn release(&mut self, id: u32) {
+        let seed = self.seed.0;
+        self.lists.release(id, |l| list_hash(seed, l));
+    }
+
+    /// The slots of list `id` (none for an id not held).
+    #[inline]
+    pub fn get(&self, id: u32) -> &[u32] {
+        self.lists.get(id).map_or(&[], |l| l)
+    }
+
+    /// Lists in use.
+    pub fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.lists.memory_bytes(|l| l.len() * 4)
     }
 }
 
 /// The cached result for one UFID in one direction (VFP-12): the shared
-/// [`FlowAction`] plus what is the flow's own. 56 bytes.
+/// [`FlowAction`] plus what is the flow's own. 48 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnifiedFlow {
     /// The flow's UFID in storage form: set by the table when the flow goes
@@ -777,7 +813,9 @@ pub struct UnifiedFlow {
     /// the action's [`FlowAction::port_shape`]).
     pub ports: PortValues,
     pub action: Arc<FlowAction>,
-    pub counters: Arc<CounterSlots>,
+    /// Id of the flow's counter-slot list in its table's [`CounterLists`]
+    /// (a reference the flow holds).
+    pub counters: u32,
     /// Packets and bytes not yet added to the action's counters (the fast
     /// path counts here, in the entry it already has in cache; flushed
     /// lazily, and before either would overflow — at worst every 4 GiB).
@@ -811,9 +849,14 @@ impl UnifiedFlow {
     /// Count one packet of `bytes` bytes, flushing first if a pending count
     /// would overflow.
     #[inline]
-    pub fn count(&mut self, bytes: u32, arena: &mut crate::counters::CounterArena) {
+    pub fn count(
+        &mut self,
+        bytes: u32,
+        lists: &CounterLists,
+        arena: &mut crate::counters::CounterArena,
+    ) {
         if self.packets == u32::MAX || self.bytes.checked_add(bytes).is_none() {
-            self.flush(arena);
+            self.flush(lists, arena);
         }
         self.packets += 1;
         self.bytes += bytes;
@@ -821,21 +864,21 @@ impl UnifiedFlow {
 
     /// Add pending packets/bytes to the counter slots (as drops for a drop
     /// flow) and zero them.
-    pub fn flush(&mut self, arena: &mut crate::counters::CounterArena) {
-        self.add_pending(arena);
+    pub fn flush(&mut self, lists: &CounterLists, arena: &mut crate::counters::CounterArena) {
+        self.add_pending(lists, arena);
         self.packets = 0;
         self.bytes = 0;
     }
 
     /// Add the pending packets/bytes to the counter slots without taking
     /// them (a read of exact counters, see `Port::counters`).
-    pub fn add_pending(&self, arena: &mut crate::counters::CounterArena) {
+    pub fn add_pending(&self, lists: &CounterLists, arena: &mut crate::counters::CounterArena) {
         if self.packets == 0 {
             return;
         }
         let (packets, bytes) = (u64::from(self.packets), u64::from(self.bytes));
         let forward = self.action.verdict.is_forward();
-        for &slot in self.counters.0.iter() {
+        for &slot in lists.get(self.counters) {
             if forward {
                 arena.add(slot, packets, bytes);
             } else {
@@ -968,6 +1011,8 @@ pub struct UnifiedFlowTable {
     index: FlowIndex,
     /// The header contexts the flows' keys name.
     contexts: HeaderContexts,
+    /// The counter-slot lists the flows name.
+    counter_lists: CounterLists,
     /// Clock hand for eviction.
     hand: usize,
     #[serde(skip)]
@@ -1050,6 +1095,100 @@ impl UnifiedFlowTable {
         self.contexts.unpack(&self.get(c)?.side(d)?.key)
     }
 
+    /// A reference on the counter-slot list `slots`, for a unified flow
+    /// about to go in (see [`UnifiedFlow::counters`]).
+    pub fn intern_counters(&mut self, slots: &[u32]) -> u32 {
+        self.counter_lists.acquire(slots)
+    }
+
+    /// The table's counter-slot lists.
+    pub fn counter_lists(&self) -> &CounterLists {
+        &self.counter_lists
+    }
+
+    /// Connection `c`, mutably, with the counter-slot lists its flows
+    /// name (to count into them).
+    #[inline]
+    pub fn get_mut_with_lists(&mut self, c: u32) -> Option<(&mut Connection, &CounterLists)> {
+        let conn = self.conns.get_mut(c as usize)?.as_mut()?;
+        Some((conn, &self.counter_lists))
+    }
+
+    /// Flush side `d` of connection `c`'s pending counts.
+    pub fn flush_side(&mut self, c: u32, d: Direction, arena: &mut crate::counters::CounterArena) {
+        if let Some((conn, lists)) = self.get_mut_with_lists(c)
+            && let Some(uf) = conn.sides[d.index()].as_mut()
+        {
+            uf.flush(lists, arena);
+        }
+    }
+
+    /// Flush both sides of connection `c`.
+    pub fn flush_connection(&mut self, c: u32, arena: &mut crate::counters::CounterArena) {
+        if let Some((conn, lists)) = self.get_mut_with_lists(c) {
+            for uf in conn.sides.iter_mut().flatten() {
+                uf.flush(lists, arena);
+            }
+        }
+    }
+
+    /// Replace side `d` of connection `c` with its re-simulation `uf`
+    /// (VFP-13), keeping its key: with the same action the flow keeps its
+    /// pending counts (and counts into `uf`'s slots from now on, after
+    /// flushing if they differ); with another action it is `uf`.
+    pub fn reconcile_side(
+        &mut self,
+        c: u32,
+        d: Direction,
+        uf: UnifiedFlow,
+        arena: &mut crate::counters::CounterArena,
+    ) {
+        let Some((conn, lists)) = self.get_mut_with_lists(c) else {
+            self.counter_lists.release(uf.counters);
+            return;
+        };
+        let Some(side) = conn.sides[d.index()].as_mut() else {
+            self.counter_lists.release(uf.counters);
+            return;
+        };
+        let old = side.counters;
+        if side.action == uf.action && side.ports == uf.ports {
+            side.generation = uf.generation;
+            if old != uf.counters {
+                // Same action, other rules (or slots): count into the new
+                // ones from this packet on.
+                side.flush(lists, arena);
+                side.counters = uf.counters;
+            } else {
+                self.counter_lists.release(uf.counters);
+                return;
+            }
+        } else {
+            side.flush(lists, arena);
+            // The key stays: it is the table's (stored with a reference on
+            // its context); the rest is the new flow.
+            let key = std::mem::take(&mut side.key);
+            *side = UnifiedFlow { key, ..uf };
+        }
+        self.counter_lists.release(old);
+    }
+
+    /// Whether the shared parts' reference counts (header contexts, wide
+    /// keys, counter lists) are exactly those of the flows in the table.
+    pub fn verify_shared(&self) -> Result<(), String> {
+        let flows = || {
+            self.conns
+                .iter()
+                .flatten()
+                .flat_map(|c| c.sides.iter().flatten())
+        };
+        self.contexts.verify(flows().map(|uf| &uf.key))?;
+        self.counter_lists
+            .lists
+            .verify(flows().map(|uf| uf.counters))
+            .map_err(|e| format!("counter lists: {e}"))
+    }
+
     /// Header contexts in use (shared by the keys, see [`crate::flow_key`]).
     pub fn context_count(&self) -> usize {
         self.contexts.len()
@@ -1095,6 +1234,7 @@ impl UnifiedFlowTable {
     pub fn set_side(&mut self, c: u32, d: Direction, mut uf: UnifiedFlow, key: &Ufid, hash: u64) {
         debug_assert_eq!(hash, self.hash(d, key), "caller's hash");
         if self.get(c).is_none() {
+            self.counter_lists.release(uf.counters);
             return;
         }
         // Store first: a context the old flow shared stays without a
@@ -1112,16 +1252,18 @@ impl UnifiedFlowTable {
 
     /// Remove side `d` of connection `c` from the table.
     pub fn clear_side(&mut self, c: u32, d: Direction) {
-        let Some(key) = self.side_key(c, d) else {
-            return;
-        };
-        let hash = self.hash(d, &key);
-        self.index.remove(hash, c << 1 | d.index() as u32);
+        // Unindexed by its key (if it has one: a flow not yet stored has
+        // none), then its references dropped.
+        if let Some(key) = self.side_key(c, d) {
+            let hash = self.hash(d, &key);
+            self.index.remove(hash, c << 1 | d.index() as u32);
+        }
         if let Some(uf) = self
             .get_mut(c)
             .and_then(|conn| conn.sides[d.index()].take())
         {
             self.contexts.release(&uf.key);
+            self.counter_lists.release(uf.counters);
         }
     }
 
@@ -1199,13 +1341,19 @@ impl UnifiedFlowTable {
     /// Rebuild the index and the contexts' reference counts after
     /// deserialization; a key naming a missing context is an error.
     pub fn rebuild(&mut self) -> Result<(), String> {
-        self.contexts.rebuild(
+        let flows = || {
             self.conns
                 .iter()
                 .flatten()
                 .flat_map(|c| c.sides.iter().flatten())
-                .map(|uf| &uf.key),
-        )?;
+        };
+        self.contexts.rebuild(flows().map(|uf| &uf.key))?;
+        let seed = self.counter_lists.seed.0;
+        let ids: Vec<u32> = flows().map(|uf| uf.counters).collect();
+        self.counter_lists
+            .lists
+            .rebuild(ids.into_iter(), |l| list_hash(seed, l))
+            .map_err(|id| format!("a unified flow names counter list {id}, which is missing"))?;
         let mut index = FlowIndex::with_capacity(self.len() * 2);
         let (conns, contexts) = (&self.conns, &self.contexts);
         let seed = self.seed;
@@ -1230,6 +1378,7 @@ impl UnifiedFlowTable {
         self.conns.capacity() * size_of::<Option<Connection>>()
             + self.index.memory_bytes()
             + self.contexts.memory_bytes()
+            + self.counter_lists.memory_bytes()
             + self
                 .iter()
                 .filter(|(_, c)| c.layer_flows.spilled())
@@ -1274,13 +1423,14 @@ mod tests {
     /// began naming a shared header context instead of holding MACs and
     /// tunnel headers, → 56 with 32-bit pending bytes and port values whose
     /// shape is the shared action's; TCP state 52 → 44 with the sides'
-    /// flags packed together; connection times 24 → 16 bytes.)
+    /// flags packed together; connection times 24 → 16 bytes; → 48 with
+    /// 20-byte keys and counter lists named by 4-byte ids.)
     #[test]
     fn entries_stay_compact() {
         assert_eq!(size_of::<StoredUfid>(), 20);
-        assert_eq!(size_of::<Option<UnifiedFlow>>(), 56);
+        assert_eq!(size_of::<Option<UnifiedFlow>>(), 48);
         assert_eq!(size_of::<Option<TcpConn>>(), 44);
-        assert_eq!(size_of::<Option<Connection>>(), 200);
+        assert_eq!(size_of::<Option<Connection>>(), 184);
         assert_eq!(size_of::<Option<LayerFlow>>(), 32);
     }
 
@@ -1294,6 +1444,7 @@ mod tests {
         let mut arena = CounterArena::default();
         let name = CounterName::Layer { layer: "l".into() };
         let slot = arena.slot(name.clone());
+        let mut lists = CounterLists::default();
         let mut uf = UnifiedFlow {
             key: StoredUfid::default(),
             generation: 1,
@@ -1303,14 +1454,14 @@ mod tests {
                 plan: EmitPlan::new(Transposition::identity()),
                 port_shape: PortShape::default(),
             }),
-            counters: Arc::new(CounterSlots(vec![slot].into())),
+            counters: lists.acquire(&[slot]),
             packets: 0,
             bytes: 0,
         };
         let jumbo = 9000u32;
         let n = u64::from(u32::MAX / jumbo) + 10;
         for _ in 0..n {
-            uf.count(jumbo, &mut arena);
+            uf.count(jumbo, &lists, &mut arena);
         }
         let flushed = arena.get(&name).expect("counter");
         assert!(flushed.packets > 0, "flushed once before the byte overflow");
@@ -1318,7 +1469,7 @@ mod tests {
         assert_eq!(flushed.bytes + u64::from(uf.bytes), n * u64::from(jumbo));
         uf.packets = u32::MAX;
         uf.bytes = 0;
-        uf.count(64, &mut arena);
+        uf.count(64, &lists, &mut arena);
         assert_eq!(
             (uf.packets, uf.bytes),
             (1, 64),

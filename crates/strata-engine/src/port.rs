@@ -22,9 +22,8 @@ use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
-    Connection, CounterSlots, CounterSlotsRef, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef,
-    LayerFlowRefs, LayerFlowTable, PortShape, PortValues, UnifiedFlow, UnifiedFlowTable,
-    layer_flow_key,
+    Connection, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
+    PortShape, PortValues, UnifiedFlow, UnifiedFlowTable, layer_flow_key,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -65,8 +64,6 @@ pub struct Port {
     pub(crate) counters: PortCounters,
     /// Interned actions of unified flows (see [`FlowAction`]).
     pub(crate) flow_actions: hashbrown::HashSet<Arc<FlowAction>>,
-    /// Interned counter-slot lists of unified flows (see [`CounterSlots`]).
-    pub(crate) counter_slots: hashbrown::HashSet<Arc<CounterSlots>>,
     /// Parse results of the chunk [`Port::process_batch`] has in flight,
     /// kept between calls (allocated by the first batch) so a batch neither
     /// initialises nor copies the 192-byte results.
@@ -142,7 +139,6 @@ impl Port {
             uft: UnifiedFlowTable::default(),
             counters: PortCounters::default(),
             flow_actions: Default::default(),
-            counter_slots: Default::default(),
             batch: Vec::new(),
             sweep: Default::default(),
         }
@@ -185,7 +181,7 @@ impl Port {
         let mut c = self.counters.clone();
         for (_, conn) in self.uft.iter() {
             for uf in conn.sides.iter().flatten() {
-                uf.add_pending(&mut c.arena);
+                uf.add_pending(self.uft.counter_lists(), &mut c.arena);
             }
         }
         c
@@ -239,17 +235,24 @@ impl Port {
                 .iter()
                 .map(|a| size_of::<FlowAction>() + 16 + a.plan.heap_bytes())
                 .sum::<usize>()
-            + self.counter_slots.capacity() * (size_of::<Arc<CounterSlots>>() + 1)
-            + self
-                .counter_slots
-                .iter()
-                .map(|c| size_of::<CounterSlots>() + 16 + c.0.len() * 4)
-                .sum::<usize>()
             + self
                 .layer_flows
                 .iter()
                 .map(|(_, t)| t.memory_bytes())
                 .sum::<usize>()
+    }
+
+    /// Shared flow state in use: header contexts and counter-slot lists
+    /// (each stored once for the flows naming it).
+    pub fn shared_flow_parts(&self) -> (usize, usize) {
+        (self.uft.context_count(), self.uft.counter_lists().len())
+    }
+
+    /// A consistency check of the flow table's shared parts: every
+    /// reference count equals the number of flows naming it (for tests and
+    /// diagnostics; O(flows)).
+    pub fn verify_flow_state(&self) -> Result<(), String> {
+        self.uft.verify_shared()
     }
 
     /// The connection whose `d` side has UFID `key`.
@@ -738,7 +741,7 @@ impl Port {
         let stamp = self.stamp();
         // One slab access for the usual case (current flow); a stale flow
         // is reconciled and looked up again.
-        let Some(mut c) = self.uft.get_mut(conn) else {
+        let Some((mut c, mut lists)) = self.uft.get_mut_with_lists(conn) else {
             return REFUSED;
         };
         if c.sides[d.index()]
@@ -747,8 +750,8 @@ impl Port {
         {
             self.counters.dir[d.index()].reconciled += 1;
             self.reconcile(conn, d, now);
-            match self.uft.get_mut(conn) {
-                Some(again) => c = again,
+            match self.uft.get_mut_with_lists(conn) {
+                Some(again) => (c, lists) = again,
                 None => return REFUSED,
             }
         }
@@ -761,7 +764,7 @@ impl Port {
         // Counted in the flow entry itself; added to the rule, layer and
         // meter counters lazily (see `UnifiedFlow::flush`), or now if a
         // pending count would overflow.
-        uf.count(parsed.meta.frame_len, &mut self.counters.arena);
+        uf.count(parsed.meta.frame_len, lists, &mut self.counters.arena);
         let action = &*uf.action;
         match action.verdict {
             Verdict::Forward => {
@@ -806,11 +809,7 @@ impl Port {
     }
 
     pub(crate) fn flush_connection(&mut self, c: u32) {
-        if let Some(conn) = self.uft.get_mut(c) {
-            for uf in conn.sides.iter_mut().flatten() {
-                uf.flush(&mut self.counters.arena);
-            }
-        }
+        self.uft.flush_connection(c, &mut self.counters.arena);
     }
 
     /// Slow path: compile a new unified flow and its pair. Returns the
@@ -834,13 +833,7 @@ impl Port {
         if d == Direction::In {
             let out_key = final_ufid.reversed();
             if let Some(c) = self.uft.lookup_pair(&out_key) {
-                if let Some(old) = self
-                    .uft
-                    .get_mut(c)
-                    .and_then(|c| c.sides[d.index()].as_mut())
-                {
-                    old.flush(&mut self.counters.arena);
-                }
+                self.uft.flush_side(c, d, &mut self.counters.arena);
                 self.unshare_keys(c, d);
                 self.uft.set_side(c, d, uf, ufid, hash);
                 let mut added = SmallVec::new();
@@ -928,7 +921,7 @@ impl Port {
             transposition: &shared,
             port_shape: PortShape::of(&ports),
         });
-        let counters = self.intern_counters(counters);
+        let counters = self.uft.intern_counters(counters);
         UnifiedFlow {
             key: StoredUfid::default(),
             generation: self.stamp(),
@@ -956,21 +949,10 @@ impl Port {
         owned
     }
 
-    /// One shared copy of each distinct counter-slot list.
-    fn intern_counters(&mut self, slots: &[u32]) -> Arc<CounterSlots> {
-        if let Some(found) = self.counter_slots.get(&CounterSlotsRef(slots)) {
-            return Arc::clone(found);
-        }
-        let owned = Arc::new(CounterSlots(slots.into()));
-        self.counter_slots.insert(Arc::clone(&owned));
-        owned
-    }
-
     /// Share equal actions again (after a restore, which deserializes one
     /// copy per flow).
     pub(crate) fn reintern_actions(&mut self) {
         let mut actions = std::mem::take(&mut self.flow_actions);
-        let mut slots = std::mem::take(&mut self.counter_slots);
         for uf in self.uft.flows_mut() {
             match actions.get(&uf.action) {
                 Some(a) => uf.action = Arc::clone(a),
@@ -978,15 +960,8 @@ impl Port {
                     actions.insert(Arc::clone(&uf.action));
                 }
             }
-            match slots.get(&uf.counters) {
-                Some(c) => uf.counters = Arc::clone(c),
-                None => {
-                    slots.insert(Arc::clone(&uf.counters));
-                }
-            }
         }
         self.flow_actions = actions;
-        self.counter_slots = slots;
     }
 
     /// Re-simulate a stale unified flow (VFP-13).
@@ -1000,24 +975,8 @@ impl Port {
         if let Some(conn) = self.uft.get_mut(c) {
             new_refs = add_refs(&mut conn.layer_flows, &sim.refs);
             conn.set_idle_ttl(sim.ttl);
-            if let Some(side) = conn.sides[d.index()].as_mut() {
-                if side.action == uf.action && side.ports == uf.ports {
-                    side.generation = uf.generation;
-                    // Same action, other rules (or slots): count into
-                    // the new ones from this packet on.
-                    if !Arc::ptr_eq(&side.counters, &uf.counters) {
-                        side.flush(&mut self.counters.arena);
-                        side.counters = uf.counters;
-                    }
-                } else {
-                    side.flush(&mut self.counters.arena);
-                    // The key stays: it is the table's (stored with a
-                    // reference on its context); the rest is the new flow.
-                    let key = std::mem::take(&mut side.key);
-                    *side = UnifiedFlow { key, ..uf };
-                }
-            }
         }
+        self.uft.reconcile_side(c, d, uf, &mut self.counters.arena);
         self.hold(&new_refs);
         self.share_keys(c, d, &sim.created);
         self.drop_unreachable_refs(c);
@@ -1383,7 +1342,6 @@ impl Port {
         self.flush_counters();
         // Actions no flow uses any more.
         self.flow_actions.retain(|a| Arc::strong_count(a) > 1);
-        self.counter_slots.retain(|c| Arc::strong_count(c) > 1);
         let due: Vec<u32> = self
             .uft
             .iter()

@@ -168,7 +168,6 @@ impl Port {
             uft,
             counters,
             flow_actions: Default::default(),
-            counter_slots: Default::default(),
             batch: Vec::new(),
             sweep: Default::default(),
         };

@@ -466,6 +466,16 @@ fn bounded_and_whole_table_expiry_agree_under_churn() {
                 assert_eq!(removed_b, removed, "at {now}");
             }
         }
+        // Shared flow parts are counted exactly and bounded by the flows.
+        for p in [&a, &b] {
+            p.verify_flow_state().expect("reference counts");
+            let (contexts, lists) = p.shared_flow_parts();
+            let flows = p.unified_flow_count();
+            assert!(
+                contexts <= flows && lists <= flows,
+                "{contexts} {lists} {flows}"
+            );
+        }
     }
     a.expire(now);
     for _ in 0..2 {
@@ -483,4 +493,13 @@ fn bounded_and_whole_table_expiry_agree_under_churn() {
     assert!(ca.flows.connections_expired > 500, "{:?}", ca.flows);
     assert!(cb.arena.capacity() <= ca.arena.capacity() + 8);
     assert!(ca.arena.capacity() < 40, "{} slots", ca.arena.capacity());
+    // With every flow gone, so is every shared part.
+    let later = now + secs(100_000);
+    a.expire(later);
+    while !b.expire_some(later, 7).cycle_ended {}
+    for p in [&a, &b] {
+        assert_eq!(p.connection_count(), 0);
+        assert_eq!(p.shared_flow_parts(), (0, 0));
+        p.verify_flow_state().expect("reference counts");
+    }
 }

@@ -95,7 +95,7 @@ fn frames() -> &'static [(Direction, Vec<u8>)] {
 
 /// Run the sample frames through a port, read its counters, change its
 /// policy, expire everything (which sweeps counters and flows); nothing
-/// may panic.
+/// may panic, and the flow table's shared parts stay counted exactly.
 fn exercise_port(port: &mut Port) {
     let mut buf = PacketBuf::with_capacity(2048);
     for (d, f) in frames() {
@@ -111,7 +111,13 @@ fn exercise_port(port: &mut Port) {
         buf.reset(f);
         let _ = port.process(*d, &mut buf, secs(2));
     }
+    if let Err(e) = port.verify_flow_state() {
+        panic!("flow state after traffic: {e}");
+    }
     let _ = port.expire(secs(1_000_000));
+    if let Err(e) = port.verify_flow_state() {
+        panic!("flow state after expiry: {e}");
+    }
 }
 
 // ----- policy files -------------------------------------------------------
