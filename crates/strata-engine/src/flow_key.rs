@@ -171,22 +171,36 @@ impl HeaderContexts {
             + self.contexts.memory_bytes(|_| 0)
     }
 
-    /// Whether the references are exactly those of `keys` (every key the
-    /// table holds): see [`SharedTable::verify`].
-    pub fn verify<'a>(&self, keys: impl Iterator<Item = &'a StoredUfid>) -> Result<(), String> {
+    /// Which wide keys `keys` hold, and the context ids of the others; a
+    /// wide key missing or held twice is an error.
+    fn partition<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a StoredUfid>,
+    ) -> Result<(Vec<bool>, Vec<u32>), String> {
         let mut wide = vec![false; self.wide.len()];
         let mut narrow = Vec::new();
         for k in keys {
-            if k.is_wide() {
-                let i = (k.context & !WIDE) as usize;
-                match (self.wide.get(i), wide.get_mut(i)) {
-                    (Some(Some(_)), Some(used @ false)) => *used = true,
-                    _ => return Err(format!("wide key {i} missing or held twice")),
-                }
-            } else {
+            if !k.is_wide() {
                 narrow.push(k.context);
+                continue;
+            }
+            let i = (k.context & !WIDE) as usize;
+            match (self.wide.get(i), wide.get_mut(i)) {
+                (Some(Some(_)), Some(used @ false)) => *used = true,
+                _ => {
+                    return Err(format!(
+                        "a flow key names wide key {i}, which is missing or taken"
+                    ));
+                }
             }
         }
+        Ok((wide, narrow))
+    }
+
+    /// Whether the references are exactly those of `keys` (every key the
+    /// table holds): see [`SharedTable::verify`].
+    pub fn verify<'a>(&self, keys: impl Iterator<Item = &'a StoredUfid>) -> Result<(), String> {
+        let (wide, narrow) = self.partition(keys)?;
         let held = wide.iter().filter(|u| **u).count();
         if held + self.wide_free.len() != self.wide.len() {
             return Err(format!(
@@ -207,23 +221,7 @@ impl HeaderContexts {
         &mut self,
         keys: impl Iterator<Item = &'a StoredUfid>,
     ) -> Result<(), String> {
-        let mut wide_used = vec![false; self.wide.len()];
-        let mut narrow = Vec::new();
-        for k in keys {
-            if k.is_wide() {
-                let i = (k.context & !WIDE) as usize;
-                match (self.wide.get(i), wide_used.get_mut(i)) {
-                    (Some(Some(_)), Some(used @ false)) => *used = true,
-                    _ => {
-                        return Err(format!(
-                            "a flow key names wide key {i}, which is missing or taken"
-                        ));
-                    }
-                }
-            } else {
-                narrow.push(k.context);
-            }
-        }
+        let (wide_used, narrow) = self.partition(keys)?;
         self.wide_free.clear();
         for (i, (w, used)) in self.wide.iter_mut().zip(&wide_used).enumerate() {
             if !used {

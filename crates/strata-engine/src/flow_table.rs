@@ -394,47 +394,63 @@ impl LayerFlowTable {
         // rehashes the first, which reads this flow's key.
         self.slots[slot as usize] = Some(f);
         self.own_keys.insert(slot, PackedUfid::pack(key));
-        if mirror {
-            // Both keys share a probe chain: one probe checks both.
-            let k = Keys {
-                own: &self.own_keys,
-                conns,
-                seed: self.seed,
-            };
-            let slots = &self.slots;
-            if let hashbrown::hash_table::Entry::Vacant(v) = self.index.entry(
+        // Both keys share a probe chain: one probe checks both.
+        if mirror
+            && self.index_unless_taken(
+                slot,
+                0,
                 hashes[0],
-                |&v| {
-                    v >> 1 != slot
-                        && (k.is(slots, v, dirs[0], &keys[0]) || k.is(slots, v, dirs[1], &keys[1]))
-                },
-                |&v| k.hash(slots, v),
-            ) {
-                v.insert(slot << 1);
-                if let Some(f) = self.slots[slot as usize].as_mut() {
-                    f.one_entry = true;
-                }
-                return slot;
+                &[(dirs[0], &keys[0]), (dirs[1], &keys[1])],
+                conns,
+            )
+        {
+            if let Some(f) = self.slots[slot as usize].as_mut() {
+                f.one_entry = true;
             }
+            return slot;
         }
         // One probe per side: find an earlier flow with the key, or the
         // place to put it.
         for side in 0..2 {
-            let k = Keys {
-                own: &self.own_keys,
-                conns,
-                seed: self.seed,
-            };
-            let slots = &self.slots;
-            if let hashbrown::hash_table::Entry::Vacant(v) = self.index.entry(
+            self.index_unless_taken(
+                slot,
+                side,
                 hashes[side],
-                |&v| v >> 1 != slot && k.is(slots, v, dirs[side], &keys[side]),
-                |&v| k.hash(slots, v),
-            ) {
-                v.insert(slot << 1 | side as u32);
-            }
+                &[(dirs[side], &keys[side])],
+                conns,
+            );
         }
         slot
+    }
+
+    /// Index side `side` of the flow in `slot` under `hash`, unless another
+    /// flow already answers for one of the `(direction, key)` pairs
+    /// `wanted` (it keeps them). Returns whether the entry went in.
+    fn index_unless_taken(
+        &mut self,
+        slot: u32,
+        side: usize,
+        hash: u64,
+        wanted: &[(Direction, &Ufid)],
+        conns: &UnifiedFlowTable,
+    ) -> bool {
+        let k = Keys {
+            own: &self.own_keys,
+            conns,
+            seed: self.seed,
+        };
+        let slots = &self.slots;
+        match self.index.entry(
+            hash,
+            |&v| v >> 1 != slot && wanted.iter().any(|&(d, key)| k.is(slots, v, d, key)),
+            |&v| k.hash(slots, v),
+        ) {
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(slot << 1 | side as u32);
+                true
+            }
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+        }
     }
 
     /// Let the flow in `slot` read its origin key from side `side` of
@@ -1176,16 +1192,10 @@ impl UnifiedFlowTable {
     /// Whether the shared parts' reference counts (header contexts, wide
     /// keys, counter lists) are exactly those of the flows in the table.
     pub fn verify_shared(&self) -> Result<(), String> {
-        let flows = || {
-            self.conns
-                .iter()
-                .flatten()
-                .flat_map(|c| c.sides.iter().flatten())
-        };
-        self.contexts.verify(flows().map(|uf| &uf.key))?;
+        self.contexts.verify(self.flows().map(|uf| &uf.key))?;
         self.counter_lists
             .lists
-            .verify(flows().map(|uf| uf.counters))
+            .verify(self.flows().map(|uf| uf.counters))
             .map_err(|e| format!("counter lists: {e}"))
     }
 
@@ -1283,6 +1293,11 @@ impl UnifiedFlowTable {
             .filter_map(|(i, c)| c.as_ref().map(|c| (i as u32, c)))
     }
 
+    /// Every unified flow.
+    pub fn flows(&self) -> impl Iterator<Item = &UnifiedFlow> {
+        flows_of(&self.conns)
+    }
+
     /// Every unified flow, mutably (for sweeps that do not touch keys).
     pub fn flows_mut(&mut self) -> impl Iterator<Item = &mut UnifiedFlow> {
         self.conns
@@ -1341,18 +1356,14 @@ impl UnifiedFlowTable {
     /// Rebuild the index and the contexts' reference counts after
     /// deserialization; a key naming a missing context is an error.
     pub fn rebuild(&mut self) -> Result<(), String> {
-        let flows = || {
-            self.conns
-                .iter()
-                .flatten()
-                .flat_map(|c| c.sides.iter().flatten())
-        };
-        self.contexts.rebuild(flows().map(|uf| &uf.key))?;
+        self.contexts
+            .rebuild(flows_of(&self.conns).map(|uf| &uf.key))?;
         let seed = self.counter_lists.seed.0;
-        let ids: Vec<u32> = flows().map(|uf| uf.counters).collect();
         self.counter_lists
             .lists
-            .rebuild(ids.into_iter(), |l| list_hash(seed, l))
+            .rebuild(flows_of(&self.conns).map(|uf| uf.counters), |l| {
+                list_hash(seed, l)
+            })
             .map_err(|id| format!("a unified flow names counter list {id}, which is missing"))?;
         let mut index = FlowIndex::with_capacity(self.len() * 2);
         let (conns, contexts) = (&self.conns, &self.contexts);
@@ -1394,6 +1405,14 @@ impl UnifiedFlowTable {
             .next()
             .map_or(0, |uf| self.contexts.proto(&uf.key))
     }
+}
+
+/// Every unified flow of the connections `conns`.
+fn flows_of(conns: &[Option<Connection>]) -> impl Iterator<Item = &UnifiedFlow> {
+    conns
+        .iter()
+        .flatten()
+        .flat_map(|c| c.sides.iter().flatten())
 }
 
 fn side_hash(
@@ -1507,6 +1526,27 @@ mod tests {
         assert_ne!(a.hash(i, &key), b.hash(i, &key));
     }
 
+    fn rule_identity(id: &str) -> Arc<RuleIdentity> {
+        Arc::new(RuleIdentity {
+            id: id.into(),
+            fingerprint: 1,
+            counter: 0,
+        })
+    }
+
+    /// A TCP key from 10.0.0.0 + `i`, port `sport`, to 8.8.8.8:443.
+    fn tcp_key(i: u32, sport: u16) -> Ufid {
+        Ufid::plain(strata_packet::flow::FlowKey {
+            ether_type: 0x0800,
+            src_ip: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+            dst_ip: IpAddr::V4(std::net::Ipv4Addr::new(8, 8, 8, 8)),
+            proto: 6,
+            src_port: sport,
+            dst_port: 443,
+            ..Default::default()
+        })
+    }
+
     /// Both keys of every flow stay findable while the index grows under
     /// inserts (growth rehashes entries, including the first side of the
     /// flow being inserted, which must be readable by then), and a reverse
@@ -1516,22 +1556,8 @@ mod tests {
         use std::net::Ipv4Addr;
         let conns = UnifiedFlowTable::default();
         let mut t = LayerFlowTable::default();
-        let rule = Arc::new(RuleIdentity {
-            id: "snat".into(),
-            fingerprint: 1,
-            counter: 0,
-        });
-        let key = |i: u32| {
-            Ufid::plain(strata_packet::flow::FlowKey {
-                ether_type: 0x0800,
-                src_ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-                dst_ip: IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
-                proto: 6,
-                src_port: 1000 + (i % 50_000) as u16,
-                dst_port: 443,
-                ..Default::default()
-            })
-        };
+        let rule = rule_identity("snat");
+        let key = |i: u32| tcp_key(i, 1000 + (i % 50_000) as u16);
         // Every flow's source becomes one public address and port: reverse
         // keys differ by port, except flows 5000.. which reuse 0..'s ports.
         let nat = |i: u32| Transposition {
@@ -1586,22 +1612,15 @@ mod tests {
         use std::net::Ipv4Addr;
         let conns = UnifiedFlowTable::default();
         let mut t = LayerFlowTable::default();
-        let rule = Arc::new(RuleIdentity {
-            id: "track".into(),
-            fingerprint: 1,
-            counter: 0,
-        });
+        let rule = rule_identity("track");
         let key = |i: u32, icmp: bool| {
-            Ufid::plain(strata_packet::flow::FlowKey {
-                ether_type: 0x0800,
-                src_ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
-                dst_ip: IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
-                proto: if icmp { 1 } else { 6 },
-                src_port: if icmp { i as u16 } else { 1000 + i as u16 },
-                dst_port: if icmp { 0 } else { 443 },
-                icmp_type: if icmp { 8 } else { 0 },
-                ..Default::default()
-            })
+            let mut k = tcp_key(i, 1000 + i as u16);
+            if icmp {
+                // An echo request, identifier i.
+                (k.inner.proto, k.inner.src_port) = (1, i as u16);
+                (k.inner.dst_port, k.inner.icmp_type) = (0, 8);
+            }
+            k
         };
         let flow = |d: Direction| {
             LayerFlow::new(
@@ -1614,27 +1633,26 @@ mod tests {
                 None,
             )
         };
-        let n = 3000u32;
-        let mut slots = Vec::new();
-        for i in 0..n {
-            let icmp = i % 3 == 0;
-            let d = if i % 2 == 0 {
+        // Flow i: an echo request every third, from the VM side every
+        // other.
+        let of = |i: u32| {
+            let d = if i.is_multiple_of(2) {
                 Direction::Out
             } else {
                 Direction::In
             };
-            slots.push(t.insert(flow(d), &key(i, icmp), &conns));
+            (d, key(i, i.is_multiple_of(3)))
+        };
+        let n = 3000u32;
+        let mut slots = Vec::new();
+        for i in 0..n {
+            let (d, k) = of(i);
+            slots.push(t.insert(flow(d), &k, &conns));
         }
         assert_eq!(t.index.len(), n as usize, "one entry per flow");
         let check = |t: &LayerFlowTable, live: &dyn Fn(u32) -> bool| {
             for i in 0..n {
-                let icmp = i % 3 == 0;
-                let d = if i % 2 == 0 {
-                    Direction::Out
-                } else {
-                    Direction::In
-                };
-                let k = key(i, icmp);
+                let (d, k) = of(i);
                 let want = |side| live(i).then_some((slots[i as usize], side));
                 assert_eq!(t.lookup(d, &k, &conns), want(0), "origin of {i}");
                 assert_eq!(

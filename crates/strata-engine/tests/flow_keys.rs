@@ -18,17 +18,15 @@ fn peer_ip() -> Ipv4Addr {
 }
 
 fn reply() -> Vec<u8> {
-    let inner = udp(
-        remote_mac(PEER.0, PEER.1),
-        VM_MAC,
-        peer_ip(),
-        VM_CA,
-        53,
-        5000,
-        b"answer",
-    );
+    reply_via(remote_mac(PEER.0, PEER.1), GW_MAC)
+}
+
+/// The peer's answer with inner source MAC `inner_mac`, tunnelled from
+/// outer source MAC `outer_mac`.
+fn reply_via(inner_mac: MacAddr, outer_mac: MacAddr) -> Vec<u8> {
+    let inner = udp(inner_mac, VM_MAC, peer_ip(), VM_CA, 53, 5000, b"answer");
     vxlan(
-        GW_MAC,
+        outer_mac,
         HOST_MAC,
         remote_pa(PEER.0, PEER.1),
         HOST_PA,
@@ -106,22 +104,9 @@ fn reply_with_other_macs_joins_its_connection() {
     let query = udp(VM_MAC, VM_GW_MAC, VM_CA, peer_ip(), 5000, 53, b"q");
     assert!(forwards(&mut p, Direction::Out, &query, secs(1)));
     assert_eq!((p.connection_count(), p.unified_flow_count()), (1, 2));
-    let inner = udp(
+    let odd_reply = reply_via(
         MacAddr([0x02, 0x77, 0, 0, 0, 1]),
-        VM_MAC,
-        peer_ip(),
-        VM_CA,
-        53,
-        5000,
-        b"answer",
-    );
-    let odd_reply = vxlan(
         MacAddr([0x02, 0x77, 0, 0, 0, 2]),
-        HOST_MAC,
-        remote_pa(PEER.0, PEER.1),
-        HOST_PA,
-        VNI,
-        &inner,
     );
     let snapshot = p.snapshot().expect("snapshot");
     let mut q = Port::restore(&snapshot, ActionRegistry::default()).expect("restore");
