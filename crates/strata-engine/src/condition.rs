@@ -288,20 +288,30 @@ pub struct FieldValues {
 }
 
 impl FieldValues {
+    /// No field present.
+    pub const EMPTY: FieldValues = FieldValues {
+        values: [0; Field::COUNT],
+        present: 0,
+    };
+
     pub fn from_ufid(u: &Ufid) -> FieldValues {
-        let mut fv = FieldValues {
-            values: [0; Field::COUNT],
-            present: 0,
-        };
-        fv.fill_inner(&u.inner);
-        if let Some(o) = &u.outer {
-            fv.set(Field::TunnelId, u128::from(o.vni));
-            fv.set(Field::OuterSrcMac, u128::from(o.src_mac.to_u64()));
-            fv.set(Field::OuterDstMac, u128::from(o.dst_mac.to_u64()));
-            fv.set(Field::OuterSrcIp, ip_to_u128(o.src_ip));
-            fv.set(Field::OuterDstIp, ip_to_u128(o.dst_ip));
-        }
+        let mut fv = FieldValues::EMPTY;
+        fv.fill_from_ufid(u);
         fv
+    }
+
+    /// Become [`FieldValues::from_ufid`]`(u)` in place (the slow path keeps
+    /// one per simulation instead of moving 288 bytes per layer).
+    pub fn fill_from_ufid(&mut self, u: &Ufid) {
+        *self = FieldValues::EMPTY;
+        self.fill_inner(&u.inner);
+        if let Some(o) = &u.outer {
+            self.set(Field::TunnelId, u128::from(o.vni));
+            self.set(Field::OuterSrcMac, u128::from(o.src_mac.to_u64()));
+            self.set(Field::OuterDstMac, u128::from(o.dst_mac.to_u64()));
+            self.set(Field::OuterSrcIp, ip_to_u128(o.src_ip));
+            self.set(Field::OuterDstIp, ip_to_u128(o.dst_ip));
+        }
     }
 
     fn fill_inner(&mut self, k: &FlowKey) {

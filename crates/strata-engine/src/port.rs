@@ -1058,7 +1058,8 @@ impl Port {
         // The layer-local id and its field values, re-derived only after a
         // layer transformed something (most layers do not).
         let mut derived: Option<Ufid> = None;
-        let mut fv: Option<FieldValues> = None;
+        let mut fv = FieldValues::EMPTY;
+        let mut fv_of_local = false;
         let mut changed = false;
         for step in 0..n {
             let li = match d {
@@ -1068,7 +1069,7 @@ impl Port {
             let layer = &policy.layers[li];
             if changed {
                 derived = Some(sim.transposition.apply_to_ufid(ufid));
-                fv = None;
+                fv_of_local = false;
                 changed = false;
             }
             let local = derived.as_ref().unwrap_or(ufid);
@@ -1108,8 +1109,11 @@ impl Port {
             }
 
             // 2. Classify.
-            let fv = fv.get_or_insert_with(|| FieldValues::from_ufid(local));
-            let Some(rref) = layer.classify(d, fv) else {
+            if !fv_of_local {
+                fv.fill_from_ufid(local);
+                fv_of_local = true;
+            }
+            let Some(rref) = layer.classify(d, &fv) else {
                 let def = layer.default_for(d);
                 if trace {
                     sim.trace.push(LayerTrace {
