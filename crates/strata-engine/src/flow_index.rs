@@ -73,7 +73,7 @@ impl FlowIndex {
     }
 
     /// The first value of `hash`'s probe run whose hash bits match (a
-    /// candidate, not yet key-checked), looking at most [`PEEK_STEPS`]
+    /// candidate, not yet key-checked), looking at most `PEEK_STEPS`
     /// buckets — one or two cache lines. Used to start the memory loads
     /// of a whole batch before any key comparison; stopping at the home
     /// bucket would leave every packet whose home holds another flow to a

@@ -11,6 +11,13 @@
 //! Both tables keep entries in a slab and index them with a hash table of
 //! slot numbers, so a key is stored once, lookups hash the key once, and
 //! eviction and expiry walk slots without touching the index.
+//!
+//! Memory per connection is what decides how many a host holds, so the
+//! parts many flows repeat are stored once per table and named by 4-byte
+//! ids: header contexts of keys ([`crate::flow_key`]), counter-slot lists
+//! ([`CounterLists`]); flow actions are shared `Arc`s the fast path reads
+//! directly. A connection is 184 bytes; a connection-tracking layer flow
+//! takes one index entry for both its keys ([`LayerFlow::one_entry`]).
 
 use crate::flow_index::FlowIndex;
 use crate::flow_key::{HeaderContexts, StoredUfid};
@@ -29,8 +36,9 @@ use strata_packet::flow::{MacAddr, Ufid};
 use strata_packet::packed::PackedUfid;
 use strata_packet::transposition::{OuterOp, PortRewrite, Transposition};
 
-/// A stateful flow of one layer. 24 bytes: the key and the rule are not
-/// stored here (see [`LayerFlow::key_conn`] and [`LayerFlow::rule`]).
+/// A stateful flow of one layer. 32 bytes: the key is not stored here
+/// (see [`LayerFlow::key_conn`]) and the rule is shared with the policy
+/// (see [`LayerFlow::rule`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerFlow {
     /// Direction of the packet whose rule created the flow.
@@ -619,7 +627,7 @@ impl LayerFlowTable {
 /// or to one peer — shares one, so a flow entry holds a pointer instead of
 /// the whole thing, and the fast path reads a line every such flow keeps
 /// hot. (The counter slots are not part of it: per-destination meters
-/// make them differ per peer, see [`CounterSlots`].)
+/// make them differ per peer, see [`CounterLists`].)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowAction {
     pub verdict: Verdict,

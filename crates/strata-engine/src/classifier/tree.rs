@@ -1933,7 +1933,7 @@ impl GroupClassifier for TreeClassifier {
     }
 }
 
-/// Lookups a [`Batch`] walks in lock-step: enough independent loads in
+/// Lookups a `Batch` walks in lock-step: enough independent loads in
 /// flight to overlap several cache misses, few enough that the cursors'
 /// state stays in L1.
 pub const LOCKSTEP: usize = 8;
