@@ -143,7 +143,7 @@ impl Port {
                 continue;
             };
             mark(f.rule.counter);
-            if let Some(e) = &f.extra {
+            if let Some(e) = f.extra() {
                 e.counters.iter().for_each(|&s| mark(s));
             }
         }

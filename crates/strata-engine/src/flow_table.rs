@@ -36,9 +36,11 @@ use strata_packet::flow::{MacAddr, Ufid};
 use strata_packet::packed::PackedUfid;
 use strata_packet::transposition::{OuterOp, PortRewrite, Transposition};
 
-/// A stateful flow of one layer. 32 bytes: the key is not stored here
-/// (see [`LayerFlow::key_conn`]) and the rule is shared with the policy
-/// (see [`LayerFlow::rule`]).
+/// A stateful flow of one layer. 24 bytes: the key is not stored here
+/// (see [`LayerFlow::key_conn`]), the rule is shared with the policy (see
+/// [`LayerFlow::rule`]), and what only some rules leave (a transposition,
+/// action state, a TTL) is in the table's extras by slot: read a flow
+/// through [`LayerFlowTable::get`] ([`LayerFlowView`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerFlow {
     /// Direction of the packet whose rule created the flow.
@@ -67,9 +69,6 @@ pub struct LayerFlow {
     /// The deciding rule's id, fingerprint and counter (shared with the
     /// policy, not copied per flow).
     pub rule: Arc<RuleIdentity>,
-    /// What most flows (connection-tracking ACL entries) lack: boxed so
-    /// those flows stay small.
-    pub extra: Option<Box<LayerFlowExtra>>,
 }
 
 /// [`LayerFlow::key_conn`] of a flow whose origin key is in the table's own
@@ -91,8 +90,27 @@ pub struct LayerFlowExtra {
 static NO_STATE: ActionState = ActionState::None;
 
 impl LayerFlow {
-    /// A flow made by a rule: `extra` is allocated only when the rule left
-    /// something besides connection tracking. Its key goes in with
+    fn dir_of(&self, side: usize) -> Direction {
+        if side == 0 {
+            self.origin
+        } else {
+            self.origin.opposite()
+        }
+    }
+}
+
+/// A layer flow with its extra parts, owned: made by [`OwnedLayerFlow::new`],
+/// or taken out of a table by [`LayerFlowTable::release`] (to release its
+/// state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedLayerFlow {
+    pub flow: LayerFlow,
+    pub extra: Option<LayerFlowExtra>,
+}
+
+impl OwnedLayerFlow {
+    /// A flow made by a rule, with its extra parts if the rule left
+    /// something besides connection tracking. Both go in with
     /// [`LayerFlowTable::insert`].
     pub fn new(
         origin: Direction,
@@ -102,50 +120,81 @@ impl LayerFlow {
         counters: &[u32],
         state: ActionState,
         ttl: Option<Time>,
-    ) -> LayerFlow {
+    ) -> OwnedLayerFlow {
         let plain = transposition.is_identity()
             && counters.is_empty()
             && state == ActionState::None
             && ttl.is_none();
-        LayerFlow {
-            origin,
-            detached: false,
-            one_entry: false,
-            key_conn: OWN_KEY,
-            key_side: origin,
-            refs: 0,
-            layer_generation,
-            rule,
-            extra: (!plain).then(|| {
-                Box::new(LayerFlowExtra {
-                    transposition: transposition.clone(),
-                    counters: counters.into(),
-                    state,
-                    ttl,
-                })
+        OwnedLayerFlow {
+            flow: LayerFlow {
+                origin,
+                detached: false,
+                one_entry: false,
+                key_conn: OWN_KEY,
+                key_side: origin,
+                refs: 0,
+                layer_generation,
+                rule,
+            },
+            extra: (!plain).then(|| LayerFlowExtra {
+                transposition: transposition.clone(),
+                counters: counters.into(),
+                state,
+                ttl,
             }),
         }
     }
 
-    fn dir_of(&self, side: usize) -> Direction {
-        if side == 0 {
-            self.origin
-        } else {
-            self.origin.opposite()
+    pub fn view(&self) -> LayerFlowView<'_> {
+        LayerFlowView {
+            flow: &self.flow,
+            extra: self.extra.as_ref(),
         }
     }
 
-    /// The rule's transposition (origin side).
-    pub fn transposition(&self) -> &Transposition {
+    /// Resource state to release when the flow ends.
+    pub fn state(&self) -> &ActionState {
+        self.extra.as_ref().map_or(&NO_STATE, |e| &e.state)
+    }
+}
+
+impl std::ops::Deref for OwnedLayerFlow {
+    type Target = LayerFlow;
+    fn deref(&self) -> &LayerFlow {
+        &self.flow
+    }
+}
+
+/// A layer flow and its extra parts, as a table holds them.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerFlowView<'a> {
+    flow: &'a LayerFlow,
+    extra: Option<&'a LayerFlowExtra>,
+}
+
+impl std::ops::Deref for LayerFlowView<'_> {
+    type Target = LayerFlow;
+    fn deref(&self) -> &LayerFlow {
+        self.flow
+    }
+}
+
+impl<'a> LayerFlowView<'a> {
+    /// The extra parts, if the rule left any.
+    pub fn extra(&self) -> Option<&'a LayerFlowExtra> {
         self.extra
-            .as_ref()
+    }
+
+    /// The rule's transposition (origin side).
+    pub fn transposition(&self) -> &'a Transposition {
+        self.extra
             .map_or(&Transposition::IDENTITY, |e| &e.transposition)
     }
 
     /// The key of the reverse side for origin key `origin`: the origin's
     /// result reversed (most flows transpose nothing: no work to apply).
     fn reverse_key(&self, origin: &Ufid) -> Ufid {
-        match &self.extra {
+        match self.extra {
             Some(e) if !e.transposition.is_identity() => {
                 e.transposition.apply_to_ufid(origin).reversed()
             }
@@ -164,28 +213,20 @@ impl LayerFlow {
     }
 
     /// Resource state to release when the flow ends.
-    pub fn state(&self) -> &ActionState {
-        self.extra.as_ref().map_or(&NO_STATE, |e| &e.state)
+    pub fn state(&self) -> &'a ActionState {
+        self.extra.map_or(&NO_STATE, |e| &e.state)
     }
 
     pub fn ttl(&self) -> Option<Time> {
-        self.extra.as_ref().and_then(|e| e.ttl)
+        self.extra.and_then(|e| e.ttl)
     }
 
     /// Counter slots of side `side`.
-    pub fn side_counters(&self, side: usize) -> &[u32] {
-        match &self.extra {
+    pub fn side_counters(&self, side: usize) -> &'a [u32] {
+        match self.extra {
             Some(e) if side == 0 => &e.counters,
             _ => &[],
         }
-    }
-
-    /// Heap bytes held beyond the value itself (the shared rule identity
-    /// is not counted).
-    pub fn heap_bytes(&self) -> usize {
-        self.extra
-            .as_ref()
-            .map_or(0, |e| size_of::<LayerFlowExtra>() + e.counters.len() * 4)
     }
 }
 
@@ -235,6 +276,7 @@ fn lf_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
 #[derive(Clone, Copy)]
 struct Keys<'a> {
     own: &'a hashbrown::HashMap<u32, PackedUfid>,
+    extras: &'a hashbrown::HashMap<u32, Box<LayerFlowExtra>>,
     conns: &'a UnifiedFlowTable,
     seed: TableSeed,
 }
@@ -251,7 +293,20 @@ impl Keys<'_> {
     /// The key of side `side` (0 = origin, 1 = reverse).
     fn side(&self, slot: u32, f: &LayerFlow, side: usize) -> Option<Ufid> {
         let key = self.origin(slot, f)?;
-        Some(if side == 0 { key } else { f.reverse_key(&key) })
+        Some(if side == 0 {
+            key
+        } else {
+            self.reverse_key(slot, f, &key)
+        })
+    }
+
+    /// The reverse key of the flow in `slot` for origin key `origin`.
+    fn reverse_key(&self, slot: u32, f: &LayerFlow, origin: &Ufid) -> Ufid {
+        LayerFlowView {
+            flow: f,
+            extra: self.extras.get(&slot).map(|e| &**e),
+        }
+        .reverse_key(origin)
     }
 
     /// Hash of index value `v` (`slot << 1 | side`).
@@ -292,7 +347,7 @@ impl Keys<'_> {
         let key = if side == 0 {
             origin
         } else {
-            f.reverse_key(&origin)
+            self.reverse_key(slot, f, &origin)
         };
         (layer_flow_key(&key) == *k).then_some((side, origin))
     }
@@ -316,6 +371,10 @@ pub struct LayerFlowTable {
     free: Vec<u32>,
     /// Origin keys of flows with [`OWN_KEY`], by slot.
     own_keys: hashbrown::HashMap<u32, PackedUfid>,
+    /// Extra parts of the flows that have them, by slot (most flows, the
+    /// connection-tracking ones, have none: they stay 24 bytes). Boxed:
+    /// the map is sized in powers of two.
+    extras: hashbrown::HashMap<u32, Box<LayerFlowExtra>>,
     /// Entries are `slot << 1 | side`. A SwissTable (7/8 load, 5 bytes a
     /// bucket) rather than the UFT's [`crate::flow_index::FlowIndex`]: only
     /// the slow path looks layer flows up, so memory matters more here.
@@ -329,6 +388,7 @@ impl LayerFlowTable {
     fn keys<'a>(&'a self, conns: &'a UnifiedFlowTable) -> Keys<'a> {
         Keys {
             own: &self.own_keys,
+            extras: &self.extras,
             conns,
             seed: self.seed,
         }
@@ -366,8 +426,12 @@ impl LayerFlowTable {
         Some((v >> 1, side, origin))
     }
 
-    pub fn get(&self, slot: u32) -> Option<&LayerFlow> {
-        self.slots.get(slot as usize)?.as_ref()
+    pub fn get(&self, slot: u32) -> Option<LayerFlowView<'_>> {
+        let flow = self.slots.get(slot as usize)?.as_ref()?;
+        Some(LayerFlowView {
+            flow,
+            extra: self.extras.get(&slot).map(|e| &**e),
+        })
     }
 
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut LayerFlow> {
@@ -378,10 +442,15 @@ impl LayerFlowTable {
     /// until [`LayerFlowTable::share_key`]) and index both keys. A key
     /// already indexed (two flows whose reverse keys collide, e.g.
     /// many-to-one static NAT) keeps its first owner.
-    pub fn insert(&mut self, mut f: LayerFlow, key: &Ufid, conns: &UnifiedFlowTable) -> u32 {
+    pub fn insert(&mut self, new: OwnedLayerFlow, key: &Ufid, conns: &UnifiedFlowTable) -> u32 {
+        let OwnedLayerFlow { flow: mut f, extra } = new;
         f.key_conn = OWN_KEY;
+        let view = LayerFlowView {
+            flow: &f,
+            extra: extra.as_ref(),
+        };
         // Each side's identity and hash, computed once.
-        let keys = [layer_flow_key(key), layer_flow_key(&f.reverse_key(key))];
+        let keys = [layer_flow_key(key), layer_flow_key(&view.reverse_key(key))];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         let hashes = [
             lf_hash(self.seed, dirs[0], &keys[0]),
@@ -397,10 +466,13 @@ impl LayerFlowTable {
         // One entry for both keys when the reverse key is the origin's
         // reversed and both hash alike — unless an earlier flow owns either
         // key (it keeps it; this flow must answer for exactly the other).
-        let mirror = f.transposition().is_identity() && hashes[0] == hashes[1];
+        let mirror = view.transposition().is_identity() && hashes[0] == hashes[1];
         // In place first: growing the index while the second side goes in
         // rehashes the first, which reads this flow's key.
         self.slots[slot as usize] = Some(f);
+        if let Some(e) = extra {
+            self.extras.insert(slot, Box::new(e));
+        }
         self.own_keys.insert(slot, PackedUfid::pack(key));
         // Both keys share a probe chain: one probe checks both.
         if mirror
@@ -444,6 +516,7 @@ impl LayerFlowTable {
     ) -> bool {
         let k = Keys {
             own: &self.own_keys,
+            extras: &self.extras,
             conns,
             seed: self.seed,
         };
@@ -518,6 +591,7 @@ impl LayerFlowTable {
         }
         let keys = Keys {
             own: &self.own_keys,
+            extras: &self.extras,
             conns,
             seed: self.seed,
         };
@@ -536,18 +610,22 @@ impl LayerFlowTable {
         }
     }
 
-    /// Drop one reference; returns the flow if it was the last.
-    pub fn release(&mut self, slot: u32, conns: &UnifiedFlowTable) -> Option<LayerFlow> {
+    /// Drop one reference; returns the flow (with its extra parts) if it
+    /// was the last.
+    pub fn release(&mut self, slot: u32, conns: &UnifiedFlowTable) -> Option<OwnedLayerFlow> {
         let f = self.slots.get_mut(slot as usize)?.as_mut()?;
         f.refs = f.refs.saturating_sub(1);
         if f.refs > 0 {
             return None;
         }
         self.detach(slot, conns);
-        let f = self.slots.get_mut(slot as usize)?.take();
+        let flow = self.slots.get_mut(slot as usize)?.take()?;
         self.own_keys.remove(&slot);
         self.free.push(slot);
-        f
+        Some(OwnedLayerFlow {
+            flow,
+            extra: self.extras.remove(&slot).map(|e| *e),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -570,12 +648,22 @@ impl LayerFlowTable {
         self.slots.iter_mut().flatten()
     }
 
-    /// Every flow, emptying the table.
-    pub fn drain(&mut self) -> Vec<LayerFlow> {
+    /// Every flow (with its extra parts), emptying the table.
+    pub fn drain(&mut self) -> Vec<OwnedLayerFlow> {
         self.index.clear();
         self.free.clear();
         self.own_keys.clear();
-        self.slots.drain(..).flatten().collect()
+        let mut extras = std::mem::take(&mut self.extras);
+        self.slots
+            .drain(..)
+            .enumerate()
+            .filter_map(|(slot, f)| {
+                f.map(|flow| OwnedLayerFlow {
+                    flow,
+                    extra: extras.remove(&(slot as u32)).map(|e| *e),
+                })
+            })
+            .collect()
     }
 
     /// Mark every flow for revalidation (generation stamps wrapped).
@@ -588,7 +676,12 @@ impl LayerFlowTable {
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
         self.slots.capacity() * size_of::<Option<LayerFlow>>()
-            + self.iter().map(|(_, f)| f.heap_bytes()).sum::<usize>()
+            + self.extras.capacity() * (size_of::<(u32, Box<LayerFlowExtra>)>() + 1)
+            + self
+                .extras
+                .values()
+                .map(|e| size_of::<LayerFlowExtra>() + e.counters.len() * 4)
+                .sum::<usize>()
             + self.index.capacity() * (size_of::<u32>() + 1)
             + self.own_keys.capacity() * (size_of::<(u32, PackedUfid)>() + 1)
             + self.free.capacity() * 4
@@ -596,6 +689,11 @@ impl LayerFlowTable {
 
     /// Rebuild the index after deserialization (`conns` restored first).
     pub fn reindex(&mut self, conns: &UnifiedFlowTable) {
+        // Extras only for flows that are there (a slot reused later must
+        // not inherit one).
+        let slots = &self.slots;
+        self.extras
+            .retain(|&slot, _| slots.get(slot as usize).is_some_and(Option::is_some));
         let mut index: HashTable<u32> = HashTable::with_capacity(self.len() * 2);
         let keys = self.keys(conns);
         let slots = &self.slots;
@@ -1458,7 +1556,7 @@ mod tests {
         assert_eq!(size_of::<Option<UnifiedFlow>>(), 48);
         assert_eq!(size_of::<Option<TcpConn>>(), 44);
         assert_eq!(size_of::<Option<Connection>>(), 184);
-        assert_eq!(size_of::<Option<LayerFlow>>(), 32);
+        assert_eq!(size_of::<Option<LayerFlow>>(), 24);
     }
 
     /// Pending counts are 32-bit: a packet that would overflow either
@@ -1576,7 +1674,7 @@ mod tests {
         let n = 6000u32;
         let slots: Vec<u32> = (0..n)
             .map(|i| {
-                let f = LayerFlow::new(
+                let f = OwnedLayerFlow::new(
                     Direction::Out,
                     Arc::clone(&rule),
                     1,
@@ -1631,7 +1729,7 @@ mod tests {
             k
         };
         let flow = |d: Direction| {
-            LayerFlow::new(
+            OwnedLayerFlow::new(
                 d,
                 Arc::clone(&rule),
                 1,
@@ -1707,7 +1805,7 @@ mod tests {
             ..Transposition::identity()
         };
         let nat_key = key(7000, false);
-        let nat = LayerFlow::new(
+        let nat = OwnedLayerFlow::new(
             Direction::Out,
             Arc::clone(&rule),
             1,

@@ -22,8 +22,9 @@ use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
-    Connection, FlowAction, FlowActionRef, LayerFlow, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
-    PortShape, PortValues, UnifiedFlow, UnifiedFlowTable, layer_flow_key,
+    Connection, FlowAction, FlowActionRef, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
+    LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow, UnifiedFlowTable,
+    layer_flow_key,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -296,7 +297,7 @@ impl Port {
     }
 
     /// The layer flow in `slot` of layer `uid`'s table.
-    pub(crate) fn layer_flow(&self, uid: u32, slot: u32) -> Option<&LayerFlow> {
+    pub(crate) fn layer_flow(&self, uid: u32, slot: u32) -> Option<LayerFlowView<'_>> {
         self.flow_table(uid)?.get(slot)
     }
 
@@ -1036,7 +1037,7 @@ impl Port {
     }
 
     /// Release a layer flow's per-flow state.
-    fn teardown(&mut self, layer_uid: u32, f: &LayerFlow) {
+    fn teardown(&mut self, layer_uid: u32, f: &OwnedLayerFlow) {
         self.resources.release(f.state());
         if let ActionState::Custom(_) = f.state() {
             let policy = Arc::clone(&self.policy);
@@ -1219,7 +1220,7 @@ impl Port {
             }
             return (out, None);
         }
-        let flow = LayerFlow::new(
+        let flow = OwnedLayerFlow::new(
             d,
             Arc::clone(&crule.identity),
             stamp(layer.generation),
