@@ -12,7 +12,8 @@
 //! bytes (4-aligned) instead of 64; comparing one against a packet's UFID
 //! reads the context by id, a line every flow with it keeps hot.
 
-use crate::intern::{Seed, SharedTable};
+use crate::flow_table::TableSeed;
+use crate::intern::SharedTable;
 use serde::{Deserialize, Serialize};
 use strata_packet::flow::Ufid;
 use strata_packet::packed::{HeaderContext, TupleV4, join_v4, split_v4};
@@ -58,7 +59,7 @@ pub struct HeaderContexts {
     contexts: SharedTable<HeaderContext>,
     /// Randomly seeded: contexts come from packets (hash flooding).
     #[serde(skip)]
-    seed: Seed,
+    seed: TableSeed,
     /// Wide keys (IPv6 anywhere), one per stored key; `None` is free.
     wide: Vec<Option<Box<Ufid>>>,
     #[serde(skip)]
@@ -98,7 +99,7 @@ impl HeaderContexts {
     }
 
     fn acquire(&mut self, c: &HeaderContext) -> u32 {
-        let seed = self.seed.0;
+        let seed = self.seed.get();
         self.contexts.acquire(
             c.table_hash(seed),
             |x| x == c,
@@ -121,7 +122,7 @@ impl HeaderContexts {
             }
             return;
         }
-        let seed = self.seed.0;
+        let seed = self.seed.get();
         self.contexts.release(k.context, |x| x.table_hash(seed));
     }
 
@@ -229,7 +230,7 @@ impl HeaderContexts {
                 self.wide_free.push(i as u32);
             }
         }
-        let seed = self.seed.0;
+        let seed = self.seed.get();
         self.contexts
             .rebuild(narrow.into_iter(), |c| c.table_hash(seed))
             .map_err(|id| format!("a flow key names header context {id}, which is missing"))

@@ -21,7 +21,7 @@
 
 use crate::flow_index::FlowIndex;
 use crate::flow_key::{HeaderContexts, StoredUfid};
-use crate::intern::{Seed, SharedTable};
+use crate::intern::SharedTable;
 use crate::policy::RuleIdentity;
 use crate::resource::ActionState;
 use crate::tcp::TcpConn;
@@ -260,6 +260,14 @@ impl Default for TableSeed {
     }
 }
 
+impl TableSeed {
+    /// The seed, for hashes a table computes itself.
+    #[inline]
+    pub(crate) fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// The index hash of layer key `k` (an identity key) in direction `d`:
 /// the same for `(d, k)` and `(d.opposite(), k.reversed())` (see
 /// [`LayerFlow::one_entry`]) unless the two orientations cannot be told
@@ -407,7 +415,7 @@ impl LayerFlowTable {
 
     /// Like [`LayerFlowTable::lookup`], also giving the flow's origin key
     /// (read anyway to compare keys; a hit then needs no second read for
-    /// [`LayerFlow::side_transposition`]).
+    /// [`LayerFlowView::side_transposition`]).
     pub fn lookup_with_origin(
         &self,
         d: Direction,
@@ -872,7 +880,7 @@ impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
 pub struct CounterLists {
     lists: SharedTable<Box<[u32]>>,
     #[serde(skip)]
-    seed: Seed,
+    seed: TableSeed,
 }
 
 fn list_hash(seed: u64, slots: &[u32]) -> u64 {
@@ -883,7 +891,7 @@ fn list_hash(seed: u64, slots: &[u32]) -> u64 {
 impl CounterLists {
     /// A reference on the list equal to `slots`.
     pub fn acquire(&mut self, slots: &[u32]) -> u32 {
-        let seed = self.seed.0;
+        let seed = self.seed.get();
         self.lists.acquire(
             list_hash(seed, slots),
             |l| **l == *slots,
@@ -893,7 +901,7 @@ impl CounterLists {
     }
 
     pub fn release(&mut self, id: u32) {
-        let seed = self.seed.0;
+        let seed = self.seed.get();
         self.lists.release(id, |l| list_hash(seed, l));
     }
 
@@ -1464,7 +1472,7 @@ impl UnifiedFlowTable {
     pub fn rebuild(&mut self) -> Result<(), String> {
         self.contexts
             .rebuild(flows_of(&self.conns).map(|uf| &uf.key))?;
-        let seed = self.counter_lists.seed.0;
+        let seed = self.counter_lists.seed.get();
         self.counter_lists
             .lists
             .rebuild(flows_of(&self.conns).map(|uf| uf.counters), |l| {

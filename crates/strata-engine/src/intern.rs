@@ -7,8 +7,9 @@
 //! drop references explicitly ([`SharedTable::acquire`],
 //! [`SharedTable::release`]); after a restore, [`SharedTable::rebuild`]
 //! recounts them from the holders and refuses ids that name nothing. The
-//! values' hash is the owner's (seeded per table: values come from
-//! packets and policies).
+//! values' hash is the owner's (seeded per table with a
+//! [`crate::flow_table::TableSeed`]: values come from packets and
+//! policies).
 
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
@@ -91,13 +92,6 @@ impl<T> SharedTable<T> {
             e.remove();
         }
         self.free.push(id);
-    }
-
-    /// One more reference on `id`, which a holder already has.
-    pub fn share(&mut self, id: u32) {
-        if let Some(r) = self.refs.get_mut(id as usize).filter(|r| **r > 0) {
-            *r += 1;
-        }
     }
 
     #[inline]
@@ -197,18 +191,6 @@ fn value_hash<T>(entries: &[Option<T>], hash: &impl Fn(&T) -> u64, v: u32) -> u6
         .map_or(0, hash)
 }
 
-/// A random hash seed per table (drawn when created or restored, never
-/// stored).
-#[derive(Clone, Copy, Debug)]
-pub struct Seed(pub u64);
-
-impl Default for Seed {
-    fn default() -> Self {
-        use std::hash::BuildHasher;
-        Seed(foldhash::fast::RandomState::default().hash_one(0x5348_5244_u64))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,8 +203,8 @@ mod tests {
         t.acquire(h(&v), |x| *x == v, || v, h)
     }
 
-    /// Equal values share an id; the last release frees it for reuse; a
-    /// shared reference counts; stray releases change nothing.
+    /// Equal values share an id; the last release frees it for reuse;
+    /// stray releases change nothing.
     #[test]
     fn values_are_shared_counted_and_freed() {
         let mut t = SharedTable::default();
@@ -230,7 +212,7 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(t.len(), 2);
-        t.share(a);
+        get(&mut t, 1);
         t.release(a, h);
         t.release(a, h);
         assert_eq!(t.get(a), Some(&1), "one holder left");
