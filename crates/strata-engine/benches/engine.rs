@@ -126,15 +126,42 @@ fn fast_path(c: &mut Criterion) {
         frames.iter().map(|f| f.capacity() as u64).sum::<u64>() + 24 * frames.capacity() as u64;
     let live = LIVE.load(Relaxed) - live_policy - frames_bytes;
     let conns = port.connection_count() as u64;
+    let mem = port.flow_memory();
+    let per = |b: u64| b as f64 / conns.max(1) as f64;
+    let flow_state = mem.total() as u64;
+    let counters = port.counter_memory_bytes() as u64;
+    // The target's measure is the flow state (both unified flows, the
+    // layer flows, their indexes and shared parts), as the port accounts
+    // it; the allocator's count of everything the connections added is
+    // printed beside it, with the counters (per-destination meter buckets
+    // here) and what neither explains.
     println!(
         "setup: {conns} connections, {} unified flows, layer flows acl={} slb={}; \
-         heap for flow state {:.1} MiB = {} bytes/connection (policy+mappings {:.1} MiB)",
+         flow state {:.1} MiB = {:.1} bytes/connection; all heap growth {:.1} bytes/connection \
+         = flow state + counters {:.1} ({} meter buckets) + unexplained {:.1} \
+         (policy+mappings {:.1} MiB)",
         port.unified_flow_count(),
         port.layer_flow_count("acl"),
         port.layer_flow_count("slb"),
-        live as f64 / 1048576.0,
-        live / conns.max(1),
+        flow_state as f64 / 1048576.0,
+        per(flow_state),
+        per(live),
+        per(counters),
+        port.counters().arena.meter_bucket_count(),
+        per(live) - per(flow_state) - per(counters),
         (live_policy - live0) as f64 / 1048576.0
+    );
+    println!(
+        "flow state by part (bytes/connection): connections {:.1}, unified flow index {:.1}, \
+         shared {:.1}, layer flows {}",
+        per(mem.connections as u64),
+        per(mem.uft_index as u64),
+        per(mem.shared as u64),
+        mem.layer_flows
+            .iter()
+            .map(|(l, b)| format!("{l} {:.1}", per(*b as u64)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     assert_eq!(
         port.counters().tcp.handshakes_completed,

@@ -192,7 +192,64 @@ pub struct CounterArena {
     retirements: u64,
 }
 
+/// Heap bytes of a hashbrown table with `capacity` and `entry`-byte
+/// entries (buckets a power of two at most 7/8 full, one control byte
+/// each).
+pub(crate) fn hash_table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8).div_ceil(7).next_power_of_two()
+    };
+    buckets * (entry + 1) + 16
+}
+
+impl CounterName {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            CounterName::Layer { layer } => layer.capacity(),
+            CounterName::Rule { layer, rule } => layer.capacity() + rule.capacity(),
+            CounterName::Meter {
+                layer,
+                rule,
+                bucket,
+            } => layer.capacity() + rule.capacity() + bucket.capacity(),
+        }
+    }
+}
+
 impl CounterArena {
+    /// Approximate heap bytes: the slots, their names, the indexes. Meter
+    /// buckets (one per distinct value, up to the meter's cap) are most
+    /// of it on a port that meters by address.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.capacity() * size_of::<Counter>()
+            + self.names.capacity() * size_of::<Option<CounterName>>()
+            + self
+                .names
+                .iter()
+                .flatten()
+                .map(CounterName::heap_bytes)
+                .sum::<usize>()
+            + self.retired.words.capacity() * 8
+            + self.free.capacity() * 4
+            + hash_table_bytes(self.by_name.table.capacity(), size_of::<u32>())
+            + hash_table_bytes(self.meter_index.capacity(), size_of::<((u32, u128), u32)>())
+            + hash_table_bytes(self.meter_buckets.capacity(), size_of::<(u32, usize)>())
+    }
+
+    /// Meter buckets with a slot of their own.
+    pub fn meter_bucket_count(&self) -> usize {
+        self.names
+            .iter()
+            .flatten()
+            .filter(|n| matches!(n, CounterName::Meter { .. }))
+            .count()
+    }
+
     /// The slot for `name`, created at zero if new (in a freed slot when
     /// there is one).
     pub fn slot(&mut self, name: CounterName) -> u32 {

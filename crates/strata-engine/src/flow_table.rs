@@ -8,9 +8,10 @@
 //!   outbound and inbound [`UnifiedFlow`]s of one connection (paired on the VM
 //!   side, VFP-14) with its TCP state and the layer flows it holds.
 //!
-//! Both tables keep entries in a slab and index them with a hash table of
-//! slot numbers, so a key is stored once, lookups hash the key once, and
-//! eviction and expiry walk slots without touching the index.
+//! Both tables keep entries in a slab ([`ChunkedSlab`]) and index them
+//! with a hash table of slot numbers, so a key is stored once, lookups hash
+//! the key once, and eviction and expiry walk slots without touching the
+//! index.
 //!
 //! Memory per connection is what decides how many a host holds, so the
 //! parts many flows repeat are stored once per table and named by 4-byte
@@ -24,6 +25,7 @@ use crate::flow_key::{HeaderContexts, StoredUfid};
 use crate::intern::SharedTable;
 use crate::policy::RuleIdentity;
 use crate::resource::ActionState;
+use crate::slab::ChunkedSlab;
 use crate::tcp::TcpConn;
 use crate::types::{Direction, Time, Verdict};
 use hashbrown::HashTable;
@@ -318,7 +320,7 @@ impl Keys<'_> {
     }
 
     /// Hash of index value `v` (`slot << 1 | side`).
-    fn hash(&self, slots: &[Option<LayerFlow>], v: u32) -> u64 {
+    fn hash(&self, slots: &ChunkedSlab<LayerFlow>, v: u32) -> u64 {
         indexed(slots, v)
             .and_then(|(slot, side, f)| {
                 let k = self.side(slot, f, side)?;
@@ -329,7 +331,7 @@ impl Keys<'_> {
 
     /// Whether index value `v` finds the flow side keyed `(d, k)` (`k` an
     /// identity key).
-    fn is(&self, slots: &[Option<LayerFlow>], v: u32, d: Direction, k: &Ufid) -> bool {
+    fn is(&self, slots: &ChunkedSlab<LayerFlow>, v: u32, d: Direction, k: &Ufid) -> bool {
         self.matching_origin(slots, v, d, k).is_some()
     }
 
@@ -338,7 +340,7 @@ impl Keys<'_> {
     /// [`LayerFlow::one_entry`] flow either.
     fn matching_origin(
         &self,
-        slots: &[Option<LayerFlow>],
+        slots: &ChunkedSlab<LayerFlow>,
         v: u32,
         d: Direction,
         k: &Ufid,
@@ -362,7 +364,7 @@ impl Keys<'_> {
 }
 
 /// The slot, side and flow an index value (`slot << 1 | side`) names.
-fn indexed(slots: &[Option<LayerFlow>], v: u32) -> Option<(u32, usize, &LayerFlow)> {
+fn indexed(slots: &ChunkedSlab<LayerFlow>, v: u32) -> Option<(u32, usize, &LayerFlow)> {
     let slot = v >> 1;
     let side = (v & 1) as usize;
     let f = slots.get(slot as usize)?.as_ref()?;
@@ -375,7 +377,7 @@ fn indexed(slots: &[Option<LayerFlow>], v: u32) -> Option<(u32, usize, &LayerFlo
 /// table, `conns`, to read them), the rest are in the table's own store.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LayerFlowTable {
-    slots: Vec<Option<LayerFlow>>,
+    slots: ChunkedSlab<LayerFlow>,
     free: Vec<u32>,
     /// Origin keys of flows with [`OWN_KEY`], by slot.
     own_keys: hashbrown::HashMap<u32, PackedUfid>,
@@ -662,8 +664,8 @@ impl LayerFlowTable {
         self.free.clear();
         self.own_keys.clear();
         let mut extras = std::mem::take(&mut self.extras);
-        self.slots
-            .drain(..)
+        std::mem::take(&mut self.slots)
+            .into_iter()
             .enumerate()
             .filter_map(|(slot, f)| {
                 f.map(|flow| OwnedLayerFlow {
@@ -683,7 +685,7 @@ impl LayerFlowTable {
 
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Option<LayerFlow>>()
+        self.slots.memory_bytes()
             + self.extras.capacity() * (size_of::<(u32, Box<LayerFlowExtra>)>() + 1)
             + self
                 .extras
@@ -1029,6 +1031,30 @@ pub struct LayerFlowRef {
 /// for the usual ACL + NAT pair).
 pub type LayerFlowRefs = SmallVec<[LayerFlowRef; 2]>;
 
+/// Heap bytes of a port's flow state, by part ([`crate::Port::flow_memory`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowMemory {
+    /// The connection slab: both unified flows, TCP state, layer-flow
+    /// references.
+    pub connections: usize,
+    /// The unified flow table's hash index.
+    pub uft_index: usize,
+    /// Parts stored once for many flows: header contexts, counter-slot
+    /// lists, compiled flow actions.
+    pub shared: usize,
+    /// Each layer's flow table (flows, index, extra parts), by layer id.
+    pub layer_flows: Vec<(String, usize)>,
+}
+
+impl FlowMemory {
+    pub fn total(&self) -> usize {
+        self.connections
+            + self.uft_index
+            + self.shared
+            + self.layer_flows.iter().map(|(_, b)| b).sum::<usize>()
+    }
+}
+
 /// A pair of unified flows and their shared state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
@@ -1134,7 +1160,7 @@ fn uft_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
 /// The unified flow table.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UnifiedFlowTable {
-    conns: Vec<Option<Connection>>,
+    conns: ChunkedSlab<Connection>,
     free: Vec<u32>,
     /// Entries are `connection << 1 | direction`.
     #[serde(skip)]
@@ -1172,6 +1198,22 @@ impl UnifiedFlowTable {
                         .is_some_and(|uf| contexts.matches(&uf.key, key))
             })
             .map(|v| v >> 1)
+    }
+
+    /// [`UnifiedFlowTable::lookup`] trying `hint` (a [`UnifiedFlowTable::peek`]
+    /// result) first: when that candidate's key is the packet's, the index
+    /// is not searched again. A stale hint (the table changed since the
+    /// peek) costs one key comparison, never a wrong answer: keys are
+    /// unique, so a flow keyed `key` is the answer wherever it is.
+    #[inline]
+    pub fn lookup_hinted(&self, d: Direction, key: &Ufid, hash: u64, hint: u32) -> Option<u32> {
+        if self
+            .candidate_flow(hint, d)
+            .is_some_and(|uf| self.contexts.matches(&uf.key, key))
+        {
+            return Some(hint >> 1);
+        }
+        self.lookup(d, key, hash)
     }
 
     /// First stage of a pipelined lookup: the index value in the home
@@ -1497,18 +1539,19 @@ impl UnifiedFlowTable {
         Ok(())
     }
 
-    /// Approximate heap bytes used by the table (slab + index), for the
-    /// memory-per-connection figure.
-    pub fn memory_bytes(&self) -> usize {
-        self.conns.capacity() * size_of::<Option<Connection>>()
-            + self.index.memory_bytes()
-            + self.contexts.memory_bytes()
-            + self.counter_lists.memory_bytes()
+    /// Approximate heap bytes used by the table: the connection slab (with
+    /// spilled layer-flow lists), the index, and the shared key and
+    /// counter-list parts.
+    pub fn memory_parts(&self) -> (usize, usize, usize) {
+        let slab = self.conns.memory_bytes()
+            + self.free.capacity() * 4
             + self
                 .iter()
                 .filter(|(_, c)| c.layer_flows.spilled())
                 .map(|(_, c)| c.layer_flows.capacity() * size_of::<LayerFlowRef>())
-                .sum::<usize>()
+                .sum::<usize>();
+        let shared = self.contexts.memory_bytes() + self.counter_lists.memory_bytes();
+        (slab, self.index.memory_bytes(), shared)
     }
 
     /// The IP protocol of connection `c`'s flows.
@@ -1522,7 +1565,7 @@ impl UnifiedFlowTable {
 }
 
 /// Every unified flow of the connections `conns`.
-fn flows_of(conns: &[Option<Connection>]) -> impl Iterator<Item = &UnifiedFlow> {
+fn flows_of(conns: &ChunkedSlab<Connection>) -> impl Iterator<Item = &UnifiedFlow> {
     conns
         .iter()
         .flatten()
@@ -1530,7 +1573,7 @@ fn flows_of(conns: &[Option<Connection>]) -> impl Iterator<Item = &UnifiedFlow> 
 }
 
 fn side_hash(
-    conns: &[Option<Connection>],
+    conns: &ChunkedSlab<Connection>,
     contexts: &HeaderContexts,
     seed: TableSeed,
     v: u32,

@@ -21,6 +21,7 @@ pub mod port;
 pub mod resource;
 pub mod rulegen;
 pub mod scenario;
+pub mod slab;
 pub mod snapshot;
 pub mod tcp;
 pub mod trace;

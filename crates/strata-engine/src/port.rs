@@ -22,7 +22,7 @@ use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
-    Connection, FlowAction, FlowActionRef, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
+    Connection, FlowAction, FlowActionRef, FlowMemory, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
     LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow, UnifiedFlowTable,
     layer_flow_key,
 };
@@ -226,21 +226,33 @@ impl Port {
         self.policy.layers.iter().map(|l| l.spec()).collect()
     }
 
-    /// Approximate bytes of flow state (UFT + layer flows), for memory
-    /// accounting.
-    pub fn flow_memory_bytes(&self) -> usize {
-        self.uft.memory_bytes()
-            + self.flow_actions.capacity() * (size_of::<Arc<FlowAction>>() + 1)
+    /// Heap bytes of the port's flow state, by part (the connection slab,
+    /// the unified flow index, shared parts, each layer's flow table).
+    pub fn flow_memory(&self) -> FlowMemory {
+        let (connections, uft_index, shared) = self.uft.memory_parts();
+        let actions = self.flow_actions.capacity() * (size_of::<Arc<FlowAction>>() + 1)
             + self
                 .flow_actions
                 .iter()
                 .map(|a| size_of::<FlowAction>() + 16 + a.plan.heap_bytes())
-                .sum::<usize>()
-            + self
-                .layer_flows
+                .sum::<usize>();
+        FlowMemory {
+            connections,
+            uft_index,
+            shared: shared + actions,
+            layer_flows: self
+                .policy
+                .layers
                 .iter()
-                .map(|(_, t)| t.memory_bytes())
-                .sum::<usize>()
+                .filter_map(|l| Some((l.id.clone(), self.flow_table(l.uid)?.memory_bytes())))
+                .collect(),
+        }
+    }
+
+    /// Approximate heap bytes of the port's counters (rule, layer and
+    /// meter-bucket slots with their names and indexes).
+    pub fn counter_memory_bytes(&self) -> usize {
+        self.counters.arena.memory_bytes()
     }
 
     /// Shared flow state in use: header contexts and counter-slot lists
@@ -625,7 +637,7 @@ impl Port {
         match parse_into(buf.as_slice(), parse_options(d), &mut p) {
             Ok(()) => {
                 let hash = self.uft.hash(d, &p.ufid);
-                self.process_parsed(d, buf, &p, hash, now)
+                self.process_parsed(d, buf, &p, hash, u32::MAX, now)
             }
             Err(e) => self.malformed(d, buf.len(), e),
         }
@@ -681,7 +693,8 @@ impl Port {
             for i in start..end {
                 let j = i - start;
                 if let Some(hash) = hashes[j] {
-                    out[i] = self.process_parsed(d, &mut bufs[i], &parsed[j], hash, now);
+                    out[i] =
+                        self.process_parsed(d, &mut bufs[i], &parsed[j], hash, candidates[j], now);
                 }
             }
             start = end;
@@ -710,13 +723,15 @@ impl Port {
     }
 
     /// The datapath for one parsed frame: unified flow hit (or slow path),
-    /// reconciliation if stale, TCP tracking, counting, emit.
+    /// reconciliation if stale, TCP tracking, counting, emit. `hint` is the
+    /// batch's index candidate for the frame (`u32::MAX` for none).
     fn process_parsed(
         &mut self,
         d: Direction,
         buf: &mut PacketBuf,
         parsed: &Parsed,
         hash: u64,
+        hint: u32,
         now: Time,
     ) -> Verdict {
         let bytes = u64::from(parsed.meta.frame_len);
@@ -725,7 +740,7 @@ impl Port {
             dc.packets += 1;
             dc.bytes += bytes;
         }
-        let (conn, tracked) = match self.uft.lookup(d, &parsed.ufid, hash) {
+        let (conn, tracked) = match self.uft.lookup_hinted(d, &parsed.ufid, hash, hint) {
             Some(c) => {
                 self.counters.dir[d.index()].fast_path += 1;
                 (c, false)

@@ -1,0 +1,362 @@
+//! [`ChunkedSlab`]: the slot store of the flow tables, a `Vec<Option<T>>`
+//! kept in fixed-size chunks.
+//!
+//! The flow tables hold up to millions of entries by slot number. In one
+//! `Vec` that doubles, up to half the capacity is slack, and each growth
+//! copies the whole table (~190 MB of connections at 1M) in the slow path
+//! of one packet: a latency spike on the datapath. Here the store grows a
+//! chunk of [`CHUNK`] slots at a time: the slack is under one chunk, and
+//! growing allocates one chunk and copies only the small list of chunk
+//! pointers. (Elements never move, but nothing needs stable addresses: the
+//! tables name entries by slot number.)
+//!
+//! It serializes exactly as a `Vec<Option<T>>` of its slots, so snapshots
+//! do not depend on how the store is laid out.
+
+use serde::de::{SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Index, IndexMut};
+
+/// Slots per chunk. A power of two, so slot `i` is at `i >> CHUNK_BITS`,
+/// `i & (CHUNK - 1)`.
+pub const CHUNK: usize = 1 << CHUNK_BITS;
+const CHUNK_BITS: u32 = 12;
+const CHUNK_MASK: usize = CHUNK - 1;
+
+/// Slots `0..len` of `Option<T>`, like a `Vec<Option<T>>`, stored in chunks
+/// of [`CHUNK`] slots allocated as [`ChunkedSlab::push`] needs them.
+/// Allocated slots past `len` are always `None`.
+#[derive(Clone)]
+pub struct ChunkedSlab<T> {
+    chunks: Vec<Box<[Option<T>]>>,
+    /// Slots in use, live or empty (as `Vec::len`).
+    len: usize,
+}
+
+impl<T> ChunkedSlab<T> {
+    pub const fn new() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Number of slots in use, live or empty.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Slots allocated: whole chunks.
+    pub fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// Heap bytes: the chunks and the list of chunk pointers.
+    pub fn memory_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK * size_of::<Option<T>>()
+            + self.chunks.capacity() * size_of::<Box<[Option<T>]>>()
+    }
+
+    /// Slot `i`, or `None` past the end.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&Option<T>> {
+        if i >= self.len {
+            return None;
+        }
+        self.chunks.get(i >> CHUNK_BITS)?.get(i & CHUNK_MASK)
+    }
+
+    /// Slot `i` mutably, or `None` past the end.
+    #[inline]
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut Option<T>> {
+        if i >= self.len {
+            return None;
+        }
+        self.chunks
+            .get_mut(i >> CHUNK_BITS)?
+            .get_mut(i & CHUNK_MASK)
+    }
+
+    /// Append a slot, allocating a chunk if the last one is full.
+    pub fn push(&mut self, v: Option<T>) {
+        let i = self.len;
+        if i == self.capacity() {
+            self.chunks.push(
+                (0..CHUNK)
+                    .map(|_| None)
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            );
+        }
+        self.chunks[i >> CHUNK_BITS][i & CHUNK_MASK] = v;
+        self.len += 1;
+    }
+
+    /// Keep the first `n` slots, dropping the rest (the chunks stay
+    /// allocated, as a `Vec`'s capacity does).
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        for s in self.iter_mut().skip(n) {
+            *s = None;
+        }
+        self.len = n;
+    }
+
+    /// Drop every slot (the chunks stay allocated).
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// The slots in use, chunk by chunk.
+    fn used_chunks(&self) -> impl Iterator<Item = &[Option<T>]> {
+        let len = self.len;
+        self.chunks
+            .iter()
+            .zip((0..len).step_by(CHUNK))
+            .map(move |(c, start)| &c[..(len - start).min(CHUNK)])
+    }
+
+    /// Every slot in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Option<T>> {
+        self.used_chunks().flatten()
+    }
+
+    /// Every slot in order, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Option<T>> {
+        let len = self.len;
+        self.chunks
+            .iter_mut()
+            .zip((0..len).step_by(CHUNK))
+            .flat_map(move |(c, start)| &mut c[..(len - start).min(CHUNK)])
+    }
+}
+
+impl<T> Default for ChunkedSlab<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Index<usize> for ChunkedSlab<T> {
+    type Output = Option<T>;
+
+    /// Slot `i`; panics past the end, as a `Vec` does.
+    #[inline]
+    fn index(&self, i: usize) -> &Option<T> {
+        let len = self.len;
+        self.get(i)
+            .unwrap_or_else(|| panic!("slot {i} out of range for a slab of {len}"))
+    }
+}
+
+impl<T> IndexMut<usize> for ChunkedSlab<T> {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut Option<T> {
+        let len = self.len;
+        self.get_mut(i)
+            .unwrap_or_else(|| panic!("slot {i} out of range for a slab of {len}"))
+    }
+}
+
+/// Equal when the slots in use are (however many chunks each holds).
+impl<T: PartialEq> PartialEq for ChunkedSlab<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl<T: Eq> Eq for ChunkedSlab<T> {}
+
+impl<T: fmt::Debug> fmt::Debug for ChunkedSlab<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T> FromIterator<Option<T>> for ChunkedSlab<T> {
+    fn from_iter<I: IntoIterator<Item = Option<T>>>(iter: I) -> Self {
+        let mut s = Self::new();
+        for v in iter {
+            s.push(v);
+        }
+        s
+    }
+}
+
+/// The slots in use, by value, in order (the tail of the last chunk is
+/// never reached).
+impl<T> IntoIterator for ChunkedSlab<T> {
+    type Item = Option<T>;
+    type IntoIter = std::iter::Take<std::iter::Flatten<std::vec::IntoIter<Box<[Option<T>]>>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.chunks.into_iter().flatten().take(self.len)
+    }
+}
+
+/// As a `Vec<Option<T>>`: a sequence of the `len` slots.
+impl<T: Serialize> Serialize for ChunkedSlab<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        for s in self.iter() {
+            seq.serialize_element(s)?;
+        }
+        seq.end()
+    }
+}
+
+/// From a sequence, as a `Vec<Option<T>>`. Chunks are allocated as
+/// elements arrive, never up front from the length the input claims.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ChunkedSlab<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SlabVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for SlabVisitor<T> {
+            type Value = ChunkedSlab<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of slots")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut slab = ChunkedSlab::new();
+                while let Some(v) = seq.next_element()? {
+                    slab.push(v);
+                }
+                Ok(slab)
+            }
+        }
+
+        deserializer.deserialize_seq(SlabVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` slots, every seventh empty.
+    fn sample(n: usize) -> Vec<Option<u64>> {
+        (0..n as u64)
+            .map(|i| (i % 7 != 3).then_some(i * 3))
+            .collect()
+    }
+
+    #[test]
+    fn push_get_and_index_across_chunks() {
+        let want = sample(2 * CHUNK + 5);
+        let mut s = ChunkedSlab::new();
+        assert!(s.is_empty());
+        for v in &want {
+            s.push(*v);
+        }
+        assert_eq!(s.len(), want.len());
+        for (i, v) in want.iter().enumerate() {
+            assert_eq!(s.get(i), Some(v), "slot {i}");
+            assert_eq!(&s[i], v, "slot {i}");
+        }
+        // Past the end, including the unused tail of the last chunk.
+        assert_eq!(s.get(want.len()), None);
+        assert_eq!(s.get(3 * CHUNK - 1), None);
+        assert_eq!(s.get(3 * CHUNK), None);
+        assert_eq!(s.get_mut(want.len()), None);
+        assert_eq!(s.get(usize::MAX), None);
+
+        for i in [0, CHUNK - 1, CHUNK, 2 * CHUNK + 4] {
+            *s.get_mut(i).expect("in range") = Some(1_000_000);
+            assert_eq!(s[i], Some(1_000_000));
+            s[i] = None;
+            assert_eq!(s.get(i), Some(&None));
+        }
+        // Neighbours across a chunk boundary are untouched.
+        assert_eq!(s[CHUNK - 2], want[CHUNK - 2]);
+        assert_eq!(s[CHUNK + 1], want[CHUNK + 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn index_past_the_end_panics() {
+        let s: ChunkedSlab<u8> = [Some(1)].into_iter().collect();
+        let _ = s[1];
+    }
+
+    #[test]
+    fn iterates_in_order() {
+        for n in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let want = sample(n);
+            let mut s: ChunkedSlab<u64> = want.iter().copied().collect();
+            assert_eq!(s.iter().count(), n);
+            assert!(s.iter().eq(want.iter()), "{n} slots");
+            for v in s.iter_mut().flatten() {
+                *v += 1;
+            }
+            let bumped: Vec<_> = want.iter().map(|v| v.map(|v| v + 1)).collect();
+            assert!(s.iter().eq(bumped.iter()), "{n} slots, mutated");
+            assert_eq!(s.clone().into_iter().collect::<Vec<_>>(), bumped);
+        }
+    }
+
+    #[test]
+    fn grows_one_chunk_at_a_time() {
+        let mut s = ChunkedSlab::new();
+        assert_eq!((s.capacity(), s.memory_bytes()), (0, 0));
+        let chunk_bytes = CHUNK * size_of::<Option<u64>>();
+        for i in 0..3 * CHUNK {
+            s.push(Some(i as u64));
+            let chunks = i / CHUNK + 1;
+            assert_eq!(s.capacity(), chunks * CHUNK);
+            let pointers = s.chunks.capacity() * size_of::<Box<[Option<u64>]>>();
+            assert!(s.chunks.capacity() >= chunks);
+            assert_eq!(s.memory_bytes(), chunks * chunk_bytes + pointers);
+        }
+    }
+
+    #[test]
+    fn truncate_and_clear_keep_chunks_and_empty_slots() {
+        let mut s: ChunkedSlab<u64> = sample(CHUNK + 10).into_iter().collect();
+        s.truncate(CHUNK + 20);
+        assert_eq!(s.len(), CHUNK + 10);
+        s.truncate(5);
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.capacity(), 2 * CHUNK);
+        assert_eq!(s.get(5), None);
+        // Slots reused after truncation start empty.
+        s.push(None);
+        assert_eq!(s[5], None);
+        assert_eq!(s, sample(5).into_iter().chain([None]).collect());
+        s.clear();
+        assert!(s.is_empty());
+        assert_eq!(s.capacity(), 2 * CHUNK);
+        assert_eq!(s, ChunkedSlab::new());
+    }
+
+    /// Snapshots must not change: the slab's bytes are the `Vec`'s.
+    #[test]
+    fn serializes_as_a_vec() {
+        let v = sample(5000);
+        let s: ChunkedSlab<u64> = v.iter().copied().collect();
+        let bytes = postcard::to_allocvec(&s).expect("serialize");
+        assert_eq!(bytes, postcard::to_allocvec(&v).expect("serialize"));
+        let back: ChunkedSlab<u64> = postcard::from_bytes(&bytes).expect("deserialize");
+        assert_eq!(back, s);
+        assert_eq!(back.capacity(), 2 * CHUNK);
+        let as_vec: Vec<Option<u64>> = postcard::from_bytes(&bytes).expect("deserialize");
+        assert_eq!(as_vec, v);
+        let empty: ChunkedSlab<u64> = ChunkedSlab::new();
+        assert_eq!(
+            postcard::to_allocvec(&empty).expect("serialize"),
+            postcard::to_allocvec(&Vec::<Option<u64>>::new()).expect("serialize")
+        );
+    }
+}
