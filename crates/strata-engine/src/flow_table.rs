@@ -1216,6 +1216,13 @@ impl UnifiedFlowTable {
         self.lookup(d, key, hash)
     }
 
+    /// Zeroth stage of a pipelined lookup: read `hash`'s home bucket so its
+    /// cache line is on its way (feed the word to `black_box`).
+    #[inline]
+    pub fn touch_bucket(&self, hash: u64) -> u64 {
+        self.index.touch(hash)
+    }
+
     /// First stage of a pipelined lookup: the index value in the home
     /// bucket of `hash` if its hash bits match (`u32::MAX` if none).
     #[inline]

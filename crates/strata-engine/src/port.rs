@@ -679,13 +679,16 @@ impl Port {
             }
             // Tight loops of independent loads: the index buckets of the
             // whole chunk, then the flow entries they point at.
+            let mut touched = 0u64;
+            for h in hashes.iter().flatten() {
+                touched ^= self.uft.touch_bucket(*h);
+            }
             let mut candidates = [u32::MAX; BATCH];
             for (c, h) in candidates.iter_mut().zip(hashes.iter()) {
                 if let Some(hash) = h {
                     *c = self.uft.peek(*hash);
                 }
             }
-            let mut touched = 0u64;
             for &c in &candidates {
                 touched ^= self.uft.touch_entry(c, d);
             }
