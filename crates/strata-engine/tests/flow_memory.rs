@@ -1,0 +1,91 @@
+//! The port's own memory accounting (`Port::flow_memory`, counters) explains
+//! what the allocator sees the connections add: the per-connection figure
+//! in BENCHMARKS.md rests on it, so an unaccounted structure (or a part
+//! counted twice) fails here.
+
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use strata_engine::scenario::*;
+use strata_engine::{PortConfig, secs};
+
+struct Counting;
+
+thread_local! {
+    /// Live heap bytes allocated by this thread (tests run on their own
+    /// threads, so others do not disturb the count).
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn add(n: i64) {
+    let _ = LIVE.try_with(|l| l.set(l.get() + n));
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        add(l.size() as i64);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        add(-(l.size() as i64));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        add(new as i64 - l.size() as i64);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> i64 {
+    LIVE.with(Cell::get)
+}
+
+#[test]
+fn accounting_explains_the_heap_the_connections_add() {
+    let cfg = PortConfig {
+        max_connections: 1 << 20,
+        tcp_established_idle: secs(3600),
+        ..PortConfig::default()
+    };
+    let mut port = four_layer_port_with(cfg, 0, true).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    let before = live();
+    let accounted_before = (port.flow_memory().total() + port.counter_memory_bytes()) as i64;
+    // VNET connections (ACL layer flows, few meter buckets) and SNAT ones
+    // (SLB flows with extra parts, a meter bucket per destination).
+    let vnet = 30_000;
+    for i in 0..vnet {
+        for (d, f) in lifecycle(i).iter().take(3) {
+            assert!(forwards(&mut port, *d, f, secs(1)));
+        }
+    }
+    let nat = 2_000;
+    for i in 0..nat {
+        nat_conn(&mut port, i);
+    }
+    assert_eq!(port.connection_count(), (vnet + nat) as usize);
+    let grown = live() - before;
+    let mem = port.flow_memory();
+    let accounted = (mem.total() + port.counter_memory_bytes()) as i64 - accounted_before;
+    let per = |b: i64| b as f64 / f64::from(vnet + nat);
+    eprintln!(
+        "heap growth {:.1} B/connection, accounted {:.1} ({mem:?})",
+        per(grown),
+        per(accounted)
+    );
+    let off = (grown - accounted).abs() as f64 / grown as f64;
+    assert!(
+        off < 0.05,
+        "accounting off by {:.1}%: heap grew {grown} bytes, accounted {accounted}",
+        off * 100.0
+    );
+}
