@@ -355,6 +355,45 @@ impl FlowIndex {
         false
     }
 
+    /// Every stored value, with where it is: `Some(bucket)` or `None` for
+    /// the overflow list (for consistency checks).
+    fn entries(&self) -> impl Iterator<Item = (Option<usize>, u16, u32)> + '_ {
+        let in_buckets = self.buckets.iter().enumerate().flat_map(|(b, bucket)| {
+            (0..WAYS)
+                .filter(move |&w| bucket.tag(w) != 0)
+                .map(move |w| (Some(b), bucket.tag(w), bucket.values[w]))
+        });
+        let overflow = self.overflow.iter().map(|&(h, v)| (None, tag(h), v));
+        in_buckets.chain(overflow)
+    }
+
+    /// Check the structure against `rehash` (the hash of every stored
+    /// value): each entry sits in its home or alternate bucket (or the
+    /// overflow list) under its hash's tag, and the count is right.
+    pub fn verify(&self, rehash: impl Fn(u32) -> u64) -> Result<(), String> {
+        let mut n = 0;
+        for (at, t, v) in self.entries() {
+            n += 1;
+            let h = rehash(v);
+            if tag(h) != t {
+                return Err(format!(
+                    "value {v}: tag {t:#x}, its hash gives {:#x}",
+                    tag(h)
+                ));
+            }
+            if let Some(b) = at {
+                let home = self.home(h);
+                if b != home && b != self.alternate(home, t) {
+                    return Err(format!("value {v} in bucket {b}, neither of its two"));
+                }
+            }
+        }
+        if n != self.len {
+            return Err(format!("{n} entries stored, length says {}", self.len));
+        }
+        Ok(())
+    }
+
     pub fn clear(&mut self) {
         self.buckets.iter_mut().for_each(|b| *b = EMPTY_BUCKET);
         self.overflow.clear();
@@ -404,7 +443,42 @@ mod tests {
             );
         }
         assert!(!idx.remove(hash(values + 1), values + 1));
+        assert_eq!(idx.verify(hash), Ok(()));
         idx
+    }
+
+    #[test]
+    fn verify_finds_misplaced_and_lost_entries() {
+        let mut idx = FlowIndex::default();
+        for v in 0..1000 {
+            idx.insert(mixed(v), v, mixed);
+        }
+        assert_eq!(idx.verify(mixed), Ok(()));
+        // An entry moved to a bucket that is neither of its two.
+        let mut moved = idx.clone();
+        let h = mixed(7);
+        let (home, t) = (moved.home(h), tag(h));
+        let alt = moved.alternate(home, t);
+        let from = if moved.buckets[home].find(t, &mut |v| v == 7).is_some() {
+            home
+        } else {
+            alt
+        };
+        let w = (0..WAYS)
+            .find(|&w| moved.buckets[from].values[w] == 7 && moved.buckets[from].tag(w) == t);
+        let w = w.expect("stored");
+        moved.buckets[from].set_tag(w, 0);
+        let other = (0..moved.buckets.len())
+            .find(|&b| b != home && b != alt && moved.buckets[b].free_way().is_some())
+            .expect("a bucket with room");
+        let free = moved.buckets[other].free_way().expect("room");
+        moved.buckets[other].set_tag(free, t);
+        moved.buckets[other].values[free] = 7;
+        assert!(moved.verify(mixed).is_err());
+        // An entry dropped without the count.
+        let mut lost = idx.clone();
+        lost.buckets[from].set_tag(w, 0);
+        assert!(lost.verify(mixed).unwrap_err().contains("length"));
     }
 
     #[test]

@@ -1355,6 +1355,33 @@ impl UnifiedFlowTable {
     /// Whether the shared parts' reference counts (header contexts, wide
     /// keys, counter lists) are exactly those of the flows in the table.
     pub fn verify_shared(&self) -> Result<(), String> {
+        // The index: well formed, and exactly one entry per flow, found
+        // by a lookup of the flow's own key.
+        let (conns, contexts, seed) = (&self.conns, &self.contexts, self.seed);
+        self.index
+            .verify(|v| side_hash(conns, contexts, seed, v))
+            .map_err(|e| format!("unified flow index: {e}"))?;
+        let mut flows = 0;
+        for (c, conn) in self.iter() {
+            for d in [Direction::Out, Direction::In] {
+                if conn.side(d).is_none() {
+                    continue;
+                }
+                flows += 1;
+                let key = self
+                    .side_key(c, d)
+                    .ok_or_else(|| format!("connection {c} {d:?}: key not stored"))?;
+                if self.lookup(d, &key, self.hash(d, &key)) != Some(c) {
+                    return Err(format!("connection {c} {d:?}: its key does not find it"));
+                }
+            }
+        }
+        if flows != self.index.len() {
+            return Err(format!(
+                "unified flow index: {} entries for {flows} flows",
+                self.index.len()
+            ));
+        }
         self.contexts.verify(self.flows().map(|uf| &uf.key))?;
         self.counter_lists
             .lists

@@ -261,9 +261,10 @@ impl Port {
         (self.uft.context_count(), self.uft.counter_lists().len())
     }
 
-    /// A consistency check of the flow table's shared parts: every
-    /// reference count equals the number of flows naming it (for tests and
-    /// diagnostics; O(flows)).
+    /// A consistency check of the flow table: every flow is indexed once
+    /// under its key (and the index is well formed), and every reference
+    /// count of a shared part equals the number of flows naming it (for
+    /// tests and diagnostics; O(flows)).
     pub fn verify_flow_state(&self) -> Result<(), String> {
         self.uft.verify_shared()
     }

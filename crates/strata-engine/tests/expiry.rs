@@ -41,6 +41,8 @@ fn cycle(p: &mut Port, now: u64, budget: usize) -> usize {
         assert!(r.examined <= budget, "{r:?}");
         removed += r.removed;
         if r.cycle_ended {
+            p.verify_flow_state()
+                .expect("flow state after an expiry cycle");
             return removed;
         }
     }

@@ -167,4 +167,8 @@ fn ipv6_connection_through_stateful_acl_and_nat66() {
         assert_eq!(q.direction_counters(d), p.direction_counters(d));
     }
     assert_eq!(q.direction_counters(Direction::In).slow_path, 1);
+    // Wide (IPv6) keys are indexed and shared consistently, before and
+    // after the restore.
+    p.verify_flow_state().expect("flow state");
+    q.verify_flow_state().expect("restored flow state");
 }

@@ -204,6 +204,8 @@ fn eviction_under_flow_limit_prefers_half_open_and_is_counted() {
         p.resources().port_pools[SNAT_POOL].in_use(),
         p.layer_flow_count("slb")
     );
+    // Eviction left every surviving flow indexed and counted once.
+    p.verify_flow_state().expect("flow state after eviction");
 }
 
 fn full_handshake(p: &mut Port, sp: u16) {
