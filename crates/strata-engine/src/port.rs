@@ -647,10 +647,11 @@ impl Port {
     /// Process a batch of frames of one direction; verdicts go to `out`
     /// (only `min(bufs.len(), out.len())` frames are processed).
     ///
-    /// Pipelined in chunks of [`BATCH`]: first every frame is parsed and
-    /// hashed and its index bucket and flow entry are read — independent
-    /// loads, so their cache misses overlap — then each is processed with
-    /// its table memory already in cache.
+    /// Pipelined in chunks of [`BATCH`]: every frame is parsed and hashed;
+    /// then, in tight loops of independent loads (so their cache misses
+    /// overlap), each frame's index bucket is read, its candidate found,
+    /// and the candidate's flow entry read; then each frame is processed
+    /// with its table memory in cache, its candidate checked first.
     pub fn process_batch(
         &mut self,
         d: Direction,
