@@ -101,12 +101,90 @@ impl Bucket {
 pub struct FlowIndex {
     buckets: Vec<Bucket>,
     mask: usize,
+    /// While the table grows: the previous buckets, emptied into
+    /// `buckets` a few at a time by later inserts (empty otherwise), their
+    /// mask, and how many have been moved.
+    old: Vec<Bucket>,
+    old_mask: usize,
+    moved: usize,
     len: usize,
     /// Entries that found no slot (full hash, value); empty unless the
     /// hash distribution is broken.
     overflow: Vec<(u64, u32)>,
     /// State of the victim choice in random walks (xorshift).
     rng: u64,
+}
+
+/// Old buckets moved to the new table per insert while the table grows:
+/// bounded work per insert (at most 80 entries re-hashed), and the move
+/// ends long before the new table could fill.
+const MOVE_STEP: usize = 8;
+
+/// Home bucket of `hash` in a table with `mask`.
+#[inline]
+fn home_in(mask: usize, hash: u64) -> usize {
+    (hash as usize) & mask
+}
+
+/// The other bucket of an entry tagged `t` that is in bucket `b` of a
+/// table with `mask`.
+#[inline]
+fn alternate_in(mask: usize, b: usize, t: u16) -> usize {
+    // Odd offset: the two buckets always differ.
+    let off = (u64::from(t).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize | 1;
+    b ^ (off & mask)
+}
+
+/// The first value tagged `t` in `hash`'s two buckets of `table`.
+#[inline]
+fn peek_in(table: &[Bucket], mask: usize, hash: u64, t: u16) -> Option<u32> {
+    let b = home_in(mask, hash);
+    let first = table.get(b)?;
+    let m = first.matches(t);
+    if m != 0 {
+        return Some(first.values[m.trailing_zeros() as usize]);
+    }
+    let second = table.get(alternate_in(mask, b, t))?;
+    let m = second.matches(t);
+    (m != 0).then(|| second.values[m.trailing_zeros() as usize])
+}
+
+/// The value tagged `t` in `hash`'s two buckets of `table` for which `eq`
+/// holds.
+#[inline]
+fn find_in(
+    table: &[Bucket],
+    mask: usize,
+    hash: u64,
+    t: u16,
+    eq: &mut impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    let home = home_in(mask, hash);
+    if let Some(v) = table.get(home)?.find(t, eq) {
+        return Some(v);
+    }
+    table.get(alternate_in(mask, home, t))?.find(t, eq)
+}
+
+/// Clear the way of `hash`'s two buckets of `table` that holds `value`;
+/// whether there was one.
+fn remove_in(table: &mut [Bucket], mask: usize, hash: u64, t: u16, value: u32) -> bool {
+    let home = home_in(mask, hash);
+    for b in [home, alternate_in(mask, home, t)] {
+        let Some(bucket) = table.get_mut(b) else {
+            return false;
+        };
+        let mut m = bucket.matches(t);
+        while m != 0 {
+            let w = m.trailing_zeros() as usize;
+            if bucket.tag(w) == t && bucket.values[w] == value {
+                bucket.set_tag(w, 0);
+                return true;
+            }
+            m &= m - 1;
+        }
+    }
+    false
 }
 
 impl Default for FlowIndex {
@@ -149,6 +227,9 @@ impl FlowIndex {
         FlowIndex {
             buckets: vec![EMPTY_BUCKET; buckets],
             mask: buckets - 1,
+            old: Vec::new(),
+            old_mask: 0,
+            moved: 0,
             len: 0,
             overflow: Vec::new(),
             rng: 0x2545_f491_4f6c_dd1d,
@@ -165,21 +246,18 @@ impl FlowIndex {
 
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
-        self.buckets.capacity() * size_of::<Bucket>()
+        (self.buckets.capacity() + self.old.capacity()) * size_of::<Bucket>()
             + self.overflow.capacity() * size_of::<(u64, u32)>()
     }
 
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        (hash as usize) & self.mask
+        home_in(self.mask, hash)
     }
 
-    /// The other bucket of an entry tagged `t` that is in bucket `b`.
     #[inline]
     fn alternate(&self, b: usize, t: u16) -> usize {
-        // Odd offset: the two buckets always differ.
-        let off = (u64::from(t).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize | 1;
-        b ^ (off & self.mask)
+        alternate_in(self.mask, b, t)
     }
 
     /// One word of `hash`'s home bucket: a load as cheap as it gets, so a
@@ -195,36 +273,36 @@ impl FlowIndex {
     #[inline]
     pub fn peek(&self, hash: u64) -> Option<u32> {
         let t = tag(hash);
-        let b = self.home(hash);
-        let first = &self.buckets[b];
-        let m = first.matches(t);
-        if m != 0 {
-            return Some(first.values[m.trailing_zeros() as usize]);
-        }
-        let second = &self.buckets[self.alternate(b, t)];
-        let m = second.matches(t);
-        (m != 0).then(|| second.values[m.trailing_zeros() as usize])
+        peek_in(&self.buckets, self.mask, hash, t).or_else(|| {
+            if self.old.is_empty() {
+                None
+            } else {
+                peek_in(&self.old, self.old_mask, hash, t)
+            }
+        })
     }
 
     /// The value whose hash is `hash` and for which `eq` holds.
     #[inline]
     pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let t = tag(hash);
-        let home = self.home(hash);
-        if let Some(v) = self.buckets[home].find(t, &mut eq) {
+        if let Some(v) = find_in(&self.buckets, self.mask, hash, t, &mut eq) {
             return Some(v);
         }
-        if let Some(v) = self.buckets[self.alternate(home, t)].find(t, &mut eq) {
-            return Some(v);
-        }
-        if self.overflow.is_empty() {
+        if self.old.is_empty() && self.overflow.is_empty() {
             return None;
         }
-        self.find_overflow(hash, eq)
+        self.find_elsewhere(hash, t, eq)
     }
 
+    /// [`FlowIndex::find`] in the table being moved and the overflow list.
     #[cold]
-    fn find_overflow(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+    fn find_elsewhere(&self, hash: u64, t: u16, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        if !self.old.is_empty()
+            && let Some(v) = find_in(&self.old, self.old_mask, hash, t, &mut eq)
+        {
+            return Some(v);
+        }
         self.overflow
             .iter()
             .find(|&&(h, v)| h == hash && eq(v))
@@ -234,8 +312,11 @@ impl FlowIndex {
     /// Insert `value` under `hash` (duplicates are the caller's concern).
     /// `rehash` gives the hash of any stored value, for growing.
     pub fn insert(&mut self, hash: u64, value: u32, rehash: impl Fn(u32) -> u64) {
+        if !self.old.is_empty() {
+            self.move_some(MOVE_STEP, &rehash);
+        }
         if (self.len + 1) * MAX_LOAD_DEN > self.slots() * MAX_LOAD_NUM {
-            self.grow(None, &rehash);
+            self.grow(&rehash);
         }
         self.len += 1;
         if let Some((t, v)) = self.place(hash, value) {
@@ -243,11 +324,10 @@ impl FlowIndex {
             // at low load a failure means a broken hash, kept in overflow).
             let homeless = if v == value { hash } else { rehash(v) };
             debug_assert_eq!(tag(homeless), t);
-            if self.len * MAX_LOAD_DEN * 2 > self.slots() * MAX_LOAD_NUM {
-                self.grow(Some((homeless, v)), &rehash);
-            } else {
-                self.overflow.push((homeless, v));
+            if self.old.is_empty() && self.len * MAX_LOAD_DEN * 2 > self.slots() * MAX_LOAD_NUM {
+                self.grow(&rehash);
             }
+            self.place_or_overflow(homeless, v, &rehash);
         }
     }
 
@@ -301,16 +381,26 @@ impl FlowIndex {
         x
     }
 
-    /// Double the bucket count and re-place every entry (and `extra`),
-    /// straight from the old buckets (no list of all entries on the side:
-    /// at 2M flows that would be 32 MB more at the worst moment).
-    fn grow(&mut self, extra: Option<(u64, u32)>, rehash: &impl Fn(u32) -> u64) {
-        let old = std::mem::take(&mut self.buckets);
-        let overflow = std::mem::take(&mut self.overflow);
-        let n = (old.len() * 2).max(2);
-        self.buckets = vec![EMPTY_BUCKET; n];
+    /// Start doubling: the current buckets become the old table, moved
+    /// into a new one of twice the size by later inserts
+    /// ([`FlowIndex::move_some`]), so no single insert re-hashes the whole
+    /// table (at 2M flows that took a third of a second in one packet).
+    fn grow(&mut self, rehash: &impl Fn(u32) -> u64) {
+        // A growth before the previous one has finished (not expected:
+        // each insert moves several buckets) finishes it first.
+        self.move_some(usize::MAX, rehash);
+        let n = (self.buckets.len() * 2).max(2);
+        self.old = std::mem::replace(&mut self.buckets, vec![EMPTY_BUCKET; n]);
+        self.old_mask = self.mask;
         self.mask = n - 1;
-        for bucket in &old {
+        self.moved = 0;
+    }
+
+    /// Move up to `step` buckets of the old table into the current one.
+    fn move_some(&mut self, step: usize, rehash: &impl Fn(u32) -> u64) {
+        let end = self.moved.saturating_add(step).min(self.old.len());
+        for b in self.moved..end {
+            let bucket = std::mem::replace(&mut self.old[b], EMPTY_BUCKET);
             for w in 0..WAYS {
                 if bucket.tag(w) != 0 {
                     let v = bucket.values[w];
@@ -318,9 +408,10 @@ impl FlowIndex {
                 }
             }
         }
-        drop(old);
-        for (h, v) in overflow.into_iter().chain(extra) {
-            self.place_or_overflow(h, v, rehash);
+        self.moved = end;
+        if self.moved == self.old.len() {
+            self.old = Vec::new();
+            self.moved = 0;
         }
     }
 
@@ -336,63 +427,55 @@ impl FlowIndex {
     /// Remove the entry `value` stored under `hash`; returns whether found.
     pub fn remove(&mut self, hash: u64, value_wanted: u32) -> bool {
         let t = tag(hash);
-        let home = self.home(hash);
-        for b in [home, self.alternate(home, t)] {
-            let bucket = &mut self.buckets[b];
-            let mut m = bucket.matches(t);
-            while m != 0 {
-                let w = m.trailing_zeros() as usize;
-                if bucket.tag(w) == t && bucket.values[w] == value_wanted {
-                    bucket.set_tag(w, 0);
-                    self.len -= 1;
-                    return true;
+        let found = remove_in(&mut self.buckets, self.mask, hash, t, value_wanted)
+            || (!self.old.is_empty()
+                && remove_in(&mut self.old, self.old_mask, hash, t, value_wanted))
+            || match self
+                .overflow
+                .iter()
+                .position(|&(h, v)| h == hash && v == value_wanted)
+            {
+                Some(i) => {
+                    self.overflow.swap_remove(i);
+                    true
                 }
-                m &= m - 1;
-            }
-        }
-        if let Some(i) = self
-            .overflow
-            .iter()
-            .position(|&(h, v)| h == hash && v == value_wanted)
-        {
-            self.overflow.swap_remove(i);
+                None => false,
+            };
+        if found {
             self.len -= 1;
-            return true;
         }
-        false
-    }
-
-    /// Every stored value, with where it is: `Some(bucket)` or `None` for
-    /// the overflow list (for consistency checks).
-    fn entries(&self) -> impl Iterator<Item = (Option<usize>, u16, u32)> + '_ {
-        let in_buckets = self.buckets.iter().enumerate().flat_map(|(b, bucket)| {
-            (0..WAYS)
-                .filter(move |&w| bucket.tag(w) != 0)
-                .map(move |w| (Some(b), bucket.tag(w), bucket.values[w]))
-        });
-        let overflow = self.overflow.iter().map(|&(h, v)| (None, tag(h), v));
-        in_buckets.chain(overflow)
+        found
     }
 
     /// Check the structure against `rehash` (the hash of every stored
-    /// value): each entry sits in its home or alternate bucket (or the
-    /// overflow list) under its hash's tag, and the count is right.
+    /// value): each entry sits in its home or alternate bucket of its
+    /// table (or the overflow list) under its hash's tag, and the count is
+    /// right.
     pub fn verify(&self, rehash: impl Fn(u32) -> u64) -> Result<(), String> {
         let mut n = 0;
-        for (at, t, v) in self.entries() {
-            n += 1;
-            let h = rehash(v);
-            if tag(h) != t {
-                return Err(format!(
-                    "value {v}: tag {t:#x}, its hash gives {:#x}",
-                    tag(h)
-                ));
-            }
-            if let Some(b) = at {
-                let home = self.home(h);
-                if b != home && b != self.alternate(home, t) {
-                    return Err(format!("value {v} in bucket {b}, neither of its two"));
+        for (table, mask) in [(&self.buckets, self.mask), (&self.old, self.old_mask)] {
+            for (b, bucket) in table.iter().enumerate() {
+                for w in (0..WAYS).filter(|&w| bucket.tag(w) != 0) {
+                    n += 1;
+                    let (t, v) = (bucket.tag(w), bucket.values[w]);
+                    let h = rehash(v);
+                    if tag(h) != t {
+                        return Err(format!(
+                            "value {v}: tag {t:#x}, its hash gives {:#x}",
+                            tag(h)
+                        ));
+                    }
+                    let home = home_in(mask, h);
+                    if b != home && b != alternate_in(mask, home, t) {
+                        return Err(format!("value {v} in bucket {b}, neither of its two"));
+                    }
                 }
+            }
+        }
+        for &(h, v) in &self.overflow {
+            n += 1;
+            if rehash(v) != h {
+                return Err(format!("value {v} overflowed under another hash"));
             }
         }
         if n != self.len {
@@ -403,6 +486,8 @@ impl FlowIndex {
 
     pub fn clear(&mut self) {
         self.buckets.iter_mut().for_each(|b| *b = EMPTY_BUCKET);
+        self.old = Vec::new();
+        self.moved = 0;
         self.overflow.clear();
         self.len = 0;
     }
@@ -460,6 +545,9 @@ mod tests {
         for v in 0..1000 {
             idx.insert(mixed(v), v, mixed);
         }
+        // Finish any growth still under way, so the entries are where the
+        // mutations below expect them.
+        idx.move_some(usize::MAX, &mixed);
         assert_eq!(idx.verify(mixed), Ok(()));
         // An entry moved to a bucket that is neither of its two.
         let mut moved = idx.clone();
@@ -588,6 +676,56 @@ mod tests {
                 assert!(m < 1 << WAYS);
             }
         }
+    }
+
+    /// Growing moves the old buckets a few per insert: no insert re-hashes
+    /// more than `MOVE_STEP` buckets' worth of entries, every entry stays
+    /// findable (and removable) while the move is under way, and the old
+    /// table is freed when it is done.
+    #[test]
+    fn growth_is_incremental() {
+        use std::cell::Cell;
+        let rehashes = Cell::new(0usize);
+        let counted = |v: u32| {
+            rehashes.set(rehashes.get() + 1);
+            mixed(v)
+        };
+        let mut idx = FlowIndex::default();
+        let mut worst = 0;
+        let mut saw_move = false;
+        let n = 200_000u32;
+        for v in 0..n {
+            rehashes.set(0);
+            idx.insert(mixed(v), v, counted);
+            worst = worst.max(rehashes.get());
+            if !idx.old.is_empty() {
+                saw_move = true;
+                // Mid-move: an early value, the newest, and one removed
+                // and put back are all found.
+                assert_eq!(idx.find(mixed(0), |c| c == 0), Some(0));
+                assert_eq!(idx.peek(mixed(v)), Some(v));
+                assert!(idx.remove(mixed(v / 2), v / 2));
+                assert_eq!(idx.find(mixed(v / 2), |c| c == v / 2), None);
+                idx.insert(mixed(v / 2), v / 2, mixed);
+            }
+        }
+        assert!(saw_move);
+        // A walk's homeless entry can cost one more.
+        assert!(
+            worst <= MOVE_STEP * WAYS + 1,
+            "{worst} re-hashes in one insert"
+        );
+        assert_eq!(idx.verify(mixed), Ok(()));
+        for v in 0..n {
+            assert_eq!(idx.find(mixed(v), |c| c == v), Some(v));
+        }
+        // Enough inserts finish any move under way.
+        let before = idx.len();
+        for v in n..n + 100_000 {
+            idx.insert(mixed(v), v, mixed);
+        }
+        assert_eq!(idx.len(), before + 100_000);
+        assert_eq!(idx.verify(mixed), Ok(()));
     }
 
     #[test]

@@ -28,7 +28,6 @@ use crate::resource::ActionState;
 use crate::slab::ChunkedSlab;
 use crate::tcp::TcpConn;
 use crate::types::{Direction, Time, Verdict};
-use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::net::IpAddr;
@@ -385,12 +384,12 @@ pub struct LayerFlowTable {
     /// connection-tracking ones, have none: they stay 24 bytes). Boxed:
     /// the map is sized in powers of two.
     extras: hashbrown::HashMap<u32, Box<LayerFlowExtra>>,
-    /// Entries are `slot << 1 | side`. A SwissTable (7/8 load, 5 bytes a
-    /// bucket): the UFT's [`crate::flow_index::FlowIndex`] (6.4 bytes an
-    /// entry at 9/10) is shaped for the batched fast path, which never
-    /// looks layer flows up.
+    /// Entries are `slot << 1 | side`. The same cuckoo index as the UFT's:
+    /// dense (6.4 bytes an entry at up to 9/10), and it grows a few
+    /// buckets per insert, so no packet's slow path re-hashes a
+    /// million-flow layer at once.
     #[serde(skip)]
-    index: HashTable<u32>,
+    index: FlowIndex,
     #[serde(skip)]
     seed: TableSeed,
 }
@@ -429,7 +428,7 @@ impl LayerFlowTable {
         let keys = self.keys(conns);
         let slots = &self.slots;
         let mut found = None;
-        let v = *self.index.find(lf_hash(self.seed, d, &k), |&v| {
+        let v = self.index.find(lf_hash(self.seed, d, &k), |v| {
             found = keys.matching_origin(slots, v, d, &k);
             found.is_some()
         })?;
@@ -532,17 +531,17 @@ impl LayerFlowTable {
             seed: self.seed,
         };
         let slots = &self.slots;
-        match self.index.entry(
-            hash,
-            |&v| v >> 1 != slot && wanted.iter().any(|&(d, key)| k.is(slots, v, d, key)),
-            |&v| k.hash(slots, v),
-        ) {
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(slot << 1 | side as u32);
-                true
-            }
-            hashbrown::hash_table::Entry::Occupied(_) => false,
+        let taken = self
+            .index
+            .find(hash, |v| {
+                v >> 1 != slot && wanted.iter().any(|&(d, key)| k.is(slots, v, d, key))
+            })
+            .is_some();
+        if !taken {
+            self.index
+                .insert(hash, slot << 1 | side as u32, |v| k.hash(slots, v));
         }
+        !taken
     }
 
     /// Let the flow in `slot` read its origin key from side `side` of
@@ -612,9 +611,7 @@ impl LayerFlowTable {
                 continue;
             };
             let h = lf_hash(self.seed, f.dir_of(side), &layer_flow_key(&k));
-            if let Ok(e) = self.index.find_entry(h, |&x| x == v) {
-                e.remove();
-            }
+            self.index.remove(h, v);
         }
         if let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
             f.detached = true;
@@ -693,7 +690,7 @@ impl LayerFlowTable {
                 .values()
                 .map(|e| size_of::<LayerFlowExtra>() + e.counters.len() * 4)
                 .sum::<usize>()
-            + self.index.capacity() * (size_of::<u32>() + 1)
+            + self.index.memory_bytes()
             + self.own_keys.capacity() * (size_of::<(u32, PackedUfid)>() + 1)
             + self.free.capacity() * 4
     }
@@ -705,7 +702,7 @@ impl LayerFlowTable {
         let slots = &self.slots;
         self.extras
             .retain(|&slot, _| slots.get(slot as usize).is_some_and(Option::is_some));
-        let mut index: HashTable<u32> = HashTable::with_capacity(self.len() * 2);
+        let mut index = FlowIndex::with_capacity(self.len() * 2);
         let keys = self.keys(conns);
         let slots = &self.slots;
         for (slot, f) in slots.iter().enumerate() {
@@ -721,8 +718,8 @@ impl LayerFlowTable {
                 let d = f.dir_of(side);
                 let k = layer_flow_key(&k);
                 let h = lf_hash(self.seed, d, &k);
-                if index.find(h, |&v| keys.is(slots, v, d, &k)).is_none() {
-                    index.insert_unique(h, slot << 1 | side as u32, |&v| keys.hash(slots, v));
+                if index.find(h, |v| keys.is(slots, v, d, &k)).is_none() {
+                    index.insert(h, slot << 1 | side as u32, |v| keys.hash(slots, v));
                 }
             }
         }

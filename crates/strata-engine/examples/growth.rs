@@ -1,0 +1,59 @@
+//! Worst-case first-packet latency while a port's tables grow: establishes
+//! N VNET connections one packet at a time and reports the slowest packets
+//! (a table that doubles re-places all its entries inside one packet's
+//! slow path). Wall time, so run it on a quiet machine:
+//!
+//! ```text
+//! cargo build --release -p strata-engine --example growth
+//! N=1000000 target/release/examples/growth
+//! ```
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
+use std::time::Instant;
+use strata_engine::scenario::*;
+use strata_engine::{PortConfig, secs};
+use strata_packet::PacketBuf;
+
+fn main() {
+    let n: u32 = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let cfg = PortConfig {
+        max_connections: n as usize + 1024,
+        tcp_established_idle: secs(3600),
+        ..PortConfig::default()
+    };
+    let mut port = four_layer_port_with(cfg, 0, true).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    let mut buf = PacketBuf::with_capacity(2048);
+    let mut worst: Vec<(u128, u32, usize)> = Vec::new();
+    let mut total = 0u128;
+    let mut packets = 0u32;
+    for i in 0..n {
+        for (k, (d, f)) in lifecycle(i).iter().take(3).enumerate() {
+            buf.reset(f);
+            let t = Instant::now();
+            let v = port.process(*d, &mut buf, secs(1));
+            let ns = t.elapsed().as_nanos();
+            assert!(v.is_forward(), "{v:?}");
+            total += ns;
+            packets += 1;
+            worst.push((ns, i, k));
+            if worst.len() > 64 {
+                worst.sort_unstable_by(|a, b| b.cmp(a));
+                worst.truncate(8);
+            }
+        }
+    }
+    worst.sort_unstable_by(|a, b| b.cmp(a));
+    println!(
+        "{n} connections, {packets} packets, mean {} ns/packet; slowest:",
+        total / u128::from(packets)
+    );
+    for (ns, i, k) in worst.iter().take(8) {
+        println!("  {:>10.3} ms  connection {i} packet {k}", *ns as f64 / 1e6);
+    }
+}
