@@ -22,6 +22,12 @@
 //! with a very full table or a broken hash), the table doubles, and past
 //! that the entry goes to a small overflow list, so no hash distribution
 //! can make an insert fail or the table grow without bound.
+//!
+//! The table doubles at 90% load, incrementally: the old buckets stay
+//! searchable and each insert moves a few of them into the new table
+//! ([`MOVE_STEP`]), so no packet's slow path re-hashes a whole table (at 2M
+//! flows a stop-the-world doubling held one packet for a third of a
+//! second).
 
 /// Entries per bucket: ten 2-byte tags (in three words, two lanes unused)
 /// and ten 4-byte values fill one 64-byte cache line.
@@ -118,7 +124,7 @@ pub struct FlowIndex {
 /// Old buckets moved to the new table per insert while the table grows:
 /// bounded work per insert (at most 80 entries re-hashed), and the move
 /// ends long before the new table could fill.
-const MOVE_STEP: usize = 8;
+pub const MOVE_STEP: usize = 8;
 
 /// Home bucket of `hash` in a table with `mask`.
 #[inline]
