@@ -18,8 +18,7 @@
 mod common;
 use common::*;
 use std::net::Ipv4Addr;
-use strata_engine::scenario::*;
-use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
+use strata_engine::{Direction, Port, Verdict, secs};
 use strata_packet::PacketBuf;
 
 /// Establish VNET connection `i`; its outbound and inbound data frames.
@@ -53,21 +52,9 @@ fn vnet_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
 }
 
 fn main() {
-    let n: u32 = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4096);
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let cfg = PortConfig {
-        max_connections: n as usize + 1024,
-        tcp_established_idle: secs(3600),
-        ..PortConfig::default()
-    };
-    let mut port = four_layer_port_with(cfg, 0, true).expect("port");
-    install_mappings(&mut port, 4).expect("mappings");
+    let n: u32 = env_or("N", 4096);
+    let rounds: usize = env_or("ROUNDS", 4);
+    let mut port = port_for(n);
     // Per class: outbound NAT, inbound NAT, outbound VNET, inbound VNET.
     let mut classes: [Vec<Vec<u8>>; 4] = Default::default();
     for i in 0..n / 2 {

@@ -12,22 +12,12 @@
 mod common;
 use common::*;
 use std::time::Instant;
-use strata_engine::scenario::*;
-use strata_engine::{PortConfig, secs};
+use strata_engine::secs;
 use strata_packet::PacketBuf;
 
 fn main() {
-    let n: u32 = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let cfg = PortConfig {
-        max_connections: n as usize + 1024,
-        tcp_established_idle: secs(3600),
-        ..PortConfig::default()
-    };
-    let mut port = four_layer_port_with(cfg, 0, true).expect("port");
-    install_mappings(&mut port, 4).expect("mappings");
+    let n: u32 = env_or("N", 200_000);
+    let mut port = port_for(n);
     let mut buf = PacketBuf::with_capacity(2048);
     let mut worst: Vec<(u128, u32, usize)> = Vec::new();
     let mut total = 0u128;

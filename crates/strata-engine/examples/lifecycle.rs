@@ -23,14 +23,8 @@ use strata_engine::{Direction, PortConfig, secs};
 use strata_packet::PacketBuf;
 
 fn main() {
-    let n: u32 = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let rules: usize = std::env::var("RULES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let n: u32 = env_or("N", 2000);
+    let rules: usize = env_or("RULES", 0);
     let cfg = PortConfig {
         max_connections: 1 << 21,
         ..PortConfig::default()

@@ -379,3 +379,27 @@ pub fn nat_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
         (Direction::In, inb(ACK, &PAYLOAD)),
     ]
 }
+
+/// The number in environment variable `name` (profiling knobs of the
+/// examples), or `default` when unset or not a number.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The four-layer port (internet traffic SNATed and sent to the gateway)
+/// with its CA → PA mappings, room for `connections` established
+/// connections and an hour's idle timeout: the port of the profiling
+/// examples.
+pub fn port_for(connections: u32) -> Port {
+    let cfg = strata_engine::PortConfig {
+        max_connections: connections as usize + 1024,
+        tcp_established_idle: secs(3600),
+        ..strata_engine::PortConfig::default()
+    };
+    let mut port = four_layer_port_with(cfg, 0, true).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    port
+}
