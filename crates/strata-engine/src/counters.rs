@@ -3,6 +3,7 @@
 //! flow can carry the slots it must bump as action contexts (VFP-11), and the
 //! fast path updates them with plain indexed adds.
 
+use crate::slab::ChunkedSlab;
 use crate::types::{Direction, DropReason};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
@@ -125,7 +126,7 @@ impl NameIndex {
         self.hasher.hash_one(k)
     }
 
-    fn find<K>(&self, names: &[Option<CounterName>], k: &K) -> Option<u32>
+    fn find<K>(&self, names: &ChunkedSlab<CounterName>, k: &K) -> Option<u32>
     where
         K: Hash + hashbrown::Equivalent<CounterName> + ?Sized,
     {
@@ -139,7 +140,7 @@ impl NameIndex {
     }
 
     /// Index slot `s` under the name it holds.
-    fn insert(&mut self, names: &[Option<CounterName>], s: u32) {
+    fn insert(&mut self, names: &ChunkedSlab<CounterName>, s: u32) {
         let Some(name) = names.get(s as usize).and_then(Option::as_ref) else {
             return;
         };
@@ -154,7 +155,7 @@ impl NameIndex {
     }
 
     /// Unindex slot `s` (before its name goes).
-    fn remove(&mut self, names: &[Option<CounterName>], s: u32) {
+    fn remove(&mut self, names: &ChunkedSlab<CounterName>, s: u32) {
         let Some(name) = names.get(s as usize).and_then(Option::as_ref) else {
             return;
         };
@@ -174,7 +175,7 @@ impl NameIndex {
 pub struct CounterArena {
     slots: Vec<Counter>,
     /// `None` for a freed slot (on the free list).
-    names: Vec<Option<CounterName>>,
+    names: ChunkedSlab<CounterName>,
     /// Slots whose rule or layer left the policy.
     retired: SlotSet,
     free: Vec<u32>,
@@ -227,7 +228,7 @@ impl CounterArena {
     /// of it on a port that meters by address.
     pub fn memory_bytes(&self) -> usize {
         self.slots.capacity() * size_of::<Counter>()
-            + self.names.capacity() * size_of::<Option<CounterName>>()
+            + self.names.memory_bytes()
             + self
                 .names
                 .iter()
@@ -738,7 +739,8 @@ mod tests {
         bad.retired.len = 2;
         assert!(bad.validate().is_err(), "a miscounted retired set");
         let mut bad = good;
-        bad.names.pop();
+        let n = bad.names.len();
+        bad.names.truncate(n - 1);
         assert!(bad.validate().is_err());
     }
 

@@ -7,7 +7,9 @@
 //! of one packet: a latency spike on the datapath. Here the store grows a
 //! chunk of [`CHUNK`] slots at a time: the slack is under one chunk, and
 //! growing allocates one chunk and copies only the small list of chunk
-//! pointers. (Elements never move, but nothing needs stable addresses: the
+//! pointers. The first chunk grows as a `Vec` does, so a port with a
+//! handful of flows (or a counter arena with a handful of names) does not
+//! hold a whole chunk. (Elements never move, but nothing needs stable addresses: the
 //! tables name entries by slot number.)
 //!
 //! It serializes exactly as a `Vec<Option<T>>` of its slots, so snapshots
@@ -27,11 +29,10 @@ const CHUNK_BITS: u32 = 12;
 const CHUNK_MASK: usize = CHUNK - 1;
 
 /// Slots `0..len` of `Option<T>`, like a `Vec<Option<T>>`, stored in chunks
-/// of [`CHUNK`] slots allocated as [`ChunkedSlab::push`] needs them.
-/// Allocated slots past `len` are always `None`.
+/// of [`CHUNK`] slots: every chunk but the last is full.
 #[derive(Clone)]
 pub struct ChunkedSlab<T> {
-    chunks: Vec<Box<[Option<T>]>>,
+    chunks: Vec<Vec<Option<T>>>,
     /// Slots in use, live or empty (as `Vec::len`).
     len: usize,
 }
@@ -55,90 +56,76 @@ impl<T> ChunkedSlab<T> {
         self.len == 0
     }
 
-    /// Slots allocated: whole chunks.
+    /// Slots allocated.
     pub fn capacity(&self) -> usize {
-        self.chunks.len() * CHUNK
+        self.chunks.iter().map(Vec::capacity).sum()
     }
 
     /// Heap bytes: the chunks and the list of chunk pointers.
     pub fn memory_bytes(&self) -> usize {
-        self.chunks.len() * CHUNK * size_of::<Option<T>>()
-            + self.chunks.capacity() * size_of::<Box<[Option<T>]>>()
+        self.capacity() * size_of::<Option<T>>()
+            + self.chunks.capacity() * size_of::<Vec<Option<T>>>()
     }
 
     /// Slot `i`, or `None` past the end.
     #[inline]
     pub fn get(&self, i: usize) -> Option<&Option<T>> {
-        if i >= self.len {
-            return None;
-        }
         self.chunks.get(i >> CHUNK_BITS)?.get(i & CHUNK_MASK)
     }
 
     /// Slot `i` mutably, or `None` past the end.
     #[inline]
     pub fn get_mut(&mut self, i: usize) -> Option<&mut Option<T>> {
-        if i >= self.len {
-            return None;
-        }
         self.chunks
             .get_mut(i >> CHUNK_BITS)?
             .get_mut(i & CHUNK_MASK)
     }
 
-    /// Append a slot, allocating a chunk if the last one is full.
+    /// Append a slot, starting a chunk if the last one is full (the
+    /// first grows from small; later ones are allocated whole).
     pub fn push(&mut self, v: Option<T>) {
-        let i = self.len;
-        if i == self.capacity() {
-            self.chunks.push(
-                (0..CHUNK)
-                    .map(|_| None)
-                    .collect::<Vec<_>>()
-                    .into_boxed_slice(),
-            );
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => last.push(v),
+            _ => {
+                let mut chunk = if self.chunks.is_empty() {
+                    Vec::new()
+                } else {
+                    Vec::with_capacity(CHUNK)
+                };
+                chunk.push(v);
+                self.chunks.push(chunk);
+            }
         }
-        self.chunks[i >> CHUNK_BITS][i & CHUNK_MASK] = v;
         self.len += 1;
     }
 
-    /// Keep the first `n` slots, dropping the rest (the chunks stay
-    /// allocated, as a `Vec`'s capacity does).
+    /// Keep the first `n` slots, dropping the rest (and the chunks that
+    /// held only those).
     pub fn truncate(&mut self, n: usize) {
         if n >= self.len {
             return;
         }
-        for s in self.iter_mut().skip(n) {
-            *s = None;
+        let keep = n.div_ceil(CHUNK);
+        self.chunks.truncate(keep);
+        if let Some(last) = self.chunks.last_mut() {
+            last.truncate(n - (keep - 1) * CHUNK);
         }
         self.len = n;
     }
 
-    /// Drop every slot (the chunks stay allocated).
+    /// Drop every slot.
     pub fn clear(&mut self) {
         self.truncate(0);
     }
 
-    /// The slots in use, chunk by chunk.
-    fn used_chunks(&self) -> impl Iterator<Item = &[Option<T>]> {
-        let len = self.len;
-        self.chunks
-            .iter()
-            .zip((0..len).step_by(CHUNK))
-            .map(move |(c, start)| &c[..(len - start).min(CHUNK)])
-    }
-
     /// Every slot in order.
     pub fn iter(&self) -> impl Iterator<Item = &Option<T>> {
-        self.used_chunks().flatten()
+        self.chunks.iter().flatten()
     }
 
     /// Every slot in order, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Option<T>> {
-        let len = self.len;
-        self.chunks
-            .iter_mut()
-            .zip((0..len).step_by(CHUNK))
-            .flat_map(move |(c, start)| &mut c[..(len - start).min(CHUNK)])
+        self.chunks.iter_mut().flatten()
     }
 }
 
@@ -194,14 +181,13 @@ impl<T> FromIterator<Option<T>> for ChunkedSlab<T> {
     }
 }
 
-/// The slots in use, by value, in order (the tail of the last chunk is
-/// never reached).
+/// The slots, by value, in order.
 impl<T> IntoIterator for ChunkedSlab<T> {
     type Item = Option<T>;
-    type IntoIter = std::iter::Take<std::iter::Flatten<std::vec::IntoIter<Box<[Option<T>]>>>>;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<Option<T>>>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.chunks.into_iter().flatten().take(self.len)
+        self.chunks.into_iter().flatten()
     }
 }
 
@@ -266,7 +252,7 @@ mod tests {
             assert_eq!(s.get(i), Some(v), "slot {i}");
             assert_eq!(&s[i], v, "slot {i}");
         }
-        // Past the end, including the unused tail of the last chunk.
+        // Past the end, including where the last chunk would go on.
         assert_eq!(s.get(want.len()), None);
         assert_eq!(s.get(3 * CHUNK - 1), None);
         assert_eq!(s.get(3 * CHUNK), None);
@@ -308,37 +294,53 @@ mod tests {
     }
 
     #[test]
-    fn grows_one_chunk_at_a_time() {
+    fn first_chunk_grows_then_one_chunk_at_a_time() {
         let mut s = ChunkedSlab::new();
         assert_eq!((s.capacity(), s.memory_bytes()), (0, 0));
-        let chunk_bytes = CHUNK * size_of::<Option<u64>>();
-        for i in 0..3 * CHUNK {
+        // A few slots take a few slots' room, not a chunk.
+        for i in 0..10 {
+            s.push(Some(i as u64));
+        }
+        assert!(s.capacity() < 64, "{}", s.capacity());
+        for i in 10..3 * CHUNK {
             s.push(Some(i as u64));
             let chunks = i / CHUNK + 1;
-            assert_eq!(s.capacity(), chunks * CHUNK);
-            let pointers = s.chunks.capacity() * size_of::<Box<[Option<u64>]>>();
-            assert!(s.chunks.capacity() >= chunks);
-            assert_eq!(s.memory_bytes(), chunks * chunk_bytes + pointers);
+            if i >= CHUNK {
+                assert_eq!(s.capacity(), chunks * CHUNK);
+            }
+            let pointers = s.chunks.capacity() * size_of::<Vec<Option<u64>>>();
+            assert_eq!(
+                s.memory_bytes(),
+                s.capacity() * size_of::<Option<u64>>() + pointers
+            );
         }
+        assert_eq!(s.capacity(), 3 * CHUNK);
     }
 
     #[test]
-    fn truncate_and_clear_keep_chunks_and_empty_slots() {
+    fn truncate_and_clear_drop_slots_and_spare_chunks() {
         let mut s: ChunkedSlab<u64> = sample(CHUNK + 10).into_iter().collect();
         s.truncate(CHUNK + 20);
         assert_eq!(s.len(), CHUNK + 10);
         s.truncate(5);
         assert_eq!(s.len(), 5);
-        assert_eq!(s.capacity(), 2 * CHUNK);
+        assert_eq!(s.capacity(), CHUNK);
         assert_eq!(s.get(5), None);
-        // Slots reused after truncation start empty.
         s.push(None);
         assert_eq!(s[5], None);
         assert_eq!(s, sample(5).into_iter().chain([None]).collect());
+        s.truncate(CHUNK);
+        assert_eq!(s.len(), 6);
         s.clear();
         assert!(s.is_empty());
-        assert_eq!(s.capacity(), 2 * CHUNK);
+        assert_eq!(s.capacity(), 0);
         assert_eq!(s, ChunkedSlab::new());
+        // Filling again across a boundary after a truncation.
+        let want = sample(2 * CHUNK + 3);
+        for v in &want {
+            s.push(*v);
+        }
+        assert!(s.iter().eq(want.iter()));
     }
 
     /// Snapshots must not change: the slab's bytes are the `Vec`'s.
@@ -350,7 +352,6 @@ mod tests {
         assert_eq!(bytes, postcard::to_allocvec(&v).expect("serialize"));
         let back: ChunkedSlab<u64> = postcard::from_bytes(&bytes).expect("deserialize");
         assert_eq!(back, s);
-        assert_eq!(back.capacity(), 2 * CHUNK);
         let as_vec: Vec<Option<u64>> = postcard::from_bytes(&bytes).expect("deserialize");
         assert_eq!(as_vec, v);
         let empty: ChunkedSlab<u64> = ChunkedSlab::new();
