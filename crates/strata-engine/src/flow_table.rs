@@ -1214,21 +1214,21 @@ impl UnifiedFlowTable {
         self.lookup(d, key, hash)
     }
 
-    /// Zeroth stage of a pipelined lookup: read `hash`'s home bucket so its
+    /// First stage of a pipelined lookup: read `hash`'s home bucket so its
     /// cache line is on its way (feed the word to `black_box`).
     #[inline]
     pub fn touch_bucket(&self, hash: u64) -> u64 {
         self.index.touch(hash)
     }
 
-    /// First stage of a pipelined lookup: the index value in the home
-    /// bucket of `hash` if its hash bits match (`u32::MAX` if none).
+    /// Second stage of a pipelined lookup: the first index value stored
+    /// under `hash`'s tag (`u32::MAX` if none), a candidate to key-check.
     #[inline]
     pub fn peek(&self, hash: u64) -> u32 {
         self.index.peek(hash).unwrap_or(u32::MAX)
     }
 
-    /// Second stage: read one word of the candidate's flow entry so its
+    /// Third stage: read one word of the candidate's flow entry so its
     /// cache line is on its way. Returns the word (feed it to `black_box`).
     #[inline]
     pub fn touch_entry(&self, candidate: u32, d: Direction) -> u64 {
@@ -1350,8 +1350,9 @@ impl UnifiedFlowTable {
         self.counter_lists.release(old);
     }
 
-    /// Whether the shared parts' reference counts (header contexts, wide
-    /// keys, counter lists) are exactly those of the flows in the table.
+    /// Whether the index holds exactly one well-placed entry per flow, and
+    /// the shared parts' reference counts (header contexts, wide keys,
+    /// counter lists) are exactly those of the flows in the table.
     pub fn verify_shared(&self) -> Result<(), String> {
         // The index: well formed, and exactly one entry per flow, found
         // by a lookup of the flow's own key.
