@@ -205,9 +205,9 @@ impl ActionRegistry {
     fn compile_inner(&self, spec: &ActionSpec) -> Result<Arc<dyn Action>, String> {
         Ok(match spec {
             ActionSpec::Allow | ActionSpec::Count => {
-                Arc::new(Fixed(ActionOutput::allow(Transposition::identity())))
+                Arc::new(Fixed::of(ActionOutput::allow(Transposition::identity())))
             }
-            ActionSpec::Block => Arc::new(Fixed(ActionOutput::drop(DropReason::RuleBlock))),
+            ActionSpec::Block => Arc::new(Fixed::of(ActionOutput::drop(DropReason::RuleBlock))),
             ActionSpec::Encap {
                 tunnel,
                 vni,
@@ -231,7 +231,7 @@ impl ActionRegistry {
                     *local_pa,
                     *remote_pa,
                 );
-                Arc::new(Fixed(ActionOutput::allow(Transposition {
+                Arc::new(Fixed::of(ActionOutput::allow(Transposition {
                     outer: OuterOp::Push(Arc::new(e)),
                     dst_mac: *inner_dst_mac,
                     ..Transposition::default()
@@ -247,7 +247,7 @@ impl ActionRegistry {
                 local_mac: *local_mac,
                 encaps: Default::default(),
             }),
-            ActionSpec::Decap => Arc::new(Fixed(ActionOutput::allow(Transposition {
+            ActionSpec::Decap => Arc::new(Fixed::of(ActionOutput::allow(Transposition {
                 outer: OuterOp::Pop,
                 ..Transposition::default()
             }))),
@@ -256,7 +256,7 @@ impl ActionRegistry {
                 dst_ip,
                 src_port,
                 dst_port,
-            } => Arc::new(Fixed(ActionOutput::allow(Transposition {
+            } => Arc::new(Fixed::of(ActionOutput::allow(Transposition {
                 src_ip: *src_ip,
                 dst_ip: *dst_ip,
                 src_port: *src_port,
@@ -283,7 +283,7 @@ impl ActionRegistry {
                 {
                     return Err(format!("vlan {v} does not fit 12 bits"));
                 }
-                Arc::new(Fixed(ActionOutput::allow(Transposition {
+                Arc::new(Fixed::of(ActionOutput::allow(Transposition {
                     src_mac: *src_mac,
                     dst_mac: *dst_mac,
                     dscp: *dscp,
@@ -292,7 +292,7 @@ impl ActionRegistry {
                 })))
             }
             ActionSpec::Transpose { transposition } => {
-                Arc::new(Fixed(ActionOutput::allow(transposition.clone())))
+                Arc::new(Fixed::of(ActionOutput::allow(transposition.clone())))
             }
             ActionSpec::Meter { by, prefix_len } => {
                 if let Some(l) = prefix_len
@@ -316,13 +316,32 @@ impl ActionRegistry {
     }
 }
 
-/// An action whose output does not depend on the flow.
+/// An action whose output does not depend on the flow (it takes no state
+/// and counts nothing of its own: only the transposition and verdict are
+/// kept, so producing the output clones no counter list or state).
 #[derive(Debug)]
-struct Fixed(ActionOutput);
+struct Fixed(Transposition, Result<(), DropReason>);
+
+impl Fixed {
+    fn of(out: ActionOutput) -> Fixed {
+        debug_assert!(out.counters.is_empty() && out.state == ActionState::None);
+        Fixed(out.transposition, out.verdict)
+    }
+}
 
 impl Action for Fixed {
+    #[inline]
     fn process(&self, _cx: &mut ActionCx<'_>) -> ActionOutput {
-        self.0.clone()
+        ActionOutput {
+            transposition: if self.0.is_identity() {
+                Transposition::IDENTITY
+            } else {
+                self.0.clone()
+            },
+            verdict: self.1,
+            counters: smallvec::SmallVec::new(),
+            state: ActionState::None,
+        }
     }
 }
 

@@ -269,14 +269,46 @@ impl TableSeed {
     }
 }
 
-/// The index hash of layer key `k` (an identity key) in direction `d`:
-/// the same for `(d, k)` and `(d.opposite(), k.reversed())` (see
-/// [`LayerFlow::one_entry`]) unless the two orientations cannot be told
-/// apart.
+/// The index hash of layer key `k` in direction `d`: the same for `(d, k)`
+/// and `(d.opposite(), k.reversed())` (see [`LayerFlow::one_entry`])
+/// unless the two orientations cannot be told apart. MACs are ignored (the
+/// reversible hash leaves them out; the rare fallback hashes the identity
+/// key), so `k` need not be an identity key.
 #[inline(always)]
 fn lf_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
     k.reversible_hash(seed.0 ^ 0x4c46_0000, d == Direction::Out)
-        .unwrap_or_else(|| k.table_hash(seed.0 ^ 0x4c46_0001 ^ (d.index() as u64) << 8))
+        .unwrap_or_else(|| {
+            layer_flow_key(k).table_hash(seed.0 ^ 0x4c46_0001 ^ (d.index() as u64) << 8)
+        })
+}
+
+/// Whether `a` and `b` have the same identity ([`layer_flow_key`]), without
+/// building either identity key (two 112-byte copies on every layer flow
+/// lookup).
+#[inline]
+pub fn same_layer_key(a: &Ufid, b: &Ufid) -> bool {
+    let (x, y) = (&a.inner, &b.inner);
+    let inner = x.src_ip == y.src_ip
+        && x.dst_ip == y.dst_ip
+        && x.src_port == y.src_port
+        && x.dst_port == y.dst_port
+        && x.proto == y.proto
+        && x.ether_type == y.ether_type
+        && x.vlan == y.vlan
+        && x.dscp == y.dscp
+        && x.icmp_type == y.icmp_type
+        && x.icmp_code == y.icmp_code;
+    inner
+        && match (&a.outer, &b.outer) {
+            (None, None) => true,
+            (Some(o), Some(p)) => {
+                o.src_ip == p.src_ip
+                    && o.dst_ip == p.dst_ip
+                    && o.vni == p.vni
+                    && o.tunnel == p.tunnel
+            }
+            _ => false,
+        }
 }
 
 /// Where a layer table reads the keys it does not store: the origin keys
@@ -323,13 +355,13 @@ impl Keys<'_> {
         indexed(slots, v)
             .and_then(|(slot, side, f)| {
                 let k = self.side(slot, f, side)?;
-                Some(lf_hash(self.seed, f.dir_of(side), &layer_flow_key(&k)))
+                Some(lf_hash(self.seed, f.dir_of(side), &k))
             })
             .unwrap_or(0)
     }
 
-    /// Whether index value `v` finds the flow side keyed `(d, k)` (`k` an
-    /// identity key).
+    /// Whether index value `v` finds the flow side keyed `(d, k)` (MACs
+    /// ignored).
     fn is(&self, slots: &ChunkedSlab<LayerFlow>, v: u32, d: Direction, k: &Ufid) -> bool {
         self.matching_origin(slots, v, d, k).is_some()
     }
@@ -358,7 +390,7 @@ impl Keys<'_> {
         } else {
             self.reverse_key(slot, f, &origin)
         };
-        (layer_flow_key(&key) == *k).then_some((side, origin))
+        same_layer_key(&key, k).then_some((side, origin))
     }
 }
 
@@ -424,12 +456,11 @@ impl LayerFlowTable {
         key: &Ufid,
         conns: &UnifiedFlowTable,
     ) -> Option<(u32, usize, Ufid)> {
-        let k = layer_flow_key(key);
         let keys = self.keys(conns);
         let slots = &self.slots;
         let mut found = None;
-        let v = self.index.find(lf_hash(self.seed, d, &k), |v| {
-            found = keys.matching_origin(slots, v, d, &k);
+        let v = self.index.find(lf_hash(self.seed, d, key), |v| {
+            found = keys.matching_origin(slots, v, d, key);
             found.is_some()
         })?;
         let (side, origin) = found?;
@@ -460,7 +491,7 @@ impl LayerFlowTable {
             extra: extra.as_ref(),
         };
         // Each side's identity and hash, computed once.
-        let keys = [layer_flow_key(key), layer_flow_key(&view.reverse_key(key))];
+        let keys = [*key, view.reverse_key(key)];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         let hashes = [
             lf_hash(self.seed, dirs[0], &keys[0]),
@@ -610,7 +641,7 @@ impl LayerFlowTable {
             let Some(k) = keys.side(slot, f, side) else {
                 continue;
             };
-            let h = lf_hash(self.seed, f.dir_of(side), &layer_flow_key(&k));
+            let h = lf_hash(self.seed, f.dir_of(side), &k);
             self.index.remove(h, v);
         }
         if let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
@@ -716,7 +747,6 @@ impl LayerFlowTable {
                     continue;
                 };
                 let d = f.dir_of(side);
-                let k = layer_flow_key(&k);
                 let h = lf_hash(self.seed, d, &k);
                 if index.find(h, |v| keys.is(slots, v, d, &k)).is_none() {
                     index.insert(h, slot << 1 | side as u32, |v| keys.hash(slots, v));
@@ -1255,14 +1285,13 @@ impl UnifiedFlowTable {
     /// The connection whose outbound flow has the VM-side identity of
     /// `vm_key` (MACs ignored: outbound keys hash without them).
     pub fn lookup_pair(&self, vm_key: &Ufid) -> Option<u32> {
-        let k = layer_flow_key(vm_key);
         let out = Direction::Out.index() as u32;
         self.index
             .find(self.hash(Direction::Out, vm_key), |v| {
                 v & 1 == out
                     && self
                         .side_key(v >> 1, Direction::Out)
-                        .is_some_and(|u| layer_flow_key(&u) == k)
+                        .is_some_and(|u| same_layer_key(&u, vm_key))
             })
             .map(|v| v >> 1)
     }
@@ -1641,6 +1670,73 @@ mod tests {
         assert_eq!(size_of::<Option<TcpConn>>(), 44);
         assert_eq!(size_of::<Option<Connection>>(), 184);
         assert_eq!(size_of::<Option<LayerFlow>>(), 24);
+    }
+
+    /// `same_layer_key` is equality of identity keys: every field but the
+    /// MACs counts, inner and outer (a field it forgot would let a layer
+    /// flow answer for another flow's packets).
+    #[test]
+    fn same_layer_key_is_identity_equality() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        use strata_packet::flow::{FlowKey, OuterKey, TunnelKind};
+        let ip = |x: u8| IpAddr::V4(Ipv4Addr::new(10, 0, 0, x));
+        let base = Ufid {
+            outer: Some(OuterKey {
+                src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+                src_ip: ip(1),
+                dst_ip: ip(2),
+                tunnel: TunnelKind::Vxlan,
+                vni: 7,
+            }),
+            inner: FlowKey {
+                src_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+                dst_mac: MacAddr([2, 0, 0, 0, 0, 4]),
+                vlan: Some(5),
+                ether_type: 0x0800,
+                src_ip: ip(3),
+                dst_ip: ip(4),
+                proto: 6,
+                dscp: 1,
+                src_port: 1000,
+                dst_port: 80,
+                icmp_type: 0,
+                icmp_code: 0,
+            },
+        };
+        type Edit = fn(&mut Ufid);
+        let edits: [Edit; 19] = [
+            |u| u.inner.src_mac = MacAddr([9; 6]),
+            |u| u.inner.dst_mac = MacAddr([9; 6]),
+            |u| u.outer.as_mut().unwrap().src_mac = MacAddr([9; 6]),
+            |u| u.outer.as_mut().unwrap().dst_mac = MacAddr([9; 6]),
+            |u| u.inner.vlan = None,
+            |u| u.inner.ether_type = 0x86dd,
+            |u| u.inner.src_ip = IpAddr::V6(Ipv6Addr::LOCALHOST),
+            |u| u.inner.dst_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+            |u| u.inner.proto = 17,
+            |u| u.inner.dscp = 2,
+            |u| u.inner.src_port = 1001,
+            |u| u.inner.dst_port = 81,
+            |u| u.inner.icmp_type = 8,
+            |u| u.inner.icmp_code = 1,
+            |u| u.outer.as_mut().unwrap().src_ip = IpAddr::V4(Ipv4Addr::BROADCAST),
+            |u| u.outer.as_mut().unwrap().dst_ip = IpAddr::V4(Ipv4Addr::BROADCAST),
+            |u| u.outer.as_mut().unwrap().tunnel = TunnelKind::Geneve,
+            |u| u.outer.as_mut().unwrap().vni = 8,
+            |u| u.outer = None,
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut other = base;
+            edit(&mut other);
+            assert_eq!(
+                same_layer_key(&base, &other),
+                layer_flow_key(&base) == layer_flow_key(&other),
+                "edit {i}"
+            );
+            assert_eq!(same_layer_key(&base, &other), i < 4, "edit {i}");
+            assert!(same_layer_key(&other, &other));
+        }
     }
 
     /// Pending counts are 32-bit: a packet that would overflow either

@@ -24,7 +24,7 @@ use crate::flow_key::StoredUfid;
 use crate::flow_table::{
     Connection, FlowAction, FlowActionRef, FlowMemory, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
     LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow, UnifiedFlowTable,
-    layer_flow_key,
+    same_layer_key,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -844,7 +844,8 @@ impl Port {
         meta: &PacketMeta,
         now: Time,
     ) -> (u32, bool) {
-        let sim = self.simulate(d, ufid, now, Mode::Create, false);
+        let mut sim = Sim::default();
+        self.simulate(&mut sim, d, ufid, now, Mode::Create, false);
         let forward = sim.verdict.is_none();
         let final_ufid = sim.transposition.apply_to_ufid(ufid);
         let uf = self.unified_flow(&sim);
@@ -898,13 +899,13 @@ impl Port {
         if self.uft.lookup(pd, &pkey, phash).is_some() {
             return (c, tracked);
         }
-        let psim = self.simulate(pd, &pkey, now, Mode::Create, false);
+        let mut psim = Sim::default();
+        self.simulate(&mut psim, pd, &pkey, now, Mode::Create, false);
         let paired = psim.verdict.is_none()
             && match d {
                 // The inbound result, reversed, must be this outbound flow.
                 Direction::Out => {
-                    layer_flow_key(&psim.transposition.apply_to_ufid(&pkey).reversed())
-                        == layer_flow_key(ufid)
+                    same_layer_key(&psim.transposition.apply_to_ufid(&pkey).reversed(), ufid)
                 }
                 // The outbound partner is keyed by the VM-side key itself.
                 Direction::In => true,
@@ -990,7 +991,8 @@ impl Port {
         let Some(key) = self.uft.side_key(c, d) else {
             return;
         };
-        let sim = self.simulate(d, &key, now, Mode::Create, false);
+        let mut sim = Sim::default();
+        self.simulate(&mut sim, d, &key, now, Mode::Create, false);
         let uf = self.unified_flow(&sim);
         let mut new_refs = SmallVec::new();
         if let Some(conn) = self.uft.get_mut(c) {
@@ -1072,10 +1074,19 @@ impl Port {
     }
 
     /// Walk the layers for `ufid` in direction `d` (the flow compiler).
-    fn simulate(&mut self, d: Direction, ufid: &Ufid, now: Time, mode: Mode, trace: bool) -> Sim {
+    /// Fills `sim` (a fresh one, the caller's: a `Sim` is 300 bytes, too
+    /// many to move on every first packet).
+    fn simulate(
+        &mut self,
+        sim: &mut Sim,
+        d: Direction,
+        ufid: &Ufid,
+        now: Time,
+        mode: Mode,
+        trace: bool,
+    ) {
         let policy = Arc::clone(&self.policy);
         let n = policy.layers.len();
-        let mut sim = Sim::default();
         // The layer-local id and its field values, re-derived only after a
         // layer transformed something (most layers do not).
         let mut derived: Option<Ufid> = None;
@@ -1156,7 +1167,8 @@ impl Port {
                 }
                 continue;
             };
-            let (out, lf) = self.run_rule(layer, rref, d, local, now, mode);
+            let mut lf = None;
+            let out = self.run_rule(layer, rref, d, local, now, mode, &mut lf);
             let Some((rule, crule, group)) = layer.rule(rref) else {
                 continue;
             };
@@ -1201,12 +1213,12 @@ impl Port {
             self.rollback(&created);
             sim.refs.retain(|r| !created.contains(r));
         }
-        sim
     }
 
     /// Run a rule's action for `local`; a stateful rule that allows creates
-    /// a layer flow pair (in create mode). Returns the output and the new
-    /// flow's slot.
+    /// a layer flow pair (in create mode), whose slot goes to `created`.
+    /// Returns the output.
+    #[allow(clippy::too_many_arguments)]
     fn run_rule(
         &mut self,
         layer: &LayerPolicy,
@@ -1215,9 +1227,10 @@ impl Port {
         local: &Ufid,
         now: Time,
         mode: Mode,
-    ) -> (ActionOutput, Option<u32>) {
+        created: &mut Option<u32>,
+    ) -> ActionOutput {
         let Some((rule, crule, _)) = layer.rule(rref) else {
-            return (ActionOutput::drop(DropReason::ActionRefused), None);
+            return ActionOutput::drop(DropReason::ActionRefused);
         };
         let mut cx = ActionCx {
             direction: d,
@@ -1238,7 +1251,7 @@ impl Port {
                 self.resources.release(&out.state);
                 out.state = ActionState::None;
             }
-            return (out, None);
+            return out;
         }
         let flow = OwnedLayerFlow::new(
             d,
@@ -1252,11 +1265,11 @@ impl Port {
         let uid = layer.uid;
         let Some(table) = table_in(&mut self.layer_flows, uid) else {
             self.resources.release(flow.state());
-            return (out, None);
+            return out;
         };
-        let slot = table.insert(flow, local, &self.uft);
+        *created = Some(table.insert(flow, local, &self.uft));
         self.counters.flows.layer_flows_created += 1;
-        (out, Some(slot))
+        out
     }
 
     /// Look up `(d, local)` in the layer's flow table, revalidating a flow
@@ -1313,7 +1326,8 @@ impl Port {
         if !stateful {
             return None;
         }
-        let (_, new_slot) = self.run_rule(layer, rref, origin, &origin_key, now, mode);
+        let mut new_slot = None;
+        self.run_rule(layer, rref, origin, &origin_key, now, mode, &mut new_slot);
         let new_slot = new_slot?;
         let table = self.flow_table(layer.uid)?;
         match table.lookup_with_origin(d, local, &self.uft) {
@@ -1519,7 +1533,8 @@ impl Port {
     /// each layer's decision and transposition, the final transposition, and
     /// what the unified flow table currently caches for it.
     pub fn trace(&mut self, d: Direction, ufid: &Ufid, now: Time) -> Trace {
-        let sim = self.simulate(d, ufid, now, Mode::DryRun, true);
+        let mut sim = Sim::default();
+        self.simulate(&mut sim, d, ufid, now, Mode::DryRun, true);
         let cached = self.connection(d, ufid).and_then(|c| match d {
             Direction::Out => c.out_flow,
             Direction::In => c.in_flow,
