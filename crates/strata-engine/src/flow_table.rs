@@ -317,6 +317,7 @@ pub fn same_layer_key(a: &Ufid, b: &Ufid) -> bool {
 #[derive(Clone, Copy)]
 struct Keys<'a> {
     own: &'a hashbrown::HashMap<u32, PackedUfid>,
+    fresh: Option<&'a (u32, Ufid)>,
     extras: &'a hashbrown::HashMap<u32, Box<LayerFlowExtra>>,
     conns: &'a UnifiedFlowTable,
     seed: TableSeed,
@@ -326,6 +327,11 @@ impl Keys<'_> {
     /// The origin key of the flow in `slot`.
     fn origin(&self, slot: u32, f: &LayerFlow) -> Option<Ufid> {
         if f.key_conn == OWN_KEY {
+            if let Some(&(s, k)) = self.fresh
+                && s == slot
+            {
+                return Some(k);
+            }
             return self.own.get(&slot).map(PackedUfid::unpack);
         }
         self.conns.side_key(f.key_conn, f.key_side)
@@ -406,12 +412,22 @@ fn indexed(slots: &ChunkedSlab<LayerFlow>, v: u32) -> Option<(u32, usize, &Layer
 /// a hash table of slot numbers. Keys are stored once: most flows' origin
 /// keys are their connection's (the table is handed the unified flow
 /// table, `conns`, to read them), the rest are in the table's own store.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct LayerFlowTable {
     slots: ChunkedSlab<LayerFlow>,
     free: Vec<u32>,
-    /// Origin keys of flows with [`OWN_KEY`], by slot.
+    /// Origin keys of flows with [`OWN_KEY`], by slot (serialized with
+    /// `fresh` among them).
     own_keys: hashbrown::HashMap<u32, PackedUfid>,
+    /// The origin key of the flow inserted last, while it waits for
+    /// [`LayerFlowTable::share_key`] (most keys move to their connection
+    /// right after the insert: kept here, they cost no map insert, removal,
+    /// packing and unpacking). Only set during a port call:
+    /// [`LayerFlowTable::settle`] moves it to `own_keys` by the end of one,
+    /// so a port's snapshots never see it; a table serialized on its own
+    /// writes it with the other own keys.
+    #[serde(skip)]
+    fresh: Option<(u32, Ufid)>,
     /// Extra parts of the flows that have them, by slot (most flows, the
     /// connection-tracking ones, have none: they stay 24 bytes). Boxed:
     /// the map is sized in powers of two.
@@ -426,10 +442,46 @@ pub struct LayerFlowTable {
     seed: TableSeed,
 }
 
+/// [`LayerFlowTable`]'s serialized form: the derived one, with the fresh
+/// key written among the own keys (what [`LayerFlowTable::settle`] would
+/// make of it), so the table reads back the same either way.
+impl Serialize for LayerFlowTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct OwnKeys<'a>(&'a LayerFlowTable);
+        impl Serialize for OwnKeys<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let t = self.0;
+                let fresh = t.fresh.as_ref().filter(|&&(slot, _)| {
+                    t.slots
+                        .get(slot as usize)
+                        .and_then(|f| f.as_ref())
+                        .is_some_and(|f| f.key_conn == OWN_KEY)
+                });
+                s.collect_map(
+                    t.own_keys
+                        .iter()
+                        .map(|(&slot, k)| (slot, std::borrow::Cow::Borrowed(k)))
+                        .chain(fresh.map(|&(slot, k)| {
+                            (slot, std::borrow::Cow::Owned(PackedUfid::pack(&k)))
+                        })),
+                )
+            }
+        }
+        let mut st = s.serialize_struct("LayerFlowTable", 4)?;
+        st.serialize_field("slots", &self.slots)?;
+        st.serialize_field("free", &self.free)?;
+        st.serialize_field("own_keys", &OwnKeys(self))?;
+        st.serialize_field("extras", &self.extras)?;
+        st.end()
+    }
+}
+
 impl LayerFlowTable {
     fn keys<'a>(&'a self, conns: &'a UnifiedFlowTable) -> Keys<'a> {
         Keys {
             own: &self.own_keys,
+            fresh: self.fresh.as_ref(),
             extras: &self.extras,
             conns,
             seed: self.seed,
@@ -514,7 +566,8 @@ impl LayerFlowTable {
         if let Some(e) = extra {
             self.extras.insert(slot, Box::new(e));
         }
-        self.own_keys.insert(slot, PackedUfid::pack(key));
+        self.settle();
+        self.fresh = Some((slot, *key));
         // Both keys share a probe chain: one probe checks both.
         if mirror
             && self.index_unless_taken(
@@ -557,6 +610,7 @@ impl LayerFlowTable {
     ) -> bool {
         let k = Keys {
             own: &self.own_keys,
+            fresh: self.fresh.as_ref(),
             extras: &self.extras,
             conns,
             seed: self.seed,
@@ -593,16 +647,43 @@ impl LayerFlowTable {
         if f.key_conn != OWN_KEY || f.origin != side {
             return f.key_conn == conn && f.key_side == side;
         }
-        let same = match (self.own_keys.get(&slot), conns.side_key(conn, side)) {
-            (Some(own), Some(key)) => own.matches(&key),
-            _ => false,
+        let same = match &self.fresh {
+            Some((s, key)) if *s == slot => conns.side_key_is(conn, side, key),
+            _ => match (self.own_keys.get(&slot), conns.side_key(conn, side)) {
+                (Some(own), Some(key)) => own.matches(&key),
+                _ => false,
+            },
         };
         if same {
             f.key_conn = conn;
             f.key_side = side;
-            self.own_keys.remove(&slot);
+            if self.fresh.as_ref().is_some_and(|(s, _)| *s == slot) {
+                self.fresh = None;
+            } else {
+                self.own_keys.remove(&slot);
+            }
         }
         same
+    }
+
+    /// Store the last inserted flow's key with the other own keys if no
+    /// connection took it (see `fresh`).
+    pub fn settle(&mut self) {
+        if let Some((slot, key)) = self.fresh.take()
+            && self
+                .slots
+                .get(slot as usize)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| f.key_conn == OWN_KEY)
+        {
+            self.own_keys.insert(slot, PackedUfid::pack(&key));
+        }
+    }
+
+    /// Whether a last inserted flow's key waits to be settled (never
+    /// between port calls).
+    pub fn has_fresh_key(&self) -> bool {
+        self.fresh.is_some()
     }
 
     /// Store the origin key of the flow in `slot` in the table again if it
@@ -632,6 +713,7 @@ impl LayerFlowTable {
         }
         let keys = Keys {
             own: &self.own_keys,
+            fresh: self.fresh.as_ref(),
             extras: &self.extras,
             conns,
             seed: self.seed,
@@ -659,6 +741,9 @@ impl LayerFlowTable {
         }
         self.detach(slot, conns);
         let flow = self.slots.get_mut(slot as usize)?.take()?;
+        if self.fresh.as_ref().is_some_and(|(s, _)| *s == slot) {
+            self.fresh = None;
+        }
         self.own_keys.remove(&slot);
         self.free.push(slot);
         Some(OwnedLayerFlow {
@@ -692,6 +777,7 @@ impl LayerFlowTable {
         self.index.clear();
         self.free.clear();
         self.own_keys.clear();
+        self.fresh = None;
         let mut extras = std::mem::take(&mut self.extras);
         std::mem::take(&mut self.slots)
             .into_iter()
@@ -1299,6 +1385,14 @@ impl UnifiedFlowTable {
     /// The full key of side `d` of connection `c`.
     pub fn side_key(&self, c: u32, d: Direction) -> Option<Ufid> {
         self.contexts.unpack(&self.get(c)?.side(d)?.key)
+    }
+
+    /// Whether side `d` of connection `c` is keyed `key` (without unpacking
+    /// the stored key).
+    pub fn side_key_is(&self, c: u32, d: Direction, key: &Ufid) -> bool {
+        self.get(c)
+            .and_then(|conn| conn.side(d))
+            .is_some_and(|uf| self.contexts.matches(&uf.key, key))
     }
 
     /// A reference on the counter-slot list `slots`, for a unified flow

@@ -266,6 +266,9 @@ impl Port {
     /// count of a shared part equals the number of flows naming it (for
     /// tests and diagnostics; O(flows)).
     pub fn verify_flow_state(&self) -> Result<(), String> {
+        if let Some((uid, _)) = self.layer_flows.iter().find(|(_, t)| t.has_fresh_key()) {
+            return Err(format!("layer {uid}: a new flow's key was never settled"));
+        }
         self.uft.verify_shared()
     }
 
@@ -752,7 +755,9 @@ impl Port {
             }
             None => {
                 self.counters.dir[d.index()].slow_path += 1;
-                self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now)
+                let created = self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now);
+                self.settle_keys();
+                created
             }
         };
         const REFUSED: Verdict = Verdict::Drop {
@@ -771,6 +776,7 @@ impl Port {
         {
             self.counters.dir[d.index()].reconciled += 1;
             self.reconcile(conn, d, now);
+            self.settle_keys();
             match self.uft.get_mut_with_lists(conn) {
                 Some(again) => (c, lists) = again,
                 None => return REFUSED,
@@ -1026,6 +1032,15 @@ impl Port {
                     f.rule = Arc::clone(r);
                 }
             }
+        }
+    }
+
+    /// Store the keys of new layer flows that no connection took in their
+    /// tables (see `LayerFlowTable::settle`; at the end of every call that
+    /// creates layer flows).
+    fn settle_keys(&mut self) {
+        for (_, t) in &mut self.layer_flows {
+            t.settle();
         }
     }
 
