@@ -481,9 +481,8 @@ pub const MAX_METER_BUCKETS: usize = 65_536;
 
 impl Action for Meter {
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput {
-        let mut out = ActionOutput::allow(Transposition::identity());
         if cx.dry_run {
-            return out;
+            return ActionOutput::allow(Transposition::IDENTITY);
         }
         let value = crate::condition::FieldValues::field_of(cx.flow, self.by).map(|v| {
             let w = self.by.width();
@@ -501,8 +500,12 @@ impl Action for Meter {
             },
             MAX_METER_BUCKETS,
         );
-        out.counters.push(slot);
-        out
+        ActionOutput {
+            transposition: Transposition::IDENTITY,
+            verdict: Ok(()),
+            counters: smallvec::smallvec![slot],
+            state: ActionState::None,
+        }
     }
 }
 

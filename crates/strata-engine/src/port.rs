@@ -1127,7 +1127,9 @@ impl Port {
                     continue;
                 };
                 let t = f.side_transposition(side, &origin);
-                sim.counters.extend_from_slice(f.side_counters(side));
+                for &c in f.side_counters(side) {
+                    sim.counters.push(c);
+                }
                 sim.counters.push(layer.counter);
                 sim.counters.push(f.rule.counter);
                 sim.ttl = min_ttl(sim.ttl, f.ttl());
@@ -1214,7 +1216,9 @@ impl Port {
                 sim.refs.push(r);
                 sim.created.push(r);
             }
-            sim.counters.extend_from_slice(&out.counters);
+            for &c in &out.counters {
+                sim.counters.push(c);
+            }
             sim.counters.push(layer.counter);
             sim.counters.push(crule.counter());
             sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
@@ -1263,8 +1267,7 @@ impl Port {
         if out.verdict.is_err() || !rule.stateful || mode == Mode::DryRun {
             // Stateless rules keep no per-flow state.
             if out.state != ActionState::None {
-                self.resources.release(&out.state);
-                out.state = ActionState::None;
+                self.resources.release(&std::mem::take(&mut out.state));
             }
             return out;
         }
