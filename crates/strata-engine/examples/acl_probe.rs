@@ -66,17 +66,40 @@ fn main() {
     let mut pk = rulegen::packets(&rules, 4096, 2);
     // PACKETS=k: cycle through the first k only (warm caches).
     pk.truncate(env("PACKETS", 4096).max(1));
+    // Tree tuning from the environment (LEAF, BITS, REPLICATE, SPACE,
+    // BUDGET, SAMPLE, CHUNK, BLOCKS): when any is set, the tree is built with it
+    // instead of the planner's choice.
+    let d = TreeConfig::default();
+    let cfg = TreeConfig {
+        leaf_size: env("LEAF", d.leaf_size),
+        max_bits: env("BITS", usize::from(d.max_bits)) as u8,
+        max_replicate: env("REPLICATE", d.max_replicate),
+        space_factor: env("SPACE", d.space_factor),
+        budget_factor: env("BUDGET", d.budget_factor),
+        sample: env("SAMPLE", d.sample),
+        chunk: env("CHUNK", d.chunk),
+        blocks: env("BLOCKS", usize::from(d.blocks)) != 0,
+        ..d
+    };
+    let tuned = cfg != d;
+    let make = |rules: &[strata_engine::classifier::RuleMatch]| -> Box<dyn GroupClassifier> {
+        if tuned {
+            Box::new(TreeClassifier::new(rules, mt, cfg))
+        } else {
+            build(rules, mt)
+        }
+    };
     let mut times = Vec::new();
-    let mut c = build(&rules, mt);
+    let mut c = make(&rules);
     for _ in 0..builds {
         let t0 = Instant::now();
-        let x = build(black_box(&rules), mt);
+        let x = make(black_box(&rules));
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         c = x;
     }
     times.sort_by(f64::total_cmp);
     let mut trace = LookupTrace::default();
-    let tree = TreeClassifier::new(&rules, mt, TreeConfig::default());
+    let tree = TreeClassifier::new(&rules, mt, cfg);
     for p in &pk {
         tree.best_match_traced(p, &mut trace);
     }
