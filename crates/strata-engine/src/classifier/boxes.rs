@@ -110,6 +110,13 @@ pub struct BoxKey {
     /// The narrow values in layout order, sign-biased (one-line layout and
     /// blocks).
     kb: [i32; FAST],
+    /// The same values lined up against a one-line box's words 4..16 (lower
+    /// bounds in 4..10, upper in 10..16) as four 4-lane groups: words 4..8
+    /// against the first four values, 8..12 against `[k4, k5, MAX, MAX]`
+    /// (lower bounds) and `[MIN, MIN, k0, k1]` (upper), 12..16 against the
+    /// last four. The padding lanes never fail, so one check is four lane
+    /// compares with no shuffling.
+    lanes: [[i32; 4]; 4],
     /// Narrow dimensions whose value is outside the base block.
     outside: u32,
 }
@@ -265,6 +272,7 @@ impl Boxes {
     pub fn key(&self, key: &Key) -> BoxKey {
         let mut k = BoxKey {
             kb: [0; FAST],
+            lanes: [[0; 4]; 4],
             outside: 0,
         };
         if self.fast || self.split {
@@ -272,6 +280,13 @@ impl Boxes {
             for (x, &f) in k.kb.iter_mut().zip(&self.fast_fields).take(n) {
                 *x = (key.v[usize::from(f)] as u32 ^ BIAS) as i32;
             }
+            let b = k.kb;
+            k.lanes = [
+                [b[0], b[1], b[2], b[3]],
+                [b[4], b[5], i32::MAX, i32::MAX],
+                [i32::MIN, i32::MIN, b[0], b[1]],
+                [b[2], b[3], b[4], b[5]],
+            ];
         }
         // Branch-free: presence and block vary per packet. (Narrower fields
         // of a normal packet always lie in block 0.)
@@ -543,12 +558,19 @@ impl Boxes {
 /// biased narrow intervals, all compared): non-zero when it fails.
 #[inline(always)]
 fn first_line_bad(w: &[u32; 16], bk: &BoxKey, key: &Key) -> u32 {
-    let mut bad = (w[1] & !key.present) | (w[0] & bk.outside);
-    for t in 0..FAST {
-        let k = bk.kb[t];
-        bad |= u32::from(k < w[HEADER + t] as i32) | u32::from(k > w[HEADER + FAST + t] as i32);
+    const _: () = assert!(HEADER == 4 && FAST == 6);
+    let header = (w[1] & !key.present) | (w[0] & bk.outside);
+    // Lane-wise (see `BoxKey::lanes`): `k < lo` on words 4..12, `k > hi`
+    // on words 8..16; 0/1 terms OR-ed, which vectorizes.
+    let l = &bk.lanes;
+    let mut bad = 0u32;
+    for t in 0..4 {
+        bad |= u32::from(l[0][t] < w[4 + t] as i32)
+            | u32::from(l[1][t] < w[8 + t] as i32)
+            | u32::from(l[2][t] > w[8 + t] as i32)
+            | u32::from(l[3][t] > w[12 + t] as i32);
     }
-    bad
+    header | bad
 }
 
 /// Words `j` (low) and `j + 1` of a line as one 64-bit number.
