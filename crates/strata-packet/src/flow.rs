@@ -537,6 +537,70 @@ pub fn ip_to_u128(ip: IpAddr) -> u128 {
     }
 }
 
+/// A change to one field of a UFID (see [`FIELD_EDITS`]).
+#[doc(hidden)]
+pub type FieldEdit = fn(&mut Ufid);
+
+/// One change per field of a UFID, by field name (outer fields change only
+/// a key that has an outer group; the last edit removes it). For tests
+/// that a comparison, hash or storage form notices every field: apply each
+/// to a tunnelled IPv4 TCP key with a VLAN tag.
+#[doc(hidden)]
+pub const FIELD_EDITS: [(&str, FieldEdit); 19] = [
+    ("inner.src_mac", |u| u.inner.src_mac.0[5] ^= 1),
+    ("inner.dst_mac", |u| u.inner.dst_mac.0[0] ^= 1),
+    ("outer.src_mac", |u| {
+        if let Some(o) = u.outer.as_mut() {
+            o.src_mac.0[1] ^= 1;
+        }
+    }),
+    ("outer.dst_mac", |u| {
+        if let Some(o) = u.outer.as_mut() {
+            o.dst_mac.0[1] ^= 1;
+        }
+    }),
+    ("inner.vlan", |u| {
+        u.inner.vlan = u.inner.vlan.map_or(Some(1), |v| Some(v ^ 1))
+    }),
+    ("inner.ether_type", |u| u.inner.ether_type ^= 1),
+    ("inner.src_ip", |u| {
+        u.inner.src_ip = IpAddr::V6(Ipv6Addr::LOCALHOST)
+    }),
+    ("inner.dst_ip", |u| {
+        u.inner.dst_ip = IpAddr::V4(Ipv4Addr::BROADCAST)
+    }),
+    ("inner.proto", |u| u.inner.proto ^= 1),
+    ("inner.dscp", |u| u.inner.dscp ^= 1),
+    ("inner.src_port", |u| u.inner.src_port ^= 1),
+    ("inner.dst_port", |u| u.inner.dst_port ^= 1),
+    ("inner.icmp_type", |u| u.inner.icmp_type ^= 1),
+    ("inner.icmp_code", |u| u.inner.icmp_code ^= 1),
+    ("outer.src_ip", |u| {
+        if let Some(o) = u.outer.as_mut() {
+            o.src_ip = IpAddr::V4(Ipv4Addr::BROADCAST);
+        }
+    }),
+    ("outer.dst_ip", |u| {
+        if let Some(o) = u.outer.as_mut() {
+            o.dst_ip = IpAddr::V4(Ipv4Addr::BROADCAST);
+        }
+    }),
+    ("outer.vni", |u| {
+        if let Some(o) = u.outer.as_mut() {
+            o.vni ^= 1;
+        }
+    }),
+    ("outer.tunnel", |u| {
+        if let Some(o) = u.outer.as_mut() {
+            o.tunnel = match o.tunnel {
+                TunnelKind::Geneve => TunnelKind::Vxlan,
+                _ => TunnelKind::Geneve,
+            };
+        }
+    }),
+    ("outer", |u| u.outer = None),
+];
+
 /// Inverse of [`ip_to_u128`]: v4-mapped addresses come back as IPv4.
 pub fn u128_to_ip(v: u128) -> IpAddr {
     let v6 = Ipv6Addr::from(v);

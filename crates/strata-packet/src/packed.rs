@@ -382,32 +382,12 @@ mod tests {
             u
         };
         let p = PackedUfid::pack(&base);
-        let edits: Vec<fn(&mut Ufid)> = vec![
-            |u| u.inner.src_mac.0[5] ^= 1,
-            |u| u.inner.dst_mac.0[0] ^= 1,
-            |u| u.inner.vlan = Some(101),
-            |u| u.inner.ether_type = 0x86dd,
-            |u| u.inner.src_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
-            |u| u.inner.dst_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
-            |u| u.inner.proto = 17,
-            |u| u.inner.dscp = 0,
-            |u| u.inner.src_port = 1,
-            |u| u.inner.dst_port = 1,
-            |u| u.inner.icmp_type = 8,
-            |u| u.inner.icmp_code = 1,
-            |u| u.outer = None,
-            |u| u.outer.as_mut().expect("outer").src_mac.0[1] ^= 1,
-            |u| u.outer.as_mut().expect("outer").dst_mac.0[1] ^= 1,
-            |u| u.outer.as_mut().expect("outer").src_ip = IpAddr::V4(Ipv4Addr::new(2, 2, 2, 2)),
-            |u| u.outer.as_mut().expect("outer").dst_ip = IpAddr::V4(Ipv4Addr::new(2, 2, 2, 2)),
-            |u| u.outer.as_mut().expect("outer").vni = 43,
-            |u| u.outer.as_mut().expect("outer").tunnel = TunnelKind::Geneve,
-        ];
-        for (i, e) in edits.iter().enumerate() {
+        for (field, edit) in crate::flow::FIELD_EDITS {
             let mut u = base;
-            e(&mut u);
-            assert!(!p.matches(&u), "edit {i} not noticed");
-            assert_ne!(PackedUfid::pack(&u), p, "edit {i}");
+            edit(&mut u);
+            assert_ne!(u, base, "{field} not edited");
+            assert!(!p.matches(&u), "{field} not noticed");
+            assert_ne!(PackedUfid::pack(&u), p, "{field}");
         }
         assert!(p.matches(&base));
     }
