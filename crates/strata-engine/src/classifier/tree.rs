@@ -83,8 +83,10 @@ const BLOCK32: usize = 16;
 const V4_LO: u128 = super::compile::V4_MAPPED;
 const V4_HI: u128 = V4_LO | 0xffff_ffff;
 /// Cost (in entry checks) of a range cut's search over a bit cut's shift:
-/// a range cut must save that much to be chosen.
-const RANGE_PENALTY: f64 = 2.0;
+/// a range cut must save that much to be chosen. (4 rather than 2 since
+/// leaves hold up to 24 entries: 4% faster lookups at 10k and 50k rules
+/// for 2% more memory; 6 and 8 gain no more and cost more memory.)
+const RANGE_PENALTY: f64 = 4.0;
 /// Entries sampled to evaluate a range cut.
 const RANGE_SAMPLE: usize = 128;
 
