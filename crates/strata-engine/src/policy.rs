@@ -200,7 +200,7 @@ impl Group {
         // The classifier (most of the work for a large group) is built on
         // a second thread while the rules are checked and their actions
         // compiled; a group that fails validation discards it.
-        let build_classifier = || classifier::build(&self.rules, self.match_type);
+        let build_classifier = || classifier::plan::plan(&self.rules, self.match_type);
         let (rules, side, classifier) = if self.rules.len() >= PARALLEL_PREPARE_MIN {
             std::thread::scope(|s| {
                 let builder = std::thread::Builder::new()
@@ -349,7 +349,9 @@ impl CompiledRule {
 pub struct CompiledGroup {
     pub group: Group,
     pub rules: Vec<CompiledRule>,
-    pub classifier: Box<dyn GroupClassifier>,
+    /// The planner's classifier (an enum: classified without a virtual
+    /// call).
+    pub classifier: classifier::plan::Planned,
     /// Whether any rule is terminating (only such groups can end a layer's
     /// evaluation early, see [`LayerPolicy::classify`]).
     pub has_terminating: bool,

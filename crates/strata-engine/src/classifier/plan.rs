@@ -45,7 +45,83 @@ pub enum Strategy {
 
 /// Build the classifier for a group with the planner's choice.
 pub fn build<R: MatchSource>(rules: &[R], match_type: MatchType) -> Box<dyn GroupClassifier> {
-    build_with(rules, match_type, Strategy::Auto)
+    match plan(rules, match_type) {
+        Planned::Scan(c) => Box::new(c),
+        Planned::Lpm(c) => c,
+        Planned::Tree(c) => c,
+    }
+}
+
+/// The planner's choice as a plain enum: a port classifies through it
+/// without a virtual call, so a small group's scan is inlined into the
+/// layer's evaluation (most groups of a first packet's layers are scanned).
+///
+/// The scan is kept inline (the group that owns it is on the heap already:
+/// no second pointer to follow for the most common kind of group); the
+/// large structures are boxed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Planned {
+    Scan(ScanClassifier),
+    Lpm(Box<LpmClassifier>),
+    Tree(Box<TreeClassifier>),
+}
+
+impl GroupClassifier for Planned {
+    #[inline]
+    fn best_match(&self, fv: &crate::condition::FieldValues) -> Option<usize> {
+        match self {
+            Planned::Scan(c) => c.best_match(fv),
+            Planned::Lpm(c) => c.best_match(fv),
+            Planned::Tree(c) => c.best_match(fv),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        self.as_dyn().kind()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.as_dyn().memory_bytes()
+    }
+
+    fn as_tree(&self) -> Option<&TreeClassifier> {
+        match self {
+            Planned::Tree(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl Planned {
+    fn as_dyn(&self) -> &dyn GroupClassifier {
+        match self {
+            Planned::Scan(c) => c,
+            Planned::Lpm(c) => &**c,
+            Planned::Tree(c) => &**c,
+        }
+    }
+}
+
+/// The planner's choice for a group (what [`build`] boxes).
+pub fn plan<R: MatchSource>(rules: &[R], match_type: MatchType) -> Planned {
+    let c = Compiled::new(rules, match_type);
+    let cfg = TreeConfig::default();
+    match match_type {
+        _ if c.len() <= SCAN_MAX => Planned::Scan(ScanClassifier::from_compiled(c)),
+        MatchType::Lpm(f) => {
+            let lpm_bit = c.lpm_dim.map_or(0, |d| c.dim_bit(d));
+            let pure = (0..c.len())
+                .filter(|&e| c.exact(e) && c.req(e) & !lpm_bit == 0)
+                .count();
+            if pure * 2 >= c.len() {
+                Planned::Lpm(Box::new(LpmClassifier::from_compiled(c, f, cfg)))
+            } else {
+                Planned::Tree(Box::new(TreeClassifier::from_compiled(c, cfg)))
+            }
+        }
+        MatchType::Priority => Planned::Tree(Box::new(TreeClassifier::from_compiled(c, cfg))),
+    }
 }
 
 /// Build the classifier for a group with the given strategy.
@@ -69,24 +145,6 @@ pub fn build_with<R: MatchSource>(
             MatchType::Lpm(f) => Box::new(LpmClassifier::with_v4(rules, f, cfg, v4)),
             MatchType::Priority => Box::new(TreeClassifier::new(rules, match_type, cfg)),
         },
-        Strategy::Auto => {
-            let c = Compiled::new(rules, match_type);
-            let cfg = TreeConfig::default();
-            match match_type {
-                _ if c.len() <= SCAN_MAX => Box::new(ScanClassifier::from_compiled(c)),
-                MatchType::Lpm(f) => {
-                    let lpm_bit = c.lpm_dim.map_or(0, |d| c.dim_bit(d));
-                    let pure = (0..c.len())
-                        .filter(|&e| c.exact(e) && c.req(e) & !lpm_bit == 0)
-                        .count();
-                    if pure * 2 >= c.len() {
-                        Box::new(LpmClassifier::from_compiled(c, f, cfg))
-                    } else {
-                        Box::new(TreeClassifier::from_compiled(c, cfg))
-                    }
-                }
-                MatchType::Priority => Box::new(TreeClassifier::from_compiled(c, cfg)),
-            }
-        }
+        Strategy::Auto => build(rules, match_type),
     }
 }
