@@ -87,6 +87,18 @@ struct Sim {
 }
 
 impl Sim {
+    /// Follow the transposition so far with a layer's `step`: taken as is
+    /// while nothing has been transposed yet (the usual case: one or two
+    /// layers of a port transpose), composed otherwise.
+    #[inline]
+    fn compose(&mut self, step: Transposition) {
+        self.transposition = if self.transposition.is_identity() {
+            step
+        } else {
+            self.transposition.then(&step)
+        };
+    }
+
     fn verdict(&self) -> Verdict {
         match self.verdict {
             None => Verdict::Forward,
@@ -1151,7 +1163,7 @@ impl Port {
                     slot,
                 });
                 if !t.is_identity() {
-                    sim.transposition = sim.transposition.then(&t);
+                    sim.compose(t);
                     changed = true;
                 }
                 continue;
@@ -1223,7 +1235,7 @@ impl Port {
             sim.counters.push(crule.counter());
             sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
             if !out.transposition.is_identity() {
-                sim.transposition = sim.transposition.then(&out.transposition);
+                sim.compose(out.transposition);
                 changed = true;
             }
         }
