@@ -276,10 +276,16 @@ impl TableSeed {
 /// key), so `k` need not be an identity key.
 #[inline(always)]
 fn lf_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
+    lf_reversible_hash(seed, d, k).unwrap_or_else(|| {
+        layer_flow_key(k).table_hash(seed.0 ^ 0x4c46_0001 ^ (d.index() as u64) << 8)
+    })
+}
+
+/// [`lf_hash`] when the two orientations can be told apart (then it is
+/// also the hash of `(d.opposite(), k.reversed())`).
+#[inline(always)]
+fn lf_reversible_hash(seed: TableSeed, d: Direction, k: &Ufid) -> Option<u64> {
     k.reversible_hash(seed.0 ^ 0x4c46_0000, d == Direction::Out)
-        .unwrap_or_else(|| {
-            layer_flow_key(k).table_hash(seed.0 ^ 0x4c46_0001 ^ (d.index() as u64) << 8)
-        })
 }
 
 /// Whether `a` and `b` have the same identity ([`layer_flow_key`]), without
@@ -545,10 +551,18 @@ impl LayerFlowTable {
         // Each side's identity and hash, computed once.
         let keys = [*key, view.reverse_key(key)];
         let dirs = [f.dir_of(0), f.dir_of(1)];
-        let hashes = [
-            lf_hash(self.seed, dirs[0], &keys[0]),
-            lf_hash(self.seed, dirs[1], &keys[1]),
-        ];
+        // A flow that transposes nothing has the origin key reversed as its
+        // reverse key, which a reversible hash hashes alike: one hash.
+        let hashes = match lf_reversible_hash(self.seed, dirs[0], &keys[0]) {
+            Some(h) if view.transposition().is_identity() && dirs[1] == dirs[0].opposite() => {
+                debug_assert_eq!(h, lf_hash(self.seed, dirs[1], &keys[1]));
+                [h, h]
+            }
+            _ => [
+                lf_hash(self.seed, dirs[0], &keys[0]),
+                lf_hash(self.seed, dirs[1], &keys[1]),
+            ],
+        };
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
