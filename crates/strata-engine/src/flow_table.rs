@@ -1924,6 +1924,89 @@ mod tests {
         })
     }
 
+    /// A new flow's key waits in the fresh slot: found by lookups there,
+    /// moved to its connection by `share_key` (only if the connection's
+    /// key is the same), settled into the own keys otherwise (by `settle`
+    /// or the next insert), dropped with the flow, and written among the
+    /// own keys when the table is serialized with it pending.
+    #[test]
+    fn fresh_keys_are_shared_settled_or_dropped() {
+        let flow = || {
+            OwnedLayerFlow::new(
+                Direction::Out,
+                rule_identity("track"),
+                1,
+                &Transposition::identity(),
+                &[],
+                ActionState::None,
+                None,
+            )
+        };
+        let out = Direction::Out;
+        let mut conns = UnifiedFlowTable::default();
+        let mut t = LayerFlowTable::default();
+        let found = |t: &LayerFlowTable, conns: &UnifiedFlowTable, k: &Ufid| {
+            t.lookup(out, k, conns).map(|(s, _)| s)
+        };
+
+        // Shared with a connection keyed the same: no own key left.
+        let (k0, k1, k2) = (tcp_key(1, 1000), tcp_key(2, 1000), tcp_key(3, 1000));
+        let s0 = t.insert(flow(), &k0, &conns);
+        assert!(t.has_fresh_key());
+        assert_eq!(found(&t, &conns, &k0), Some(s0));
+        let connection_keyed = |conns: &mut UnifiedFlowTable, key: &Ufid| {
+            let c = conns.alloc(Connection::new(out, None, LayerFlowRefs::new(), 0, None));
+            let uf = UnifiedFlow {
+                key: StoredUfid::default(),
+                generation: 1,
+                ports: PortValues::default(),
+                action: Arc::new(FlowAction {
+                    verdict: Verdict::Forward,
+                    plan: EmitPlan::new(Transposition::identity()),
+                    port_shape: PortShape::default(),
+                }),
+                counters: conns.intern_counters(&[]),
+                packets: 0,
+                bytes: 0,
+            };
+            let h = conns.hash(out, key);
+            conns.set_side(c, out, uf, key, h);
+            c
+        };
+        let other = connection_keyed(&mut conns, &k2);
+        assert!(!t.share_key(s0, other, out, &conns), "a different key");
+        assert!(t.has_fresh_key());
+        let c0 = connection_keyed(&mut conns, &k0);
+        assert!(t.share_key(s0, c0, out, &conns));
+        assert!(!t.has_fresh_key());
+        assert!(t.own_keys.is_empty());
+        assert_eq!(found(&t, &conns, &k0), Some(s0));
+
+        // Not shared: the next insert settles it into the own keys.
+        let s1 = t.insert(flow(), &k1, &conns);
+        let s2 = t.insert(flow(), &k2, &conns);
+        assert_eq!(t.own_keys.len(), 1);
+        assert!(t.own_keys.contains_key(&s1));
+        assert_eq!(found(&t, &conns, &k1), Some(s1));
+        assert_eq!(found(&t, &conns, &k2), Some(s2));
+
+        // Serialized while k2 is pending: read back, every key is found.
+        let bytes = postcard::to_stdvec(&t).expect("serialize");
+        let mut r: LayerFlowTable = postcard::from_bytes(&bytes).expect("deserialize");
+        r.reindex(&conns);
+        assert!(!r.has_fresh_key());
+        for (k, s) in [(&k0, s0), (&k1, s1), (&k2, s2)] {
+            assert_eq!(found(&r, &conns, k), Some(s));
+        }
+
+        // Released while pending: gone, and nothing is settled for it.
+        assert!(t.release(s2, &conns).is_some());
+        assert!(!t.has_fresh_key());
+        t.settle();
+        assert_eq!(t.own_keys.len(), 1);
+        assert_eq!(found(&t, &conns, &k2), None);
+    }
+
     /// Both keys of every flow stay findable while the index grows under
     /// inserts (growth rehashes entries, including the first side of the
     /// flow being inserted, which must be readable by then), and a reverse
