@@ -1139,6 +1139,8 @@ impl Port {
                     continue;
                 };
                 let t = f.side_transposition(side, &origin);
+                // Pushed one by one: `extend_from_slice` of a slot or two
+                // is a `memcpy` call (it was the slow path's largest item).
                 for &c in f.side_counters(side) {
                     sim.counters.push(c);
                 }
@@ -1228,6 +1230,7 @@ impl Port {
                 sim.refs.push(r);
                 sim.created.push(r);
             }
+            // One by one, as above.
             for &c in &out.counters {
                 sim.counters.push(c);
             }
