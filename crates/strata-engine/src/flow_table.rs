@@ -1841,19 +1841,7 @@ mod tests {
         let name = CounterName::Layer { layer: "l".into() };
         let slot = arena.slot(name.clone());
         let mut lists = CounterLists::default();
-        let mut uf = UnifiedFlow {
-            key: StoredUfid::default(),
-            generation: 1,
-            ports: PortValues::default(),
-            action: Arc::new(FlowAction {
-                verdict: Verdict::Forward,
-                plan: EmitPlan::new(Transposition::identity()),
-                port_shape: PortShape::default(),
-            }),
-            counters: lists.acquire(&[slot]),
-            packets: 0,
-            bytes: 0,
-        };
+        let mut uf = forwarding_flow(lists.acquire(&[slot]));
         let jumbo = 9000u32;
         let n = u64::from(u32::MAX / jumbo) + 10;
         for _ in 0..n {
@@ -1901,6 +1889,24 @@ mod tests {
         assert_ne!(lf_hash(la.seed, d, &key), lf_hash(lb.seed, d, &key));
         let i = Direction::In;
         assert_ne!(a.hash(i, &key), b.hash(i, &key));
+    }
+
+    /// A unified flow that forwards unchanged, counting into list
+    /// `counters`, not yet in a table.
+    fn forwarding_flow(counters: u32) -> UnifiedFlow {
+        UnifiedFlow {
+            key: StoredUfid::default(),
+            generation: 1,
+            ports: PortValues::default(),
+            action: Arc::new(FlowAction {
+                verdict: Verdict::Forward,
+                plan: EmitPlan::new(Transposition::identity()),
+                port_shape: PortShape::default(),
+            }),
+            counters,
+            packets: 0,
+            bytes: 0,
+        }
     }
 
     fn rule_identity(id: &str) -> Arc<RuleIdentity> {
@@ -1956,19 +1962,7 @@ mod tests {
         assert_eq!(found(&t, &conns, &k0), Some(s0));
         let connection_keyed = |conns: &mut UnifiedFlowTable, key: &Ufid| {
             let c = conns.alloc(Connection::new(out, None, LayerFlowRefs::new(), 0, None));
-            let uf = UnifiedFlow {
-                key: StoredUfid::default(),
-                generation: 1,
-                ports: PortValues::default(),
-                action: Arc::new(FlowAction {
-                    verdict: Verdict::Forward,
-                    plan: EmitPlan::new(Transposition::identity()),
-                    port_shape: PortShape::default(),
-                }),
-                counters: conns.intern_counters(&[]),
-                packets: 0,
-                bytes: 0,
-            };
+            let uf = forwarding_flow(conns.intern_counters(&[]));
             let h = conns.hash(out, key);
             conns.set_side(c, out, uf, key, h);
             c
