@@ -458,12 +458,7 @@ impl Serialize for LayerFlowTable {
         impl Serialize for OwnKeys<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let t = self.0;
-                let fresh = t.fresh.as_ref().filter(|&&(slot, _)| {
-                    t.slots
-                        .get(slot as usize)
-                        .and_then(|f| f.as_ref())
-                        .is_some_and(|f| f.key_conn == OWN_KEY)
-                });
+                let fresh = t.unsettled();
                 s.collect_map(
                     t.own_keys
                         .iter()
@@ -552,9 +547,10 @@ impl LayerFlowTable {
         let keys = [*key, view.reverse_key(key)];
         let dirs = [f.dir_of(0), f.dir_of(1)];
         // A flow that transposes nothing has the origin key reversed as its
-        // reverse key, which a reversible hash hashes alike: one hash.
+        // reverse key (in the opposite direction), which a reversible hash
+        // hashes alike: one hash.
         let hashes = match lf_reversible_hash(self.seed, dirs[0], &keys[0]) {
-            Some(h) if view.transposition().is_identity() && dirs[1] == dirs[0].opposite() => {
+            Some(h) if view.transposition().is_identity() => {
                 debug_assert_eq!(h, lf_hash(self.seed, dirs[1], &keys[1]));
                 [h, h]
             }
@@ -683,15 +679,21 @@ impl LayerFlowTable {
     /// Store the last inserted flow's key with the other own keys if no
     /// connection took it (see `fresh`).
     pub fn settle(&mut self) {
-        if let Some((slot, key)) = self.fresh.take()
-            && self
-                .slots
+        if let Some(&(slot, key)) = self.unsettled() {
+            self.own_keys.insert(slot, PackedUfid::pack(&key));
+        }
+        self.fresh = None;
+    }
+
+    /// The fresh key, if its flow still keeps its own key (no connection
+    /// took it).
+    fn unsettled(&self) -> Option<&(u32, Ufid)> {
+        self.fresh.as_ref().filter(|&&(slot, _)| {
+            self.slots
                 .get(slot as usize)
                 .and_then(|f| f.as_ref())
                 .is_some_and(|f| f.key_conn == OWN_KEY)
-        {
-            self.own_keys.insert(slot, PackedUfid::pack(&key));
-        }
+        })
     }
 
     /// Whether a last inserted flow's key waits to be settled (never
