@@ -1606,12 +1606,17 @@ impl UnifiedFlowTable {
     }
 
     /// Remove a whole connection.
-    pub fn remove(&mut self, c: u32) -> Option<Connection> {
+    pub fn remove(&mut self, c: u32) {
         self.clear_side(c, Direction::Out);
         self.clear_side(c, Direction::In);
-        let conn = self.conns.get_mut(c as usize)?.take()?;
-        self.free.push(c);
-        Some(conn)
+        // Dropped where it lies (moving 184 bytes out only to drop them
+        // showed in the retire path's profile).
+        if let Some(slot) = self.conns.get_mut(c as usize)
+            && slot.is_some()
+        {
+            *slot = None;
+            self.free.push(c);
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Connection)> {
