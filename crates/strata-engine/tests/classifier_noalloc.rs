@@ -2,44 +2,17 @@
 //! built (and whatever path the lookup takes: trees, tries, residual rules,
 //! out-of-width fallbacks).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "common/mod.rs"]
+mod common;
+use common::counting::{Counting, allocation_calls};
 use strata_engine::classifier::plan::{Strategy, build_with};
 use strata_engine::classifier::tree::TreeConfig;
 use strata_engine::classifier::{MatchType, RuleMatch, best_match_many, build};
 use strata_engine::condition::{Condition, Field, FieldValues, MatchValue};
 use strata_engine::rulegen;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocs() -> usize {
-    ALLOCS.with(Cell::get)
-}
 
 #[test]
 fn best_match_does_not_allocate() {
@@ -87,20 +60,20 @@ fn best_match_does_not_allocate() {
             build_with(&rules, mt, Strategy::Lpm(cfg)),
         ];
         for c in &classifiers {
-            let before = allocs();
+            let before = allocation_calls();
             let mut hits = 0usize;
             for p in &packets {
                 hits += usize::from(c.best_match(p).is_some());
             }
-            assert_eq!(allocs(), before, "{} allocated", c.kind());
+            assert_eq!(allocation_calls(), before, "{} allocated", c.kind());
             assert!(hits > 0);
         }
         // Several groups at once (trees walked in lock-step).
         let mut out = [None; 4];
-        let before = allocs();
+        let before = allocation_calls();
         for p in &packets {
             best_match_many(classifiers.iter().map(|c| c.as_ref()), p, &mut out);
         }
-        assert_eq!(allocs(), before, "best_match_many allocated");
+        assert_eq!(allocation_calls(), before, "best_match_many allocated");
     }
 }

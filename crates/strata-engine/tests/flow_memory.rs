@@ -6,48 +6,11 @@
 #[path = "common/mod.rs"]
 mod common;
 use common::*;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use strata_engine::scenario::*;
 use strata_engine::{PortConfig, secs};
 
-struct Counting;
-
-thread_local! {
-    /// Live heap bytes allocated by this thread (tests run on their own
-    /// threads, so others do not disturb the count).
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-}
-
-fn add(n: i64) {
-    let _ = LIVE.try_with(|l| l.set(l.get() + n));
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        add(l.size() as i64);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        add(-(l.size() as i64));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        add(new as i64 - l.size() as i64);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live() -> i64 {
-    LIVE.with(Cell::get)
-}
+static ALLOC: common::counting::Counting = common::counting::Counting;
 
 #[test]
 fn accounting_explains_the_heap_the_connections_add() {
@@ -58,7 +21,7 @@ fn accounting_explains_the_heap_the_connections_add() {
     };
     let mut port = four_layer_port_with(cfg, 0, true).expect("port");
     install_mappings(&mut port, 4).expect("mappings");
-    let before = live();
+    let before = common::counting::live_bytes();
     let accounted_before = (port.flow_memory().total() + port.counter_memory_bytes()) as i64;
     // VNET connections (ACL layer flows, few meter buckets) and SNAT ones
     // (SLB flows with extra parts, a meter bucket per destination).
@@ -73,7 +36,7 @@ fn accounting_explains_the_heap_the_connections_add() {
         nat_conn(&mut port, i);
     }
     assert_eq!(port.connection_count(), (vnet + nat) as usize);
-    let grown = live() - before;
+    let grown = common::counting::live_bytes() - before;
     let mem = port.flow_memory();
     let accounted = (mem.total() + port.counter_memory_bytes()) as i64 - accounted_before;
     let per = |b: i64| b as f64 / f64::from(vnet + nat);

@@ -3,6 +3,8 @@
 //! verifies every checksum — a second opinion on the bytes Strata writes.
 #![allow(dead_code)]
 
+pub mod counting;
+
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use std::net::Ipv4Addr;
 use strata_engine::scenario::*;
