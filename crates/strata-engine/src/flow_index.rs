@@ -7,11 +7,14 @@
 //! XOR an offset derived from the tag alone — so an entry can be moved
 //! between its buckets without knowing its key (partial-key cuckoo hashing,
 //! as in MemC3 and DPDK's `rte_hash`). A lookup reads at most two cache
-//! lines and usually one (inserts prefer the home bucket). A batch first
-//! loads the home bucket of every packet ([`FlowIndex::touch`]: one load
-//! per packet, so the loop keeps many misses in flight — a loop that also
-//! compared tags held too few iterations in the reorder window and ran 20%
-//! slower), then compares tags ([`FlowIndex::peek`]) and keys.
+//! lines and usually one (inserts prefer the home bucket). A batch
+//! prefetches each packet's home bucket as soon as the packet is hashed
+//! ([`FlowIndex::prefetch`]), then compares tags ([`FlowIndex::peek`]) and
+//! keys. (Plain loads in a tight loop were used before: they keep misses in
+//! flight too, but nothing behind them retires until the data arrives;
+//! prefetches let the work on earlier packets overlap the misses, 16–27%
+//! faster at 1M connections together with huge pages, see `crate::hint`.)
+//! The bucket array asks for huge pages when it spans 2 MiB or more.
 //!
 //! Why not linear probing: it needs a load factor ≤ ½ for short probes, so
 //! 8-byte entries cost 16–32 bytes each; ten-way buckets run to 90% load at
@@ -218,6 +221,14 @@ fn tag(hash: u64) -> u16 {
     ((hash >> 48) as u16).max(1)
 }
 
+/// `n` empty buckets, in huge pages when the array is big enough.
+fn bucket_array(n: usize) -> Vec<Bucket> {
+    let mut v = Vec::with_capacity(n);
+    crate::hint::huge_pages(&v);
+    v.resize(n, EMPTY_BUCKET);
+    v
+}
+
 /// Buckets needed for `n` entries at the highest load, a power of two ≥ 2.
 fn buckets_for(n: usize) -> usize {
     (n * MAX_LOAD_DEN)
@@ -231,7 +242,7 @@ impl FlowIndex {
     pub fn with_capacity(n: usize) -> FlowIndex {
         let buckets = buckets_for(n);
         FlowIndex {
-            buckets: vec![EMPTY_BUCKET; buckets],
+            buckets: bucket_array(buckets),
             mask: buckets - 1,
             old: Vec::new(),
             old_mask: 0,
@@ -266,11 +277,13 @@ impl FlowIndex {
         alternate_in(self.mask, b, t)
     }
 
-    /// One word of `hash`'s home bucket: a load as cheap as it gets, so a
-    /// loop of them keeps many cache misses in flight at once.
+    /// Start loading `hash`'s home bucket (a prefetch hint: the lookup
+    /// that follows finds the line in cache).
     #[inline]
-    pub fn touch(&self, hash: u64) -> u64 {
-        self.buckets[self.home(hash)].tags[0]
+    pub fn prefetch(&self, hash: u64) {
+        if let Some(b) = self.buckets.get(self.home(hash)) {
+            crate::hint::prefetch(b);
+        }
     }
 
     /// The first value stored under `hash`'s tag in its home bucket, else
@@ -396,7 +409,7 @@ impl FlowIndex {
         // each insert moves several buckets) finishes it first.
         self.move_some(usize::MAX, rehash);
         let n = (self.buckets.len() * 2).max(2);
-        self.old = std::mem::replace(&mut self.buckets, vec![EMPTY_BUCKET; n]);
+        self.old = std::mem::replace(&mut self.buckets, bucket_array(n));
         self.old_mask = self.mask;
         self.mask = n - 1;
         self.moved = 0;

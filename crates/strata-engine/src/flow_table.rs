@@ -1346,11 +1346,11 @@ impl UnifiedFlowTable {
         self.lookup(d, key, hash)
     }
 
-    /// First stage of a pipelined lookup: read `hash`'s home bucket so its
-    /// cache line is on its way (feed the word to `black_box`).
+    /// First stage of a pipelined lookup: start loading `hash`'s home
+    /// index bucket (a prefetch hint).
     #[inline]
-    pub fn touch_bucket(&self, hash: u64) -> u64 {
-        self.index.touch(hash)
+    pub fn prefetch_bucket(&self, hash: u64) {
+        self.index.prefetch(hash);
     }
 
     /// Second stage of a pipelined lookup: the first index value stored
@@ -1360,15 +1360,15 @@ impl UnifiedFlowTable {
         self.index.peek(hash).unwrap_or(u32::MAX)
     }
 
-    /// Third stage: read one word of the candidate's flow entry so its
-    /// cache line is on its way. Returns the word (feed it to `black_box`).
+    /// Third stage: start loading the candidate's connection entry (a
+    /// prefetch hint; nothing is read).
     #[inline]
-    pub fn touch_entry(&self, candidate: u32, d: Direction) -> u64 {
-        self.candidate_flow(candidate, d)
-            // The hash and both ends of the key: the lines the lookup reads.
-            .map_or(1, |uf| {
-                u64::from(uf.generation ^ u32::from(self.contexts.proto(&uf.key)))
-            })
+    pub fn prefetch_candidate(&self, candidate: u32) {
+        if candidate != u32::MAX
+            && let Some(slot) = self.conns.get((candidate >> 1) as usize)
+        {
+            crate::hint::prefetch(slot);
+        }
     }
 
     /// The unified flow a [`UnifiedFlowTable::peek`] candidate names, if it

@@ -15,6 +15,7 @@ pub mod expiry;
 pub mod flow_index;
 pub mod flow_key;
 pub mod flow_table;
+pub mod hint;
 pub mod intern;
 pub mod policy;
 pub mod port;

@@ -42,6 +42,10 @@ use strata_packet::flow::{Ufid, ipproto};
 use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_into, parse_with};
 use strata_packet::transposition::Transposition;
 
+/// Frames between the one processed and the one whose flow entry is being
+/// prefetched (see `process_batch`).
+const AHEAD: usize = 4;
+
 /// Frames per pipelined chunk of [`Port::process_batch`].
 pub const BATCH: usize = 32;
 
@@ -687,32 +691,38 @@ impl Port {
         while start < n {
             let end = (start + BATCH).min(n);
             let mut hashes: [Option<u64>; BATCH] = [None; BATCH];
+            // A software pipeline over the chunk: each frame's index bucket
+            // is prefetched as soon as it is hashed, and a frame's flow
+            // entry `AHEAD` frames before it is processed, so the misses of
+            // later frames overlap the work on earlier ones.
             for i in start..end {
                 let j = i - start;
                 match parse_into(bufs[i].as_slice(), opts, &mut parsed[j]) {
-                    Ok(()) => hashes[j] = Some(self.uft.hash(d, &parsed[j].ufid)),
+                    Ok(()) => {
+                        let h = self.uft.hash(d, &parsed[j].ufid);
+                        self.uft.prefetch_bucket(h);
+                        hashes[j] = Some(h);
+                    }
                     Err(e) => out[i] = self.malformed(d, bufs[i].len(), e),
                 }
             }
-            // Tight loops of independent loads: the index buckets of the
-            // whole chunk, then the flow entries they point at.
-            let mut touched = 0u64;
-            for h in hashes.iter().flatten() {
-                touched ^= self.uft.touch_bucket(*h);
-            }
+            let m = end - start;
             let mut candidates = [u32::MAX; BATCH];
-            for (c, h) in candidates.iter_mut().zip(hashes.iter()) {
-                if let Some(hash) = h {
-                    *c = self.uft.peek(*hash);
-                }
-            }
-            for &c in &candidates {
-                touched ^= self.uft.touch_entry(c, d);
-            }
-            std::hint::black_box(touched);
-            for i in start..end {
-                let j = i - start;
+            let peek = |uft: &UnifiedFlowTable, hashes: &[Option<u64>], c: &mut [u32], j: usize| {
                 if let Some(hash) = hashes[j] {
+                    c[j] = uft.peek(hash);
+                    uft.prefetch_candidate(c[j]);
+                }
+            };
+            for j in 0..m.min(AHEAD) {
+                peek(&self.uft, &hashes, &mut candidates, j);
+            }
+            for j in 0..m {
+                if j + AHEAD < m {
+                    peek(&self.uft, &hashes, &mut candidates, j + AHEAD);
+                }
+                if let Some(hash) = hashes[j] {
+                    let i = start + j;
                     out[i] =
                         self.process_parsed(d, &mut bufs[i], &parsed[j], hash, candidates[j], now);
                 }
