@@ -226,11 +226,16 @@ fn slow_path(c: &mut Criterion) {
         ("first_packet_4_layers_acl_1000_rules", 1_000_000),
         ("first_packet_4_layers_acl_1000_rules_10k_flows", 10_000),
     ] {
-        slow_path_with(c, name, cap);
+        slow_path_with(c, name, cap, false);
     }
+    // The other half of a connection's slow-path work: an outbound
+    // connection's inbound flow is made by its first reply (the SYN-ACK,
+    // VXLAN-encapsulated), which simulates the inbound layers (meeting the
+    // SYN's layer flows) and joins the connection by its VM-side key.
+    slow_path_with(c, "first_reply_4_layers_acl_1000_rules", 1_000_000, true);
 }
 
-fn slow_path_with(c: &mut Criterion, name: &str, cap: usize) {
+fn slow_path_with(c: &mut Criterion, name: &str, cap: usize, reply: bool) {
     let cfg = PortConfig {
         max_connections: 1 << 21,
         ..PortConfig::default()
@@ -250,10 +255,18 @@ fn slow_path_with(c: &mut Criterion, name: &str, cap: usize) {
                     port.borrow_mut().expire(u64::MAX / 2);
                 }
                 i = i.wrapping_add(1);
+                if reply {
+                    // Untimed: the SYN that opens connection `i`.
+                    let [(d, syn), (_, synack), ..] = common::lifecycle(i);
+                    let mut setup_buf = PacketBuf::with_capacity(2048);
+                    let v = run(&mut port.borrow_mut(), &mut setup_buf, d, &syn, secs(1));
+                    assert!(v.is_forward());
+                    return (Direction::In, synack);
+                }
                 let (x, y) = peer_of(i);
                 let sp = 1024 + ((i / 1000) % 60000) as u16;
                 let dp = 1000 + (i % 1000) as u16;
-                tcp(
+                let syn = tcp(
                     VM_MAC,
                     VM_GW_MAC,
                     VM_CA,
@@ -264,16 +277,11 @@ fn slow_path_with(c: &mut Criterion, name: &str, cap: usize) {
                     1,
                     0,
                     b"",
-                )
-            },
-            |f| {
-                let v = run(
-                    &mut port.borrow_mut(),
-                    &mut buf,
-                    Direction::Out,
-                    &f,
-                    secs(1),
                 );
+                (Direction::Out, syn)
+            },
+            |(d, f)| {
+                let v = run(&mut port.borrow_mut(), &mut buf, d, &f, secs(1));
                 black_box(v)
             },
             BatchSize::SmallInput,
@@ -282,9 +290,12 @@ fn slow_path_with(c: &mut Criterion, name: &str, cap: usize) {
     g.finish();
     let port = port.into_inner();
     println!(
-        "slow path ({name}): {} slow-path packets, {} connections",
+        "slow path ({name}): {} outbound and {} inbound slow-path packets, {} connections, \
+         {} unified flows",
         port.counters().direction(Direction::Out).slow_path,
-        port.connection_count()
+        port.counters().direction(Direction::In).slow_path,
+        port.connection_count(),
+        port.unified_flow_count()
     );
 }
 

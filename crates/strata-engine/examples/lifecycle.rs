@@ -11,9 +11,9 @@
 //!     target/release/examples/lifecycle
 //! ```
 //!
-//! `SYN=1` runs only the first packet of each connection (the slow path with
-//! its simulated partner flow); `RULES=1000` puts that many rules in the
-//! customer ACL group.
+//! `SYN=1` runs only the first packet of each connection (the outbound slow
+//! path; the SYN-ACK's slow path then makes the inbound flow); `RULES=1000`
+//! puts that many rules in the customer ACL group.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -112,7 +112,10 @@ mod tests {
         huge_pages(&v);
         v.resize(v.capacity(), 7);
         let kb = huge_kb_at(v.as_ptr() as usize + v.len() * 4).expect("mapping in smaps");
-        assert!(kb >= 2048, "no huge page in a 32 MiB advised array ({kb} kB)");
+        assert!(
+            kb >= 2048,
+            "no huge page in a 32 MiB advised array ({kb} kB)"
+        );
         assert!(v.iter().all(|&x| x == 7));
 
         // Small arrays are left alone, and a prefetch changes nothing.

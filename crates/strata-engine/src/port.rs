@@ -7,8 +7,11 @@
 //! bottom → top; VFP-10): per layer it looks up the layer flow table, else
 //! classifies the layer-local UFID, runs the rule's action and composes its
 //! transposition into the accumulated one; stateful rules create layer flow
-//! pairs. The result is cached as a unified flow, paired on the VM side with
-//! a flow for the other direction made by simulation (VFP-14).
+//! pairs. The result is cached as a unified flow. Flows pair into
+//! connections on the VM side (VFP-14): an inbound flow gets its outbound
+//! partner at once, by simulation; an outbound flow's inbound partner is
+//! made by the first reply, which finds the connection by its VM-side key
+//! (so an unanswered SYN costs one simulation and one flow, not two).
 //!
 //! Every policy or resource change bumps the port generation; a unified flow
 //! hit with an older generation is re-simulated before use (VFP-13), so a
@@ -24,7 +27,6 @@ use crate::flow_key::StoredUfid;
 use crate::flow_table::{
     Connection, FlowAction, FlowActionRef, FlowMemory, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
     LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow, UnifiedFlowTable,
-    same_layer_key,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -890,6 +892,7 @@ impl Port {
                 let mut tracked = false;
                 if let Some(conn) = self.uft.get_mut(c) {
                     added = add_refs(&mut conn.layer_flows, &sim.refs);
+                    conn.set_idle_ttl(min_ttl(conn.idle_ttl(), sim.ttl));
                     if forward && conn.tcp.is_none() && ufid.inner.is_tcp() {
                         conn.tcp = Some(TcpConn::new(d, meta, now, &mut self.counters.tcp));
                         tracked = true;
@@ -915,13 +918,18 @@ impl Port {
         self.uft.set_side(c, d, uf, ufid, hash);
         self.share_keys(c, d, &sim.created);
         self.counters.flows.connections_created += 1;
-        if !forward {
+        // An outbound connection's inbound flow is made when its first
+        // inbound packet comes (VM-side pairing above): a SYN that is never
+        // answered (a scan, a flood through the VM) costs one flow, and the
+        // first packet one simulation. An inbound connection gets its
+        // outbound partner now, by simulation (VFP-14): the VM's reply must
+        // take the reverse of the path the connection came in on, which
+        // its own outbound simulation would not know.
+        if !forward || d == Direction::Out {
             return (c, tracked);
         }
-
-        // Create the partner flow by simulation, so the first packet the
-        // other way already hits the fast path.
-        let pd = d.opposite();
+        // The outbound partner is keyed by the VM-side key itself.
+        let pd = Direction::Out;
         let pkey = final_ufid.reversed();
         let phash = self.uft.hash(pd, &pkey);
         if self.uft.lookup(pd, &pkey, phash).is_some() {
@@ -929,16 +937,7 @@ impl Port {
         }
         let mut psim = Sim::default();
         self.simulate(&mut psim, pd, &pkey, now, Mode::Create, false);
-        let paired = psim.verdict.is_none()
-            && match d {
-                // The inbound result, reversed, must be this outbound flow.
-                Direction::Out => {
-                    same_layer_key(&psim.transposition.apply_to_ufid(&pkey).reversed(), ufid)
-                }
-                // The outbound partner is keyed by the VM-side key itself.
-                Direction::In => true,
-            };
-        if paired {
+        if psim.verdict.is_none() {
             let puf = self.unified_flow(&psim);
             self.uft.set_side(c, pd, puf, &pkey, phash);
             let mut added = SmallVec::new();

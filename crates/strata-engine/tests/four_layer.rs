@@ -102,15 +102,16 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
     assert_eq!(
         cn.direction(Direction::Out).slow_path,
         1,
-        "one slow path for the whole connection"
+        "one slow path for the outbound flow"
     );
     assert_eq!(
         cn.direction(Direction::In).slow_path,
-        0,
-        "the inbound flow was made by simulation"
+        1,
+        "the SYN-ACK made the inbound flow, which joined the connection"
     );
     assert_eq!(cn.direction(Direction::Out).fast_path, 2);
-    assert_eq!(cn.direction(Direction::In).fast_path, 1);
+    assert_eq!(cn.direction(Direction::In).fast_path, 0);
+    assert_eq!(p.connection_count(), 1);
     assert_eq!(cn.tcp.handshakes_completed, 1);
     let meter = cn.meter("meter", "meter-dst");
     assert_eq!(

@@ -124,6 +124,54 @@ fn rst_closes_and_idle_established_expires() {
     assert_eq!(p.resources().port_pools[SNAT_POOL].in_use(), 0);
 }
 
+/// An outbound connection's inbound flow is made by its first reply: SYNs
+/// nobody answers (a VM scanning, or flooding out) cost one unified flow
+/// each; the one that is answered gets its inbound flow from the SYN-ACK's
+/// slow path, in the same connection, and everything after is fast path.
+#[test]
+fn unanswered_outbound_syns_cost_one_flow_and_a_reply_joins_its_connection() {
+    let mut p = four_layer_port(PortConfig::default(), 0).unwrap();
+    install_mappings(&mut p, 4).unwrap();
+    let conns: Vec<_> = (0..200u32).map(lifecycle).collect();
+    for c in &conns {
+        assert!(forwards(&mut p, c[0].0, &c[0].1, secs(1)));
+    }
+    assert_eq!(p.connection_count(), 200);
+    assert_eq!(
+        p.unified_flow_count(),
+        200,
+        "no inbound flow before a reply"
+    );
+    let layer_flows = p.layer_flow_count("acl");
+
+    // Connection 7 completes its whole lifecycle.
+    let (slow_in, slow_out) = (
+        p.direction_counters(Direction::In).slow_path,
+        p.direction_counters(Direction::Out).slow_path,
+    );
+    for (d, f) in &conns[7][1..] {
+        assert!(forwards(&mut p, *d, f, secs(2)), "{d:?}");
+    }
+    assert_eq!(p.direction_counters(Direction::In).slow_path, slow_in + 1);
+    assert_eq!(p.direction_counters(Direction::Out).slow_path, slow_out);
+    assert_eq!(p.connection_count(), 200, "the reply joined connection 7");
+    assert_eq!(p.unified_flow_count(), 201);
+    assert_eq!(
+        p.layer_flow_count("acl"),
+        layer_flows,
+        "the SYN's layer flows served the reply"
+    );
+    assert_eq!(p.counters().tcp.handshakes_completed, 1);
+    let key = strata_packet::parse(&conns[7][0].1).unwrap().ufid;
+    let c = p.connection(Direction::Out, &key).expect("connection 7");
+    assert!(c.in_flow.is_some() && c.out_flow.is_some(), "paired");
+    assert_eq!(c.tcp_state, Some(TcpState::TimeWait));
+    p.verify_flow_state().expect("flow state");
+
+    // The half-open rest ages out on the short TTL.
+    assert_eq!(p.expire(secs(20)), 199);
+}
+
 #[test]
 fn syn_flood_leaves_only_half_open_flows_that_expire_fast() {
     let mut p = four_layer_port(PortConfig::default(), 0).unwrap();

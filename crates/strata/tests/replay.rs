@@ -298,7 +298,10 @@ fn pcapng_directions_and_snapshots_through_the_binary() {
     );
     let lines = read_log(&log);
     assert_eq!(lines[1].direction, "in");
-    assert_eq!(lines[1].path, "fast", "the SYN created the return flow");
+    assert_eq!(
+        lines[1].path, "slow",
+        "the first reply makes the return flow (paired with the SYN's connection)"
+    );
     assert_eq!(lines[1].layers[1].decision, "layer_flow");
     assert_eq!(lines[1].layers[1].reverse, Some(true));
     let fwd: Vec<_> = CaptureReader::open(&out)
