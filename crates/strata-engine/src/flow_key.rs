@@ -126,6 +126,16 @@ impl HeaderContexts {
         self.contexts.release(k.context, |x| x.table_hash(seed));
     }
 
+    /// `k`'s tuple and context, for a key of the IPv4 form this table
+    /// stored (`None` for a wide key or one it did not store).
+    #[inline]
+    pub fn split_of<'a>(&'a self, k: &'a StoredUfid) -> Option<(&'a TupleV4, &'a HeaderContext)> {
+        if k.is_wide() {
+            return None;
+        }
+        self.contexts.get(k.context).map(|c| (&k.tuple, c))
+    }
+
     /// Whether `k` is the stored form of `u` (without unpacking).
     #[inline]
     pub fn matches(&self, k: &StoredUfid, u: &Ufid) -> bool {

@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use strata_packet::emit::EmitPlan;
 use strata_packet::flow::{MacAddr, Ufid};
-use strata_packet::packed::PackedUfid;
+use strata_packet::packed::{PackedUfid, table_hash_split, table_hash_split_without_macs};
 use strata_packet::transposition::{OuterOp, PortRewrite, Transposition};
 
 /// A stateful flow of one layer. 24 bytes: the key is not stored here
@@ -1280,11 +1280,34 @@ impl Connection {
 /// identity with the same index, no second one.
 #[inline]
 fn uft_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
-    let seed = seed.0 ^ 0x0055_4654_0000 ^ d.index() as u64;
+    let seed = uft_seed(seed, d);
     match d {
         Direction::Out => k.table_hash_without_macs(seed),
         Direction::In => k.table_hash(seed),
     }
+}
+
+fn uft_seed(seed: TableSeed, d: Direction) -> u64 {
+    seed.0 ^ 0x0055_4654_0000 ^ d.index() as u64
+}
+
+/// [`uft_hash`] of a stored key: a key of the IPv4 form is hashed from
+/// its tuple and context as stored (the same value), without rebuilding
+/// the 112-byte `Ufid` first.
+fn stored_hash(
+    contexts: &HeaderContexts,
+    seed: TableSeed,
+    d: Direction,
+    k: &StoredUfid,
+) -> Option<u64> {
+    let Some((t, c)) = contexts.split_of(k) else {
+        return contexts.unpack(k).map(|u| uft_hash(seed, d, &u));
+    };
+    let seed = uft_seed(seed, d);
+    Some(match d {
+        Direction::Out => table_hash_split_without_macs(t, c, seed),
+        Direction::In => table_hash_split(t, c, seed),
+    })
 }
 
 /// The unified flow table.
@@ -1592,8 +1615,11 @@ impl UnifiedFlowTable {
     pub fn clear_side(&mut self, c: u32, d: Direction) {
         // Unindexed by its key (if it has one: a flow not yet stored has
         // none), then its references dropped.
-        if let Some(key) = self.side_key(c, d) {
-            let hash = self.hash(d, &key);
+        if let Some(hash) = self
+            .get(c)
+            .and_then(|conn| conn.side(d))
+            .and_then(|uf| stored_hash(&self.contexts, self.seed, d, &uf.key))
+        {
             self.index.remove(hash, c << 1 | d.index() as u32);
         }
         if let Some(uf) = self
@@ -1760,8 +1786,8 @@ fn side_hash(
         .get((v >> 1) as usize)
         .and_then(|c| c.as_ref())
         .and_then(|c| c.side(d))
-        .and_then(|uf| contexts.unpack(&uf.key))
-        .map_or(0, |k| uft_hash(seed, d, &k))
+        .and_then(|uf| stored_hash(contexts, seed, d, &uf.key))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

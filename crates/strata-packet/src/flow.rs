@@ -310,8 +310,6 @@ impl Ufid {
     fn hash_fields<const MACS: bool>(&self, seed: u64) -> u64 {
         let mac_word = |m: MacAddr| if MACS { mac_word(m) } else { 0 };
         let k = &self.inner;
-        let (s0, s1) = ip_words(k.src_ip);
-        let (d0, d1) = ip_words(k.dst_ip);
         let w0 = mac_word(k.src_mac) | u64::from(k.src_port) << 48;
         let w1 = mac_word(k.dst_mac) | u64::from(k.dst_port) << 48;
         let w2 = u64::from(k.proto)
@@ -320,17 +318,11 @@ impl Ufid {
             | u64::from(k.icmp_code) << 24
             | u64::from(k.ether_type) << 32
             | k.vlan.map_or(0, |v| u64::from(v) | 0x1_0000) << 40;
-        let mut h = fold(s0 ^ seed, d0 ^ FOLD_K[0]);
-        h = fold(h ^ s1, d1 ^ FOLD_K[1]);
-        h = fold(h ^ w0, w1 ^ FOLD_K[2]);
+        let mut h = hash_inner_words(seed, ip_words(k.src_ip), ip_words(k.dst_ip), w0, w1);
         if let Some(o) = &self.outer {
-            let (os0, os1) = ip_words(o.src_ip);
-            let (od0, od1) = ip_words(o.dst_ip);
             let ot = u64::from(o.vni) | (o.tunnel as u64 + 1) << 32;
-            h = fold(h ^ os0, od0 ^ FOLD_K[3]);
-            h = fold(h ^ os1, od1 ^ FOLD_K[4]);
-            h = fold(h ^ mac_word(o.src_mac), mac_word(o.dst_mac) ^ FOLD_K[5]);
-            h = fold(h ^ ot, FOLD_K[6]);
+            let macs = (mac_word(o.src_mac), mac_word(o.dst_mac));
+            h = hash_outer_words(h, ip_words(o.src_ip), ip_words(o.dst_ip), macs, ot);
         }
         fold(h ^ w2, FOLD_K[7])
     }
@@ -377,6 +369,45 @@ impl Ufid {
     pub fn flow_hash(&self) -> u64 {
         flow_hash(&self.inner)
     }
+}
+
+/// The steps of [`Ufid::table_hash`] (`hash_fields`): the inner group's
+/// words, then the outer group's if there is one, then
+/// `fold(h ^ w2, FOLD_K[7])`. Shared with the split IPv4 form of
+/// [`crate::packed`], which hashes to the same value without rebuilding
+/// the key.
+#[inline(always)]
+pub(crate) fn hash_inner_words(
+    seed: u64,
+    src: (u64, u64),
+    dst: (u64, u64),
+    w0: u64,
+    w1: u64,
+) -> u64 {
+    let h = fold(src.0 ^ seed, dst.0 ^ FOLD_K[0]);
+    let h = fold(h ^ src.1, dst.1 ^ FOLD_K[1]);
+    fold(h ^ w0, w1 ^ FOLD_K[2])
+}
+
+/// See [`hash_inner_words`].
+#[inline(always)]
+pub(crate) fn hash_outer_words(
+    h: u64,
+    src: (u64, u64),
+    dst: (u64, u64),
+    macs: (u64, u64),
+    tunnel: u64,
+) -> u64 {
+    let h = fold(h ^ src.0, dst.0 ^ FOLD_K[3]);
+    let h = fold(h ^ src.1, dst.1 ^ FOLD_K[4]);
+    let h = fold(h ^ macs.0, macs.1 ^ FOLD_K[5]);
+    fold(h ^ tunnel, FOLD_K[6])
+}
+
+/// [`ip_words`] of an IPv4 address given as a number.
+#[inline(always)]
+pub(crate) fn ipv4_words(a: u32) -> (u64, u64) {
+    (u64::from(a), 0xffff_ffff_ffff_ffff)
 }
 
 /// The 5-tuple a flow hash covers: source and destination address, IP
@@ -501,7 +532,7 @@ pub(crate) fn fold(a: u64, b: u64) -> u64 {
 #[inline(always)]
 fn ip_words(ip: IpAddr) -> (u64, u64) {
     match ip {
-        IpAddr::V4(a) => (u64::from(u32::from(a)), 0xffff_ffff_ffff_ffff),
+        IpAddr::V4(a) => ipv4_words(u32::from(a)),
         IpAddr::V6(a) => {
             let v = u128::from(a);
             ((v >> 64) as u64, v as u64)

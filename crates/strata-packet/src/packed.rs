@@ -13,7 +13,10 @@
 //! many flows share (MACs, VLAN, the tunnel header group), for tables that
 //! keep each context once.
 
-use crate::flow::{FOLD_K, FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, fold};
+use crate::flow::{
+    FOLD_K, FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, fold, hash_inner_words, hash_outer_words,
+    ipv4_words,
+};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -154,6 +157,54 @@ pub fn join_v4(t: &TupleV4, c: &HeaderContext) -> Ufid {
             icmp_code: t.icmp_code,
         },
     }
+}
+
+/// `join_v4(t, c).table_hash(seed)`, computed from the split form: a table
+/// that keeps keys split hashes a stored key without rebuilding it.
+#[inline]
+pub fn table_hash_split(t: &TupleV4, c: &HeaderContext, seed: u64) -> u64 {
+    split_hash_fields::<true>(t, c, seed)
+}
+
+/// `join_v4(t, c).table_hash_without_macs(seed)`, from the split form.
+#[inline]
+pub fn table_hash_split_without_macs(t: &TupleV4, c: &HeaderContext, seed: u64) -> u64 {
+    split_hash_fields::<false>(t, c, seed)
+}
+
+#[inline(always)]
+fn split_hash_fields<const MACS: bool>(t: &TupleV4, c: &HeaderContext, seed: u64) -> u64 {
+    let mac = |m: [u8; 6]| if MACS { mac_bits(m) } else { 0 };
+    // `join_v4`'s VLAN: present only with its marker bit.
+    let vlan = if c.vlan & VLAN_PRESENT != 0 {
+        u64::from(c.vlan & !VLAN_PRESENT) | 0x1_0000
+    } else {
+        0
+    };
+    let w0 = mac(c.src_mac) | u64::from(t.src_port) << 48;
+    let w1 = mac(c.dst_mac) | u64::from(t.dst_port) << 48;
+    let w2 = u64::from(t.proto)
+        | u64::from(t.dscp) << 8
+        | u64::from(t.icmp_type) << 16
+        | u64::from(t.icmp_code) << 24
+        | u64::from(c.ether_type) << 32
+        | vlan << 40;
+    let mut h = hash_inner_words(seed, ipv4_words(t.src_ip), ipv4_words(t.dst_ip), w0, w1);
+    let code = c.outer_vni_kind >> 24;
+    if kind_of(code).is_some() {
+        // The key's tunnel word is `vni | (kind as u64 + 1) << 32`, and the
+        // stored code is `kind + 1` (see `kind_code`).
+        let ot = u64::from(c.outer_vni_kind & 0xff_ffff) | u64::from(code) << 32;
+        let macs = (mac(c.outer_src_mac), mac(c.outer_dst_mac));
+        let (src, dst) = (ipv4_words(c.outer_src_ip), ipv4_words(c.outer_dst_ip));
+        h = hash_outer_words(h, src, dst, macs, ot);
+    }
+    fold(h ^ w2, FOLD_K[7])
+}
+
+#[inline(always)]
+fn mac_bits(m: [u8; 6]) -> u64 {
+    u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
 }
 
 impl TupleV4 {

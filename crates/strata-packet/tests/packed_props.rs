@@ -1,11 +1,12 @@
 //! Property test of the packed UFID form flow tables store: for random keys
 //! (IPv4 and IPv6, tagged or not, with and without any tunnel header group),
 //! packing is lossless, `matches` holds exactly for the same key, packed
-//! equality is key equality, and the table hash agrees for equal keys.
+//! equality is key equality, and the table hash agrees for equal keys (and
+//! for a key's split form).
 
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use strata_packet::packed::{join_v4, split_v4};
+use strata_packet::packed::{join_v4, split_v4, table_hash_split, table_hash_split_without_macs};
 use strata_packet::{FlowKey, MacAddr, OuterKey, PackedUfid, TunnelKind, Ufid};
 
 fn ip() -> impl Strategy<Value = IpAddr> {
@@ -103,6 +104,14 @@ proptest! {
         // The split form (a tuple and a shared header context) is exact too.
         if let Some((ta, ca)) = split_v4(&a) {
             prop_assert_eq!(join_v4(&ta, &ca), a);
+            // Hashing the split form gives the key's own table hashes.
+            for seed in [0, 7, u64::MAX] {
+                prop_assert_eq!(table_hash_split(&ta, &ca, seed), a.table_hash(seed));
+                prop_assert_eq!(
+                    table_hash_split_without_macs(&ta, &ca, seed),
+                    a.table_hash_without_macs(seed)
+                );
+            }
             prop_assert_eq!(ta.matches(&b) && ca.matches(&b), a == b);
             if let Some((tb, cb)) = split_v4(&b) {
                 prop_assert_eq!(ta == tb && ca == cb, a == b);
