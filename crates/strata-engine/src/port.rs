@@ -668,11 +668,12 @@ impl Port {
     /// Process a batch of frames of one direction; verdicts go to `out`
     /// (only `min(bufs.len(), out.len())` frames are processed).
     ///
-    /// Pipelined in chunks of [`BATCH`]: every frame is parsed and hashed;
-    /// then, in tight loops of independent loads (so their cache misses
-    /// overlap), each frame's index bucket is read, its candidate found,
-    /// and the candidate's flow entry read; then each frame is processed
-    /// with its table memory in cache, its candidate checked first.
+    /// Pipelined in chunks of [`BATCH`]: every frame is parsed and hashed,
+    /// and its index bucket prefetched; then, while each frame is
+    /// processed, the candidate flow of the frame four places later is
+    /// found in its bucket and its connection entry prefetched, so a frame
+    /// is processed with its table memory in cache, its candidate checked
+    /// first (see [`crate::hint`]).
     pub fn process_batch(
         &mut self,
         d: Direction,
