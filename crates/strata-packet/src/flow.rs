@@ -310,14 +310,13 @@ impl Ufid {
     fn hash_fields<const MACS: bool>(&self, seed: u64) -> u64 {
         let mac_word = |m: MacAddr| if MACS { mac_word(m) } else { 0 };
         let k = &self.inner;
-        let w0 = mac_word(k.src_mac) | u64::from(k.src_port) << 48;
-        let w1 = mac_word(k.dst_mac) | u64::from(k.dst_port) << 48;
-        let w2 = u64::from(k.proto)
-            | u64::from(k.dscp) << 8
-            | u64::from(k.icmp_type) << 16
-            | u64::from(k.icmp_code) << 24
-            | u64::from(k.ether_type) << 32
-            | k.vlan.map_or(0, |v| u64::from(v) | 0x1_0000) << 40;
+        let [w0, w1, w2] = inner_words(
+            (mac_word(k.src_mac), mac_word(k.dst_mac)),
+            (k.src_port, k.dst_port),
+            [k.proto, k.dscp, k.icmp_type, k.icmp_code],
+            k.ether_type,
+            k.vlan.map_or(0, |v| u64::from(v) | 0x1_0000),
+        );
         let mut h = hash_inner_words(seed, ip_words(k.src_ip), ip_words(k.dst_ip), w0, w1);
         if let Some(o) = &self.outer {
             let ot = u64::from(o.vni) | (o.tunnel as u64 + 1) << 32;
@@ -387,6 +386,29 @@ pub(crate) fn hash_inner_words(
     let h = fold(src.0 ^ seed, dst.0 ^ FOLD_K[0]);
     let h = fold(h ^ src.1, dst.1 ^ FOLD_K[1]);
     fold(h ^ w0, w1 ^ FOLD_K[2])
+}
+
+/// The inner group's words besides the addresses: MACs with ports, then
+/// protocol, DSCP, ICMP type and code, ethertype and VLAN (id with bit 16
+/// set when tagged, else 0).
+#[inline(always)]
+pub(crate) fn inner_words(
+    macs: (u64, u64),
+    ports: (u16, u16),
+    [proto, dscp, icmp_type, icmp_code]: [u8; 4],
+    ether_type: u16,
+    vlan: u64,
+) -> [u64; 3] {
+    [
+        macs.0 | u64::from(ports.0) << 48,
+        macs.1 | u64::from(ports.1) << 48,
+        u64::from(proto)
+            | u64::from(dscp) << 8
+            | u64::from(icmp_type) << 16
+            | u64::from(icmp_code) << 24
+            | u64::from(ether_type) << 32
+            | vlan << 40,
+    ]
 }
 
 /// See [`hash_inner_words`].

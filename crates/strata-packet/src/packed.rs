@@ -15,7 +15,7 @@
 
 use crate::flow::{
     FOLD_K, FlowKey, MacAddr, OuterKey, TunnelKind, Ufid, fold, hash_inner_words, hash_outer_words,
-    ipv4_words,
+    inner_words, ipv4_words,
 };
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
@@ -181,14 +181,13 @@ fn split_hash_fields<const MACS: bool>(t: &TupleV4, c: &HeaderContext, seed: u64
     } else {
         0
     };
-    let w0 = mac(c.src_mac) | u64::from(t.src_port) << 48;
-    let w1 = mac(c.dst_mac) | u64::from(t.dst_port) << 48;
-    let w2 = u64::from(t.proto)
-        | u64::from(t.dscp) << 8
-        | u64::from(t.icmp_type) << 16
-        | u64::from(t.icmp_code) << 24
-        | u64::from(c.ether_type) << 32
-        | vlan << 40;
+    let [w0, w1, w2] = inner_words(
+        (mac(c.src_mac), mac(c.dst_mac)),
+        (t.src_port, t.dst_port),
+        [t.proto, t.dscp, t.icmp_type, t.icmp_code],
+        c.ether_type,
+        vlan,
+    );
     let mut h = hash_inner_words(seed, ipv4_words(t.src_ip), ipv4_words(t.dst_ip), w0, w1);
     let code = c.outer_vni_kind >> 24;
     if kind_of(code).is_some() {
