@@ -1,5 +1,5 @@
-//! `Port::process_batch` (the pipelined path: bucket loads, candidate
-//! hints, key checks) gives exactly what `Port::process` gives frame by
+//! `Port::process_batch` (the pipelined path: bucket and entry prefetches,
+//! candidate hints, key checks) gives exactly what `Port::process` gives frame by
 //! frame — verdicts, output bytes, counters — including when earlier frames
 //! of a chunk create or evict the flows later frames' hints point at, and
 //! when a frame does not parse.
@@ -40,9 +40,13 @@ fn port(max_connections: usize) -> Port {
 }
 
 fn same_as_one_by_one(max_connections: usize, connections: u32) -> Port {
+    same_runs_as_one_by_one(max_connections, runs(connections))
+}
+
+fn same_runs_as_one_by_one(max_connections: usize, runs: Vec<(Direction, Vec<Vec<u8>>)>) -> Port {
     let (mut one, mut batched) = (port(max_connections), port(max_connections));
     let mut forwarded = 0;
-    for (d, frames) in runs(connections) {
+    for (d, frames) in runs {
         let mut bufs: Vec<PacketBuf> = frames.iter().map(|f| PacketBuf::from_frame(f)).collect();
         let mut verdicts = vec![Verdict::Forward; bufs.len()];
         batched.process_batch(d, &mut bufs, secs(1), &mut verdicts);
@@ -83,4 +87,33 @@ fn batches_match_frame_by_frame_under_eviction() {
     let p = same_as_one_by_one(8, 120);
     let f = p.counters().flows;
     assert!(f.evicted_half_open + f.evicted_established > 0, "{f:?}");
+}
+
+/// Calls of every length around the pipeline's sizes: shorter than its
+/// lookahead (1–3 frames), exactly a chunk (32), and several chunks with a
+/// partial last one (75), the frames of one call mixing new connections'
+/// first packets with packets of flows made earlier in the same call.
+#[test]
+fn batches_of_every_size_around_the_chunk_and_lookahead() {
+    let all: Vec<_> = (0..120).map(lifecycle).collect();
+    let mut runs = Vec::new();
+    let mut next = 0;
+    for len in [1usize, 2, 3, 32, 75] {
+        let group = &all[next..next + len];
+        next += len;
+        // SYN then, further on, the same connection's ACK: both in one call.
+        let mut out: Vec<Vec<u8>> = group.iter().map(|l| l[0].1.clone()).collect();
+        out.extend(group.iter().map(|l| l[2].1.clone()));
+        runs.push((Direction::Out, out));
+        runs.push((
+            Direction::In,
+            group.iter().map(|l| l[1].1.clone()).collect(),
+        ));
+        runs.push((
+            Direction::Out,
+            group.iter().map(|l| l[2].1.clone()).collect(),
+        ));
+    }
+    let p = same_runs_as_one_by_one(1 << 16, runs);
+    assert_eq!(p.connection_count(), 113);
 }
