@@ -2,12 +2,12 @@
 //! line prefetches for the batched fast path, and huge pages for the big
 //! arrays.
 //!
-//! **Prefetch.** //! A batch looks up 32 flows whose index buckets and flow entries are
-//! scattered over hundreds of megabytes at 1M connections. A plain load
-//! issued early ("touch") brings a line in too, but the core cannot retire
-//! past it until the data arrives, so the work behind it waits. A prefetch
-//! instruction retires at once: the lines of later packets arrive while
-//! earlier packets are being processed.
+//! **Prefetch.** A batch looks up 32 flows whose index buckets and flow
+//! entries are scattered over hundreds of megabytes at 1M connections. A
+//! plain load issued early ("touch") brings a line in too, but the core
+//! cannot retire past it until the data arrives, so the work behind it
+//! waits. A prefetch instruction retires at once: the lines of later
+//! packets arrive while earlier packets are being processed.
 //!
 //! **Huge pages.** At 1M connections the connection slab and the flow
 //! index span hundreds of megabytes in 4 KiB pages, so nearly every lookup

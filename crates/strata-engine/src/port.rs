@@ -923,9 +923,8 @@ impl Port {
         // inbound packet comes (VM-side pairing above): a SYN that is never
         // answered (a scan, a flood through the VM) costs one flow, and the
         // first packet one simulation. An inbound connection gets its
-        // outbound partner now, by simulation (VFP-14): the VM's reply must
-        // take the reverse of the path the connection came in on, which
-        // its own outbound simulation would not know.
+        // outbound partner now, by simulation (VFP-14): the VM is the one
+        // that answers, and its reply then takes the fast path.
         if !forward || d == Direction::Out {
             return (c, tracked);
         }
