@@ -683,7 +683,6 @@ impl Port {
     ) {
         let n = bufs.len().min(out.len());
         let opts = parse_options(d);
-        let mut start = 0;
         // Frames are parsed in place into `parsed` (no copy of the result);
         // `hashes[j]` is `Some` for the frames that parsed. The scratch is
         // taken out of `self` while `process_parsed` borrows it mutably.
@@ -691,46 +690,51 @@ impl Port {
         if parsed.len() < BATCH {
             parsed.resize(BATCH, Parsed::EMPTY);
         }
-        while start < n {
-            let end = (start + BATCH).min(n);
+        let (bufs, out) = (&mut bufs[..n], &mut out[..n]);
+        for (bufs, out) in bufs.chunks_mut(BATCH).zip(out.chunks_mut(BATCH)) {
+            let parsed = &mut parsed[..bufs.len()];
             let mut hashes: [Option<u64>; BATCH] = [None; BATCH];
+            let hashes = &mut hashes[..bufs.len()];
             // A software pipeline over the chunk: each frame's index bucket
             // is prefetched as soon as it is hashed, and a frame's flow
             // entry `AHEAD` frames before it is processed, so the misses of
             // later frames overlap the work on earlier ones.
-            for i in start..end {
-                let j = i - start;
-                match parse_into(bufs[i].as_slice(), opts, &mut parsed[j]) {
+            for (((buf, p), h), o) in bufs
+                .iter()
+                .zip(parsed.iter_mut())
+                .zip(hashes.iter_mut())
+                .zip(out.iter_mut())
+            {
+                match parse_into(buf.as_slice(), opts, p) {
                     Ok(()) => {
-                        let h = self.uft.hash(d, &parsed[j].ufid);
-                        self.uft.prefetch_bucket(h);
-                        hashes[j] = Some(h);
+                        let hash = self.uft.hash(d, &p.ufid);
+                        self.uft.prefetch_bucket(hash);
+                        *h = Some(hash);
                     }
-                    Err(e) => out[i] = self.malformed(d, bufs[i].len(), e),
+                    Err(e) => *o = self.malformed(d, buf.len(), e),
                 }
             }
-            let m = end - start;
             let mut candidates = [u32::MAX; BATCH];
-            let peek = |uft: &UnifiedFlowTable, hashes: &[Option<u64>], c: &mut [u32], j: usize| {
-                if let Some(hash) = hashes[j] {
-                    c[j] = uft.peek(hash);
-                    uft.prefetch_candidate(c[j]);
+            let candidates = &mut candidates[..bufs.len()];
+            let peek = |uft: &UnifiedFlowTable, h: Option<u64>, c: &mut u32| {
+                if let Some(hash) = h {
+                    *c = uft.peek(hash);
+                    uft.prefetch_candidate(*c);
                 }
             };
-            for j in 0..m.min(AHEAD) {
-                peek(&self.uft, &hashes, &mut candidates, j);
+            for (h, c) in hashes.iter().zip(candidates.iter_mut()).take(AHEAD) {
+                peek(&self.uft, *h, c);
             }
-            for j in 0..m {
-                if j + AHEAD < m {
-                    peek(&self.uft, &hashes, &mut candidates, j + AHEAD);
+            for j in 0..bufs.len() {
+                if let (Some(h), Some(c)) = (hashes.get(j + AHEAD), candidates.get_mut(j + AHEAD)) {
+                    peek(&self.uft, *h, c);
                 }
-                if let Some(hash) = hashes[j] {
-                    let i = start + j;
-                    out[i] =
-                        self.process_parsed(d, &mut bufs[i], &parsed[j], hash, candidates[j], now);
+                if let (Some(hash), Some(buf), Some(p), Some(o)) =
+                    (hashes[j], bufs.get_mut(j), parsed.get(j), out.get_mut(j))
+                {
+                    *o = self.process_parsed(d, buf, p, hash, candidates[j], now);
                 }
             }
-            start = end;
         }
         self.batch = parsed;
     }
