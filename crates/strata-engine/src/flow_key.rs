@@ -137,7 +137,7 @@ impl HeaderContexts {
     }
 
     /// Whether `k` is the stored form of `u` (without unpacking).
-    #[inline]
+    #[inline(always)]
     pub fn matches(&self, k: &StoredUfid, u: &Ufid) -> bool {
         if k.is_wide() {
             return self.wide_key(k).is_some_and(|w| w == u);

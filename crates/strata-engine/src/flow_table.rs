@@ -1278,7 +1278,7 @@ impl Connection {
 /// Outbound keys hash without their MACs (compared in full all the same):
 /// VM-side pairing finds an inbound flow's outbound partner by its L3/L4
 /// identity with the same index, no second one.
-#[inline]
+#[inline(always)]
 fn uft_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
     let seed = uft_seed(seed, d);
     match d {
@@ -1331,7 +1331,7 @@ pub struct UnifiedFlowTable {
 impl UnifiedFlowTable {
     /// Hash of the unified flow key `(d, key)` in this table (the `hash`
     /// argument of [`UnifiedFlowTable::lookup`] and `set_side`).
-    #[inline]
+    #[inline(always)]
     pub fn hash(&self, d: Direction, key: &Ufid) -> u64 {
         uft_hash(self.seed, d, key)
     }
