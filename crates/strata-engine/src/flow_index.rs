@@ -73,7 +73,7 @@ impl Bucket {
     }
 
     /// The value of a way tagged `t` for which `eq` holds.
-    #[inline]
+    #[inline(always)]
     fn find(&self, t: u16, eq: &mut impl FnMut(u32) -> bool) -> Option<u32> {
         let mut m = self.matches(t);
         while m != 0 {

@@ -678,7 +678,15 @@ impl LayerFlowTable {
 
     /// Store the last inserted flow's key with the other own keys if no
     /// connection took it (see `fresh`).
+    #[inline]
     pub fn settle(&mut self) {
+        // Most tables have nothing pending: no call.
+        if self.fresh.is_some() {
+            self.settle_fresh();
+        }
+    }
+
+    fn settle_fresh(&mut self) {
         if let Some(&(slot, key)) = self.unsettled() {
             self.own_keys.insert(slot, PackedUfid::pack(&key));
         }
