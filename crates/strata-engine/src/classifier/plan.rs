@@ -45,11 +45,7 @@ pub enum Strategy {
 
 /// Build the classifier for a group with the planner's choice.
 pub fn build<R: MatchSource>(rules: &[R], match_type: MatchType) -> Box<dyn GroupClassifier> {
-    match plan(rules, match_type) {
-        Planned::Scan(c) => Box::new(c),
-        Planned::Lpm(c) => c,
-        Planned::Tree(c) => c,
-    }
+    Box::new(plan(rules, match_type))
 }
 
 /// The planner's choice as a plain enum: a port classifies through it
