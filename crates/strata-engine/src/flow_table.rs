@@ -276,9 +276,29 @@ impl TableSeed {
 /// key), so `k` need not be an identity key.
 #[inline(always)]
 fn lf_hash(seed: TableSeed, d: Direction, k: &Ufid) -> u64 {
-    lf_reversible_hash(seed, d, k).unwrap_or_else(|| {
-        layer_flow_key(k).table_hash(seed.0 ^ 0x4c46_0001 ^ (d.index() as u64) << 8)
-    })
+    lf_hash_of(seed, d, k).value
+}
+
+/// A layer key's index hash ([`lf_hash`]), and whether it is the reversible
+/// one (then also the hash of the key reversed, the other way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerFlowHash {
+    value: u64,
+    reversible: bool,
+}
+
+#[inline(always)]
+fn lf_hash_of(seed: TableSeed, d: Direction, k: &Ufid) -> LayerFlowHash {
+    match lf_reversible_hash(seed, d, k) {
+        Some(value) => LayerFlowHash {
+            value,
+            reversible: true,
+        },
+        None => LayerFlowHash {
+            value: layer_flow_key(k).table_hash(seed.0 ^ 0x4c46_0001 ^ (d.index() as u64) << 8),
+            reversible: false,
+        },
+    }
 }
 
 /// [`lf_hash`] when the two orientations can be told apart (then it is
@@ -509,10 +529,32 @@ impl LayerFlowTable {
         key: &Ufid,
         conns: &UnifiedFlowTable,
     ) -> Option<(u32, usize, Ufid)> {
+        self.lookup_hashed(d, key, self.hash(d, key), conns)
+    }
+
+    /// The index hash of `(d, key)`: given to
+    /// [`LayerFlowTable::lookup_hashed`] and, after a miss, to
+    /// [`LayerFlowTable::insert_hashed`] for a flow originating there, so
+    /// a new flow's key is hashed once.
+    #[inline]
+    pub fn hash(&self, d: Direction, key: &Ufid) -> LayerFlowHash {
+        lf_hash_of(self.seed, d, key)
+    }
+
+    /// [`LayerFlowTable::lookup_with_origin`] with the key's
+    /// [`LayerFlowTable::hash`].
+    pub fn lookup_hashed(
+        &self,
+        d: Direction,
+        key: &Ufid,
+        hash: LayerFlowHash,
+        conns: &UnifiedFlowTable,
+    ) -> Option<(u32, usize, Ufid)> {
+        debug_assert_eq!(hash, self.hash(d, key));
         let keys = self.keys(conns);
         let slots = &self.slots;
         let mut found = None;
-        let v = self.index.find(lf_hash(self.seed, d, key), |v| {
+        let v = self.index.find(hash.value, |v| {
             found = keys.matching_origin(slots, v, d, key);
             found.is_some()
         })?;
@@ -537,6 +579,19 @@ impl LayerFlowTable {
     /// already indexed (two flows whose reverse keys collide, e.g.
     /// many-to-one static NAT) keeps its first owner.
     pub fn insert(&mut self, new: OwnedLayerFlow, key: &Ufid, conns: &UnifiedFlowTable) -> u32 {
+        self.insert_hashed(new, key, None, conns)
+    }
+
+    /// [`LayerFlowTable::insert`] with the origin key's
+    /// [`LayerFlowTable::hash`] in the flow's origin direction, when the
+    /// caller has it from the lookup that missed.
+    pub fn insert_hashed(
+        &mut self,
+        new: OwnedLayerFlow,
+        key: &Ufid,
+        hash: Option<LayerFlowHash>,
+        conns: &UnifiedFlowTable,
+    ) -> u32 {
         let OwnedLayerFlow { flow: mut f, extra } = new;
         f.key_conn = OWN_KEY;
         let view = LayerFlowView {
@@ -546,19 +601,17 @@ impl LayerFlowTable {
         // Each side's identity and hash, computed once.
         let keys = [*key, view.reverse_key(key)];
         let dirs = [f.dir_of(0), f.dir_of(1)];
+        debug_assert!(hash.is_none_or(|h| h == lf_hash_of(self.seed, dirs[0], &keys[0])));
+        let origin = hash.unwrap_or_else(|| lf_hash_of(self.seed, dirs[0], &keys[0]));
         // A flow that transposes nothing has the origin key reversed as its
         // reverse key (in the opposite direction), which a reversible hash
         // hashes alike: one hash.
-        let hashes = match lf_reversible_hash(self.seed, dirs[0], &keys[0]) {
-            Some(h) if view.transposition().is_identity() => {
-                debug_assert_eq!(h, lf_hash(self.seed, dirs[1], &keys[1]));
-                [h, h]
-            }
-            _ => [
-                lf_hash(self.seed, dirs[0], &keys[0]),
-                lf_hash(self.seed, dirs[1], &keys[1]),
-            ],
+        let hashes = if origin.reversible && view.transposition().is_identity() {
+            [origin.value; 2]
+        } else {
+            [origin.value, lf_hash(self.seed, dirs[1], &keys[1])]
         };
+        debug_assert_eq!(hashes[1], lf_hash(self.seed, dirs[1], &keys[1]));
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {

@@ -25,8 +25,9 @@ use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
-    Connection, FlowAction, FlowActionRef, FlowMemory, LayerFlowRef, LayerFlowRefs, LayerFlowTable,
-    LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow, UnifiedFlowTable,
+    Connection, FlowAction, FlowActionRef, FlowMemory, LayerFlowHash, LayerFlowRef, LayerFlowRefs,
+    LayerFlowTable, LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow,
+    UnifiedFlowTable,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -1147,7 +1148,10 @@ impl Port {
             let local = derived.as_ref().unwrap_or(ufid);
 
             // 1. An existing layer flow decides.
-            if let Some((slot, side, origin)) = self.layer_flow_hit(layer, d, local, now, mode) {
+            let mut miss_hash = None;
+            if let Some((slot, side, origin)) =
+                self.layer_flow_hit(layer, d, local, now, mode, &mut miss_hash)
+            {
                 let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
                     continue;
                 };
@@ -1212,7 +1216,7 @@ impl Port {
                 continue;
             };
             let mut lf = None;
-            let out = self.run_rule(layer, rref, d, local, now, mode, &mut lf);
+            let out = self.run_rule(layer, rref, d, local, miss_hash, now, mode, &mut lf);
             let Some((rule, crule, group)) = layer.rule(rref) else {
                 continue;
             };
@@ -1264,7 +1268,8 @@ impl Port {
 
     /// Run a rule's action for `local`; a stateful rule that allows creates
     /// a layer flow pair (in create mode), whose slot goes to `created`.
-    /// Returns the output.
+    /// `hash` is `local`'s layer-flow hash in direction `d`, if the lookup
+    /// that missed computed it. Returns the output.
     #[allow(clippy::too_many_arguments)]
     fn run_rule(
         &mut self,
@@ -1272,6 +1277,7 @@ impl Port {
         rref: RuleRef,
         d: Direction,
         local: &Ufid,
+        hash: Option<LayerFlowHash>,
         now: Time,
         mode: Mode,
         created: &mut Option<u32>,
@@ -1313,7 +1319,7 @@ impl Port {
             self.resources.release(flow.state());
             return out;
         };
-        *created = Some(table.insert(flow, local, &self.uft));
+        *created = Some(table.insert_hashed(flow, local, hash, &self.uft));
         self.counters.flows.layer_flows_created += 1;
         out
     }
@@ -1323,6 +1329,9 @@ impl Port {
     /// and content) still decides its origin key; otherwise it is detached
     /// and, if another stateful rule now decides the origin key, re-derived
     /// from it.
+    ///
+    /// `hash` receives `local`'s layer-flow hash when one was computed (for
+    /// the insert that may follow a miss).
     fn layer_flow_hit(
         &mut self,
         layer: &LayerPolicy,
@@ -1330,13 +1339,16 @@ impl Port {
         local: &Ufid,
         now: Time,
         mode: Mode,
+        hash: &mut Option<LayerFlowHash>,
     ) -> Option<(u32, usize, Ufid)> {
         let table = self.flow_table(layer.uid)?;
         // Layers without stateful rules never hold flows: no hashing.
         if table.is_empty() {
             return None;
         }
-        let (slot, side, origin_key) = table.lookup_with_origin(d, local, &self.uft)?;
+        let h = table.hash(d, local);
+        *hash = Some(h);
+        let (slot, side, origin_key) = table.lookup_hashed(d, local, h, &self.uft)?;
         let f = table.get(slot)?;
         if f.layer_generation == stamp(layer.generation) {
             return Some((slot, side, origin_key));
@@ -1373,7 +1385,16 @@ impl Port {
             return None;
         }
         let mut new_slot = None;
-        self.run_rule(layer, rref, origin, &origin_key, now, mode, &mut new_slot);
+        self.run_rule(
+            layer,
+            rref,
+            origin,
+            &origin_key,
+            None,
+            now,
+            mode,
+            &mut new_slot,
+        );
         let new_slot = new_slot?;
         let table = self.flow_table(layer.uid)?;
         match table.lookup_with_origin(d, local, &self.uft) {
