@@ -36,7 +36,7 @@ impl ScanIndex {
     }
 
     /// Lower `best` to the rank of the best matching entry, if better.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, c: &Compiled, key: &Key, fv: &FieldValues, best: &mut u32) {
         for &(r, e) in &self.items {
             if r >= *best {
