@@ -1397,7 +1397,7 @@ impl Port {
         );
         let new_slot = new_slot?;
         let table = self.flow_table(layer.uid)?;
-        match table.lookup_with_origin(d, local, &self.uft) {
+        match table.lookup_hashed(d, local, h, &self.uft) {
             Some((s, side, o)) if s == new_slot => Some((s, side, o)),
             _ => {
                 // The re-derived flow does not cover this packet's key (e.g.
