@@ -2269,4 +2269,40 @@ mod tests {
             Some((nat_slot, 1))
         );
     }
+
+    /// A flow inserted with the hash of the lookup that missed
+    /// (`insert_hashed`, as the port does) is found from both sides, like
+    /// one inserted without it: for a mirror flow, for a NAT flow, and for
+    /// a key whose endpoints cannot be told apart (no reversible hash).
+    #[test]
+    fn insert_with_the_lookups_hash_indexes_both_sides() {
+        use std::net::Ipv4Addr;
+        let conns = UnifiedFlowTable::default();
+        let mut t = LayerFlowTable::default();
+        let rule = rule_identity("track");
+        let snat = Transposition {
+            src_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            src_port: Some(2000),
+            ..Transposition::identity()
+        };
+        let mut to_itself = tcp_key(9, 1009);
+        to_itself.inner.dst_ip = to_itself.inner.src_ip;
+        to_itself.inner.dst_port = to_itself.inner.src_port;
+        assert!(!t.hash(Direction::Out, &to_itself).reversible);
+        let cases = [
+            (tcp_key(1, 1001), Transposition::identity()),
+            (tcp_key(2, 1002), snat),
+            (to_itself, Transposition::identity()),
+        ];
+        for (k, tr) in &cases {
+            let d = Direction::Out;
+            let h = t.hash(d, k);
+            assert_eq!(t.lookup_hashed(d, k, h, &conns), None);
+            let f = OwnedLayerFlow::new(d, Arc::clone(&rule), 1, tr, &[], ActionState::None, None);
+            let slot = t.insert_hashed(f, k, Some(h), &conns);
+            assert_eq!(t.lookup(d, k, &conns), Some((slot, 0)));
+            let reply = tr.apply_to_ufid(k).reversed();
+            assert_eq!(t.lookup(d.opposite(), &reply, &conns), Some((slot, 1)));
+        }
+    }
 }
