@@ -14,6 +14,9 @@
 //! ```
 //!
 //! `SAME=1`: each group keeps the rule ids of the one it replaces.
+//! `BACK=1`: every replacement is a `Port::set_group`, back to back (no
+//! classifier build in between: the replaced group is still being freed
+//! on another thread when the next replacement starts).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -51,6 +54,7 @@ fn main() {
     // SAME=1: every group reuses the rule ids of the one it replaces (a
     // controller updating a group in place); else the ids are new each time.
     let same = env("SAME", 0) != 0;
+    let back = env("BACK", 0) != 0;
     let groups: Vec<Group> = (0..rounds)
         .map(|i| {
             let seed = 2 + i as u64 % 2;
@@ -66,10 +70,12 @@ fn main() {
     let (mut whole, mut prep, mut install, mut classify) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, g) in groups.into_iter().enumerate() {
-        let t = Instant::now();
-        black_box(build(&g.rules, MatchType::Priority));
-        classify.push(ms(t));
-        if i % 2 == 0 {
+        if !back {
+            let t = Instant::now();
+            black_box(build(&g.rules, MatchType::Priority));
+            classify.push(ms(t));
+        }
+        if i % 2 == 0 || back {
             let t = Instant::now();
             port.set_group("acl", g).expect("replace");
             whole.push(ms(t));
@@ -84,6 +90,13 @@ fn main() {
             port.install_group("acl", p).expect("install");
             install.push(ms(t));
         }
+    }
+    if back {
+        println!(
+            "n={n}: set_group back to back {:.1} ms (median of {rounds})",
+            median(whole)
+        );
+        return;
     }
     println!(
         "n={n}: set_group {:.1} ms; prepare {:.1} ms + install {:.1} ms; classifier alone {:.1} ms (medians of {rounds})",
