@@ -137,12 +137,21 @@ impl Boxes {
         };
         let mut cand: Vec<Option<u128>> = vec![None; dims];
         let mut votes = vec![0usize; dims];
+        // The vote's count pass is needed only when the winner is not the
+        // first entry's base: the first pass counts that one (the usual
+        // winner: IPv4 addresses share one, ports and protocols another).
+        let mut guess: Vec<Option<Option<u128>>> = vec![None; dims];
+        let mut count = vec![0usize; dims];
+        let mut total = vec![0usize; dims];
         for &e in entries {
             for d in 0..dims {
                 let Some((lo, hi)) = constrained(e, d) else {
                     continue;
                 };
                 let b = (lo >> 32 == hi >> 32).then_some(lo >> 32);
+                let g = *guess[d].get_or_insert(b);
+                total[d] += 1;
+                count[d] += usize::from(g.is_some() && b == g);
                 if votes[d] == 0 {
                     cand[d] = b;
                     votes[d] = 1;
@@ -153,16 +162,21 @@ impl Boxes {
                 }
             }
         }
-        let mut count = vec![0usize; dims];
-        let mut total = vec![0usize; dims];
-        for &e in entries {
-            for d in 0..dims {
-                let Some((lo, hi)) = constrained(e, d) else {
-                    continue;
-                };
-                let base = cand[d].unwrap_or(0);
-                total[d] += 1;
-                count[d] += usize::from(cand[d].is_some() && lo >> 32 == base && hi >> 32 == base);
+        let recount: Vec<usize> = (0..dims)
+            .filter(|&d| guess[d].is_some_and(|g| g != cand[d]))
+            .collect();
+        for &d in &recount {
+            count[d] = 0;
+        }
+        if !recount.is_empty() {
+            for &e in entries {
+                for &d in &recount {
+                    let Some((lo, hi)) = constrained(e, d) else {
+                        continue;
+                    };
+                    let b = (lo >> 32 == hi >> 32).then_some(lo >> 32);
+                    count[d] += usize::from(cand[d].is_some() && b == cand[d]);
+                }
             }
         }
         for d in 0..dims {
@@ -671,5 +685,77 @@ mod tests {
             }
         }
         assert!(hits >= 50 && hits < checks, "{hits} of {checks}");
+    }
+
+    /// The narrow dimensions and their bases are those a plain count
+    /// gives: the dimensions on which at least 31/32 of the constrained
+    /// entries share one 96-bit base (all dimensions without any). Cases:
+    /// generated ACLs, a first entry whose base is not the majority's (the
+    /// vote's recount), and no majority at all.
+    #[test]
+    fn narrow_dimensions_are_the_counted_majorities() {
+        let reference = |c: &Compiled, entries: &[u32]| -> Vec<(u8, u128)> {
+            let mut out = Vec::new();
+            for d in 0..c.dims() {
+                let mut counts: std::collections::HashMap<u128, usize> = Default::default();
+                let mut total = 0;
+                for &e in entries {
+                    let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
+                    if lo == 0 && hi >= c.maxes[d] {
+                        continue;
+                    }
+                    total += 1;
+                    if lo >> 32 == hi >> 32 {
+                        *counts.entry(lo >> 32).or_default() += 1;
+                    }
+                }
+                let best = counts.into_iter().max_by_key(|&(_, n)| n);
+                match best {
+                    _ if total == 0 => out.push((d as u8, 0)),
+                    Some((b, n)) if n * 32 >= total * 31 => out.push((d as u8, b)),
+                    _ => {}
+                }
+            }
+            out
+        };
+        let v4 = |a: u32| MatchValue::Exact(crate::classifier::compile::V4_MAPPED | u128::from(a));
+        let rule = |i: u32, dst: MatchValue, port: u128| RuleMatch {
+            priority: i,
+            conditions: vec![
+                Condition::new(Field::DstIp, vec![dst]),
+                Condition::new(Field::DstPort, vec![MatchValue::Exact(port)]),
+            ],
+        };
+        // An IPv6 host first, then IPv4 hosts: the first base loses.
+        let odd_first: Vec<RuleMatch> = std::iter::once(rule(0, MatchValue::Exact(7 << 100), 80))
+            .chain((1..200).map(|i| rule(i, v4(i), 80 + u128::from(i))))
+            .collect();
+        // Half IPv6 hosts in one /96, half IPv4: neither is narrow.
+        let split: Vec<RuleMatch> = (0..200)
+            .map(|i| {
+                let dst = if i % 2 == 0 {
+                    MatchValue::Exact((7 << 100) | u128::from(i))
+                } else {
+                    v4(i)
+                };
+                rule(i, dst, 443)
+            })
+            .collect();
+        let acl = crate::rulegen::acl(2000, 9);
+        let mut narrow_ip = Vec::new();
+        for rules in [&odd_first, &split, &acl] {
+            let c = Compiled::new(rules, MatchType::Priority);
+            let entries: Vec<u32> = (0..c.len() as u32).collect();
+            let boxes = Boxes::new(&c, &entries);
+            let got: Vec<(u8, u128)> = boxes.narrow.iter().map(|&(d, _, b)| (d, b)).collect();
+            assert_eq!(got, reference(&c, &entries));
+            let ip = c
+                .dims
+                .iter()
+                .position(|&f| f == Field::DstIp)
+                .expect("dst ip");
+            narrow_ip.push(got.iter().any(|&(d, _)| usize::from(d) == ip));
+        }
+        assert_eq!(narrow_ip[..2], [true, false]);
     }
 }
