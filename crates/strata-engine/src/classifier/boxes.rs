@@ -560,6 +560,14 @@ impl Boxes {
         self.data.shrink_to_fit();
     }
 
+    /// Room for exactly the boxes of `parts` (to be appended), in huge
+    /// pages when that is megabytes.
+    pub fn reserve_exact<'b>(&mut self, parts: impl Iterator<Item = &'b Boxes>) {
+        self.data
+            .reserve_exact(parts.map(|p| p.data.len()).sum::<usize>());
+        crate::hint::huge_pages(&self.data);
+    }
+
     pub fn memory_bytes(&self) -> usize {
         self.data.capacity() * 64
             + self.narrow.capacity() * 32
