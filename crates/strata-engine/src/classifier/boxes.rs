@@ -522,6 +522,15 @@ impl Boxes {
             .collect()
     }
 
+    /// [`Boxes::empty_like`] with room for `boxes` boxes (huge pages when
+    /// that is megabytes): a builder's store, written once.
+    pub fn with_room_like(&self, boxes: usize) -> Boxes {
+        let mut b = self.empty_like();
+        b.data.reserve_exact(boxes * self.lines);
+        crate::hint::huge_pages(&b.data);
+        b
+    }
+
     /// The same layout with no boxes (for a builder working in parallel).
     pub fn empty_like(&self) -> Boxes {
         Boxes {

@@ -625,7 +625,8 @@ impl ChunkJob<'_> {
             c,
             cfg: self.cfg,
             t: TreeIndex {
-                boxes: std::array::from_fn(|f| self.layouts[f].empty_like()),
+                // At most a box per member.
+                boxes: std::array::from_fn(|f| self.layouts[f].with_room_like(members[f].len())),
                 children: Vec::with_capacity(4 * n + 16),
                 items: Vec::with_capacity(3 * n + 16),
                 ..TreeIndex::empty()
