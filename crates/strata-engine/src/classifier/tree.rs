@@ -753,6 +753,33 @@ struct Scratch {
     spans: Vec<(u32, u32, bool)>,
     ends: Vec<u128>,
     vals: Vec<u128>,
+    lows: Vec<u32>,
+}
+
+/// Sort `v` (and drop repeats if `dedup`). Values sharing their high 96
+/// bits (IPv4 addresses, ports, protocols: nearly every cut's) are sorted
+/// as 32-bit numbers in `lows`, several times faster than as 128-bit ones;
+/// the order is the same.
+fn sort_values(v: &mut Vec<u128>, lows: &mut Vec<u32>, dedup: bool) {
+    let Some(&first) = v.first() else {
+        return;
+    };
+    let high = first >> 32;
+    if v.iter().all(|&x| x >> 32 == high) {
+        lows.clear();
+        lows.extend(v.iter().map(|&x| x as u32));
+        lows.sort_unstable();
+        if dedup {
+            lows.dedup();
+        }
+        v.clear();
+        v.extend(lows.iter().map(|&x| (high << 32) | u128::from(x)));
+    } else {
+        v.sort_unstable();
+        if dedup {
+            v.dedup();
+        }
+    }
 }
 
 impl TreeIndex {
@@ -1578,6 +1605,7 @@ impl Builder<'_> {
             spans,
             ends,
             vals,
+            lows,
         } = scratch;
         sample.clear();
         sample.extend(ids.iter().step_by(step).map(|&e| e as usize));
@@ -1684,7 +1712,7 @@ impl Builder<'_> {
             if self.cfg.hash_cuts && n_exact * 2 >= s && n_exact >= 16 {
                 vals.clear();
                 vals.extend(ranges.iter().filter(|r| r.0 == r.1).map(|r| r.0));
-                vals.sort_unstable();
+                sort_values(vals, lows, false);
                 let mut sumsq = 0f64;
                 let mut distinct = 0usize;
                 for run in vals.chunk_by(|a, b| a == b) {
@@ -1717,8 +1745,7 @@ impl Builder<'_> {
                         ends.push(hi + 1);
                     }
                 }
-                ends.sort_unstable();
-                ends.dedup();
+                sort_values(ends, lows, true);
                 if ends.is_empty() {
                     continue;
                 }
@@ -2251,6 +2278,32 @@ mod tests {
                 shape(&part.t, part.roots[f], f, &mut want);
                 shape(&merged, merged.roots[i][f], f, &mut got);
                 assert!(want == got, "chunk {i} family {f}");
+            }
+        }
+    }
+
+    /// Values sorted as 32-bit numbers come out exactly as a 128-bit sort
+    /// (and dedup) gives them, whatever their high bits.
+    #[test]
+    fn sorted_values_match_a_plain_sort() {
+        let v4 = |a: u32| (0xffffu128 << 32) | u128::from(a);
+        let cases: Vec<Vec<u128>> = vec![
+            vec![],
+            vec![443, 80, 80, 8080, 0, 65535],
+            vec![v4(0x0a00_0001), v4(7), v4(u32::MAX), v4(7), v4(0)],
+            vec![v4(5), 5, 1 << 100, v4(5), u128::MAX, 0],
+        ];
+        let mut lows = Vec::new();
+        for case in cases {
+            for dedup in [false, true] {
+                let mut want = case.clone();
+                want.sort_unstable();
+                if dedup {
+                    want.dedup();
+                }
+                let mut got = case.clone();
+                sort_values(&mut got, &mut lows, dedup);
+                assert_eq!(got, want, "{case:x?} dedup {dedup}");
             }
         }
     }
