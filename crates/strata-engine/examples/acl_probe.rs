@@ -15,10 +15,13 @@
 //! ```
 //!
 //! (instructions per lookup = collected Ir / (4096 × ROUNDS)). `BUILDS=k`
-//! times k builds of the group and prints the median.
+//! times k builds of the group and prints the median. `COMPILES=k` times
+//! k runs of the classifiers' common front end alone (`Compiled::new`)
+//! and prints the median, fastest and slowest.
 
 use std::hint::black_box;
 use std::time::Instant;
+use strata_engine::classifier::compile::Compiled;
 use strata_engine::classifier::tree::{LookupTrace, TreeClassifier, TreeConfig};
 use strata_engine::classifier::{GroupClassifier, MatchType, build};
 use strata_engine::condition::FieldValues;
@@ -98,6 +101,23 @@ fn main() {
         c = x;
     }
     times.sort_by(f64::total_cmp);
+    let compiles = env("COMPILES", 0);
+    if compiles > 0 {
+        let mut ms: Vec<f64> = (0..compiles)
+            .map(|_| {
+                let t0 = Instant::now();
+                black_box(Compiled::new(black_box(&rules), mt));
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "n={n}: compile median {:.2} ms, fastest {:.2}, slowest {:.2} ({compiles} runs)",
+            ms[ms.len() / 2],
+            ms[0],
+            ms[ms.len() - 1]
+        );
+    }
     let mut trace = LookupTrace::default();
     let tree = TreeClassifier::new(&rules, mt, cfg);
     for p in &pk {
