@@ -135,6 +135,8 @@ impl Boxes {
             let (lo, hi) = (c.lo(e as usize, d), c.hi(e as usize, d));
             (!(lo == 0 && hi >= c.maxes[d])).then_some((lo, hi))
         };
+        // An interval's 96-bit base, if it lies within one.
+        let base_of = |lo: u128, hi: u128| (lo >> 32 == hi >> 32).then_some(lo >> 32);
         let mut cand: Vec<Option<u128>> = vec![None; dims];
         let mut votes = vec![0usize; dims];
         // The vote's count pass is needed only when the winner is not the
@@ -148,7 +150,7 @@ impl Boxes {
                 let Some((lo, hi)) = constrained(e, d) else {
                     continue;
                 };
-                let b = (lo >> 32 == hi >> 32).then_some(lo >> 32);
+                let b = base_of(lo, hi);
                 let g = *guess[d].get_or_insert(b);
                 total[d] += 1;
                 count[d] += usize::from(g.is_some() && b == g);
@@ -174,7 +176,7 @@ impl Boxes {
                     let Some((lo, hi)) = constrained(e, d) else {
                         continue;
                     };
-                    let b = (lo >> 32 == hi >> 32).then_some(lo >> 32);
+                    let b = base_of(lo, hi);
                     count[d] += usize::from(cand[d].is_some() && b == cand[d]);
                 }
             }
@@ -522,18 +524,11 @@ impl Boxes {
             .collect()
     }
 
-    /// [`Boxes::empty_like`] with room for `boxes` boxes (huge pages when
-    /// that is megabytes): a builder's store, written once.
+    /// The same layout with no boxes yet but room for `boxes` of them
+    /// (huge pages when that is megabytes): the store of a builder working
+    /// in parallel, written once.
     pub fn with_room_like(&self, boxes: usize) -> Boxes {
-        let mut b = self.empty_like();
-        b.data.reserve_exact(boxes * self.lines);
-        crate::hint::huge_pages(&b.data);
-        b
-    }
-
-    /// The same layout with no boxes (for a builder working in parallel).
-    pub fn empty_like(&self) -> Boxes {
-        Boxes {
+        let b = Boxes {
             narrow: self.narrow.clone(),
             wide: self.wide.clone(),
             blocked: self.blocked.clone(),
@@ -543,8 +538,10 @@ impl Boxes {
             lines: self.lines,
             split: self.split,
             fast: self.fast,
-            data: Vec::new(),
-        }
+            data: Vec::with_capacity(boxes * self.lines),
+        };
+        crate::hint::huge_pages(&b.data);
+        b
     }
 
     /// Move the boxes of `other` (same layout) to the end; returns the

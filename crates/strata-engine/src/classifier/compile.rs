@@ -415,10 +415,12 @@ impl Compiled {
         };
         // Dimensions: referenced fields, most referenced first.
         let mut uses = [0usize; Field::COUNT];
-        // Entries the rules expand to, at most (a condition's values, once
-        // merged and intersected with the others on its field, are never
-        // more than their count; hulls only shrink the product): the
-        // records are reserved once, not grown by copying.
+        // Room for the entries the rules expand to, so the records are
+        // reserved once rather than grown by copying: a rule's are at most
+        // the product of its conditions' value counts (merging,
+        // intersecting and hulling only shrink it), counted up to
+        // EXPAND_FIELD_CAP per rule (an LPM rule may expand further; its
+        // records then grow).
         let mut bound = 0usize;
         for r in rules {
             let mut seen = 0u32;

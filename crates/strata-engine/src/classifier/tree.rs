@@ -758,8 +758,8 @@ struct Scratch {
 
 /// Sort `v` (and drop repeats if `dedup`). Values sharing their high 96
 /// bits (IPv4 addresses, ports, protocols: nearly every cut's) are sorted
-/// as 32-bit numbers in `lows`, several times faster than as 128-bit ones;
-/// the order is the same.
+/// as 32-bit numbers in `lows`, cheaper than as 128-bit ones (one compare
+/// instead of two, a quarter of the bytes moved); the order is the same.
 fn sort_values(v: &mut Vec<u128>, lows: &mut Vec<u32>, dedup: bool) {
     let Some(&first) = v.first() else {
         return;
