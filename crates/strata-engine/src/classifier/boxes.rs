@@ -413,6 +413,14 @@ impl Boxes {
         std::hint::black_box(self.data.get(i * self.lines).map(|l| l.0[0]));
     }
 
+    /// Ask for box `i`'s first line (a hint, see [`crate::hint::prefetch`]).
+    #[inline(always)]
+    pub fn prefetch(&self, i: usize) {
+        if let Some(l) = self.data.get(i * self.lines) {
+            crate::hint::prefetch(l);
+        }
+    }
+
     /// Does box `i` match?
     #[inline(always)]
     pub fn matches(

@@ -1092,6 +1092,7 @@ impl TreeIndex {
             let (first, second) = self.step(&r, q.key);
             if second.min < *best {
                 if *sp < stack.len() {
+                    self.prefetch_subtree(&second, q);
                     stack[*sp] = second;
                     *sp += 1;
                 } else {
@@ -1134,6 +1135,65 @@ impl TreeIndex {
             }
         }
         None
+    }
+
+    /// Ask for the first lines a visit of `r` reads, so that a subtree
+    /// waiting on the stack is in cache when its turn comes.
+    #[inline(always)]
+    fn prefetch_subtree(&self, r: &Ref, q: &Query) {
+        let a = r.a as usize;
+        match r.kind() {
+            K_ONE => q.boxes.prefetch(r.x as usize),
+            K_LEAF => {
+                if let Some(it) = self.items.get(a) {
+                    crate::hint::prefetch(it);
+                }
+            }
+            K_BIT => {
+                let dim = r.dim();
+                if let Some(w) = self.children.get(a) {
+                    crate::hint::prefetch(w);
+                }
+                if q.key.present & (1 << dim) != 0 {
+                    let mask = (1u128 << r.bits()) - 1;
+                    let i = ((q.key.v[dim] >> r.shift()) & mask) as usize;
+                    if let Some(c) = self.children.get(a + 1 + i) {
+                        crate::hint::prefetch(c);
+                    }
+                }
+            }
+            K_RANGE32 => {
+                if let Some(w) = self.children.get(a) {
+                    crate::hint::prefetch(w);
+                }
+                if let Some(b) = self.bounds32.get(r.x as usize) {
+                    crate::hint::prefetch(b);
+                }
+            }
+            K_RANGE64 => {
+                if let Some(w) = self.children.get(a) {
+                    crate::hint::prefetch(w);
+                }
+                if let Some(b) = self.bounds64.get(r.x as usize) {
+                    crate::hint::prefetch(b);
+                }
+            }
+            K_RANGE => {
+                if let Some(w) = self.children.get(a) {
+                    crate::hint::prefetch(w);
+                }
+                if let Some(b) = self.bounds.get(r.x as usize) {
+                    crate::hint::prefetch(b);
+                }
+            }
+            // Hash cuts: the table's buckets depend on the value's hash.
+            K_HASH => {
+                if let Some(w) = self.children.get(a) {
+                    crate::hint::prefetch(w);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The child a packet goes to and the wide subtree, better rank first.
