@@ -158,7 +158,10 @@ struct Query<'a> {
 /// the best rank inside it (so a subtree that cannot win is not entered).
 ///
 /// - one entry: `x` = entry;
-/// - leaf: `items[a..a + x]`;
+/// - leaf: `x` = its best entry's box (`min` its rank), so that the first
+///   check needs no other line; its other entries are `items[a..]`, by
+///   rank, up to a sentinel item of rank [`NONE`] (which ends every scan,
+///   as no rank can beat it: no length to carry or check);
 /// - bit / range / hash node: `children[a]` is the wide subtree, the
 ///   children follow (bit, range); `x` is the first boundary (range) or the
 ///   table (hash); `meta` holds kind, dimension, shift and width (bit) or
@@ -925,7 +928,11 @@ impl TreeIndex {
             K_NIL => return r,
             K_ONE => r.x += o.boxes[f],
             K_LEAF => {
-                for item in &mut self.items[a..a + r.x as usize] {
+                r.x += o.boxes[f];
+                for item in &mut self.items[a..] {
+                    if item.0 == NONE {
+                        break;
+                    }
                     item.1 += o.boxes[f];
                 }
                 r.a += o.items;
@@ -1092,7 +1099,8 @@ impl TreeIndex {
             let (first, second) = self.step(&r, q.key);
             if second.min < *best {
                 if *sp < stack.len() {
-                    self.prefetch_subtree(&second, q);
+                    // Its first lines arrive while `first` is walked.
+                    self.prime(&second, q.key, q.boxes);
                     stack[*sp] = second;
                     *sp += 1;
                 } else {
@@ -1105,11 +1113,18 @@ impl TreeIndex {
             return Some(first);
         } else if kind == K_LEAF {
             p.leaf();
-            let a = r.a as usize;
-            let items = &self.items[a..a + r.x as usize];
+            p.check();
+            // The best entry's box is named by the reference: its line is
+            // read alongside the other items' line, not after it.
+            if q.boxes.matches(c, r.x as usize, q.bk, q.key, q.fv) {
+                *best = r.min;
+                return None;
+            }
+            let items = self.items.get(r.a as usize..).unwrap_or_default();
             // Ranks ascend: stop at the first match or at a rank that
-            // cannot win. (Checking every entry branch-free was tried: more
-            // work and no fewer mispredictions with leaves this small.)
+            // cannot win (the sentinel at the latest). (Checking every
+            // entry branch-free was tried: more work and no fewer
+            // mispredictions with leaves this small.)
             for &(rk, bx) in items {
                 if rk >= *best {
                     break;
@@ -1135,65 +1150,6 @@ impl TreeIndex {
             }
         }
         None
-    }
-
-    /// Ask for the first lines a visit of `r` reads, so that a subtree
-    /// waiting on the stack is in cache when its turn comes.
-    #[inline(always)]
-    fn prefetch_subtree(&self, r: &Ref, q: &Query) {
-        let a = r.a as usize;
-        match r.kind() {
-            K_ONE => q.boxes.prefetch(r.x as usize),
-            K_LEAF => {
-                if let Some(it) = self.items.get(a) {
-                    crate::hint::prefetch(it);
-                }
-            }
-            K_BIT => {
-                let dim = r.dim();
-                if let Some(w) = self.children.get(a) {
-                    crate::hint::prefetch(w);
-                }
-                if q.key.present & (1 << dim) != 0 {
-                    let mask = (1u128 << r.bits()) - 1;
-                    let i = ((q.key.v[dim] >> r.shift()) & mask) as usize;
-                    if let Some(c) = self.children.get(a + 1 + i) {
-                        crate::hint::prefetch(c);
-                    }
-                }
-            }
-            K_RANGE32 => {
-                if let Some(w) = self.children.get(a) {
-                    crate::hint::prefetch(w);
-                }
-                if let Some(b) = self.bounds32.get(r.x as usize) {
-                    crate::hint::prefetch(b);
-                }
-            }
-            K_RANGE64 => {
-                if let Some(w) = self.children.get(a) {
-                    crate::hint::prefetch(w);
-                }
-                if let Some(b) = self.bounds64.get(r.x as usize) {
-                    crate::hint::prefetch(b);
-                }
-            }
-            K_RANGE => {
-                if let Some(w) = self.children.get(a) {
-                    crate::hint::prefetch(w);
-                }
-                if let Some(b) = self.bounds.get(r.x as usize) {
-                    crate::hint::prefetch(b);
-                }
-            }
-            // Hash cuts: the table's buckets depend on the value's hash.
-            K_HASH => {
-                if let Some(w) = self.children.get(a) {
-                    crate::hint::prefetch(w);
-                }
-            }
-            _ => {}
-        }
     }
 
     /// The child a packet goes to and the wide subtree, better rank first.
@@ -1261,40 +1217,68 @@ impl TreeIndex {
         }
     }
 
-    /// Start loading the lines a visit of `r` will need first, so that
-    /// they arrive while other work is done (a plain load whose value
-    /// nothing waits for acts as a prefetch): an internal node's wide
-    /// subtree and, as far as the key tells without reading the node, its
-    /// child or boundaries; a leaf's items; a single entry's box.
+    /// A leaf's entries after its best one (off the lookup path: the walk
+    /// stops at the sentinel instead of counting).
+    fn leaf_rest(&self, r: &Ref) -> &[(u32, u32)] {
+        let items = self.items.get(r.a as usize..).unwrap_or_default();
+        let n = items
+            .iter()
+            .position(|i| i.0 == NONE)
+            .unwrap_or(items.len());
+        &items[..n]
+    }
+
+    /// Ask for the lines a visit of `r` will read first, so that they
+    /// arrive while other work is done (a hint, see
+    /// [`crate::hint::prefetch`]): an internal node's wide subtree and, as
+    /// far as the key tells without reading the node, its child or
+    /// boundaries; a leaf's best box and its other items; a single
+    /// entry's box.
     #[inline(always)]
     fn prime(&self, r: &Ref, key: &Key, boxes: &Boxes) {
+        use crate::hint::prefetch;
         let a = r.a as usize;
         let x = r.x as usize;
         let kind = r.kind();
-        let mut acc = 0u32;
         if kind >= K_BIT {
-            acc ^= self.children.get(a).map_or(0, |c| c.min);
-            let v = key.v[r.dim()];
-            acc ^= match kind {
+            if let Some(w) = self.children.get(a) {
+                prefetch(w);
+            }
+            match kind {
                 K_BIT => {
                     let mask = (1u128 << r.bits()) - 1;
-                    let i = a + 1 + ((v >> r.shift()) & mask) as usize;
-                    self.children.get(i).map_or(0, |c| c.min)
+                    let i = a + 1 + ((key.v[r.dim()] >> r.shift()) & mask) as usize;
+                    if let Some(c) = self.children.get(i) {
+                        prefetch(c);
+                    }
                 }
                 K_RANGE32 => {
-                    self.bounds32.get(x).map_or(0, |b| b.0[0])
-                        ^ self.bounds32.get(x + 1).map_or(0, |b| b.0[0])
+                    if let Some(b) = self.bounds32.get(x..x + 2) {
+                        prefetch(&b[0]);
+                        prefetch(&b[1]);
+                    }
                 }
-                K_RANGE64 => self.bounds64.get(x + 1).map_or(0, |&b| b as u32),
-                K_RANGE => self.bounds.get(x).map_or(0, |&b| b as u32),
-                _ => 0,
-            };
+                K_RANGE64 => {
+                    if let Some(b) = self.bounds64.get(x + 1) {
+                        prefetch(b);
+                    }
+                }
+                K_RANGE => {
+                    if let Some(b) = self.bounds.get(x) {
+                        prefetch(b);
+                    }
+                }
+                // Hash cuts: the bucket depends on the value's hash.
+                _ => {}
+            }
         } else if kind == K_LEAF {
-            acc ^= self.items.get(a).map_or(0, |i| i.0);
+            boxes.prefetch(x);
+            if let Some(i) = self.items.get(a) {
+                prefetch(i);
+            }
         } else if kind == K_ONE {
-            boxes.touch(x);
+            boxes.prefetch(x);
         }
-        std::hint::black_box(acc);
     }
 
     /// A textual outline of the top `levels` levels (debugging aid).
@@ -1322,7 +1306,8 @@ impl TreeIndex {
                 let _ = writeln!(out, "{pad}{label}: one min={}", r.min);
             }
             K_LEAF => {
-                let _ = writeln!(out, "{pad}{label}: leaf {} min={}", r.x, r.min);
+                let n = 1 + self.leaf_rest(r).len();
+                let _ = writeln!(out, "{pad}{label}: leaf {n} min={}", r.min);
             }
             K_BLOCK => {
                 let _ = writeln!(out, "{pad}{label}: blocks {} min={}", r.x, r.min);
@@ -1640,13 +1625,15 @@ impl Builder<'_> {
                 meta: K_ONE,
             };
         }
+        let first = box_of(keep[0]);
         let a = self.t.items.len() as u32;
-        for &e in &keep {
+        for &e in &keep[1..] {
             let bx = box_of(e);
             self.t.items.push((c.rank[e as usize], bx));
         }
+        self.t.items.push((NONE, 0));
         Ref {
-            x: keep.len() as u32,
+            x: first,
             min,
             a,
             meta: K_LEAF,
@@ -2116,9 +2103,8 @@ impl<'a> Cursor<'a> {
             if r.kind() == K_LEAF && !self.primed {
                 // Its items are here (primed with the leaf): start loading
                 // the first few boxes, check them on the next turn.
-                let a = r.a as usize;
-                let n = (r.x as usize).min(LEAF_PRIME);
-                for &(_, bx) in &idx.items[a..a + n] {
+                boxes.touch(r.x as usize);
+                for &(_, bx) in idx.leaf_rest(&r).iter().take(LEAF_PRIME - 1) {
                     boxes.touch(bx as usize);
                 }
                 self.primed = true;
@@ -2130,7 +2116,6 @@ impl<'a> Cursor<'a> {
                 boxes,
                 bk: &self.bk,
             };
-            let sp = self.sp;
             if let Some(next) = idx.visit(
                 c,
                 r,
@@ -2140,10 +2125,8 @@ impl<'a> Cursor<'a> {
                 &mut self.stack,
                 &mut self.sp,
             ) {
-                if self.sp > sp {
-                    // The subtree it set aside: on its way too.
-                    idx.prime(&self.stack[sp], &key, boxes);
-                }
+                // (A subtree it set aside is on its way too: `visit`
+                // primed it.)
                 idx.prime(&next, &key, boxes);
                 self.r = next;
                 self.primed = false;
@@ -2249,7 +2232,8 @@ mod tests {
             K_NIL => {}
             K_ONE => out.extend(t.boxes[f].words(x).into_iter().map(u128::from)),
             K_LEAF => {
-                for &(rank, bx) in &t.items[a..a + x] {
+                out.extend(t.boxes[f].words(x).into_iter().map(u128::from));
+                for &(rank, bx) in t.leaf_rest(&r) {
                     out.push(u128::from(rank));
                     out.extend(t.boxes[f].words(bx as usize).into_iter().map(u128::from));
                 }
