@@ -109,12 +109,11 @@ pub trait GroupClassifier: Send + Sync + Debug {
 /// classifiers are called one by one.
 ///
 /// Measured on the 10 × 10 × 5,000-rule bench (`benches/classifier.rs`,
-/// `many`), this is not yet faster than one `best_match` per group (5–45%
-/// slower on the 2-core VM used): with 100 groups the walks are bound by
-/// TLB misses (≈2,600 distinct pages per packet) more than by cache-line
-/// latency, and the cursors' bookkeeping costs more than the overlap wins.
-/// It is kept as the batched entry point: a layout touching fewer pages
-/// per lookup is what should make it pay (see BENCHMARKS.md).
+/// `many`), this is not faster than one `best_match` per group: 5–45%
+/// slower when it was written, 15–30% since a plain walk prefetches the
+/// subtrees it sets aside (2026-12-05), which gives it most of the
+/// overlap without the cursors' bookkeeping. It is kept as the batched
+/// entry point (see BENCHMARKS.md).
 pub fn best_match_many<'a, I>(groups: I, fv: &FieldValues, out: &mut [Option<usize>])
 where
     I: IntoIterator<Item = &'a dyn GroupClassifier>,
