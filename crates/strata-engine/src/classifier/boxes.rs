@@ -407,12 +407,6 @@ impl Boxes {
         None
     }
 
-    /// Start loading box `i` (see the tree's touch-ahead).
-    #[inline(always)]
-    pub fn touch(&self, i: usize) {
-        std::hint::black_box(self.data.get(i * self.lines).map(|l| l.0[0]));
-    }
-
     /// Ask for box `i`'s first line (a hint, see [`crate::hint::prefetch`]).
     #[inline(always)]
     pub fn prefetch(&self, i: usize) {

@@ -1259,9 +1259,9 @@ impl TreeIndex {
                     }
                 }
                 K_RANGE32 => {
-                    if let Some(b) = self.bounds32.get(x..x + 2) {
-                        prefetch(&b[0]);
-                        prefetch(&b[1]);
+                    // A summary line and a block line at most.
+                    for b in self.bounds32.iter().skip(x).take(2) {
+                        prefetch(b);
                     }
                 }
                 K_RANGE64 => {
@@ -2109,9 +2109,9 @@ impl<'a> Cursor<'a> {
             if r.kind() == K_LEAF && !self.primed {
                 // Its items are here (primed with the leaf): start loading
                 // the first few boxes, check them on the next turn.
-                boxes.touch(r.x as usize);
+                boxes.prefetch(r.x as usize);
                 for &(_, bx) in idx.leaf_rest(&r).iter().take(LEAF_PRIME - 1) {
-                    boxes.touch(bx as usize);
+                    boxes.prefetch(bx as usize);
                 }
                 self.primed = true;
                 return true;
