@@ -69,12 +69,14 @@ fn main() {
     let mut pk = rulegen::packets(&rules, 4096, 2);
     // PACKETS=k: cycle through the first k only (warm caches).
     pk.truncate(env("PACKETS", 4096).max(1));
-    // Tree tuning from the environment (LEAF, BITS, REPLICATE, SPACE,
-    // BUDGET, SAMPLE, CHUNK, BLOCKS): when any is set, the tree is built with it
+    // Tree tuning from the environment (LEAF, LARGE_LEAF, LARGE_FROM, BITS,
+    // REPLICATE, SPACE, BUDGET, SAMPLE, CHUNK, BLOCKS): when any is set, the tree is built with it
     // instead of the planner's choice.
     let d = TreeConfig::default();
     let cfg = TreeConfig {
         leaf_size: env("LEAF", d.leaf_size),
+        large_leaf_size: env("LARGE_LEAF", d.large_leaf_size),
+        large_from: env("LARGE_FROM", d.large_from),
         max_bits: env("BITS", usize::from(d.max_bits)) as u8,
         max_replicate: env("REPLICATE", d.max_replicate),
         space_factor: env("SPACE", d.space_factor),

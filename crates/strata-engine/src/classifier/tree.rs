@@ -95,6 +95,11 @@ const RANGE_SAMPLE: usize = 128;
 pub struct TreeConfig {
     /// Largest leaf the builder stops at.
     pub leaf_size: usize,
+    /// Largest leaf in trees over at least `large_from` entries (0: as
+    /// `leaf_size`): a bigger tree is deeper, and larger leaves take a
+    /// level off its walks.
+    pub large_leaf_size: usize,
+    pub large_from: usize,
     /// Deepest node (wide subtrees count as a level).
     pub max_depth: usize,
     /// Largest fan-out of a bit or range cut, as a power of two (1..=8);
@@ -121,6 +126,22 @@ pub struct TreeConfig {
     pub blocks: bool,
 }
 
+impl TreeConfig {
+    /// The tuning a tree over `entries` entries is built with: bounds
+    /// applied, and the leaf size for its size.
+    fn for_entries(self, entries: usize) -> TreeConfig {
+        let mut cfg = self;
+        cfg.max_bits = cfg.max_bits.clamp(1, 8);
+        cfg.max_depth = cfg.max_depth.min(STACK - 2);
+        if cfg.large_leaf_size > 0 && entries >= cfg.large_from {
+            cfg.leaf_size = cfg.large_leaf_size;
+        }
+        cfg.leaf_size = cfg.leaf_size.max(1);
+        cfg.sample = cfg.sample.max(16);
+        cfg
+    }
+}
+
 impl Default for TreeConfig {
     fn default() -> TreeConfig {
         // Leaves of up to 24 entries and replication across up to 16
@@ -131,6 +152,8 @@ impl Default for TreeConfig {
         // B/rule). See BENCHMARKS.md, "Tree tuning".
         TreeConfig {
             leaf_size: 24,
+            large_leaf_size: 32,
+            large_from: 4096,
             max_depth: 32,
             max_bits: 8,
             max_replicate: 16,
@@ -795,11 +818,7 @@ impl TreeIndex {
             .collect();
         ids.sort_unstable_by_key(|&e| (c.rank[e as usize], e));
         ids.dedup();
-        let mut cfg = cfg;
-        cfg.max_bits = cfg.max_bits.clamp(1, 8);
-        cfg.max_depth = cfg.max_depth.min(STACK - 2);
-        cfg.leaf_size = cfg.leaf_size.max(1);
-        cfg.sample = cfg.sample.max(16);
+        let cfg = cfg.for_entries(ids.len());
         let plan = ChunkPlan::new(c, &ids, cfg);
         let job = ChunkJob {
             c,
@@ -2310,6 +2329,7 @@ mod tests {
             ..TreeConfig::default()
         };
         let merged = TreeIndex::new(&c, &ids, cfg);
+        let cfg = cfg.for_entries(ids.len());
         assert!(merged.roots.len() > 3 && merged.stats.hash_cuts > 0);
         assert!(merged.stats.range_cuts > 0 && !merged.bases32.is_empty());
         // The same chunks, built alone.
@@ -2330,6 +2350,21 @@ mod tests {
                 assert!(want == got, "chunk {i} family {f}");
             }
         }
+    }
+
+    /// Trees of `large_from` entries or more are built with the large leaf
+    /// size; smaller ones, or any with it set to 0, with `leaf_size`.
+    #[test]
+    fn large_trees_take_large_leaves() {
+        let d = TreeConfig::default();
+        assert!(d.large_leaf_size > d.leaf_size);
+        assert_eq!(d.for_entries(d.large_from - 1).leaf_size, d.leaf_size);
+        assert_eq!(d.for_entries(d.large_from).leaf_size, d.large_leaf_size);
+        let off = TreeConfig {
+            large_leaf_size: 0,
+            ..d
+        };
+        assert_eq!(off.for_entries(1 << 20).leaf_size, d.leaf_size);
     }
 
     /// Values sorted as 32-bit numbers come out exactly as a 128-bit sort
