@@ -82,10 +82,12 @@ pub struct Boxes {
     /// Only these are checked per lookup. The first [`BLOCKED_INLINE`] are
     /// kept inline, as are the fields of the one-line layout's narrow
     /// dimensions: a lookup into a cold group then loads no heap line to
-    /// build its [`BoxKey`].
+    /// build its [`BoxKey`]. Unused inline slots repeat the first (so
+    /// every slot is checked, with no count), and `blocked_inline_mask`
+    /// (the inline fields' bits) clears what an unused first slot gives.
     blocked: Vec<(u8, u128)>,
     blocked_inline: [(u8, u128); BLOCKED_INLINE],
-    blocked_inline_len: u8,
+    blocked_inline_mask: u32,
     /// Narrow fields in layout order (one-line and line-split layouts).
     fast_fields: [u8; FAST],
     /// Lines per box.
@@ -107,18 +109,27 @@ pub struct Boxes {
 /// values directly).
 #[derive(Clone, Copy, Debug)]
 pub struct BoxKey {
-    /// The narrow values in layout order, sign-biased (one-line layout and
-    /// blocks).
-    kb: [i32; FAST],
-    /// The same values lined up against a one-line box's words 4..16 (lower
-    /// bounds in 4..10, upper in 10..16) as four 4-lane groups: words 4..8
-    /// against the first four values, 8..12 against `[k4, k5, MAX, MAX]`
-    /// (lower bounds) and `[MIN, MIN, k0, k1]` (upper), 12..16 against the
-    /// last four. The padding lanes never fail, so one check is four lane
-    /// compares with no shuffling.
-    lanes: [[i32; 4]; 4],
+    /// The packet lined up against a one-line box's words, so that a check
+    /// is a handful of 8-lane operations and one test (no shuffle, no
+    /// scalar header work): no word `j` may exceed `lo[j]` (words 4..10 are
+    /// the lower bounds, the packet's sign-biased narrow values sit there),
+    /// no word `8 + j` be below `hi[j]` (upper bounds in 10..16), and the
+    /// header's `need` and `req` (words 0, 1) are AND-ed with `mask` (the
+    /// packet's fields outside the base block, and its absent fields).
+    /// Padding lanes (rule, exactness) never fail.
+    lo: [i32; 16],
+    hi: [i32; 8],
+    mask: [u32; 8],
     /// Narrow dimensions whose value is outside the base block.
     outside: u32,
+}
+
+impl BoxKey {
+    /// The sign-biased value of narrow dimension `t` (layout order).
+    #[inline(always)]
+    fn kb(&self, t: usize) -> i32 {
+        self.lo[HEADER + t]
+    }
 }
 
 impl Boxes {
@@ -201,9 +212,10 @@ impl Boxes {
             .filter(|&&(d, _, _)| c.dims[usize::from(d)].width() > 32)
             .map(|&(_, f, base)| (f, base))
             .collect();
-        let mut blocked_inline = [(0u8, 0u128); BLOCKED_INLINE];
+        let mut blocked_inline = [blocked.first().copied().unwrap_or((0, 0)); BLOCKED_INLINE];
         let inline = blocked.len().min(BLOCKED_INLINE);
         blocked_inline[..inline].copy_from_slice(&blocked[..inline]);
+        let blocked_inline_mask = blocked[..inline].iter().fold(0, |m, &(f, _)| m | 1 << f);
         blocked.drain(..inline);
         let mut fast_fields = [0u8; FAST];
         for (x, &(_, f, _)) in fast_fields.iter_mut().zip(&narrow) {
@@ -212,7 +224,7 @@ impl Boxes {
         Boxes {
             blocked,
             blocked_inline,
-            blocked_inline_len: inline as u8,
+            blocked_inline_mask,
             fast_fields,
             fast: wide.is_empty() && narrow.len() <= FAST,
             narrow,
@@ -287,30 +299,33 @@ impl Boxes {
     #[inline]
     pub fn key(&self, key: &Key) -> BoxKey {
         let mut k = BoxKey {
-            kb: [0; FAST],
-            lanes: [[0; 4]; 4],
+            lo: [i32::MAX; 16],
+            hi: [i32::MIN; 8],
+            mask: [0; 8],
             outside: 0,
         };
         if self.fast || self.split {
-            let n = self.narrow.len().min(FAST);
-            for (x, &f) in k.kb.iter_mut().zip(&self.fast_fields).take(n) {
-                *x = (key.v[usize::from(f)] as u32 ^ BIAS) as i32;
+            // All six, used or not: an unused slot's bounds accept any
+            // value (see `push`), so the loop has a fixed length.
+            for (t, &f) in self.fast_fields.iter().enumerate() {
+                let x = (key.v[usize::from(f)] as u32 ^ BIAS) as i32;
+                k.lo[HEADER + t] = x;
+                k.hi[HEADER + t - 2] = x;
             }
-            let b = k.kb;
-            k.lanes = [
-                [b[0], b[1], b[2], b[3]],
-                [b[4], b[5], i32::MAX, i32::MAX],
-                [i32::MIN, i32::MIN, b[0], b[1]],
-                [b[2], b[3], b[4], b[5]],
-            ];
         }
         // Branch-free: presence and block vary per packet. (Narrower fields
         // of a normal packet always lie in block 0.)
-        let inline = &self.blocked_inline[..usize::from(self.blocked_inline_len)];
-        for &(f, base) in inline.iter().chain(&self.blocked) {
+        let outside = |&(f, base): &(u8, u128)| {
             let v = key.v[usize::from(f)];
-            k.outside |= ((key.present >> f) & u32::from(v >> 32 != base)) << f;
+            ((key.present >> f) & u32::from(v >> 32 != base)) << f
+        };
+        k.outside = self.blocked_inline.iter().fold(0, |o, b| o | outside(b));
+        k.outside &= self.blocked_inline_mask;
+        for b in &self.blocked {
+            k.outside |= outside(b);
         }
+        k.mask[0] = k.outside;
+        k.mask[1] = !key.present;
         k
     }
 
@@ -390,7 +405,7 @@ impl Boxes {
                     + u32::from(b.rank[l] >= best);
             }
             for t in 0..FAST {
-                let k = bk.kb[t] as u32 ^ BIAS;
+                let k = bk.kb(t) as u32 ^ BIAS;
                 for l in 0..LANES {
                     bad[l] += u32::from(k.wrapping_sub(b.lo[t][l]) > b.span[t][l]);
                 }
@@ -427,14 +442,12 @@ impl Boxes {
     ) -> bool {
         if self.fast {
             let w = &self.data[i].0;
-            let bad = first_line_bad(w, bk, key);
-            // One branch, on the rare inexact match (not on whether the
-            // box matched, which is a coin toss).
-            let ok = bad == 0;
-            if ok & (w[3] == 0) {
-                return c.flat.matches(w[2] as usize, fv);
+            // (The caller branches on the result anyway; the exactness
+            // test after it is all but always taken the same way.)
+            if first_line_bad(w, bk) {
+                return false;
             }
-            ok
+            w[3] != 0 || c.flat.matches(w[2] as usize, fv)
         } else if self.lines == 1 {
             // Branch-free: which entries match differs from packet to
             // packet, so early exits would mostly be mispredicted.
@@ -461,13 +474,13 @@ impl Boxes {
                 return false;
             };
             let w = &lines[0].0;
-            let mut bad = first_line_bad(w, bk, key);
             // One branch between the lines: a box failing on its first line
             // (most do) does not load the second, a likely cache miss that
             // costs more than the occasional misprediction.
-            if bad != 0 {
+            if first_line_bad(w, bk) {
                 return false;
             }
+            let mut bad = 0;
             for (line, pair) in lines[1..].iter().zip(self.wide.chunks(2)) {
                 for (k, &(_, f)) in pair.iter().enumerate() {
                     let v = key.v[usize::from(f)];
@@ -535,7 +548,7 @@ impl Boxes {
             wide: self.wide.clone(),
             blocked: self.blocked.clone(),
             blocked_inline: self.blocked_inline,
-            blocked_inline_len: self.blocked_inline_len,
+            blocked_inline_mask: self.blocked_inline_mask,
             fast_fields: self.fast_fields,
             lines: self.lines,
             split: self.split,
@@ -585,22 +598,21 @@ impl Boxes {
 }
 
 /// The one-line check of a box's first line (header and up to [`FAST`]
-/// biased narrow intervals, all compared): non-zero when it fails.
+/// biased narrow intervals, all compared): true when it fails.
 #[inline(always)]
-fn first_line_bad(w: &[u32; 16], bk: &BoxKey, key: &Key) -> u32 {
+fn first_line_bad(w: &[u32; 16], bk: &BoxKey) -> bool {
     const _: () = assert!(HEADER == 4 && FAST == 6);
-    let header = (w[1] & !key.present) | (w[0] & bk.outside);
-    // Lane-wise (see `BoxKey::lanes`): `k < lo` on words 4..12, `k > hi`
-    // on words 8..16; 0/1 terms OR-ed, which vectorizes.
-    let l = &bk.lanes;
-    let mut bad = 0u32;
-    for t in 0..4 {
-        bad |= u32::from(l[0][t] < w[4 + t] as i32)
-            | u32::from(l[1][t] < w[8 + t] as i32)
-            | u32::from(l[2][t] > w[8 + t] as i32)
-            | u32::from(l[3][t] > w[12 + t] as i32);
+    // Lane-wise on the two half-lines (see `BoxKey::lo`): every term is 0
+    // or all ones but the header's, OR-ed, then one test; this vectorizes.
+    let mut acc = [0u32; 8];
+    for (i, x) in acc.iter_mut().enumerate() {
+        let (a, b) = (w[i], w[8 + i]);
+        *x = (a & bk.mask[i])
+            | 0u32.wrapping_sub(u32::from(a as i32 > bk.lo[i]))
+            | 0u32.wrapping_sub(u32::from(b as i32 > bk.lo[8 + i]))
+            | 0u32.wrapping_sub(u32::from(bk.hi[i] > b as i32));
     }
-    header | bad
+    acc.iter().fold(0, |o, &x| o | x) != 0
 }
 
 /// Words `j` (low) and `j + 1` of a line as one 64-bit number.
