@@ -17,7 +17,8 @@
 //! (instructions per lookup = collected Ir / (4096 × ROUNDS)). `BUILDS=k`
 //! times k builds of the group and prints the median. `COMPILES=k` times
 //! k runs of the classifiers' common front end alone (`Compiled::new`)
-//! and prints the median, fastest and slowest.
+//! and prints the median, fastest and slowest. `FAMILY=4` or `6` keeps
+//! only the IPv4 or IPv6 packets.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -67,9 +68,19 @@ fn main() {
     let mt = MatchType::Priority;
     let rules = rulegen::acl(n, 1);
     let mut pk = rulegen::packets(&rules, 4096, 2);
+    // FAMILY=4 or 6: only the packets whose source address is IPv4 (in
+    // IPv6 space) or IPv6 (the bench's mix is about a tenth IPv6).
+    let family = env("FAMILY", 0);
+    if family == 4 || family == 6 {
+        let v4 = |fv: &FieldValues| {
+            fv.get(strata_engine::condition::Field::SrcIp)
+                .is_some_and(|v| v >> 32 == 0xffff)
+        };
+        pk.retain(|fv| v4(fv) == (family == 4));
+    }
     // PACKETS=k: cycle through the first k only (warm caches).
     pk.truncate(env("PACKETS", 4096).max(1));
-    // Tree tuning from the environment (LEAF, LARGE_LEAF, LARGE_FROM, BITS,
+    // Tree tuning from the environment (LEAF, LARGE_LEAF, LARGE_FROM, WIDE_LEAF, BITS,
     // REPLICATE, SPACE, BUDGET, SAMPLE, CHUNK, BLOCKS): when any is set, the tree is built with it
     // instead of the planner's choice.
     let d = TreeConfig::default();
@@ -77,6 +88,7 @@ fn main() {
         leaf_size: env("LEAF", d.leaf_size),
         large_leaf_size: env("LARGE_LEAF", d.large_leaf_size),
         large_from: env("LARGE_FROM", d.large_from),
+        wide_leaf_size: env("WIDE_LEAF", d.wide_leaf_size),
         max_bits: env("BITS", usize::from(d.max_bits)) as u8,
         max_replicate: env("REPLICATE", d.max_replicate),
         space_factor: env("SPACE", d.space_factor),
