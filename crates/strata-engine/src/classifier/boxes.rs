@@ -23,8 +23,8 @@
 //!
 //! Boxes of two lines or more with few narrow dimensions (IPv6 5-tuples)
 //! are *line-split*: the first line is laid out and checked like a one-line
-//! box, the 128-bit intervals follow two per line, compared as 64-bit
-//! halves without branches; the second line is only loaded when the first
+//! box, the 128-bit intervals follow two per line, compared as 128-bit
+//! numbers without branches; the second line is only loaded when the first
 //! passes.
 
 use super::compile::{Compiled, Key};
@@ -95,8 +95,8 @@ pub struct Boxes {
     /// Line-split layout (boxes of two lines or more with at most
     /// [`FAST`] narrow dimensions, IPv6 above all): the first line as in
     /// the one-line layout (header, biased narrow bounds), then two 128-bit
-    /// intervals per line at fixed offsets, each bound read as two 64-bit
-    /// words: the whole check is branch-free.
+    /// intervals per line at fixed offsets, each bound read as one 128-bit
+    /// number: the whole check is branch-free.
     split: bool,
     /// One-line layout: header, then the (sign-biased) lower bounds of up
     /// to [`FAST`] narrow dimensions, then their upper bounds, compared
@@ -484,13 +484,10 @@ impl Boxes {
             for (line, pair) in lines[1..].iter().zip(self.wide.chunks(2)) {
                 for (k, &(_, f)) in pair.iter().enumerate() {
                     let v = key.v[usize::from(f)];
-                    let (vh, vl) = ((v >> 64) as u64, v as u64);
-                    let (lh, ll) = (word64(&line.0, 8 * k + 2), word64(&line.0, 8 * k));
-                    let (hh, hl) = (word64(&line.0, 8 * k + 6), word64(&line.0, 8 * k + 4));
-                    // `v < lo` and `v > hi` on 64-bit halves, no branch.
-                    let below = (vh < lh) | ((vh == lh) & (vl < ll));
-                    let above = (vh > hh) | ((vh == hh) & (vl > hl));
-                    bad |= u32::from(below | above);
+                    // 128-bit comparisons, no branch (a compare and a
+                    // subtract with borrow each).
+                    let (lo, hi) = (word128(&line.0, 8 * k), word128(&line.0, 8 * k + 4));
+                    bad |= u32::from(v < lo) | u32::from(v > hi);
                 }
             }
             let ok = bad == 0;
@@ -615,12 +612,7 @@ fn first_line_bad(w: &[u32; 16], bk: &BoxKey) -> bool {
     acc.iter().fold(0, |o, &x| o | x) != 0
 }
 
-/// Words `j` (low) and `j + 1` of a line as one 64-bit number.
-#[inline(always)]
-fn word64(w: &[u32; 16], j: usize) -> u64 {
-    u64::from(w[j]) | (u64::from(w[j + 1]) << 32)
-}
-
+/// Words `j` (lowest) to `j + 3` of a line as one 128-bit number.
 #[inline]
 fn word128(w: &[u32; 16], j: usize) -> u128 {
     (0..4).fold(0u128, |a, q| a | (u128::from(w[j + q]) << (32 * q)))
