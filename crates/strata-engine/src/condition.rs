@@ -285,6 +285,10 @@ pub fn all_match(conds: &[Condition], fv: &FieldValues) -> bool {
 pub struct FieldValues {
     values: [u128; Field::COUNT],
     present: u32,
+    /// Bit [`Field::index`] set per field whose value exceeds the field's
+    /// width (only a caller's own values can: a parsed packet's never do),
+    /// kept as values are set so that each classification tests one mask.
+    oversize: u32,
 }
 
 impl FieldValues {
@@ -292,6 +296,7 @@ impl FieldValues {
     pub const EMPTY: FieldValues = FieldValues {
         values: [0; Field::COUNT],
         present: 0,
+        oversize: 0,
     };
 
     pub fn from_ufid(u: &Ufid) -> FieldValues {
@@ -371,10 +376,7 @@ impl FieldValues {
 
     /// Build directly from values (tests, benches, generators).
     pub fn from_pairs(pairs: &[(Field, u128)]) -> FieldValues {
-        let mut fv = FieldValues {
-            values: [0; Field::COUNT],
-            present: 0,
-        };
+        let mut fv = FieldValues::EMPTY;
         for &(f, v) in pairs {
             fv.set(f, v);
         }
@@ -385,6 +387,16 @@ impl FieldValues {
     pub fn set(&mut self, f: Field, v: u128) {
         self.values[f.index()] = v;
         self.present |= 1 << f.index();
+        // (Free where the value's type already fits the field.)
+        let over = u32::from(v > f.max_value()) << f.index();
+        self.oversize = (self.oversize & !(1 << f.index())) | over;
+    }
+
+    /// Bit [`Field::index`] set per present field whose value is wider
+    /// than the field.
+    #[inline(always)]
+    pub fn oversize(&self) -> u32 {
+        self.oversize
     }
 
     /// Every field's value by [`Field::index`], for classifiers reading
@@ -416,6 +428,22 @@ impl FieldValues {
 mod tests {
     use super::*;
     use strata_packet::flow::{FlowKey, MacAddr, OuterKey, TunnelKind};
+
+    /// A value wider than its field is flagged, and the flag goes when the
+    /// field is set again within its width.
+    #[test]
+    fn oversize_values_are_flagged() {
+        let mut fv = FieldValues::from_pairs(&[(Field::DstPort, 443), (Field::SrcIp, u128::MAX)]);
+        assert_eq!(fv.oversize(), 0);
+        fv.set(Field::Vlan, 4096);
+        fv.set(Field::Dscp, 63);
+        fv.set(Field::TunnelId, 1 << 24);
+        let bits = |fs: &[Field]| fs.iter().fold(0, |m, f| m | 1 << f.index());
+        assert_eq!(fv.oversize(), bits(&[Field::Vlan, Field::TunnelId]));
+        fv.set(Field::Vlan, 4095);
+        assert_eq!(fv.oversize(), bits(&[Field::TunnelId]));
+        assert_eq!(fv.get(Field::Vlan), Some(4095));
+    }
 
     #[test]
     fn field_of_agrees_with_from_ufid() {

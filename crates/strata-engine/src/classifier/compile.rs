@@ -326,12 +326,10 @@ pub struct Compiled {
     /// The fields indexed: addresses first, then the most referenced.
     pub(crate) dims: Vec<Field>,
     pub(crate) maxes: Vec<u128>,
-    /// `(field index, width)` of the dimensions narrower than 128 bits
-    /// (all 48 bits or less; the first `width_checks_len`): a packet exceeding one is classified
-    /// by [`Compiled::fallback`]. Inline rather than on the heap: a lookup
-    /// into a cold group then loads no line just for this check.
-    pub(crate) width_checks: [(u8, u8); Field::COUNT],
-    pub(crate) width_checks_len: u8,
+    /// The dimensions' fields (bit [`Field::index`]): a packet whose value
+    /// on one is wider than the field ([`FieldValues::oversize`]) is
+    /// classified by [`Compiled::fallback`].
+    pub(crate) dim_fields: u32,
     pub(crate) flat: FlatRules,
     /// Entry records of `stride = 1 + 2 * dims.len()` words: a header
     /// (required-dimension mask, rule index, exactness: the box decides and
@@ -454,14 +452,7 @@ impl Compiled {
         let mut c = Compiled {
             match_type,
             maxes: dims.iter().map(|f| f.max_value()).collect(),
-            width_checks: {
-                let mut w = [(0, 0); Field::COUNT];
-                for (x, f) in w.iter_mut().zip(dims.iter().filter(|f| f.width() < 128)) {
-                    *x = (f.index() as u8, f.width());
-                }
-                w
-            },
-            width_checks_len: dims.iter().filter(|f| f.width() < 128).count() as u8,
+            dim_fields: dims.iter().fold(0, |m, f| m | 1 << f.index()),
             dims,
             flat: FlatRules::with_capacity(rules.len()),
             recs: Vec::new(),
@@ -825,20 +816,10 @@ impl Compiled {
 
     /// The packet's key, or `None` if a value is wider than its field (the
     /// caller then falls back to [`Compiled::fallback`]). Nothing is
-    /// copied: only the group's narrow dimensions are checked.
+    /// copied, and the widths were checked as the values were set.
     #[inline(always)]
     pub fn key<'a>(&self, fv: &'a FieldValues) -> Option<Key<'a>> {
-        let k = Key::of(fv);
-        // Branch-free, a handful of dimensions; an absent field's value is
-        // 0, so presence needs no check.
-        // (Shifts of the 64-bit halves: a 128-bit shift by a variable
-        // costs several instructions.)
-        let mut wide = 0u64;
-        for &(f, bits) in &self.width_checks[..usize::from(self.width_checks_len)] {
-            let v = k.v[usize::from(f)];
-            wide |= ((v >> 64) as u64) | ((v as u64) >> bits);
-        }
-        (wide == 0).then_some(k)
+        (fv.oversize() & self.dim_fields == 0).then(|| Key::of(fv))
     }
 
     /// The presence bit of dimension `d` (entry headers and every index
