@@ -2337,14 +2337,20 @@ mod tests {
         }
     }
 
+    /// A generated ACL compiled and ranked, and all its entries.
+    fn ranked_acl(n: usize, seed: u64) -> (Compiled, Vec<u32>) {
+        let rules = crate::rulegen::acl(n, seed);
+        let mut c = Compiled::new(&rules, crate::classifier::MatchType::Priority);
+        c.sort_by_rank();
+        let ids: Vec<u32> = (0..c.len() as u32).collect();
+        (c, ids)
+    }
+
     /// A tree built in rank chunks on threads and appended into one holds,
     /// chunk by chunk, exactly the trees each chunk's builder made.
     #[test]
     fn appended_chunks_keep_their_trees() {
-        let rules = crate::rulegen::acl(20_000, 3);
-        let mut c = Compiled::new(&rules, crate::classifier::MatchType::Priority);
-        c.sort_by_rank();
-        let ids: Vec<u32> = (0..c.len() as u32).collect();
+        let (c, ids) = ranked_acl(20_000, 3);
         let cfg = TreeConfig {
             chunk: 1024,
             ..TreeConfig::default()
@@ -2418,10 +2424,7 @@ mod tests {
     /// those built without it.
     #[test]
     fn wide_boxes_take_small_leaves() {
-        let rules = crate::rulegen::acl(20_000, 1);
-        let mut c = Compiled::new(&rules, crate::classifier::MatchType::Priority);
-        c.sort_by_rank();
-        let ids: Vec<u32> = (0..c.len() as u32).collect();
+        let (c, ids) = ranked_acl(20_000, 1);
         let d = TreeConfig::default();
         assert!(d.wide_leaf_size > 0 && d.wide_leaf_size < d.large_leaf_size);
         let with = TreeIndex::new(&c, &ids, d);
