@@ -310,7 +310,7 @@ impl Boxes {
             for (t, &f) in self.fast_fields.iter().enumerate() {
                 let x = (key.v[usize::from(f)] as u32 ^ BIAS) as i32;
                 k.lo[HEADER + t] = x;
-                k.hi[HEADER + t - 2] = x;
+                k.hi[HEADER + FAST + t - 8] = x;
             }
         }
         // Branch-free: presence and block vary per packet. (Narrower fields
@@ -568,6 +568,11 @@ impl Boxes {
     /// `(narrow dimensions, wide dimensions, lines per box)`.
     pub fn layout(&self) -> (usize, usize, usize) {
         (self.narrow.len(), self.wide.len(), self.lines)
+    }
+
+    /// Cache lines per box.
+    pub fn lines(&self) -> usize {
+        self.lines
     }
 
     pub fn is_empty(&self) -> bool {

@@ -688,7 +688,7 @@ impl ChunkJob<'_> {
             }
             b.slots[f] = vec![NIL; c.len()];
             b.fam = f;
-            b.leaf_size = if self.cfg.wide_leaf_size > 0 && self.layouts[f].layout().2 > 1 {
+            b.leaf_size = if self.cfg.wide_leaf_size > 0 && self.layouts[f].lines() > 1 {
                 self.cfg.wide_leaf_size
             } else {
                 self.cfg.leaf_size
@@ -2440,7 +2440,7 @@ mod tests {
         let mut wide_families = 0;
         for f in 0..FAMILIES {
             let (mut got, mut base) = (Vec::new(), Vec::new());
-            let wide = with.boxes[f].layout().2 > 1;
+            let wide = with.boxes[f].lines() > 1;
             for (rw, ro) in with.roots.iter().zip(&without.roots) {
                 if wide {
                     leaf_sizes(&with, rw[f], &mut got);
