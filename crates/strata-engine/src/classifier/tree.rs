@@ -145,6 +145,15 @@ impl TreeConfig {
         cfg.sample = cfg.sample.max(16);
         cfg
     }
+
+    /// The largest leaf of a family whose boxes take `lines` cache lines.
+    fn leaf_size_for(&self, lines: usize) -> usize {
+        if self.wide_leaf_size > 0 && lines > 1 {
+            self.wide_leaf_size
+        } else {
+            self.leaf_size
+        }
+    }
 }
 
 impl Default for TreeConfig {
@@ -688,11 +697,7 @@ impl ChunkJob<'_> {
             }
             b.slots[f] = vec![NIL; c.len()];
             b.fam = f;
-            b.leaf_size = if self.cfg.wide_leaf_size > 0 && self.layouts[f].lines() > 1 {
-                self.cfg.wide_leaf_size
-            } else {
-                self.cfg.leaf_size
-            };
+            b.leaf_size = self.cfg.leaf_size_for(self.layouts[f].lines());
             roots[f] = b.build(ids, 0);
             b.slots[f] = Vec::new();
         }
