@@ -422,6 +422,53 @@ impl Boxes {
         None
     }
 
+    /// The rank of the first of a leaf's `(rank, box)` items that matches,
+    /// scanning while ranks stay below `best` (ranks ascend; a leaf ends
+    /// with a sentinel rank). `on_check` is called per box checked. The
+    /// one-line layout gets its own loop with the store's fields read
+    /// once: inside the tree walk, the general [`Boxes::matches`] reloads
+    /// them from the stack for every box.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn first_match(
+        &self,
+        c: &Compiled,
+        items: &[(u32, u32)],
+        bk: &BoxKey,
+        key: &Key,
+        fv: &FieldValues,
+        best: u32,
+        mut on_check: impl FnMut(),
+    ) -> Option<u32> {
+        if self.fast {
+            let data = self.data.as_slice();
+            for &(rk, bx) in items {
+                if rk >= best {
+                    break;
+                }
+                on_check();
+                let Some(line) = data.get(bx as usize) else {
+                    continue;
+                };
+                let w = &line.0;
+                if !first_line_bad(w, bk) && (w[3] != 0 || c.flat.matches(w[2] as usize, fv)) {
+                    return Some(rk);
+                }
+            }
+        } else {
+            for &(rk, bx) in items {
+                if rk >= best {
+                    break;
+                }
+                on_check();
+                if self.matches(c, bx as usize, bk, key, fv) {
+                    return Some(rk);
+                }
+            }
+        }
+        None
+    }
+
     /// Ask for box `i`'s first line (a hint, see [`crate::hint::prefetch`]).
     #[inline(always)]
     pub fn prefetch(&self, i: usize) {

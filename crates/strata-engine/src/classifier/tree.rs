@@ -1168,15 +1168,11 @@ impl TreeIndex {
             // cannot win (the sentinel at the latest). (Checking every
             // entry branch-free was tried: more work and no fewer
             // mispredictions with leaves this small.)
-            for &(rk, bx) in items {
-                if rk >= *best {
-                    break;
-                }
-                p.check();
-                if q.boxes.matches(c, bx as usize, q.bk, q.key, q.fv) {
-                    *best = rk;
-                    break;
-                }
+            if let Some(rk) = q
+                .boxes
+                .first_match(c, items, q.bk, q.key, q.fv, *best, || p.check())
+            {
+                *best = rk;
             }
         } else if kind == K_ONE {
             // A leaf's first check, alone (kept apart from the leaf's arm:
