@@ -155,6 +155,15 @@ pub struct ActionCx<'a> {
 pub trait Action: Send + Sync + Debug {
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput;
 
+    /// For an action whose every output is the identity transposition
+    /// with this verdict, no counters and no state (plain allow and
+    /// block): the verdict. The engine then decides such a rule's flows
+    /// without calling [`Action::process`]. `None` (the default) for any
+    /// other action.
+    fn fixed_verdict(&self) -> Option<Result<(), DropReason>> {
+        None
+    }
+
     /// Release custom per-flow state. Resource state (SNAT ports) is
     /// released by the engine.
     fn teardown(&self, _state: &ActionState, _resources: &mut Resources) {}
@@ -330,6 +339,10 @@ impl Fixed {
 }
 
 impl Action for Fixed {
+    fn fixed_verdict(&self) -> Option<Result<(), DropReason>> {
+        self.0.is_identity().then_some(self.1)
+    }
+
     #[inline]
     fn process(&self, _cx: &mut ActionCx<'_>) -> ActionOutput {
         ActionOutput {

@@ -12,7 +12,7 @@ use crate::action::{Action, ActionRegistry, ActionSpec, CompileError};
 use crate::classifier::{self, GroupClassifier, MatchType};
 use crate::condition::{Condition, FieldValues, all_match};
 use crate::error::{ApiError, check_id};
-use crate::types::{Direction, Time, secs};
+use crate::types::{Direction, DropReason, Time, secs};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};
@@ -291,14 +291,14 @@ impl Group {
                     a
                 }
             };
-            rules.push(CompiledRule {
-                identity: Arc::new(RuleIdentity {
+            rules.push(CompiledRule::new(
+                Arc::new(RuleIdentity {
                     id: Arc::from(r.id.as_str()),
                     fingerprint: r.fingerprint(),
                     counter: u32::MAX,
                 }),
                 action,
-            });
+            ));
         }
         Ok(rules)
     }
@@ -321,9 +321,22 @@ pub struct RuleIdentity {
 pub struct CompiledRule {
     pub identity: Arc<RuleIdentity>,
     pub action: Arc<dyn Action>,
+    /// The action's [`Action::fixed_verdict`], asked once at compile time
+    /// (the slow path then skips the action call for plain allow and
+    /// block rules).
+    pub fixed: Option<Result<(), DropReason>>,
 }
 
 impl CompiledRule {
+    /// A compiled rule with its action's fixed verdict taken.
+    pub fn new(identity: Arc<RuleIdentity>, action: Arc<dyn Action>) -> CompiledRule {
+        CompiledRule {
+            fixed: action.fixed_verdict(),
+            identity,
+            action,
+        }
+    }
+
     /// The rule's id, shared by every layer flow it creates.
     pub fn id(&self) -> &Arc<str> {
         &self.identity.id

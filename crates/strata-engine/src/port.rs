@@ -1215,6 +1215,23 @@ impl Port {
                 }
                 continue;
             };
+            // A stateless allow or block rule needs no action call: its
+            // verdict is all there is to it.
+            if !trace
+                && let Some((rule, crule, _)) = layer.rule(rref)
+                && let Some(verdict) = crule.fixed
+                && (!rule.stateful || mode == Mode::DryRun || verdict.is_err())
+            {
+                if let Err(reason) = verdict {
+                    sim.verdict = Some((reason, li as u16));
+                    sim.drop_counters = smallvec![layer.counter, crule.counter()];
+                    break;
+                }
+                sim.counters.push(layer.counter);
+                sim.counters.push(crule.counter());
+                sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
+                continue;
+            }
             let mut lf = None;
             let out = self.run_rule(layer, rref, d, local, miss_hash, now, mode, &mut lf);
             let Some((rule, crule, group)) = layer.rule(rref) else {
@@ -1285,19 +1302,24 @@ impl Port {
         let Some((rule, crule, _)) = layer.rule(rref) else {
             return ActionOutput::drop(DropReason::ActionRefused);
         };
-        let mut cx = ActionCx {
-            direction: d,
-            flow: local,
-            now,
-            dry_run: mode == Mode::DryRun,
-            layer: &layer.id,
-            rule: &rule.id,
-            rule_counter: crule.counter(),
-            resources: &mut self.resources,
-            events: &mut self.events,
-            counters: &mut self.counters.arena,
+        let mut out = match crule.fixed {
+            Some(verdict) => ActionOutput {
+                verdict,
+                ..ActionOutput::allow(Transposition::IDENTITY)
+            },
+            None => crule.action.process(&mut ActionCx {
+                direction: d,
+                flow: local,
+                now,
+                dry_run: mode == Mode::DryRun,
+                layer: &layer.id,
+                rule: &rule.id,
+                rule_counter: crule.counter(),
+                resources: &mut self.resources,
+                events: &mut self.events,
+                counters: &mut self.counters.arena,
+            }),
         };
-        let mut out = crule.action.process(&mut cx);
         if out.verdict.is_err() || !rule.stateful || mode == Mode::DryRun {
             // Stateless rules keep no per-flow state.
             if out.state != ActionState::None {

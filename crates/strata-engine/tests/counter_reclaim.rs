@@ -503,3 +503,55 @@ fn bounded_and_whole_table_expiry_agree_under_churn() {
         p.verify_flow_state().expect("reference counts");
     }
 }
+
+/// Stateless allow and block rules (decided on the slow path without an
+/// action call) count their packets and drops like any other rule, on the
+/// first packet and on the unified flow's later ones, and a trace still
+/// names them.
+#[test]
+fn stateless_allow_and_block_rules_count() {
+    use strata_engine::Condition;
+    use strata_engine::trace::LayerDecision;
+    let mut p = Port::new("stateless", PortConfig::default());
+    let acl = LayerSpec {
+        groups: vec![Group::new("acl-out", Direction::Out).with_rules(vec![
+            Rule::new(
+                "block-from-1000",
+                5,
+                vec![Condition::exact(Field::SrcPort, 1000)],
+                ActionSpec::Block,
+            ),
+            Rule::new("allow-rest", 10, vec![], ActionSpec::Allow),
+        ])],
+        ..LayerSpec::new("acl", DefaultAction::Block, DefaultAction::Block)
+    };
+    p.add_layer(acl, None).unwrap();
+    for i in 0..3 {
+        assert!(forwards(
+            &mut p,
+            Direction::Out,
+            &out_udp(2000),
+            secs(1 + i)
+        ));
+    }
+    for i in 0..2 {
+        assert!(!forwards(
+            &mut p,
+            Direction::Out,
+            &out_udp(1000),
+            secs(1 + i)
+        ));
+    }
+    let c = p.counters();
+    assert_eq!(c.rule("acl", "allow-rest").packets, 3);
+    assert_eq!(c.rule("acl", "allow-rest").drops, 0);
+    assert_eq!(c.rule("acl", "block-from-1000").drops, 2);
+    assert_eq!(c.layer("acl").packets, 3);
+    assert_eq!(c.layer("acl").drops, 2);
+    let ufid = strata_packet::parse(&out_udp(2000)).expect("parses").ufid;
+    let t = p.trace(Direction::Out, &ufid, secs(5));
+    assert!(
+        matches!(&t.layers[0].decision, LayerDecision::Rule { rule, .. } if rule == "allow-rest"),
+        "{t}"
+    );
+}
