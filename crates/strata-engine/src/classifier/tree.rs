@@ -1147,7 +1147,10 @@ impl TreeIndex {
                     stack[*sp] = second;
                     *sp += 1;
                 } else {
-                    self.walk_deeper(c, second, q, best, p);
+                    // A cursor's short stack is full (a walk's never is:
+                    // depth is bounded); stay exact.
+                    let mut more = [NIL_REF; STACK];
+                    self.walk(c, second, q, best, p, &mut more);
                 }
             }
             return Some(first);
@@ -1181,42 +1184,13 @@ impl TreeIndex {
             }
         } else if kind == K_BLOCK {
             p.check();
-            self.visit_blocks(c, r, q, best);
+            let a = r.a as usize;
+            let blocks = &self.blocks[a..a + r.x as usize];
+            if let Some(rk) = q.boxes.match_blocks(c, blocks, q.bk, q.key, q.fv, *best) {
+                *best = rk;
+            }
         }
         None
-    }
-
-    /// A subtree the walk's stack has no room for, walked on a fresh
-    /// stack (a cursor's short stack can fill up; a walk's never does:
-    /// depth is bounded). Out of line, like the other rare steps below,
-    /// so the walk's loop does not keep their arrays at hand.
-    #[cold]
-    #[inline(never)]
-    fn walk_deeper<P: Probe>(&self, c: &Compiled, r: Ref, q: &Query, best: &mut u32, p: &mut P) {
-        let mut more = [NIL_REF; STACK];
-        self.walk(c, r, q, best, p, &mut more);
-    }
-
-    /// A leaf of lane-parallel blocks.
-    #[inline(never)]
-    fn visit_blocks(&self, c: &Compiled, r: Ref, q: &Query, best: &mut u32) {
-        let a = r.a as usize;
-        let Some(blocks) = self.blocks.get(a..a + r.x as usize) else {
-            return;
-        };
-        if let Some(rk) = q.boxes.match_blocks(c, blocks, q.bk, q.key, q.fv, *best) {
-            *best = rk;
-        }
-    }
-
-    /// A hash cut's child for value `v`.
-    #[inline(never)]
-    fn hash_child(&self, r: &Ref, v: u128) -> Ref {
-        self.tables
-            .get(r.x as usize)
-            .and_then(|t| t.get(&v))
-            .copied()
-            .unwrap_or(NIL_REF)
     }
 
     /// The child a packet goes to and the wide subtree, better rank first.
@@ -1273,7 +1247,7 @@ impl TreeIndex {
                     let i = rank128(keys, v).min(r.bits() as usize);
                     &self.children[a + 1 + i]
                 }
-                _ => &self.hash_child(r, v),
+                _ => self.tables[r.x as usize].get(&v).unwrap_or(&NIL_REF),
             }
         };
         let wide = &self.children[a];
