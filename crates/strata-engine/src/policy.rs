@@ -291,14 +291,14 @@ impl Group {
                     a
                 }
             };
-            rules.push(CompiledRule::new(
-                Arc::new(RuleIdentity {
+            rules.push(CompiledRule {
+                identity: Arc::new(RuleIdentity {
                     id: Arc::from(r.id.as_str()),
                     fingerprint: r.fingerprint(),
                     counter: u32::MAX,
                 }),
                 action,
-            ));
+            });
         }
         Ok(rules)
     }
@@ -321,20 +321,15 @@ pub struct RuleIdentity {
 pub struct CompiledRule {
     pub identity: Arc<RuleIdentity>,
     pub action: Arc<dyn Action>,
-    /// The action's [`Action::fixed_verdict`], asked once at compile time
-    /// (the slow path then skips the action call for plain allow and
-    /// block rules).
-    pub fixed: Option<Result<(), DropReason>>,
 }
 
 impl CompiledRule {
-    /// A compiled rule with its action's fixed verdict taken.
-    pub fn new(identity: Arc<RuleIdentity>, action: Arc<dyn Action>) -> CompiledRule {
-        CompiledRule {
-            fixed: action.fixed_verdict(),
-            identity,
-            action,
-        }
+    /// The action's [`Action::fixed_verdict`]: the slow path skips the
+    /// action call for plain allow and block rules. (Asked per use, not
+    /// stored: a field would grow every compiled rule by a third.)
+    #[inline]
+    pub fn fixed(&self) -> Option<Result<(), DropReason>> {
+        self.action.fixed_verdict()
     }
 
     /// The rule's id, shared by every layer flow it creates.

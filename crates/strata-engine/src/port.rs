@@ -1219,7 +1219,7 @@ impl Port {
             // verdict is all there is to it.
             if !trace
                 && let Some((rule, crule, _)) = layer.rule(rref)
-                && let Some(verdict) = crule.fixed
+                && let Some(verdict) = crule.fixed()
                 && (!rule.stateful || mode == Mode::DryRun || verdict.is_err())
             {
                 if let Err(reason) = verdict {
@@ -1302,24 +1302,19 @@ impl Port {
         let Some((rule, crule, _)) = layer.rule(rref) else {
             return ActionOutput::drop(DropReason::ActionRefused);
         };
-        let mut out = match crule.fixed {
-            Some(verdict) => ActionOutput {
-                verdict,
-                ..ActionOutput::allow(Transposition::IDENTITY)
-            },
-            None => crule.action.process(&mut ActionCx {
-                direction: d,
-                flow: local,
-                now,
-                dry_run: mode == Mode::DryRun,
-                layer: &layer.id,
-                rule: &rule.id,
-                rule_counter: crule.counter(),
-                resources: &mut self.resources,
-                events: &mut self.events,
-                counters: &mut self.counters.arena,
-            }),
+        let mut cx = ActionCx {
+            direction: d,
+            flow: local,
+            now,
+            dry_run: mode == Mode::DryRun,
+            layer: &layer.id,
+            rule: &rule.id,
+            rule_counter: crule.counter(),
+            resources: &mut self.resources,
+            events: &mut self.events,
+            counters: &mut self.counters.arena,
         };
+        let mut out = crule.action.process(&mut cx);
         if out.verdict.is_err() || !rule.stateful || mode == Mode::DryRun {
             // Stateless rules keep no per-flow state.
             if out.state != ActionState::None {
