@@ -329,29 +329,40 @@ impl ActionRegistry {
 /// and counts nothing of its own: only the transposition and verdict are
 /// kept, so producing the output clones no counter list or state).
 #[derive(Debug)]
-struct Fixed(Transposition, Result<(), DropReason>);
+struct Fixed {
+    transposition: Transposition,
+    verdict: Result<(), DropReason>,
+    /// Whether `transposition` is the identity (decided once: comparing
+    /// every field costs more than the rest of a plain allow).
+    identity: bool,
+}
 
 impl Fixed {
     fn of(out: ActionOutput) -> Fixed {
         debug_assert!(out.counters.is_empty() && out.state == ActionState::None);
-        Fixed(out.transposition, out.verdict)
+        Fixed {
+            identity: out.transposition.is_identity(),
+            transposition: out.transposition,
+            verdict: out.verdict,
+        }
     }
 }
 
 impl Action for Fixed {
+    #[inline]
     fn fixed_verdict(&self) -> Option<Result<(), DropReason>> {
-        self.0.is_identity().then_some(self.1)
+        self.identity.then_some(self.verdict)
     }
 
     #[inline]
     fn process(&self, _cx: &mut ActionCx<'_>) -> ActionOutput {
         ActionOutput {
-            transposition: if self.0.is_identity() {
+            transposition: if self.identity {
                 Transposition::IDENTITY
             } else {
-                self.0.clone()
+                self.transposition.clone()
             },
-            verdict: self.1,
+            verdict: self.verdict,
             counters: smallvec::SmallVec::new(),
             state: ActionState::None,
         }
