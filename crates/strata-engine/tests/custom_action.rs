@@ -2,6 +2,9 @@
 //! registered by name, compiled from a rule's parameters, runs per new flow,
 //! keeps per-flow state, and is torn down when the flow ends — with no
 //! engine change. Snapshots name it, so restoring needs it registered.
+//! An action that declares a fixed verdict (`Action::fixed_verdict`, as
+//! the built-in allow and block do) is not called for stateless rules,
+//! which still count and trace like any other.
 
 mod common;
 
@@ -13,7 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use strata_engine::action::{Action, ActionCx, ActionOutput, ActionRegistry, ActionSpec};
 use strata_engine::policy::{Group, LayerSpec, Rule};
 use strata_engine::resource::{ActionState, Resources};
-use strata_engine::{ApiError, DefaultAction, Direction, Port, PortConfig, Verdict, secs};
+use strata_engine::trace::LayerDecision;
+use strata_engine::{
+    ApiError, Condition, DefaultAction, Direction, DropReason, Field, Port, PortConfig, Verdict,
+    secs,
+};
 use strata_packet::{MacAddr, PacketBuf, Transposition};
 
 /// Marks DSCP by destination port class; counts flows it tore down.
@@ -128,4 +135,119 @@ fn custom_action_runs_keeps_state_and_tears_down() {
     assert_eq!(p.expire(secs(60)), 1);
     assert_eq!(torn.load(Ordering::SeqCst), 1);
     assert_eq!(p.layer_flow_count("qos"), 0);
+}
+
+/// Blocks everything, says so through `fixed_verdict`, and counts its calls.
+#[derive(Debug)]
+struct CountedBlock {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Action for CountedBlock {
+    fn process(&self, _cx: &mut ActionCx<'_>) -> ActionOutput {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        ActionOutput::drop(DropReason::RuleBlock)
+    }
+
+    fn fixed_verdict(&self) -> Option<Result<(), DropReason>> {
+        Some(Err(DropReason::RuleBlock))
+    }
+}
+
+fn udp_from(sp: u16) -> Vec<u8> {
+    udp(
+        MacAddr([2, 0, 0, 0, 0, 1]),
+        MacAddr([2, 0, 0, 0, 0, 2]),
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(10, 0, 0, 2),
+        sp,
+        53,
+        b"query",
+    )
+}
+
+/// A rule whose action declares a fixed verdict is decided without a call
+/// (stateless, or a block whatever its flag); its counters and drops are
+/// those of any rule.
+#[test]
+fn fixed_verdict_actions_are_not_called() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut r = ActionRegistry::default();
+    let c = calls.clone();
+    r.register(
+        "counted-block",
+        Arc::new(move |_: &BTreeMap<String, String>| {
+            Ok(Arc::new(CountedBlock { calls: c.clone() }) as Arc<dyn Action>)
+        }),
+    );
+    let mut p = Port::with_registry("f", PortConfig::default(), r);
+    let spec = ActionSpec::Custom {
+        name: "counted-block".into(),
+        params: BTreeMap::new(),
+    };
+    let mut l = LayerSpec::new("acl", DefaultAction::Allow, DefaultAction::Allow);
+    l.groups
+        .push(Group::new("g", Direction::Out).with_rules(vec![
+        Rule::new("stateless", 1, vec![Condition::exact(Field::SrcPort, 1000)], spec.clone()),
+        Rule::new("stateful", 1, vec![Condition::exact(Field::SrcPort, 2000)], spec).stateful(),
+    ]));
+    p.add_layer(l, None).unwrap();
+    for sp in [1000, 1000, 2000] {
+        assert!(!forwards(&mut p, Direction::Out, &udp_from(sp), secs(1)));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let c = p.counters();
+    assert_eq!(c.rule("acl", "stateless").drops, 2);
+    assert_eq!(c.rule("acl", "stateful").drops, 1);
+    assert_eq!(c.drops_for(DropReason::RuleBlock), 3);
+}
+
+/// Stateless allow and block rules (decided on the slow path without an
+/// action call) count their packets and drops like any other rule, on the
+/// first packet and on the unified flow's later ones, and a trace still
+/// names them.
+#[test]
+fn stateless_allow_and_block_rules_count() {
+    let mut p = Port::new("stateless", PortConfig::default());
+    let acl = LayerSpec {
+        groups: vec![Group::new("acl-out", Direction::Out).with_rules(vec![
+            Rule::new(
+                "block-from-1000",
+                5,
+                vec![Condition::exact(Field::SrcPort, 1000)],
+                ActionSpec::Block,
+            ),
+            Rule::new("allow-rest", 10, vec![], ActionSpec::Allow),
+        ])],
+        ..LayerSpec::new("acl", DefaultAction::Block, DefaultAction::Block)
+    };
+    p.add_layer(acl, None).unwrap();
+    for i in 0..3 {
+        assert!(forwards(
+            &mut p,
+            Direction::Out,
+            &udp_from(2000),
+            secs(1 + i)
+        ));
+    }
+    for i in 0..2 {
+        assert!(!forwards(
+            &mut p,
+            Direction::Out,
+            &udp_from(1000),
+            secs(1 + i)
+        ));
+    }
+    let c = p.counters();
+    assert_eq!(c.rule("acl", "allow-rest").packets, 3);
+    assert_eq!(c.rule("acl", "allow-rest").drops, 0);
+    assert_eq!(c.rule("acl", "block-from-1000").drops, 2);
+    assert_eq!(c.layer("acl").packets, 3);
+    assert_eq!(c.layer("acl").drops, 2);
+    let ufid = strata_packet::parse(&udp_from(2000)).expect("parses").ufid;
+    let t = p.trace(Direction::Out, &ufid, secs(5));
+    assert!(
+        matches!(&t.layers[0].decision, LayerDecision::Rule { rule, .. } if rule == "allow-rest"),
+        "{t}"
+    );
 }
