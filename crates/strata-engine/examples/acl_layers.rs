@@ -11,6 +11,12 @@
 //! ```
 //!
 //! `LAYERS`, `GROUPS` and `RULES` change the shape (defaults 10, 10, 5000).
+//! `PREFILL=k` keeps k other connections in the port during the measured
+//! round (a busy port's tables are large and cold: with callgrind, add
+//! `--cache-sim=yes --LL=4194304,16,64` to count the misses of a 4 MiB
+//! L2). `PAUSE=1` sleeps 2 s before the measured round and prints when it
+//! ran, for a sampling profiler started with a delay
+//! (`perf record -D <ms> -e cpu-clock`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -28,6 +34,7 @@ fn env(name: &str, default: u64) -> u64 {
 
 fn main() {
     let n = env("N", 20_000) as u32;
+    let start = std::time::Instant::now();
     let t = std::time::Instant::now();
     let (mut port, probes) = acl_layers_port(
         env("LAYERS", 10),
@@ -43,9 +50,28 @@ fn main() {
     // every flow again with tables already grown.
     round(&mut port, &mut buf, &frames, secs(1));
     port.expire(secs(100_000));
+    // PREFILL=k: k other connections stay in the tables during the
+    // measured round (a busy port's flow table is large and cold).
+    let prefill = env("PREFILL", 0) as u32;
+    for i in 0..prefill {
+        buf.reset(&first_packet(&probes, 1_000_000 + i));
+        std::hint::black_box(port.process(Direction::Out, &mut buf, secs(100_000)));
+    }
+    if std::env::var("PAUSE").is_ok() {
+        // A gap a profiler started with a delay can aim after.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
     let t = std::time::Instant::now();
     measured_round(&mut port, &mut buf, &frames, secs(100_001));
-    println!("{n} first packets: {:?} per packet", t.elapsed() / n);
+    let per = t.elapsed() / n;
+    if std::env::var("PAUSE").is_ok() {
+        println!(
+            "measured from {:?} to {:?}",
+            start.elapsed() - t.elapsed(),
+            start.elapsed()
+        );
+    }
+    println!("{n} first packets: {per:?} per packet");
 }
 
 /// A new outbound TCP flow aimed at probe `i` (source MAC and port vary).
