@@ -102,13 +102,21 @@ impl Bucket {
         (self.tags[2] >> 48) as u16
     }
 
-    fn add_away(&mut self, up: bool) {
+    /// One more entry of this home away.
+    fn more_away(&mut self) {
+        self.set_away_count(self.away().saturating_add(1));
+    }
+
+    /// One entry of this home back or gone (a count at `u16::MAX` may
+    /// have missed increments: it stays).
+    fn fewer_away(&mut self) {
         let n = self.away();
-        let n = match (up, n) {
-            (_, u16::MAX) => n,
-            (true, _) => n + 1,
-            (false, _) => n.saturating_sub(1),
-        };
+        if n != u16::MAX {
+            self.set_away_count(n.saturating_sub(1));
+        }
+    }
+
+    fn set_away_count(&mut self, n: u16) {
         self.tags[2] = self.tags[2] & !(0xffff << 48) | u64::from(n) << 48;
     }
 
@@ -255,7 +263,7 @@ fn remove_in(table: &mut [Bucket], mask: usize, hash: u64, t: u16, value: u32) -
                 let away = bucket.is_away(w);
                 bucket.put(w, 0, 0, false);
                 if away && let Some(h) = table.get_mut(home) {
-                    h.add_away(false);
+                    h.fewer_away();
                 }
                 return true;
             }
@@ -436,7 +444,7 @@ impl FlowIndex {
         }
         if let Some(w) = self.buckets[alt].free_way() {
             self.buckets[alt].put(w, t, value, true);
-            self.buckets[home].add_away(true);
+            self.buckets[home].more_away();
             return None;
         }
         // A random walk. The entry in hand is `away` from its home when it
@@ -446,7 +454,7 @@ impl FlowIndex {
         let (mut b, mut away) = if self.next_random() & 1 == 0 {
             (home, false)
         } else {
-            self.buckets[home].add_away(true);
+            self.buckets[home].more_away();
             (alt, true)
         };
         for _ in 0..MAX_KICKS {
@@ -458,10 +466,10 @@ impl FlowIndex {
             let next = self.alternate(b, t);
             if out_away {
                 // Back home (`next`).
-                self.buckets[next].add_away(false);
+                self.buckets[next].fewer_away();
             } else {
                 // Out of its home (`b`).
-                self.buckets[b].add_away(true);
+                self.buckets[b].more_away();
             }
             (b, away) = (next, !out_away);
             if let Some(w) = self.buckets[b].free_way() {
@@ -700,7 +708,7 @@ mod tests {
         let b = (0..under.buckets.len())
             .find(|&b| under.buckets[b].away() > 0)
             .expect("some entry away at this load");
-        under.buckets[b].add_away(false);
+        under.buckets[b].fewer_away();
         assert!(under.verify(mixed).unwrap_err().contains("away"));
     }
 
@@ -908,6 +916,25 @@ mod tests {
         }
         assert_eq!(idx.len(), before + 100_000);
         assert_eq!(idx.verify(mixed), Ok(()));
+    }
+
+    /// A saturated away count stays saturated (it may have missed
+    /// increments), and a count never goes below 0.
+    #[test]
+    fn away_counts_saturate_and_stay() {
+        let mut b = EMPTY_BUCKET;
+        b.fewer_away();
+        assert_eq!(b.away(), 0);
+        b.set_away_count(u16::MAX - 1);
+        b.more_away();
+        b.more_away();
+        assert_eq!(b.away(), u16::MAX);
+        b.fewer_away();
+        assert_eq!(b.away(), u16::MAX);
+        // The count's lane leaves the tags and away bits alone.
+        b.put(9, 0xbeef, 7, true);
+        assert_eq!((b.tag(9), b.is_away(9), b.away()), (0xbeef, true, u16::MAX));
+        assert_eq!(b.matches(0xbeef), 1 << 9);
     }
 
     #[test]
