@@ -106,6 +106,23 @@ impl Sim {
         };
     }
 
+    /// A rule of layer `li` dropped the packet: the layer's and the rule's
+    /// counters count the drop.
+    #[inline(always)]
+    fn rule_drop(&mut self, reason: DropReason, li: usize, layer: u32, rule: u32) {
+        self.verdict = Some((reason, li as u16));
+        self.drop_counters = smallvec![layer, rule];
+    }
+
+    /// A rule let the packet through: its layer's and its own counters
+    /// count the flow, and its TTL bounds the flow's.
+    #[inline(always)]
+    fn rule_pass(&mut self, layer: u32, rule: u32, ttl: Option<Time>) {
+        self.counters.push(layer);
+        self.counters.push(rule);
+        self.ttl = min_ttl(self.ttl, ttl);
+    }
+
     fn verdict(&self) -> Verdict {
         match self.verdict {
             None => Verdict::Forward,
@@ -1223,13 +1240,10 @@ impl Port {
                 && (!rule.stateful || mode == Mode::DryRun || verdict.is_err())
             {
                 if let Err(reason) = verdict {
-                    sim.verdict = Some((reason, li as u16));
-                    sim.drop_counters = smallvec![layer.counter, crule.counter()];
+                    sim.rule_drop(reason, li, layer.counter, crule.counter());
                     break;
                 }
-                sim.counters.push(layer.counter);
-                sim.counters.push(crule.counter());
-                sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
+                sim.rule_pass(layer.counter, crule.counter(), rule.ttl_secs.map(secs));
                 continue;
             }
             let mut lf = None;
@@ -1252,8 +1266,7 @@ impl Port {
                 });
             }
             if let Err(reason) = out.verdict {
-                sim.verdict = Some((reason, li as u16));
-                sim.drop_counters = smallvec![layer.counter, crule.counter()];
+                sim.rule_drop(reason, li, layer.counter, crule.counter());
                 break;
             }
             if let Some(slot) = lf {
@@ -1268,9 +1281,7 @@ impl Port {
             for &c in &out.counters {
                 sim.counters.push(c);
             }
-            sim.counters.push(layer.counter);
-            sim.counters.push(crule.counter());
-            sim.ttl = min_ttl(sim.ttl, rule.ttl_secs.map(secs));
+            sim.rule_pass(layer.counter, crule.counter(), rule.ttl_secs.map(secs));
             if !out.transposition.is_identity() {
                 sim.compose(out.transposition);
                 changed = true;
