@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use strata_engine::scenario::*;
 use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
-use strata_packet::{MacAddr, PacketBuf};
+use strata_packet::PacketBuf;
 
 /// Counts allocations and live bytes.
 struct Counting;
@@ -359,10 +359,12 @@ fn slow_path_10x10x5k(c: &mut Criterion) {
                 }
                 i = i.wrapping_add(1);
                 let (s, d, dp) = probes[i as usize % probes.len()];
-                // A new flow each time: the source port and MAC vary.
-                let sm = MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                // A new flow each time (the source port varies), from the
+                // VM's own MAC as in `slow_path`: a port whose every flow
+                // came from a new MAC would intern a header context per
+                // flow (`NEW_MAC=1` in `examples/acl_layers`).
                 tcp(
-                    sm,
+                    VM_MAC,
                     VM_GW_MAC,
                     s,
                     d,

@@ -14,14 +14,18 @@
 //! `PREFILL=k` keeps k other connections in the port during the measured
 //! round (a busy port's tables are large and cold: with callgrind, add
 //! `--cache-sim=yes --LL=4194304,16,64` to count the misses of a 4 MiB
-//! L2). `PAUSE=1` sleeps 2 s before the measured round and prints when it
+//! L2). `NEW_MAC=1` gives every flow its own source MAC (the port then
+//! interns a header context per flow; by default all come from the VM's
+//! MAC, as a VM port's do). `PROBES=k` aims the flows at the first k of
+//! the 8,192 probe targets only (fewer distinct tree walks: with k up to
+//! about 64 the walked lines stay in L2). `PAUSE=1` sleeps 2 s before the measured round and prints when it
 //! ran, for a sampling profiler started with a delay
 //! (`perf record -D <ms> -e cpu-clock`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 use common::tcp;
-use strata_engine::scenario::{ProbeTarget, VM_GW_MAC, acl_layers_port};
+use strata_engine::scenario::{ProbeTarget, VM_GW_MAC, VM_MAC, acl_layers_port};
 use strata_engine::{Direction, Port, secs};
 use strata_packet::{MacAddr, PacketBuf};
 
@@ -43,6 +47,8 @@ fn main() {
         8192,
     )
     .expect("port");
+    let mut probes = probes;
+    probes.truncate((env("PROBES", 8192) as usize).max(1));
     println!("built in {:?}", t.elapsed());
     let frames: Vec<Vec<u8>> = (0..n).map(|i| first_packet(&probes, i)).collect();
     let mut buf = PacketBuf::with_capacity(2048);
@@ -74,10 +80,16 @@ fn main() {
     println!("{n} first packets: {per:?} per packet");
 }
 
-/// A new outbound TCP flow aimed at probe `i` (source MAC and port vary).
+/// A new outbound TCP flow aimed at probe `i` (the source port varies),
+/// from the VM's MAC, or with `NEW_MAC=1` from a new MAC each (one header
+/// context interned per flow).
 fn first_packet(probes: &[ProbeTarget], i: u32) -> Vec<u8> {
     let (s, d, dp) = probes[i as usize % probes.len()];
-    let sm = MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    let sm = if std::env::var_os("NEW_MAC").is_some() {
+        MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+    } else {
+        VM_MAC
+    };
     let sp = (i % 60000) as u16 + 1024;
     tcp(sm, VM_GW_MAC, s, d, sp, dp, 0x02, 1, 0, b"")
 }
