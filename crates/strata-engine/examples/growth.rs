@@ -22,7 +22,20 @@ fn main() {
     let mut worst: Vec<(u128, u32, usize)> = Vec::new();
     let mut total = 0u128;
     let mut packets = 0u32;
+    // WINDOW=k: also print the mean of every k connections' packets (a
+    // table's doubling, and the moving of its entries after it, shows up
+    // in the windows that follow it).
+    let window: u32 = env_or("WINDOW", 0);
+    let mut window_ns = 0u128;
     for i in 0..n {
+        if window > 0 && i > 0 && i % window == 0 {
+            println!(
+                "  connections {:>8}..{i}: mean {} ns/packet",
+                i - window,
+                window_ns / u128::from(3 * window)
+            );
+            window_ns = 0;
+        }
         for (k, (d, f)) in lifecycle(i).iter().take(3).enumerate() {
             buf.reset(f);
             let t = Instant::now();
@@ -30,6 +43,7 @@ fn main() {
             let ns = t.elapsed().as_nanos();
             assert!(v.is_forward(), "{v:?}");
             total += ns;
+            window_ns += ns;
             packets += 1;
             worst.push((ns, i, k));
             if worst.len() > 64 {

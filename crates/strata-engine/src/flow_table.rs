@@ -20,7 +20,7 @@
 //! directly. A connection is 184 bytes; a connection-tracking layer flow
 //! takes one index entry for both its keys ([`LayerFlow::one_entry`]).
 
-use crate::flow_index::FlowIndex;
+use crate::flow_index::{FlowIndex, Rehash};
 use crate::flow_key::{HeaderContexts, StoredUfid};
 use crate::intern::SharedTable;
 use crate::policy::RuleIdentity;
@@ -427,6 +427,25 @@ impl Keys<'_> {
 }
 
 /// The slot, side and flow an index value (`slot << 1 | side`) names.
+/// A layer flow index's [`Rehash`] for growing: each value's hash from
+/// its flow's key, the flow prefetched first.
+struct LayerHashes<'a> {
+    keys: &'a Keys<'a>,
+    slots: &'a ChunkedSlab<LayerFlow>,
+}
+
+impl Rehash for LayerHashes<'_> {
+    fn rehash(&self, v: u32) -> u64 {
+        self.keys.hash(self.slots, v)
+    }
+
+    fn prefetch(&self, v: u32) {
+        if let Some(slot) = self.slots.get((v >> 1) as usize) {
+            crate::hint::prefetch(slot);
+        }
+    }
+}
+
 fn indexed(slots: &ChunkedSlab<LayerFlow>, v: u32) -> Option<(u32, usize, &LayerFlow)> {
     let slot = v >> 1;
     let side = (v & 1) as usize;
@@ -686,8 +705,8 @@ impl LayerFlowTable {
             })
             .is_some();
         if !taken {
-            self.index
-                .insert(hash, slot << 1 | side as u32, |v| k.hash(slots, v));
+            let hashes = LayerHashes { keys: &k, slots };
+            self.index.insert(hash, slot << 1 | side as u32, hashes);
         }
         !taken
     }
@@ -912,7 +931,8 @@ impl LayerFlowTable {
                 let d = f.dir_of(side);
                 let h = lf_hash(self.seed, d, &k);
                 if index.find(h, |v| keys.is(slots, v, d, &k)).is_none() {
-                    index.insert(h, slot << 1 | side as u32, |v| keys.hash(slots, v));
+                    let hashes = LayerHashes { keys: &keys, slots };
+                    index.insert(h, slot << 1 | side as u32, hashes);
                 }
             }
         }
@@ -1666,10 +1686,12 @@ impl UnifiedFlowTable {
         let seed = self.seed;
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
-        let (conns, contexts) = (&self.conns, &self.contexts);
-        self.index.insert(hash, c << 1 | d.index() as u32, |v| {
-            side_hash(conns, contexts, seed, v)
-        });
+        let hashes = SideHashes {
+            conns: &self.conns,
+            contexts: &self.contexts,
+            seed,
+        };
+        self.index.insert(hash, c << 1 | d.index() as u32, hashes);
     }
 
     /// Remove side `d` of connection `c` from the table.
@@ -1834,6 +1856,26 @@ fn flows_of(conns: &ChunkedSlab<Connection>) -> impl Iterator<Item = &UnifiedFlo
         .iter()
         .flatten()
         .flat_map(|c| c.sides.iter().flatten())
+}
+
+/// The index's [`Rehash`] for growing: each value's hash from its flow's
+/// stored key, the connection prefetched first.
+struct SideHashes<'a> {
+    conns: &'a ChunkedSlab<Connection>,
+    contexts: &'a HeaderContexts,
+    seed: TableSeed,
+}
+
+impl Rehash for SideHashes<'_> {
+    fn rehash(&self, v: u32) -> u64 {
+        side_hash(self.conns, self.contexts, self.seed, v)
+    }
+
+    fn prefetch(&self, v: u32) {
+        if let Some(slot) = self.conns.get((v >> 1) as usize) {
+            crate::hint::prefetch(slot);
+        }
+    }
 }
 
 fn side_hash(
