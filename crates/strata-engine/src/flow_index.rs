@@ -41,6 +41,8 @@
 //! ask for every flow, then for every new bucket, so their cache misses
 //! overlap.
 
+use crate::hint::ZeroedArray;
+
 /// Entries per bucket: ten 2-byte tags (in three words, two lanes unused)
 /// and ten 4-byte values fill one 64-byte cache line.
 pub const WAYS: usize = 10;
@@ -179,12 +181,12 @@ impl Bucket {
 
 #[derive(Clone, Debug)]
 pub struct FlowIndex {
-    buckets: Vec<Bucket>,
+    buckets: ZeroedArray<Bucket>,
     mask: usize,
     /// While the table grows: the previous buckets, emptied into
     /// `buckets` a few at a time by later inserts (empty otherwise), their
     /// mask, and how many have been moved.
-    old: Vec<Bucket>,
+    old: ZeroedArray<Bucket>,
     old_mask: usize,
     moved: usize,
     len: usize,
@@ -323,16 +325,14 @@ fn tag(hash: u64) -> u16 {
 
 /// `n` empty buckets, in huge pages when the array is big enough.
 ///
-/// An empty bucket is all zeros, so the array comes zeroed from the
-/// allocator: a big one is a fresh mapping whose pages the kernel zeroes
-/// when an insert first writes them. Filling it here instead put the whole
-/// cost in the one packet whose insert doubled the table: 16 MiB took
-/// 36 ms on this VM (first touches of huge pages cost it about 5 ms per
-/// 2 MiB), one packet's slow path at 590k connections.
-fn bucket_array(n: usize) -> Vec<Bucket> {
-    let v: Vec<Bucket> = bytemuck::zeroed_vec(n);
-    crate::hint::huge_pages(&v);
-    v
+/// An empty bucket is all zeros, so a big array is a fresh mapping
+/// ([`ZeroedArray`]) whose pages the kernel zeroes when an insert first
+/// writes them. Filling it here instead put the whole cost in the one
+/// packet whose insert doubled the table: 16 MiB took 36–56 ms on this VM
+/// (a first touch of a huge page costs it about 5 ms), one packet's slow
+/// path at 590k connections.
+fn bucket_array(n: usize) -> ZeroedArray<Bucket> {
+    ZeroedArray::new(n)
 }
 
 /// Buckets needed for `n` entries at the highest load, a power of two ≥ 2.
@@ -350,7 +350,7 @@ impl FlowIndex {
         FlowIndex {
             buckets: bucket_array(buckets),
             mask: buckets - 1,
-            old: Vec::new(),
+            old: ZeroedArray::default(),
             old_mask: 0,
             moved: 0,
             len: 0,
@@ -369,7 +369,8 @@ impl FlowIndex {
 
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
-        (self.buckets.capacity() + self.old.capacity()) * size_of::<Bucket>()
+        self.buckets.memory_bytes()
+            + self.old.memory_bytes()
             + self.overflow.capacity() * size_of::<(u64, u32)>()
     }
 
@@ -574,7 +575,7 @@ impl FlowIndex {
         }
         self.moved = end;
         if self.moved == self.old.len() {
-            self.old = Vec::new();
+            self.old = ZeroedArray::default();
             self.moved = 0;
         }
     }
@@ -671,7 +672,7 @@ impl FlowIndex {
 
     pub fn clear(&mut self) {
         self.buckets.iter_mut().for_each(|b| *b = EMPTY_BUCKET);
-        self.old = Vec::new();
+        self.old = ZeroedArray::default();
         self.moved = 0;
         self.overflow.clear();
         self.len = 0;

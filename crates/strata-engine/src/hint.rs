@@ -18,10 +18,16 @@
 //! are `madvise` or `always` (the common distribution default is
 //! `madvise`), and is ignored otherwise.
 //!
+//! **Zeroed arrays.** A table that doubles needs a new array of empty
+//! buckets. [`ZeroedArray`] maps big ones straight from the kernel, so
+//! creating one touches no page: each is zeroed (as a huge page) when an
+//! insert first writes it, not all of them inside one packet.
+//!
 //! The only `unsafe` in the engine: `_mm_prefetch` and `madvise` are
-//! declared `unsafe` because they take raw pointers. Neither reads or
+//! declared `unsafe` because they take raw pointers (neither reads or
 //! writes memory the program can see; the pointers come from live
-//! references and allocations.
+//! references and allocations), and [`ZeroedArray`] maps, views and unmaps
+//! its own memory.
 
 /// Bring the cache lines holding `*r` towards L1 (a hint; no effect on
 /// what any load returns). At most four lines: the callers' objects are
@@ -78,6 +84,164 @@ pub fn huge_pages<T>(v: &Vec<T>) {
     }
 }
 
+/// A fixed-length array of plain values whose all-zero bytes are a valid
+/// value (`bytemuck::Zeroable`), created empty at no cost: a big one (2 MiB
+/// or more) is a mapping of its own, aligned to 2 MiB and advised for huge
+/// pages, whose pages the kernel zeroes when they are first written. A
+/// growing table's new array is therefore not filled inside the packet
+/// whose insert made it (the allocator cannot do that for 64-byte aligned
+/// values: it zeroes them itself, which also faults the pages in before
+/// they can be advised, so they stay small). Smaller arrays are plain
+/// vectors.
+pub struct ZeroedArray<T: bytemuck::Zeroable + Copy> {
+    storage: Storage<T>,
+}
+
+enum Storage<T> {
+    Vec(Vec<T>),
+    /// `len` values at `ptr`, inside the mapping `[base, base + bytes)`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Map {
+        ptr: std::ptr::NonNull<T>,
+        len: usize,
+        base: usize,
+        bytes: usize,
+    },
+}
+
+// SAFETY: a `ZeroedArray` owns its values exactly as a `Vec` does (the
+// mapping is private to it and unmapped once, on drop).
+unsafe impl<T: bytemuck::Zeroable + Copy + Send> Send for ZeroedArray<T> {}
+// SAFETY: shared access only reads through `&[T]`, as a `Vec`'s does.
+unsafe impl<T: bytemuck::Zeroable + Copy + Sync> Sync for ZeroedArray<T> {}
+
+impl<T: bytemuck::Zeroable + Copy> ZeroedArray<T> {
+    /// `len` zero values.
+    pub fn new(len: usize) -> ZeroedArray<T> {
+        let bytes = len.saturating_mul(size_of::<T>());
+        if bytes >= HUGE_PAGE
+            && align_of::<T>() <= HUGE_PAGE
+            && let Some(storage) = Self::map(len, bytes)
+        {
+            return ZeroedArray { storage };
+        }
+        ZeroedArray {
+            storage: Storage::Vec(bytemuck::zeroed_vec(len)),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn map(len: usize, bytes: usize) -> Option<Storage<T>> {
+        // One huge page more than needed, to start on a 2 MiB boundary.
+        let map_bytes = bytes.checked_add(HUGE_PAGE)?;
+        // SAFETY: a new private anonymous mapping; it aliases nothing.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let start = (base as usize).next_multiple_of(HUGE_PAGE);
+        // SAFETY: `[start, start + bytes)` lies inside the mapping just
+        // made; the advice changes only how the kernel backs it.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE);
+        }
+        Some(Storage::Map {
+            ptr: std::ptr::NonNull::new(start as *mut T)?,
+            len,
+            base: base as usize,
+            bytes: map_bytes,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn map(_len: usize, _bytes: usize) -> Option<Storage<T>> {
+        None
+    }
+
+    /// Heap bytes held.
+    pub fn memory_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Vec(v) => v.capacity() * size_of::<T>(),
+            Storage::Map { len, .. } => len * size_of::<T>(),
+        }
+    }
+}
+
+impl<T: bytemuck::Zeroable + Copy> std::ops::Deref for ZeroedArray<T> {
+    type Target = [T];
+    #[inline(always)]
+    fn deref(&self) -> &[T] {
+        match &self.storage {
+            Storage::Vec(v) => v,
+            // SAFETY: `len` values fit at `ptr` (aligned: a 2 MiB boundary)
+            // inside the live mapping, and all-zero bytes (what unwritten
+            // pages read as) are a valid `T`.
+            Storage::Map { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr(), *len)
+            },
+        }
+    }
+}
+
+impl<T: bytemuck::Zeroable + Copy> std::ops::DerefMut for ZeroedArray<T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.storage {
+            Storage::Vec(v) => v,
+            // SAFETY: as in `deref`; `&mut self` makes the access unique.
+            Storage::Map { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts_mut(ptr.as_ptr(), *len)
+            },
+        }
+    }
+}
+
+impl<T: bytemuck::Zeroable + Copy> Drop for ZeroedArray<T> {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Map { base, bytes, .. } = self.storage {
+            // SAFETY: the mapping made in `map`, unmapped once; no
+            // reference into it outlives `self`.
+            unsafe {
+                libc::munmap(base as *mut libc::c_void, bytes);
+            }
+        }
+    }
+}
+
+impl<T: bytemuck::Zeroable + Copy> Default for ZeroedArray<T> {
+    fn default() -> Self {
+        ZeroedArray {
+            storage: Storage::Vec(Vec::new()),
+        }
+    }
+}
+
+impl<T: bytemuck::Zeroable + Copy> Clone for ZeroedArray<T> {
+    fn clone(&self) -> Self {
+        let mut copy = ZeroedArray::new(self.len());
+        copy.copy_from_slice(self);
+        copy
+    }
+}
+
+impl<T: bytemuck::Zeroable + Copy> std::fmt::Debug for ZeroedArray<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZeroedArray")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +249,12 @@ mod tests {
     /// Kilobytes of huge pages backing the mapping that contains `addr`,
     /// from `/proc/self/smaps`.
     fn huge_kb_at(addr: usize) -> Option<u64> {
+        smaps_kb_at(addr, "AnonHugePages:")
+    }
+
+    /// A kilobyte field (`Rss:`, `AnonHugePages:`, …) of the mapping that
+    /// contains `addr`, from `/proc/self/smaps`.
+    fn smaps_kb_at(addr: usize, field: &str) -> Option<u64> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         let mut inside = false;
         for line in smaps.lines() {
@@ -93,7 +263,7 @@ mod tests {
                 && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
             {
                 inside = (a..b).contains(&addr);
-            } else if inside && let Some(kb) = line.strip_prefix("AnonHugePages:") {
+            } else if inside && let Some(kb) = line.strip_prefix(field) {
                 return kb.trim().trim_end_matches("kB").trim().parse().ok();
             }
         }
@@ -124,5 +294,36 @@ mod tests {
         prefetch(&small);
         prefetch(&v[v.len() - 1]);
         assert_eq!(small.iter().map(|&x| u32::from(x)).sum::<u32>(), 100);
+    }
+
+    #[test]
+    fn a_big_zeroed_array_costs_no_page_until_written() {
+        let mut a: ZeroedArray<u64> = ZeroedArray::new(4 << 20); // 32 MiB
+        assert_eq!(a.len(), 4 << 20);
+        let addr = a.as_ptr() as usize;
+        assert_eq!(addr % HUGE_PAGE, 0, "a big array starts on a huge page");
+        // Its own mapping, not one page of it resident yet.
+        assert_eq!(smaps_kb_at(addr, "Rss:"), Some(0));
+        assert!(a.iter().step_by(4096).all(|&x| x == 0));
+        a[0] = 7;
+        let last = a.len() - 1;
+        a[last] = 9;
+        let rss = smaps_kb_at(addr, "Rss:").expect("mapping in smaps");
+        assert!((4..32 * 1024).contains(&rss), "{rss} kB resident");
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if mode.contains("[madvise]") || mode.contains("[always]") {
+            assert!(
+                huge_kb_at(addr).is_some_and(|kb| kb >= 2048),
+                "no huge page"
+            );
+        }
+        let copy = a.clone();
+        assert_eq!((copy[0], copy[last], copy[1]), (7, 9, 0));
+        assert_eq!(a.memory_bytes(), 32 << 20);
+        // Small arrays are vectors, zeroed as well.
+        let small: ZeroedArray<u32> = ZeroedArray::new(1000);
+        assert!(small.iter().all(|&x| x == 0) && small.len() == 1000);
+        assert!(ZeroedArray::<u8>::default().is_empty());
     }
 }
