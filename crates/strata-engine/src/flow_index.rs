@@ -34,8 +34,9 @@
 //! searchable and each insert moves a few of them into the new table
 //! ([`MOVE_STEP`]), so no packet's slow path re-hashes a whole table (at 2M
 //! flows a stop-the-world doubling held one packet for a third of a
-//! second). Nor does one zero the new table: it comes zeroed from the
-//! allocator, its pages zeroed by the kernel as inserts reach them. Moving
+//! second). Nor does one zero the new table: it is a fresh mapping
+//! ([`ZeroedArray`]), its pages zeroed by the kernel as inserts reach them
+//! (filling it took one packet 36–56 ms at 590k connections). Moving
 //! an entry needs its full hash, which only its flow's key gives
 //! ([`Rehash`]): the moves of each insert are done in passes that first
 //! ask for every flow, then for every new bucket, so their cache misses

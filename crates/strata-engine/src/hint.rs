@@ -94,19 +94,20 @@ pub fn huge_pages<T>(v: &Vec<T>) {
 /// they can be advised, so they stay small). Smaller arrays are plain
 /// vectors.
 pub struct ZeroedArray<T: bytemuck::Zeroable + Copy> {
-    storage: Storage<T>,
+    /// The values, read with no branch on where they live (the fast path
+    /// reads its index buckets through this).
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    owner: Owner<T>,
 }
 
-enum Storage<T> {
-    Vec(Vec<T>),
-    /// `len` values at `ptr`, inside the mapping `[base, base + bytes)`.
+/// What holds a [`ZeroedArray`]'s values.
+enum Owner<T> {
+    /// A vector never resized (its buffer stays where `ptr` points).
+    Vec(#[allow(dead_code)] Vec<T>),
+    /// The mapping `[base, base + bytes)`, `ptr` inside it.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    Map {
-        ptr: std::ptr::NonNull<T>,
-        len: usize,
-        base: usize,
-        bytes: usize,
-    },
+    Map { base: usize, bytes: usize },
 }
 
 // SAFETY: a `ZeroedArray` owns its values exactly as a `Vec` does (the
@@ -121,17 +122,24 @@ impl<T: bytemuck::Zeroable + Copy> ZeroedArray<T> {
         let bytes = len.saturating_mul(size_of::<T>());
         if bytes >= HUGE_PAGE
             && align_of::<T>() <= HUGE_PAGE
-            && let Some(storage) = Self::map(len, bytes)
+            && let Some(array) = Self::map(len, bytes)
         {
-            return ZeroedArray { storage };
+            return array;
         }
+        Self::from_vec(bytemuck::zeroed_vec(len))
+    }
+
+    fn from_vec(mut v: Vec<T>) -> ZeroedArray<T> {
         ZeroedArray {
-            storage: Storage::Vec(bytemuck::zeroed_vec(len)),
+            // A vector's pointer is never null (dangling when empty).
+            ptr: std::ptr::NonNull::new(v.as_mut_ptr()).unwrap_or(std::ptr::NonNull::dangling()),
+            len: v.len(),
+            owner: Owner::Vec(v),
         }
     }
 
     #[cfg(target_os = "linux")]
-    fn map(len: usize, bytes: usize) -> Option<Storage<T>> {
+    fn map(len: usize, bytes: usize) -> Option<ZeroedArray<T>> {
         // One huge page more than needed, to start on a 2 MiB boundary.
         let map_bytes = bytes.checked_add(HUGE_PAGE)?;
         // SAFETY: a new private anonymous mapping; it aliases nothing.
@@ -154,24 +162,26 @@ impl<T: bytemuck::Zeroable + Copy> ZeroedArray<T> {
         unsafe {
             libc::madvise(start as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE);
         }
-        Some(Storage::Map {
+        Some(ZeroedArray {
             ptr: std::ptr::NonNull::new(start as *mut T)?,
             len,
-            base: base as usize,
-            bytes: map_bytes,
+            owner: Owner::Map {
+                base: base as usize,
+                bytes: map_bytes,
+            },
         })
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn map(_len: usize, _bytes: usize) -> Option<Storage<T>> {
+    fn map(_len: usize, _bytes: usize) -> Option<ZeroedArray<T>> {
         None
     }
 
     /// Heap bytes held.
     pub fn memory_bytes(&self) -> usize {
-        match &self.storage {
-            Storage::Vec(v) => v.capacity() * size_of::<T>(),
-            Storage::Map { len, .. } => len * size_of::<T>(),
+        match &self.owner {
+            Owner::Vec(v) => v.capacity() * size_of::<T>(),
+            Owner::Map { .. } => self.len * size_of::<T>(),
         }
     }
 }
@@ -180,35 +190,27 @@ impl<T: bytemuck::Zeroable + Copy> std::ops::Deref for ZeroedArray<T> {
     type Target = [T];
     #[inline(always)]
     fn deref(&self) -> &[T] {
-        match &self.storage {
-            Storage::Vec(v) => v,
-            // SAFETY: `len` values fit at `ptr` (aligned: a 2 MiB boundary)
-            // inside the live mapping, and all-zero bytes (what unwritten
-            // pages read as) are a valid `T`.
-            Storage::Map { ptr, len, .. } => unsafe {
-                std::slice::from_raw_parts(ptr.as_ptr(), *len)
-            },
-        }
+        // SAFETY: `len` initialized values at `ptr`, aligned, owned by
+        // `self.owner` for as long as `self` lives: the vector's buffer
+        // (never resized), or the mapping, whose unwritten pages read as
+        // zeros, a valid `T`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl<T: bytemuck::Zeroable + Copy> std::ops::DerefMut for ZeroedArray<T> {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut [T] {
-        match &mut self.storage {
-            Storage::Vec(v) => v,
-            // SAFETY: as in `deref`; `&mut self` makes the access unique.
-            Storage::Map { ptr, len, .. } => unsafe {
-                std::slice::from_raw_parts_mut(ptr.as_ptr(), *len)
-            },
-        }
+        // SAFETY: as in `deref`; `&mut self` makes the access unique (the
+        // vector in `owner` is never read through while it lives here).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl<T: bytemuck::Zeroable + Copy> Drop for ZeroedArray<T> {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
-        if let Storage::Map { base, bytes, .. } = self.storage {
+        if let Owner::Map { base, bytes } = self.owner {
             // SAFETY: the mapping made in `map`, unmapped once; no
             // reference into it outlives `self`.
             unsafe {
@@ -220,9 +222,7 @@ impl<T: bytemuck::Zeroable + Copy> Drop for ZeroedArray<T> {
 
 impl<T: bytemuck::Zeroable + Copy> Default for ZeroedArray<T> {
     fn default() -> Self {
-        ZeroedArray {
-            storage: Storage::Vec(Vec::new()),
-        }
+        Self::from_vec(Vec::new())
     }
 }
 
