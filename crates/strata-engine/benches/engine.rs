@@ -20,6 +20,12 @@ struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static LIVE: AtomicU64 = AtomicU64::new(0);
 
+/// Live heap bytes: what the counting allocator saw, plus the big bucket
+/// arrays the engine maps itself (`hint::ZeroedArray`).
+fn live_bytes() -> u64 {
+    LIVE.load(Relaxed) + strata_engine::hint::mapped_bytes() as u64
+}
+
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
@@ -109,11 +115,11 @@ fn fast_path(c: &mut Criterion) {
         tcp_established_idle: secs(3600),
         ..PortConfig::default()
     };
-    let live0 = LIVE.load(Relaxed);
+    let live0 = live_bytes();
     let mut port = four_layer_port_with(cfg, 0, true).expect("port");
     install_mappings(&mut port, 4).expect("mappings");
     let mut buf = PacketBuf::with_capacity(2048);
-    let live_policy = LIVE.load(Relaxed);
+    let live_policy = live_bytes();
     let mut frames = Vec::with_capacity(nat_flows as usize);
     for i in 0..nat_flows {
         let [(_, out), _] = nat_conn(&mut port, i);
@@ -124,7 +130,7 @@ fn fast_path(c: &mut Criterion) {
     }
     let frames_bytes: u64 =
         frames.iter().map(|f| f.capacity() as u64).sum::<u64>() + 24 * frames.capacity() as u64;
-    let live = LIVE.load(Relaxed) - live_policy - frames_bytes;
+    let live = live_bytes() - live_policy - frames_bytes;
     let conns = port.connection_count() as u64;
     let mem = port.flow_memory();
     let per = |b: u64| b as f64 / conns.max(1) as f64;
@@ -339,12 +345,12 @@ fn connection_rate(c: &mut Criterion) {
 /// ACL rules each (500,000 rules; classifiers chosen by the planner).
 fn slow_path_10x10x5k(c: &mut Criterion) {
     let t0 = std::time::Instant::now();
-    let live0 = LIVE.load(Relaxed);
+    let live0 = live_bytes();
     let (port, probes) = acl_layers_port(10, 10, 5000, 8192).expect("port");
     println!(
         "10x10x5k: built 500,000 rules in {:?}, {:.0} MiB",
         t0.elapsed(),
-        (LIVE.load(Relaxed) - live0) as f64 / 1048576.0
+        (live_bytes() - live0) as f64 / 1048576.0
     );
     // Bulk expiry in the untimed setup, as in `slow_path_with`.
     let port = std::cell::RefCell::new(port);

@@ -18,9 +18,9 @@
 //! interns a header context per flow; by default all come from the VM's
 //! MAC, as a VM port's do). `PROBES=k` aims the flows at the first k of
 //! the 8,192 probe targets only (fewer distinct tree walks: with k up to
-//! about 64 the walked lines stay in L2). `PAUSE=1` sleeps 2 s before the measured round and prints when it
-//! ran, for a sampling profiler started with a delay
-//! (`perf record -D <ms> -e cpu-clock`).
+//! about 64 the walked lines stay in L2). `PAUSE=1` sleeps 2 s before the
+//! measured round and prints when it ran, for a sampling profiler started
+//! with a delay (`perf record -D <ms> -e cpu-clock`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -697,7 +697,8 @@ mod tests {
         u64::from(v % 7).wrapping_mul(0x9e37_79b9) ^ (u64::from(v % 3) << 52)
     }
 
-    /// New tables come zeroed from the allocator: that must be empty.
+    /// A new table is all zeros (a fresh mapping when big, a zeroed vector
+    /// when small), which must read as empty buckets.
     #[test]
     fn a_zeroed_bucket_is_empty() {
         assert_eq!(<Bucket as bytemuck::Zeroable>::zeroed(), EMPTY_BUCKET);
@@ -937,10 +938,8 @@ mod tests {
         }
     }
 
-    /// Growing moves the old buckets a few per insert: no insert re-hashes
-    /// more than `MOVE_STEP` buckets' worth of entries, every entry stays
-    /// findable (and removable) while the move is under way, and the old
-    /// table is freed when it is done.
+    /// A growing table asks for each moved entry's flow (`Rehash::prefetch`)
+    /// before it re-hashes it, so that a run's misses overlap.
     #[test]
     fn growth_asks_for_each_moved_entry_before_rehashing_it() {
         use std::cell::{Cell, RefCell};
@@ -987,6 +986,10 @@ mod tests {
         }
     }
 
+    /// Growing moves the old buckets a few per insert: no insert re-hashes
+    /// more than `MOVE_STEP` buckets' worth of entries, every entry stays
+    /// findable (and removable) while the move is under way, and the old
+    /// table is freed when it is done.
     #[test]
     fn growth_is_incremental() {
         use std::cell::Cell;

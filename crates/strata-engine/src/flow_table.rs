@@ -426,7 +426,6 @@ impl Keys<'_> {
     }
 }
 
-/// The slot, side and flow an index value (`slot << 1 | side`) names.
 /// A layer flow index's [`Rehash`] for growing: each value's hash from
 /// its flow's key, the flow prefetched first.
 struct LayerHashes<'a> {
@@ -446,6 +445,7 @@ impl Rehash for LayerHashes<'_> {
     }
 }
 
+/// The slot, side and flow an index value (`slot << 1 | side`) names.
 fn indexed(slots: &ChunkedSlab<LayerFlow>, v: u32) -> Option<(u32, usize, &LayerFlow)> {
     let slot = v >> 1;
     let side = (v & 1) as usize;
