@@ -115,7 +115,7 @@ pub fn mapped_bytes() -> usize {
 /// What holds a [`ZeroedArray`]'s values.
 enum Owner<T> {
     /// A vector never resized (its buffer stays where `ptr` points).
-    Vec(#[allow(dead_code)] Vec<T>),
+    Vec(Vec<T>),
     /// The mapping `[base, base + bytes)`, `ptr` inside it.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Map { base: usize, bytes: usize },
@@ -168,6 +168,14 @@ impl<T: bytemuck::Zeroable + Copy> ZeroedArray<T> {
             return None;
         }
         let start = (base as usize).next_multiple_of(HUGE_PAGE);
+        // Not null (a mapping never starts at 0); were it, nothing leaks.
+        let Some(ptr) = std::ptr::NonNull::new(start as *mut T) else {
+            // SAFETY: the mapping just made, referenced by nothing.
+            unsafe {
+                libc::munmap(base, map_bytes);
+            }
+            return None;
+        };
         // SAFETY: `[start, start + bytes)` lies inside the mapping just
         // made; the advice changes only how the kernel backs it.
         unsafe {
@@ -177,7 +185,7 @@ impl<T: bytemuck::Zeroable + Copy> ZeroedArray<T> {
         // alignment is never touched).
         MAPPED.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         Some(ZeroedArray {
-            ptr: std::ptr::NonNull::new(start as *mut T)?,
+            ptr,
             len,
             owner: Owner::Map {
                 base: base as usize,
