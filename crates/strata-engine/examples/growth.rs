@@ -7,6 +7,10 @@
 //! cargo build --release -p strata-engine --example growth
 //! N=1000000 target/release/examples/growth
 //! ```
+//!
+//! `RESERVE=1` sizes the port for the N connections first
+//! (`Port::reserve`, timed and printed): then no table grows and no page
+//! is first touched inside a packet.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -18,6 +22,15 @@ use strata_packet::PacketBuf;
 fn main() {
     let n: u32 = env_or("N", 200_000);
     let mut port = port_for(n);
+    if env_or("RESERVE", 0u32) != 0 {
+        let t = Instant::now();
+        port.reserve(n as usize).expect("reserve");
+        println!(
+            "reserved {n} connections in {:?} ({} MB of flow tables)",
+            t.elapsed(),
+            port.flow_memory().total() >> 20
+        );
+    }
     let mut buf = PacketBuf::with_capacity(2048);
     let mut worst: Vec<(u128, u32, usize)> = Vec::new();
     let mut total = 0u128;

@@ -35,6 +35,10 @@ pub enum ApiError {
     InvalidResource { name: String, message: String },
     #[error("invalid identifier {0:?}: must be 1-64 characters of [A-Za-z0-9_.:-]")]
     BadId(String),
+    #[error(
+        "cannot reserve room for {requested} connections: the port keeps at most {max} (max_connections)"
+    )]
+    ReserveBeyondLimit { requested: usize, max: usize },
     #[error("snapshot error: {0}")]
     Snapshot(String),
 }

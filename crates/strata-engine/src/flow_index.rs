@@ -537,6 +537,28 @@ impl FlowIndex {
         self.moved = 0;
     }
 
+    /// Make room for `n` entries in all, so that inserts up to that many
+    /// neither grow the index nor fault its pages in: the entries are
+    /// moved to a table of that size at once (a control-plane call, not a
+    /// packet's) and every page of the bucket array is written now.
+    pub fn reserve(&mut self, n: usize, rehash: impl Rehash) {
+        self.move_some(usize::MAX, &rehash);
+        let want = buckets_for(n.max(self.len));
+        if want > self.buckets.len() {
+            self.old = std::mem::replace(&mut self.buckets, bucket_array(want));
+            self.old_mask = self.mask;
+            self.mask = want - 1;
+            self.moved = 0;
+            self.move_some(usize::MAX, &rehash);
+        }
+        self.buckets.prefault();
+    }
+
+    /// Entries the index holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.slots() * MAX_LOAD_NUM / MAX_LOAD_DEN
+    }
+
     /// Move up to `step` buckets of the old table into the current one.
     fn move_some(&mut self, step: usize, rehash: &impl Rehash) {
         let end = self.moved.saturating_add(step).min(self.old.len());

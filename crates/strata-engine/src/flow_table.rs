@@ -518,6 +518,27 @@ impl Serialize for LayerFlowTable {
 }
 
 impl LayerFlowTable {
+    /// Make room for `flows` layer flows (two index entries each) without
+    /// allocating or faulting a page in as they come (see
+    /// `Port::reserve`). `conns` is the port's unified flow table, which
+    /// holds most flows' keys.
+    pub fn reserve(&mut self, flows: usize, conns: &UnifiedFlowTable) {
+        self.slots.reserve(flows);
+        self.free.reserve(flows.saturating_sub(self.free.len()));
+        let keys = Keys {
+            own: &self.own_keys,
+            fresh: self.fresh.as_ref(),
+            extras: &self.extras,
+            conns,
+            seed: self.seed,
+        };
+        let hashes = LayerHashes {
+            keys: &keys,
+            slots: &self.slots,
+        };
+        self.index.reserve(flows.saturating_mul(2), hashes);
+    }
+
     fn keys<'a>(&'a self, conns: &'a UnifiedFlowTable) -> Keys<'a> {
         Keys {
             own: &self.own_keys,
@@ -1655,6 +1676,21 @@ impl UnifiedFlowTable {
     /// Number of unified flows (both directions).
     pub fn flow_count(&self) -> usize {
         self.index.len()
+    }
+
+    /// Make room for `connections` connections (both of their unified
+    /// flows) without allocating or faulting a page in as they come (see
+    /// `Port::reserve`).
+    pub fn reserve(&mut self, connections: usize) {
+        self.conns.reserve(connections);
+        self.free
+            .reserve(connections.saturating_sub(self.free.len()));
+        let hashes = SideHashes {
+            conns: &self.conns,
+            contexts: &self.contexts,
+            seed: self.seed,
+        };
+        self.index.reserve(connections.saturating_mul(2), hashes);
     }
 
     pub fn alloc(&mut self, c: Connection) -> u32 {

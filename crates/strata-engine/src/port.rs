@@ -78,6 +78,9 @@ pub struct Port {
     pub(crate) batch: Vec<Parsed>,
     /// Where [`Port::expire_some`] stands.
     pub(crate) sweep: crate::expiry::ExpirySweep,
+    /// Connections the port was last sized for ([`Port::reserve`]; not
+    /// part of snapshots: a restored port is sized by its content).
+    pub(crate) reserved: usize,
 }
 
 /// Result of walking the layers for one UFID.
@@ -85,7 +88,9 @@ pub struct Port {
 struct Sim {
     transposition: Transposition,
     verdict: Option<(DropReason, u16)>,
-    counters: SmallVec<[u32; 16]>,
+    /// Two per layer the packet passed (layer and rule) and a layer
+    /// flow's own: room for 16 layers before it spills to the heap.
+    counters: SmallVec<[u32; 32]>,
     drop_counters: SmallVec<[u32; 2]>,
     refs: SmallVec<[LayerFlowRef; 4]>,
     created: SmallVec<[LayerFlowRef; 4]>,
@@ -178,6 +183,7 @@ impl Port {
             flow_actions: Default::default(),
             batch: Vec::new(),
             sweep: Default::default(),
+            reserved: 0,
         }
     }
 
@@ -231,6 +237,48 @@ impl Port {
     /// Events for the agent (mapping misses).
     pub fn subscribe_events(&self) -> Receiver<ResourceEvent> {
         self.events.subscribe()
+    }
+
+    /// Size the port for `connections` connections before their packets
+    /// come. The unified flow table, and the flow table of every layer
+    /// that now holds a stateful rule, get room for that many: allocated
+    /// now, and every page of it written now. The first packets of up to
+    /// that many connections then neither allocate, nor wait while a table
+    /// doubles, nor take a page's first touch: on this project's VM a huge
+    /// page's first write costs about 5 ms, which a growing port otherwise
+    /// pays inside some packet once per 2 MiB of new table.
+    ///
+    /// The memory is held from now on (about 250 bytes per connection, see
+    /// [`Port::flow_memory`]); tables grow as usual past it. Layers added
+    /// or made stateful later are not covered (call it again). Asking for
+    /// more than `max_connections` is refused and changes nothing.
+    pub fn reserve(&mut self, connections: usize) -> Result<(), ApiError> {
+        let max = self.config.max_connections;
+        if connections > max {
+            return Err(ApiError::ReserveBeyondLimit {
+                requested: connections,
+                max,
+            });
+        }
+        self.reserved = connections;
+        self.uft.reserve(connections);
+        let policy = Arc::clone(&self.policy);
+        for layer in &policy.layers {
+            let stateful = layer
+                .groups()
+                .iter()
+                .any(|g| g.group.rules.iter().any(|r| r.stateful));
+            if stateful && let Some(t) = table_in(&mut self.layer_flows, layer.uid) {
+                t.reserve(connections, &self.uft);
+            }
+        }
+        Ok(())
+    }
+
+    /// Connections the port was last sized for with [`Port::reserve`]
+    /// (0 if never).
+    pub fn reserved_connections(&self) -> usize {
+        self.reserved
     }
 
     /// Live connections (unified-flow pairs).
@@ -360,6 +408,18 @@ impl Port {
             .map(|(_, t)| t)
     }
 
+    /// The flow table of layer `uid`, the layer at position `li` of the
+    /// policy: the tables are kept in policy order, so it is usually the
+    /// one at `li` (a simulation asks once per layer; a search would
+    /// compare half the layers' ids each time).
+    #[inline]
+    fn flow_table_at(&self, uid: u32, li: usize) -> Option<&LayerFlowTable> {
+        match self.layer_flows.get(li) {
+            Some((u, t)) if *u == uid => Some(t),
+            _ => self.flow_table(uid),
+        }
+    }
+
     /// Add a layer at `position` (0 = VM side; `None` = bottom, network
     /// side), with any groups it carries.
     pub fn add_layer(&mut self, spec: LayerSpec, position: Option<usize>) -> Result<(), ApiError> {
@@ -413,7 +473,10 @@ impl Port {
         let mut policy = (*self.policy).clone();
         policy.layers.insert(pos, Arc::new(layer));
         self.policy = Arc::new(policy);
-        self.layer_flows.push((uid, LayerFlowTable::default()));
+        // In policy order, as `flow_table_at` expects first.
+        let at = pos.min(self.layer_flows.len());
+        self.layer_flows
+            .insert(at, (uid, LayerFlowTable::default()));
         Ok(())
     }
 
@@ -432,7 +495,7 @@ impl Port {
             self.retire_rule_counters(g, None);
         }
         if let Some(i) = self.layer_flows.iter().position(|(u, _)| *u == layer.uid) {
-            let (_, mut table) = self.layer_flows.swap_remove(i);
+            let (_, mut table) = self.layer_flows.remove(i);
             for f in table.drain() {
                 self.resources.release(f.state());
             }
@@ -1167,9 +1230,9 @@ impl Port {
             // 1. An existing layer flow decides.
             let mut miss_hash = None;
             if let Some((slot, side, origin)) =
-                self.layer_flow_hit(layer, d, local, now, mode, &mut miss_hash)
+                self.layer_flow_hit(layer, li, d, local, now, mode, &mut miss_hash)
             {
-                let Some(f) = self.flow_table(layer.uid).and_then(|t| t.get(slot)) else {
+                let Some(f) = self.flow_table_at(layer.uid, li).and_then(|t| t.get(slot)) else {
                     continue;
                 };
                 let t = f.side_transposition(side, &origin);
@@ -1358,18 +1421,21 @@ impl Port {
     /// and, if another stateful rule now decides the origin key, re-derived
     /// from it.
     ///
-    /// `hash` receives `local`'s layer-flow hash when one was computed (for
-    /// the insert that may follow a miss).
+    /// `layer` is at position `li` of the policy. `hash` receives `local`'s
+    /// layer-flow hash when one was computed (for the insert that may follow
+    /// a miss).
+    #[allow(clippy::too_many_arguments)]
     fn layer_flow_hit(
         &mut self,
         layer: &LayerPolicy,
+        li: usize,
         d: Direction,
         local: &Ufid,
         now: Time,
         mode: Mode,
         hash: &mut Option<LayerFlowHash>,
     ) -> Option<(u32, usize, Ufid)> {
-        let table = self.flow_table(layer.uid)?;
+        let table = self.flow_table_at(layer.uid, li)?;
         // Layers without stateful rules never hold flows: no hashing.
         if table.is_empty() {
             return None;

@@ -40,6 +40,9 @@ pub struct ChunkedSlab<T> {
     chunks: Vec<Vec<Option<T>>>,
     /// Slots in use, live or empty (as `Vec::len`).
     len: usize,
+    /// Empty chunks allocated ahead by [`ChunkedSlab::reserve`], taken by
+    /// pushes before any new one is allocated.
+    spare: Vec<Vec<Option<T>>>,
 }
 
 impl<T> ChunkedSlab<T> {
@@ -47,6 +50,7 @@ impl<T> ChunkedSlab<T> {
         Self {
             chunks: Vec::new(),
             len: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -61,15 +65,51 @@ impl<T> ChunkedSlab<T> {
         self.len == 0
     }
 
-    /// Slots allocated.
+    /// Slots allocated (spare chunks included).
     pub fn capacity(&self) -> usize {
-        self.chunks.iter().map(Vec::capacity).sum()
+        self.chunks
+            .iter()
+            .chain(&self.spare)
+            .map(Vec::capacity)
+            .sum()
     }
 
-    /// Heap bytes: the chunks and the list of chunk pointers.
+    /// Heap bytes: the chunks and the lists of chunk pointers.
     pub fn memory_bytes(&self) -> usize {
         self.capacity() * size_of::<Option<T>>()
-            + self.chunks.capacity() * size_of::<Vec<Option<T>>>()
+            + (self.chunks.capacity() + self.spare.capacity()) * size_of::<Vec<Option<T>>>()
+    }
+
+    /// Make room for `n` slots in all: the chunks are allocated and every
+    /// page of them written now, so pushes up to `n` slots neither
+    /// allocate nor wait for a page's first touch (a control-plane call:
+    /// see `Port::reserve`).
+    pub fn reserve(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.chunks.is_empty() {
+            self.chunks.push(Vec::new());
+        }
+        let first = n.min(CHUNK);
+        if let [only] = self.chunks.as_mut_slice()
+            && only.capacity() < first
+        {
+            only.reserve_exact(first - only.len());
+        }
+        self.chunks
+            .reserve(n.div_ceil(CHUNK).saturating_sub(self.chunks.len()));
+        if let Some(last) = self.chunks.last_mut() {
+            prefault(last);
+        }
+        let mut room = self.capacity();
+        while room < n {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            crate::hint::huge_pages(&chunk);
+            prefault(&mut chunk);
+            self.spare.push(chunk);
+            room += CHUNK;
+        }
     }
 
     /// Slot `i`, or `None` past the end.
@@ -94,6 +134,8 @@ impl<T> ChunkedSlab<T> {
             _ => {
                 let mut chunk = if self.chunks.is_empty() {
                     Vec::new()
+                } else if let Some(spare) = self.spare.pop() {
+                    spare
                 } else {
                     let chunk = Vec::with_capacity(CHUNK);
                     crate::hint::huge_pages(&chunk);
@@ -134,6 +176,14 @@ impl<T> ChunkedSlab<T> {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Option<T>> {
         self.chunks.iter_mut().flatten()
     }
+}
+
+/// Write every page of `chunk`'s unused capacity (with empty slots,
+/// dropped again), so that pushes into it fault no page in.
+fn prefault<T>(chunk: &mut Vec<Option<T>>) {
+    let len = chunk.len();
+    chunk.resize_with(chunk.capacity(), || None);
+    chunk.truncate(len);
 }
 
 impl<T> Default for ChunkedSlab<T> {
@@ -275,6 +325,34 @@ mod tests {
         // Neighbours across a chunk boundary are untouched.
         assert_eq!(s[CHUNK - 2], want[CHUNK - 2]);
         assert_eq!(s[CHUNK + 1], want[CHUNK + 1]);
+    }
+
+    /// Reserved chunks are the ones later pushes fill: the capacity does
+    /// not move, the slots read back in order, a reserve on a slab in use
+    /// keeps its slots.
+    #[test]
+    fn pushes_fill_what_reserve_allocated() {
+        let want = sample(2 * CHUNK + 5);
+        let mut s = ChunkedSlab::new();
+        for v in &want[..10] {
+            s.push(*v);
+        }
+        s.reserve(want.len());
+        let room = s.capacity();
+        assert!((want.len()..want.len() + CHUNK).contains(&room), "{room}");
+        assert!(s.iter().eq(want[..10].iter()));
+        let bytes = s.memory_bytes();
+        for v in &want[10..] {
+            s.push(*v);
+        }
+        assert_eq!(s.capacity(), room);
+        assert_eq!(s.memory_bytes(), bytes);
+        assert!(s.iter().eq(want.iter()));
+        // Less than one chunk: the first chunk takes exactly that.
+        let mut small: ChunkedSlab<u64> = ChunkedSlab::new();
+        small.reserve(100);
+        assert_eq!(small.capacity(), 100);
+        assert!(small.is_empty());
     }
 
     #[test]

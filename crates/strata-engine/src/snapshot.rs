@@ -155,6 +155,8 @@ impl Port {
         for (_, t) in &mut layer_flows {
             t.reindex(&uft);
         }
+        // In policy order (the port looks there first).
+        layer_flows.sort_by_key(|(uid, _)| layers.iter().position(|l| l.uid == *uid));
         let mut port = Port {
             name: st.name,
             config: st.config,
@@ -170,6 +172,7 @@ impl Port {
             flow_actions: Default::default(),
             batch: Vec::new(),
             sweep: Default::default(),
+            reserved: 0,
         };
         port.reintern_actions();
         port.reshare_rules();

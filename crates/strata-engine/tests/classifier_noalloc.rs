@@ -1,6 +1,7 @@
 //! Classifying a packet allocates nothing, whatever structure the planner
 //! built (and whatever path the lookup takes: trees, tries, residual rules,
-//! out-of-width fallbacks).
+//! out-of-width fallbacks); nor does a first packet's walk through a sized
+//! port's layers.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -76,4 +77,47 @@ fn best_match_does_not_allocate() {
         }
         assert_eq!(allocation_calls(), before, "best_match_many allocated");
     }
+}
+
+/// A new connection's first packet through sixteen stateless ACL layers
+/// allocates nothing once the port has seen its verdict: the simulation's
+/// counter list holds two counters per layer inline (it spilled to the heap
+/// beyond eight layers), and the flow's action and counter list are shared
+/// copies found, not made.
+#[test]
+fn a_first_packet_through_sixteen_layers_does_not_allocate() {
+    use common::tcp;
+    use strata_engine::scenario::{VM_GW_MAC, VM_MAC, acl_layers_port};
+    use strata_engine::{Direction, Verdict, secs};
+    use strata_packet::PacketBuf;
+
+    let (mut port, mut probes) = acl_layers_port(16, 2, 40, 32).expect("port");
+    probes.sort();
+    probes.dedup();
+    let mut buf = PacketBuf::with_capacity(2048);
+    let mut first = |port: &mut strata_engine::Port, sp: u16| {
+        let frames: Vec<Vec<u8>> = probes
+            .iter()
+            .map(|&(s, d, dp)| tcp(VM_MAC, VM_GW_MAC, s, d, sp, dp, 0x02, 1, 0, b""))
+            .collect();
+        let before = (allocation_calls(), port.connection_count());
+        for f in &frames {
+            buf.reset(f);
+            let v = port.process(Direction::Out, &mut buf, secs(1));
+            assert_eq!(v, Verdict::Forward);
+        }
+        (
+            allocation_calls() - before.0,
+            port.connection_count() - before.1,
+        )
+    };
+    // Room for the connections (no table grows), then the verdicts'
+    // actions and counter lists interned.
+    port.reserve(2 * probes.len()).expect("reserve");
+    let (_, created) = first(&mut port, 1000);
+    assert_eq!(created, probes.len());
+    // Other source ports: new connections, decided by the same rules.
+    let (allocations, created) = first(&mut port, 2000);
+    assert_eq!(created, probes.len());
+    assert_eq!(allocations, 0, "first packets allocated");
 }

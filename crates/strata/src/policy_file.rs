@@ -8,6 +8,8 @@
 //! [port]
 //! name = "vm-10.1.0.4"          # required
 //! max_connections = 1048576     # optional; the rest are optional too
+//! reserve_connections = 100000  # size the flow tables for this many now
+//!                               # (at most max_connections; default 0)
 //! tcp_established_idle = "300s" # durations: "300s", "250ms", "5m", "1h",
 //! tcp_half_open_idle = "10s"    # "100us", "10ns", or an integer (seconds)
 //! tcp_time_wait = "60s"
@@ -446,6 +448,8 @@ pub struct PortDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_connections: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_established_idle: Option<Scalar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_half_open_idle: Option<Scalar>,
@@ -812,6 +816,9 @@ pub struct BackendPoolSpec {
 pub struct PolicySpec {
     pub name: String,
     pub config: PortConfig,
+    /// Connections the port's flow tables are sized for when it is built
+    /// (`Port::reserve`; 0: they grow as connections come).
+    pub reserve_connections: usize,
     pub mappings: Vec<MappingTableSpec>,
     pub port_pools: Vec<PortPoolSpec>,
     pub backend_pools: Vec<BackendPoolSpec>,
@@ -1586,9 +1593,11 @@ impl PolicyDoc {
             }
             layers.push(l.compile(&at, &names)?);
         }
+        let reserve_connections = self.port.reservation(&root.push("port"), &config)?;
         Ok(PolicySpec {
             name: self.port.name.clone(),
             config,
+            reserve_connections,
             mappings,
             port_pools,
             backend_pools,
@@ -1598,6 +1607,24 @@ impl PolicyDoc {
 }
 
 impl PortDoc {
+    /// `reserve_connections`, checked against the port's limit.
+    fn reservation(&self, at: &Place, config: &PortConfig) -> Result<usize, PolicyError> {
+        let Some(n) = self.reserve_connections else {
+            return Ok(0);
+        };
+        let at = at.push("reserve_connections");
+        match usize::try_from(n) {
+            Ok(n) if n <= config.max_connections => Ok(n),
+            _ => Err(sem(
+                &at,
+                format!(
+                    "{n} is more than max_connections ({})",
+                    config.max_connections
+                ),
+            )),
+        }
+    }
+
     fn compile(&self, at: &Place) -> Result<PortConfig, PolicyError> {
         check_id(&self.name).map_err(|e| sem(&at.push("name"), e.to_string()))?;
         let mut c = PortConfig::default();
@@ -1810,6 +1837,13 @@ impl PolicySpec {
             port.add_layer(l.clone(), None)
                 .map_err(|e| sem(&at, e.to_string()))?;
         }
+        // Last, so that the stateful layers' tables are sized too.
+        port.reserve(self.reserve_connections).map_err(|e| {
+            sem(
+                &Place::default().push("port").push("reserve_connections"),
+                e.to_string(),
+            )
+        })?;
         Ok(port)
     }
 
@@ -1836,6 +1870,7 @@ impl PolicySpec {
         PolicySpec {
             name: port.name().to_string(),
             config: port.config().clone(),
+            reserve_connections: port.reserved_connections(),
             mappings: tables,
             port_pools: r
                 .port_pools
@@ -1865,6 +1900,8 @@ impl PolicySpec {
             port: PortDoc {
                 name: self.name.clone(),
                 max_connections: Some(c.max_connections as u64),
+                reserve_connections: (self.reserve_connections > 0)
+                    .then_some(self.reserve_connections as u64),
                 tcp_established_idle: Some(format_duration(c.tcp_established_idle)),
                 tcp_half_open_idle: Some(format_duration(c.tcp_half_open_idle)),
                 tcp_time_wait: Some(format_duration(c.tcp_time_wait)),
@@ -1989,6 +2026,7 @@ impl PolicyDoc {
         o.0.push_str("[port]\n");
         o.kv("name", &p.name)?;
         o.opt("max_connections", &p.max_connections)?;
+        o.opt("reserve_connections", &p.reserve_connections)?;
         o.opt("tcp_established_idle", &p.tcp_established_idle)?;
         o.opt("tcp_half_open_idle", &p.tcp_half_open_idle)?;
         o.opt("tcp_time_wait", &p.tcp_time_wait)?;

@@ -452,6 +452,38 @@ fn bad_duration_names_the_setting() {
 }
 
 #[test]
+fn a_reservation_sizes_the_built_port_and_round_trips() {
+    let text = BASE.replace(
+        "name = \"vm\"\n",
+        "name = \"vm\"\nmax_connections = 5000\nreserve_connections = 3000\n",
+    );
+    let spec = policy_file::parse_str(&text, Format::Toml).expect("spec");
+    assert_eq!(spec.reserve_connections, 3000);
+    let port = spec.build_port(ActionRegistry::default()).expect("port");
+    assert_eq!(port.reserved_connections(), 3000);
+    // The flow tables hold room for the connections already (an empty
+    // port of the same policy holds a few kilobytes).
+    assert!(port.flow_memory().total() > 3000 * 100);
+    let back =
+        policy_file::parse_str(&spec.to_toml().expect("toml"), Format::Toml).expect("re-import");
+    assert_eq!(back, spec);
+}
+
+#[test]
+fn a_reservation_beyond_the_limit_names_the_setting() {
+    let text = BASE.replace(
+        "name = \"vm\"\n",
+        "name = \"vm\"\nmax_connections = 5000\nreserve_connections = 5001\n",
+    );
+    let e = err(&text);
+    assert_path(
+        &e,
+        "port > reserve_connections",
+        "5001 is more than max_connections (5000)",
+    );
+}
+
+#[test]
 fn bad_ids_are_refused() {
     let text = BASE.replace("id = \"customer-out\"", "id = \"customer out\"");
     let e = err(&text);

@@ -1,0 +1,95 @@
+//! `Port::reserve`: a port sized ahead for its connections opens them
+//! without a heap allocation (no table grows, no chunk is added), while the
+//! same traffic through a port left to grow allocates; a reservation
+//! beyond the port's limit is refused and changes nothing.
+
+#[path = "common/mod.rs"]
+mod common;
+use common::counting::{Counting, allocation_calls};
+use common::*;
+use strata_engine::scenario::*;
+use strata_engine::{ApiError, Direction, Port, PortConfig, secs};
+use strata_packet::PacketBuf;
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn port() -> Port {
+    let cfg = PortConfig {
+        max_connections: 100_000,
+        ..PortConfig::default()
+    };
+    let mut port = four_layer_port(cfg, 0).expect("port");
+    install_mappings(&mut port, 4).expect("mappings");
+    port
+}
+
+/// The handshake (SYN, SYN-ACK, ACK) of generated connections `range`.
+fn handshakes(range: std::ops::Range<u32>) -> Vec<(Direction, Vec<u8>)> {
+    range
+        .flat_map(|i| lifecycle(i).into_iter().take(3))
+        .collect()
+}
+
+/// Run the frames; the allocation calls made meanwhile.
+fn allocations_running(port: &mut Port, frames: &[(Direction, Vec<u8>)]) -> usize {
+    let mut buf = PacketBuf::with_capacity(2048);
+    let before = allocation_calls();
+    for (d, f) in frames {
+        buf.reset(f);
+        let v = port.process(*d, &mut buf, secs(2));
+        assert!(v.is_forward(), "{v:?}");
+    }
+    allocation_calls() - before
+}
+
+#[test]
+fn a_reserved_port_opens_its_connections_without_allocating() {
+    // Connections 0..1000 reach every peer once: the verdicts' actions,
+    // counter lists and meter buckets exist after them. The next 30,000
+    // go to the same peers from other source ports.
+    let warm = handshakes(0..1000);
+    let more = handshakes(1000..31_000);
+    let mut reserved = port();
+    let mut growing = port();
+    for p in [&mut reserved, &mut growing] {
+        allocations_running(p, &warm);
+    }
+    let held = reserved.flow_memory().total();
+    reserved.reserve(40_000).expect("within the limit");
+    assert!(
+        reserved.flow_memory().total() > held + 40_000 * 150,
+        "the reservation is held and accounted"
+    );
+
+    assert_eq!(allocations_running(&mut reserved, &more), 0);
+    assert!(allocations_running(&mut growing, &more) > 0);
+    assert_eq!(reserved.connection_count(), 31_000);
+    assert_eq!(growing.connection_count(), 31_000);
+    // Every connection works in both (their replies take the fast path).
+    let data = |i: u32| lifecycle(i)[2].clone();
+    for i in [0, 999, 1000, 17_321, 30_999] {
+        let (d, f) = data(i);
+        assert!(forwards(&mut reserved, d, &f, secs(3)), "connection {i}");
+        assert!(forwards(&mut growing, d, &f, secs(3)), "connection {i}");
+    }
+    assert_eq!(reserved.unified_flow_count(), growing.unified_flow_count());
+}
+
+#[test]
+fn reserving_beyond_the_limit_is_refused_and_changes_nothing() {
+    let mut p = port();
+    allocations_running(&mut p, &handshakes(0..10));
+    let before = p.flow_memory();
+    assert_eq!(
+        p.reserve(100_001),
+        Err(ApiError::ReserveBeyondLimit {
+            requested: 100_001,
+            max: 100_000
+        })
+    );
+    assert_eq!(p.flow_memory().total(), before.total());
+    // Reserving less than the port holds already is a no-op that works.
+    p.reserve(5).expect("within the limit");
+    assert_eq!(p.connection_count(), 10);
+}
