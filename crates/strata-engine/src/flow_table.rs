@@ -525,6 +525,16 @@ impl LayerFlowTable {
     pub fn reserve(&mut self, flows: usize, conns: &UnifiedFlowTable) {
         self.slots.reserve(flows);
         self.free.reserve(flows.saturating_sub(self.free.len()));
+        let (index, keys, slots) = self.index_and_keys(conns);
+        index.reserve(flows.saturating_mul(2), LayerHashes { keys: &keys, slots });
+    }
+
+    /// The index beside the keys and flows it is kept by (borrowed apart,
+    /// so the index can change while they are read).
+    fn index_and_keys<'a>(
+        &'a mut self,
+        conns: &'a UnifiedFlowTable,
+    ) -> (&'a mut FlowIndex, Keys<'a>, &'a ChunkedSlab<LayerFlow>) {
         let keys = Keys {
             own: &self.own_keys,
             fresh: self.fresh.as_ref(),
@@ -532,11 +542,7 @@ impl LayerFlowTable {
             conns,
             seed: self.seed,
         };
-        let hashes = LayerHashes {
-            keys: &keys,
-            slots: &self.slots,
-        };
-        self.index.reserve(flows.saturating_mul(2), hashes);
+        (&mut self.index, keys, &self.slots)
     }
 
     fn keys<'a>(&'a self, conns: &'a UnifiedFlowTable) -> Keys<'a> {
@@ -822,26 +828,21 @@ impl LayerFlowTable {
 
     /// Take a flow out of the index (it stays in its slot while held).
     pub fn detach(&mut self, slot: u32, conns: &UnifiedFlowTable) {
-        let Some(f) = self.slots.get(slot as usize).and_then(|s| s.as_ref()) else {
+        let seed = self.seed;
+        let (index, keys, slots) = self.index_and_keys(conns);
+        let Some(f) = slots.get(slot as usize).and_then(|s| s.as_ref()) else {
             return;
         };
         if f.detached {
             return;
         }
-        let keys = Keys {
-            own: &self.own_keys,
-            fresh: self.fresh.as_ref(),
-            extras: &self.extras,
-            conns,
-            seed: self.seed,
-        };
         for side in 0..if f.one_entry { 1 } else { 2 } {
             let v = slot << 1 | side as u32;
             let Some(k) = keys.side(slot, f, side) else {
                 continue;
             };
-            let h = lf_hash(self.seed, f.dir_of(side), &k);
-            self.index.remove(h, v);
+            let h = lf_hash(seed, f.dir_of(side), &k);
+            index.remove(h, v);
         }
         if let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
             f.detached = true;

@@ -441,29 +441,35 @@ fn lpm_on_a_non_address_field_names_the_group() {
     );
 }
 
+/// The base policy with more `[port]` settings.
+fn with_port_settings(settings: &str) -> String {
+    BASE.replace("name = \"vm\"\n", &format!("name = \"vm\"\n{settings}"))
+}
+
 #[test]
 fn bad_duration_names_the_setting() {
-    let text = BASE.replace(
-        "name = \"vm\"\n",
-        "name = \"vm\"\ntcp_time_wait = \"60 parsecs\"\n",
-    );
-    let e = err(&text);
+    let e = err(&with_port_settings("tcp_time_wait = \"60 parsecs\"\n"));
     assert_path(&e, "port > tcp_time_wait", "is not a duration");
 }
 
 #[test]
 fn a_reservation_sizes_the_built_port_and_round_trips() {
-    let text = BASE.replace(
-        "name = \"vm\"\n",
-        "name = \"vm\"\nmax_connections = 5000\nreserve_connections = 3000\n",
-    );
+    let text = with_port_settings("max_connections = 5000\nreserve_connections = 3000\n");
     let spec = policy_file::parse_str(&text, Format::Toml).expect("spec");
     assert_eq!(spec.reserve_connections, 3000);
     let port = spec.build_port(ActionRegistry::default()).expect("port");
     assert_eq!(port.reserved_connections(), 3000);
-    // The flow tables hold room for the connections already (an empty
-    // port of the same policy holds a few kilobytes).
+    // The flow tables hold room for the connections already; the same
+    // port unreserved holds a few kilobytes.
     assert!(port.flow_memory().total() > 3000 * 100);
+    let unreserved = PolicySpec {
+        reserve_connections: 0,
+        ..spec.clone()
+    };
+    let small = unreserved
+        .build_port(ActionRegistry::default())
+        .expect("port");
+    assert!(small.flow_memory().total() < 3000 * 10);
     let back =
         policy_file::parse_str(&spec.to_toml().expect("toml"), Format::Toml).expect("re-import");
     assert_eq!(back, spec);
@@ -471,11 +477,9 @@ fn a_reservation_sizes_the_built_port_and_round_trips() {
 
 #[test]
 fn a_reservation_beyond_the_limit_names_the_setting() {
-    let text = BASE.replace(
-        "name = \"vm\"\n",
-        "name = \"vm\"\nmax_connections = 5000\nreserve_connections = 5001\n",
-    );
-    let e = err(&text);
+    let e = err(&with_port_settings(
+        "max_connections = 5000\nreserve_connections = 5001\n",
+    ));
     assert_path(
         &e,
         "port > reserve_connections",
