@@ -554,11 +554,6 @@ impl FlowIndex {
         self.buckets.prefault();
     }
 
-    /// Entries the index holds without growing.
-    pub fn capacity(&self) -> usize {
-        self.slots() * MAX_LOAD_NUM / MAX_LOAD_DEN
-    }
-
     /// Move up to `step` buckets of the old table into the current one.
     fn move_some(&mut self, step: usize, rehash: &impl Rehash) {
         let end = self.moved.saturating_add(step).min(self.old.len());
@@ -728,6 +723,35 @@ mod tests {
         assert!(big.iter().all(|b| *b == EMPTY_BUCKET));
         let idx = FlowIndex::with_capacity(500_000);
         assert_eq!((idx.len(), idx.find(mixed(7), |_| true)), (0, None));
+    }
+
+    /// A reservation moves what the index holds to a table of its size at
+    /// once, mid-growth too; inserts up to it then never grow the table.
+    #[test]
+    fn inserts_up_to_a_reservation_never_grow_the_index() {
+        let mut idx = FlowIndex::default();
+        // Stop right after a doubling began (old buckets still to move).
+        let mut v = 0;
+        while idx.old.is_empty() || v < 1000 {
+            idx.insert(mixed(v), v, mixed);
+            v += 1;
+        }
+        idx.reserve(200_000, mixed);
+        assert!(idx.old.is_empty());
+        assert_eq!(idx.verify(mixed), Ok(()));
+        let buckets = idx.buckets.len();
+        while v < 200_000 {
+            idx.insert(mixed(v), v, mixed);
+            v += 1;
+        }
+        assert_eq!(idx.buckets.len(), buckets, "grew");
+        assert!(idx.old.is_empty());
+        assert_eq!(idx.len(), 200_000);
+        assert_eq!(idx.verify(mixed), Ok(()));
+        assert!((0..200_000).all(|v| idx.find(mixed(v), |c| c == v) == Some(v)));
+        // Reserving less than it holds keeps everything.
+        idx.reserve(10, mixed);
+        assert_eq!((idx.len(), idx.buckets.len()), (200_000, buckets));
     }
 
     fn churn(hash: fn(u32) -> u64, values: u32, steps: usize) -> FlowIndex {

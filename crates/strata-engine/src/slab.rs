@@ -35,7 +35,6 @@ const CHUNK_MASK: usize = CHUNK - 1;
 
 /// Slots `0..len` of `Option<T>`, like a `Vec<Option<T>>`, stored in chunks
 /// of [`CHUNK`] slots: every chunk but the last is full.
-#[derive(Clone)]
 pub struct ChunkedSlab<T> {
     chunks: Vec<Vec<Option<T>>>,
     /// Slots in use, live or empty (as `Vec::len`).
@@ -175,6 +174,18 @@ impl<T> ChunkedSlab<T> {
     /// Every slot in order, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Option<T>> {
         self.chunks.iter_mut().flatten()
+    }
+}
+
+/// A copy of the slots; a reservation is not copied (a clone of an empty
+/// spare chunk would have no room: pushes would grow it as a vector).
+impl<T: Clone> Clone for ChunkedSlab<T> {
+    fn clone(&self) -> Self {
+        Self {
+            chunks: self.chunks.clone(),
+            len: self.len,
+            spare: Vec::new(),
+        }
     }
 }
 
@@ -341,6 +352,10 @@ mod tests {
         let room = s.capacity();
         assert!((want.len()..want.len() + CHUNK).contains(&room), "{room}");
         assert!(s.iter().eq(want[..10].iter()));
+        // A copy has the slots, not the reservation.
+        let copy = s.clone();
+        assert_eq!(copy, s);
+        assert!(copy.capacity() < CHUNK);
         let bytes = s.memory_bytes();
         for v in &want[10..] {
             s.push(*v);
