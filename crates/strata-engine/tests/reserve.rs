@@ -66,7 +66,8 @@ fn a_reserved_port_opens_its_connections_without_allocating() {
     assert!(allocations_running(&mut growing, &more) > 0);
     assert_eq!(reserved.connection_count(), 31_000);
     assert_eq!(growing.connection_count(), 31_000);
-    // Every connection works in both (their replies take the fast path).
+    // Every connection works in both (the VM's ACK again, now on the
+    // fast path).
     let data = |i: u32| lifecycle(i)[2].clone();
     for i in [0, 999, 1000, 17_321, 30_999] {
         let (d, f) = data(i);
@@ -89,6 +90,7 @@ fn reserving_beyond_the_limit_is_refused_and_changes_nothing() {
         })
     );
     assert_eq!(p.flow_memory().total(), before.total());
+    assert_eq!(p.reserved_connections(), 0);
     // Reserving less than the port holds already is a no-op that works.
     p.reserve(5).expect("within the limit");
     assert_eq!(p.connection_count(), 10);

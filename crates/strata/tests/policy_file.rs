@@ -475,6 +475,19 @@ fn a_reservation_sizes_the_built_port_and_round_trips() {
     assert_eq!(back, spec);
 }
 
+/// A spec made in code skips the file's checks: building it refuses the
+/// reservation with the same place named.
+#[test]
+fn building_a_spec_beyond_the_limit_names_the_setting() {
+    let mut spec = policy_file::parse_str(BASE, Format::Toml).expect("base");
+    spec.config.max_connections = 100;
+    spec.reserve_connections = 101;
+    let e = spec
+        .build_port(ActionRegistry::default())
+        .expect_err("must fail");
+    assert_path(&e, "port > reserve_connections", "at most 100");
+}
+
 #[test]
 fn a_reservation_beyond_the_limit_names_the_setting() {
     let e = err(&with_port_settings(
