@@ -164,6 +164,15 @@ pub trait Action: Send + Sync + Debug {
         None
     }
 
+    /// Whether any output of this action may transpose the packet, and so
+    /// change the key the layers after it see. `true` (the default) is
+    /// always safe; an action that only decides or counts says `false`,
+    /// which lets a first packet's walk hash the flow keys of the layers
+    /// after it before it gets there (see `Port::simulate`).
+    fn may_transpose(&self) -> bool {
+        true
+    }
+
     /// Release custom per-flow state. Resource state (SNAT ports) is
     /// released by the engine.
     fn teardown(&self, _state: &ActionState, _resources: &mut Resources) {}
@@ -355,6 +364,11 @@ impl Action for Fixed {
     }
 
     #[inline]
+    fn may_transpose(&self) -> bool {
+        !self.identity
+    }
+
+    #[inline]
     fn process(&self, _cx: &mut ActionCx<'_>) -> ActionOutput {
         ActionOutput {
             transposition: if self.identity {
@@ -504,6 +518,10 @@ struct Meter {
 pub const MAX_METER_BUCKETS: usize = 65_536;
 
 impl Action for Meter {
+    fn may_transpose(&self) -> bool {
+        false
+    }
+
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput {
         if cx.dry_run {
             return ActionOutput::allow(Transposition::IDENTITY);

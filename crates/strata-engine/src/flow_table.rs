@@ -287,6 +287,44 @@ pub struct LayerFlowHash {
     reversible: bool,
 }
 
+/// Up to [`EarlyHashes::CAP`] layer-flow hashes, one per walk step: a
+/// first packet's walk hashes its key for the layers ahead of it before it
+/// starts (see `Port::simulate`). Plain words and two masks rather than an
+/// array of options: the walk starts with an empty set in a few stores.
+#[derive(Clone, Copy, Default)]
+pub struct EarlyHashes {
+    values: [u64; EarlyHashes::CAP],
+    present: u16,
+    reversible: u16,
+}
+
+impl EarlyHashes {
+    pub const CAP: usize = 16;
+
+    /// Keep `h` for step `step` (ignored past [`EarlyHashes::CAP`]).
+    #[inline]
+    pub fn set(&mut self, step: usize, h: LayerFlowHash) {
+        if let Some(v) = self.values.get_mut(step) {
+            *v = h.value;
+            self.present |= 1 << step;
+            self.reversible = self.reversible & !(1 << step) | u16::from(h.reversible) << step;
+        }
+    }
+
+    /// The hash kept for step `step`, if any.
+    #[inline]
+    pub fn get(&self, step: usize) -> Option<LayerFlowHash> {
+        let bit = 1u16.checked_shl(step as u32)?;
+        if self.present & bit == 0 {
+            return None;
+        }
+        Some(LayerFlowHash {
+            value: *self.values.get(step)?,
+            reversible: self.reversible & bit != 0,
+        })
+    }
+}
+
 #[inline(always)]
 fn lf_hash_of(seed: TableSeed, d: Direction, k: &Ufid) -> LayerFlowHash {
     match lf_reversible_hash(seed, d, k) {
@@ -587,6 +625,17 @@ impl LayerFlowTable {
         lf_hash_of(self.seed, d, key)
     }
 
+    /// [`LayerFlowTable::hash`], and start loading the index bucket it
+    /// lands in (a prefetch hint). Kept out of line: inlined into a loop
+    /// over layers, the key's packing is hoisted out of the loop and paid
+    /// by every walk, even one that hashes nothing.
+    #[inline(never)]
+    pub fn hash_and_prefetch(&self, d: Direction, key: &Ufid) -> LayerFlowHash {
+        let h = self.hash(d, key);
+        self.index.prefetch(h.value);
+        h
+    }
+
     /// [`LayerFlowTable::lookup_with_origin`] with the key's
     /// [`LayerFlowTable::hash`].
     pub fn lookup_hashed(
@@ -665,6 +714,16 @@ impl LayerFlowTable {
                 (self.slots.len() - 1) as u32
             }
         };
+        // The slot the next new flow takes starts loading now (as in
+        // `UnifiedFlowTable::alloc`).
+        match self.free.last() {
+            Some(&s) => {
+                if let Some(next) = self.slots.get(s as usize) {
+                    crate::hint::prefetch(next);
+                }
+            }
+            None => self.slots.prefetch_next_push(),
+        }
         // One entry for both keys when the reverse key is the origin's
         // reversed and both hash alike — unless an earlier flow owns either
         // key (it keeps it; this flow must answer for exactly the other).
@@ -1695,7 +1754,7 @@ impl UnifiedFlowTable {
     }
 
     pub fn alloc(&mut self, c: Connection) -> u32 {
-        match self.free.pop() {
+        let s = match self.free.pop() {
             Some(s) => {
                 self.conns[s as usize] = Some(c);
                 s
@@ -1704,6 +1763,25 @@ impl UnifiedFlowTable {
                 self.conns.push(Some(c));
                 (self.conns.len() - 1) as u32
             }
+        };
+        self.prefetch_next_alloc();
+        s
+    }
+
+    /// Start bringing in the slot the next [`UnifiedFlowTable::alloc`]
+    /// takes: after a bulk expiry or on a large table it is cold, and a
+    /// new connection's entry spans several lines, written in the middle
+    /// of the slow path. Fetched now, it arrives during the packets
+    /// before the next new connection.
+    #[inline]
+    fn prefetch_next_alloc(&self) {
+        match self.free.last() {
+            Some(&s) => {
+                if let Some(slot) = self.conns.get(s as usize) {
+                    crate::hint::prefetch(slot);
+                }
+            }
+            None => self.conns.prefetch_next_push(),
         }
     }
 
@@ -1951,6 +2029,29 @@ mod tests {
         assert_eq!(size_of::<Option<TcpConn>>(), 44);
         assert_eq!(size_of::<Option<Connection>>(), 184);
         assert_eq!(size_of::<Option<LayerFlow>>(), 24);
+    }
+
+    /// Each step keeps its own hash and orientation; steps never set, and
+    /// steps past the capacity, have none.
+    #[test]
+    fn early_hashes_keep_each_steps_hash() {
+        let h = |value, reversible| LayerFlowHash { value, reversible };
+        let mut e = EarlyHashes::default();
+        e.set(0, h(7, true));
+        e.set(3, h(u64::MAX, false));
+        e.set(EarlyHashes::CAP - 1, h(9, true));
+        e.set(EarlyHashes::CAP, h(11, true));
+        assert_eq!(e.get(0), Some(h(7, true)));
+        assert_eq!(e.get(3), Some(h(u64::MAX, false)));
+        assert_eq!(e.get(EarlyHashes::CAP - 1), Some(h(9, true)));
+        for step in [1, 2, 4, EarlyHashes::CAP, 64, usize::MAX] {
+            assert_eq!(e.get(step), None, "step {step}");
+        }
+        // A later hash for a step replaces the earlier one, both fields.
+        e.set(3, h(5, true));
+        assert_eq!(e.get(3), Some(h(5, true)));
+        e.set(3, h(6, false));
+        assert_eq!(e.get(3), Some(h(6, false)));
     }
 
     /// `same_layer_key` is equality of identity keys: every field but the

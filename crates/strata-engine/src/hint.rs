@@ -34,7 +34,14 @@
 /// smaller than that.
 #[inline(always)]
 pub fn prefetch<T>(r: &T) {
-    let p = (r as *const T).cast::<u8>();
+    prefetch_ptr(r as *const T);
+}
+
+/// [`prefetch`] for room not yet written (a slot past a vector's length,
+/// within its capacity): `p` points into a live allocation.
+#[inline(always)]
+pub fn prefetch_ptr<T>(p: *const T) {
+    let p = p.cast::<u8>();
     let first = p as usize & !63;
     let last = (p as usize + size_of::<T>().max(1) - 1) & !63;
     let lines = ((last - first) / 64 + 1).min(4);

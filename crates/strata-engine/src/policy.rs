@@ -224,12 +224,14 @@ impl Group {
         };
         let rules = rules?;
         let has_terminating = self.rules.iter().any(|r| r.terminating);
+        let may_transpose = rules.iter().any(|r| r.action.may_transpose());
         let prepared = PreparedGroup(
             CompiledGroup {
                 group: self,
                 rules,
                 classifier,
                 has_terminating,
+                may_transpose,
             },
             None,
         );
@@ -363,6 +365,8 @@ pub struct CompiledGroup {
     /// Whether any rule is terminating (only such groups can end a layer's
     /// evaluation early, see [`LayerPolicy::classify`]).
     pub has_terminating: bool,
+    /// Whether any rule's action may transpose ([`Action::may_transpose`]).
+    pub may_transpose: bool,
 }
 
 impl CompiledGroup {
@@ -451,6 +455,10 @@ pub struct LayerPolicy {
     /// Bumped on every change of this layer's groups.
     pub generation: u64,
     pub counter: u32,
+    /// Whether a rule of the layer may transpose packets (so its flows
+    /// may too): the layers after it may see another key than the
+    /// packet's own. Set with the groups.
+    may_transpose: bool,
 }
 
 /// The groups of one direction, split for [`LayerPolicy::classify`]: a
@@ -491,6 +499,7 @@ impl LayerPolicy {
             order: Default::default(),
             generation,
             counter,
+            may_transpose: false,
         }
     }
 
@@ -517,8 +526,16 @@ impl LayerPolicy {
                 o.others.push(gi);
             }
         }
+        self.may_transpose = groups.iter().any(|g| g.may_transpose);
         self.groups = groups;
         self.order = order;
+    }
+
+    /// Whether a rule of the layer may transpose packets (see
+    /// [`Action::may_transpose`]); `false` means every packet leaves the
+    /// layer with the key it came in with.
+    pub fn may_transpose(&self) -> bool {
+        self.may_transpose
     }
 
     pub fn default_for(&self, d: Direction) -> DefaultAction {

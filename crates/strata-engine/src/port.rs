@@ -25,9 +25,9 @@ use crate::counters::{CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
-    Connection, FlowAction, FlowActionRef, FlowMemory, LayerFlowHash, LayerFlowRef, LayerFlowRefs,
-    LayerFlowTable, LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow,
-    UnifiedFlowTable,
+    Connection, EarlyHashes, FlowAction, FlowActionRef, FlowMemory, LayerFlowHash, LayerFlowRef,
+    LayerFlowRefs, LayerFlowTable, LayerFlowView, OwnedLayerFlow, PortShape, PortValues,
+    UnifiedFlow, UnifiedFlowTable,
 };
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
@@ -1194,6 +1194,35 @@ impl Port {
         }
     }
 
+    /// Each layer holding flows starts loading the index bucket of the
+    /// packet's own key (by walk step): it is the key the layer looks up
+    /// unless a layer before it may transpose, so on large tables the
+    /// layers' misses overlap each other and the classification of the
+    /// layers before. The hashes are kept for those lookups.
+    #[inline]
+    fn early_hashes(&self, policy: &PortPolicy, d: Direction, ufid: &Ufid) -> EarlyHashes {
+        let n = policy.layers.len();
+        let mut early = EarlyHashes::default();
+        for step in 0..n.min(EarlyHashes::CAP) {
+            let li = match d {
+                Direction::Out => step,
+                Direction::In => n - 1 - step,
+            };
+            let Some(layer) = policy.layers.get(li) else {
+                break;
+            };
+            if let Some(t) = self.flow_table_at(layer.uid, li)
+                && !t.is_empty()
+            {
+                early.set(step, t.hash_and_prefetch(d, ufid));
+            }
+            if layer.may_transpose() {
+                break;
+            }
+        }
+        early
+    }
+
     /// Walk the layers for `ufid` in direction `d` (the flow compiler).
     /// Fills `sim` (a fresh one, the caller's: a `Sim` is 300 bytes, too
     /// many to move on every first packet).
@@ -1214,6 +1243,7 @@ impl Port {
         let mut fv = FieldValues::EMPTY;
         let mut fv_of_local = false;
         let mut changed = false;
+        let early = self.early_hashes(&policy, d, ufid);
         for step in 0..n {
             let li = match d {
                 Direction::Out => step,
@@ -1228,7 +1258,10 @@ impl Port {
             let local = derived.as_ref().unwrap_or(ufid);
 
             // 1. An existing layer flow decides.
-            let mut miss_hash = None;
+            let mut miss_hash = match derived {
+                None => early.get(step),
+                Some(_) => None,
+            };
             if let Some((slot, side, origin)) =
                 self.layer_flow_hit(layer, li, d, local, now, mode, &mut miss_hash)
             {
@@ -1440,7 +1473,9 @@ impl Port {
         if table.is_empty() {
             return None;
         }
-        let h = table.hash(d, local);
+        // The walk's early hash of this key, if it has one.
+        let h = hash.unwrap_or_else(|| table.hash(d, local));
+        debug_assert_eq!(h, table.hash(d, local));
         *hash = Some(h);
         let (slot, side, origin_key) = table.lookup_hashed(d, local, h, &self.uft)?;
         let f = table.get(slot)?;
@@ -1849,6 +1884,28 @@ mod tests {
             .flat_map(|(_, t)| t.flows_mut().map(|f| f.layer_generation))
             .collect();
         (uf, lf)
+    }
+
+    /// Which layers may transpose (where a first packet's walk stops
+    /// hashing ahead): the meter and the ACL only count and decide; SLB
+    /// NAT and VNET encap rewrite. A custom action says so by default.
+    #[test]
+    fn layers_that_may_transpose() {
+        let p = four_layer_port(PortConfig::default(), 10).expect("port");
+        let of = |id: &str| p.policy().layer(id).map(|l| l.may_transpose());
+        assert_eq!(of("meter"), Some(false));
+        assert_eq!(of("acl"), Some(false));
+        assert_eq!(of("slb"), Some(true));
+        assert_eq!(of("vnet"), Some(true));
+        // A custom action that does not say is taken to transpose.
+        #[derive(Debug)]
+        struct Quiet;
+        impl crate::action::Action for Quiet {
+            fn process(&self, _: &mut crate::action::ActionCx<'_>) -> crate::action::ActionOutput {
+                crate::action::ActionOutput::allow(Transposition::IDENTITY)
+            }
+        }
+        assert!(crate::action::Action::may_transpose(&Quiet));
     }
 
     /// Flows keep only the low half of the generation they were compiled

@@ -147,6 +147,22 @@ impl<T> ChunkedSlab<T> {
         self.len += 1;
     }
 
+    /// Start bringing in the slot the next [`ChunkedSlab::push`] writes
+    /// (a prefetch hint; nothing is read): the room past the last chunk's
+    /// end, or the first of a spare chunk.
+    #[inline]
+    pub fn prefetch_next_push(&self) {
+        let chunk = match self.chunks.last() {
+            Some(last) if last.len() < last.capacity() => last,
+            _ => match self.spare.last() {
+                Some(spare) => spare,
+                None => return,
+            },
+        };
+        // Within the chunk's allocation: its length is below its capacity.
+        crate::hint::prefetch_ptr(chunk.as_ptr().wrapping_add(chunk.len()));
+    }
+
     /// Keep the first `n` slots, dropping the rest (and the chunks that
     /// held only those).
     pub fn truncate(&mut self, n: usize) {
