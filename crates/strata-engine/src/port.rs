@@ -78,8 +78,8 @@ pub struct Port {
     pub(crate) batch: Vec<Parsed>,
     /// Where [`Port::expire_some`] stands.
     pub(crate) sweep: crate::expiry::ExpirySweep,
-    /// Connections the port was last sized for ([`Port::reserve`]; not
-    /// part of snapshots: a restored port is sized by its content).
+    /// Connections the port was last sized for ([`Port::reserve`]; kept
+    /// in snapshots, and reserved again on restore).
     pub(crate) reserved: usize,
 }
 
@@ -250,8 +250,10 @@ impl Port {
     ///
     /// The memory is held from now on (about 250 bytes per connection, see
     /// [`Port::flow_memory`]); tables grow as usual past it. Layers added
-    /// or made stateful later are not covered (call it again). Asking for
-    /// more than `max_connections` is refused and changes nothing.
+    /// or made stateful later are not covered (call it again). A snapshot
+    /// keeps the reservation: [`Port::restore`] makes it again before it
+    /// returns. Asking for more than `max_connections` is refused and
+    /// changes nothing.
     pub fn reserve(&mut self, connections: usize) -> Result<(), ApiError> {
         let max = self.config.max_connections;
         if connections > max {

@@ -25,9 +25,18 @@ pub const MAGIC: [u8; 8] = *b"STRATASR";
 /// connection's keys; 4 since counter-slot lists are interned apart from
 /// flow actions; 5 since counter slots are retired and freed (the
 /// arena stores its free list and retired slots); 6 since unified flow keys
-/// name header contexts the flow table stores once. Older snapshots are
-/// refused with a clear error.
-pub const VERSION: u32 = 6;
+/// name header contexts the flow table stores once; 7 since the port's
+/// reservation ([`Port::reserve`]) is kept, so a restored port is sized
+/// again before its first packet.
+///
+/// A build reads its own version and the one before ([`OLDEST_READ`]): a
+/// port saved by the previous release restores across an upgrade (a
+/// version 6 snapshot restores without a reservation). Older snapshots
+/// are refused with a clear error.
+pub const VERSION: u32 = 7;
+
+/// The oldest format version [`Port::restore`] reads.
+pub const OLDEST_READ: u32 = 6;
 
 #[derive(Serialize, Deserialize)]
 pub struct Envelope {
@@ -45,8 +54,18 @@ struct LayerState {
     spec_json: String,
 }
 
+/// The port's state in format version 7: version 6's, then the
+/// reservation (postcard writes a struct's fields in order, so a version 6
+/// payload is a [`PortCore`] alone).
 #[derive(Serialize, Deserialize)]
 struct PortState {
+    core: PortCore,
+    reserved_connections: u64,
+}
+
+/// The port's state in format version 6.
+#[derive(Serialize, Deserialize)]
+struct PortCore {
     name: String,
     config: PortConfig,
     generation: u64,
@@ -61,7 +80,7 @@ struct PortState {
 impl Port {
     /// Serialize the whole port.
     pub fn snapshot(&self) -> Result<Vec<u8>, ApiError> {
-        let state = PortState {
+        let core = PortCore {
             name: self.name.clone(),
             config: self.config.clone(),
             generation: self.generation,
@@ -84,6 +103,10 @@ impl Port {
             uft: self.uft.clone(),
             counters: self.counters.clone(),
         };
+        let state = PortState {
+            core,
+            reserved_connections: self.reserved as u64,
+        };
         let payload = postcard::to_stdvec(&state).map_err(|e| ApiError::Snapshot(e.to_string()))?;
         postcard::to_stdvec(&Envelope {
             magic: MAGIC,
@@ -102,14 +125,29 @@ impl Port {
                 "not a Strata port snapshot (bad magic)".into(),
             ));
         }
-        if env.version != VERSION {
-            return Err(ApiError::Snapshot(format!(
-                "snapshot format version {} is not supported (this build reads {VERSION})",
-                env.version
-            )));
-        }
-        let st: PortState = postcard::from_bytes(&env.payload)
-            .map_err(|e| ApiError::Snapshot(format!("bad payload: {e}")))?;
+        let bad_payload = |e: postcard::Error| ApiError::Snapshot(format!("bad payload: {e}"));
+        let (st, reserved) = match env.version {
+            VERSION => {
+                let st: PortState = postcard::from_bytes(&env.payload).map_err(bad_payload)?;
+                let reserved = usize::try_from(st.reserved_connections).map_err(|_| {
+                    ApiError::Snapshot(format!(
+                        "bad reservation: {} connections",
+                        st.reserved_connections
+                    ))
+                })?;
+                (st.core, reserved)
+            }
+            OLDEST_READ => (
+                postcard::from_bytes::<PortCore>(&env.payload).map_err(bad_payload)?,
+                0,
+            ),
+            v => {
+                return Err(ApiError::Snapshot(format!(
+                    "snapshot format version {v} is not supported (this build reads \
+                     {OLDEST_READ} to {VERSION})"
+                )));
+            }
+        };
         let mut counters = st.counters;
         counters
             .arena
@@ -176,6 +214,11 @@ impl Port {
         };
         port.reintern_actions();
         port.reshare_rules();
+        // Sized again as it was (every page written now, before traffic).
+        if reserved > 0 {
+            port.reserve(reserved)
+                .map_err(|e| ApiError::Snapshot(format!("bad reservation: {e}")))?;
+        }
         Ok(port)
     }
 }

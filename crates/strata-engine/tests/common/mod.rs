@@ -405,3 +405,26 @@ pub fn port_for(connections: u32) -> Port {
     install_mappings(&mut port, 4).expect("mappings");
     port
 }
+
+/// The port of the snapshot-format fixtures (`tests/data/`, written by
+/// `examples/snapshot_fixture.rs`): the four-layer port with 16 SNAT'd
+/// internet connections established and 16 VNET connections through
+/// their handshake, at time 1 s. Returns the frames to send next (each
+/// internet connection's data both ways, then each VNET connection's
+/// closing packets) with their directions: a restored port and a port
+/// made again by this function must treat them alike.
+pub fn snapshot_scenario() -> (Port, Vec<(Direction, Vec<u8>)>) {
+    let mut port = port_for(64);
+    let mut next = Vec::new();
+    for i in 0..16 {
+        next.extend(nat_conn(&mut port, i));
+    }
+    for i in 0..16 {
+        let [syn, synack, ack, closing @ ..] = lifecycle(i);
+        for (d, f) in [syn, synack, ack] {
+            assert!(forwards(&mut port, d, &f, secs(1)), "VNET {i} handshake");
+        }
+        next.extend(closing);
+    }
+    (port, next)
+}

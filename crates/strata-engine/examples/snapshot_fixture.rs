@@ -1,0 +1,27 @@
+//! Writes the snapshot of `snapshot_scenario` (the four-layer port with
+//! established connections, see `tests/common/mod.rs`) to the file named
+//! by `OUT`. Run by the release whose format a fixture in `tests/data/`
+//! keeps, so later builds are tested against bytes an older build wrote:
+//!
+//! ```text
+//! OUT=crates/strata-engine/tests/data/four-layer-v6.snap \
+//!     cargo run --release -p strata-engine --example snapshot_fixture
+//! ```
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+fn main() {
+    let Ok(out) = std::env::var("OUT") else {
+        eprintln!("set OUT to the file to write");
+        std::process::exit(2);
+    };
+    let (port, _) = common::snapshot_scenario();
+    let bytes = port.snapshot().expect("snapshot");
+    std::fs::write(&out, &bytes).expect("write");
+    println!(
+        "{out}: {} bytes, {} connections",
+        bytes.len(),
+        port.connection_count()
+    );
+}
