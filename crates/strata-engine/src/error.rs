@@ -39,6 +39,14 @@ pub enum ApiError {
         "cannot reserve room for {requested} connections: the port keeps at most {max} (max_connections)"
     )]
     ReserveBeyondLimit { requested: usize, max: usize },
+    #[error(
+        "cannot reserve room for {requested} connections: that needs {needed} more bytes of flow tables, and the machine has {available} bytes available"
+    )]
+    ReserveBeyondMemory {
+        requested: usize,
+        needed: usize,
+        available: usize,
+    },
     #[error("snapshot error: {0}")]
     Snapshot(String),
 }

@@ -345,6 +345,11 @@ fn buckets_for(n: usize) -> usize {
 }
 
 impl FlowIndex {
+    /// Heap bytes of an index sized for `n` entries.
+    pub fn bytes_for(n: usize) -> usize {
+        buckets_for(n).saturating_mul(size_of::<Bucket>())
+    }
+
     /// An index sized for `n` entries without growing.
     pub fn with_capacity(n: usize) -> FlowIndex {
         let buckets = buckets_for(n);

@@ -560,6 +560,14 @@ impl LayerFlowTable {
     /// allocating or faulting a page in as they come (see
     /// `Port::reserve`). `conns` is the port's unified flow table, which
     /// holds most flows' keys.
+    /// Heap bytes [`LayerFlowTable::reserve`] holds for `flows` flows: the
+    /// slots, the free list and the index of both keys.
+    pub fn reserve_bytes(flows: usize) -> usize {
+        ChunkedSlab::<LayerFlow>::bytes_for(flows)
+            .saturating_add(flows.saturating_mul(size_of::<u32>()))
+            .saturating_add(FlowIndex::bytes_for(flows.saturating_mul(2)))
+    }
+
     pub fn reserve(&mut self, flows: usize, conns: &UnifiedFlowTable) {
         self.slots.reserve(flows);
         self.free.reserve(flows.saturating_sub(self.free.len()));
@@ -1741,6 +1749,14 @@ impl UnifiedFlowTable {
     /// Make room for `connections` connections (both of their unified
     /// flows) without allocating or faulting a page in as they come (see
     /// `Port::reserve`).
+    /// Heap bytes [`UnifiedFlowTable::reserve`] holds for `connections`
+    /// connections: the slots, the free list and the index of both sides.
+    pub fn reserve_bytes(connections: usize) -> usize {
+        ChunkedSlab::<Connection>::bytes_for(connections)
+            .saturating_add(connections.saturating_mul(size_of::<u32>()))
+            .saturating_add(FlowIndex::bytes_for(connections.saturating_mul(2)))
+    }
+
     pub fn reserve(&mut self, connections: usize) {
         self.conns.reserve(connections);
         self.free

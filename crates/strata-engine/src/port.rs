@@ -52,6 +52,10 @@ const AHEAD: usize = 4;
 /// Frames per pipelined chunk of [`Port::process_batch`].
 pub const BATCH: usize = 32;
 
+/// The most connections a port can number (31 bits: a flow is named by its
+/// connection's number and a side bit).
+pub const MAX_CONNECTIONS: usize = 1 << 31;
+
 /// Clock-sweep window of the eviction policy.
 const EVICTION_WINDOW: usize = 32;
 
@@ -255,22 +259,46 @@ impl Port {
     /// returns. Asking for more than `max_connections` is refused and
     /// changes nothing.
     pub fn reserve(&mut self, connections: usize) -> Result<(), ApiError> {
-        let max = self.config.max_connections;
+        // Connections are numbered in 31 bits (a flow is its connection's
+        // number and a side bit).
+        let max = self.config.max_connections.min(MAX_CONNECTIONS);
         if connections > max {
             return Err(ApiError::ReserveBeyondLimit {
                 requested: connections,
                 max,
             });
         }
+        // Every page is written now: a reservation the machine cannot back
+        // is refused here rather than ending the process.
+        let policy = Arc::clone(&self.policy);
+        let stateful: Vec<u32> = policy
+            .layers
+            .iter()
+            .filter(|l| {
+                l.groups()
+                    .iter()
+                    .any(|g| g.group.rules.iter().any(|r| r.stateful))
+            })
+            .map(|l| l.uid)
+            .collect();
+        let needed = UnifiedFlowTable::reserve_bytes(connections)
+            .saturating_add(
+                LayerFlowTable::reserve_bytes(connections).saturating_mul(stateful.len()),
+            )
+            .saturating_sub(self.flow_memory().total());
+        if let Some(available) = crate::hint::available_memory()
+            && needed > available
+        {
+            return Err(ApiError::ReserveBeyondMemory {
+                requested: connections,
+                needed,
+                available,
+            });
+        }
         self.reserved = connections;
         self.uft.reserve(connections);
-        let policy = Arc::clone(&self.policy);
-        for layer in &policy.layers {
-            let stateful = layer
-                .groups()
-                .iter()
-                .any(|g| g.group.rules.iter().any(|r| r.stateful));
-            if stateful && let Some(t) = table_in(&mut self.layer_flows, layer.uid) {
+        for uid in stateful {
+            if let Some(t) = table_in(&mut self.layer_flows, uid) {
                 t.reserve(connections, &self.uft);
             }
         }

@@ -73,6 +73,13 @@ impl<T> ChunkedSlab<T> {
             .sum()
     }
 
+    /// Heap bytes of the chunks holding `n` slots.
+    pub fn bytes_for(n: usize) -> usize {
+        n.div_ceil(CHUNK)
+            .saturating_mul(CHUNK)
+            .saturating_mul(size_of::<Option<T>>())
+    }
+
     /// Heap bytes: the chunks and the lists of chunk pointers.
     pub fn memory_bytes(&self) -> usize {
         self.capacity() * size_of::<Option<T>>()

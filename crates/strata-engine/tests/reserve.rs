@@ -95,3 +95,52 @@ fn reserving_beyond_the_limit_is_refused_and_changes_nothing() {
     p.reserve(5).expect("within the limit");
     assert_eq!(p.connection_count(), 10);
 }
+
+/// A reservation the machine cannot back is refused before anything is
+/// allocated (every page of it would be written at once: the process
+/// would be killed instead), and past 2^31 connections, which a port
+/// cannot number, whatever its `max_connections`.
+#[test]
+fn reserving_beyond_memory_or_numbering_is_refused_and_changes_nothing() {
+    let cfg = PortConfig {
+        max_connections: usize::MAX,
+        ..PortConfig::default()
+    };
+    let mut p = four_layer_port(cfg, 0).expect("port");
+    install_mappings(&mut p, 4).expect("mappings");
+    allocations_running(&mut p, &handshakes(0..10));
+    let before = p.flow_memory();
+    let most = strata_engine::port::MAX_CONNECTIONS;
+    assert_eq!(
+        p.reserve(most + 1),
+        Err(ApiError::ReserveBeyondLimit {
+            requested: most + 1,
+            max: most
+        })
+    );
+    // 2^31 connections need hundreds of GiB of flow tables.
+    let Some(available) = strata_engine::hint::available_memory() else {
+        return; // not known here: nothing to check against
+    };
+    match p.reserve(most) {
+        Err(ApiError::ReserveBeyondMemory {
+            requested,
+            needed,
+            available: said,
+        }) => {
+            assert_eq!(requested, most);
+            // The slots alone are 184 bytes per connection.
+            assert!(needed > most * 184, "{needed}");
+            // The machine's figure, read again: close to the one reported.
+            assert!(said.abs_diff(available) < 1 << 30, "{said} vs {available}");
+            let e = p.reserve(most).unwrap_err().to_string();
+            assert!(e.contains("bytes available"), "{e}");
+        }
+        other => panic!("{other:?} (available {available})"),
+    }
+    assert_eq!(p.flow_memory(), before);
+    assert_eq!(p.reserved_connections(), 0);
+    assert_eq!(p.connection_count(), 10);
+    p.reserve(1000).expect("a reservation the machine can back");
+    assert_eq!(p.reserved_connections(), 1000);
+}

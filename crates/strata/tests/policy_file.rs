@@ -488,6 +488,25 @@ fn building_a_spec_beyond_the_limit_names_the_setting() {
     assert_path(&e, "port > reserve_connections", "at most 100");
 }
 
+/// A reservation the machine cannot back (2^31 connections: hundreds of
+/// GiB of flow tables) is refused when the port is built, at the setting,
+/// before any of it is allocated.
+#[test]
+fn a_reservation_beyond_memory_names_the_setting() {
+    if strata_engine::hint::available_memory().is_none() {
+        return; // not known on this system: nothing to refuse by
+    }
+    let spec = policy_file::parse_str(
+        &with_port_settings("max_connections = 2147483648\nreserve_connections = 2147483648\n"),
+        Format::Toml,
+    )
+    .expect("within max_connections");
+    let e = spec
+        .build_port(ActionRegistry::default())
+        .expect_err("must fail");
+    assert_path(&e, "port > reserve_connections", "bytes available");
+}
+
 #[test]
 fn a_reservation_beyond_the_limit_names_the_setting() {
     let e = err(&with_port_settings(
