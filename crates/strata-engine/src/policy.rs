@@ -652,7 +652,8 @@ impl PortPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortConfig {
     /// Most connections (unified-flow pairs) the port keeps; beyond it the
-    /// eviction policy makes room.
+    /// eviction policy makes room. At most [`crate::port::MAX_CONNECTIONS`]
+    /// (2^31) take effect.
     pub max_connections: usize,
     pub tcp_established_idle: Time,
     pub tcp_half_open_idle: Time,

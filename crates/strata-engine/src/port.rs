@@ -1020,7 +1020,8 @@ impl Port {
             }
         }
 
-        if self.uft.len() >= self.config.max_connections {
+        // A limit past what a port can number is the numbering's limit.
+        if self.uft.len() >= self.config.max_connections.min(MAX_CONNECTIONS) {
             self.evict_one(now);
         }
         let tcp = (forward && ufid.inner.is_tcp())

@@ -7,9 +7,10 @@
 //! ```toml
 //! [port]
 //! name = "vm-10.1.0.4"          # required
-//! max_connections = 1048576     # optional; the rest are optional too
+//! max_connections = 1048576     # optional (at most 2^31); the rest too
 //! reserve_connections = 100000  # size the flow tables for this many now
-//!                               # (at most max_connections; default 0)
+//!                               # (at most max_connections, and what the
+//!                               # machine's memory can back; default 0)
 //! tcp_established_idle = "300s" # durations: "300s", "250ms", "5m", "1h",
 //! tcp_half_open_idle = "10s"    # "100us", "10ns", or an integer (seconds)
 //! tcp_time_wait = "60s"
@@ -1632,8 +1633,11 @@ impl PortDoc {
             if n == 0 {
                 return Err(sem(&at.push("max_connections"), "must be at least 1"));
             }
-            c.max_connections =
-                usize::try_from(n).map_err(|_| sem(&at.push("max_connections"), "too large"))?;
+            let most = strata_engine::port::MAX_CONNECTIONS;
+            c.max_connections = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= most)
+                .ok_or_else(|| sem(&at.push("max_connections"), format!("at most {most}")))?;
         }
         let set = |name: &str, v: &Option<Scalar>, slot: &mut Time| -> Result<(), PolicyError> {
             if let Some(v) = v {

@@ -507,6 +507,20 @@ fn a_reservation_beyond_memory_names_the_setting() {
     assert_path(&e, "port > reserve_connections", "bytes available");
 }
 
+/// A port numbers its connections in 31 bits: a larger limit is refused
+/// at the setting, the largest one accepted.
+#[test]
+fn max_connections_past_what_a_port_can_number_is_refused() {
+    let e = err(&with_port_settings("max_connections = 2147483649\n"));
+    assert_path(&e, "port > max_connections", "at most 2147483648");
+    let spec = policy_file::parse_str(
+        &with_port_settings("max_connections = 2147483648\n"),
+        Format::Toml,
+    )
+    .expect("the largest limit");
+    assert_eq!(spec.config.max_connections, 1 << 31);
+}
+
 #[test]
 fn a_reservation_beyond_the_limit_names_the_setting() {
     let e = err(&with_port_settings(
