@@ -311,6 +311,12 @@ impl EarlyHashes {
         }
     }
 
+    /// Whether no step has a hash.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.present == 0
+    }
+
     /// The hash kept for step `step`, if any.
     #[inline]
     pub fn get(&self, step: usize) -> Option<LayerFlowHash> {
@@ -2053,7 +2059,9 @@ mod tests {
     fn early_hashes_keep_each_steps_hash() {
         let h = |value, reversible| LayerFlowHash { value, reversible };
         let mut e = EarlyHashes::default();
+        assert!(e.is_empty());
         e.set(0, h(7, true));
+        assert!(!e.is_empty());
         e.set(3, h(u64::MAX, false));
         e.set(EarlyHashes::CAP - 1, h(9, true));
         e.set(EarlyHashes::CAP, h(11, true));

@@ -34,7 +34,18 @@
 /// smaller than that.
 #[inline(always)]
 pub fn prefetch<T>(r: &T) {
-    prefetch_ptr(r as *const T);
+    let p = (r as *const T).cast::<u8>();
+    for i in 0..lines_of::<T>(p) {
+        line(p.wrapping_add(i * 64));
+    }
+}
+
+/// Cache lines a `T` at `p` spans, up to four.
+#[inline(always)]
+fn lines_of<T>(p: *const u8) -> usize {
+    let first = p as usize & !63;
+    let last = (p as usize + size_of::<T>().max(1) - 1) & !63;
+    ((last - first) / 64 + 1).min(4)
 }
 
 /// [`prefetch`] for room not yet written (a slot past a vector's length,
@@ -42,10 +53,7 @@ pub fn prefetch<T>(r: &T) {
 #[inline(always)]
 pub fn prefetch_ptr<T>(p: *const T) {
     let p = p.cast::<u8>();
-    let first = p as usize & !63;
-    let last = (p as usize + size_of::<T>().max(1) - 1) & !63;
-    let lines = ((last - first) / 64 + 1).min(4);
-    for i in 0..lines {
+    for i in 0..lines_of::<T>(p) {
         line(p.wrapping_add(i * 64));
     }
 }

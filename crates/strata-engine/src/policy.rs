@@ -16,7 +16,7 @@ use crate::types::{Direction, DropReason, Time, secs};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Groups of at least this many rules build their classifier on a second
 /// thread while the rules are checked (below, a thread costs more than it
@@ -224,6 +224,7 @@ impl Group {
         };
         let rules = rules?;
         let has_terminating = self.rules.iter().any(|r| r.terminating);
+        let has_stateful = self.rules.iter().any(|r| r.stateful);
         let may_transpose = rules.iter().any(|r| r.action.may_transpose());
         let prepared = PreparedGroup(
             CompiledGroup {
@@ -231,6 +232,7 @@ impl Group {
                 rules,
                 classifier,
                 has_terminating,
+                has_stateful,
                 may_transpose,
             },
             None,
@@ -365,6 +367,8 @@ pub struct CompiledGroup {
     /// Whether any rule is terminating (only such groups can end a layer's
     /// evaluation early, see [`LayerPolicy::classify`]).
     pub has_terminating: bool,
+    /// Whether any rule is stateful (makes layer flows).
+    pub has_stateful: bool,
     /// Whether any rule's action may transpose ([`Action::may_transpose`]).
     pub may_transpose: bool,
 }
@@ -459,6 +463,8 @@ pub struct LayerPolicy {
     /// may too): the layers after it may see another key than the
     /// packet's own. Set with the groups.
     may_transpose: bool,
+    /// Whether a rule of the layer is stateful. Set with the groups.
+    has_stateful: bool,
 }
 
 /// The groups of one direction, split for [`LayerPolicy::classify`]: a
@@ -500,6 +506,7 @@ impl LayerPolicy {
             generation,
             counter,
             may_transpose: false,
+            has_stateful: false,
         }
     }
 
@@ -527,6 +534,7 @@ impl LayerPolicy {
             }
         }
         self.may_transpose = groups.iter().any(|g| g.may_transpose);
+        self.has_stateful = groups.iter().any(|g| g.has_stateful);
         self.groups = groups;
         self.order = order;
     }
@@ -536,6 +544,12 @@ impl LayerPolicy {
     /// layer with the key it came in with.
     pub fn may_transpose(&self) -> bool {
         self.may_transpose
+    }
+
+    /// Whether a rule of the layer is stateful (so new packets may make
+    /// layer flows in it).
+    pub fn has_stateful(&self) -> bool {
+        self.has_stateful
     }
 
     pub fn default_for(&self, d: Direction) -> DefaultAction {
@@ -632,12 +646,49 @@ impl LayerPolicy {
 }
 
 /// The whole policy of a port: its layers, VM side first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct PortPolicy {
     pub layers: Vec<Arc<LayerPolicy>>,
+    /// Worked out from `layers` on first use. A clone starts without it:
+    /// policies are changed on a clone, then shared.
+    shape: OnceLock<LayerShape>,
+}
+
+/// Which of a policy's first 64 layers (bit = position, VM side first)
+/// hold a stateful rule, and which may transpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerShape {
+    pub stateful: u64,
+    pub transposing: u64,
+}
+
+impl Clone for PortPolicy {
+    fn clone(&self) -> PortPolicy {
+        PortPolicy::new(self.layers.clone())
+    }
 }
 
 impl PortPolicy {
+    pub fn new(layers: Vec<Arc<LayerPolicy>>) -> PortPolicy {
+        PortPolicy {
+            layers,
+            shape: OnceLock::new(),
+        }
+    }
+
+    /// The layers' [`LayerShape`].
+    #[inline]
+    pub fn shape(&self) -> LayerShape {
+        *self.shape.get_or_init(|| {
+            let mut s = LayerShape::default();
+            for (i, l) in self.layers.iter().take(64).enumerate() {
+                s.stateful |= u64::from(l.has_stateful()) << i;
+                s.transposing |= u64::from(l.may_transpose()) << i;
+            }
+            s
+        })
+    }
+
     /// The layer with id `layer`.
     pub fn layer(&self, layer: &str) -> Option<&Arc<LayerPolicy>> {
         self.layers.iter().find(|l| l.id == layer)

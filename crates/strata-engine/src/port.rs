@@ -1225,30 +1225,43 @@ impl Port {
         }
     }
 
-    /// Each layer holding flows starts loading the index bucket of the
-    /// packet's own key (by walk step): it is the key the layer looks up
-    /// unless a layer before it may transpose, so on large tables the
-    /// layers' misses overlap each other and the classification of the
-    /// layers before. The hashes are kept for those lookups.
+    /// Each layer with a stateful rule and flows starts loading the index
+    /// bucket of the packet's own key (kept by walk step): it is the key
+    /// the layer looks up unless a layer before it may transpose, so on
+    /// large tables the layers' misses overlap each other and the
+    /// classification of the layers before. The hashes are kept for those
+    /// lookups. Which layers qualify is worked out once per policy
+    /// ([`PortPolicy::shape`]): a walk through layers without state pays
+    /// a few instructions for it.
     #[inline]
     fn early_hashes(&self, policy: &PortPolicy, d: Direction, ufid: &Ufid) -> EarlyHashes {
-        let n = policy.layers.len();
         let mut early = EarlyHashes::default();
-        for step in 0..n.min(EarlyHashes::CAP) {
-            let li = match d {
-                Direction::Out => step,
-                Direction::In => n - 1 - step,
+        let shape = policy.shape();
+        let t = shape.transposing;
+        // Positions the walk reaches with the packet's own key: up to and
+        // including the first layer (in walk order) that may transpose.
+        let untransposed = match (d, t) {
+            (_, 0) => u64::MAX,
+            (Direction::Out, t) => u64::MAX >> (63 - t.trailing_zeros()),
+            (Direction::In, t) => u64::MAX << (63 - t.leading_zeros()),
+        };
+        let n = policy.layers.len();
+        let mut todo = shape.stateful & untransposed;
+        while todo != 0 {
+            let li = todo.trailing_zeros() as usize;
+            todo &= todo - 1;
+            let step = match d {
+                Direction::Out => li,
+                Direction::In => n - 1 - li,
             };
-            let Some(layer) = policy.layers.get(li) else {
-                break;
-            };
-            if let Some(t) = self.flow_table_at(layer.uid, li)
-                && !t.is_empty()
+            // The tables are kept in policy order (`flow_table_at`); a
+            // table not where its layer is is left to the walk.
+            if let (Some(layer), Some((uid, table))) =
+                (policy.layers.get(li), self.layer_flows.get(li))
+                && *uid == layer.uid
+                && !table.is_empty()
             {
-                early.set(step, t.hash_and_prefetch(d, ufid));
-            }
-            if layer.may_transpose() {
-                break;
+                early.set(step, table.hash_and_prefetch(d, ufid));
             }
         }
         early
@@ -1275,6 +1288,7 @@ impl Port {
         let mut fv_of_local = false;
         let mut changed = false;
         let early = self.early_hashes(&policy, d, ufid);
+        let any_early = !early.is_empty();
         for step in 0..n {
             let li = match d {
                 Direction::Out => step,
@@ -1290,8 +1304,8 @@ impl Port {
 
             // 1. An existing layer flow decides.
             let mut miss_hash = match derived {
-                None => early.get(step),
-                Some(_) => None,
+                None if any_early => early.get(step),
+                _ => None,
             };
             if let Some((slot, side, origin)) =
                 self.layer_flow_hit(layer, li, d, local, now, mode, &mut miss_hash)
@@ -1928,6 +1942,25 @@ mod tests {
         assert_eq!(of("acl"), Some(false));
         assert_eq!(of("slb"), Some(true));
         assert_eq!(of("vnet"), Some(true));
+        // By position (meter, acl, slb, vnet): ACL and SLB keep state.
+        let shape = |p: &Port| p.policy().shape();
+        assert_eq!(
+            shape(&p),
+            crate::policy::LayerShape {
+                stateful: 0b0110,
+                transposing: 0b1100
+            }
+        );
+        // A changed policy is worked out anew (meter, acl, vnet).
+        let mut p = p;
+        p.remove_layer("slb").expect("remove");
+        assert_eq!(
+            shape(&p),
+            crate::policy::LayerShape {
+                stateful: 0b010,
+                transposing: 0b100
+            }
+        );
         // A custom action that does not say is taken to transpose.
         #[derive(Debug)]
         struct Quiet;

@@ -198,7 +198,7 @@ impl Port {
         let mut port = Port {
             name: st.name,
             config: st.config,
-            policy: Arc::new(PortPolicy { layers }),
+            policy: Arc::new(PortPolicy::new(layers)),
             generation: st.generation,
             next_layer_uid: st.next_layer_uid,
             registry,
