@@ -269,22 +269,7 @@ fn slow_path_with(c: &mut Criterion, name: &str, cap: usize, reply: bool) {
                     assert!(v.is_forward());
                     return (Direction::In, synack);
                 }
-                let (x, y) = peer_of(i);
-                let sp = 1024 + ((i / 1000) % 60000) as u16;
-                let dp = 1000 + (i % 1000) as u16;
-                let syn = tcp(
-                    VM_MAC,
-                    VM_GW_MAC,
-                    VM_CA,
-                    Ipv4Addr::new(10, 1, x, y),
-                    sp,
-                    dp,
-                    0x02,
-                    1,
-                    0,
-                    b"",
-                );
-                (Direction::Out, syn)
+                (Direction::Out, common::vnet_syn(i))
             },
             |(d, f)| {
                 let v = run(&mut port.borrow_mut(), &mut buf, d, &f, secs(1));

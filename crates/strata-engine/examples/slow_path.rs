@@ -15,29 +15,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 use common::*;
-use std::net::Ipv4Addr;
-use strata_engine::scenario::{VM_CA, VM_GW_MAC, VM_MAC, four_layer_port, install_mappings};
+use strata_engine::scenario::{four_layer_port, install_mappings};
 use strata_engine::{Direction, Port, PortConfig, secs};
 use strata_packet::PacketBuf;
-
-/// The SYN opening connection `i` (as the criterion bench makes them).
-fn syn(i: u32) -> Vec<u8> {
-    let (x, y) = peer_of(i);
-    let sp = 1024 + ((i / 1000) % 60000) as u16;
-    let dp = 1000 + (i % 1000) as u16;
-    tcp(
-        VM_MAC,
-        VM_GW_MAC,
-        VM_CA,
-        Ipv4Addr::new(10, 1, x, y),
-        sp,
-        dp,
-        SYN,
-        1,
-        0,
-        b"",
-    )
-}
 
 fn main() {
     let n: u32 = env_or("N", 20_000);
@@ -50,10 +30,10 @@ fn main() {
     install_mappings(&mut port, 4).expect("mappings");
     let mut buf = PacketBuf::with_capacity(2048);
     for i in 0..prefill {
-        buf.reset(&syn(i));
+        buf.reset(&vnet_syn(i));
         assert!(port.process(Direction::Out, &mut buf, secs(1)).is_forward());
     }
-    let frames: Vec<Vec<u8>> = (prefill..prefill + n).map(syn).collect();
+    let frames: Vec<Vec<u8>> = (prefill..prefill + n).map(vnet_syn).collect();
     let t = std::time::Instant::now();
     measured_round(&mut port, &mut buf, &frames);
     println!(

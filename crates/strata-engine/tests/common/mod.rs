@@ -344,6 +344,17 @@ pub fn lifecycle(i: u32) -> [(Direction, Vec<u8>); 6] {
     ]
 }
 
+/// The SYN opening generated VNET connection `i` of the slow-path bench
+/// (the VM to 10.1.x.y; source port by thousands, destination port
+/// 1000–1999), distinct for 60 million connections.
+pub fn vnet_syn(i: u32) -> Vec<u8> {
+    let (x, y) = peer_of(i);
+    let sp = 1024 + ((i / 1000) % 60_000) as u16;
+    let dp = 1000 + (i % 1000) as u16;
+    let peer = Ipv4Addr::new(10, 1, x, y);
+    tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, dp, SYN, 1, 0, b"")
+}
+
 /// 64 bytes of payload for data frames.
 pub const PAYLOAD: [u8; 64] = [0x5a; 64];
 
