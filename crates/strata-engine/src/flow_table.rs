@@ -562,10 +562,6 @@ impl Serialize for LayerFlowTable {
 }
 
 impl LayerFlowTable {
-    /// Make room for `flows` layer flows (two index entries each) without
-    /// allocating or faulting a page in as they come (see
-    /// `Port::reserve`). `conns` is the port's unified flow table, which
-    /// holds most flows' keys.
     /// Heap bytes [`LayerFlowTable::reserve`] holds for `flows` flows: the
     /// slots, the free list and the index of both keys.
     pub fn reserve_bytes(flows: usize) -> usize {
@@ -574,6 +570,10 @@ impl LayerFlowTable {
             .saturating_add(FlowIndex::bytes_for(flows.saturating_mul(2)))
     }
 
+    /// Make room for `flows` layer flows (two index entries each) without
+    /// allocating or faulting a page in as they come (see
+    /// `Port::reserve`). `conns` is the port's unified flow table, which
+    /// holds most flows' keys.
     pub fn reserve(&mut self, flows: usize, conns: &UnifiedFlowTable) {
         self.slots.reserve(flows);
         self.free.reserve(flows.saturating_sub(self.free.len()));
@@ -1752,9 +1752,6 @@ impl UnifiedFlowTable {
         self.index.len()
     }
 
-    /// Make room for `connections` connections (both of their unified
-    /// flows) without allocating or faulting a page in as they come (see
-    /// `Port::reserve`).
     /// Heap bytes [`UnifiedFlowTable::reserve`] holds for `connections`
     /// connections: the slots, the free list and the index of both sides.
     pub fn reserve_bytes(connections: usize) -> usize {
@@ -1763,6 +1760,9 @@ impl UnifiedFlowTable {
             .saturating_add(FlowIndex::bytes_for(connections.saturating_mul(2)))
     }
 
+    /// Make room for `connections` connections (both of their unified
+    /// flows) without allocating or faulting a page in as they come (see
+    /// `Port::reserve`).
     pub fn reserve(&mut self, connections: usize) {
         self.conns.reserve(connections);
         self.free

@@ -18,6 +18,10 @@
 //! are `madvise` or `always` (the common distribution default is
 //! `madvise`), and is ignored otherwise.
 //!
+//! **Available memory.** [`available_memory`] tells a control-plane call
+//! that is about to write a lot of memory at once (`Port::reserve`)
+//! whether the machine can back it.
+//!
 //! **Zeroed arrays.** A table that doubles needs a new array of empty
 //! buckets. [`ZeroedArray`] maps big ones straight from the kernel, so
 //! creating one touches no page: each is zeroed (as a huge page) when an
@@ -333,6 +337,8 @@ impl<T: bytemuck::Zeroable + Copy> std::fmt::Debug for ZeroedArray<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn mem_available_reads_the_kernels_line() {
         let info = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   20480000 kB\n";
@@ -353,8 +359,6 @@ mod tests {
             assert!(available_memory().is_some_and(|b| b > 0));
         }
     }
-
-    use super::*;
 
     /// Kilobytes of huge pages backing the mapping that contains `addr`,
     /// from `/proc/self/smaps`.

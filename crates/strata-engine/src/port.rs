@@ -256,8 +256,9 @@ impl Port {
     /// [`Port::flow_memory`]); tables grow as usual past it. Layers added
     /// or made stateful later are not covered (call it again). A snapshot
     /// keeps the reservation: [`Port::restore`] makes it again before it
-    /// returns. Asking for more than `max_connections` is refused and
-    /// changes nothing.
+    /// returns. Asking for more than `max_connections` (or 2^31), or for
+    /// more memory than the machine has available (`MemAvailable`, or a
+    /// cgroup's limit), is refused and changes nothing.
     pub fn reserve(&mut self, connections: usize) -> Result<(), ApiError> {
         // Connections are numbered in 31 bits (a flow is its connection's
         // number and a side bit).
@@ -274,11 +275,7 @@ impl Port {
         let stateful: Vec<u32> = policy
             .layers
             .iter()
-            .filter(|l| {
-                l.groups()
-                    .iter()
-                    .any(|g| g.group.rules.iter().any(|r| r.stateful))
-            })
+            .filter(|l| l.has_stateful())
             .map(|l| l.uid)
             .collect();
         let needed = UnifiedFlowTable::reserve_bytes(connections)

@@ -144,3 +144,21 @@ fn reserving_beyond_memory_or_numbering_is_refused_and_changes_nothing() {
     p.reserve(1000).expect("a reservation the machine can back");
     assert_eq!(p.reserved_connections(), 1000);
 }
+
+/// The bytes a reservation is checked against memory with are the bytes
+/// it then holds (within the tables' small fixed parts): an estimate far
+/// off would refuse what fits, or let through what does not.
+#[test]
+fn a_reservation_holds_the_bytes_it_was_checked_for() {
+    use strata_engine::flow_table::{LayerFlowTable, UnifiedFlowTable};
+    for n in [40_000, 100_000] {
+        let mut p = port();
+        let before = p.flow_memory().total();
+        p.reserve(n).expect("within the limit");
+        let held = p.flow_memory().total() - before;
+        // Two layers hold stateful rules: the ACL and SLB NAT.
+        let expected = UnifiedFlowTable::reserve_bytes(n) + 2 * LayerFlowTable::reserve_bytes(n);
+        let off = held.abs_diff(expected) as f64 / expected as f64;
+        assert!(off < 0.02, "{n}: held {held}, expected {expected}");
+    }
+}
