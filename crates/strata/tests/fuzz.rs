@@ -179,13 +179,20 @@ fn fuzz_policy_text() {
 
 // ----- snapshots ----------------------------------------------------------
 
-fn snapshot_sample() -> &'static [u8] {
-    static S: OnceLock<Vec<u8>> = OnceLock::new();
+/// Snapshots to mangle: this build's format without and with a
+/// reservation, and the previous format's (read for upgrades: the fixture
+/// the last version-6 build wrote).
+fn snapshot_samples() -> &'static [Vec<u8>] {
+    static S: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     S.get_or_init(|| {
         let mut port = four_layer_port(PortConfig::default(), 2).expect("port");
         install_mappings(&mut port, 1).expect("mappings");
         exercise_port(&mut port);
-        port.snapshot().expect("snapshot")
+        let plain = port.snapshot().expect("snapshot");
+        port.reserve(64).expect("reserve");
+        let reserved = port.snapshot().expect("snapshot");
+        let v6 = include_bytes!("../../strata-engine/tests/data/four-layer-v6.snap");
+        vec![plain, reserved, v6.to_vec()]
     })
 }
 
@@ -194,9 +201,11 @@ fn snapshot_sample() -> &'static [u8] {
 #[test]
 fn fuzz_snapshots() {
     fuzz_check!()
-        .with_type::<(Vec<(u16, u8)>, u16)>()
-        .for_each(|(edits, cut)| {
-            let bytes = mutate(snapshot_sample(), edits, *cut);
+        .with_type::<(u8, Vec<(u16, u8)>, u16)>()
+        .for_each(|(which, edits, cut)| {
+            let samples = snapshot_samples();
+            let sample = &samples[usize::from(*which) % samples.len()];
+            let bytes = mutate(sample, edits, *cut);
             if let Ok(mut port) = Port::restore(&bytes, ActionRegistry::default()) {
                 exercise_port(&mut port);
             }
