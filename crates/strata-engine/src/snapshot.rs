@@ -129,12 +129,9 @@ impl Port {
         let (st, reserved) = match env.version {
             VERSION => {
                 let st: PortState = postcard::from_bytes(&env.payload).map_err(bad_payload)?;
-                let reserved = usize::try_from(st.reserved_connections).map_err(|_| {
-                    ApiError::Snapshot(format!(
-                        "bad reservation: {} connections",
-                        st.reserved_connections
-                    ))
-                })?;
+                // Beyond `usize` is beyond any limit: `Port::reserve` below
+                // refuses it with the other bad reservations.
+                let reserved = usize::try_from(st.reserved_connections).unwrap_or(usize::MAX);
                 (st.core, reserved)
             }
             OLDEST_READ => (
