@@ -47,6 +47,15 @@ pub enum ApiError {
         needed: usize,
         available: usize,
     },
+    #[error(
+        "layer {layer} would hold stateful rules on a port reserved for {connections} connections: its flow table needs {needed} more bytes, and the machine has {available} bytes available"
+    )]
+    LayerBeyondReservation {
+        layer: String,
+        connections: usize,
+        needed: usize,
+        available: usize,
+    },
     #[error("snapshot error: {0}")]
     Snapshot(String),
 }

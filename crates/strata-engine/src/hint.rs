@@ -18,10 +18,6 @@
 //! are `madvise` or `always` (the common distribution default is
 //! `madvise`), and is ignored otherwise.
 //!
-//! **Available memory.** [`available_memory`] tells a control-plane call
-//! that is about to write a lot of memory at once (`Port::reserve`)
-//! whether the machine can back it.
-//!
 //! **Zeroed arrays.** A table that doubles needs a new array of empty
 //! buckets. [`ZeroedArray`] maps big ones straight from the kernel, so
 //! creating one touches no page: each is zeroed (as a huge page) when an
@@ -77,41 +73,6 @@ fn line(p: *const u8) {
 
 /// Arrays smaller than this are left to the allocator's pages.
 const HUGE_PAGE: usize = 2 << 20;
-
-/// Bytes of memory the process can still take without swapping: what the
-/// kernel says it can give (`MemAvailable` in `/proc/meminfo`), and in a
-/// memory-limited cgroup (v2, as a container sees it) no more than the
-/// limit less the group's use. `None` where neither is known. Read by
-/// control-plane calls that are about to write a lot of memory at once
-/// ([`crate::Port::reserve`]), never on the datapath.
-pub fn available_memory() -> Option<usize> {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let machine = read("/proc/meminfo").and_then(|i| mem_available(&i));
-    let group = read("/sys/fs/cgroup/memory.max").and_then(|max| {
-        let used = read("/sys/fs/cgroup/memory.current")?;
-        cgroup_room(&max, &used)
-    });
-    match (machine, group) {
-        (Some(m), Some(g)) => Some(m.min(g)),
-        (m, g) => m.or(g),
-    }
-}
-
-/// A cgroup's room left from its `memory.max` and `memory.current`
-/// (`None` when it has no limit: `max`).
-fn cgroup_room(max: &str, current: &str) -> Option<usize> {
-    let max: usize = max.trim().parse().ok()?;
-    let used: usize = current.trim().parse().ok()?;
-    Some(max.saturating_sub(used))
-}
-
-/// The `MemAvailable` line of a `/proc/meminfo` text, in bytes.
-fn mem_available(info: &str) -> Option<usize> {
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let mut words = line.split_whitespace().skip(1);
-    let kib: usize = words.next()?.parse().ok()?;
-    (words.next() == Some("kB")).then(|| kib.saturating_mul(1024))
-}
 
 /// Ask for 2 MiB pages for `v`'s whole capacity. Call it before the
 /// capacity is first written: pages already touched stay small until the
@@ -338,27 +299,6 @@ impl<T: bytemuck::Zeroable + Copy> std::fmt::Debug for ZeroedArray<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mem_available_reads_the_kernels_line() {
-        let info = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   20480000 kB\n";
-        assert_eq!(mem_available(info), Some(20_480_000 * 1024));
-        for bad in [
-            "",
-            "MemAvailable: lots kB",
-            "MemAvailable: 12",
-            "MemAvailable: 12 MB",
-        ] {
-            assert_eq!(mem_available(bad), None, "{bad:?}");
-        }
-        assert_eq!(cgroup_room("max\n", "123\n"), None);
-        assert_eq!(cgroup_room("1000\n", "300\n"), Some(700));
-        assert_eq!(cgroup_room("1000", "3000"), Some(0));
-        // This machine's own, where there is one.
-        if std::path::Path::new("/proc/meminfo").exists() {
-            assert!(available_memory().is_some_and(|b| b > 0));
-        }
-    }
 
     /// Kilobytes of huge pages backing the mapping that contains `addr`,
     /// from `/proc/self/smaps`.

@@ -16,6 +16,7 @@ pub mod flow_index;
 pub mod flow_key;
 pub mod flow_table;
 pub mod hint;
+pub mod host_memory;
 pub mod intern;
 pub mod policy;
 pub mod port;

@@ -253,12 +253,15 @@ impl Port {
     /// pays inside some packet once per 2 MiB of new table.
     ///
     /// The memory is held from now on (about 250 bytes per connection, see
-    /// [`Port::flow_memory`]); tables grow as usual past it. Layers added
-    /// or made stateful later are not covered (call it again). A snapshot
+    /// [`Port::flow_memory`]); tables grow as usual past it. A layer added
+    /// with stateful rules later, or given its first stateful rule, gets
+    /// its table sized for the reservation as it is installed (that call is
+    /// refused, changing nothing, when the memory is not there). A snapshot
     /// keeps the reservation: [`Port::restore`] makes it again before it
     /// returns. Asking for more than `max_connections` (or 2^31), or for
-    /// more memory than the machine has available (`MemAvailable`, or a
-    /// cgroup's limit), is refused and changes nothing.
+    /// more memory than the host lets the process take
+    /// ([`crate::host_memory::available`]: `MemAvailable`, and every memory
+    /// cgroup limit over the process), is refused and changes nothing.
     pub fn reserve(&mut self, connections: usize) -> Result<(), ApiError> {
         // Connections are numbered in 31 bits (a flow is its connection's
         // number and a side bit).
@@ -283,7 +286,7 @@ impl Port {
                 LayerFlowTable::reserve_bytes(connections).saturating_mul(stateful.len()),
             )
             .saturating_sub(self.flow_memory().total());
-        if let Some(available) = crate::hint::available_memory()
+        if let Some(available) = crate::host_memory::available()
             && needed > available
         {
             return Err(ApiError::ReserveBeyondMemory {
@@ -306,6 +309,53 @@ impl Port {
     /// (0 if never).
     pub fn reserved_connections(&self) -> usize {
         self.reserved
+    }
+
+    /// Can layer `layer` (uid `uid`, `None` if new) take stateful rules on
+    /// this port? On a reserved port its flow table must then be sized for
+    /// the reservation, and the memory for that must be there.
+    fn check_layer_reservation(&self, layer: &str, uid: Option<u32>) -> Result<(), ApiError> {
+        if self.reserved == 0 {
+            return Ok(());
+        }
+        let held = uid
+            .and_then(|u| self.flow_table(u))
+            .map_or(0, LayerFlowTable::memory_bytes);
+        let needed = LayerFlowTable::reserve_bytes(self.reserved).saturating_sub(held);
+        match crate::host_memory::available() {
+            Some(available) if needed > available => Err(ApiError::LayerBeyondReservation {
+                layer: layer.into(),
+                connections: self.reserved,
+                needed,
+                available,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Size layer `uid`'s flow table for the port's reservation, if any
+    /// (once it holds stateful rules; checked by
+    /// [`Port::check_layer_reservation`]).
+    fn reserve_layer_table(&mut self, uid: u32) {
+        if self.reserved == 0 {
+            return;
+        }
+        if let Some(t) = table_in(&mut self.layer_flows, uid) {
+            t.reserve(self.reserved, &self.uft);
+        }
+    }
+
+    /// Would installing `group` at layer `pos` give the layer its first
+    /// stateful rule? Checked against the port's reservation first.
+    fn check_group_reservation(&self, pos: usize, group: &PreparedGroup) -> Result<bool, ApiError> {
+        let layer = &self.policy.layers[pos];
+        // A layer that holds stateful rules already was sized when it
+        // came to (or by `Port::reserve`).
+        let becomes = group.0.has_stateful && !layer.has_stateful();
+        if becomes {
+            self.check_layer_reservation(&layer.id, Some(layer.uid))?;
+        }
+        Ok(becomes)
     }
 
     /// Live connections (unified-flow pairs).
@@ -478,6 +528,10 @@ impl Port {
             );
         }
         check_unique_rules(&spec.id, prepared.iter().map(|p| &p.0.group))?;
+        let stateful = prepared.iter().any(|p| p.0.has_stateful);
+        if stateful {
+            self.check_layer_reservation(&spec.id, None)?;
+        }
         let generation = self.bump();
         let uid = self.next_layer_uid;
         self.next_layer_uid += 1;
@@ -504,6 +558,9 @@ impl Port {
         let at = pos.min(self.layer_flows.len());
         self.layer_flows
             .insert(at, (uid, LayerFlowTable::default()));
+        if stateful {
+            self.reserve_layer_table(uid);
+        }
         Ok(())
     }
 
@@ -623,7 +680,11 @@ impl Port {
             .map_err(|e| with_layer(e, layer))?;
         let pos = pos.ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
         unique.unwrap_or(Ok(()))?;
+        let becomes_stateful = self.check_group_reservation(pos, &prepared)?;
         self.swap_group(pos, layer, prepared, &known);
+        if becomes_stateful {
+            self.reserve_layer_table(self.policy.layers[pos].uid);
+        }
         Ok(())
     }
 
@@ -649,7 +710,11 @@ impl Port {
         if known.is_none() {
             check_unique_rules(layer, with_others(current, &prepared.0.group))?;
         }
+        let becomes_stateful = self.check_group_reservation(pos, &prepared)?;
         self.swap_group(pos, layer, prepared, known.as_deref().unwrap_or(&[]));
+        if becomes_stateful {
+            self.reserve_layer_table(self.policy.layers[pos].uid);
+        }
         Ok(())
     }
 

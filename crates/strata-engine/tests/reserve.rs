@@ -8,6 +8,7 @@ mod common;
 use common::counting::{Counting, allocation_calls};
 use common::*;
 use strata_engine::scenario::*;
+use strata_engine::{ActionSpec, DefaultAction, Group, LayerSpec, Rule};
 use strata_engine::{ApiError, Direction, Port, PortConfig, secs};
 use strata_packet::PacketBuf;
 
@@ -119,7 +120,7 @@ fn reserving_beyond_memory_or_numbering_is_refused_and_changes_nothing() {
         })
     );
     // 2^31 connections need hundreds of GiB of flow tables.
-    let Some(available) = strata_engine::hint::available_memory() else {
+    let Some(available) = strata_engine::host_memory::available() else {
         return; // not known here: nothing to check against
     };
     match p.reserve(most) {
@@ -161,4 +162,250 @@ fn a_reservation_holds_the_bytes_it_was_checked_for() {
         let off = held.abs_diff(expected) as f64 / expected as f64;
         assert!(off < 0.02, "{n}: held {held}, expected {expected}");
     }
+}
+
+/// A layer that allows everything outbound and tracks it (stateful: one
+/// layer flow pair per connection).
+fn tracking_layer(id: &str) -> LayerSpec {
+    let mut l = LayerSpec::new(id, DefaultAction::Allow, DefaultAction::Allow);
+    l.groups.push(tracking_group());
+    l
+}
+
+fn tracking_group() -> Group {
+    Group::new("track", Direction::Out).with_rules(vec![
+        Rule::new("all-out", 1, vec![], ActionSpec::Allow).stateful(),
+    ])
+}
+
+/// The handshake of connection `i` from the VM to 10.1.x.y without
+/// tunnels (a port with no VNET layer).
+fn plain_handshake(i: u32) -> [(Direction, Vec<u8>); 3] {
+    let (x, y) = peer_of(i);
+    let peer = std::net::Ipv4Addr::new(10, 1, x, y);
+    let sp = 1024 + ((i / 1000) % 60_000) as u16;
+    let out = |fl, s, a| tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, 80, fl, s, a, b"");
+    [
+        (Direction::Out, out(SYN, 100, 0)),
+        (
+            Direction::In,
+            tcp(
+                VM_GW_MAC,
+                VM_MAC,
+                peer,
+                VM_CA,
+                80,
+                sp,
+                SYN | ACK,
+                500,
+                101,
+                b"",
+            ),
+        ),
+        (Direction::Out, out(ACK, 101, 501)),
+    ]
+}
+
+/// A layer added with stateful rules after the reservation, and a layer
+/// given its first stateful rule after it, get their flow tables sized for
+/// it as they are installed: the reserved port still opens its
+/// connections without allocating. (Two stateful layers: a connection
+/// through more keeps its list of layer flows on the heap.)
+#[test]
+fn layers_made_stateful_after_a_reservation_are_sized_for_it() {
+    let frames = |r: std::ops::Range<u32>| -> Vec<(Direction, Vec<u8>)> {
+        r.flat_map(plain_handshake).collect()
+    };
+    let cfg = PortConfig {
+        max_connections: 100_000,
+        ..PortConfig::default()
+    };
+    let mut p = Port::new("tracked", cfg);
+    p.reserve(40_000).expect("within the limit");
+    let held = p.flow_memory().total();
+    p.add_layer(tracking_layer("track-vm"), None)
+        .expect("a stateful layer");
+    p.add_layer(
+        LayerSpec::new("later", DefaultAction::Allow, DefaultAction::Allow),
+        None,
+    )
+    .expect("a stateless layer");
+    p.set_group("later", tracking_group())
+        .expect("its first stateful group");
+    let grown = p.flow_memory().total() - held;
+    let per_table = strata_engine::flow_table::LayerFlowTable::reserve_bytes(40_000);
+    assert!(
+        grown >= 2 * per_table * 98 / 100,
+        "two tables sized: grew {grown}, one table {per_table}"
+    );
+    // Counter lists come with the first connections through the layers;
+    // after those, nothing allocates.
+    allocations_running(&mut p, &frames(0..1000));
+    assert_eq!(allocations_running(&mut p, &frames(1000..31_000)), 0);
+    assert_eq!(p.connection_count(), 31_000);
+    assert_eq!(p.layer_flow_count("track-vm"), 31_000);
+    assert_eq!(p.layer_flow_count("later"), 31_000);
+}
+
+/// Set in the child process of
+/// [`reservations_stay_within_the_memory_cgroups_limit`]: the cgroup
+/// directory it moves itself into.
+const CGROUP_CHILD: &str = "STRATA_TEST_IN_CGROUP";
+const CGROUP_LIMIT: usize = 512 << 20;
+
+/// Inside a memory cgroup limited to 512 MiB, the port sees the limit:
+/// a reservation beyond it, or a stateful layer whose table would not fit
+/// beside a reservation, is refused with an error (past a cgroup's limit
+/// the kernel would kill the process instead). Needs root (it makes the
+/// cgroup, under this process's own memory cgroup, v1 or v2); the work
+/// runs in a child process moved into it, and the cgroup is removed after.
+#[test]
+fn reservations_stay_within_the_memory_cgroups_limit() {
+    use strata_engine::host_memory::{CgroupVersion, own_memory_cgroups};
+    if let Ok(dir) = std::env::var(CGROUP_CHILD) {
+        return in_limited_cgroup(std::path::Path::new(&dir));
+    }
+    let uid = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = uid
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        eprintln!("skipped: making a memory cgroup needs root");
+        return;
+    }
+    let groups = own_memory_cgroups();
+    let Some(own) = groups.first() else {
+        eprintln!("skipped: no memory cgroup hierarchy is mounted");
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = own
+        .dir
+        .join(format!("strata-test-{}-{nanos}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&dir) {
+        eprintln!("skipped: cannot make {} ({e})", dir.display());
+        return;
+    }
+    /// Removes the cgroup even when the test fails (its only process, the
+    /// child, has exited by then).
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _remove = Remove(dir.clone());
+    let limit_file = match own.version {
+        CgroupVersion::V1 => "memory.limit_in_bytes",
+        CgroupVersion::V2 => "memory.max",
+    };
+    std::fs::write(dir.join(limit_file), CGROUP_LIMIT.to_string()).expect("set the limit");
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "reservations_stay_within_the_memory_cgroups_limit",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CGROUP_CHILD, &dir)
+        .output()
+        .expect("run the child");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child {:?}:\n{text}", out.status);
+    assert!(text.contains("all refused within the cgroup"), "{text}");
+}
+
+/// The child's part: move into `dir`, then reserve up to and past its
+/// limit.
+fn in_limited_cgroup(dir: &std::path::Path) {
+    use strata_engine::flow_table::{LayerFlowTable, UnifiedFlowTable};
+    use strata_engine::host_memory::available;
+    std::fs::write(dir.join("cgroup.procs"), "0").expect("move into the cgroup");
+    let room = available().expect("known");
+    assert!(
+        room <= CGROUP_LIMIT,
+        "sees {room} bytes, limit {CGROUP_LIMIT}"
+    );
+    let cfg = PortConfig {
+        max_connections: 1 << 24,
+        ..PortConfig::default()
+    };
+    let mut p = four_layer_port(cfg, 0).expect("port");
+    install_mappings(&mut p, 4).expect("mappings");
+    // The four-layer port's reservation: the unified flows and two
+    // stateful layers' tables.
+    let bytes =
+        |n: usize| UnifiedFlowTable::reserve_bytes(n) + 2 * LayerFlowTable::reserve_bytes(n);
+    match p.reserve(1 << 22) {
+        Err(ApiError::ReserveBeyondMemory {
+            needed, available, ..
+        }) => {
+            assert!(
+                needed > available && available <= CGROUP_LIMIT,
+                "{needed} {available}"
+            );
+        }
+        other => panic!("4M connections in {room} bytes: {other:?}"),
+    }
+    assert_eq!(p.reserved_connections(), 0);
+    // The largest reservation within 92% of the room (the rest is for
+    // the test's own allocations), then a layer whose table (a sixth of
+    // the reservation) would not fit in what is left.
+    let room = available().expect("known");
+    let fits = |n: usize| bytes(n) <= room / 100 * 92;
+    let mut n = 1024;
+    while fits(n * 2) {
+        n *= 2;
+    }
+    let mut step = n / 2;
+    while step > 0 {
+        if fits(n + step) {
+            n += step;
+        }
+        step /= 2;
+    }
+    p.reserve(n).expect("within the room");
+    let left = available().expect("known");
+    assert!(
+        LayerFlowTable::reserve_bytes(n) > left,
+        "setup: a layer table for {n} takes {}, {left} left",
+        LayerFlowTable::reserve_bytes(n)
+    );
+    let layers = p.layer_ids();
+    match p.add_layer(tracking_layer("track"), None) {
+        Err(ApiError::LayerBeyondReservation {
+            layer, connections, ..
+        }) => {
+            assert_eq!((layer.as_str(), connections), ("track", n));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.layer_ids(), layers, "nothing added");
+    p.add_layer(
+        LayerSpec::new("later", DefaultAction::Allow, DefaultAction::Allow),
+        None,
+    )
+    .expect("a stateless layer needs no table");
+    let e = p.set_group("later", tracking_group()).unwrap_err();
+    assert!(
+        matches!(e, ApiError::LayerBeyondReservation { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("bytes available"), "{e}");
+    // The port works on: a connection through it.
+    let mut buf = PacketBuf::with_capacity(2048);
+    for (d, f) in lifecycle(7) {
+        buf.reset(&f);
+        assert!(p.process(d, &mut buf, secs(2)).is_forward());
+    }
+    println!("reserved {n} connections in {room} bytes; all refused within the cgroup");
 }

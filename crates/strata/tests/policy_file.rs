@@ -493,7 +493,7 @@ fn building_a_spec_beyond_the_limit_names_the_setting() {
 /// before any of it is allocated.
 #[test]
 fn a_reservation_beyond_memory_names_the_setting() {
-    if strata_engine::hint::available_memory().is_none() {
+    if strata_engine::host_memory::available().is_none() {
         return; // not known on this system: nothing to refuse by
     }
     let spec = policy_file::parse_str(
