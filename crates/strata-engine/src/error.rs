@@ -40,7 +40,7 @@ pub enum ApiError {
     )]
     ReserveBeyondLimit { requested: usize, max: usize },
     #[error(
-        "cannot reserve room for {requested} connections: that needs {needed} more bytes of flow tables, and the machine has {available} bytes available"
+        "cannot reserve room for {requested} connections: that needs {needed} more bytes of flow tables, and this process has {available} bytes available (free memory, within its cgroups' limits)"
     )]
     ReserveBeyondMemory {
         requested: usize,
@@ -48,7 +48,7 @@ pub enum ApiError {
         available: usize,
     },
     #[error(
-        "layer {layer} would hold stateful rules on a port reserved for {connections} connections: its flow table needs {needed} more bytes, and the machine has {available} bytes available"
+        "layer {layer} would hold stateful rules on a port reserved for {connections} connections: its flow table needs {needed} more bytes, and this process has {available} bytes available (free memory, within its cgroups' limits)"
     )]
     LayerBeyondReservation {
         layer: String,
