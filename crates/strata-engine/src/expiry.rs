@@ -138,7 +138,7 @@ impl Port {
                     .for_each(|&s| mark(s));
             }
         }
-        for r in &conn.layer_flows {
+        for r in self.uft.layer_refs(conn) {
             let Some(f) = self.layer_flow(r.layer_uid, r.slot) else {
                 continue;
             };

@@ -23,6 +23,7 @@
 use crate::flow_index::{FlowIndex, Rehash};
 use crate::flow_key::{HeaderContexts, StoredUfid};
 use crate::intern::SharedTable;
+use crate::layer_refs::{RefBlocks, RefsIter, RefsWire};
 use crate::policy::RuleIdentity;
 use crate::resource::ActionState;
 use crate::slab::ChunkedSlab;
@@ -1326,16 +1327,7 @@ impl UnifiedFlow {
     }
 }
 
-/// Reference from a connection to a layer flow it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerFlowRef {
-    pub layer_uid: u32,
-    pub slot: u32,
-}
-
-/// The layer flows a connection holds (inline up to two: no allocation
-/// for the usual ACL + NAT pair).
-pub type LayerFlowRefs = SmallVec<[LayerFlowRef; 2]>;
+pub use crate::layer_refs::{LayerFlowRef, LayerFlowRefs};
 
 /// Heap bytes of a port's flow state, by part ([`crate::Port::flow_memory`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -1362,13 +1354,15 @@ impl FlowMemory {
 }
 
 /// A pair of unified flows and their shared state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
     /// Indexed by `Direction::index()`.
     pub sides: [Option<UnifiedFlow>; 2],
     pub initiator: Direction,
     pub tcp: Option<TcpConn>,
-    pub layer_flows: LayerFlowRefs,
+    /// The layer flows it holds (read and changed through its table:
+    /// [`UnifiedFlowTable::layer_refs`], [`UnifiedFlowTable::add_refs`]).
+    layer_flows: LayerFlowRefs,
     /// When the first packet was seen, in whole seconds (see
     /// [`Connection::created`]).
     created_secs: u32,
@@ -1408,7 +1402,6 @@ impl Connection {
     pub fn new(
         initiator: Direction,
         tcp: Option<TcpConn>,
-        layer_flows: LayerFlowRefs,
         now: Time,
         idle_ttl: Option<Time>,
     ) -> Connection {
@@ -1416,7 +1409,7 @@ impl Connection {
             sides: [None, None],
             initiator,
             tcp,
-            layer_flows,
+            layer_flows: LayerFlowRefs::new(),
             created_secs: whole_secs(now),
             last_seen: now,
             idle_ttl: idle_ttl.into(),
@@ -1428,6 +1421,11 @@ impl Connection {
     /// (kept in 4 bytes: it is for diagnostics, not timing).
     pub fn created(&self) -> Time {
         crate::types::secs(u64::from(self.created_secs))
+    }
+
+    /// Layer flows the connection holds.
+    pub fn layer_flow_count(&self) -> usize {
+        self.layer_flows.len()
     }
 
     /// Idle timeout from the deciding rules, if any set one.
@@ -1487,12 +1485,11 @@ fn stored_hash(
 }
 
 /// The unified flow table.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct UnifiedFlowTable {
     conns: ChunkedSlab<Connection>,
     free: Vec<u32>,
     /// Entries are `connection << 1 | direction`.
-    #[serde(skip)]
     index: FlowIndex,
     /// The header contexts the flows' keys name.
     contexts: HeaderContexts,
@@ -1500,8 +1497,151 @@ pub struct UnifiedFlowTable {
     counter_lists: CounterLists,
     /// Clock hand for eviction.
     hand: usize,
-    #[serde(skip)]
     seed: TableSeed,
+    /// The connections' layer-flow lists past their inline part.
+    ref_blocks: RefBlocks,
+}
+
+// Snapshots: the table's fields as the derived form wrote them (the index
+// and seed are not stored), each connection's layer flows as a plain
+// sequence; the overflow blocks are made again as the lists are read.
+
+impl Serialize for UnifiedFlowTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct Conns<'a>(&'a UnifiedFlowTable);
+        impl Serialize for Conns<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let t = self.0;
+                let mut seq = s.serialize_seq(Some(t.conns.len()))?;
+                for c in t.conns.iter() {
+                    seq.serialize_element(&c.as_ref().map(|c| ConnectionWire {
+                        sides: &c.sides,
+                        initiator: c.initiator,
+                        tcp: &c.tcp,
+                        layer_flows: RefsWire {
+                            pool: &t.ref_blocks,
+                            refs: &c.layer_flows,
+                        },
+                        created_secs: c.created_secs,
+                        last_seen: c.last_seen,
+                        idle_ttl: c.idle_ttl,
+                        referenced: c.referenced,
+                    }))?;
+                }
+                seq.end()
+            }
+        }
+        let mut st = s.serialize_struct("UnifiedFlowTable", 5)?;
+        st.serialize_field("conns", &Conns(self))?;
+        st.serialize_field("free", &self.free)?;
+        st.serialize_field("contexts", &self.contexts)?;
+        st.serialize_field("counter_lists", &self.counter_lists)?;
+        st.serialize_field("hand", &self.hand)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for UnifiedFlowTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            conns: ConnsIn,
+            free: Vec<u32>,
+            contexts: HeaderContexts,
+            counter_lists: CounterLists,
+            hand: usize,
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(UnifiedFlowTable {
+            conns: w.conns.conns,
+            free: w.free,
+            index: FlowIndex::default(),
+            contexts: w.contexts,
+            counter_lists: w.counter_lists,
+            hand: w.hand,
+            seed: TableSeed::default(),
+            ref_blocks: w.conns.ref_blocks,
+        })
+    }
+}
+
+/// A connection as snapshots store it (the fields in [`Connection`]'s
+/// order).
+#[derive(Serialize)]
+struct ConnectionWire<'a> {
+    sides: &'a [Option<UnifiedFlow>; 2],
+    initiator: Direction,
+    tcp: &'a Option<TcpConn>,
+    layer_flows: RefsWire<'a>,
+    created_secs: u32,
+    last_seen: Time,
+    idle_ttl: OptSecs,
+    referenced: bool,
+}
+
+/// [`ConnectionWire`] read back.
+#[derive(Deserialize)]
+struct ConnectionRead {
+    sides: [Option<UnifiedFlow>; 2],
+    initiator: Direction,
+    tcp: Option<TcpConn>,
+    layer_flows: SmallVec<[LayerFlowRef; 2]>,
+    created_secs: u32,
+    last_seen: Time,
+    idle_ttl: OptSecs,
+    referenced: bool,
+}
+
+/// The connection slab of a snapshot and the overflow blocks of its
+/// layer-flow lists, built as the connections are read.
+struct ConnsIn {
+    conns: ChunkedSlab<Connection>,
+    ref_blocks: RefBlocks,
+}
+
+impl<'de> Deserialize<'de> for ConnsIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ConnsIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of connection slots")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ConnsIn, A::Error> {
+                let mut out = ConnsIn {
+                    conns: ChunkedSlab::new(),
+                    ref_blocks: RefBlocks::default(),
+                };
+                while let Some(slot) = seq.next_element::<Option<ConnectionRead>>()? {
+                    let conn = slot.map(|c| {
+                        let mut layer_flows = LayerFlowRefs::new();
+                        for r in c.layer_flows {
+                            out.ref_blocks.push(&mut layer_flows, r);
+                        }
+                        Connection {
+                            sides: c.sides,
+                            initiator: c.initiator,
+                            tcp: c.tcp,
+                            layer_flows,
+                            created_secs: c.created_secs,
+                            last_seen: c.last_seen,
+                            idle_ttl: c.idle_ttl,
+                            referenced: c.referenced,
+                        }
+                    });
+                    out.conns.push(conn);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }
 
 impl UnifiedFlowTable {
@@ -1858,11 +1998,53 @@ impl UnifiedFlowTable {
         // Dropped where it lies (moving 184 bytes out only to drop them
         // showed in the retire path's profile).
         if let Some(slot) = self.conns.get_mut(c as usize)
-            && slot.is_some()
+            && let Some(conn) = slot
         {
+            self.ref_blocks.clear(&mut conn.layer_flows);
             *slot = None;
             self.free.push(c);
         }
+    }
+
+    /// The layer flows connection `conn` (of this table) holds.
+    pub fn layer_refs<'a>(&'a self, conn: &'a Connection) -> RefsIter<'a> {
+        self.ref_blocks.iter(&conn.layer_flows)
+    }
+
+    /// The layer flows connection `c` holds, copied out.
+    pub fn refs_of(&self, c: u32) -> Option<SmallVec<[LayerFlowRef; 8]>> {
+        self.get(c)
+            .map(|conn| self.ref_blocks.collect(&conn.layer_flows))
+    }
+
+    /// Connection `c` holds `refs` too (those it did not hold already);
+    /// returns the ones added.
+    pub fn add_refs(&mut self, c: u32, refs: &[LayerFlowRef]) -> SmallVec<[LayerFlowRef; 4]> {
+        let mut added = SmallVec::new();
+        let Some(Some(conn)) = self.conns.get_mut(c as usize) else {
+            return added;
+        };
+        for r in refs {
+            if !self.ref_blocks.contains(&conn.layer_flows, r) {
+                self.ref_blocks.push(&mut conn.layer_flows, *r);
+                added.push(*r);
+            }
+        }
+        added
+    }
+
+    /// Connection `c` keeps only the layer flows `keep` accepts.
+    pub fn retain_refs(&mut self, c: u32, keep: impl FnMut(&LayerFlowRef) -> bool) {
+        if let Some(Some(conn)) = self.conns.get_mut(c as usize) {
+            self.ref_blocks.retain(&mut conn.layer_flows, keep);
+        }
+    }
+
+    /// Room for `blocks` overflow blocks of layer-flow lists (a port whose
+    /// connections hold more layer flows than fit inline, see
+    /// `Port::reserve`).
+    pub fn reserve_ref_blocks(&mut self, blocks: usize) {
+        self.ref_blocks.reserve(blocks);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Connection)> {
@@ -1963,16 +2145,11 @@ impl UnifiedFlowTable {
     }
 
     /// Approximate heap bytes used by the table: the connection slab (with
-    /// spilled layer-flow lists), the index, and the shared key and
-    /// counter-list parts.
+    /// the overflow blocks of layer-flow lists), the index, and the shared
+    /// key and counter-list parts.
     pub fn memory_parts(&self) -> (usize, usize, usize) {
-        let slab = self.conns.memory_bytes()
-            + self.free.capacity() * 4
-            + self
-                .iter()
-                .filter(|(_, c)| c.layer_flows.spilled())
-                .map(|(_, c)| c.layer_flows.capacity() * size_of::<LayerFlowRef>())
-                .sum::<usize>();
+        let slab =
+            self.conns.memory_bytes() + self.free.capacity() * 4 + self.ref_blocks.memory_bytes();
         let shared = self.contexts.memory_bytes() + self.counter_lists.memory_bytes();
         (slab, self.index.memory_bytes(), shared)
     }
@@ -2259,7 +2436,7 @@ mod tests {
         assert!(t.has_fresh_key());
         assert_eq!(found(&t, &conns, &k0), Some(s0));
         let connection_keyed = |conns: &mut UnifiedFlowTable, key: &Ufid| {
-            let c = conns.alloc(Connection::new(out, None, LayerFlowRefs::new(), 0, None));
+            let c = conns.alloc(Connection::new(out, None, 0, None));
             let uf = forwarding_flow(conns.intern_counters(&[]));
             let h = conns.hash(out, key);
             conns.set_side(c, out, uf, key, h);

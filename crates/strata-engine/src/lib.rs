@@ -18,6 +18,7 @@ pub mod flow_table;
 pub mod hint;
 pub mod host_memory;
 pub mod intern;
+pub mod layer_refs;
 pub mod policy;
 pub mod port;
 pub mod resource;

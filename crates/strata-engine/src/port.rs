@@ -26,9 +26,10 @@ use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
     Connection, EarlyHashes, FlowAction, FlowActionRef, FlowMemory, LayerFlowHash, LayerFlowRef,
-    LayerFlowRefs, LayerFlowTable, LayerFlowView, OwnedLayerFlow, PortShape, PortValues,
-    UnifiedFlow, UnifiedFlowTable,
+    LayerFlowTable, LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow,
+    UnifiedFlowTable,
 };
+use crate::layer_refs::RefBlocks;
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
 };
@@ -281,10 +282,14 @@ impl Port {
             .filter(|l| l.has_stateful())
             .map(|l| l.uid)
             .collect();
+        // Connections through more stateful layers than their slots hold
+        // inline keep the rest of their list in overflow blocks.
+        let blocks = RefBlocks::blocks_for(stateful.len()).saturating_mul(connections);
         let needed = UnifiedFlowTable::reserve_bytes(connections)
             .saturating_add(
                 LayerFlowTable::reserve_bytes(connections).saturating_mul(stateful.len()),
             )
+            .saturating_add(RefBlocks::bytes_for(blocks))
             .saturating_sub(self.flow_memory().total());
         if let Some(available) = crate::host_memory::available()
             && needed > available
@@ -297,6 +302,7 @@ impl Port {
         }
         self.reserved = connections;
         self.uft.reserve(connections);
+        self.uft.reserve_ref_blocks(blocks);
         for uid in stateful {
             if let Some(t) = table_in(&mut self.layer_flows, uid) {
                 t.reserve(connections, &self.uft);
@@ -321,7 +327,13 @@ impl Port {
         let held = uid
             .and_then(|u| self.flow_table(u))
             .map_or(0, LayerFlowTable::memory_bytes);
-        let needed = LayerFlowTable::reserve_bytes(self.reserved).saturating_sub(held);
+        // One more stateful layer: connections may hold one more layer
+        // flow each, past their inline room.
+        let k = self.stateful_layers() + 1;
+        let blocks = RefBlocks::blocks_for(k) - RefBlocks::blocks_for(k - 1);
+        let needed = LayerFlowTable::reserve_bytes(self.reserved)
+            .saturating_sub(held)
+            .saturating_add(RefBlocks::bytes_for(blocks.saturating_mul(self.reserved)));
         match crate::host_memory::available() {
             Some(available) if needed > available => Err(ApiError::LayerBeyondReservation {
                 layer: layer.into(),
@@ -343,6 +355,18 @@ impl Port {
         if let Some(t) = table_in(&mut self.layer_flows, uid) {
             t.reserve(self.reserved, &self.uft);
         }
+        let blocks = RefBlocks::blocks_for(self.stateful_layers());
+        self.uft
+            .reserve_ref_blocks(blocks.saturating_mul(self.reserved));
+    }
+
+    /// Layers holding stateful rules.
+    fn stateful_layers(&self) -> usize {
+        self.policy
+            .layers
+            .iter()
+            .filter(|l| l.has_stateful())
+            .count()
     }
 
     /// Would installing `group` at layer `pos` give the layer its first
@@ -442,7 +466,7 @@ impl Port {
             tcp_state: c.tcp.map(|t| t.state),
             out_flow: c.side(Direction::Out).cloned(),
             in_flow: c.side(Direction::In).cloned(),
-            layer_flows: c.layer_flows.len(),
+            layer_flows: c.layer_flow_count(),
             created: c.created(),
             last_seen: c.last_seen,
         })
@@ -1066,10 +1090,9 @@ impl Port {
                 self.uft.flush_side(c, d, &mut self.counters.arena);
                 self.unshare_keys(c, d);
                 self.uft.set_side(c, d, uf, ufid, hash);
-                let mut added = SmallVec::new();
+                let added = self.uft.add_refs(c, &sim.refs);
                 let mut tracked = false;
                 if let Some(conn) = self.uft.get_mut(c) {
-                    added = add_refs(&mut conn.layer_flows, &sim.refs);
                     conn.set_idle_ttl(min_ttl(conn.idle_ttl(), sim.ttl));
                     if forward && conn.tcp.is_none() && ufid.inner.is_tcp() {
                         conn.tcp = Some(TcpConn::new(d, meta, now, &mut self.counters.tcp));
@@ -1089,11 +1112,9 @@ impl Port {
         let tcp = (forward && ufid.inner.is_tcp())
             .then(|| TcpConn::new(d, meta, now, &mut self.counters.tcp));
         let tracked = tcp.is_some();
-        let mut layer_flows = LayerFlowRefs::new();
-        let added = add_refs(&mut layer_flows, &sim.refs);
-        let conn = Connection::new(d, tcp, layer_flows, now, sim.ttl);
+        let c = self.uft.alloc(Connection::new(d, tcp, now, sim.ttl));
+        let added = self.uft.add_refs(c, &sim.refs);
         self.hold(&added);
-        let c = self.uft.alloc(conn);
         self.uft.set_side(c, d, uf, ufid, hash);
         self.share_keys(c, d, &sim.created);
         self.counters.flows.connections_created += 1;
@@ -1118,9 +1139,8 @@ impl Port {
         if psim.verdict.is_none() {
             let puf = self.unified_flow(&psim);
             self.uft.set_side(c, pd, puf, &pkey, phash);
-            let mut added = SmallVec::new();
+            let added = self.uft.add_refs(c, &psim.refs);
             if let Some(conn) = self.uft.get_mut(c) {
-                added = add_refs(&mut conn.layer_flows, &psim.refs);
                 conn.set_idle_ttl(min_ttl(conn.idle_ttl(), psim.ttl));
             }
             self.hold(&added);
@@ -1199,9 +1219,8 @@ impl Port {
         let mut sim = Sim::default();
         self.simulate(&mut sim, d, &key, now, Mode::Create, false);
         let uf = self.unified_flow(&sim);
-        let mut new_refs = SmallVec::new();
+        let new_refs = self.uft.add_refs(c, &sim.refs);
         if let Some(conn) = self.uft.get_mut(c) {
-            new_refs = add_refs(&mut conn.layer_flows, &sim.refs);
             conn.set_idle_ttl(sim.ttl);
         }
         self.uft.reconcile_side(c, d, uf, &mut self.counters.arena);
@@ -1717,7 +1736,7 @@ impl Port {
 
     fn remove_connection(&mut self, c: u32) {
         self.flush_connection(c);
-        let Some(refs) = self.uft.get(c).map(|conn| conn.layer_flows.clone()) else {
+        let Some(refs) = self.uft.refs_of(c) else {
             return;
         };
         // Layer flows go first, while the keys they share are still here.
@@ -1753,15 +1772,14 @@ impl Port {
         let Some(conn) = self.uft.get(c) else {
             return;
         };
-        let dead: SmallVec<[LayerFlowRef; 4]> = conn
-            .layer_flows
-            .iter()
+        let dead: SmallVec<[LayerFlowRef; 4]> = self
+            .uft
+            .layer_refs(conn)
             .filter(|r| {
                 self.flow_table(r.layer_uid)
                     .and_then(|t| t.get(r.slot))
                     .is_none_or(|f| f.detached)
             })
-            .copied()
             .collect();
         if dead.is_empty() {
             return;
@@ -1769,9 +1787,7 @@ impl Port {
         for &r in &dead {
             self.release_ref(c, r);
         }
-        if let Some(conn) = self.uft.get_mut(c) {
-            conn.layer_flows.retain(|r| !dead.contains(r));
-        }
+        self.uft.retain_refs(c, |r| !dead.contains(r));
     }
 
     /// Let layer flows created for side `d` of connection `c` (and held by
@@ -1787,7 +1803,7 @@ impl Port {
     /// Before side `d` of connection `c` changes key: flows sharing it
     /// store it themselves again.
     fn unshare_keys(&mut self, c: u32, d: Direction) {
-        let Some(refs) = self.uft.get(c).map(|conn| conn.layer_flows.clone()) else {
+        let Some(refs) = self.uft.refs_of(c) else {
             return;
         };
         for r in refs {
@@ -1877,18 +1893,6 @@ impl Port {
 /// the unified flow table beside it).
 fn table_in(tables: &mut [(u32, LayerFlowTable)], uid: u32) -> Option<&mut LayerFlowTable> {
     tables.iter_mut().find(|(u, _)| *u == uid).map(|(_, t)| t)
-}
-
-/// Add refs not yet held; returns the ones added (to take references on).
-fn add_refs(into: &mut LayerFlowRefs, refs: &[LayerFlowRef]) -> SmallVec<[LayerFlowRef; 4]> {
-    let mut added = SmallVec::new();
-    for r in refs {
-        if !into.contains(r) {
-            into.push(*r);
-            added.push(*r);
-        }
-    }
-    added
 }
 
 /// Frames a VM sends are never decoded as our tunnels (a VM's own overlay

@@ -178,73 +178,63 @@ fn tracking_group() -> Group {
     ])
 }
 
-/// The handshake of connection `i` from the VM to 10.1.x.y without
-/// tunnels (a port with no VNET layer).
-fn plain_handshake(i: u32) -> [(Direction, Vec<u8>); 3] {
-    let (x, y) = peer_of(i);
-    let peer = std::net::Ipv4Addr::new(10, 1, x, y);
-    let sp = 1024 + ((i / 1000) % 60_000) as u16;
-    let out = |fl, s, a| tcp(VM_MAC, VM_GW_MAC, VM_CA, peer, sp, 80, fl, s, a, b"");
-    [
-        (Direction::Out, out(SYN, 100, 0)),
-        (
-            Direction::In,
-            tcp(
-                VM_GW_MAC,
-                VM_MAC,
-                peer,
-                VM_CA,
-                80,
-                sp,
-                SYN | ACK,
-                500,
-                101,
-                b"",
-            ),
-        ),
-        (Direction::Out, out(ACK, 101, 501)),
-    ]
-}
-
 /// A layer added with stateful rules after the reservation, and a layer
 /// given its first stateful rule after it, get their flow tables sized for
-/// it as they are installed: the reserved port still opens its
-/// connections without allocating. (Two stateful layers: a connection
-/// through more keeps its list of layer flows on the heap.)
+/// it as they are installed. With the four-layer port's ACL and SLB NAT
+/// that makes four stateful layers, past the two layer flows a connection
+/// holds inline: the rest of each list goes to overflow blocks, reserved
+/// too. The reserved port still opens its connections without allocating.
+/// (Both new layers sit above VNET's encapsulation, so their flows share
+/// their connection's key, as the ACL's and NAT's do.)
 #[test]
 fn layers_made_stateful_after_a_reservation_are_sized_for_it() {
-    let frames = |r: std::ops::Range<u32>| -> Vec<(Direction, Vec<u8>)> {
-        r.flat_map(plain_handshake).collect()
-    };
-    let cfg = PortConfig {
-        max_connections: 100_000,
-        ..PortConfig::default()
-    };
-    let mut p = Port::new("tracked", cfg);
+    use strata_engine::flow_table::LayerFlowTable;
+    use strata_engine::layer_refs::RefBlocks;
+    let mut p = port();
+    allocations_running(&mut p, &handshakes(0..1000));
     p.reserve(40_000).expect("within the limit");
     let held = p.flow_memory().total();
-    p.add_layer(tracking_layer("track-vm"), None)
+    p.add_layer(tracking_layer("track-vm"), Some(0))
         .expect("a stateful layer");
     p.add_layer(
         LayerSpec::new("later", DefaultAction::Allow, DefaultAction::Allow),
-        None,
+        Some(2),
     )
     .expect("a stateless layer");
     p.set_group("later", tracking_group())
         .expect("its first stateful group");
     let grown = p.flow_memory().total() - held;
-    let per_table = strata_engine::flow_table::LayerFlowTable::reserve_bytes(40_000);
+    let expected = 2 * LayerFlowTable::reserve_bytes(40_000)
+        + RefBlocks::bytes_for(40_000 * RefBlocks::blocks_for(4));
     assert!(
-        grown >= 2 * per_table * 98 / 100,
-        "two tables sized: grew {grown}, one table {per_table}"
+        grown >= expected * 98 / 100,
+        "two tables and the overflow blocks sized: grew {grown}, expected {expected}"
     );
-    // Counter lists come with the first connections through the layers;
-    // after those, nothing allocates.
-    allocations_running(&mut p, &frames(0..1000));
-    assert_eq!(allocations_running(&mut p, &frames(1000..31_000)), 0);
+    // New action contexts and counter lists come with the first
+    // connections through the new layers; after those, nothing allocates.
+    allocations_running(&mut p, &handshakes(1000..2000));
+    assert_eq!(allocations_running(&mut p, &handshakes(2000..31_000)), 0);
     assert_eq!(p.connection_count(), 31_000);
-    assert_eq!(p.layer_flow_count("track-vm"), 31_000);
-    assert_eq!(p.layer_flow_count("later"), 31_000);
+    // The first thousand came before the new layers (their next packets
+    // reconcile them).
+    assert_eq!(p.layer_flow_count("track-vm"), 30_000);
+    assert_eq!(p.layer_flow_count("later"), 30_000);
+    // The close of an early connection and of the last one (which holds
+    // four layer flows): they pass, and every flow is let go of.
+    let mut buf = PacketBuf::with_capacity(2048);
+    for i in [0, 30_999] {
+        for (d, f) in lifecycle(i).into_iter().skip(3) {
+            buf.reset(&f);
+            assert!(
+                p.process(d, &mut buf, secs(3)).is_forward(),
+                "connection {i}"
+            );
+        }
+    }
+    p.expire(secs(1_000_000));
+    assert_eq!(p.connection_count(), 0);
+    assert_eq!(p.layer_flow_count("track-vm"), 0);
+    assert_eq!(p.layer_flow_count("later"), 0);
 }
 
 /// Set in the child process of
