@@ -33,6 +33,10 @@ const NO_BLOCK: u32 = u32::MAX;
 /// The layer flows a connection holds: a list whose first
 /// [`INLINE_REFS`] entries are inline and the rest in blocks of a
 /// [`RefBlocks`] pool (24 bytes, like the inline vector it replaced).
+///
+/// A handle into its pool: copies name the same blocks (only the pool's
+/// owner copies one, to hand it back to the pool), and equality is that of
+/// handles; compare contents through [`RefBlocks::iter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerFlowRefs {
     inline: [LayerFlowRef; INLINE_REFS],
