@@ -376,6 +376,56 @@ mod tests {
         std::fs::remove_dir_all(&base).expect("cleanup");
     }
 
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// Texts built from the formats' own pieces, in any order and any
+        /// number, never panic the parsers (the kernel writes them, but a
+        /// parser of text is fuzzed all the same); whatever resolves lies
+        /// inside its mount.
+        #[test]
+        fn any_cgroup_and_mount_text_parses_without_panic(
+            mounts in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec![
+                    "41", "0:36", "/", "/a", "/a/..", "..", "/sys/fs/cgroup", "/tmp",
+                    "rw", "-", " - ", "cgroup", "cgroup2", "memory", "rw,memory",
+                    "\\040", "\\", "\\7", "x", "", " ",
+                ]), 0..14).prop_map(|w| w.join(" ")),
+                0..6,
+            ),
+            groups in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec![
+                    "0", "4", "", ":", "memory", "cpu,memory", "/", "/a", "/a/../..", "x:y",
+                ]), 0..6).prop_map(|w| w.join(":")),
+                0..6,
+            ),
+        ) {
+            let mounts = mounts.join("\n");
+            let groups = groups.join("\n");
+            for line in mounts.lines() {
+                if let Some(m) = Mount::parse(line) {
+                    for g in groups.lines() {
+                        let path = g.rsplit(':').next().unwrap_or("");
+                        if let Some(dir) = m.dir_of(path) {
+                            // Below the mount point, never back out of it.
+                            let below = dir.strip_prefix(&m.point);
+                            proptest::prop_assert!(
+                                below.is_ok_and(|b| !b
+                                    .components()
+                                    .any(|c| c == std::path::Component::ParentDir)),
+                                "{dir:?} outside {:?}",
+                                m.point
+                            );
+                        }
+                    }
+                }
+            }
+            for g in memory_cgroups(&groups, &mounts) {
+                proptest::prop_assert!(g.dir.starts_with(&g.mount));
+            }
+        }
+    }
+
     #[test]
     fn cgroup_lines_pick_the_memory_hierarchies() {
         let dir = std::env::temp_dir();

@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use strata::capture::{CaptureFormat, CaptureReader, CaptureWriter};
 use strata::policy_file::{Format, parse_str};
 use strata_engine::scenario::{four_layer_port, install_mappings};
-use strata_engine::{ActionRegistry, Direction, Port, PortConfig, secs};
+use strata_engine::{
+    ActionRegistry, ActionSpec, DefaultAction, Direction, Group, LayerSpec, Port, PortConfig, Rule,
+    secs,
+};
 use strata_packet::PacketBuf;
 
 /// Inputs per target when `STRATA_FUZZ_ITERATIONS` is set (else bolero's
@@ -192,7 +195,28 @@ fn snapshot_samples() -> &'static [Vec<u8>] {
         port.reserve(64).expect("reserve");
         let reserved = port.snapshot().expect("snapshot");
         let v6 = include_bytes!("../../strata-engine/tests/data/four-layer-v6.snap");
-        vec![plain, reserved, v6.to_vec()]
+        // Three more stateful layers: connections hold more layer flows
+        // than fit inline, the rest in the flow table's overflow blocks.
+        let mut tracked = four_layer_port(PortConfig::default(), 2).expect("port");
+        install_mappings(&mut tracked, 1).expect("mappings");
+        for (id, at) in [("t0", 0), ("t1", 2), ("t2", 4)] {
+            let mut l = LayerSpec::new(id, DefaultAction::Allow, DefaultAction::Allow);
+            l.groups
+                .push(Group::new("track", Direction::Out).with_rules(vec![
+                    Rule::new("all-out", 1, vec![], ActionSpec::Allow).stateful(),
+                ]));
+            tracked.add_layer(l, Some(at)).expect("a tracking layer");
+        }
+        let mut buf = PacketBuf::with_capacity(2048);
+        for (d, f) in frames() {
+            buf.reset(f);
+            let _ = tracked.process(*d, &mut buf, secs(1));
+        }
+        for l in ["t0", "t1", "t2", "acl"] {
+            assert!(tracked.layer_flow_count(l) > 0, "{l} holds flows");
+        }
+        let long_lists = tracked.snapshot().expect("snapshot");
+        vec![plain, reserved, v6.to_vec(), long_lists]
     })
 }
 
