@@ -571,6 +571,19 @@ impl LayerFlowTable {
             .saturating_add(FlowIndex::bytes_for(flows.saturating_mul(2)))
     }
 
+    /// Heap bytes [`LayerFlowTable::reserve_extras`] holds for `flows`
+    /// flows (the map's room; each flow's extra parts are boxed apart).
+    pub fn extras_reserve_bytes(flows: usize) -> usize {
+        crate::counters::hash_table_bytes(flows, size_of::<(u32, Box<LayerFlowExtra>)>())
+    }
+
+    /// Room in the map of extra parts for `flows` flows in all (a layer
+    /// whose rules transpose: its NAT'd flows have extra parts), so the map
+    /// does not double, re-hashing every entry, inside a packet.
+    pub fn reserve_extras(&mut self, flows: usize) {
+        self.extras.reserve(flows.saturating_sub(self.extras.len()));
+    }
+
     /// Make room for `flows` layer flows (two index entries each) without
     /// allocating or faulting a page in as they come (see
     /// `Port::reserve`). `conns` is the port's unified flow table, which

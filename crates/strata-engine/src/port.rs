@@ -33,7 +33,9 @@ use crate::layer_refs::RefBlocks;
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
 };
-use crate::resource::{ActionState, Backend, EventSink, Mapping, ResourceEvent, Resources};
+use crate::resource::{
+    ActionState, Backend, EventSink, Mapping, PortPool, ResourceEvent, Resources,
+};
 use crate::tcp::{TcpConn, TcpState};
 use crate::trace::{LayerDecision, LayerTrace, Trace};
 use crate::types::{Direction, DropReason, Time, Verdict, secs};
@@ -276,12 +278,15 @@ impl Port {
         // Every page is written now: a reservation the machine cannot back
         // is refused here rather than ending the process.
         let policy = Arc::clone(&self.policy);
-        let stateful: Vec<u32> = policy
+        // Stateful layers, and whether their rules may transpose (then
+        // their NAT'd flows keep extra parts, in a map sized too).
+        let stateful: Vec<(u32, bool)> = policy
             .layers
             .iter()
             .filter(|l| l.has_stateful())
-            .map(|l| l.uid)
+            .map(|l| (l.uid, l.may_transpose()))
             .collect();
+        let transposing = stateful.iter().filter(|(_, t)| *t).count();
         // Connections through more stateful layers than their slots hold
         // inline keep the rest of their list in overflow blocks.
         let blocks = RefBlocks::blocks_for(stateful.len()).saturating_mul(connections);
@@ -290,6 +295,16 @@ impl Port {
                 LayerFlowTable::reserve_bytes(connections).saturating_mul(stateful.len()),
             )
             .saturating_add(RefBlocks::bytes_for(blocks))
+            .saturating_add(
+                LayerFlowTable::extras_reserve_bytes(connections).saturating_mul(transposing),
+            )
+            .saturating_add(
+                self.resources
+                    .port_pools
+                    .values()
+                    .map(|p| PortPool::reserve_bytes(p.size()))
+                    .sum(),
+            )
             .saturating_sub(self.flow_memory().total());
         if let Some(available) = crate::host_memory::available()
             && needed > available
@@ -302,10 +317,17 @@ impl Port {
         }
         self.reserved = connections;
         self.uft.reserve(connections);
+        // SNAT pools: their in-use sets never hold more than their ports.
+        for pool in self.resources.port_pools.values_mut() {
+            pool.reserve_all();
+        }
         self.uft.reserve_ref_blocks(blocks);
-        for uid in stateful {
+        for (uid, transposes) in stateful {
             if let Some(t) = table_in(&mut self.layer_flows, uid) {
                 t.reserve(connections, &self.uft);
+                if transposes {
+                    t.reserve_extras(connections);
+                }
             }
         }
         Ok(())
@@ -317,27 +339,41 @@ impl Port {
         self.reserved
     }
 
-    /// Can layer `layer` (uid `uid`, `None` if new) take stateful rules on
-    /// this port? On a reserved port its flow table must then be sized for
-    /// the reservation, and the memory for that must be there.
-    fn check_layer_reservation(&self, layer: &str, uid: Option<u32>) -> Result<(), ApiError> {
+    /// Can layer `layer` (uid `uid`, `None` if new) take the rules that
+    /// would make it stateful (`becomes_stateful`), or stateful and
+    /// transposing (`transposes`)? On a reserved port its flow table, and
+    /// with transposing rules its map of extra parts, must then be sized
+    /// for the reservation, and the memory for that must be there.
+    fn check_layer_reservation(
+        &self,
+        layer: &str,
+        uid: Option<u32>,
+        becomes_stateful: bool,
+        transposes: bool,
+    ) -> Result<(), ApiError> {
         if self.reserved == 0 {
             return Ok(());
         }
+        let n = self.reserved;
         let held = uid
             .and_then(|u| self.flow_table(u))
             .map_or(0, LayerFlowTable::memory_bytes);
-        // One more stateful layer: connections may hold one more layer
-        // flow each, past their inline room.
-        let k = self.stateful_layers() + 1;
-        let blocks = RefBlocks::blocks_for(k) - RefBlocks::blocks_for(k - 1);
-        let needed = LayerFlowTable::reserve_bytes(self.reserved)
-            .saturating_sub(held)
-            .saturating_add(RefBlocks::bytes_for(blocks.saturating_mul(self.reserved)));
+        let mut target = LayerFlowTable::reserve_bytes(n);
+        if transposes {
+            target = target.saturating_add(LayerFlowTable::extras_reserve_bytes(n));
+        }
+        let mut needed = target.saturating_sub(held);
+        if becomes_stateful {
+            // One more stateful layer: connections may hold one more layer
+            // flow each, past their inline room.
+            let k = self.stateful_layers() + 1;
+            let blocks = RefBlocks::blocks_for(k) - RefBlocks::blocks_for(k - 1);
+            needed = needed.saturating_add(RefBlocks::bytes_for(blocks.saturating_mul(n)));
+        }
         match crate::host_memory::available() {
             Some(available) if needed > available => Err(ApiError::LayerBeyondReservation {
                 layer: layer.into(),
-                connections: self.reserved,
+                connections: n,
                 needed,
                 available,
             }),
@@ -345,15 +381,24 @@ impl Port {
         }
     }
 
-    /// Size layer `uid`'s flow table for the port's reservation, if any
-    /// (once it holds stateful rules; checked by
-    /// [`Port::check_layer_reservation`]).
+    /// Size layer `uid`'s flow table (and, if its rules may transpose, its
+    /// map of extra parts) for the port's reservation, if any, once it
+    /// holds stateful rules (checked by [`Port::check_layer_reservation`]).
     fn reserve_layer_table(&mut self, uid: u32) {
         if self.reserved == 0 {
             return;
         }
+        let transposes = self
+            .policy
+            .layers
+            .iter()
+            .find(|l| l.uid == uid)
+            .is_some_and(|l| l.may_transpose());
         if let Some(t) = table_in(&mut self.layer_flows, uid) {
             t.reserve(self.reserved, &self.uft);
+            if transposes {
+                t.reserve_extras(self.reserved);
+            }
         }
         let blocks = RefBlocks::blocks_for(self.stateful_layers());
         self.uft
@@ -369,17 +414,24 @@ impl Port {
             .count()
     }
 
-    /// Would installing `group` at layer `pos` give the layer its first
-    /// stateful rule? Checked against the port's reservation first.
+    /// Does installing `group` at layer `pos` call for sizing the layer's
+    /// tables: its first stateful rule, or the first rule that may
+    /// transpose in a stateful layer? Checked against the port's
+    /// reservation first.
     fn check_group_reservation(&self, pos: usize, group: &PreparedGroup) -> Result<bool, ApiError> {
         let layer = &self.policy.layers[pos];
-        // A layer that holds stateful rules already was sized when it
-        // came to (or by `Port::reserve`).
-        let becomes = group.0.has_stateful && !layer.has_stateful();
-        if becomes {
-            self.check_layer_reservation(&layer.id, Some(layer.uid))?;
+        let g = &group.0;
+        // What the layer already holds was sized when it came to (or by
+        // `Port::reserve`).
+        let becomes_stateful = g.has_stateful && !layer.has_stateful();
+        let stateful = g.has_stateful || layer.has_stateful();
+        let transposes = g.may_transpose || layer.may_transpose();
+        let gains_transposition = stateful && g.may_transpose && !layer.may_transpose();
+        let sizing = becomes_stateful || gains_transposition;
+        if sizing {
+            self.check_layer_reservation(&layer.id, Some(layer.uid), becomes_stateful, transposes)?;
         }
-        Ok(becomes)
+        Ok(sizing)
     }
 
     /// Live connections (unified-flow pairs).
@@ -554,7 +606,8 @@ impl Port {
         check_unique_rules(&spec.id, prepared.iter().map(|p| &p.0.group))?;
         let stateful = prepared.iter().any(|p| p.0.has_stateful);
         if stateful {
-            self.check_layer_reservation(&spec.id, None)?;
+            let transposes = prepared.iter().any(|p| p.0.may_transpose);
+            self.check_layer_reservation(&spec.id, None, true, transposes)?;
         }
         let generation = self.bump();
         let uid = self.next_layer_uid;
@@ -704,9 +757,9 @@ impl Port {
             .map_err(|e| with_layer(e, layer))?;
         let pos = pos.ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
         unique.unwrap_or(Ok(()))?;
-        let becomes_stateful = self.check_group_reservation(pos, &prepared)?;
+        let sizing = self.check_group_reservation(pos, &prepared)?;
         self.swap_group(pos, layer, prepared, &known);
-        if becomes_stateful {
+        if sizing {
             self.reserve_layer_table(self.policy.layers[pos].uid);
         }
         Ok(())
@@ -734,9 +787,9 @@ impl Port {
         if known.is_none() {
             check_unique_rules(layer, with_others(current, &prepared.0.group))?;
         }
-        let becomes_stateful = self.check_group_reservation(pos, &prepared)?;
+        let sizing = self.check_group_reservation(pos, &prepared)?;
         self.swap_group(pos, layer, prepared, known.as_deref().unwrap_or(&[]));
-        if becomes_stateful {
+        if sizing {
             self.reserve_layer_table(self.policy.layers[pos].uid);
         }
         Ok(())

@@ -129,6 +129,22 @@ impl PortPool {
     pub fn in_use(&self) -> usize {
         self.in_use.len()
     }
+
+    /// Room in the in-use set for every port of the pool (`Port::reserve`:
+    /// the set then never doubles, re-hashing its ports, inside a packet).
+    pub fn reserve_all(&mut self) {
+        self.in_use.reserve(self.free.len());
+    }
+
+    /// Heap bytes [`PortPool::reserve_all`] holds for a pool of `ports`.
+    pub fn reserve_bytes(ports: usize) -> usize {
+        crate::counters::hash_table_bytes(ports, size_of::<u16>())
+    }
+
+    /// Ports in the pool, taken or not.
+    pub fn size(&self) -> usize {
+        self.free.len() + self.in_use.len()
+    }
 }
 
 /// One backend of a load-balanced service.

@@ -157,11 +157,47 @@ fn a_reservation_holds_the_bytes_it_was_checked_for() {
         let before = p.flow_memory().total();
         p.reserve(n).expect("within the limit");
         let held = p.flow_memory().total() - before;
-        // Two layers hold stateful rules: the ACL and SLB NAT.
-        let expected = UnifiedFlowTable::reserve_bytes(n) + 2 * LayerFlowTable::reserve_bytes(n);
+        // Two layers hold stateful rules: the ACL and SLB NAT, whose rules
+        // transpose (its map of extra parts is sized too).
+        let expected = UnifiedFlowTable::reserve_bytes(n)
+            + 2 * LayerFlowTable::reserve_bytes(n)
+            + LayerFlowTable::extras_reserve_bytes(n);
         let off = held.abs_diff(expected) as f64 / expected as f64;
         assert!(off < 0.02, "{n}: held {held}, expected {expected}");
     }
+}
+
+/// SNAT'd connections on a reserved port: the NAT layer's map of extra
+/// parts and the SNAT pool's set of ports in use were sized with it, so
+/// neither doubles (re-hashing every entry) inside a packet. Each NAT'd
+/// flow still boxes its extra parts: one allocation a connection, and
+/// nothing more (30,010 before the map and the set were sized).
+#[test]
+fn snat_connections_on_a_reserved_port_grow_no_map() {
+    let web = std::net::Ipv4Addr::new(93, 184, 216, 34);
+    let syn = |i: u32| {
+        (
+            Direction::Out,
+            vm_tcp(web, 1024 + (i % 60_000) as u16, 443, SYN, 1, 0, b""),
+        )
+    };
+    let warm: Vec<_> = (0..1000).map(syn).collect();
+    let more: Vec<_> = (1000..31_000).map(syn).collect();
+    let mut reserved = port();
+    let mut growing = port();
+    for p in [&mut reserved, &mut growing] {
+        allocations_running(p, &warm);
+    }
+    reserved.reserve(40_000).expect("within the limit");
+    let calls = allocations_running(&mut reserved, &more);
+    assert!(
+        calls <= more.len(),
+        "{calls} allocations for {} SNAT'd connections",
+        more.len()
+    );
+    // Left to grow, the map doubles on the way (and the tables with it).
+    assert!(allocations_running(&mut growing, &more) > more.len());
+    assert_eq!(reserved.layer_flow_count("slb"), 31_000);
 }
 
 /// A layer that allows everything outbound and tracks it (stateful: one
