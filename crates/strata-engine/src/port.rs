@@ -890,6 +890,13 @@ impl Port {
         ranges: Vec<(u16, u16)>,
     ) -> Result<(), ApiError> {
         self.resources.add_port_pool(name, ip, ranges)?;
+        // On a reserved port, sized as `Port::reserve` sizes the others (a
+        // few hundred kilobytes at most: 65,535 ports).
+        if self.reserved > 0
+            && let Some(pool) = self.resources.port_pools.get_mut(name)
+        {
+            pool.reserve_all();
+        }
         self.bump();
         Ok(())
     }
