@@ -378,36 +378,60 @@ mod tests {
 
     use proptest::strategy::Strategy;
 
+    /// Pieces of the two formats, valid and not.
+    const PATHS: [&str; 9] = [
+        "/",
+        "/a",
+        "/a/b",
+        "/a/..",
+        "/a/../..",
+        "..",
+        "",
+        "/docker/abc",
+        "/a\\040b",
+    ];
+
+    fn piece(of: &'static [&'static str]) -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(of)
+    }
+
     proptest::proptest! {
-        /// Texts built from the formats' own pieces, in any order and any
-        /// number, never panic the parsers (the kernel writes them, but a
-        /// parser of text is fuzzed all the same); whatever resolves lies
-        /// inside its mount.
+        /// Mount lines of the right shape with any roots, mount points and
+        /// types, and cgroup lines with any paths, among lines of any
+        /// pieces: no panic, and whatever resolves lies below its mount
+        /// point (never back out of it). The kernel writes these texts, but
+        /// a parser of text is fuzzed all the same.
         #[test]
         fn any_cgroup_and_mount_text_parses_without_panic(
             mounts in proptest::collection::vec(
-                proptest::collection::vec(proptest::sample::select(vec![
-                    "41", "0:36", "/", "/a", "/a/..", "..", "/sys/fs/cgroup", "/tmp",
-                    "rw", "-", " - ", "cgroup", "cgroup2", "memory", "rw,memory",
-                    "\\040", "\\", "\\7", "x", "", " ",
-                ]), 0..14).prop_map(|w| w.join(" ")),
-                0..6,
+                (piece(&PATHS), piece(&["/sys/fs/cgroup/memory", "/tmp", "/", "/m\\040n"]),
+                 piece(&["cgroup", "cgroup2", "tmpfs", ""]),
+                 piece(&["rw,memory", "rw", "memory", ""]), proptest::bool::ANY)
+                    .prop_map(|(root, point, fs, opts, sep)| {
+                        let sep = if sep { " - " } else { " " };
+                        format!("41 33 0:36 {root} {point} rw{sep}{fs} {fs} {opts}")
+                    }),
+                0..5,
             ),
             groups in proptest::collection::vec(
-                proptest::collection::vec(proptest::sample::select(vec![
-                    "0", "4", "", ":", "memory", "cpu,memory", "/", "/a", "/a/../..", "x:y",
-                ]), 0..6).prop_map(|w| w.join(":")),
-                0..6,
+                (piece(&["0", "4", "", "x"]), piece(&["", "memory", "cpu,memory", "name=x"]),
+                 piece(&PATHS))
+                    .prop_map(|(id, c, path)| format!("{id}:{c}:{path}")),
+                0..5,
+            ),
+            garbage in proptest::collection::vec(
+                proptest::collection::vec(piece(&["-", " - ", ":", "cgroup", "0", "/", " ", "\\"]), 0..8)
+                    .prop_map(|w| w.concat()),
+                0..3,
             ),
         ) {
-            let mounts = mounts.join("\n");
-            let groups = groups.join("\n");
+            let mounts = [mounts, garbage.clone()].concat().join("\n");
+            let groups = [groups, garbage].concat().join("\n");
             for line in mounts.lines() {
                 if let Some(m) = Mount::parse(line) {
                     for g in groups.lines() {
-                        let path = g.rsplit(':').next().unwrap_or("");
+                        let path = g.splitn(3, ':').nth(2).unwrap_or("");
                         if let Some(dir) = m.dir_of(path) {
-                            // Below the mount point, never back out of it.
                             let below = dir.strip_prefix(&m.point);
                             proptest::prop_assert!(
                                 below.is_ok_and(|b| !b
