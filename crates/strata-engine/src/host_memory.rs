@@ -29,15 +29,13 @@ use std::path::{Path, PathBuf};
 /// kernel's `MemAvailable` and the room under each of its cgroups' memory
 /// limits. `None` where none of them is known.
 pub fn available() -> Option<usize> {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let machine = read("/proc/meminfo").and_then(|i| mem_available(&i));
-    let groups = match (read("/proc/self/cgroup"), read("/proc/self/mountinfo")) {
-        (Some(cgroups), Some(mounts)) => memory_cgroups(&cgroups, &mounts)
-            .iter()
-            .filter_map(MemoryCgroup::room)
-            .min(),
-        _ => None,
-    };
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|i| mem_available(&i));
+    let groups = own_memory_cgroups()
+        .iter()
+        .filter_map(MemoryCgroup::room)
+        .min();
     match (machine, groups) {
         (Some(m), Some(g)) => Some(m.min(g)),
         (m, g) => m.or(g),

@@ -122,7 +122,9 @@ impl RefBlocks {
             refs.inline[i] = r;
         } else {
             let k = i - INLINE_REFS;
-            if k.is_multiple_of(BLOCK_REFS) {
+            // The block for reference `k`: a new one linked after the last
+            // when the last is full, else the last (one walk of the chain).
+            let block = if k.is_multiple_of(BLOCK_REFS) {
                 let b = self.take();
                 if k == 0 {
                     refs.more = b;
@@ -131,8 +133,11 @@ impl RefBlocks {
                 {
                     l.next = b;
                 }
-            }
-            if let Some(b) = self.block_at(refs, k / BLOCK_REFS)
+                Some(b)
+            } else {
+                self.block_at(refs, k / BLOCK_REFS)
+            };
+            if let Some(b) = block
                 && let Some(Some(block)) = self.blocks.get_mut(b as usize)
             {
                 block.refs[k % BLOCK_REFS] = r;

@@ -321,14 +321,9 @@ impl Port {
         for pool in self.resources.port_pools.values_mut() {
             pool.reserve_all();
         }
-        self.uft.reserve_ref_blocks(blocks);
-        for (uid, transposes) in stateful {
-            if let Some(t) = table_in(&mut self.layer_flows, uid) {
-                t.reserve(connections, &self.uft);
-                if transposes {
-                    t.reserve_extras(connections);
-                }
-            }
+        // Each stateful layer as one made stateful later is sized.
+        for (uid, _) in stateful {
+            self.reserve_layer_table(uid);
         }
         Ok(())
     }
