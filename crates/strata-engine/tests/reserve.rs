@@ -200,6 +200,93 @@ fn snat_connections_on_a_reserved_port_grow_no_map() {
     assert_eq!(reserved.layer_flow_count("slb"), 31_000);
 }
 
+/// A SNAT pool added to a reserved port has its in-use set sized as
+/// `Port::reserve` sizes the pools it finds: connections SNAT'd with its
+/// ports allocate no more than when the pool came before the reservation,
+/// and less than on a port left to grow (where the set doubles, re-hashing
+/// its ports, inside packets).
+#[test]
+fn a_snat_pool_added_after_a_reservation_is_sized_for_it() {
+    const LATE_POOL: &str = "snat-late";
+    let late_ip = std::net::Ipv4Addr::new(203, 0, 113, 20);
+    // SLB NAT's outbound group, its SNAT rule taking ports from the new
+    // pool (the layer is stateful and transposes already: installing the
+    // group sizes nothing).
+    let add_pool = |p: &mut Port| {
+        p.add_port_pool(LATE_POOL, late_ip.into(), vec![(1024, 65535)])
+            .expect("a new pool");
+        let mut g = four_layer_specs(0)
+            .into_iter()
+            .find(|l| l.id == "slb")
+            .and_then(|l| l.groups.into_iter().find(|g| g.id == "snat-out"))
+            .expect("SLB NAT's outbound group");
+        for r in &mut g.rules {
+            if let ActionSpec::Snat { pool } = &mut r.action {
+                *pool = LATE_POOL.into();
+            }
+        }
+        p.set_group("slb", g).expect("the group, with the new pool");
+    };
+    let web = std::net::Ipv4Addr::new(93, 184, 216, 34);
+    let syn = |i: u32| {
+        (
+            Direction::Out,
+            vm_tcp(web, 1024 + (i % 60_000) as u16, 443, SYN, 1, 0, b""),
+        )
+    };
+    let frames = |r: std::ops::Range<u32>| r.map(syn).collect::<Vec<_>>();
+    let more = frames(1100..31_000);
+    enum Order {
+        ReserveFirst,
+        PoolFirst,
+        NoReservation,
+    }
+    let measure = |order: Order| {
+        let mut p = port();
+        allocations_running(&mut p, &frames(0..1000));
+        match order {
+            Order::ReserveFirst => {
+                p.reserve(40_000).expect("within the limit");
+                add_pool(&mut p);
+            }
+            Order::PoolFirst => {
+                add_pool(&mut p);
+                p.reserve(40_000).expect("within the limit");
+            }
+            Order::NoReservation => add_pool(&mut p),
+        }
+        // The new rule's first connections (its action, its counters).
+        allocations_running(&mut p, &frames(1000..1100));
+        let calls = allocations_running(&mut p, &more);
+        let pools = &p.resources().port_pools;
+        // Every connection after the first thousand took a port from it.
+        assert_eq!(pools[LATE_POOL].in_use(), 30_000);
+        assert_eq!(pools[SNAT_POOL].in_use(), 1000);
+        (p, calls)
+    };
+    let (mut late, calls) = measure(Order::ReserveFirst);
+    let (_, sized_by_reserve) = measure(Order::PoolFirst);
+    let (_, growing) = measure(Order::NoReservation);
+    // One boxed extra part a SNAT'd flow at most (as in
+    // `snat_connections_on_a_reserved_port_grow_no_map`); a set doubling on
+    // the way is more.
+    assert!(
+        calls <= more.len(),
+        "{calls} allocations for {} SNAT'd connections",
+        more.len()
+    );
+    assert!(
+        calls <= sized_by_reserve,
+        "{calls} allocations, {sized_by_reserve} when reserved after the pool came"
+    );
+    assert!(calls < growing, "{calls} reserved, {growing} growing");
+    // A new connection leaves from the new pool's address.
+    let (d, f) = syn(31_000);
+    let (v, out) = run(&mut late, d, &f, secs(2));
+    assert!(v.is_forward(), "{v:?}");
+    assert_eq!(decode(&out).inner.src, late_ip);
+}
+
 /// A layer that allows everything outbound and tracks it (stateful: one
 /// layer flow pair per connection).
 fn tracking_layer(id: &str) -> LayerSpec {
@@ -271,6 +358,100 @@ fn layers_made_stateful_after_a_reservation_are_sized_for_it() {
     assert_eq!(p.connection_count(), 0);
     assert_eq!(p.layer_flow_count("track-vm"), 0);
     assert_eq!(p.layer_flow_count("later"), 0);
+}
+
+/// The SYNs of generated VNET connections `range` (see [`lifecycle`]):
+/// outbound only, so a connection NAT'd on the way out needs no reply
+/// addressed to its new source.
+fn syns(range: std::ops::Range<u32>) -> Vec<(Direction, Vec<u8>)> {
+    range
+        .map(|i| lifecycle(i).into_iter().next().expect("a SYN"))
+        .collect()
+}
+
+/// The address [`nat_group`] rewrites the VM's source to.
+const NAT_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 4);
+
+/// [`tracking_group`] replaced by a static source NAT: the layer stays
+/// stateful, and its rules now transpose.
+fn nat_group() -> Group {
+    Group::new("track", Direction::Out).with_rules(vec![
+        Rule::new(
+            "nat-out",
+            1,
+            vec![],
+            ActionSpec::Nat {
+                src_ip: Some(NAT_IP.into()),
+                dst_ip: None,
+                src_port: None,
+                dst_port: None,
+            },
+        )
+        .stateful(),
+    ])
+}
+
+/// When a reserved port's stateful layer gains its first rule that may
+/// transpose, its map of extra parts is sized then, as `Port::reserve`
+/// sizes it for a layer that transposes already: connections NAT'd in that
+/// layer afterwards allocate no more than on a port whose layer transposed
+/// when it was reserved (a map doubling inside packets would be more), and
+/// less than on a port left to grow.
+#[test]
+fn a_layer_gaining_transposition_after_a_reservation_is_sized_for_it() {
+    // The tracking layer goes between SLB NAT and VNET: the layers before
+    // it transpose nothing for VNET traffic, so its flows share their
+    // connection's key (no own-key map to grow).
+    enum Order {
+        ReserveFirst,
+        NatFirst,
+        NoReservation,
+    }
+    let more = syns(2000..31_000);
+    let measure = |order: Order| {
+        let mut p = port();
+        p.add_layer(tracking_layer("nat"), Some(3))
+            .expect("a stateful layer");
+        allocations_running(&mut p, &handshakes(0..1000));
+        match order {
+            Order::ReserveFirst => {
+                p.reserve(40_000).expect("within the limit");
+                p.set_group("nat", nat_group()).expect("its first NAT rule");
+            }
+            Order::NatFirst => {
+                p.set_group("nat", nat_group()).expect("its first NAT rule");
+                p.reserve(40_000).expect("within the limit");
+            }
+            Order::NoReservation => {
+                p.set_group("nat", nat_group()).expect("its first NAT rule");
+            }
+        }
+        // The NAT'd actions of every peer come with these.
+        allocations_running(&mut p, &syns(1000..2000));
+        let calls = allocations_running(&mut p, &more);
+        assert_eq!(p.layer_flow_count("nat"), 31_000);
+        (p, calls)
+    };
+    let (mut late, calls) = measure(Order::ReserveFirst);
+    let (_, sized_by_reserve) = measure(Order::NatFirst);
+    let (_, growing) = measure(Order::NoReservation);
+    // Each NAT'd flow may box its extra parts: one allocation a connection
+    // at most; a map doubling on the way is more.
+    assert!(
+        calls <= more.len(),
+        "{calls} allocations for {} NAT'd connections",
+        more.len()
+    );
+    assert!(
+        calls <= sized_by_reserve,
+        "{calls} allocations, {sized_by_reserve} when reserved after the NAT rule came"
+    );
+    assert!(calls < growing, "{calls} reserved, {growing} growing");
+    // The connections were NAT'd there: a new one leaves from NAT_IP.
+    let (d, f) = lifecycle(31_000)[0].clone();
+    let (v, out) = run(&mut late, d, &f, secs(2));
+    assert!(v.is_forward(), "{v:?}");
+    assert_eq!(decode(&out).inner.src, NAT_IP);
 }
 
 /// Set in the child process of
@@ -433,6 +614,45 @@ fn in_limited_cgroup(dir: &std::path::Path) {
         "{e:?}"
     );
     assert!(e.to_string().contains("bytes available"), "{e}");
+    // The same group prepared off the datapath and installed: refused as
+    // well, before the swap, with connections live. (Compared by getters,
+    // not snapshots: a snapshot clones the flow tables, past what the
+    // cgroup has left; the child is killed.)
+    allocations_running(&mut p, &handshakes(100..110));
+    let state = |p: &Port| {
+        let flows: Vec<usize> = p
+            .layer_ids()
+            .iter()
+            .map(|l| p.layer_flow_count(l))
+            .collect();
+        (
+            p.generation(),
+            p.layer_specs(),
+            flows,
+            p.connection_count(),
+            p.flow_memory(),
+            p.counter_memory_bytes(),
+        )
+    };
+    let before = state(&p);
+    let later = p.policy().layer("later").expect("added");
+    let prepared = tracking_group()
+        .prepare_for(p.registry(), later)
+        .expect("a valid group");
+    match p.install_group("later", prepared) {
+        Err(ApiError::LayerBeyondReservation {
+            layer,
+            connections,
+            needed,
+            available,
+        }) => {
+            assert_eq!((layer.as_str(), connections), ("later", n));
+            assert!(needed > available, "{needed} {available}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state(&p), before, "the port is as it was");
+    assert_eq!(p.connection_count(), 10);
     // The port works on: a connection through it.
     let mut buf = PacketBuf::with_capacity(2048);
     for (d, f) in lifecycle(7) {
