@@ -26,7 +26,7 @@ use crate::intern::SharedTable;
 use crate::layer_refs::{RefBlocks, RefsIter, RefsWire};
 use crate::policy::RuleIdentity;
 use crate::resource::ActionState;
-use crate::slab::ChunkedSlab;
+use crate::slab::{CHUNK, ChunkedSlab, SlabPool};
 use crate::tcp::TcpConn;
 use crate::types::{Direction, Time, Verdict};
 use serde::{Deserialize, Serialize};
@@ -58,9 +58,13 @@ pub struct LayerFlow {
     /// Where the layer-local key of the originating packet (the *origin
     /// key*) is stored: side `key_side` of connection `key_conn` when that
     /// connection's unified flow has exactly this key — the usual case, as
-    /// layers above a stateful one seldom transform — else ([`OWN_KEY`]) in
-    /// the table's own key store. The reverse key (looked up in the opposite
-    /// direction) is derived from it: the reversed post-transposition key.
+    /// layers above a stateful one seldom transform — else, with
+    /// [`OWN_BIT`] set, in the table's own key store (entry `key_conn &
+    /// !OWN_BIT`; [`OWN_KEY`] while not stored yet). The reverse key (looked
+    /// up in the opposite direction) is derived from it: the reversed
+    /// post-transposition key. Serialized as [`OWN_KEY`] for every own key
+    /// (the store's numbering is not part of a snapshot).
+    #[serde(serialize_with = "serialize_key_conn")]
     pub key_conn: u32,
     pub key_side: Direction,
     /// Connections holding this flow.
@@ -73,9 +77,25 @@ pub struct LayerFlow {
     pub rule: Arc<RuleIdentity>,
 }
 
-/// [`LayerFlow::key_conn`] of a flow whose origin key is in the table's own
-/// store.
+/// Set in [`LayerFlow::key_conn`] when the flow's origin key is in the
+/// table's own store, not a connection's (connection numbers stay below
+/// it: see `port::MAX_CONNECTIONS`).
+pub const OWN_BIT: u32 = 1 << 31;
+
+/// [`LayerFlow::key_conn`] of a flow whose origin key is its own but not in
+/// the store: a new flow's, kept aside until it settles (see
+/// `LayerFlowTable::fresh`).
 pub const OWN_KEY: u32 = u32::MAX;
+
+/// Whether a [`LayerFlow::key_conn`] names the table's own store.
+#[inline]
+fn is_own(key_conn: u32) -> bool {
+    key_conn & OWN_BIT != 0
+}
+
+fn serialize_key_conn<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u32(if is_own(*v) { OWN_KEY } else { *v })
+}
 
 /// The parts of a layer flow that only some rules produce.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +106,67 @@ pub struct LayerFlowExtra {
     pub counters: Box<[u32]>,
     pub state: ActionState,
     pub ttl: Option<Time>,
+}
+
+/// The extra parts of a table's flows: each in a pool entry, found by its
+/// flow's slot. No box per flow (a NAT'd connection's layer flow used to
+/// cost an allocation and a free), and the map holds 4-byte indexes.
+#[derive(Clone, Debug, Default)]
+struct ExtraParts {
+    by_slot: hashbrown::HashMap<u32, u32>,
+    pool: SlabPool<LayerFlowExtra>,
+}
+
+impl ExtraParts {
+    #[inline]
+    fn get(&self, slot: u32) -> Option<&LayerFlowExtra> {
+        // Most tables have no extra parts: no hashing.
+        if self.by_slot.is_empty() {
+            return None;
+        }
+        self.pool.get(*self.by_slot.get(&slot)?)
+    }
+
+    /// Keep `e` for the flow in `slot` (replacing any it had). Past
+    /// [`SlabPool::MAX`] parts the pool takes no more: the flow keeps none.
+    fn insert(&mut self, slot: u32, e: LayerFlowExtra) {
+        self.remove(slot);
+        if let Some(i) = self.pool.take(e) {
+            self.by_slot.insert(slot, i);
+        }
+    }
+
+    fn remove(&mut self, slot: u32) -> Option<LayerFlowExtra> {
+        let i = self.by_slot.remove(&slot)?;
+        self.pool.give(i)
+    }
+
+    /// Heap bytes [`ExtraParts::reserve`] holds for `flows` flows.
+    fn reserve_bytes(flows: usize) -> usize {
+        crate::counters::hash_table_bytes(flows, size_of::<(u32, u32)>())
+            .saturating_add(SlabPool::<LayerFlowExtra>::bytes_for(flows.min(CHUNK)))
+    }
+
+    /// Room in the map for `flows` flows, and in the pool for its first
+    /// chunk: the one that grows as a vector does (copied at each
+    /// doubling). Past it the pool grows a chunk at a time with nothing
+    /// moved; a part held for every connection would cost 152 bytes each
+    /// for connections a layer may never NAT.
+    fn reserve(&mut self, flows: usize) {
+        self.by_slot
+            .reserve(flows.saturating_sub(self.by_slot.len()));
+        self.pool.reserve(flows.min(CHUNK));
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.by_slot.capacity() * (size_of::<(u32, u32)>() + 1)
+            + self.pool.memory_bytes()
+            + self
+                .pool
+                .iter()
+                .map(|(_, e)| e.counters.len() * size_of::<u32>())
+                .sum::<usize>()
+    }
 }
 
 /// Shared "no state" for flows without extra parts.
@@ -387,9 +468,9 @@ pub fn same_layer_key(a: &Ufid, b: &Ufid) -> bool {
 /// rest.
 #[derive(Clone, Copy)]
 struct Keys<'a> {
-    own: &'a hashbrown::HashMap<u32, PackedUfid>,
+    own: &'a SlabPool<PackedUfid>,
     fresh: Option<&'a (u32, Ufid)>,
-    extras: &'a hashbrown::HashMap<u32, Box<LayerFlowExtra>>,
+    extras: &'a ExtraParts,
     conns: &'a UnifiedFlowTable,
     seed: TableSeed,
 }
@@ -397,13 +478,13 @@ struct Keys<'a> {
 impl Keys<'_> {
     /// The origin key of the flow in `slot`.
     fn origin(&self, slot: u32, f: &LayerFlow) -> Option<Ufid> {
-        if f.key_conn == OWN_KEY {
+        if is_own(f.key_conn) {
             if let Some(&(s, k)) = self.fresh
                 && s == slot
             {
                 return Some(k);
             }
-            return self.own.get(&slot).map(PackedUfid::unpack);
+            return self.own.get(f.key_conn & !OWN_BIT).map(PackedUfid::unpack);
         }
         self.conns.side_key(f.key_conn, f.key_side)
     }
@@ -422,7 +503,7 @@ impl Keys<'_> {
     fn reverse_key(&self, slot: u32, f: &LayerFlow, origin: &Ufid) -> Ufid {
         LayerFlowView {
             flow: f,
-            extra: self.extras.get(&slot).map(|e| &**e),
+            extra: self.extras.get(slot),
         }
         .reverse_key(origin)
     }
@@ -502,13 +583,15 @@ fn indexed(slots: &ChunkedSlab<LayerFlow>, v: u32) -> Option<(u32, usize, &Layer
 /// a hash table of slot numbers. Keys are stored once: most flows' origin
 /// keys are their connection's (the table is handed the unified flow
 /// table, `conns`, to read them), the rest are in the table's own store.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct LayerFlowTable {
     slots: ChunkedSlab<LayerFlow>,
     free: Vec<u32>,
-    /// Origin keys of flows with [`OWN_KEY`], by slot (serialized with
-    /// `fresh` among them).
-    own_keys: hashbrown::HashMap<u32, PackedUfid>,
+    /// Origin keys of flows with [`OWN_BIT`] (serialized by slot, with
+    /// `fresh` among them): a pool, so a table with many such flows (the
+    /// tracking flows of connections that arrive encapsulated) grows a
+    /// chunk at a time, never re-hashing them all inside one packet.
+    own_keys: SlabPool<PackedUfid>,
     /// The origin key of the flow inserted last, while it waits for
     /// [`LayerFlowTable::share_key`] (most keys move to their connection
     /// right after the insert: kept here, they cost no map insert, removal,
@@ -516,40 +599,54 @@ pub struct LayerFlowTable {
     /// [`LayerFlowTable::settle`] moves it to `own_keys` by the end of one,
     /// so a port's snapshots never see it; a table serialized on its own
     /// writes it with the other own keys.
-    #[serde(skip)]
     fresh: Option<(u32, Ufid)>,
     /// Extra parts of the flows that have them, by slot (most flows, the
-    /// connection-tracking ones, have none: they stay 24 bytes). Boxed:
-    /// the map is sized in powers of two.
-    extras: hashbrown::HashMap<u32, Box<LayerFlowExtra>>,
+    /// connection-tracking ones, have none: they stay 24 bytes).
+    extras: ExtraParts,
     /// Entries are `slot << 1 | side`. The same cuckoo index as the UFT's:
     /// dense (6.4 bytes an entry at up to 9/10), and it grows a few
     /// buckets per insert, so no packet's slow path re-hashes a
     /// million-flow layer at once.
-    #[serde(skip)]
     index: FlowIndex,
-    #[serde(skip)]
     seed: TableSeed,
 }
 
-/// [`LayerFlowTable`]'s serialized form: the derived one, with the fresh
-/// key written among the own keys (what [`LayerFlowTable::settle`] would
-/// make of it), so the table reads back the same either way.
+/// [`LayerFlowTable`]'s serialized form: its flows by slot, the free
+/// slots, and the own keys and extra parts by slot (the fresh key written
+/// among the own keys, as [`LayerFlowTable::settle`] would store it), so a
+/// table reads back the same either way and the pools' numbering is not
+/// part of a snapshot.
 impl Serialize for LayerFlowTable {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
+        use std::borrow::Cow;
         struct OwnKeys<'a>(&'a LayerFlowTable);
         impl Serialize for OwnKeys<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let t = self.0;
-                let fresh = t.unsettled();
-                s.collect_map(
-                    t.own_keys
+                let stored = t
+                    .iter()
+                    .filter(|(_, f)| is_own(f.key_conn) && f.key_conn != OWN_KEY)
+                    .filter_map(|(slot, f)| {
+                        let k = t.own_keys.get(f.key_conn & !OWN_BIT)?;
+                        Some((slot, Cow::Borrowed(k)))
+                    });
+                let fresh = t
+                    .unsettled()
+                    .map(|&(slot, k)| (slot, Cow::Owned(PackedUfid::pack(&k))));
+                map_of_known_length(s, stored.chain(fresh))
+            }
+        }
+        struct Extras<'a>(&'a LayerFlowTable);
+        impl Serialize for Extras<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let t = self.0;
+                map_of_known_length(
+                    s,
+                    t.extras
+                        .by_slot
                         .iter()
-                        .map(|(&slot, k)| (slot, std::borrow::Cow::Borrowed(k)))
-                        .chain(fresh.map(|&(slot, k)| {
-                            (slot, std::borrow::Cow::Owned(PackedUfid::pack(&k)))
-                        })),
+                        .filter_map(|(&slot, &i)| Some((slot, t.extras.pool.get(i)?))),
                 )
             }
         }
@@ -557,40 +654,107 @@ impl Serialize for LayerFlowTable {
         st.serialize_field("slots", &self.slots)?;
         st.serialize_field("free", &self.free)?;
         st.serialize_field("own_keys", &OwnKeys(self))?;
-        st.serialize_field("extras", &self.extras)?;
+        st.serialize_field("extras", &Extras(self))?;
         st.end()
+    }
+}
+
+/// A map of the entries of `entries`, counted first: the snapshot format
+/// (postcard) writes a map's length before its entries, and a filtered
+/// iterator does not know it.
+fn map_of_known_length<S, K, V, I>(s: S, entries: I) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    K: Serialize,
+    V: Serialize,
+    I: Iterator<Item = (K, V)> + Clone,
+{
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(entries.clone().count()))?;
+    for (k, v) in entries {
+        m.serialize_entry(&k, &v)?;
+    }
+    m.end()
+}
+
+/// [`LayerFlowTable`] as a snapshot holds it (see its `Serialize`).
+#[derive(Deserialize)]
+#[serde(rename = "LayerFlowTable")]
+struct LayerFlowTableWire {
+    slots: ChunkedSlab<LayerFlow>,
+    free: Vec<u32>,
+    own_keys: hashbrown::HashMap<u32, PackedUfid>,
+    extras: hashbrown::HashMap<u32, LayerFlowExtra>,
+}
+
+impl<'de> Deserialize<'de> for LayerFlowTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let LayerFlowTableWire {
+            mut slots,
+            free,
+            mut own_keys,
+            mut extras,
+        } = LayerFlowTableWire::deserialize(d)?;
+        let mut t = LayerFlowTable::default();
+        // Own keys and extra parts go into the pools for the flows there
+        // (a slot reused later must not inherit one); a flow whose own key
+        // is missing keeps none (it is found by no key, as before).
+        for (slot, f) in slots.iter_mut().enumerate() {
+            let Some(f) = f else { continue };
+            let slot = slot as u32;
+            if is_own(f.key_conn) {
+                f.key_conn = own_keys
+                    .remove(&slot)
+                    .and_then(|k| t.own_keys.take(k))
+                    .map_or(OWN_KEY, |i| OWN_BIT | i);
+            }
+            if let Some(e) = extras.remove(&slot) {
+                t.extras.insert(slot, e);
+            }
+        }
+        t.slots = slots;
+        t.free = free;
+        Ok(t)
     }
 }
 
 impl LayerFlowTable {
     /// Heap bytes [`LayerFlowTable::reserve`] holds for `flows` flows: the
-    /// slots, the free list and the index of both keys.
+    /// slots, the free list, the index of both keys and the own keys'
+    /// first chunk.
     pub fn reserve_bytes(flows: usize) -> usize {
         ChunkedSlab::<LayerFlow>::bytes_for(flows)
             .saturating_add(flows.saturating_mul(size_of::<u32>()))
             .saturating_add(FlowIndex::bytes_for(flows.saturating_mul(2)))
+            .saturating_add(SlabPool::<PackedUfid>::bytes_for(flows.min(CHUNK)))
     }
 
     /// Heap bytes [`LayerFlowTable::reserve_extras`] holds for `flows`
-    /// flows (the map's room; each flow's extra parts are boxed apart).
+    /// flows (the room of the map from slots to extra parts).
     pub fn extras_reserve_bytes(flows: usize) -> usize {
-        crate::counters::hash_table_bytes(flows, size_of::<(u32, Box<LayerFlowExtra>)>())
+        ExtraParts::reserve_bytes(flows)
     }
 
     /// Room in the map of extra parts for `flows` flows in all (a layer
     /// whose rules transpose: its NAT'd flows have extra parts), so the map
     /// does not double, re-hashing every entry, inside a packet.
     pub fn reserve_extras(&mut self, flows: usize) {
-        self.extras.reserve(flows.saturating_sub(self.extras.len()));
+        self.extras.reserve(flows);
     }
 
     /// Make room for `flows` layer flows (two index entries each) without
     /// allocating or faulting a page in as they come (see
     /// `Port::reserve`). `conns` is the port's unified flow table, which
     /// holds most flows' keys.
+    ///
+    /// The own key store gets its first chunk (the one that grows as a
+    /// vector does, copied at each doubling); past it the store grows a
+    /// chunk at a time with nothing moved, and a key held for every flow
+    /// would cost 64 bytes each for flows that share their connection's.
     pub fn reserve(&mut self, flows: usize, conns: &UnifiedFlowTable) {
         self.slots.reserve(flows);
         self.free.reserve(flows.saturating_sub(self.free.len()));
+        self.own_keys.reserve(flows.min(CHUNK));
         let (index, keys, slots) = self.index_and_keys(conns);
         index.reserve(flows.saturating_mul(2), LayerHashes { keys: &keys, slots });
     }
@@ -689,7 +853,7 @@ impl LayerFlowTable {
         let flow = self.slots.get(slot as usize)?.as_ref()?;
         Some(LayerFlowView {
             flow,
-            extra: self.extras.get(&slot).map(|e| &**e),
+            extra: self.extras.get(slot),
         })
     }
 
@@ -760,7 +924,7 @@ impl LayerFlowTable {
         // rehashes the first, which reads this flow's key.
         self.slots[slot as usize] = Some(f);
         if let Some(e) = extra {
-            self.extras.insert(slot, Box::new(e));
+            self.extras.insert(slot, e);
         }
         self.settle();
         self.fresh = Some((slot, *key));
@@ -840,23 +1004,26 @@ impl LayerFlowTable {
         let Some(f) = self.slots.get_mut(slot as usize).and_then(|f| f.as_mut()) else {
             return false;
         };
-        if f.key_conn != OWN_KEY || f.origin != side {
+        if !is_own(f.key_conn) || f.origin != side {
             return f.key_conn == conn && f.key_side == side;
         }
-        let same = match &self.fresh {
-            Some((s, key)) if *s == slot => conns.side_key_is(conn, side, key),
-            _ => match (self.own_keys.get(&slot), conns.side_key(conn, side)) {
+        let stored = f.key_conn & !OWN_BIT;
+        let fresh = self.fresh.as_ref().filter(|(s, _)| *s == slot);
+        let same = match fresh {
+            Some((_, key)) => conns.side_key_is(conn, side, key),
+            None => match (self.own_keys.get(stored), conns.side_key(conn, side)) {
                 (Some(own), Some(key)) => own.matches(&key),
                 _ => false,
             },
         };
         if same {
+            let was = f.key_conn;
             f.key_conn = conn;
             f.key_side = side;
-            if self.fresh.as_ref().is_some_and(|(s, _)| *s == slot) {
+            if fresh.is_some() {
                 self.fresh = None;
-            } else {
-                self.own_keys.remove(&slot);
+            } else if was != OWN_KEY {
+                self.own_keys.give(stored);
             }
         }
         same
@@ -874,9 +1041,20 @@ impl LayerFlowTable {
 
     fn settle_fresh(&mut self) {
         if let Some(&(slot, key)) = self.unsettled() {
-            self.own_keys.insert(slot, PackedUfid::pack(&key));
+            let stored = self.store_own_key(&key);
+            if let Some(f) = self.get_mut(slot) {
+                f.key_conn = stored;
+            }
         }
         self.fresh = None;
+    }
+
+    /// Put `key` in the own key store; returns the [`LayerFlow::key_conn`]
+    /// naming it ([`OWN_KEY`], no key, if the store is full).
+    fn store_own_key(&mut self, key: &Ufid) -> u32 {
+        self.own_keys
+            .take(PackedUfid::pack(key))
+            .map_or(OWN_KEY, |i| OWN_BIT | i)
     }
 
     /// The fresh key, if its flow still keeps its own key (no connection
@@ -909,8 +1087,10 @@ impl LayerFlowTable {
         let Some(key) = conns.side_key(conn, side) else {
             return;
         };
-        f.key_conn = OWN_KEY;
-        self.own_keys.insert(slot, PackedUfid::pack(&key));
+        let stored = self.store_own_key(&key);
+        if let Some(f) = self.get_mut(slot) {
+            f.key_conn = stored;
+        }
     }
 
     /// Take a flow out of the index (it stays in its slot while held).
@@ -949,11 +1129,13 @@ impl LayerFlowTable {
         if self.fresh.as_ref().is_some_and(|(s, _)| *s == slot) {
             self.fresh = None;
         }
-        self.own_keys.remove(&slot);
+        if is_own(flow.key_conn) && flow.key_conn != OWN_KEY {
+            self.own_keys.give(flow.key_conn & !OWN_BIT);
+        }
         self.free.push(slot);
         Some(OwnedLayerFlow {
             flow,
-            extra: self.extras.remove(&slot).map(|e| *e),
+            extra: self.extras.remove(slot),
         })
     }
 
@@ -965,7 +1147,7 @@ impl LayerFlowTable {
         self.len() == 0
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &LayerFlow)> {
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &LayerFlow)> + Clone {
         self.slots
             .iter()
             .enumerate()
@@ -990,7 +1172,7 @@ impl LayerFlowTable {
             .filter_map(|(slot, f)| {
                 f.map(|flow| OwnedLayerFlow {
                     flow,
-                    extra: extras.remove(&(slot as u32)).map(|e| *e),
+                    extra: extras.remove(slot as u32),
                 })
             })
             .collect()
@@ -1006,24 +1188,14 @@ impl LayerFlowTable {
     /// Heap bytes used.
     pub fn memory_bytes(&self) -> usize {
         self.slots.memory_bytes()
-            + self.extras.capacity() * (size_of::<(u32, Box<LayerFlowExtra>)>() + 1)
-            + self
-                .extras
-                .values()
-                .map(|e| size_of::<LayerFlowExtra>() + e.counters.len() * 4)
-                .sum::<usize>()
+            + self.extras.memory_bytes()
             + self.index.memory_bytes()
-            + self.own_keys.capacity() * (size_of::<(u32, PackedUfid)>() + 1)
+            + self.own_keys.memory_bytes()
             + self.free.capacity() * 4
     }
 
     /// Rebuild the index after deserialization (`conns` restored first).
     pub fn reindex(&mut self, conns: &UnifiedFlowTable) {
-        // Extras only for flows that are there (a slot reused later must
-        // not inherit one).
-        let slots = &self.slots;
-        self.extras
-            .retain(|&slot, _| slots.get(slot as usize).is_some_and(Option::is_some));
         let mut index = FlowIndex::with_capacity(self.len() * 2);
         let keys = self.keys(conns);
         let slots = &self.slots;
@@ -2468,7 +2640,8 @@ mod tests {
         let s1 = t.insert(flow(), &k1, &conns);
         let s2 = t.insert(flow(), &k2, &conns);
         assert_eq!(t.own_keys.len(), 1);
-        assert!(t.own_keys.contains_key(&s1));
+        let stored = t.get(s1).expect("held").key_conn;
+        assert!(is_own(stored) && stored != OWN_KEY, "s1's key is stored");
         assert_eq!(found(&t, &conns, &k1), Some(s1));
         assert_eq!(found(&t, &conns, &k2), Some(s2));
 

@@ -13,7 +13,7 @@
 //! (which owns the blocks); snapshots store each list as a plain sequence,
 //! as the inline list type before it did.
 
-use crate::slab::ChunkedSlab;
+use crate::slab::SlabPool;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -90,8 +90,7 @@ const EMPTY_BLOCK: RefBlock = RefBlock {
 /// The overflow blocks of a table's reference lists, with their free list.
 #[derive(Clone, Debug, Default)]
 pub struct RefBlocks {
-    blocks: ChunkedSlab<RefBlock>,
-    free: Vec<u32>,
+    blocks: SlabPool<RefBlock>,
 }
 
 impl RefBlocks {
@@ -129,7 +128,7 @@ impl RefBlocks {
                 if k == 0 {
                     refs.more = b;
                 } else if let Some(last) = self.block_at(refs, k / BLOCK_REFS - 1)
-                    && let Some(Some(l)) = self.blocks.get_mut(last as usize)
+                    && let Some(l) = self.blocks.get_mut(last)
                 {
                     l.next = b;
                 }
@@ -138,7 +137,7 @@ impl RefBlocks {
                 self.block_at(refs, k / BLOCK_REFS)
             };
             if let Some(b) = block
-                && let Some(Some(block)) = self.blocks.get_mut(b as usize)
+                && let Some(block) = self.blocks.get_mut(b)
             {
                 block.refs[k % BLOCK_REFS] = r;
             }
@@ -163,11 +162,7 @@ impl RefBlocks {
     pub fn clear(&mut self, refs: &mut LayerFlowRefs) {
         let mut b = refs.more;
         while b != NO_BLOCK {
-            let next = match self.blocks.get(b as usize) {
-                Some(Some(block)) => block.next,
-                _ => NO_BLOCK,
-            };
-            self.free.push(b);
+            let next = self.blocks.give(b).map_or(NO_BLOCK, |block| block.next);
             b = next;
         }
         *refs = LayerFlowRefs::new();
@@ -175,7 +170,7 @@ impl RefBlocks {
 
     /// Blocks in use.
     pub fn in_use(&self) -> usize {
-        self.blocks.len() - self.free.len()
+        self.blocks.len()
     }
 
     /// Blocks a list of `refs` references takes.
@@ -185,50 +180,29 @@ impl RefBlocks {
 
     /// Heap bytes of `blocks` blocks (with their free-list room).
     pub fn bytes_for(blocks: usize) -> usize {
-        if blocks == 0 {
-            return 0;
-        }
-        ChunkedSlab::<RefBlock>::bytes_for(blocks).saturating_add(blocks.saturating_mul(4))
+        SlabPool::<RefBlock>::bytes_for(blocks)
     }
 
     /// Make room for `blocks` blocks in all, written now (see
     /// `Port::reserve`).
     pub fn reserve(&mut self, blocks: usize) {
-        if blocks == 0 {
-            return;
-        }
         self.blocks.reserve(blocks);
-        self.free.reserve(blocks.saturating_sub(self.free.len()));
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.blocks.memory_bytes() + self.free.capacity() * 4
+        self.blocks.memory_bytes()
     }
 
-    /// A block for a list, from the free list or new.
+    /// An empty block for a list (`NO_BLOCK` past the pool's numbering).
     fn take(&mut self) -> u32 {
-        match self.free.pop() {
-            Some(b) => {
-                if let Some(slot) = self.blocks.get_mut(b as usize) {
-                    *slot = Some(EMPTY_BLOCK);
-                }
-                b
-            }
-            None => {
-                self.blocks.push(Some(EMPTY_BLOCK));
-                (self.blocks.len() - 1) as u32
-            }
-        }
+        self.blocks.take(EMPTY_BLOCK).unwrap_or(NO_BLOCK)
     }
 
     /// The `n`th overflow block of `refs`.
     fn block_at(&self, refs: &LayerFlowRefs, n: usize) -> Option<u32> {
         let mut b = refs.more;
         for _ in 0..n {
-            b = match self.blocks.get(b as usize) {
-                Some(Some(block)) => block.next,
-                _ => return None,
-            };
+            b = self.blocks.get(b)?.next;
         }
         (b != NO_BLOCK).then_some(b)
     }
@@ -256,10 +230,7 @@ impl Iterator for RefsIter<'_> {
             return self.refs.inline.get(i).copied();
         }
         let k = (i - INLINE_REFS) % BLOCK_REFS;
-        let block = match self.pool.blocks.get(self.block as usize) {
-            Some(Some(b)) => b,
-            _ => return None,
-        };
+        let block = self.pool.blocks.get(self.block)?;
         let r = block.refs[k];
         if k == BLOCK_REFS - 1 {
             self.block = block.next;
@@ -330,12 +301,12 @@ mod tests {
         pool.clear(&mut l);
         assert!(l.is_empty() && pool.iter(&l).next().is_none());
         assert_eq!(pool.in_use(), used - RefBlocks::blocks_for(kept.len()));
-        let total = pool.blocks.len();
+        let total = pool.blocks.slots();
         let mut again = LayerFlowRefs::new();
         for n in 0..kept.len() as u32 {
             pool.push(&mut again, r(n));
         }
-        assert_eq!(pool.blocks.len(), total, "freed blocks are reused");
+        assert_eq!(pool.blocks.slots(), total, "freed blocks are reused");
         assert_eq!(pool.iter(&again).count(), kept.len());
     }
 

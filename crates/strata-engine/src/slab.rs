@@ -190,7 +190,7 @@ impl<T> ChunkedSlab<T> {
     }
 
     /// Every slot in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Option<T>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Option<T>> + Clone {
         self.chunks.iter().flatten()
     }
 
@@ -316,6 +316,120 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ChunkedSlab<T> {
         }
 
         deserializer.deserialize_seq(SlabVisitor(PhantomData))
+    }
+}
+
+/// Entries of one kind named by a `u32` index, each taken and given back
+/// on its own: a [`ChunkedSlab`] and its free list. For the parts only
+/// some flows have (a layer flow's own key, its extra parts, a long
+/// reference list's blocks): an index into a pool costs 4 bytes where a
+/// map entry or a box costs an allocation or a re-hash of every entry as
+/// it doubles, and the pool grows a chunk at a time with nothing moved.
+#[derive(Clone, Debug)]
+pub struct SlabPool<T> {
+    slots: ChunkedSlab<T>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for SlabPool<T> {
+    fn default() -> Self {
+        Self {
+            slots: ChunkedSlab::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> SlabPool<T> {
+    /// Store `v`; returns its index. `None` when every `u32` index below
+    /// [`SlabPool::MAX`] is taken (the value is not stored).
+    pub fn take(&mut self, v: T) -> Option<u32> {
+        match self.free.pop() {
+            Some(i) => {
+                if let Some(slot) = self.slots.get_mut(i as usize) {
+                    *slot = Some(v);
+                }
+                Some(i)
+            }
+            None => {
+                let i = u32::try_from(self.slots.len())
+                    .ok()
+                    .filter(|&i| i < Self::MAX)?;
+                self.slots.push(Some(v));
+                Some(i)
+            }
+        }
+    }
+
+    /// Indexes stay below this (the top bit is free for the owner's use).
+    pub const MAX: u32 = 1 << 31;
+
+    /// Give entry `i` back; returns its value (`None` if it was not taken).
+    pub fn give(&mut self, i: u32) -> Option<T> {
+        let v = self.slots.get_mut(i as usize)?.take()?;
+        self.free.push(i);
+        Some(v)
+    }
+
+    #[inline]
+    pub fn get(&self, i: u32) -> Option<&T> {
+        self.slots.get(i as usize)?.as_ref()
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, i: u32) -> Option<&mut T> {
+        self.slots.get_mut(i as usize)?.as_mut()
+    }
+
+    /// Entries taken.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Entries ever made: taken or free.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every taken entry with its index.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (i as u32, v)))
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.free.clear();
+    }
+
+    /// Heap bytes [`SlabPool::reserve`] holds for `n` entries (with their
+    /// free-list room).
+    pub fn bytes_for(n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        ChunkedSlab::<T>::bytes_for(n).saturating_add(n.saturating_mul(size_of::<u32>()))
+    }
+
+    /// Make room for `n` entries in all, written now (see `Port::reserve`):
+    /// taking and giving back up to `n` allocates nothing.
+    pub fn reserve(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.slots.reserve(n);
+        self.free.reserve(n.saturating_sub(self.free.len()));
+    }
+
+    /// Heap bytes used.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.memory_bytes() + self.free.capacity() * size_of::<u32>()
     }
 }
 
@@ -482,5 +596,39 @@ mod tests {
             postcard::to_allocvec(&empty).expect("serialize"),
             postcard::to_allocvec(&Vec::<Option<u64>>::new()).expect("serialize")
         );
+    }
+
+    #[test]
+    fn a_pool_reuses_what_is_given_back() {
+        let mut p = SlabPool::default();
+        let a = p.take("a").expect("room");
+        let b = p.take("b").expect("room");
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(p.give(a), Some("a"));
+        assert_eq!(p.give(a), None, "given back twice");
+        assert_eq!(p.get(a), None);
+        assert_eq!(p.len(), 1);
+        let c = p.take("c").expect("room");
+        assert_eq!(c, a, "the free entry is taken first");
+        assert_eq!(p.get(c), Some(&"c"));
+        assert_eq!(p.get(7), None);
+        assert_eq!(p.give(7), None);
+        assert_eq!(p.iter().collect::<Vec<_>>(), vec![(0, &"c"), (1, &"b")]);
+    }
+
+    #[test]
+    fn a_reserved_pool_takes_and_gives_within_its_room() {
+        let mut p = SlabPool::default();
+        p.reserve(CHUNK + 10);
+        let room = p.memory_bytes();
+        assert!(room >= SlabPool::<u64>::bytes_for(CHUNK + 10));
+        let taken: Vec<u32> = (0..CHUNK as u64 + 10)
+            .map(|v| p.take(v).expect("room"))
+            .collect();
+        for &i in &taken {
+            p.give(i);
+        }
+        assert_eq!(p.memory_bytes(), room, "nothing grew");
+        assert!(p.is_empty());
     }
 }
