@@ -45,6 +45,17 @@ pub struct Envelope {
     pub payload: Vec<u8>,
 }
 
+/// [`Envelope`] read in place: the payload borrowed from the snapshot's
+/// bytes, not copied (postcard writes a byte sequence and a byte string
+/// alike: its length, then the bytes).
+#[derive(Deserialize)]
+struct EnvelopeRef<'a> {
+    magic: [u8; 8],
+    version: u32,
+    #[serde(borrow)]
+    payload: &'a [u8],
+}
+
 #[derive(Serialize, Deserialize)]
 struct LayerState {
     uid: u32,
@@ -63,6 +74,28 @@ struct PortState {
     reserved_connections: u64,
 }
 
+/// [`PortState`] borrowed from a live port, to serialize without copying
+/// its tables (the same bytes: serde writes a reference as its target).
+#[derive(Serialize)]
+struct PortStateRef<'a> {
+    core: PortCoreRef<'a>,
+    reserved_connections: u64,
+}
+
+/// [`PortCore`] borrowed (see [`PortStateRef`]).
+#[derive(Serialize)]
+struct PortCoreRef<'a> {
+    name: &'a str,
+    config: &'a PortConfig,
+    generation: u64,
+    next_layer_uid: u32,
+    layers: Vec<LayerState>,
+    resources: &'a Resources,
+    layer_flows: Vec<(u32, &'a LayerFlowTable)>,
+    uft: &'a UnifiedFlowTable,
+    counters: &'a PortCounters,
+}
+
 /// The port's state in format version 6.
 #[derive(Serialize, Deserialize)]
 struct PortCore {
@@ -79,10 +112,15 @@ struct PortCore {
 
 impl Port {
     /// Serialize the whole port.
+    ///
+    /// The tables are written from where they are (not copied first), into
+    /// one buffer sized for the snapshot: taking one costs the memory of
+    /// its bytes and little more, which a port near its cgroup's limit may
+    /// have when a copy of its tables would not fit.
     pub fn snapshot(&self) -> Result<Vec<u8>, ApiError> {
-        let core = PortCore {
-            name: self.name.clone(),
-            config: self.config.clone(),
+        let core = PortCoreRef {
+            name: &self.name,
+            config: &self.config,
             generation: self.generation,
             next_layer_uid: self.next_layer_uid,
             layers: self
@@ -98,27 +136,31 @@ impl Port {
                     })
                 })
                 .collect::<Result<_, ApiError>>()?,
-            resources: self.resources.clone(),
-            layer_flows: self.layer_flows.clone(),
-            uft: self.uft.clone(),
-            counters: self.counters.clone(),
+            resources: &self.resources,
+            layer_flows: self.layer_flows.iter().map(|(uid, t)| (*uid, t)).collect(),
+            uft: &self.uft,
+            counters: &self.counters,
         };
-        let state = PortState {
+        let state = PortStateRef {
             core,
             reserved_connections: self.reserved as u64,
         };
-        let payload = postcard::to_stdvec(&state).map_err(|e| ApiError::Snapshot(e.to_string()))?;
-        postcard::to_stdvec(&Envelope {
-            magic: MAGIC,
-            version: VERSION,
-            payload,
-        })
-        .map_err(|e| ApiError::Snapshot(e.to_string()))
+        let err = |e: postcard::Error| ApiError::Snapshot(e.to_string());
+        // An [`Envelope`] written in place: its magic, version and
+        // payload length (a varint, as postcard writes a sequence's), then
+        // the payload. Sized first, so the buffer never grows (copying).
+        let len = postcard::experimental::serialized_size(&state).map_err(err)?;
+        let head = (MAGIC, VERSION, len as u64);
+        let size = postcard::experimental::serialized_size(&head).map_err(err)? + len;
+        let out = postcard::to_extend(&head, Vec::with_capacity(size)).map_err(err)?;
+        let out = postcard::to_extend(&state, out).map_err(err)?;
+        debug_assert_eq!(out.len(), size);
+        Ok(out)
     }
 
     /// Rebuild a port from [`Port::snapshot`] bytes.
     pub fn restore(bytes: &[u8], registry: ActionRegistry) -> Result<Port, ApiError> {
-        let env: Envelope = postcard::from_bytes(bytes)
+        let env: EnvelopeRef = postcard::from_bytes(bytes)
             .map_err(|e| ApiError::Snapshot(format!("bad envelope: {e}")))?;
         if env.magic != MAGIC {
             return Err(ApiError::Snapshot(
@@ -128,14 +170,14 @@ impl Port {
         let bad_payload = |e: postcard::Error| ApiError::Snapshot(format!("bad payload: {e}"));
         let (st, reserved) = match env.version {
             VERSION => {
-                let st: PortState = postcard::from_bytes(&env.payload).map_err(bad_payload)?;
+                let st: PortState = postcard::from_bytes(env.payload).map_err(bad_payload)?;
                 // Beyond `usize` is beyond any limit: `Port::reserve` below
                 // refuses it with the other bad reservations.
                 let reserved = usize::try_from(st.reserved_connections).unwrap_or(usize::MAX);
                 (st.core, reserved)
             }
             OLDEST_READ => (
-                postcard::from_bytes::<PortCore>(&env.payload).map_err(bad_payload)?,
+                postcard::from_bytes::<PortCore>(env.payload).map_err(bad_payload)?,
                 0,
             ),
             v => {

@@ -45,9 +45,36 @@ fn a_port_saved_by_the_previous_format_restores_and_forwards_alike() {
     // reading it needs the previous version's fixture here instead).
     const { assert!(OLDEST_READ == 6 && VERSION > 6) };
 
-    let mut old = Port::restore(V6, ActionRegistry::default()).expect("version 6 restores");
-    let (mut now, frames) = snapshot_scenario();
+    let old = Port::restore(V6, ActionRegistry::default()).expect("version 6 restores");
+    assert_eq!(
+        old.reserved_connections(),
+        0,
+        "version 6 kept no reservation"
+    );
+    let (now, frames) = snapshot_scenario();
     assert_eq!(old.connection_count(), 32);
+    forwards_alike(old, now, &frames);
+}
+
+/// Version 7 as written before layer tables kept their flows' own keys and
+/// extra parts in pools (`tests/data/four-layer-v7-inbound.snap`, commit
+/// 3e6efff, with connections whose ACL flows keep own keys and SNAT'd ones
+/// whose NAT flows have extra parts): it restores into the pools and
+/// forwards as the same port made in this build does.
+#[test]
+fn a_port_saved_before_the_flow_part_pools_restores_and_forwards_alike() {
+    let bytes = include_bytes!("data/four-layer-v7-inbound.snap");
+    let env: Envelope = postcard::from_bytes(bytes).expect("envelope");
+    assert_eq!(env.version, 7);
+    let old = Port::restore(bytes, ActionRegistry::default()).expect("restores");
+    let (now, frames) = snapshot_scenario_with_inbound();
+    assert_eq!(old.connection_count(), 48);
+    forwards_alike(old, now, &frames);
+}
+
+/// `old` (restored) and `now` (made in this build) hold the same flows and
+/// counters, and treat `frames` byte for byte alike on their fast paths.
+fn forwards_alike(mut old: Port, mut now: Port, frames: &[(Direction, Vec<u8>)]) {
     assert_eq!(old.connection_count(), now.connection_count());
     assert_eq!(old.unified_flow_count(), now.unified_flow_count());
     for layer in old.layer_ids() {
@@ -58,11 +85,6 @@ fn a_port_saved_by_the_previous_format_restores_and_forwards_alike() {
         );
     }
     assert_eq!(counts(&old), counts(&now), "counters as saved");
-    assert_eq!(
-        old.reserved_connections(),
-        0,
-        "version 6 kept no reservation"
-    );
 
     let slow =
         |p: &Port| [Direction::Out, Direction::In].map(|d| p.direction_counters(d).slow_path);
@@ -80,7 +102,43 @@ fn a_port_saved_by_the_previous_format_restores_and_forwards_alike() {
     assert_eq!((slow(&old), slow(&now)), slow_before);
     assert_eq!(counts(&old), counts(&now), "counters after the same frames");
     let c = old.counters();
-    assert_eq!(c.tcp.handshakes_completed, 32);
+    assert_eq!(c.tcp.handshakes_completed, old.connection_count() as u64);
+
+    // After a policy change every flow is reconciled through the layers,
+    // which find each connection's layer flows by their keys (own keys
+    // included): a key lost on restore would make a second flow.
+    let flows = |p: &Port| {
+        p.layer_ids()
+            .iter()
+            .map(|l| p.layer_flow_count(l))
+            .collect::<Vec<_>>()
+    };
+    let held = flows(&now);
+    assert_eq!(flows(&old), held);
+    for p in [&mut old, &mut now] {
+        let acl = p
+            .layer_specs()
+            .into_iter()
+            .find(|l| l.id == "acl")
+            .expect("acl");
+        for g in acl.groups {
+            p.set_group("acl", g).expect("the same group again");
+        }
+    }
+    for (i, (d, f)) in frames.iter().enumerate().filter(|(_, (_, f))| is_data(f)) {
+        let (va, a) = run(&mut old, *d, f, secs(3));
+        let (vb, b) = run(&mut now, *d, f, secs(3));
+        assert!(vb.is_forward(), "frame {i} again: {vb:?}");
+        assert_eq!((va, a), (vb, b), "frame {i} again");
+    }
+    assert_eq!(flows(&old), held, "no layer flow made twice");
+    assert_eq!(flows(&now), held);
+}
+
+/// Whether a frame carries payload (the data frames, not the closing ones:
+/// sent again, those stay in both ports' connections as they were).
+fn is_data(frame: &[u8]) -> bool {
+    !decode(frame).inner.payload.is_empty()
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub struct Counting;
 thread_local! {
     static CALLS: Cell<usize> = const { Cell::new(0) };
     static LIVE: Cell<i64> = const { Cell::new(0) };
+    static PEAK: Cell<i64> = const { Cell::new(0) };
 }
 
 /// Allocations and reallocations made by this thread so far.
@@ -24,9 +25,24 @@ pub fn live_bytes() -> i64 {
     LIVE.with(Cell::get)
 }
 
+/// The most heap bytes this thread held at once since
+/// [`reset_peak_bytes`] (or since it started).
+pub fn peak_bytes() -> i64 {
+    PEAK.with(Cell::get)
+}
+
+/// Start measuring [`peak_bytes`] from the bytes held now.
+pub fn reset_peak_bytes() {
+    PEAK.with(|p| p.set(live_bytes()));
+}
+
 fn count(bytes: i64, call: bool) {
     // `try_with`: the thread's counters may already be gone while it exits.
-    let _ = LIVE.try_with(|l| l.set(l.get() + bytes));
+    let _ = LIVE.try_with(|l| {
+        let live = l.get() + bytes;
+        l.set(live);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(live)));
+    });
     if call {
         let _ = CALLS.try_with(|c| c.set(c.get() + 1));
     }

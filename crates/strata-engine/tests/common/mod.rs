@@ -439,3 +439,29 @@ pub fn snapshot_scenario() -> (Port, Vec<(Direction, Vec<u8>)>) {
     }
     (port, next)
 }
+
+/// [`snapshot_scenario`] and 16 connections from VNET peers to the VM's
+/// web port: they arrive encapsulated, so their ACL flows keep keys of
+/// their own (neither of the connection's keys is the decapsulated one);
+/// with the next frames of each.
+pub fn snapshot_scenario_with_inbound() -> (Port, Vec<(Direction, Vec<u8>)>) {
+    let (mut port, mut next) = snapshot_scenario();
+    for i in 0..16 {
+        let (x, y) = peer_of(i);
+        let peer = Ipv4Addr::new(10, 1, x, y);
+        let sp = 3000 + i as u16;
+        for (d, f) in [
+            (Direction::In, peer_tcp(x, y, sp, 8080, SYN, 1, 0, b"")),
+            (Direction::Out, vm_tcp(peer, 8080, sp, SYN | ACK, 9, 2, b"")),
+            (Direction::In, peer_tcp(x, y, sp, 8080, ACK, 2, 10, b"")),
+        ] {
+            assert!(forwards(&mut port, d, &f, secs(1)), "inbound {i} handshake");
+        }
+        next.push((
+            Direction::In,
+            peer_tcp(x, y, sp, 8080, ACK, 2, 10, &PAYLOAD),
+        ));
+        next.push((Direction::Out, vm_tcp(peer, 8080, sp, ACK, 10, 2, &PAYLOAD)));
+    }
+    (port, next)
+}
