@@ -1,5 +1,5 @@
 //! Worst-case first-packet latency while a port's tables grow: establishes
-//! N VNET connections one packet at a time and reports the slowest packets
+//! N VNET connections (the VM's, outbound) one packet at a time and reports the slowest packets
 //! (a table that doubles re-places all its entries inside one packet's
 //! slow path). Wall time, so run it on a quiet machine:
 //!
@@ -7,6 +7,10 @@
 //! cargo build --release -p strata-engine --example growth
 //! N=1000000 target/release/examples/growth
 //! ```
+//!
+//! `INBOUND=1` opens the connections from VNET peers to the VM's web port
+//! instead: they arrive encapsulated, and each one's ACL flow keeps a key
+//! of its own.
 //!
 //! `RESERVE=1` sizes the port for the N connections first
 //! (`Port::reserve`, timed and printed): then no table grows and no page
@@ -16,7 +20,7 @@
 mod common;
 use common::*;
 use std::time::Instant;
-use strata_engine::secs;
+use strata_engine::{Direction, secs};
 use strata_packet::PacketBuf;
 
 fn main() {
@@ -39,6 +43,7 @@ fn main() {
     // table's doubling, and the moving of its entries after it, shows up
     // in the windows that follow it).
     let window: u32 = env_or("WINDOW", 0);
+    let inbound = env_or("INBOUND", 0u32) != 0;
     let mut window_ns = 0u128;
     for i in 0..n {
         if window > 0 && i > 0 && i % window == 0 {
@@ -49,7 +54,13 @@ fn main() {
             );
             window_ns = 0;
         }
-        for (k, (d, f)) in lifecycle(i).iter().take(3).enumerate() {
+        let handshake: [(Direction, Vec<u8>); 3] = if inbound {
+            inbound_handshake(i, 1024 + (i / 1000) as u16)
+        } else {
+            let [syn, syn_ack, ack, ..] = lifecycle(i);
+            [syn, syn_ack, ack]
+        };
+        for (k, (d, f)) in handshake.iter().enumerate() {
             buf.reset(f);
             let t = Instant::now();
             let v = port.process(*d, &mut buf, secs(1));

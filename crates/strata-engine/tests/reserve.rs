@@ -209,16 +209,7 @@ fn snat_connections_on_a_reserved_port_grow_no_map() {
 /// doubled: 5 growths per 30,000 connections).
 #[test]
 fn inbound_encapsulated_connections_on_a_reserved_port_keep_their_keys_without_allocating() {
-    let handshake = |i: u32| {
-        let (x, y) = peer_of(i);
-        let sp = 1024 + (i / 1000) as u16;
-        let peer = std::net::Ipv4Addr::new(10, 1, x, y);
-        [
-            (Direction::In, peer_tcp(x, y, sp, 8080, SYN, 1, 0, b"")),
-            (Direction::Out, vm_tcp(peer, 8080, sp, SYN | ACK, 9, 2, b"")),
-            (Direction::In, peer_tcp(x, y, sp, 8080, ACK, 2, 10, b"")),
-        ]
-    };
+    let handshake = |i: u32| inbound_handshake(i, 1024 + (i / 1000) as u16);
     let warm: Vec<_> = (0..1000).flat_map(handshake).collect();
     let more: Vec<_> = (1000..31_000).flat_map(handshake).collect();
     let mut reserved = port();

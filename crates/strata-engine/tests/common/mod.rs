@@ -450,11 +450,7 @@ pub fn snapshot_scenario_with_inbound() -> (Port, Vec<(Direction, Vec<u8>)>) {
         let (x, y) = peer_of(i);
         let peer = Ipv4Addr::new(10, 1, x, y);
         let sp = 3000 + i as u16;
-        for (d, f) in [
-            (Direction::In, peer_tcp(x, y, sp, 8080, SYN, 1, 0, b"")),
-            (Direction::Out, vm_tcp(peer, 8080, sp, SYN | ACK, 9, 2, b"")),
-            (Direction::In, peer_tcp(x, y, sp, 8080, ACK, 2, 10, b"")),
-        ] {
+        for (d, f) in inbound_handshake(i, sp) {
             assert!(forwards(&mut port, d, &f, secs(1)), "inbound {i} handshake");
         }
         next.push((
@@ -464,4 +460,17 @@ pub fn snapshot_scenario_with_inbound() -> (Port, Vec<(Direction, Vec<u8>)>) {
         next.push((Direction::Out, vm_tcp(peer, 8080, sp, ACK, 10, 2, &PAYLOAD)));
     }
     (port, next)
+}
+
+/// The handshake of a connection from VNET peer [`peer_of`]`(i)`, source
+/// port `sp`, to the VM's web port: it arrives encapsulated, so the
+/// connection's ACL flow keeps a key of its own.
+pub fn inbound_handshake(i: u32, sp: u16) -> [(Direction, Vec<u8>); 3] {
+    let (x, y) = peer_of(i);
+    let peer = Ipv4Addr::new(10, 1, x, y);
+    [
+        (Direction::In, peer_tcp(x, y, sp, 8080, SYN, 1, 0, b"")),
+        (Direction::Out, vm_tcp(peer, 8080, sp, SYN | ACK, 9, 2, b"")),
+        (Direction::In, peer_tcp(x, y, sp, 8080, ACK, 2, 10, b"")),
+    ]
 }
