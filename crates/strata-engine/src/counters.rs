@@ -185,13 +185,39 @@ pub struct CounterArena {
     /// building the bucket's name (rebuilt lazily after a restore).
     #[serde(skip)]
     meter_index: HashMap<(u32, u128), u32>,
-    /// Named meter buckets per rule counter slot (for the per-rule cap;
+    /// Meter rules' buckets by rule counter slot (for the per-rule cap;
     /// rebuilt by `reindex`).
     #[serde(skip)]
-    meter_buckets: HashMap<u32, usize>,
+    meter_buckets: HashMap<u32, MeterRuleBuckets>,
     #[serde(skip)]
     retirements: u64,
 }
+
+/// What an arena knows of one meter rule's buckets.
+#[derive(Clone, Copy, Debug, Default)]
+struct MeterRuleBuckets {
+    /// Buckets with a name of their own (at most the rule's cap).
+    named: usize,
+    /// How many of those `meter_index` finds by value (all of them, but
+    /// for a while after a restore, which indexes them as they are met).
+    indexed: usize,
+    /// The shared "other" bucket, once made.
+    other: Option<u32>,
+}
+
+impl MeterRuleBuckets {
+    /// The shared bucket, when it is the answer for every value the index
+    /// does not know: the rule is at its cap, and every bucket of its own
+    /// is indexed.
+    fn full(&self, cap: usize) -> Option<u32> {
+        (self.named >= cap && self.indexed >= self.named)
+            .then_some(self.other)
+            .flatten()
+    }
+}
+
+/// The name of a meter rule's shared bucket, for values past its cap.
+const OTHER_BUCKET: &str = "other";
 
 /// Heap bytes of a hashbrown table with `capacity` and `entry`-byte
 /// entries (buckets a power of two at most 7/8 full, one control byte
@@ -239,7 +265,10 @@ impl CounterArena {
             + self.free.capacity() * 4
             + hash_table_bytes(self.by_name.table.capacity(), size_of::<u32>())
             + hash_table_bytes(self.meter_index.capacity(), size_of::<((u32, u128), u32)>())
-            + hash_table_bytes(self.meter_buckets.capacity(), size_of::<(u32, usize)>())
+            + hash_table_bytes(
+                self.meter_buckets.capacity(),
+                size_of::<(u32, MeterRuleBuckets)>(),
+            )
     }
 
     /// Meter buckets with a slot of their own.
@@ -362,6 +391,14 @@ impl CounterArena {
             self.meter_index.retain(|&(rule, _), bucket| {
                 names[rule as usize].is_some() && names[*bucket as usize].is_some()
             });
+            for r in self.meter_buckets.values_mut() {
+                r.indexed = 0;
+            }
+            for &(rule, _) in self.meter_index.keys() {
+                if let Some(r) = self.meter_buckets.get_mut(&rule) {
+                    r.indexed += 1;
+                }
+            }
         }
         freed
     }
@@ -371,11 +408,19 @@ impl CounterArena {
             Some(CounterName::Rule { .. }) => {
                 self.meter_buckets.remove(&s);
             }
-            Some(CounterName::Meter { layer, rule, .. }) => {
+            Some(CounterName::Meter {
+                layer,
+                rule,
+                bucket,
+            }) => {
                 if let Some(r) = self.by_name.find(&self.names, &RuleCounter { layer, rule })
                     && let Some(n) = self.meter_buckets.get_mut(&r)
                 {
-                    *n = n.saturating_sub(1);
+                    if bucket == OTHER_BUCKET {
+                        n.other = None;
+                    } else {
+                        n.named = n.named.saturating_sub(1);
+                    }
                 }
             }
             _ => {}
@@ -393,7 +438,8 @@ impl CounterArena {
     /// `cap` buckets, else the rule's shared "other" bucket. Values with a
     /// bucket of their own are then found by number; values beyond the cap
     /// are not remembered (so a sender spraying addresses cannot grow the
-    /// port's memory; they cost a name look-up on the slow path instead).
+    /// port's memory): once every bucket of the rule's own is indexed, they
+    /// get the shared bucket without a name being built (no allocation).
     pub fn meter_bucket(
         &mut self,
         layer: &str,
@@ -406,6 +452,14 @@ impl CounterArena {
         if let Some(&s) = self.meter_index.get(&(rule_slot, value)) {
             return s;
         }
+        let known = self
+            .meter_buckets
+            .get(&rule_slot)
+            .copied()
+            .unwrap_or_default();
+        if let Some(other) = known.full(cap) {
+            return other;
+        }
         let name = CounterName::Meter {
             layer: layer.to_string(),
             rule: rule.to_string(),
@@ -416,8 +470,8 @@ impl CounterArena {
                 self.unretire(s);
                 Some(s)
             }
-            None if self.meter_buckets.get(&rule_slot).copied().unwrap_or(0) < cap => {
-                *self.meter_buckets.entry(rule_slot).or_default() += 1;
+            None if known.named < cap => {
+                self.meter_buckets.entry(rule_slot).or_default().named += 1;
                 Some(self.slot(name))
             }
             None => None,
@@ -425,13 +479,18 @@ impl CounterArena {
         match own {
             Some(s) => {
                 self.meter_index.insert((rule_slot, value), s);
+                self.meter_buckets.entry(rule_slot).or_default().indexed += 1;
                 s
             }
-            None => self.slot(CounterName::Meter {
-                layer: layer.to_string(),
-                rule: rule.to_string(),
-                bucket: "other".into(),
-            }),
+            None => {
+                let other = self.slot(CounterName::Meter {
+                    layer: layer.to_string(),
+                    rule: rule.to_string(),
+                    bucket: OTHER_BUCKET.into(),
+                });
+                self.meter_buckets.entry(rule_slot).or_default().other = Some(other);
+                other
+            }
         }
     }
 
@@ -528,11 +587,17 @@ impl CounterArena {
             self.by_name.insert(&self.names, s);
         }
         self.meter_buckets.clear();
+        self.meter_index.clear();
         for n in self.names.iter().flatten() {
-            if let CounterName::Meter { layer, rule, .. } = n
+            if let CounterName::Meter {
+                layer,
+                rule,
+                bucket,
+            } = n
                 && let Some(r) = self.by_name.find(&self.names, &RuleCounter { layer, rule })
+                && bucket != OTHER_BUCKET
             {
-                *self.meter_buckets.entry(r).or_default() += 1;
+                self.meter_buckets.entry(r).or_default().named += 1;
             }
         }
     }
@@ -783,5 +848,22 @@ mod tests {
             other
         );
         assert_eq!(b.meter_values(), 1);
+
+        // Past the cap, once every bucket of the rule's own is indexed, a
+        // new value gets the shared bucket without a name being built.
+        let unnamed = || -> String { panic!("a name built for a value past the cap") };
+        assert_eq!(a.meter_bucket("meter", "m", m, 7, unnamed, cap), other);
+        for v in [0u128, 1, 3] {
+            assert_eq!(
+                b.meter_bucket("meter", "m", m, v, || v.to_string(), cap),
+                slots[v as usize]
+            );
+        }
+        assert_eq!(b.meter_bucket("meter", "m", m, 10, unnamed, cap), other);
+        assert_eq!(
+            b.meter_values(),
+            4,
+            "values past the cap are not remembered"
+        );
     }
 }

@@ -329,6 +329,55 @@ fn a_snat_pool_added_after_a_reservation_is_sized_for_it() {
     assert_eq!(decode(&out).inner.src, late_ip);
 }
 
+/// New destinations past a meter rule's bucket cap share its "other"
+/// bucket, found without building a name: on a reserved port their first
+/// packets allocate nothing (each built the bucket's name, three strings,
+/// to look it up, a sender spraying addresses among them).
+#[test]
+fn destinations_past_the_meter_cap_allocate_nothing_on_a_reserved_port() {
+    use strata_engine::action::MAX_METER_BUCKETS;
+    use strata_engine::condition::Field;
+    let cap = MAX_METER_BUCKETS as u32;
+    let mut meter = LayerSpec::new("meter", DefaultAction::Allow, DefaultAction::Allow);
+    meter.groups.push(
+        Group::new("per-dst", Direction::Out).with_rules(vec![Rule::new(
+            "dst",
+            1,
+            vec![],
+            ActionSpec::Meter {
+                by: Field::DstIp,
+                prefix_len: None,
+            },
+        )]),
+    );
+    let mut p = Port::new(
+        "metered",
+        PortConfig {
+            max_connections: 100_000,
+            ..PortConfig::default()
+        },
+    );
+    p.add_layer(meter, None).expect("a meter layer");
+    // One packet to each of `n` destinations from `first` (20.0.0.0 on).
+    let to = |first: u32, n: u32| -> Vec<(Direction, Vec<u8>)> {
+        (first..first + n)
+            .map(|i| {
+                let dst = std::net::Ipv4Addr::from(0x1400_0000 + i);
+                (Direction::Out, vm_tcp(dst, 40_000, 80, SYN, 1, 0, b""))
+            })
+            .collect()
+    };
+    // Every bucket of the rule's own, then the shared one.
+    allocations_running(&mut p, &to(0, cap + 1));
+    p.reserve(90_000).expect("within the limit");
+    let past = to(cap + 1, 2_000);
+    assert_eq!(allocations_running(&mut p, &past), 0);
+    let buckets = p.counters().meter("meter", "dst");
+    assert_eq!(buckets.len(), MAX_METER_BUCKETS + 1);
+    assert_eq!(buckets["other"].packets, 2_001);
+    assert_eq!(buckets["20.0.0.7"].packets, 1);
+}
+
 /// A layer that allows everything outbound and tracks it (stateful: one
 /// layer flow pair per connection).
 fn tracking_layer(id: &str) -> LayerSpec {
