@@ -44,6 +44,17 @@ fn allocations_running(port: &mut Port, frames: &[(Direction, Vec<u8>)]) -> usiz
     allocation_calls() - before
 }
 
+/// Two ports of the four-layer stack that have run `warm`: one to reserve,
+/// one to leave growing.
+fn two_ports_after(warm: &[(Direction, Vec<u8>)]) -> (Port, Port) {
+    let mut reserved = port();
+    let mut growing = port();
+    for p in [&mut reserved, &mut growing] {
+        allocations_running(p, warm);
+    }
+    (reserved, growing)
+}
+
 #[test]
 fn a_reserved_port_opens_its_connections_without_allocating() {
     // Connections 0..1000 reach every peer once: the verdicts' actions,
@@ -51,11 +62,7 @@ fn a_reserved_port_opens_its_connections_without_allocating() {
     // go to the same peers from other source ports.
     let warm = handshakes(0..1000);
     let more = handshakes(1000..31_000);
-    let mut reserved = port();
-    let mut growing = port();
-    for p in [&mut reserved, &mut growing] {
-        allocations_running(p, &warm);
-    }
+    let (mut reserved, mut growing) = two_ports_after(&warm);
     let held = reserved.flow_memory().total();
     reserved.reserve(40_000).expect("within the limit");
     assert!(
@@ -183,11 +190,7 @@ fn snat_connections_on_a_reserved_port_grow_no_map() {
     };
     let warm: Vec<_> = (0..1000).map(syn).collect();
     let more: Vec<_> = (1000..31_000).map(syn).collect();
-    let mut reserved = port();
-    let mut growing = port();
-    for p in [&mut reserved, &mut growing] {
-        allocations_running(p, &warm);
-    }
+    let (mut reserved, mut growing) = two_ports_after(&warm);
     reserved.reserve(40_000).expect("within the limit");
     let calls = allocations_running(&mut reserved, &more);
     assert_eq!(
@@ -212,11 +215,7 @@ fn inbound_encapsulated_connections_on_a_reserved_port_keep_their_keys_without_a
     let handshake = |i: u32| inbound_handshake(i, 1024 + (i / 1000) as u16);
     let warm: Vec<_> = (0..1000).flat_map(handshake).collect();
     let more: Vec<_> = (1000..31_000).flat_map(handshake).collect();
-    let mut reserved = port();
-    let mut growing = port();
-    for p in [&mut reserved, &mut growing] {
-        allocations_running(p, &warm);
-    }
+    let (mut reserved, mut growing) = two_ports_after(&warm);
     let acl_flows = reserved.layer_flow_count("acl");
     reserved.reserve(40_000).expect("within the limit");
     assert_eq!(allocations_running(&mut reserved, &more), 0);
