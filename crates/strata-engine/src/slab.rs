@@ -361,8 +361,9 @@ impl<T> SlabPool<T> {
         }
     }
 
-    /// Indexes stay below this (the top bit is free for the owner's use).
-    pub const MAX: u32 = 1 << 31;
+    /// Indexes stay below this: the top bit is free for the owner's use,
+    /// and with it set no index makes `u32::MAX` (free for a sentinel).
+    pub const MAX: u32 = u32::MAX >> 1;
 
     /// Give entry `i` back; returns its value (`None` if it was not taken).
     pub fn give(&mut self, i: u32) -> Option<T> {
