@@ -556,13 +556,9 @@ impl CounterArena {
         if self.names.len() != n {
             return Err(format!("{} counter names for {n} slots", self.names.len()));
         }
-        let mut on_free_list = vec![false; n];
-        for &s in &self.free {
-            match on_free_list.get_mut(s as usize) {
-                Some(f) if !*f && self.names[s as usize].is_none() => *f = true,
-                _ => return Err(format!("bad free counter slot {s}")),
-            }
-        }
+        self.names
+            .check_free_list(&self.free)
+            .map_err(|e| format!("bad counter slots: {e}"))?;
         if self.names.iter().filter(|n| n.is_none()).count() != self.free.len() {
             return Err("unnamed counter slots missing from the free list".into());
         }

@@ -1159,6 +1159,11 @@ impl LayerFlowTable {
         self.slots.iter_mut().flatten()
     }
 
+    #[cfg(test)]
+    pub(crate) fn free_list_mut(&mut self) -> &mut Vec<u32> {
+        &mut self.free
+    }
+
     /// Every flow (with its extra parts), emptying the table.
     pub fn drain(&mut self) -> Vec<OwnedLayerFlow> {
         self.index.clear();
@@ -1192,6 +1197,12 @@ impl LayerFlowTable {
             + self.index.memory_bytes()
             + self.own_keys.memory_bytes()
             + self.free.capacity() * 4
+    }
+
+    /// Whether the table read from a snapshot is one this build can use:
+    /// its free list names only empty slots, each once.
+    pub fn check(&self) -> Result<(), String> {
+        self.slots.check_free_list(&self.free)
     }
 
     /// Rebuild the index after deserialization (`conns` restored first).
@@ -2100,6 +2111,11 @@ impl UnifiedFlowTable {
         self.index.reserve(connections.saturating_mul(2), hashes);
     }
 
+    #[cfg(test)]
+    pub(crate) fn free_list_mut(&mut self) -> &mut Vec<u32> {
+        &mut self.free
+    }
+
     pub fn alloc(&mut self, c: Connection) -> u32 {
         let s = match self.free.pop() {
             Some(s) => {
@@ -2302,6 +2318,9 @@ impl UnifiedFlowTable {
     /// Rebuild the index and the contexts' reference counts after
     /// deserialization; a key naming a missing context is an error.
     pub fn rebuild(&mut self) -> Result<(), String> {
+        self.conns
+            .check_free_list(&self.free)
+            .map_err(|e| format!("connections: {e}"))?;
         self.contexts
             .rebuild(flows_of(&self.conns).map(|uf| &uf.key))?;
         let seed = self.counter_lists.seed.get();

@@ -145,6 +145,38 @@ impl PortPool {
     pub fn size(&self) -> usize {
         self.free.len() + self.in_use.len()
     }
+
+    /// Whether a pool read from a snapshot is one this build can use: its
+    /// ranges valid, and each of their ports either free or in use, once.
+    /// (A port listed twice would be given to two connections, whose
+    /// replies would then meet on one public address and port.)
+    pub fn check(&self) -> Result<(), String> {
+        let all: HashSet<u16> = PortPool::new(self.ip, self.ranges.clone())?
+            .free
+            .into_iter()
+            .collect();
+        let mut seen = HashSet::with_capacity(all.len());
+        for &p in self.free.iter().chain(&self.in_use) {
+            if !all.contains(&p) {
+                return Err(format!("port {p} is outside the pool's ranges"));
+            }
+            if !seen.insert(p) {
+                return Err(format!("port {p} is listed twice"));
+            }
+        }
+        if seen.len() != all.len() {
+            return Err(format!(
+                "{} ports of the ranges are neither free nor in use",
+                all.len() - seen.len()
+            ));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn free_mut(&mut self) -> &mut VecDeque<u16> {
+        &mut self.free
+    }
 }
 
 /// One backend of a load-balanced service.

@@ -189,6 +189,22 @@ impl<T> ChunkedSlab<T> {
         self.truncate(0);
     }
 
+    /// Whether `free` (a free list read from a snapshot) names only empty
+    /// slots, each once. A damaged or forged list would have the next new
+    /// entry index past the end or overwrite a live one.
+    pub fn check_free_list(&self, free: &[u32]) -> Result<(), String> {
+        let mut listed = vec![false; self.len];
+        for &s in free {
+            match (self.get(s as usize), listed.get_mut(s as usize)) {
+                (Some(None), Some(seen)) if !*seen => *seen = true,
+                (None, _) => return Err(format!("free slot {s} is past the {} slots", self.len)),
+                (Some(Some(_)), _) => return Err(format!("free slot {s} is in use")),
+                _ => return Err(format!("free slot {s} is listed twice")),
+            }
+        }
+        Ok(())
+    }
+
     /// Every slot in order.
     pub fn iter(&self) -> impl Iterator<Item = &Option<T>> + Clone {
         self.chunks.iter().flatten()

@@ -225,11 +225,17 @@ impl Port {
                 .with_groups(groups),
             ));
         }
+        for (name, pool) in &st.resources.port_pools {
+            pool.check()
+                .map_err(|e| ApiError::Snapshot(format!("bad port pool {name}: {e}")))?;
+        }
         let mut uft = st.uft;
         uft.rebuild()
             .map_err(|e| ApiError::Snapshot(format!("bad flow table: {e}")))?;
         let mut layer_flows = st.layer_flows;
-        for (_, t) in &mut layer_flows {
+        for (uid, t) in &mut layer_flows {
+            t.check()
+                .map_err(|e| ApiError::Snapshot(format!("bad flow table of layer {uid}: {e}")))?;
             t.reindex(&uft);
         }
         // In policy order (the port looks there first).
@@ -259,5 +265,163 @@ impl Port {
                 .map_err(|e| ApiError::Snapshot(format!("bad reservation: {e}")))?;
         }
         Ok(port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{four_layer_port, install_mappings};
+    use crate::types::{Direction, secs};
+    use strata_packet::PacketBuf;
+
+    /// A SYN from the VM to VNET peer 10.1.0.`y`, port `sp`.
+    fn syn(y: u8, sp: u16) -> Vec<u8> {
+        use etherparse::PacketBuilder;
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(crate::scenario::VM_MAC.0, crate::scenario::GW_MAC.0)
+            .ipv4([10, 1, 0, 4], [10, 1, 0, y], 64)
+            .tcp(sp, 80, 1, 1024)
+            .syn()
+            .write(&mut out, &[])
+            .expect("frame");
+        out
+    }
+
+    /// A port with live connections in its tables and one freed slot in
+    /// each, saved after `forge` changed its state.
+    fn forged(forge: impl FnOnce(&mut PortState)) -> Vec<u8> {
+        let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
+        install_mappings(&mut p, 1).expect("mappings");
+        for (y, sp) in [(1, 1000), (2, 1001), (3, 1002)] {
+            let mut b = PacketBuf::from_frame(&syn(y, sp));
+            assert!(p.process(Direction::Out, &mut b, secs(1)).is_forward());
+        }
+        // The connections' ACL flows leave with them; later ones come back.
+        p.expire(secs(100_000));
+        for (y, sp) in [(1, 2000), (2, 2001)] {
+            let mut b = PacketBuf::from_frame(&syn(y, sp));
+            assert!(
+                p.process(Direction::Out, &mut b, secs(100_001))
+                    .is_forward()
+            );
+        }
+        let bytes = p.snapshot().expect("snapshot");
+        let env: EnvelopeRef = postcard::from_bytes(&bytes).expect("envelope");
+        let mut st: PortState = postcard::from_bytes(env.payload).expect("payload");
+        forge(&mut st);
+        let payload = postcard::to_stdvec(&st).expect("payload");
+        postcard::to_stdvec(&Envelope {
+            magic: MAGIC,
+            version: VERSION,
+            payload,
+        })
+        .expect("envelope")
+    }
+
+    /// Restore `bytes`; if the port comes back, run new connections
+    /// through it (a bad free list is only read when a flow is made).
+    fn restore_and_use(bytes: &[u8]) -> Result<(), String> {
+        let mut p = Port::restore(bytes, ActionRegistry::default()).map_err(|e| e.to_string())?;
+        for sp in 3000..3010 {
+            let mut b = PacketBuf::from_frame(&syn(5, sp));
+            p.process(Direction::Out, &mut b, secs(100_002));
+        }
+        p.verify_flow_state()?;
+        Ok(())
+    }
+
+    /// A change made to a saved port's state.
+    type Forge = dyn Fn(&mut PortState);
+
+    /// The port's SNAT pool.
+    fn snat(st: &mut PortState) -> &mut crate::resource::PortPool {
+        st.core
+            .resources
+            .port_pools
+            .values_mut()
+            .next()
+            .expect("a SNAT pool")
+    }
+
+    #[test]
+    fn damaged_free_lists_and_port_pools_are_refused_on_restore() {
+        assert_eq!(restore_and_use(&forged(|_| {})), Ok(()));
+        let acl = |st: &mut PortState| -> usize {
+            st.core
+                .layer_flows
+                .iter()
+                .position(|(_, t)| !t.is_empty())
+                .expect("a layer with flows")
+        };
+        let cases: [(&str, Box<Forge>); 8] = [
+            (
+                "a SNAT port twice",
+                Box::new(move |st| {
+                    let f = snat(st).free_mut();
+                    let first = *f.front().expect("a free port");
+                    f.push_back(first);
+                }),
+            ),
+            (
+                "a SNAT port outside its ranges",
+                Box::new(move |st| {
+                    snat(st).free_mut().push_back(7);
+                }),
+            ),
+            (
+                "past the connections",
+                Box::new(|st| st.core.uft.free_list_mut().push(1 << 20)),
+            ),
+            (
+                "a live connection",
+                Box::new(|st| {
+                    let live = *st.core.uft.ids().first().expect("a connection");
+                    st.core.uft.free_list_mut().push(live);
+                }),
+            ),
+            (
+                "a connection twice",
+                Box::new(|st| {
+                    let f = st.core.uft.free_list_mut();
+                    let first = *f.first().expect("a freed slot");
+                    f.push(first);
+                }),
+            ),
+            (
+                "past the layer flows",
+                Box::new(move |st| {
+                    let i = acl(st);
+                    st.core.layer_flows[i].1.free_list_mut().push(1 << 20);
+                }),
+            ),
+            (
+                "a live layer flow",
+                Box::new(move |st| {
+                    let i = acl(st);
+                    let t = &mut st.core.layer_flows[i].1;
+                    let live = t.iter().next().map(|(s, _)| s).expect("a flow");
+                    t.free_list_mut().push(live);
+                }),
+            ),
+            (
+                "a layer flow twice",
+                Box::new(move |st| {
+                    let i = acl(st);
+                    let f = st.core.layer_flows[i].1.free_list_mut();
+                    let first = *f.first().expect("a freed slot");
+                    f.push(first);
+                }),
+            ),
+        ];
+        for (what, forge) in cases {
+            let bytes = forged(|st| forge(st));
+            let outcome = std::panic::catch_unwind(|| restore_and_use(&bytes));
+            match outcome {
+                Ok(Err(e)) => assert!(e.contains("free") || e.contains("port "), "{what}: {e}"),
+                Ok(Ok(())) => panic!("{what}: restored and used"),
+                Err(_) => panic!("{what}: the port panicked"),
+            }
+        }
     }
 }
