@@ -216,7 +216,10 @@ fn snapshot_samples() -> &'static [Vec<u8>] {
             assert!(tracked.layer_flow_count(l) > 0, "{l} holds flows");
         }
         let long_lists = tracked.snapshot().expect("snapshot");
-        vec![plain, reserved, v6.to_vec(), long_lists]
+        // Own keys (connections from VNET peers) and NAT'd flows' extra
+        // parts, in the pools, as the build before them wrote them.
+        let v7_pools = include_bytes!("../../strata-engine/tests/data/four-layer-v7-inbound.snap");
+        vec![plain, reserved, v6.to_vec(), long_lists, v7_pools.to_vec()]
     })
 }
 
