@@ -1147,6 +1147,11 @@ impl LayerFlowTable {
         self.len() == 0
     }
 
+    /// Slots made, holding a flow or free.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u32, &LayerFlow)> + Clone {
         self.slots
             .iter()

@@ -501,7 +501,51 @@ impl Port {
         if let Some((uid, _)) = self.layer_flows.iter().find(|(_, t)| t.has_fresh_key()) {
             return Err(format!("layer {uid}: a new flow's key was never settled"));
         }
+        self.check_layer_flow_holders()?;
         self.uft.verify_shared()
+    }
+
+    /// Every connection holds layer flows that are there, and every layer
+    /// flow's count of holders is the number of connections holding it:
+    /// a flow is released when, and only when, its last connection goes.
+    /// (A count too high keeps a flow for ever; one too low frees it under
+    /// a connection, whose later release would take a holder from the
+    /// flow reusing the slot.) Checked on restore; O(connections + flows).
+    pub(crate) fn check_layer_flow_holders(&self) -> Result<(), String> {
+        let mut held: Vec<Vec<u32>> = self
+            .layer_flows
+            .iter()
+            .map(|(_, t)| vec![0; t.slot_count()])
+            .collect();
+        for (c, conn) in self.uft.iter() {
+            for r in self.uft.layer_refs(conn) {
+                let table = self.layer_flows.iter().position(|(u, _)| *u == r.layer_uid);
+                let count = table
+                    .filter(|&i| self.layer_flows[i].1.get(r.slot).is_some())
+                    .and_then(|i| held[i].get_mut(r.slot as usize));
+                match count {
+                    Some(n) => *n += 1,
+                    None => {
+                        return Err(format!(
+                            "connection {c} holds flow {} of layer {}, which is not there",
+                            r.slot, r.layer_uid
+                        ));
+                    }
+                }
+            }
+        }
+        for ((uid, t), counts) in self.layer_flows.iter().zip(&held) {
+            for (slot, f) in t.iter() {
+                let n = counts.get(slot as usize).copied().unwrap_or(0);
+                if f.refs != n {
+                    return Err(format!(
+                        "flow {slot} of layer {uid} counts {} holders; {n} connections hold it",
+                        f.refs
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The connection whose `d` side has UFID `key`.

@@ -259,6 +259,8 @@ impl Port {
         };
         port.reintern_actions();
         port.reshare_rules();
+        port.check_layer_flow_holders()
+            .map_err(|e| ApiError::Snapshot(format!("bad layer flows: {e}")))?;
         // Sized again as it was (every page written now, before traffic).
         if reserved > 0 {
             port.reserve(reserved)
@@ -319,16 +321,16 @@ mod tests {
         .expect("envelope")
     }
 
-    /// Restore `bytes`; if the port comes back, run new connections
-    /// through it (a bad free list is only read when a flow is made).
-    fn restore_and_use(bytes: &[u8]) -> Result<(), String> {
+    /// Restore `bytes` (`Err`: refused, with the reason); if the port
+    /// comes back, run new connections through it (a bad free list is only
+    /// read when a flow is made) and check its flow state.
+    fn restore_and_use(bytes: &[u8]) -> Result<Result<(), String>, String> {
         let mut p = Port::restore(bytes, ActionRegistry::default()).map_err(|e| e.to_string())?;
         for sp in 3000..3010 {
             let mut b = PacketBuf::from_frame(&syn(5, sp));
             p.process(Direction::Out, &mut b, secs(100_002));
         }
-        p.verify_flow_state()?;
-        Ok(())
+        Ok(p.verify_flow_state())
     }
 
     /// A change made to a saved port's state.
@@ -345,8 +347,8 @@ mod tests {
     }
 
     #[test]
-    fn damaged_free_lists_and_port_pools_are_refused_on_restore() {
-        assert_eq!(restore_and_use(&forged(|_| {})), Ok(()));
+    fn damaged_free_lists_pools_and_holder_counts_are_refused_on_restore() {
+        assert_eq!(restore_and_use(&forged(|_| {})), Ok(Ok(())));
         let acl = |st: &mut PortState| -> usize {
             st.core
                 .layer_flows
@@ -354,7 +356,28 @@ mod tests {
                 .position(|(_, t)| !t.is_empty())
                 .expect("a layer with flows")
         };
-        let cases: [(&str, Box<Forge>); 8] = [
+        let cases: [(&str, Box<Forge>); 10] = [
+            (
+                "a layer flow's holders miscounted",
+                Box::new(move |st| {
+                    let i = acl(st);
+                    let t = &mut st.core.layer_flows[i].1;
+                    let live = t.iter().next().map(|(s, _)| s).expect("a flow");
+                    t.get_mut(live).expect("held").refs += 1;
+                }),
+            ),
+            (
+                "a layer flow gone from under its connection",
+                Box::new(move |st| {
+                    let i = acl(st);
+                    let PortCore {
+                        uft, layer_flows, ..
+                    } = &mut st.core;
+                    let t = &mut layer_flows[i].1;
+                    let live = t.iter().next().map(|(s, _)| s).expect("a flow");
+                    assert!(t.release(live, uft).is_some(), "its only holder");
+                }),
+            ),
             (
                 "a SNAT port twice",
                 Box::new(move |st| {
@@ -418,8 +441,11 @@ mod tests {
             let bytes = forged(|st| forge(st));
             let outcome = std::panic::catch_unwind(|| restore_and_use(&bytes));
             match outcome {
-                Ok(Err(e)) => assert!(e.contains("free") || e.contains("port "), "{what}: {e}"),
-                Ok(Ok(())) => panic!("{what}: restored and used"),
+                Ok(Err(e)) => assert!(
+                    ["free", "port ", "hold"].iter().any(|w| e.contains(w)),
+                    "{what}: {e}"
+                ),
+                Ok(Ok(state)) => panic!("{what}: restored and used ({state:?})"),
                 Err(_) => panic!("{what}: the port panicked"),
             }
         }
