@@ -12,6 +12,9 @@
 //! instead: they arrive encapsulated, and each one's ACL flow keeps a key
 //! of its own.
 //!
+//! `SNAPSHOT=1` then times a snapshot of the port and its restore (what
+//! an upgrade or a migration waits for).
+//!
 //! `RESERVE=1` sizes the port for the N connections first
 //! (`Port::reserve`, timed and printed): then no table grows and no page
 //! is first touched inside a packet.
@@ -20,7 +23,7 @@
 mod common;
 use common::*;
 use std::time::Instant;
-use strata_engine::{Direction, secs};
+use strata_engine::{ActionRegistry, Direction, Port, secs};
 use strata_packet::PacketBuf;
 
 fn main() {
@@ -83,5 +86,18 @@ fn main() {
     );
     for (ns, i, k) in worst.iter().take(8) {
         println!("  {:>10.3} ms  connection {i} packet {k}", *ns as f64 / 1e6);
+    }
+    if env_or("SNAPSHOT", 0u32) != 0 {
+        let t = Instant::now();
+        let bytes = port.snapshot().expect("snapshot");
+        let saved = t.elapsed();
+        let t = Instant::now();
+        let back = Port::restore(&bytes, ActionRegistry::default()).expect("restore");
+        println!(
+            "snapshot: {} MB in {saved:?}; restored in {:?} ({} connections)",
+            bytes.len() >> 20,
+            t.elapsed(),
+            back.connection_count()
+        );
     }
 }
