@@ -93,6 +93,18 @@ fn is_own(key_conn: u32) -> bool {
     key_conn & OWN_BIT != 0
 }
 
+/// The own key store entry a [`LayerFlow::key_conn`] names, if any.
+#[inline]
+fn own_entry(key_conn: u32) -> Option<u32> {
+    (is_own(key_conn) && key_conn != OWN_KEY).then_some(key_conn & !OWN_BIT)
+}
+
+/// The [`LayerFlow::key_conn`] naming own key store entry `entry`
+/// ([`OWN_KEY`], no key, for none).
+fn own_key_conn(entry: Option<u32>) -> u32 {
+    entry.map_or(OWN_KEY, |i| OWN_BIT | i)
+}
+
 fn serialize_key_conn<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u32(if is_own(*v) { OWN_KEY } else { *v })
 }
@@ -484,7 +496,9 @@ impl Keys<'_> {
             {
                 return Some(k);
             }
-            return self.own.get(f.key_conn & !OWN_BIT).map(PackedUfid::unpack);
+            return own_entry(f.key_conn)
+                .and_then(|i| self.own.get(i))
+                .map(PackedUfid::unpack);
         }
         self.conns.side_key(f.key_conn, f.key_side)
     }
@@ -624,13 +638,10 @@ impl Serialize for LayerFlowTable {
         impl Serialize for OwnKeys<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let t = self.0;
-                let stored = t
-                    .iter()
-                    .filter(|(_, f)| is_own(f.key_conn) && f.key_conn != OWN_KEY)
-                    .filter_map(|(slot, f)| {
-                        let k = t.own_keys.get(f.key_conn & !OWN_BIT)?;
-                        Some((slot, Cow::Borrowed(k)))
-                    });
+                let stored = t.iter().filter_map(|(slot, f)| {
+                    let k = t.own_keys.get(own_entry(f.key_conn)?)?;
+                    Some((slot, Cow::Borrowed(k)))
+                });
                 let fresh = t
                     .unsettled()
                     .map(|&(slot, k)| (slot, Cow::Owned(PackedUfid::pack(&k))));
@@ -703,10 +714,7 @@ impl<'de> Deserialize<'de> for LayerFlowTable {
             let Some(f) = f else { continue };
             let slot = slot as u32;
             if is_own(f.key_conn) {
-                f.key_conn = own_keys
-                    .remove(&slot)
-                    .and_then(|k| t.own_keys.take(k))
-                    .map_or(OWN_KEY, |i| OWN_BIT | i);
+                f.key_conn = own_key_conn(own_keys.remove(&slot).and_then(|k| t.own_keys.take(k)));
             }
             if let Some(e) = extras.remove(&slot) {
                 t.extras.insert(slot, e);
@@ -1007,23 +1015,25 @@ impl LayerFlowTable {
         if !is_own(f.key_conn) || f.origin != side {
             return f.key_conn == conn && f.key_side == side;
         }
-        let stored = f.key_conn & !OWN_BIT;
+        let stored = own_entry(f.key_conn);
         let fresh = self.fresh.as_ref().filter(|(s, _)| *s == slot);
         let same = match fresh {
             Some((_, key)) => conns.side_key_is(conn, side, key),
-            None => match (self.own_keys.get(stored), conns.side_key(conn, side)) {
+            None => match (
+                stored.and_then(|i| self.own_keys.get(i)),
+                conns.side_key(conn, side),
+            ) {
                 (Some(own), Some(key)) => own.matches(&key),
                 _ => false,
             },
         };
         if same {
-            let was = f.key_conn;
             f.key_conn = conn;
             f.key_side = side;
             if fresh.is_some() {
                 self.fresh = None;
-            } else if was != OWN_KEY {
-                self.own_keys.give(stored);
+            } else if let Some(i) = stored {
+                self.own_keys.give(i);
             }
         }
         same
@@ -1052,9 +1062,7 @@ impl LayerFlowTable {
     /// Put `key` in the own key store; returns the [`LayerFlow::key_conn`]
     /// naming it ([`OWN_KEY`], no key, if the store is full).
     fn store_own_key(&mut self, key: &Ufid) -> u32 {
-        self.own_keys
-            .take(PackedUfid::pack(key))
-            .map_or(OWN_KEY, |i| OWN_BIT | i)
+        own_key_conn(self.own_keys.take(PackedUfid::pack(key)))
     }
 
     /// The fresh key, if its flow still keeps its own key (no connection
@@ -1129,8 +1137,8 @@ impl LayerFlowTable {
         if self.fresh.as_ref().is_some_and(|(s, _)| *s == slot) {
             self.fresh = None;
         }
-        if is_own(flow.key_conn) && flow.key_conn != OWN_KEY {
-            self.own_keys.give(flow.key_conn & !OWN_BIT);
+        if let Some(i) = own_entry(flow.key_conn) {
+            self.own_keys.give(i);
         }
         self.free.push(slot);
         Some(OwnedLayerFlow {

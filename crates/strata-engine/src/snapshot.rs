@@ -356,7 +356,13 @@ mod tests {
                 .position(|(_, t)| !t.is_empty())
                 .expect("a layer with flows")
         };
-        let cases: [(&str, Box<Forge>); 10] = [
+        let cases: [(&str, Box<Forge>); 11] = [
+            (
+                "a SNAT port neither free nor in use",
+                Box::new(|st| {
+                    snat(st).free_mut().pop_back();
+                }),
+            ),
             (
                 "a layer flow's holders miscounted",
                 Box::new(move |st| {

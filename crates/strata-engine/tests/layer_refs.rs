@@ -46,6 +46,23 @@ fn layer_flows(p: &Port, i: u32) -> Option<usize> {
     p.connection(d, &parsed.ufid).map(|c| c.layer_flows)
 }
 
+/// Connection `i`'s `frames` through both ports: forwarded, byte for byte
+/// alike.
+fn forward_alike(
+    a: &mut Port,
+    b: &mut Port,
+    i: u32,
+    frames: impl IntoIterator<Item = (Direction, Vec<u8>)>,
+    now: u64,
+) {
+    for (d, f) in frames {
+        let (va, oa) = run(a, d, &f, now);
+        let (vb, ob) = run(b, d, &f, now);
+        assert!(va.is_forward(), "connection {i}: {va:?}");
+        assert_eq!((va, oa), (vb, ob), "connection {i}");
+    }
+}
+
 #[test]
 fn long_layer_flow_lists_survive_a_snapshot_and_are_let_go_of() {
     let mut a = port();
@@ -70,12 +87,7 @@ fn long_layer_flow_lists_survive_a_snapshot_and_are_let_go_of() {
 
     // Half the connections close on both ports, byte for byte alike.
     for i in 0..150 {
-        for (d, f) in lifecycle(i).into_iter().skip(3) {
-            let (va, oa) = run(&mut a, d, &f, secs(2));
-            let (vb, ob) = run(&mut b, d, &f, secs(2));
-            assert!(va.is_forward(), "connection {i}: {va:?}");
-            assert_eq!((va, oa), (vb, ob), "connection {i}");
-        }
+        forward_alike(&mut a, &mut b, i, lifecycle(i).into_iter().skip(3), secs(2));
     }
     // Past TIME_WAIT (60 s), within the established idle time (300 s).
     for p in [&mut a, &mut b] {
@@ -87,12 +99,7 @@ fn long_layer_flow_lists_survive_a_snapshot_and_are_let_go_of() {
     }
     // New connections take the freed blocks; then everything ends.
     for i in 300..450 {
-        for (d, f) in lifecycle(i) {
-            let (va, oa) = run(&mut a, d, &f, secs(101));
-            let (vb, ob) = run(&mut b, d, &f, secs(101));
-            assert!(va.is_forward(), "connection {i}: {va:?}");
-            assert_eq!((va, oa), (vb, ob), "connection {i}");
-        }
+        forward_alike(&mut a, &mut b, i, lifecycle(i), secs(101));
     }
     for p in [&mut a, &mut b] {
         p.expire(secs(1_000_000));
