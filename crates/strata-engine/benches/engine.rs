@@ -379,6 +379,55 @@ fn slow_path_10x10x5k(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same first packets as a receive burst of 32 (`process_batch`,
+    // as a datapath reads its rings): each frame's index bucket is
+    // prefetched before the first is processed.
+    let mut bufs: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::with_capacity(2048)).collect();
+    let mut verdicts = vec![Verdict::Forward; 32];
+    g.throughput(Throughput::Elements(32));
+    g.bench_function(
+        "first_packet_10_layers_x_10_groups_x_5k_rules_batch_32",
+        |b| {
+            b.iter_batched(
+                || {
+                    if port.borrow().connection_count() > 500_000 {
+                        port.borrow_mut().expire(u64::MAX / 2);
+                    }
+                    (0..32)
+                        .map(|_| {
+                            i = i.wrapping_add(1);
+                            let (s, d, dp) = probes[i as usize % probes.len()];
+                            tcp(
+                                VM_MAC,
+                                VM_GW_MAC,
+                                s,
+                                d,
+                                (i % 60000) as u16 + 1024,
+                                dp,
+                                0x02,
+                                1,
+                                0,
+                                b"",
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |frames| {
+                    for (b, f) in bufs.iter_mut().zip(&frames) {
+                        b.reset(f);
+                    }
+                    port.borrow_mut().process_batch(
+                        Direction::Out,
+                        &mut bufs,
+                        secs(1),
+                        &mut verdicts,
+                    );
+                    black_box(&verdicts);
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
     let out = port.into_inner().direction_counters(Direction::Out);
     println!(

@@ -102,6 +102,18 @@ fn measured_round(port: &mut Port, buf: &mut PacketBuf, frames: &[Vec<u8>], now:
 
 #[inline(always)]
 fn round(port: &mut Port, buf: &mut PacketBuf, frames: &[Vec<u8>], now: u64) {
+    if std::env::var_os("BATCH").is_some() {
+        let mut bufs: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::with_capacity(2048)).collect();
+        let mut out = vec![strata_engine::Verdict::Forward; 32];
+        for chunk in frames.chunks(32) {
+            for (b, f) in bufs.iter_mut().zip(chunk) {
+                b.reset(f);
+            }
+            port.process_batch(Direction::Out, &mut bufs[..chunk.len()], now, &mut out);
+            std::hint::black_box(&out);
+        }
+        return;
+    }
     for f in frames {
         buf.reset(f);
         std::hint::black_box(port.process(Direction::Out, buf, now));

@@ -21,6 +21,7 @@ pub mod intern;
 pub mod layer_refs;
 pub mod policy;
 pub mod port;
+pub mod preclassify;
 pub mod resource;
 pub mod rulegen;
 pub mod scenario;

@@ -33,6 +33,7 @@ use crate::layer_refs::RefBlocks;
 use crate::policy::{
     DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
 };
+use crate::preclassify::{BurstScratch, PreClassified};
 use crate::resource::{
     ActionState, Backend, EventSink, Mapping, PortPool, ResourceEvent, Resources,
 };
@@ -54,6 +55,17 @@ const AHEAD: usize = 4;
 
 /// Frames per pipelined chunk of [`Port::process_batch`].
 pub const BATCH: usize = 32;
+
+/// One chunk of [`Port::process_batch`] in flight: its frames, their
+/// parse results and hashes (`None`: did not parse), candidate flows and
+/// verdicts.
+struct Chunk<'a> {
+    bufs: &'a mut [PacketBuf],
+    parsed: &'a [Parsed],
+    hashes: &'a [Option<u64>],
+    candidates: &'a mut [u32],
+    out: &'a mut [Verdict],
+}
 
 /// The most connections a port can number (31 bits: a flow is named by its
 /// connection's number and a side bit).
@@ -83,6 +95,9 @@ pub struct Port {
     /// kept between calls (allocated by the first batch) so a batch neither
     /// initialises nor copies the 192-byte results.
     pub(crate) batch: Vec<Parsed>,
+    /// A burst's first packets classified layer by layer ahead of their
+    /// walks (see [`crate::preclassify`]), kept between calls likewise.
+    pub(crate) burst: BurstScratch,
     /// Where [`Port::expire_some`] stands.
     pub(crate) sweep: crate::expiry::ExpirySweep,
     /// Connections the port was last sized for ([`Port::reserve`]; kept
@@ -189,6 +204,7 @@ impl Port {
             counters: PortCounters::default(),
             flow_actions: Default::default(),
             batch: Vec::new(),
+            burst: BurstScratch::default(),
             sweep: Default::default(),
             reserved: 0,
         }
@@ -317,6 +333,11 @@ impl Port {
         }
         self.reserved = connections;
         self.uft.reserve(connections);
+        // A batch's scratch too (otherwise made by the first batch).
+        if self.batch.len() < BATCH {
+            self.batch.resize(BATCH, Parsed::EMPTY);
+        }
+        self.burst.reserve(BATCH);
         // SNAT pools: their in-use sets never hold more than their ports.
         for pool in self.resources.port_pools.values_mut() {
             pool.reserve_all();
@@ -955,7 +976,7 @@ impl Port {
         match parse_into(buf.as_slice(), parse_options(d), &mut p) {
             Ok(()) => {
                 let hash = self.uft.hash(d, &p.ufid);
-                self.process_parsed(d, buf, &p, hash, u32::MAX, now)
+                self.process_parsed(d, buf, &p, hash, u32::MAX, &PreClassified::NONE, now)
             }
             Err(e) => self.malformed(d, buf.len(), e),
         }
@@ -986,6 +1007,7 @@ impl Port {
         if parsed.len() < BATCH {
             parsed.resize(BATCH, Parsed::EMPTY);
         }
+        let mut burst = std::mem::take(&mut self.burst);
         let (bufs, out) = (&mut bufs[..n], &mut out[..n]);
         for (bufs, out) in bufs.chunks_mut(BATCH).zip(out.chunks_mut(BATCH)) {
             let parsed = &mut parsed[..bufs.len()];
@@ -1012,27 +1034,125 @@ impl Port {
             }
             let mut candidates = [u32::MAX; BATCH];
             let candidates = &mut candidates[..bufs.len()];
-            let peek = |uft: &UnifiedFlowTable, h: Option<u64>, c: &mut u32| {
-                if let Some(hash) = h {
-                    *c = uft.peek(hash);
-                    uft.prefetch_candidate(*c);
-                }
-            };
             for (h, c) in hashes.iter().zip(candidates.iter_mut()).take(AHEAD) {
-                peek(&self.uft, *h, c);
+                if let Some(hash) = h {
+                    *c = self.uft.peek(*hash);
+                    self.uft.prefetch_candidate(*c);
+                }
             }
-            for j in 0..bufs.len() {
-                if let (Some(h), Some(c)) = (hashes.get(j + AHEAD), candidates.get_mut(j + AHEAD)) {
-                    peek(&self.uft, *h, c);
-                }
-                if let (Some(hash), Some(buf), Some(p), Some(o)) =
-                    (hashes[j], bufs.get_mut(j), parsed.get(j), out.get_mut(j))
-                {
-                    *o = self.process_parsed(d, buf, p, hash, candidates[j], now);
-                }
+            let parsed = &parsed[..bufs.len()];
+            let mut chunk = Chunk {
+                bufs,
+                parsed,
+                hashes,
+                candidates,
+                out,
+            };
+            // Frames with a candidate flow (the fast path) go straight
+            // through; from the first without one (a first packet, nearly
+            // always) on, frames are classified layer by layer ahead of
+            // their walks.
+            let from = self.run_chunk::<false>(d, &mut chunk, 0, &burst, now);
+            if from < chunk.bufs.len() {
+                self.classify_ahead(
+                    d,
+                    chunk.parsed,
+                    chunk.hashes,
+                    chunk.candidates,
+                    from,
+                    &mut burst,
+                );
+                self.run_chunk::<true>(d, &mut chunk, from, &burst, now);
             }
         }
         self.batch = parsed;
+        self.burst = burst;
+    }
+
+    /// Process the frames of `chunk` from `from` on, in order, each with
+    /// the candidate flow of the frame [`AHEAD`] places later looked up
+    /// first. Without `CLASSIFIED` (nothing classified ahead), stop at the
+    /// first frame with no candidate, unprocessed, and return its index;
+    /// with it, walk first packets with their results in `burst`.
+    #[inline(always)]
+    fn run_chunk<const CLASSIFIED: bool>(
+        &mut self,
+        d: Direction,
+        chunk: &mut Chunk<'_>,
+        from: usize,
+        burst: &BurstScratch,
+        now: Time,
+    ) -> usize {
+        let n = chunk.bufs.len();
+        for j in from..n {
+            if CLASSIFIED {
+                // Its candidate was found when the frames were classified.
+                if let Some(&c) = chunk.candidates.get(j + AHEAD) {
+                    self.uft.prefetch_candidate(c);
+                }
+            } else if let (Some(h), Some(c)) = (
+                chunk.hashes.get(j + AHEAD),
+                chunk.candidates.get_mut(j + AHEAD),
+            ) && let Some(hash) = h
+            {
+                *c = self.uft.peek(*hash);
+                self.uft.prefetch_candidate(*c);
+            }
+            let hint = chunk.candidates[j];
+            let pre = if CLASSIFIED {
+                burst.results(j)
+            } else if hint == u32::MAX && chunk.hashes[j].is_some() {
+                return j;
+            } else {
+                &PreClassified::NONE
+            };
+            if let (Some(hash), Some(buf), Some(p), Some(o)) = (
+                chunk.hashes[j],
+                chunk.bufs.get_mut(j),
+                chunk.parsed.get(j),
+                chunk.out.get_mut(j),
+            ) {
+                *o = self.process_parsed(d, buf, p, hash, hint, pre, now);
+            }
+        }
+        n
+    }
+
+    /// Classify ahead (see [`crate::preclassify`]) the frames of `chunk`
+    /// from `from` on whose home index bucket holds no candidate flow:
+    /// first packets, but for a rare tag collision (then they are walked
+    /// as usual) or a flow an earlier frame of the chunk makes (their
+    /// results unused). The candidates of the frames past the lookahead
+    /// are found on the way.
+    #[inline(never)]
+    fn classify_ahead(
+        &self,
+        d: Direction,
+        parsed: &[Parsed],
+        hashes: &[Option<u64>],
+        candidates: &mut [u32],
+        from: usize,
+        burst: &mut BurstScratch,
+    ) {
+        let n = hashes.len().min(BATCH);
+        let mut keys: [Option<&Ufid>; BATCH] = [None; BATCH];
+        for (k, key) in keys.iter_mut().enumerate().take(n).skip(from) {
+            if let (Some(Some(hash)), Some(p), Some(c)) =
+                (hashes.get(k), parsed.get(k), candidates.get_mut(k))
+            {
+                if k > from + AHEAD {
+                    *c = self.uft.peek(*hash);
+                }
+                *key = Some(&p.ufid);
+            }
+        }
+        if !crate::preclassify::worthwhile(&self.policy, d) {
+            keys = [None; BATCH];
+        }
+        let candidates = &*candidates;
+        burst.classify(&self.policy, d, &keys[..n], |i| {
+            candidates.get(i) == Some(&u32::MAX)
+        });
     }
 
     /// Count a frame that did not parse.
@@ -1058,6 +1178,7 @@ impl Port {
     /// The datapath for one parsed frame: unified flow hit (or slow path),
     /// reconciliation if stale, TCP tracking, counting, emit. `hint` is the
     /// batch's index candidate for the frame (`u32::MAX` for none).
+    #[allow(clippy::too_many_arguments)]
     fn process_parsed(
         &mut self,
         d: Direction,
@@ -1065,6 +1186,7 @@ impl Port {
         parsed: &Parsed,
         hash: u64,
         hint: u32,
+        pre: &PreClassified,
         now: Time,
     ) -> Verdict {
         let bytes = u64::from(parsed.meta.frame_len);
@@ -1080,7 +1202,7 @@ impl Port {
             }
             None => {
                 self.counters.dir[d.index()].slow_path += 1;
-                let created = self.create_flow(d, &parsed.ufid, hash, &parsed.meta, now);
+                let created = self.create_flow(d, &parsed.ufid, hash, &parsed.meta, pre, now);
                 self.settle_keys();
                 created
             }
@@ -1173,10 +1295,11 @@ impl Port {
         ufid: &Ufid,
         hash: u64,
         meta: &PacketMeta,
+        pre: &PreClassified,
         now: Time,
     ) -> (u32, bool) {
         let mut sim = Sim::default();
-        self.simulate(&mut sim, d, ufid, now, Mode::Create, false);
+        self.simulate(&mut sim, d, ufid, pre, now, Mode::Create, false);
         let forward = sim.verdict.is_none();
         let final_ufid = sim.transposition.apply_to_ufid(ufid);
         let uf = self.unified_flow(&sim);
@@ -1234,7 +1357,15 @@ impl Port {
             return (c, tracked);
         }
         let mut psim = Sim::default();
-        self.simulate(&mut psim, pd, &pkey, now, Mode::Create, false);
+        self.simulate(
+            &mut psim,
+            pd,
+            &pkey,
+            &PreClassified::NONE,
+            now,
+            Mode::Create,
+            false,
+        );
         if psim.verdict.is_none() {
             let puf = self.unified_flow(&psim);
             self.uft.set_side(c, pd, puf, &pkey, phash);
@@ -1316,7 +1447,15 @@ impl Port {
             return;
         };
         let mut sim = Sim::default();
-        self.simulate(&mut sim, d, &key, now, Mode::Create, false);
+        self.simulate(
+            &mut sim,
+            d,
+            &key,
+            &PreClassified::NONE,
+            now,
+            Mode::Create,
+            false,
+        );
         let uf = self.unified_flow(&sim);
         let new_refs = self.uft.add_refs(c, &sim.refs);
         if let Some(conn) = self.uft.get_mut(c) {
@@ -1449,12 +1588,15 @@ impl Port {
 
     /// Walk the layers for `ufid` in direction `d` (the flow compiler).
     /// Fills `sim` (a fresh one, the caller's: a `Sim` is 300 bytes, too
-    /// many to move on every first packet).
+    /// many to move on every first packet). `pre` holds the layers
+    /// classified ahead for `ufid` (see [`crate::preclassify`]).
+    #[allow(clippy::too_many_arguments)]
     fn simulate(
         &mut self,
         sim: &mut Sim,
         d: Direction,
         ufid: &Ufid,
+        pre: &PreClassified,
         now: Time,
         mode: Mode,
         trace: bool,
@@ -1469,6 +1611,7 @@ impl Port {
         let mut changed = false;
         let early = self.early_hashes(&policy, d, ufid);
         let any_early = !early.is_empty();
+        let pre_steps = pre.steps_ahead();
         for step in 0..n {
             let li = match d {
                 Direction::Out => step,
@@ -1526,12 +1669,17 @@ impl Port {
                 continue;
             }
 
-            // 2. Classify.
-            if !fv_of_local {
-                fv.fill_from_ufid(local);
-                fv_of_local = true;
-            }
-            let Some(rref) = layer.classify(d, &fv) else {
+            // 2. Classify (unless done ahead for the packet's own key).
+            let decided = if pre_steps >> step.min(31) & 1 != 0 && derived.is_none() {
+                pre.result(step)
+            } else {
+                if !fv_of_local {
+                    fv.fill_from_ufid(local);
+                    fv_of_local = true;
+                }
+                layer.classify(d, &fv)
+            };
+            let Some(rref) = decided else {
                 let def = layer.default_for(d);
                 if trace {
                     sim.trace.push(LayerTrace {
@@ -1952,7 +2100,15 @@ impl Port {
     /// what the unified flow table currently caches for it.
     pub fn trace(&mut self, d: Direction, ufid: &Ufid, now: Time) -> Trace {
         let mut sim = Sim::default();
-        self.simulate(&mut sim, d, ufid, now, Mode::DryRun, true);
+        self.simulate(
+            &mut sim,
+            d,
+            ufid,
+            &PreClassified::NONE,
+            now,
+            Mode::DryRun,
+            true,
+        );
         let cached = self.connection(d, ufid).and_then(|c| match d {
             Direction::Out => c.out_flow,
             Direction::In => c.in_flow,

@@ -254,6 +254,7 @@ impl Port {
             counters,
             flow_actions: Default::default(),
             batch: Vec::new(),
+            burst: Default::default(),
             sweep: Default::default(),
             reserved: 0,
         };

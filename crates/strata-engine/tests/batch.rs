@@ -1,8 +1,10 @@
 //! `Port::process_batch` (the pipelined path: bucket and entry prefetches,
-//! candidate hints, key checks) gives exactly what `Port::process` gives frame by
+//! candidate hints, key checks, first packets classified layer by layer
+//! ahead of their walks) gives exactly what `Port::process` gives frame by
 //! frame — verdicts, output bytes, counters — including when earlier frames
-//! of a chunk create or evict the flows later frames' hints point at, and
-//! when a frame does not parse.
+//! of a chunk create or evict the flows later frames' hints point at, when
+//! a layer transposes or drops what later layers would see, and when a
+//! frame does not parse.
 
 mod common;
 use common::*;
@@ -116,4 +118,234 @@ fn batches_of_every_size_around_the_chunk_and_lookahead() {
     }
     let p = same_runs_as_one_by_one(1 << 16, runs);
     assert_eq!(p.connection_count(), 113);
+}
+
+/// Every counter of the port, by name (rule, layer and meter counters
+/// included), after the flows' pending counts are added.
+fn all_counters(
+    p: &Port,
+) -> Vec<(
+    strata_engine::counters::CounterName,
+    strata_engine::counters::Counter,
+)> {
+    p.counters().arena.all()
+}
+
+/// Batched and frame-by-frame runs of the same frames leave two ports
+/// alike: verdicts, bytes, every counter, the flow tables' state.
+fn bursts_match_one_by_one(make: impl Fn() -> Port, runs: &[(Direction, Vec<Vec<u8>>)]) -> Port {
+    let (mut one, mut batched) = (make(), make());
+    for (d, frames) in runs {
+        let d = *d;
+        let mut bufs: Vec<PacketBuf> = frames.iter().map(|f| PacketBuf::from_frame(f)).collect();
+        let mut verdicts = vec![Verdict::Forward; bufs.len()];
+        batched.process_batch(d, &mut bufs, secs(1), &mut verdicts);
+        for (i, f) in frames.iter().enumerate() {
+            let (v, bytes) = run(&mut one, d, f, secs(1));
+            assert_eq!(verdicts[i], v, "{d:?} frame {i}");
+            if v.is_forward() {
+                assert_eq!(bufs[i].as_slice(), &bytes[..], "{d:?} frame {i}");
+            }
+        }
+    }
+    for d in [Direction::Out, Direction::In] {
+        assert_eq!(batched.direction_counters(d), one.direction_counters(d));
+    }
+    assert_eq!(batched.counters().flows, one.counters().flows);
+    assert_eq!(batched.counters().drops, one.counters().drops);
+    assert_eq!(all_counters(&batched), all_counters(&one));
+    batched
+        .verify_flow_state()
+        .expect("batched port's flow state");
+    batched
+}
+
+/// Four layers, walk order outbound: a stateless screen (blocks ports
+/// 7000-7999 out, 9000-9999 in), a stateful ACL (skipped when classifying
+/// ahead; unsolicited inbound blocked), a stateless NAT that moves ports
+/// 8000-8099 to 80 (the last layer classified ahead: it may transpose),
+/// and a stateless layer that blocks port 80 towards 10.9.0.0/16, which
+/// only the rewritten packets reach: classified with the packet's own
+/// port it would let them through.
+fn layered_port() -> Port {
+    use strata_engine::{ActionSpec, Condition, DefaultAction, Field, Group, LayerSpec, Rule};
+    let mut p = Port::new("layered", PortConfig::default());
+    let allow = DefaultAction::Allow;
+    let range = |f: Field, lo: u128, hi: u128| Condition::range(f, lo, hi);
+    let mut screen = LayerSpec::new("screen", allow, allow);
+    screen
+        .groups
+        .push(Group::new("out", Direction::Out).with_rules(vec![
+            Rule::new(
+                "block-7k",
+                1,
+                vec![range(Field::DstPort, 7000, 7999)],
+                ActionSpec::Block,
+            ),
+            Rule::new("rest", 9, vec![], ActionSpec::Allow),
+        ]));
+    screen
+        .groups
+        .push(Group::new("in", Direction::In).with_rules(vec![Rule::new(
+            "block-9k",
+            1,
+            vec![range(Field::SrcPort, 9000, 9999)],
+            ActionSpec::Block,
+        )]));
+    p.add_layer(screen, None).expect("screen");
+    let mut acl = LayerSpec::new("acl", allow, DefaultAction::Block);
+    acl.groups
+        .push(Group::new("out", Direction::Out).with_rules(vec![
+            Rule::new("all", 1, vec![], ActionSpec::Allow).stateful(),
+        ]));
+    p.add_layer(acl, None).expect("acl");
+    let mut nat = LayerSpec::new("nat", allow, allow);
+    nat.groups
+        .push(Group::new("out", Direction::Out).with_rules(vec![Rule::new(
+            "to-80",
+            1,
+            vec![range(Field::DstPort, 8000, 8099)],
+            ActionSpec::Nat {
+                src_ip: None,
+                dst_ip: None,
+                src_port: None,
+                dst_port: Some(80),
+            },
+        )]));
+    p.add_layer(nat, None).expect("nat");
+    let mut after = LayerSpec::new("after", allow, allow);
+    after
+        .groups
+        .push(Group::new("out", Direction::Out).with_rules(vec![
+            Rule::new(
+                "block-80-to-10.9",
+                1,
+                vec![
+                    Condition::exact(Field::DstPort, 80),
+                    Condition::ip_prefix(Field::DstIp, "10.9.0.0".parse().expect("ip"), 16),
+                ],
+                ActionSpec::Block,
+            ),
+            Rule::new("rest", 9, vec![], ActionSpec::Allow),
+        ]));
+    p.add_layer(after, None).expect("after");
+    p
+}
+
+/// Bursts of first packets are classified layer by layer ahead of their
+/// walks: the results are those of walking them one by one, past a
+/// stateful layer, up to a transposing one and not beyond (packets the
+/// NAT moves to port 80 are then blocked), with packets the screen drops,
+/// the same connection's SYN twice in a burst, its replies (found by the
+/// stateful ACL's layer flows; those from ports 9000-9999 then blocked by
+/// the screen), unsolicited inbound packets and frames that do not parse.
+#[test]
+fn bursts_of_first_packets_classified_ahead_match_frame_by_frame() {
+    let vm = "10.0.0.5".parse().expect("ip");
+    let peer = |i: u32| std::net::Ipv4Addr::new(10, 8 + (i / 4 % 2) as u8, 0, (i % 200) as u8 + 1);
+    let dport = |i: u32| match i % 4 {
+        0 => 7000 + (i % 1000) as u16,
+        1 => 8000 + (i % 100) as u16,
+        2 => 9000 + (i % 1000) as u16,
+        _ => 443,
+    };
+    let syn = |i: u32| {
+        tcp(
+            VM_MAC,
+            VM_GW_MAC,
+            vm,
+            peer(i),
+            20000 + i as u16,
+            dport(i),
+            0x02,
+            1,
+            0,
+            b"",
+        )
+    };
+    let syn_ack = |i: u32, sport: u16| {
+        tcp(
+            VM_GW_MAC,
+            VM_MAC,
+            peer(i),
+            vm,
+            sport,
+            20000 + i as u16,
+            0x12,
+            9,
+            2,
+            b"",
+        )
+    };
+    let mut runs = Vec::new();
+    for burst in 0..4u32 {
+        let ids: Vec<u32> = (burst * 40..burst * 40 + 40).collect();
+        let mut out: Vec<Vec<u8>> = ids.iter().map(|&i| syn(i)).collect();
+        // The same SYN again, later in the burst, and a frame that does
+        // not parse.
+        out.insert(30, syn(ids[3]));
+        out.insert(12, out[5][..20].to_vec());
+        runs.push((Direction::Out, out));
+        // Replies (from the NAT'd port for the moved ones), and
+        // unsolicited packets, some from the blocked source ports.
+        let mut inbound: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|&i| syn_ack(i, if i % 4 == 1 { 80 } else { dport(i) }))
+            .collect();
+        inbound.extend((0..8).map(|k| {
+            tcp(
+                VM_GW_MAC,
+                VM_MAC,
+                peer(k),
+                vm,
+                9000 + k as u16 * 100,
+                22,
+                0x02,
+                1,
+                0,
+                b"",
+            )
+        }));
+        runs.push((Direction::In, inbound));
+    }
+    let p = bursts_match_one_by_one(layered_port, &runs);
+    let c = p.counters();
+    // Each kind of fate was met.
+    assert!(c.rule("after", "block-80-to-10.9").drops > 0);
+    assert!(c.rule("nat", "to-80").packets > 0);
+    assert!(c.rule("screen", "block-7k").drops > 0);
+    assert!(c.rule("screen", "block-9k").drops > 0);
+    assert!(c.direction(Direction::In).forwarded > 0);
+    assert!(c.direction(Direction::Out).forwarded > 0);
+}
+
+/// The issue-3 shape in small: six layers of four groups of 300 generated
+/// rules, bursts of 32 first packets (some the same flow twice).
+#[test]
+fn bursts_through_many_large_layers_match_frame_by_frame() {
+    let (_, probes) = acl_layers_port(6, 4, 300, 256).expect("port");
+    let first = |i: u32| {
+        let (s, d, dp) = probes[i as usize % probes.len()];
+        tcp(
+            VM_MAC,
+            VM_GW_MAC,
+            s,
+            d,
+            (i % 50_000) as u16 + 1024,
+            dp,
+            0x02,
+            1,
+            0,
+            b"",
+        )
+    };
+    let runs: Vec<_> = (0..8u32)
+        .map(|b| {
+            let mut f: Vec<Vec<u8>> = (b * 32..b * 32 + 31).map(first).collect();
+            f.insert(20, first(b * 32 + 2));
+            (Direction::Out, f)
+        })
+        .collect();
+    let p = bursts_match_one_by_one(|| acl_layers_port(6, 4, 300, 256).expect("port").0, &runs);
+    assert_eq!(p.connection_count(), 8 * 31);
 }
