@@ -990,7 +990,9 @@ impl Port {
     /// processed, the candidate flow of the frame four places later is
     /// found in its bucket and its connection entry prefetched, so a frame
     /// is processed with its table memory in cache, its candidate checked
-    /// first (see [`crate::hint`]).
+    /// first (see [`crate::hint`]). From a chunk's first frame without a
+    /// candidate on, the frames without one (first packets) are classified
+    /// layer by layer before they are walked ([`crate::preclassify`]).
     pub fn process_batch(
         &mut self,
         d: Direction,
@@ -1177,7 +1179,8 @@ impl Port {
 
     /// The datapath for one parsed frame: unified flow hit (or slow path),
     /// reconciliation if stale, TCP tracking, counting, emit. `hint` is the
-    /// batch's index candidate for the frame (`u32::MAX` for none).
+    /// batch's index candidate for the frame (`u32::MAX` for none), `pre`
+    /// its layers classified ahead (for a first packet of a batch).
     #[allow(clippy::too_many_arguments)]
     fn process_parsed(
         &mut self,
