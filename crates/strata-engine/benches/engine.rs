@@ -54,7 +54,7 @@ static GLOBAL: Counting = Counting;
 /// Frame builders shared with the integration tests (etherparse-based).
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{nat_conn, peer_of, tcp};
+use common::{nat_conn, peer_of, probe_syn, tcp};
 
 fn vxlan(src_pa: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
     common::vxlan(GW_MAC, HOST_MAC, src_pa, HOST_PA, VNI, inner)
@@ -349,23 +349,11 @@ fn slow_path_10x10x5k(c: &mut Criterion) {
                     port.borrow_mut().expire(u64::MAX / 2);
                 }
                 i = i.wrapping_add(1);
-                let (s, d, dp) = probes[i as usize % probes.len()];
                 // A new flow each time (the source port varies), from the
                 // VM's own MAC as in `slow_path`: a port whose every flow
                 // came from a new MAC would intern a header context per
                 // flow (`NEW_MAC=1` in `examples/acl_layers`).
-                tcp(
-                    VM_MAC,
-                    VM_GW_MAC,
-                    s,
-                    d,
-                    (i % 60000) as u16 + 1024,
-                    dp,
-                    0x02,
-                    1,
-                    0,
-                    b"",
-                )
+                probe_syn(&probes, i)
             },
             |f| {
                 black_box(run(
@@ -396,19 +384,7 @@ fn slow_path_10x10x5k(c: &mut Criterion) {
                     (0..32)
                         .map(|_| {
                             i = i.wrapping_add(1);
-                            let (s, d, dp) = probes[i as usize % probes.len()];
-                            tcp(
-                                VM_MAC,
-                                VM_GW_MAC,
-                                s,
-                                d,
-                                (i % 60000) as u16 + 1024,
-                                dp,
-                                0x02,
-                                1,
-                                0,
-                                b"",
-                            )
+                            probe_syn(&probes, i)
                         })
                         .collect::<Vec<_>>()
                 },

@@ -24,8 +24,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::tcp;
-use strata_engine::scenario::{ProbeTarget, VM_GW_MAC, VM_MAC, acl_layers_port};
+use common::{probe_syn, tcp};
+use strata_engine::scenario::{ProbeTarget, VM_GW_MAC, acl_layers_port};
 use strata_engine::{Direction, Port, secs};
 use strata_packet::{MacAddr, PacketBuf};
 
@@ -84,14 +84,23 @@ fn main() {
 /// from the VM's MAC, or with `NEW_MAC=1` from a new MAC each (one header
 /// context interned per flow).
 fn first_packet(probes: &[ProbeTarget], i: u32) -> Vec<u8> {
+    if std::env::var_os("NEW_MAC").is_none() {
+        return probe_syn(probes, i);
+    }
     let (s, d, dp) = probes[i as usize % probes.len()];
-    let sm = if std::env::var_os("NEW_MAC").is_some() {
-        MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])
-    } else {
-        VM_MAC
-    };
-    let sp = (i % 60000) as u16 + 1024;
-    tcp(sm, VM_GW_MAC, s, d, sp, dp, 0x02, 1, 0, b"")
+    let sm = MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    tcp(
+        sm,
+        VM_GW_MAC,
+        s,
+        d,
+        (i % 60000) as u16 + 1024,
+        dp,
+        0x02,
+        1,
+        0,
+        b"",
+    )
 }
 
 /// A separate symbol, so callgrind can collect this round only.

@@ -19,14 +19,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::tcp;
+use common::probe_syn;
 use std::hint::black_box;
 use std::time::Instant;
 use strata_engine::classifier::tree::LookupTrace;
 use strata_engine::classifier::{GroupClassifier, MatchType, build};
-use strata_engine::condition::{Field, FieldValues};
+use strata_engine::condition::FieldValues;
 use strata_engine::rulegen;
-use strata_engine::scenario::{VM_GW_MAC, VM_MAC};
+use strata_engine::scenario::probe_targets;
 
 const LAYERS: u64 = 10;
 const GROUPS: u64 = 10;
@@ -45,32 +45,10 @@ fn main() {
                 .collect()
         })
         .collect();
-    let to4 = |v: u128| (v >> 32 == 0xffff).then(|| std::net::Ipv4Addr::from(v as u32));
-    let probes: Vec<_> = rulegen::packets(&rulegen::acl(RULES, 1), 8192, 3)
-        .into_iter()
-        .filter_map(|fv| {
-            Some((
-                to4(fv.get(Field::SrcIp)?)?,
-                to4(fv.get(Field::DstIp)?)?,
-                fv.get(Field::DstPort).unwrap_or(80) as u16,
-            ))
-        })
-        .collect();
+    let probes = probe_targets(&rulegen::acl(RULES, 1), 8192);
     let packets: Vec<FieldValues> = (0..20_000u32)
         .map(|i| {
-            let (s, d, dp) = probes[i as usize % probes.len()];
-            let f = tcp(
-                VM_MAC,
-                VM_GW_MAC,
-                s,
-                d,
-                (i % 60000) as u16 + 1024,
-                dp,
-                0x02,
-                1,
-                0,
-                b"",
-            );
+            let f = probe_syn(&probes, i);
             let p = strata_packet::parse::parse(&f).expect("a generated frame parses");
             FieldValues::from_ufid(&p.ufid)
         })

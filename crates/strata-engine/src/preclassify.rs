@@ -21,7 +21,7 @@
 //! or that an action drops, is merely unused.
 
 use crate::condition::FieldValues;
-use crate::policy::{DefaultAction, PortPolicy, RuleRef};
+use crate::policy::{DefaultAction, LayerPolicy, PortPolicy, RuleRef};
 use crate::types::Direction;
 use strata_packet::Ufid;
 
@@ -149,16 +149,11 @@ impl BurstScratch {
                 alive |= 1 << i;
             }
         }
-        let layers = policy.layers.len();
-        for step in 0..layers.min(PRE_LAYERS) {
+        for step in 0..PRE_LAYERS {
             if alive == 0 {
                 break;
             }
-            let li = match d {
-                Direction::Out => step,
-                Direction::In => layers - 1 - step,
-            };
-            let Some(layer) = policy.layers.get(li) else {
+            let Some(layer) = layer_at(policy, d, step) else {
                 break;
             };
             if !layer.has_stateful() {
@@ -188,17 +183,21 @@ impl BurstScratch {
     }
 }
 
+/// The layer a walk in direction `d` reaches at step `step`, if any.
+fn layer_at(policy: &PortPolicy, d: Direction, step: usize) -> Option<&LayerPolicy> {
+    let li = match d {
+        Direction::Out => step,
+        Direction::In => policy.layers.len().checked_sub(step + 1)?,
+    };
+    policy.layers.get(li).map(|l| &**l)
+}
+
 /// Whether classifying ahead can serve a walk in direction `d` through
 /// `policy`: some stateless layer comes before (or is) the first that may
 /// transpose.
 pub fn worthwhile(policy: &PortPolicy, d: Direction) -> bool {
-    let n = policy.layers.len();
-    for step in 0..n.min(PRE_LAYERS) {
-        let li = match d {
-            Direction::Out => step,
-            Direction::In => n - 1 - step,
-        };
-        let Some(layer) = policy.layers.get(li) else {
+    for step in 0..PRE_LAYERS {
+        let Some(layer) = layer_at(policy, d, step) else {
             break;
         };
         if !layer.has_stateful() {

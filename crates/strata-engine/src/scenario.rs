@@ -398,8 +398,14 @@ pub fn acl_layers_port(
         }
         port.add_layer(spec, None)?;
     }
+    Ok((port, probe_targets(&probe_rules, probes)))
+}
+
+/// Up to `n` IPv4 targets aimed at `rules` (`rulegen::packets`, seed 3):
+/// what [`acl_layers_port`] returns for its first group's rules.
+pub fn probe_targets(rules: &[crate::classifier::RuleMatch], n: usize) -> Vec<ProbeTarget> {
     let to4 = |v: u128| (v >> 32 == 0xffff).then(|| Ipv4Addr::from(v as u32));
-    let targets = rulegen::packets(&probe_rules, probes, 3)
+    crate::rulegen::packets(rules, n, 3)
         .into_iter()
         .filter_map(|fv| {
             Some((
@@ -408,6 +414,5 @@ pub fn acl_layers_port(
                 fv.get(Field::DstPort).unwrap_or(80) as u16,
             ))
         })
-        .collect();
-    Ok((port, targets))
+        .collect()
 }

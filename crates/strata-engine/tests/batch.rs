@@ -46,30 +46,13 @@ fn same_as_one_by_one(max_connections: usize, connections: u32) -> Port {
 }
 
 fn same_runs_as_one_by_one(max_connections: usize, runs: Vec<(Direction, Vec<Vec<u8>>)>) -> Port {
-    let (mut one, mut batched) = (port(max_connections), port(max_connections));
-    let mut forwarded = 0;
-    for (d, frames) in runs {
-        let mut bufs: Vec<PacketBuf> = frames.iter().map(|f| PacketBuf::from_frame(f)).collect();
-        let mut verdicts = vec![Verdict::Forward; bufs.len()];
-        batched.process_batch(d, &mut bufs, secs(1), &mut verdicts);
-        for (i, f) in frames.iter().enumerate() {
-            let (v, bytes) = run(&mut one, d, f, secs(1));
-            assert_eq!(verdicts[i], v, "{d:?} frame {i}");
-            if v.is_forward() {
-                forwarded += 1;
-                assert_eq!(bufs[i].as_slice(), &bytes[..], "{d:?} frame {i}");
-            }
-        }
-    }
-    assert!(forwarded > 0);
-    for d in [Direction::Out, Direction::In] {
-        assert_eq!(batched.direction_counters(d), one.direction_counters(d));
-    }
-    assert_eq!(batched.counters().flows, one.counters().flows);
-    batched
-        .verify_flow_state()
-        .expect("batched port's flow state");
-    assert!(batched.direction_counters(Direction::Out).fast_path > 0);
+    let batched = bursts_match_one_by_one(|| port(max_connections), &runs);
+    let (out, inbound) = (
+        batched.direction_counters(Direction::Out),
+        batched.direction_counters(Direction::In),
+    );
+    assert!(out.forwarded + inbound.forwarded > 0);
+    assert!(out.fast_path > 0);
     batched
 }
 
@@ -324,21 +307,7 @@ fn bursts_of_first_packets_classified_ahead_match_frame_by_frame() {
 #[test]
 fn bursts_through_many_large_layers_match_frame_by_frame() {
     let (_, probes) = acl_layers_port(6, 4, 300, 256).expect("port");
-    let first = |i: u32| {
-        let (s, d, dp) = probes[i as usize % probes.len()];
-        tcp(
-            VM_MAC,
-            VM_GW_MAC,
-            s,
-            d,
-            (i % 50_000) as u16 + 1024,
-            dp,
-            0x02,
-            1,
-            0,
-            b"",
-        )
-    };
+    let first = |i: u32| probe_syn(&probes, i);
     let runs: Vec<_> = (0..8u32)
         .map(|b| {
             let mut f: Vec<Vec<u8>> = (b * 32..b * 32 + 31).map(first).collect();

@@ -17,6 +17,25 @@ pub const ACK: u8 = 0x10;
 pub const FIN: u8 = 0x01;
 pub const RST: u8 = 0x04;
 
+/// A new outbound TCP flow's SYN aimed at probe target `i` (cycled), from
+/// the VM's MAC, its source port varying with `i` (the 10 × 10 × 5k
+/// benches' first packets).
+pub fn probe_syn(probes: &[ProbeTarget], i: u32) -> Vec<u8> {
+    let (s, d, dp) = probes[i as usize % probes.len()];
+    tcp(
+        VM_MAC,
+        VM_GW_MAC,
+        s,
+        d,
+        (i % 60000) as u16 + 1024,
+        dp,
+        SYN,
+        1,
+        0,
+        b"",
+    )
+}
+
 /// An IPv4 TCP frame.
 #[allow(clippy::too_many_arguments)]
 pub fn tcp(
