@@ -103,46 +103,6 @@ fn batches_of_every_size_around_the_chunk_and_lookahead() {
     assert_eq!(p.connection_count(), 113);
 }
 
-/// Every counter of the port, by name (rule, layer and meter counters
-/// included), after the flows' pending counts are added.
-fn all_counters(
-    p: &Port,
-) -> Vec<(
-    strata_engine::counters::CounterName,
-    strata_engine::counters::Counter,
-)> {
-    p.counters().arena.all()
-}
-
-/// Batched and frame-by-frame runs of the same frames leave two ports
-/// alike: verdicts, bytes, every counter, the flow tables' state.
-fn bursts_match_one_by_one(make: impl Fn() -> Port, runs: &[(Direction, Vec<Vec<u8>>)]) -> Port {
-    let (mut one, mut batched) = (make(), make());
-    for (d, frames) in runs {
-        let d = *d;
-        let mut bufs: Vec<PacketBuf> = frames.iter().map(|f| PacketBuf::from_frame(f)).collect();
-        let mut verdicts = vec![Verdict::Forward; bufs.len()];
-        batched.process_batch(d, &mut bufs, secs(1), &mut verdicts);
-        for (i, f) in frames.iter().enumerate() {
-            let (v, bytes) = run(&mut one, d, f, secs(1));
-            assert_eq!(verdicts[i], v, "{d:?} frame {i}");
-            if v.is_forward() {
-                assert_eq!(bufs[i].as_slice(), &bytes[..], "{d:?} frame {i}");
-            }
-        }
-    }
-    for d in [Direction::Out, Direction::In] {
-        assert_eq!(batched.direction_counters(d), one.direction_counters(d));
-    }
-    assert_eq!(batched.counters().flows, one.counters().flows);
-    assert_eq!(batched.counters().drops, one.counters().drops);
-    assert_eq!(all_counters(&batched), all_counters(&one));
-    batched
-        .verify_flow_state()
-        .expect("batched port's flow state");
-    batched
-}
-
 /// Four layers, walk order outbound: a stateless screen (blocks ports
 /// 7000-7999 out, 9000-9999 in), a stateful ACL (skipped when classifying
 /// ahead; unsolicited inbound blocked), a stateless NAT that moves ports
