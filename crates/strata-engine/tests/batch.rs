@@ -9,8 +9,7 @@
 mod common;
 use common::*;
 use strata_engine::scenario::*;
-use strata_engine::{Direction, Port, PortConfig, Verdict, secs};
-use strata_packet::PacketBuf;
+use strata_engine::{Direction, Port, PortConfig};
 
 /// Runs of one direction: SYNs of ten connections then their third
 /// packets (so a chunk holds a flow's creation and a packet that needs
