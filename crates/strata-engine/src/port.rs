@@ -1137,6 +1137,8 @@ impl Port {
         burst: &mut BurstScratch,
     ) {
         let n = hashes.len().min(BATCH);
+        // (No frame is, if no layer can be: the slots are only emptied.)
+        let worthwhile = crate::preclassify::worthwhile(&self.policy, d);
         let mut keys: [Option<&Ufid>; BATCH] = [None; BATCH];
         for (k, key) in keys.iter_mut().enumerate().take(n).skip(from) {
             if let (Some(Some(hash)), Some(p), Some(c)) =
@@ -1145,11 +1147,10 @@ impl Port {
                 if k > from + AHEAD {
                     *c = self.uft.peek(*hash);
                 }
-                *key = Some(&p.ufid);
+                if worthwhile {
+                    *key = Some(&p.ufid);
+                }
             }
-        }
-        if !crate::preclassify::worthwhile(&self.policy, d) {
-            keys = [None; BATCH];
         }
         let candidates = &*candidates;
         burst.classify(&self.policy, d, &keys[..n], |i| {
@@ -2235,6 +2236,30 @@ mod tests {
     use super::*;
     use crate::scenario::*;
     use std::net::Ipv4Addr;
+
+    /// A batch's first packets are classified ahead through the layers
+    /// that can be (here both: stateless, nothing transposes), while the
+    /// frames of flows already made, and lone packets, are not.
+    #[test]
+    fn a_batchs_first_packets_are_classified_ahead() {
+        let (mut p, _) = acl_layers_port(2, 2, 50, 16).expect("port");
+        let mut bufs: Vec<PacketBuf> = (0..6).map(|i| PacketBuf::from_frame(&vm_udp(i))).collect();
+        let mut out = vec![Verdict::Forward; bufs.len()];
+        // Flows 0 and 1 made first: their frames have candidates.
+        p.process_batch(Direction::Out, &mut bufs[..2], secs(1), &mut out[..2]);
+        let mut bufs: Vec<PacketBuf> = (0..6).map(|i| PacketBuf::from_frame(&vm_udp(i))).collect();
+        p.process_batch(Direction::Out, &mut bufs, secs(1), &mut out);
+        let ahead: Vec<u32> = (0..6).map(|j| p.burst.results(j).steps_ahead()).collect();
+        assert_eq!(ahead, [0, 0, 0b11, 0b11, 0b11, 0b11]);
+        assert_eq!(p.direction_counters(Direction::Out).slow_path, 6);
+        // One at a time: nothing classified ahead (the scratch untouched).
+        p.process(
+            Direction::Out,
+            &mut PacketBuf::from_frame(&vm_udp(9)),
+            secs(1),
+        );
+        assert_eq!(p.burst.results(2).steps_ahead(), 0b11);
+    }
 
     fn vm_udp(sp: u16) -> Vec<u8> {
         let b = etherparse::PacketBuilder::ethernet2(VM_MAC.0, VM_GW_MAC.0)

@@ -28,10 +28,8 @@ use strata_packet::Ufid;
 /// Layers (in walk order) a burst is classified ahead for.
 pub const PRE_LAYERS: usize = 16;
 
-/// Not classified ahead: the walk classifies the layer itself.
-const NOT_AHEAD: u64 = u64::MAX;
 /// Classified ahead: no rule matched.
-const NO_RULE: u64 = u64::MAX - 1;
+const NO_RULE: u64 = u64::MAX;
 
 /// One packet's layer results, by walk step.
 #[derive(Clone, Copy, Debug)]
@@ -46,23 +44,14 @@ impl PreClassified {
     /// Nothing classified ahead.
     pub const NONE: PreClassified = PreClassified {
         ahead: 0,
-        steps: [NOT_AHEAD; PRE_LAYERS],
+        steps: [NO_RULE; PRE_LAYERS],
     };
 
-    /// The result for walk step `step`, if it was classified ahead.
-    #[inline]
-    pub fn get(&self, step: usize) -> Option<Option<RuleRef>> {
-        if u32::from(self.ahead) >> step.min(31) & 1 == 0 {
-            return None;
-        }
-        match self.steps.get(step).copied().unwrap_or(NOT_AHEAD) {
-            NOT_AHEAD => None,
-            NO_RULE => Some(None),
-            v => Some(Some(RuleRef {
-                group: (v >> 32) as usize,
-                rule: (v & 0xffff_ffff) as usize,
-            })),
-        }
+    /// The result for walk step `step`, if it was classified ahead (what
+    /// the walk reads, as one value).
+    #[cfg(test)]
+    fn get(&self, step: usize) -> Option<Option<RuleRef>> {
+        (self.steps_ahead() >> step.min(31) & 1 != 0).then(|| self.result(step))
     }
 
     /// Bit `s` set for each walk step `s` classified ahead (a walk tests
@@ -76,7 +65,7 @@ impl PreClassified {
     #[inline(always)]
     pub fn result(&self, step: usize) -> Option<RuleRef> {
         match self.steps.get(step).copied().unwrap_or(NO_RULE) {
-            NO_RULE | NOT_AHEAD => None,
+            NO_RULE => None,
             v => Some(RuleRef {
                 group: (v >> 32) as usize,
                 rule: (v & 0xffff_ffff) as usize,
@@ -84,18 +73,17 @@ impl PreClassified {
         }
     }
 
+    /// Record step `step`'s result (left to the walk if it cannot be
+    /// told apart from [`NO_RULE`] or the step is past [`PRE_LAYERS`]).
     fn set(&mut self, step: usize, r: Option<RuleRef>) {
         let v = match r {
             None => NO_RULE,
-            // (Never the sentinels: those need a group of 2^32 - 1.)
             Some(r) if r.group < u32::MAX as usize && r.rule <= u32::MAX as usize => {
                 (r.group as u64) << 32 | r.rule as u64
             }
-            Some(_) => NOT_AHEAD,
+            Some(_) => return,
         };
-        if let Some(s) = self.steps.get_mut(step)
-            && v != NOT_AHEAD
-        {
+        if let Some(s) = self.steps.get_mut(step) {
             *s = v;
             self.ahead |= 1 << step;
         }
