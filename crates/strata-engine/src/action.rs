@@ -12,7 +12,7 @@
 //! given back when the flow ends.
 
 use crate::condition::Field;
-use crate::counters::CounterArena;
+use crate::counters::{BucketName, CounterArena};
 use crate::resource::{ActionState, EventSink, Mapping, Resources};
 use crate::types::{Direction, DropReason, Time};
 use serde::{Deserialize, Serialize};
@@ -537,7 +537,7 @@ impl Action for Meter {
             cx.rule_counter,
             value.unwrap_or(u128::MAX),
             || match value {
-                None => "none".to_string(),
+                None => "none".into(),
                 Some(masked) => self.bucket_name(masked),
             },
             MAX_METER_BUCKETS,
@@ -553,8 +553,8 @@ impl Action for Meter {
 
 impl Meter {
     /// A bucket's display name: an IP (or prefix) for IP fields, else the
-    /// number.
-    fn bucket_name(&self, masked: u128) -> String {
+    /// number (written inline: no allocation).
+    fn bucket_name(&self, masked: u128) -> BucketName {
         let w = self.by.width();
         let len = self.prefix_len.unwrap_or(w);
         if self.by.is_ip() {
@@ -565,12 +565,12 @@ impl Meter {
                 len
             };
             if len == w {
-                ip.to_string()
+                BucketName::display(ip)
             } else {
-                format!("{ip}/{fam_len}")
+                BucketName::display(format_args!("{ip}/{fam_len}"))
             }
         } else {
-            masked.to_string()
+            BucketName::display(masked)
         }
     }
 }

@@ -9,6 +9,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// Packets, bytes and drops of one object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,19 +19,173 @@ pub struct Counter {
     pub drops: u64,
 }
 
-/// What a counter slot counts.
+/// What a counter slot counts. Layer and rule ids are shared (`Arc`): a
+/// meter bucket names its rule with the rule counter's own strings, and
+/// its bucket inline ([`BucketName`]), so making one allocates nothing.
+/// (Encoded as plain strings: snapshots are as before.)
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum CounterName {
     /// Packets that traversed a layer (fast and slow path).
-    Layer { layer: String },
+    Layer { layer: Arc<str> },
     /// Packets of flows a rule decided (fast and slow path).
-    Rule { layer: String, rule: String },
+    Rule { layer: Arc<str>, rule: Arc<str> },
     /// A meter bucket (e.g. per destination) of a meter rule.
     Meter {
-        layer: String,
-        rule: String,
-        bucket: String,
+        layer: Arc<str>,
+        rule: Arc<str>,
+        bucket: BucketName,
     },
+}
+
+/// A meter bucket's name, held inline: an address, a prefix, a number,
+/// `none` or `other`, at most [`BucketName::MAX`] bytes (an IPv6 prefix
+/// takes 43). Compares, hashes and encodes as the string it holds.
+#[derive(Clone, Copy)]
+pub struct BucketName {
+    len: u8,
+    bytes: [u8; BucketName::MAX],
+}
+
+impl BucketName {
+    /// Longest name held.
+    pub const MAX: usize = 47;
+
+    /// `s` as a bucket name, if it fits.
+    pub fn new(s: &str) -> Option<BucketName> {
+        let mut b = BucketName {
+            len: 0,
+            bytes: [0; BucketName::MAX],
+        };
+        b.push(s).ok()?;
+        Some(b)
+    }
+
+    /// `x` as written by `Display`, without a heap allocation; cut at the
+    /// last whole character that fits if longer (no name the meters write
+    /// is).
+    pub fn display(x: impl std::fmt::Display) -> BucketName {
+        use std::fmt::Write;
+        let mut b = BucketName {
+            len: 0,
+            bytes: [0; BucketName::MAX],
+        };
+        let _ = write!(b, "{x}");
+        b
+    }
+
+    pub fn as_str(&self) -> &str {
+        let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
+        // Only whole `str`s (or their first whole characters) are pushed.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    /// Append what fits of `s`, whole characters only; an error if not all.
+    fn push(&mut self, s: &str) -> std::fmt::Result {
+        let at = usize::from(self.len);
+        let room = BucketName::MAX - at;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.bytes[at..at + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n as u8;
+        if n < s.len() {
+            Err(std::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl std::fmt::Write for BucketName {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s)
+    }
+}
+
+impl std::ops::Deref for BucketName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for BucketName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for BucketName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for BucketName {
+    fn eq(&self, other: &BucketName) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for BucketName {}
+
+impl PartialEq<str> for BucketName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialOrd for BucketName {
+    fn partial_cmp(&self, other: &BucketName) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BucketName {
+    fn cmp(&self, other: &BucketName) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Hash for BucketName {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h);
+    }
+}
+
+impl From<&str> for BucketName {
+    /// Cut to [`BucketName::MAX`] bytes if longer (see
+    /// [`BucketName::display`]).
+    fn from(s: &str) -> BucketName {
+        BucketName::display(s)
+    }
+}
+
+impl Serialize for BucketName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for BucketName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BucketName, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BucketName;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "a meter bucket name of at most {} bytes",
+                    BucketName::MAX
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BucketName, E> {
+                BucketName::new(s).ok_or_else(|| E::invalid_length(s.len(), &self))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 // By hand, so that a rule's counter can be found by borrowed names
@@ -38,13 +193,13 @@ pub enum CounterName {
 impl Hash for CounterName {
     fn hash<H: Hasher>(&self, h: &mut H) {
         match self {
-            CounterName::Layer { layer } => (0u8, layer.as_str()).hash(h),
+            CounterName::Layer { layer } => (0u8, &**layer).hash(h),
             CounterName::Rule { layer, rule } => RuleCounter { layer, rule }.hash(h),
             CounterName::Meter {
                 layer,
                 rule,
                 bucket,
-            } => (2u8, layer.as_str(), rule.as_str(), bucket.as_str()).hash(h),
+            } => (2u8, &**layer, &**rule, bucket.as_str()).hash(h),
         }
     }
 }
@@ -65,7 +220,7 @@ impl Hash for RuleCounter<'_> {
 
 impl hashbrown::Equivalent<CounterName> for RuleCounter<'_> {
     fn equivalent(&self, key: &CounterName) -> bool {
-        matches!(key, CounterName::Rule { layer, rule } if layer == self.layer && rule == self.rule)
+        matches!(key, CounterName::Rule { layer, rule } if **layer == *self.layer && **rule == *self.rule)
     }
 }
 
@@ -237,13 +392,11 @@ pub(crate) fn hash_table_bytes(capacity: usize, entry: usize) -> usize {
 impl CounterName {
     fn heap_bytes(&self) -> usize {
         match self {
-            CounterName::Layer { layer } => layer.capacity(),
-            CounterName::Rule { layer, rule } => layer.capacity() + rule.capacity(),
-            CounterName::Meter {
-                layer,
-                rule,
-                bucket,
-            } => layer.capacity() + rule.capacity() + bucket.capacity(),
+            // An `Arc<str>` is its bytes and two counts.
+            CounterName::Layer { layer } => layer.len() + 16,
+            CounterName::Rule { layer, rule } => layer.len() + rule.len() + 32,
+            // Its strings are its rule counter's; its bucket is inline.
+            CounterName::Meter { .. } => 0,
         }
     }
 }
@@ -312,8 +465,8 @@ impl CounterArena {
                 s
             }
             None => self.slot(CounterName::Rule {
-                layer: layer.to_string(),
-                rule: rule.to_string(),
+                layer: layer.into(),
+                rule: rule.into(),
             }),
         }
     }
@@ -416,7 +569,7 @@ impl CounterArena {
                 if let Some(r) = self.by_name.find(&self.names, &RuleCounter { layer, rule })
                     && let Some(n) = self.meter_buckets.get_mut(&r)
                 {
-                    if bucket == OTHER_BUCKET {
+                    if *bucket == *OTHER_BUCKET {
                         n.other = None;
                     } else {
                         n.named = n.named.saturating_sub(1);
@@ -439,14 +592,16 @@ impl CounterArena {
     /// bucket of their own are then found by number; values beyond the cap
     /// are not remembered (so a sender spraying addresses cannot grow the
     /// port's memory): once every bucket of the rule's own is indexed, they
-    /// get the shared bucket without a name being built (no allocation).
+    /// get the shared bucket without a name being built. A new bucket's
+    /// name shares its rule counter's strings: with room reserved
+    /// ([`CounterArena::reserve_meter_buckets`]), nothing is allocated.
     pub fn meter_bucket(
         &mut self,
         layer: &str,
         rule: &str,
         rule_slot: u32,
         value: u128,
-        bucket: impl FnOnce() -> String,
+        bucket: impl FnOnce() -> BucketName,
         cap: usize,
     ) -> u32 {
         if let Some(&s) = self.meter_index.get(&(rule_slot, value)) {
@@ -460,9 +615,10 @@ impl CounterArena {
         if let Some(other) = known.full(cap) {
             return other;
         }
+        let (layer, rule) = self.rule_names(layer, rule, rule_slot);
         let name = CounterName::Meter {
-            layer: layer.to_string(),
-            rule: rule.to_string(),
+            layer: Arc::clone(&layer),
+            rule: Arc::clone(&rule),
             bucket: bucket(),
         };
         let own = match self.by_name.find(&self.names, &name) {
@@ -484,14 +640,69 @@ impl CounterArena {
             }
             None => {
                 let other = self.slot(CounterName::Meter {
-                    layer: layer.to_string(),
-                    rule: rule.to_string(),
+                    layer,
+                    rule,
                     bucket: OTHER_BUCKET.into(),
                 });
                 self.meter_buckets.entry(rule_slot).or_default().other = Some(other);
                 other
             }
         }
+    }
+
+    /// The shared strings naming rule `rule` of layer `layer` in its
+    /// counter slot `rule_slot` (made anew only if the slot names
+    /// something else, which a meter's caller never lets happen).
+    fn rule_names(&self, layer: &str, rule: &str, rule_slot: u32) -> (Arc<str>, Arc<str>) {
+        match self.names.get(rule_slot as usize) {
+            Some(Some(CounterName::Rule { layer: l, rule: r }))
+                if **l == *layer && **r == *rule =>
+            {
+                (Arc::clone(l), Arc::clone(r))
+            }
+            _ => (layer.into(), rule.into()),
+        }
+    }
+
+    /// Room for `buckets` more meter buckets, over at most `rules` meter
+    /// rules without buckets yet: that many new buckets then take no
+    /// allocation (slots, names and the indexes grow into it).
+    pub fn reserve_meter_buckets(&mut self, buckets: usize, rules: usize) {
+        let fresh = buckets.saturating_sub(self.free.len());
+        self.slots.reserve(fresh);
+        // (A slab reserves room in all.)
+        self.names.reserve(self.names.len().saturating_add(fresh));
+        let (names, hasher) = (&self.names, &self.by_name.hasher);
+        self.by_name.table.reserve(buckets, |&x| {
+            use std::hash::BuildHasher;
+            names
+                .get(x as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |n| hasher.hash_one(n))
+        });
+        self.meter_index.reserve(buckets);
+        self.meter_buckets.reserve(rules);
+    }
+
+    /// Heap bytes [`CounterArena::reserve_meter_buckets`] takes for
+    /// `buckets` (a bound: a slot, its name, two index entries at 7/8).
+    pub fn meter_reserve_bytes(buckets: usize) -> usize {
+        let per = size_of::<Counter>()
+            + size_of::<Option<CounterName>>()
+            + (size_of::<u32>() + 1 + size_of::<((u32, u128), u32)>() + 1) * 8 / 7;
+        buckets.saturating_mul(per)
+    }
+
+    /// Buckets meter rule `rule_slot` may still make under `cap`: its own
+    /// up to the cap and its shared one (all of them for a rule without
+    /// buckets yet).
+    pub fn meter_room(&self, rule_slot: u32, cap: usize) -> usize {
+        let known = self
+            .meter_buckets
+            .get(&rule_slot)
+            .copied()
+            .unwrap_or_default();
+        cap.saturating_sub(known.named) + usize::from(known.other.is_none())
     }
 
     /// Values remembered with a bucket of their own (all meter rules).
@@ -591,7 +802,7 @@ impl CounterArena {
                 bucket,
             } = n
                 && let Some(r) = self.by_name.find(&self.names, &RuleCounter { layer, rule })
-                && bucket != OTHER_BUCKET
+                && **bucket != *OTHER_BUCKET
             {
                 self.meter_buckets.entry(r).or_default().named += 1;
             }
@@ -671,7 +882,7 @@ impl PortCounters {
     pub fn layer(&self, layer: &str) -> Counter {
         self.arena
             .get(&CounterName::Layer {
-                layer: layer.to_string(),
+                layer: layer.into(),
             })
             .unwrap_or_default()
     }
@@ -679,8 +890,8 @@ impl PortCounters {
     pub fn rule(&self, layer: &str, rule: &str) -> Counter {
         self.arena
             .get(&CounterName::Rule {
-                layer: layer.to_string(),
-                rule: rule.to_string(),
+                layer: layer.into(),
+                rule: rule.into(),
             })
             .unwrap_or_default()
     }
@@ -695,7 +906,7 @@ impl PortCounters {
                     layer: l,
                     rule: r,
                     bucket,
-                } if l == layer && r == rule => Some((bucket, c)),
+                } if *l == *layer && *r == *rule => Some((bucket.to_string(), c)),
                 _ => None,
             })
             .collect()
@@ -736,6 +947,55 @@ mod tests {
         a.reindex();
         assert_eq!(a.rule_slot("acl", "r2"), borrowed);
         assert_eq!(a.len(), 4);
+    }
+
+    /// A bucket name is its string inline: encoded, ordered and hashed
+    /// as the `String` it replaced (old snapshots decode), the longest
+    /// name a meter writes fits, and a longer one is refused on decode.
+    #[test]
+    fn bucket_names_are_strings_inline() {
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127";
+        let ip: std::net::Ipv6Addr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe".parse().unwrap();
+        let written = BucketName::display(format_args!("{ip}/127"));
+        assert_eq!(written.as_str(), longest);
+        assert_eq!(
+            BucketName::display(u128::MAX).as_str(),
+            u128::MAX.to_string()
+        );
+        for s in ["", "none", "other", "10.1.2.3", longest] {
+            let b = BucketName::new(s).expect("fits");
+            assert_eq!(
+                postcard::to_stdvec(&b).unwrap(),
+                postcard::to_stdvec(&s.to_string()).unwrap()
+            );
+            let back: BucketName = postcard::from_bytes(&postcard::to_stdvec(&s).unwrap()).unwrap();
+            assert_eq!(back, b);
+            let hash = |x: &dyn Fn(&mut std::hash::DefaultHasher)| {
+                let mut h = std::hash::DefaultHasher::new();
+                x(&mut h);
+                h.finish()
+            };
+            assert_eq!(hash(&|h| b.hash(h)), hash(&|h| s.hash(h)));
+        }
+        let mut names = ["10.1.2.3", "9.0.0.1", "other", "10.1.2.30", "none"];
+        let mut buckets: Vec<BucketName> = names.iter().map(BucketName::display).collect();
+        names.sort();
+        buckets.sort();
+        assert!(buckets.iter().map(|b| b.as_str()).eq(names));
+        let long = "x".repeat(BucketName::MAX + 1);
+        assert!(BucketName::new(&long).is_none());
+        assert!(postcard::from_bytes::<BucketName>(&postcard::to_stdvec(&long).unwrap()).is_err());
+        assert_eq!(
+            BucketName::display(&long).len(),
+            BucketName::MAX,
+            "cut to fit"
+        );
+        // Cut at a whole character.
+        let wide = "é".repeat(BucketName::MAX);
+        assert_eq!(
+            BucketName::display(&wide).as_str(),
+            "é".repeat(BucketName::MAX / 2)
+        );
     }
 
     fn rule(layer: &str, rule: &str) -> CounterName {
@@ -817,7 +1077,7 @@ mod tests {
         let m = a.rule_slot("meter", "m");
         let cap = 4;
         let slots: Vec<u32> = (0..6u128)
-            .map(|v| a.meter_bucket("meter", "m", m, v, || v.to_string(), cap))
+            .map(|v| a.meter_bucket("meter", "m", m, v, || BucketName::display(v), cap))
             .collect();
         let other = a
             .find(&CounterName::Meter {
@@ -847,11 +1107,11 @@ mod tests {
 
         // Past the cap, once every bucket of the rule's own is indexed, a
         // new value gets the shared bucket without a name being built.
-        let unnamed = || -> String { panic!("a name built for a value past the cap") };
+        let unnamed = || -> BucketName { panic!("a name built for a value past the cap") };
         assert_eq!(a.meter_bucket("meter", "m", m, 7, unnamed, cap), other);
         for v in [0u128, 1, 3] {
             assert_eq!(
-                b.meter_bucket("meter", "m", m, v, || v.to_string(), cap),
+                b.meter_bucket("meter", "m", m, v, || BucketName::display(v), cap),
                 slots[v as usize]
             );
         }

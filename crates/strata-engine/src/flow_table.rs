@@ -1394,12 +1394,23 @@ impl hashbrown::Equivalent<Arc<FlowAction>> for FlowActionRef<'_> {
 /// rules, meters; drop: the deciding layer and rule), each stored once and
 /// named by a 4-byte id in the flow. Kept apart from [`FlowAction`]: only
 /// flushing counters reads them, never the per-packet path.
+///
+/// A list of up to [`INLINE_COUNTERS`] slots (a four-layer stack's layers,
+/// rules and a meter bucket) is held inline in its entry, so that a new
+/// list, as every new meter bucket brings, takes no allocation once room
+/// is reserved ([`UnifiedFlowTable::reserve_counter_lists`]).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CounterLists {
-    lists: SharedTable<Box<[u32]>>,
+    lists: SharedTable<CounterList>,
     #[serde(skip)]
     seed: TableSeed,
 }
+
+/// Counter slots a list holds without a heap allocation of its own.
+pub const INLINE_COUNTERS: usize = 10;
+
+/// One counter-slot list (encoded as a plain sequence, as before).
+type CounterList = smallvec::SmallVec<[u32; INLINE_COUNTERS]>;
 
 fn list_hash(seed: u64, slots: &[u32]) -> u64 {
     use std::hash::BuildHasher;
@@ -1413,9 +1424,15 @@ impl CounterLists {
         self.lists.acquire(
             list_hash(seed, slots),
             |l| **l == *slots,
-            || slots.into(),
+            || CounterList::from_slice(slots),
             |l| list_hash(seed, l),
         )
+    }
+
+    /// Room for `n` more lists of up to [`INLINE_COUNTERS`] slots.
+    fn reserve(&mut self, n: usize) {
+        let seed = self.seed.get();
+        self.lists.reserve(n, |l| list_hash(seed, l));
     }
 
     pub fn release(&mut self, id: u32) {
@@ -1439,7 +1456,8 @@ impl CounterLists {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.lists.memory_bytes(|l| l.len() * 4)
+        self.lists
+            .memory_bytes(|l| if l.spilled() { l.capacity() * 4 } else { 0 })
     }
 }
 
@@ -2122,6 +2140,18 @@ impl UnifiedFlowTable {
             seed: self.seed,
         };
         self.index.reserve(connections.saturating_mul(2), hashes);
+    }
+
+    /// Room for `n` more counter-slot lists (see [`CounterLists`]): for
+    /// the lists new meter buckets bring (see `Port::reserve`).
+    pub fn reserve_counter_lists(&mut self, n: usize) {
+        self.counter_lists.reserve(n);
+    }
+
+    /// Heap bytes [`UnifiedFlowTable::reserve_counter_lists`] takes for
+    /// `n` lists.
+    pub fn counter_lists_reserve_bytes(n: usize) -> usize {
+        SharedTable::<CounterList>::reserve_bytes(n)
     }
 
     #[cfg(test)]

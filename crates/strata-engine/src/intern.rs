@@ -99,6 +99,25 @@ impl<T> SharedTable<T> {
         self.entries.get(id as usize)?.as_ref()
     }
 
+    /// Room for `n` more values: taking them allocates nothing (but what
+    /// a value holds beyond itself), nor does freeing them all.
+    pub fn reserve(&mut self, n: usize, hash: impl Fn(&T) -> u64) {
+        let fresh = n.saturating_sub(self.free.len());
+        self.entries.reserve(fresh);
+        self.refs.reserve(fresh);
+        // Every id may be freed at once.
+        let ids = self.entries.len() + fresh;
+        self.free.reserve(ids.saturating_sub(self.free.len()));
+        let entries = &self.entries;
+        self.index.reserve(n, |&v| value_hash(entries, &hash, v));
+    }
+
+    /// Heap bytes [`SharedTable::reserve`] takes for `n` values (a bound:
+    /// an entry, its count, a free-list place, an index entry at 7/8).
+    pub fn reserve_bytes(n: usize) -> usize {
+        n.saturating_mul(size_of::<Option<T>>() + 8 + (size_of::<u32>() + 1) * 8 / 7)
+    }
+
     /// Values in use.
     pub fn len(&self) -> usize {
         self.entries.len() - self.free.len()

@@ -19,9 +19,9 @@
 //! their layer's generation: a flow whose rule (same id, same content) still
 //! decides its origin key is kept — NAT affinity survives unrelated changes.
 
-use crate::action::{ActionCx, ActionOutput, ActionRegistry};
+use crate::action::{ActionCx, ActionOutput, ActionRegistry, ActionSpec, MAX_METER_BUCKETS};
 use crate::condition::FieldValues;
-use crate::counters::{CounterName, PortCounters};
+use crate::counters::{CounterArena, CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
@@ -321,7 +321,12 @@ impl Port {
                     .map(|p| PortPool::reserve_bytes(p.size()))
                     .sum(),
             )
-            .saturating_sub(self.flow_memory().total());
+            .saturating_sub(self.flow_memory().total())
+            .saturating_add({
+                let buckets = self.meter_bucket_room(connections);
+                CounterArena::meter_reserve_bytes(buckets)
+                    .saturating_add(UnifiedFlowTable::counter_lists_reserve_bytes(buckets))
+            });
         if let Some(available) = crate::host_memory::available()
             && needed > available
         {
@@ -346,7 +351,50 @@ impl Port {
         for (uid, _) in stateful {
             self.reserve_layer_table(uid);
         }
+        self.reserve_meter_buckets();
         Ok(())
+    }
+
+    /// Room in the counter arena for the meter buckets the reserved
+    /// connections may make (each meter rule's buckets still to come under
+    /// its cap, and no more than one per meter layer for each walk of a
+    /// connection's two directions), and for the counter lists of the
+    /// flows that make them. (Called again as meter rules come.)
+    fn reserve_meter_buckets(&mut self) {
+        if self.reserved == 0 {
+            return;
+        }
+        let (buckets, rules) = self.meter_buckets_reserved_for(self.reserved);
+        self.counters.arena.reserve_meter_buckets(buckets, rules);
+        // A flow counting into a new bucket names a new counter list.
+        self.uft.reserve_counter_lists(buckets);
+    }
+
+    /// The meter buckets [`Port::reserve`] makes room for (with a counter
+    /// list each) when reserving `connections` under the current policy.
+    pub fn meter_bucket_room(&self, connections: usize) -> usize {
+        self.meter_buckets_reserved_for(connections).0
+    }
+
+    /// The meter buckets to make room for when reserving `connections`,
+    /// and the meter rules they are for.
+    fn meter_buckets_reserved_for(&self, connections: usize) -> (usize, usize) {
+        let arena = &self.counters.arena;
+        let (mut buckets, mut rules, mut layers) = (0usize, 0, 0);
+        for layer in &self.policy.layers {
+            let before = rules;
+            for g in layer.groups() {
+                for (rule, crule) in g.group.rules.iter().zip(&g.rules) {
+                    if matches!(rule.action, ActionSpec::Meter { .. }) {
+                        rules += 1;
+                        buckets = buckets
+                            .saturating_add(arena.meter_room(crule.counter(), MAX_METER_BUCKETS));
+                    }
+                }
+            }
+            layers += usize::from(rules > before);
+        }
+        (buckets.min(connections.saturating_mul(2 * layers)), rules)
     }
 
     /// Connections the port was last sized for with [`Port::reserve`]
@@ -665,6 +713,7 @@ impl Port {
         }
         check_unique_rules(&spec.id, prepared.iter().map(|p| &p.0.group))?;
         let stateful = prepared.iter().any(|p| p.0.has_stateful);
+        let meters = prepared.iter().any(|p| has_meter_rules(&p.0.group));
         if stateful {
             let transposes = prepared.iter().any(|p| p.0.may_transpose);
             self.check_layer_reservation(&spec.id, None, true, transposes)?;
@@ -673,7 +722,7 @@ impl Port {
         let uid = self.next_layer_uid;
         self.next_layer_uid += 1;
         let counter = self.counters.arena.slot(CounterName::Layer {
-            layer: spec.id.clone(),
+            layer: spec.id.as_str().into(),
         });
         let groups = prepared
             .into_iter()
@@ -697,6 +746,9 @@ impl Port {
             .insert(at, (uid, LayerFlowTable::default()));
         if stateful {
             self.reserve_layer_table(uid);
+        }
+        if meters {
+            self.reserve_meter_buckets();
         }
         Ok(())
     }
@@ -818,9 +870,13 @@ impl Port {
         let pos = pos.ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
         unique.unwrap_or(Ok(()))?;
         let sizing = self.check_group_reservation(pos, &prepared)?;
+        let meters = has_meter_rules(&prepared.0.group);
         self.swap_group(pos, layer, prepared, &known);
         if sizing {
             self.reserve_layer_table(self.policy.layers[pos].uid);
+        }
+        if meters {
+            self.reserve_meter_buckets();
         }
         Ok(())
     }
@@ -848,9 +904,13 @@ impl Port {
             check_unique_rules(layer, with_others(current, &prepared.0.group))?;
         }
         let sizing = self.check_group_reservation(pos, &prepared)?;
+        let meters = has_meter_rules(&prepared.0.group);
         self.swap_group(pos, layer, prepared, known.as_deref().unwrap_or(&[]));
         if sizing {
             self.reserve_layer_table(self.policy.layers[pos].uid);
+        }
+        if meters {
+            self.reserve_meter_buckets();
         }
         Ok(())
     }
@@ -2229,6 +2289,14 @@ pub(crate) fn check_unique_rules<'a>(
         }
     }
     Ok(())
+}
+
+/// Does `g` hold a meter rule (whose buckets a reservation makes room
+/// for)?
+fn has_meter_rules(g: &Group) -> bool {
+    g.rules
+        .iter()
+        .any(|r| matches!(r.action, ActionSpec::Meter { .. }))
 }
 
 #[cfg(test)]

@@ -199,15 +199,15 @@ impl Port {
                 .map_err(|e| ApiError::Snapshot(format!("bad layer spec: {e}")))?;
             let (uid, generation) = (l.uid, l.generation);
             let counter = counters.arena.slot(CounterName::Layer {
-                layer: spec.id.clone(),
+                layer: spec.id.as_str().into(),
             });
             let mut groups = Vec::with_capacity(spec.groups.len());
             for g in spec.groups {
                 let mut cg = g.prepare(&registry)?.0;
                 for (r, c) in cg.group.rules.iter().zip(cg.rules.iter_mut()) {
                     let slot = counters.arena.slot(CounterName::Rule {
-                        layer: spec.id.clone(),
-                        rule: r.id.clone(),
+                        layer: spec.id.as_str().into(),
+                        rule: r.id.as_str().into(),
                     });
                     c.set_counter(slot);
                 }

@@ -158,6 +158,7 @@ fn reserving_beyond_memory_or_numbering_is_refused_and_changes_nothing() {
 /// off would refuse what fits, or let through what does not.
 #[test]
 fn a_reservation_holds_the_bytes_it_was_checked_for() {
+    use strata_engine::action::MAX_METER_BUCKETS;
     use strata_engine::flow_table::{LayerFlowTable, UnifiedFlowTable};
     for n in [40_000, 100_000] {
         let mut p = port();
@@ -166,9 +167,15 @@ fn a_reservation_holds_the_bytes_it_was_checked_for() {
         let held = p.flow_memory().total() - before;
         // Two layers hold stateful rules: the ACL and SLB NAT, whose rules
         // transpose (its map of extra parts is sized too).
+        // And a counter list for each meter bucket to come: the meter
+        // layer's two rules may make 65,537 each, one per connection and
+        // direction at most.
+        let buckets = p.meter_bucket_room(n);
+        assert_eq!(buckets, (2 * n).min(2 * (MAX_METER_BUCKETS + 1)));
         let expected = UnifiedFlowTable::reserve_bytes(n)
             + 2 * LayerFlowTable::reserve_bytes(n)
-            + LayerFlowTable::extras_reserve_bytes(n);
+            + LayerFlowTable::extras_reserve_bytes(n)
+            + UnifiedFlowTable::counter_lists_reserve_bytes(buckets);
         let off = held.abs_diff(expected) as f64 / expected as f64;
         assert!(off < 0.02, "{n}: held {held}, expected {expected}");
     }
@@ -626,6 +633,8 @@ fn reservations_stay_within_the_memory_cgroups_limit() {
 /// The child's part: move into `dir`, then reserve up to and past its
 /// limit.
 fn in_limited_cgroup(dir: &std::path::Path) {
+    use strata_engine::action::MAX_METER_BUCKETS;
+    use strata_engine::counters::CounterArena;
     use strata_engine::flow_table::{LayerFlowTable, UnifiedFlowTable};
     use strata_engine::host_memory::available;
     std::fs::write(dir.join("cgroup.procs"), "0").expect("move into the cgroup");
@@ -640,10 +649,15 @@ fn in_limited_cgroup(dir: &std::path::Path) {
     };
     let mut p = four_layer_port(cfg, 0).expect("port");
     install_mappings(&mut p, 4).expect("mappings");
-    // The four-layer port's reservation: the unified flows and two
-    // stateful layers' tables.
-    let bytes =
-        |n: usize| UnifiedFlowTable::reserve_bytes(n) + 2 * LayerFlowTable::reserve_bytes(n);
+    // The four-layer port's reservation: the unified flows, two stateful
+    // layers' tables, and room for its two meter rules' buckets.
+    let bytes = |n: usize| {
+        let buckets = (2 * n).min(2 * (MAX_METER_BUCKETS + 1));
+        UnifiedFlowTable::reserve_bytes(n)
+            + 2 * LayerFlowTable::reserve_bytes(n)
+            + CounterArena::meter_reserve_bytes(buckets)
+            + UnifiedFlowTable::counter_lists_reserve_bytes(buckets)
+    };
     match p.reserve(1 << 22) {
         Err(ApiError::ReserveBeyondMemory {
             needed, available, ..
@@ -746,4 +760,105 @@ fn in_limited_cgroup(dir: &std::path::Path) {
         assert!(p.process(d, &mut buf, secs(2)).is_forward());
     }
     println!("reserved {n} connections in {room} bytes; all refused within the cgroup");
+}
+
+/// A port with one meter layer: `rule` counts per value of `by`.
+fn metered_port(rule: &str, by: strata_engine::condition::Field) -> Port {
+    let mut p = Port::new(
+        "metered",
+        PortConfig {
+            max_connections: 100_000,
+            ..PortConfig::default()
+        },
+    );
+    p.add_layer(meter_layer("meter", rule, by), None)
+        .expect("a meter layer");
+    p
+}
+
+fn meter_layer(layer: &str, rule: &str, by: strata_engine::condition::Field) -> LayerSpec {
+    let mut l = LayerSpec::new(layer, DefaultAction::Allow, DefaultAction::Allow);
+    l.groups.push(
+        Group::new("per-value", Direction::Out).with_rules(vec![Rule::new(
+            rule,
+            1,
+            vec![],
+            ActionSpec::Meter {
+                by,
+                prefix_len: None,
+            },
+        )]),
+    );
+    l
+}
+
+/// One outbound SYN to each destination `first..first + n` (from
+/// 20.0.0.0 on), to port `dport`.
+fn to_destinations(first: u32, n: u32, dport: u16) -> Vec<(Direction, Vec<u8>)> {
+    (first..first + n)
+        .map(|i| {
+            let dst = std::net::Ipv4Addr::from(0x1400_0000 + i);
+            (Direction::Out, vm_tcp(dst, 40_000, dport, SYN, 1, 0, b""))
+        })
+        .collect()
+}
+
+/// New destinations below a meter rule's bucket cap get buckets of their
+/// own; on a reserved port making them allocates nothing (the bucket's
+/// name is inline, its rule's strings shared, the arena's room reserved),
+/// also for a meter layer added after the reservation. The same traffic
+/// through a port left to grow allocates.
+#[test]
+fn new_meter_buckets_allocate_nothing_on_a_reserved_port() {
+    use strata_engine::action::MAX_METER_BUCKETS;
+    use strata_engine::condition::Field;
+    let mut reserved = metered_port("dst", Field::DstIp);
+    let mut growing = metered_port("dst", Field::DstIp);
+    // Ten destinations first: the verdict's shared action and the like
+    // are made once, by the first packets.
+    for p in [&mut reserved, &mut growing] {
+        allocations_running(p, &to_destinations(0, 10, 80));
+    }
+    // Room for the buckets to come: the meter rule's cap and its shared
+    // one, less the ten made (fewer than two per connection and
+    // direction).
+    reserved.reserve(100_000).expect("within the limit");
+    assert_eq!(
+        reserved.meter_bucket_room(100_000),
+        MAX_METER_BUCKETS + 1 - 10
+    );
+    let held = reserved.counter_memory_bytes();
+    let fresh = to_destinations(10, 20_000, 80);
+    assert_eq!(allocations_running(&mut reserved, &fresh), 0);
+    assert!(allocations_running(&mut growing, &fresh) > 0);
+    assert_eq!(
+        reserved.counter_memory_bytes(),
+        held,
+        "the buckets took the reserved room"
+    );
+    for p in [&reserved, &growing] {
+        let buckets = p.counters().meter("meter", "dst");
+        assert_eq!(buckets.len(), 20_010);
+        assert_eq!(buckets["20.0.0.0"].packets, 1);
+        assert_eq!(buckets["20.0.78.41"].packets, 1, "destination 20,009");
+    }
+
+    // A second meter layer, by destination port, after the reservation:
+    // its buckets get room of their own. 50,000 new destinations to as
+    // many ports make 100,000 buckets, past the first room.
+    reserved
+        .add_layer(meter_layer("ports", "dport", Field::DstPort), None)
+        .expect("a meter layer");
+    let ports: Vec<_> = (0..50_000u16)
+        .flat_map(|i| to_destinations(30_000 + u32::from(i), 1, 1_000 + i))
+        .collect();
+    assert_eq!(allocations_running(&mut reserved, &ports), 0);
+    let buckets = reserved.counters().meter("ports", "dport");
+    assert_eq!(buckets.len(), 50_000);
+    assert_eq!(buckets["50999"].packets, 1);
+    assert_eq!(
+        reserved.counters().meter("meter", "dst").len(),
+        MAX_METER_BUCKETS + 1,
+        "destinations up to the cap, then the shared bucket"
+    );
 }
