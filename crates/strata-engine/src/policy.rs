@@ -12,7 +12,7 @@ use crate::action::{Action, ActionRegistry, ActionSpec, CompileError};
 use crate::classifier::{self, GroupClassifier, MatchType};
 use crate::condition::{Condition, FieldValues, all_match};
 use crate::error::{ApiError, check_id};
-use crate::types::{Direction, DropReason, Time, secs};
+use crate::types::{Direction, DropReason, NANOS_PER_SEC, Time, secs};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash};
@@ -301,6 +301,14 @@ impl Group {
                     fingerprint: r.fingerprint(),
                     counter: u32::MAX,
                 }),
+                brief: RuleBrief {
+                    counter: u32::MAX,
+                    fixed: action.fixed_verdict(),
+                    stateful: r.stateful,
+                    ttl: r
+                        .ttl_secs
+                        .map_or(NO_TTL, |t| t.saturating_mul(NANOS_PER_SEC).min(NO_TTL - 1)),
+                },
                 action,
             });
         }
@@ -325,15 +333,48 @@ pub struct RuleIdentity {
 pub struct CompiledRule {
     pub identity: Arc<RuleIdentity>,
     pub action: Arc<dyn Action>,
+    brief: RuleBrief,
 }
+
+/// What the slow path reads of a rule that matched, beside the rule's
+/// action pointer: whether it needs its action called, its counter, its
+/// state flag and TTL. The rule itself, its identity and its action are
+/// three lines further away, each missed on a first packet through many
+/// layers of large groups, whose tree walks push them out of the first
+/// level cache (16 bytes a rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RuleBrief {
+    counter: u32,
+    /// The action's [`Action::fixed_verdict`], asked once.
+    fixed: Option<Result<(), DropReason>>,
+    stateful: bool,
+    /// Flow TTL in nanoseconds ([`NO_TTL`] for none); a TTL past what
+    /// nanoseconds hold saturates (below `NO_TTL`).
+    ttl: Time,
+}
+
+/// [`RuleBrief::ttl`] of a rule without a TTL of its own.
+const NO_TTL: Time = Time::MAX;
 
 impl CompiledRule {
     /// The action's [`Action::fixed_verdict`]: the slow path skips the
-    /// action call for plain allow and block rules. (Asked per use, not
-    /// stored: a field would grow every compiled rule by a third.)
+    /// action call for plain allow and block rules.
     #[inline]
     pub fn fixed(&self) -> Option<Result<(), DropReason>> {
-        self.action.fixed_verdict()
+        self.brief.fixed
+    }
+
+    /// Whether the rule makes layer flows (its `Rule::stateful`).
+    #[inline]
+    pub fn stateful(&self) -> bool {
+        self.brief.stateful
+    }
+
+    /// The idle TTL of the flows the rule decides (its `Rule::ttl_secs`),
+    /// if it sets one.
+    #[inline]
+    pub fn ttl(&self) -> Option<Time> {
+        (self.brief.ttl != NO_TTL).then_some(self.brief.ttl)
     }
 
     /// The rule's id, shared by every layer flow it creates.
@@ -346,13 +387,15 @@ impl CompiledRule {
     }
 
     /// The rule's counter slot in the port's arena.
+    #[inline]
     pub fn counter(&self) -> u32 {
-        self.identity.counter
+        self.brief.counter
     }
 
     /// Assign the counter slot (when the rule joins a port).
     pub fn set_counter(&mut self, counter: u32) {
         Arc::make_mut(&mut self.identity).counter = counter;
+        self.brief.counter = counter;
     }
 }
 
@@ -627,6 +670,13 @@ impl LayerPolicy {
             },
             terminating,
         ))
+    }
+
+    /// The compiled part of rule `r` (what the slow path decides most
+    /// rules with, without reading the rule).
+    #[inline]
+    pub fn compiled_rule(&self, r: RuleRef) -> Option<&CompiledRule> {
+        self.groups.get(r.group)?.rules.get(r.rule)
     }
 
     pub fn rule(&self, r: RuleRef) -> Option<(&Rule, &CompiledRule, &Group)> {

@@ -39,7 +39,7 @@ use crate::resource::{
 };
 use crate::tcp::{TcpConn, TcpState};
 use crate::trace::{LayerDecision, LayerTrace, Trace};
-use crate::types::{Direction, DropReason, Time, Verdict, secs};
+use crate::types::{Direction, DropReason, Time, Verdict};
 use crossbeam_channel::Receiver;
 use smallvec::{SmallVec, smallvec};
 use std::net::IpAddr;
@@ -1767,16 +1767,17 @@ impl Port {
             };
             // A stateless allow or block rule needs no action call: its
             // verdict is all there is to it.
+            // (Read from the compiled rule alone: see `RuleBrief`.)
             if !trace
-                && let Some((rule, crule, _)) = layer.rule(rref)
+                && let Some(crule) = layer.compiled_rule(rref)
                 && let Some(verdict) = crule.fixed()
-                && (!rule.stateful || mode == Mode::DryRun || verdict.is_err())
+                && (!crule.stateful() || mode == Mode::DryRun || verdict.is_err())
             {
                 if let Err(reason) = verdict {
                     sim.rule_drop(reason, li, layer.counter, crule.counter());
                     break;
                 }
-                sim.rule_pass(layer.counter, crule.counter(), rule.ttl_secs.map(secs));
+                sim.rule_pass(layer.counter, crule.counter(), crule.ttl());
                 continue;
             }
             let mut lf = None;
@@ -1814,7 +1815,7 @@ impl Port {
             for &c in &out.counters {
                 sim.counters.push(c);
             }
-            sim.rule_pass(layer.counter, crule.counter(), rule.ttl_secs.map(secs));
+            sim.rule_pass(layer.counter, crule.counter(), crule.ttl());
             if !out.transposition.is_identity() {
                 sim.compose(out.transposition);
                 changed = true;
@@ -1873,7 +1874,7 @@ impl Port {
             &out.transposition,
             &out.counters,
             std::mem::take(&mut out.state),
-            rule.ttl_secs.map(secs),
+            crule.ttl(),
         );
         let uid = layer.uid;
         let Some(table) = table_in(&mut self.layer_flows, uid) else {
@@ -2303,6 +2304,7 @@ fn has_meter_rules(g: &Group) -> bool {
 mod tests {
     use super::*;
     use crate::scenario::*;
+    use crate::types::secs;
     use std::net::Ipv4Addr;
 
     /// A batch's first packets are classified ahead through the layers

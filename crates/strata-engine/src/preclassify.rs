@@ -154,8 +154,8 @@ impl BurstScratch {
                     let dropped = match r {
                         None => layer.default_for(d) == DefaultAction::Block,
                         Some(r) => layer
-                            .rule(r)
-                            .and_then(|(_, cr, _)| cr.fixed())
+                            .compiled_rule(r)
+                            .and_then(|cr| cr.fixed())
                             .is_some_and(|v| v.is_err()),
                     };
                     if dropped {

@@ -85,3 +85,47 @@ fn cycles_of_small_calls_do_what_one_expire_does() {
         assert_eq!(c.counters().dir, a.counters().dir);
     }
 }
+
+/// A rule's TTL bounds the idle time of the flows it decides, and a TTL
+/// longer than nanoseconds count saturates: 20 billion seconds once
+/// wrapped to 49 years when turned into nanoseconds.
+#[test]
+fn rule_ttls_bound_idle_time_and_saturate() {
+    use std::net::Ipv4Addr;
+    use strata_engine::condition::{Condition, Field};
+    use strata_engine::{ActionSpec, DefaultAction, Direction, Group, LayerSpec, Rule};
+    let mut p = Port::new("ttl", PortConfig::default());
+    let mut acl = LayerSpec::new("acl", DefaultAction::Allow, DefaultAction::Allow);
+    acl.groups
+        .push(Group::new("g", Direction::Out).with_rules(vec![
+        Rule::new(
+            "short",
+            1,
+            vec![Condition::exact(Field::DstPort, 53)],
+            ActionSpec::Allow,
+        )
+        .ttl(5),
+        Rule::new("long", 2, vec![], ActionSpec::Allow).ttl(20_000_000_000),
+    ]));
+    p.add_layer(acl, None).expect("layer");
+    let to = |dp: u16| {
+        udp(
+            VM_MAC,
+            VM_GW_MAC,
+            VM_CA,
+            Ipv4Addr::new(10, 9, 9, 9),
+            4000,
+            dp,
+            b"x",
+        )
+    };
+    for dp in [53, 54] {
+        assert!(forwards(&mut p, Direction::Out, &to(dp), secs(1)));
+    }
+    assert_eq!(p.connection_count(), 2);
+    p.expire(secs(7));
+    assert_eq!(p.connection_count(), 1, "the 5 s rule's flow went idle");
+    const YEAR: u64 = 365 * 24 * 3600;
+    p.expire(secs(60 * YEAR));
+    assert_eq!(p.connection_count(), 1, "the long rule's flow stays");
+}
