@@ -56,6 +56,15 @@ pub enum ApiError {
         needed: usize,
         available: usize,
     },
+    #[error(
+        "layer {layer} would hold meter rules on a port reserved for {connections} connections: room for their buckets needs {needed} more bytes, and this process has {available} bytes available (free memory, within its cgroups' limits)"
+    )]
+    MetersBeyondReservation {
+        layer: String,
+        connections: usize,
+        needed: usize,
+        available: usize,
+    },
     #[error("snapshot error: {0}")]
     Snapshot(String),
 }

@@ -355,6 +355,29 @@ impl Port {
         Ok(())
     }
 
+    /// Can layer `layer` take `rules` more meter rules? On a reserved port
+    /// the room for their buckets (see [`Port::reserve_meter_buckets`]) is
+    /// made as they are installed, and the memory for it must be there.
+    fn check_meter_reservation(&self, layer: &str, rules: usize) -> Result<(), ApiError> {
+        if self.reserved == 0 || rules == 0 {
+            return Ok(());
+        }
+        let buckets = rules
+            .saturating_mul(MAX_METER_BUCKETS + 1)
+            .min(self.reserved.saturating_mul(2));
+        let needed = CounterArena::meter_reserve_bytes(buckets)
+            .saturating_add(UnifiedFlowTable::counter_lists_reserve_bytes(buckets));
+        match crate::host_memory::available() {
+            Some(available) if needed > available => Err(ApiError::MetersBeyondReservation {
+                layer: layer.into(),
+                connections: self.reserved,
+                needed,
+                available,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Room in the counter arena for the meter buckets the reserved
     /// connections may make (each meter rule's buckets still to come under
     /// its cap, and no more than one per meter layer for each walk of a
@@ -495,6 +518,7 @@ impl Port {
         if sizing {
             self.check_layer_reservation(&layer.id, Some(layer.uid), becomes_stateful, transposes)?;
         }
+        self.check_meter_reservation(&layer.id, meter_rules(&g.group))?;
         Ok(sizing)
     }
 
@@ -713,11 +737,12 @@ impl Port {
         }
         check_unique_rules(&spec.id, prepared.iter().map(|p| &p.0.group))?;
         let stateful = prepared.iter().any(|p| p.0.has_stateful);
-        let meters = prepared.iter().any(|p| has_meter_rules(&p.0.group));
+        let meters: usize = prepared.iter().map(|p| meter_rules(&p.0.group)).sum();
         if stateful {
             let transposes = prepared.iter().any(|p| p.0.may_transpose);
             self.check_layer_reservation(&spec.id, None, true, transposes)?;
         }
+        self.check_meter_reservation(&spec.id, meters)?;
         let generation = self.bump();
         let uid = self.next_layer_uid;
         self.next_layer_uid += 1;
@@ -747,7 +772,7 @@ impl Port {
         if stateful {
             self.reserve_layer_table(uid);
         }
-        if meters {
+        if meters > 0 {
             self.reserve_meter_buckets();
         }
         Ok(())
@@ -870,7 +895,7 @@ impl Port {
         let pos = pos.ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
         unique.unwrap_or(Ok(()))?;
         let sizing = self.check_group_reservation(pos, &prepared)?;
-        let meters = has_meter_rules(&prepared.0.group);
+        let meters = meter_rules(&prepared.0.group) > 0;
         self.swap_group(pos, layer, prepared, &known);
         if sizing {
             self.reserve_layer_table(self.policy.layers[pos].uid);
@@ -904,7 +929,7 @@ impl Port {
             check_unique_rules(layer, with_others(current, &prepared.0.group))?;
         }
         let sizing = self.check_group_reservation(pos, &prepared)?;
-        let meters = has_meter_rules(&prepared.0.group);
+        let meters = meter_rules(&prepared.0.group) > 0;
         self.swap_group(pos, layer, prepared, known.as_deref().unwrap_or(&[]));
         if sizing {
             self.reserve_layer_table(self.policy.layers[pos].uid);
@@ -2292,12 +2317,12 @@ pub(crate) fn check_unique_rules<'a>(
     Ok(())
 }
 
-/// Does `g` hold a meter rule (whose buckets a reservation makes room
-/// for)?
-fn has_meter_rules(g: &Group) -> bool {
+/// The meter rules of `g` (whose buckets a reservation makes room for).
+fn meter_rules(g: &Group) -> usize {
     g.rules
         .iter()
-        .any(|r| matches!(r.action, ActionSpec::Meter { .. }))
+        .filter(|r| matches!(r.action, ActionSpec::Meter { .. }))
+        .count()
 }
 
 #[cfg(test)]

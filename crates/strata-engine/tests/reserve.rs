@@ -752,6 +752,44 @@ fn in_limited_cgroup(dir: &std::path::Path) {
         other => panic!("{other:?}"),
     }
     assert_eq!(state(&p), before, "the port is as it was");
+    // Meter rules whose buckets' room would not fit in what is left:
+    // refused too, as a new layer and as a group, changing nothing.
+    let meters = |k: u32| {
+        Group::new("meters", Direction::Out).with_rules(
+            (0..k)
+                .map(|i| {
+                    let by = strata_engine::condition::Field::DstIp;
+                    let action = ActionSpec::Meter {
+                        by,
+                        prefix_len: None,
+                    };
+                    Rule::new(&format!("m{i}"), i, vec![], action)
+                })
+                .collect(),
+        )
+    };
+    let mut metered = LayerSpec::new("metered", DefaultAction::Allow, DefaultAction::Allow);
+    metered.groups.push(meters(10));
+    let layers = p.layer_ids();
+    for e in [
+        p.add_layer(metered, None).unwrap_err(),
+        p.set_group("later", meters(10)).unwrap_err(),
+    ] {
+        match e {
+            ApiError::MetersBeyondReservation {
+                connections,
+                needed,
+                available,
+                ..
+            } => {
+                assert_eq!(connections, n);
+                assert!(needed > available, "{needed} {available}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(p.layer_ids(), layers, "nothing added");
+    assert_eq!(state(&p), before, "the port is as it was");
     assert_eq!(p.connection_count(), 10);
     // The port works on: a connection through it.
     let mut buf = PacketBuf::with_capacity(2048);
