@@ -151,6 +151,7 @@ impl Port {
 
     fn end_expiry_cycle(&mut self) {
         self.sweep.cursor = 0;
+        self.refresh_flow_layers();
         self.flow_actions.retain(|a| Arc::strong_count(a) > 1);
         if let Some(m) = self.sweep.marks.take()
             && m.retirements == self.counters.arena.retirements()

@@ -87,6 +87,12 @@ pub struct Port {
     pub(crate) events: EventSink,
     /// Layer flow tables by layer uid.
     pub(crate) layer_flows: Vec<(u32, LayerFlowTable)>,
+    /// Bit `i` clear: the layer at policy position `i` holds no layer
+    /// flows, and a walk does not look there (its table is a line or two
+    /// of its own: one miss per layer on a first packet). Set by each
+    /// insert, worked out again where positions shift and after expiry;
+    /// layers past the 64th are always looked up.
+    pub(crate) flow_layers: u64,
     pub(crate) uft: UnifiedFlowTable,
     pub(crate) counters: PortCounters,
     /// Interned actions of unified flows (see [`FlowAction`]).
@@ -200,6 +206,7 @@ impl Port {
             resources: Resources::default(),
             events: EventSink::default(),
             layer_flows: Vec::new(),
+            flow_layers: u64::MAX,
             uft: UnifiedFlowTable::default(),
             counters: PortCounters::default(),
             flow_actions: Default::default(),
@@ -594,6 +601,16 @@ impl Port {
         if let Some((uid, _)) = self.layer_flows.iter().find(|(_, t)| t.has_fresh_key()) {
             return Err(format!("layer {uid}: a new flow's key was never settled"));
         }
+        // A walk skips a layer whose bit is clear: its table must be empty.
+        for (i, layer) in self.policy.layers.iter().enumerate() {
+            if !self.may_hold_flows(i) && self.flow_table(layer.uid).is_some_and(|t| !t.is_empty())
+            {
+                return Err(format!(
+                    "layer {}: holds flows a walk would not look for",
+                    layer.id
+                ));
+            }
+        }
         self.check_layer_flow_holders()?;
         self.uft.verify_shared()
     }
@@ -769,6 +786,7 @@ impl Port {
         let at = pos.min(self.layer_flows.len());
         self.layer_flows
             .insert(at, (uid, LayerFlowTable::default()));
+        self.refresh_flow_layers();
         if stateful {
             self.reserve_layer_table(uid);
         }
@@ -798,7 +816,25 @@ impl Port {
                 self.resources.release(f.state());
             }
         }
+        self.refresh_flow_layers();
         Ok(())
+    }
+
+    /// Work [`Port::flow_layers`] out from the tables.
+    pub(crate) fn refresh_flow_layers(&mut self) {
+        let mut bits = 0u64;
+        for (i, layer) in self.policy.layers.iter().enumerate().take(64) {
+            if self.flow_table(layer.uid).is_some_and(|t| !t.is_empty()) {
+                bits |= 1 << i;
+            }
+        }
+        self.flow_layers = bits;
+    }
+
+    /// May the layer at policy position `li` hold layer flows?
+    #[inline]
+    fn may_hold_flows(&self, li: usize) -> bool {
+        li >= 64 || self.flow_layers >> li & 1 != 0
     }
 
     /// Change a layer's default actions.
@@ -1719,8 +1755,9 @@ impl Port {
                 None if any_early => early.get(step),
                 _ => None,
             };
-            if let Some((slot, side, origin)) =
-                self.layer_flow_hit(layer, li, d, local, now, mode, &mut miss_hash)
+            if self.may_hold_flows(li)
+                && let Some((slot, side, origin)) =
+                    self.layer_flow_hit(layer, li, d, local, now, mode, &mut miss_hash)
             {
                 let Some(f) = self.flow_table_at(layer.uid, li).and_then(|t| t.get(slot)) else {
                     continue;
@@ -1806,7 +1843,7 @@ impl Port {
                 continue;
             }
             let mut lf = None;
-            let out = self.run_rule(layer, rref, d, local, miss_hash, now, mode, &mut lf);
+            let out = self.run_rule(layer, li, rref, d, local, miss_hash, now, mode, &mut lf);
             let Some((rule, crule, group)) = layer.rule(rref) else {
                 continue;
             };
@@ -1854,13 +1891,15 @@ impl Port {
     }
 
     /// Run a rule's action for `local`; a stateful rule that allows creates
-    /// a layer flow pair (in create mode), whose slot goes to `created`.
-    /// `hash` is `local`'s layer-flow hash in direction `d`, if the lookup
-    /// that missed computed it. Returns the output.
+    /// a layer flow pair (in create mode) in `layer`'s table (the layer is
+    /// at policy position `li`), whose slot goes to `created`. `hash` is
+    /// `local`'s layer-flow hash in direction `d`, if the lookup that
+    /// missed computed it. Returns the output.
     #[allow(clippy::too_many_arguments)]
     fn run_rule(
         &mut self,
         layer: &LayerPolicy,
+        li: usize,
         rref: RuleRef,
         d: Direction,
         local: &Ufid,
@@ -1907,6 +1946,9 @@ impl Port {
             return out;
         };
         *created = Some(table.insert_hashed(flow, local, hash, &self.uft));
+        if li < 64 {
+            self.flow_layers |= 1 << li;
+        }
         self.counters.flows.layer_flows_created += 1;
         out
     }
@@ -1979,6 +2021,7 @@ impl Port {
         let mut new_slot = None;
         self.run_rule(
             layer,
+            li,
             rref,
             origin,
             &origin_key,
@@ -2052,6 +2095,7 @@ impl Port {
         if self.counters.arena.retired() > 0 {
             self.reclaim_counters();
         }
+        self.refresh_flow_layers();
         due.len()
     }
 

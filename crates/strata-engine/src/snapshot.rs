@@ -250,6 +250,7 @@ impl Port {
             resources: st.resources,
             events: EventSink::default(),
             layer_flows,
+            flow_layers: u64::MAX,
             uft,
             counters,
             flow_actions: Default::default(),
@@ -260,6 +261,7 @@ impl Port {
         };
         port.reintern_actions();
         port.reshare_rules();
+        port.refresh_flow_layers();
         port.check_layer_flow_holders()
             .map_err(|e| ApiError::Snapshot(format!("bad layer flows: {e}")))?;
         // Sized again as it was (every page written now, before traffic).
