@@ -320,16 +320,23 @@ struct Alt {
 }
 
 /// A group's rules compiled to entries (see the module docs).
+///
+/// In declaration order, what every lookup reads first (see [`super::boxes::Boxes`]).
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct Compiled {
     pub(crate) match_type: MatchType,
-    /// The fields indexed: addresses first, then the most referenced.
-    pub(crate) dims: Vec<Field>,
-    pub(crate) maxes: Vec<u128>,
     /// The dimensions' fields (bit [`Field::index`]): a packet whose value
     /// on one is wider than the field ([`FieldValues::oversize`]) is
     /// classified by [`Compiled::fallback`].
     pub(crate) dim_fields: u32,
+    /// Rank -> rule index.
+    pub(crate) rank_rule: Vec<u32>,
+    /// Rules matched by the reference semantics on every lookup.
+    pub(crate) residual: Vec<u32>,
+    /// The fields indexed: addresses first, then the most referenced.
+    pub(crate) dims: Vec<Field>,
+    pub(crate) maxes: Vec<u128>,
     pub(crate) flat: FlatRules,
     /// Entry records of `stride = 1 + 2 * dims.len()` words: a header
     /// (required-dimension mask, rule index, exactness: the box decides and
@@ -341,12 +348,8 @@ pub struct Compiled {
     pub(crate) rank: Vec<u32>,
     /// Per entry: LPM prefix length (LPM groups only).
     pub(crate) plen: Vec<u8>,
-    /// Rank -> rule index.
-    pub(crate) rank_rule: Vec<u32>,
     /// Rank -> LPM prefix length (LPM groups only).
     pub(crate) rank_plen: Vec<u8>,
-    /// Rules matched by the reference semantics on every lookup.
-    pub(crate) residual: Vec<u32>,
     /// Index of the LPM field among `dims`, if referenced.
     pub(crate) lpm_dim: Option<usize>,
 }

@@ -313,7 +313,10 @@ pub struct TreeStats {
 }
 
 /// A cut tree over some entries of a [`Compiled`] group.
+///
+/// In declaration order, what every lookup reads first (see [`super::boxes::Boxes`]).
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct TreeIndex {
     /// Per rank chunk (best first): one root per family (see
     /// [`TreeIndex::family`]).
@@ -324,12 +327,6 @@ pub struct TreeIndex {
     children: Vec<Ref>,
     /// `(rank, box)`.
     items: Vec<(u32, u32)>,
-    /// Entry boxes of each family's trees.
-    boxes: [Boxes; FAMILIES],
-    /// Leaves checked a block of entries at a time.
-    blocks: Vec<Block>,
-    bounds: Vec<u128>,
-    bounds64: Vec<u64>,
     /// Per 32-bit range cut: the laid-out low halves, starting on a cache
     /// line (a search reads one line, or a summary line and one block line).
     bounds32: Vec<Bounds32>,
@@ -337,8 +334,14 @@ pub struct TreeIndex {
     /// a handful per tree (IPv4 in IPv6 space, zero for ports), indexed by
     /// the node's shift byte, so the node's lines hold boundaries only.
     bases32: Vec<u128>,
+    bounds64: Vec<u64>,
+    bounds: Vec<u128>,
+    /// Leaves checked a block of entries at a time.
+    blocks: Vec<Block>,
     tables: Vec<HashMap<u128, Ref, RandomState>>,
     stats: TreeStats,
+    /// Entry boxes of each family's trees.
+    boxes: [Boxes; FAMILIES],
 }
 
 #[derive(Clone, Debug)]
