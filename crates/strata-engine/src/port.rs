@@ -31,7 +31,8 @@ use crate::flow_table::{
 };
 use crate::layer_refs::RefBlocks;
 use crate::policy::{
-    DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, RuleRef,
+    DefaultAction, Group, LayerPolicy, LayerSpec, PortConfig, PortPolicy, PreparedGroup, Rule,
+    RuleRef,
 };
 use crate::preclassify::{BurstScratch, PreClassified};
 use crate::resource::{
@@ -313,6 +314,8 @@ impl Port {
         // Connections through more stateful layers than their slots hold
         // inline keep the rest of their list in overflow blocks.
         let blocks = RefBlocks::blocks_for(stateful.len()).saturating_mul(connections);
+        // Meter buckets to come, with a counter list each.
+        let meter_room = self.meter_buckets_reserved_for(connections);
         let needed = UnifiedFlowTable::reserve_bytes(connections)
             .saturating_add(
                 LayerFlowTable::reserve_bytes(connections).saturating_mul(stateful.len()),
@@ -329,11 +332,10 @@ impl Port {
                     .sum(),
             )
             .saturating_sub(self.flow_memory().total())
-            .saturating_add({
-                let buckets = self.meter_bucket_room(connections);
-                CounterArena::meter_reserve_bytes(buckets)
-                    .saturating_add(UnifiedFlowTable::counter_lists_reserve_bytes(buckets))
-            });
+            .saturating_add(
+                CounterArena::meter_reserve_bytes(meter_room.0)
+                    .saturating_add(UnifiedFlowTable::counter_lists_reserve_bytes(meter_room.0)),
+            );
         if let Some(available) = crate::host_memory::available()
             && needed > available
         {
@@ -358,7 +360,7 @@ impl Port {
         for (uid, _) in stateful {
             self.reserve_layer_table(uid);
         }
-        self.reserve_meter_buckets();
+        self.make_meter_room(meter_room);
         Ok(())
     }
 
@@ -394,7 +396,12 @@ impl Port {
         if self.reserved == 0 {
             return;
         }
-        let (buckets, rules) = self.meter_buckets_reserved_for(self.reserved);
+        self.make_meter_room(self.meter_buckets_reserved_for(self.reserved));
+    }
+
+    /// Room for `buckets` meter buckets of `rules` meter rules (from
+    /// [`Port::meter_buckets_reserved_for`]).
+    fn make_meter_room(&mut self, (buckets, rules): (usize, usize)) {
         self.counters.arena.reserve_meter_buckets(buckets, rules);
         // A flow counting into a new bucket names a new counter list.
         self.uft.reserve_counter_lists(buckets);
@@ -415,7 +422,7 @@ impl Port {
             let before = rules;
             for g in layer.groups() {
                 for (rule, crule) in g.group.rules.iter().zip(&g.rules) {
-                    if matches!(rule.action, ActionSpec::Meter { .. }) {
+                    if is_meter(rule) {
                         rules += 1;
                         buckets = buckets
                             .saturating_add(arena.meter_room(crule.counter(), MAX_METER_BUCKETS));
@@ -508,11 +515,16 @@ impl Port {
             .count()
     }
 
-    /// Does installing `group` at layer `pos` call for sizing the layer's
-    /// tables: its first stateful rule, or the first rule that may
-    /// transpose in a stateful layer? Checked against the port's
-    /// reservation first.
-    fn check_group_reservation(&self, pos: usize, group: &PreparedGroup) -> Result<bool, ApiError> {
+    /// What installing `group` at layer `pos` calls for sizing: the layer's
+    /// tables (its first stateful rule, or the first rule that may
+    /// transpose in a stateful layer) and meter buckets' room (meter
+    /// rules). Checked against the port's reservation first; done by
+    /// [`Port::size_for_group`] once the group is in.
+    fn check_group_reservation(
+        &self,
+        pos: usize,
+        group: &PreparedGroup,
+    ) -> Result<GroupSizing, ApiError> {
         let layer = &self.policy.layers[pos];
         let g = &group.0;
         // What the layer already holds was sized when it came to (or by
@@ -525,8 +537,23 @@ impl Port {
         if sizing {
             self.check_layer_reservation(&layer.id, Some(layer.uid), becomes_stateful, transposes)?;
         }
-        self.check_meter_reservation(&layer.id, meter_rules(&g.group))?;
-        Ok(sizing)
+        let meters = meter_rules(&g.group);
+        self.check_meter_reservation(&layer.id, meters)?;
+        Ok(GroupSizing {
+            table: sizing,
+            meters: meters > 0,
+        })
+    }
+
+    /// Size what [`Port::check_group_reservation`] found the group at
+    /// layer `pos` calls for.
+    fn size_for_group(&mut self, pos: usize, sizing: GroupSizing) {
+        if sizing.table {
+            self.reserve_layer_table(self.policy.layers[pos].uid);
+        }
+        if sizing.meters {
+            self.reserve_meter_buckets();
+        }
     }
 
     /// Live connections (unified-flow pairs).
@@ -931,14 +958,8 @@ impl Port {
         let pos = pos.ok_or_else(|| ApiError::NoSuchLayer(layer.into()))?;
         unique.unwrap_or(Ok(()))?;
         let sizing = self.check_group_reservation(pos, &prepared)?;
-        let meters = meter_rules(&prepared.0.group) > 0;
         self.swap_group(pos, layer, prepared, &known);
-        if sizing {
-            self.reserve_layer_table(self.policy.layers[pos].uid);
-        }
-        if meters {
-            self.reserve_meter_buckets();
-        }
+        self.size_for_group(pos, sizing);
         Ok(())
     }
 
@@ -965,14 +986,8 @@ impl Port {
             check_unique_rules(layer, with_others(current, &prepared.0.group))?;
         }
         let sizing = self.check_group_reservation(pos, &prepared)?;
-        let meters = meter_rules(&prepared.0.group) > 0;
         self.swap_group(pos, layer, prepared, known.as_deref().unwrap_or(&[]));
-        if sizing {
-            self.reserve_layer_table(self.policy.layers[pos].uid);
-        }
-        if meters {
-            self.reserve_meter_buckets();
-        }
+        self.size_for_group(pos, sizing);
         Ok(())
     }
 
@@ -2361,12 +2376,24 @@ pub(crate) fn check_unique_rules<'a>(
     Ok(())
 }
 
-/// The meter rules of `g` (whose buckets a reservation makes room for).
+/// Is `r` a meter rule (whose buckets a reservation makes room for)?
+fn is_meter(r: &Rule) -> bool {
+    matches!(r.action, ActionSpec::Meter { .. })
+}
+
+/// The meter rules of `g`.
 fn meter_rules(g: &Group) -> usize {
-    g.rules
-        .iter()
-        .filter(|r| matches!(r.action, ActionSpec::Meter { .. }))
-        .count()
+    g.rules.iter().filter(|r| is_meter(r)).count()
+}
+
+/// What a group's installation calls for sizing on a reserved port (see
+/// `Port::check_group_reservation`).
+#[derive(Clone, Copy, Debug)]
+struct GroupSizing {
+    /// The layer's flow tables.
+    table: bool,
+    /// Room for meter buckets.
+    meters: bool,
 }
 
 #[cfg(test)]
