@@ -639,6 +639,34 @@ impl LayerPolicy {
         floor
     }
 
+    /// Start loading what classifying a packet in direction `d` reads
+    /// first: the group searched first and its classifier's head. The
+    /// slow path calls it for the next layer before classifying the
+    /// current one, so that those lines, cold after the walks of the
+    /// layers between (a first packet through many large groups), arrive
+    /// during this layer's walk rather than at the start of the next.
+    #[inline]
+    pub fn prime(&self, d: Direction) {
+        let order = &self.order[d.index()];
+        let first = order.terminating.first().or(order.others.last());
+        if let Some(g) = first.and_then(|&gi| self.groups.get(gi as usize)) {
+            crate::hint::prefetch(&g.group.conditions);
+            crate::hint::prefetch(&g.classifier);
+            g.classifier.prime();
+        }
+    }
+
+    /// [`LayerPolicy::prime`] a step further (called a layer later, when
+    /// those lines are in).
+    #[inline]
+    pub fn prime_deeper(&self, d: Direction) {
+        let order = &self.order[d.index()];
+        let first = order.terminating.first().or(order.others.last());
+        if let Some(g) = first.and_then(|&gi| self.groups.get(gi as usize)) {
+            g.classifier.prime_deeper();
+        }
+    }
+
     /// [`LayerPolicy::classify`] by the letter of VFP-3: every group of the
     /// direction classified, in order (the reference the property test
     /// compares [`LayerPolicy::classify`] with).

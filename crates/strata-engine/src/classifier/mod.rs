@@ -92,6 +92,16 @@ pub trait GroupClassifier: Send + Sync + Debug {
     fn kind(&self) -> &'static str;
     /// Approximate heap bytes used.
     fn memory_bytes(&self) -> usize;
+    /// Start loading what a lookup reads first (a hint; see
+    /// [`crate::policy::LayerPolicy::prime`]). Nothing by default.
+    #[inline]
+    fn prime(&self) {}
+
+    /// [`GroupClassifier::prime`] a step further, once those lines are
+    /// in: what they point at. Nothing by default.
+    #[inline]
+    fn prime_deeper(&self) {}
+
     /// The cut tree, when this is one (for [`best_match_many`]).
     fn as_tree(&self) -> Option<&tree::TreeClassifier> {
         None

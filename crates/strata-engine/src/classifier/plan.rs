@@ -77,6 +77,20 @@ impl GroupClassifier for Planned {
         self.as_dyn().kind()
     }
 
+    #[inline]
+    fn prime(&self) {
+        if let Planned::Tree(c) = self {
+            c.prime();
+        }
+    }
+
+    #[inline]
+    fn prime_deeper(&self) {
+        if let Planned::Tree(c) = self {
+            c.prime_deeper();
+        }
+    }
+
     fn memory_bytes(&self) -> usize {
         self.as_dyn().memory_bytes()
     }

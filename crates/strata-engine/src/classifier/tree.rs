@@ -2075,6 +2075,31 @@ impl GroupClassifier for TreeClassifier {
         "cut-tree"
     }
 
+    /// The classifier's own lines (the fields a lookup reads first are at
+    /// their head, see [`TreeIndex`]), the first chunk's roots and the
+    /// families' first boxes line.
+    #[inline]
+    fn prime(&self) {
+        use crate::hint::prefetch;
+        prefetch(&self.c);
+        prefetch(&self.idx);
+        prefetch(&self.idx.boxes[0]);
+        if let Some(roots) = self.idx.roots.first() {
+            prefetch(roots);
+        }
+    }
+
+    /// The first chunk's IPv4 root's children (a lookup's first node).
+    #[inline]
+    fn prime_deeper(&self) {
+        if let Some(root) = self.idx.roots.first().map(|r| r[0])
+            && root.kind() >= K_BIT
+            && let Some(c) = self.idx.children.get(root.a as usize)
+        {
+            crate::hint::prefetch(c);
+        }
+    }
+
     fn as_tree(&self) -> Option<&TreeClassifier> {
         Some(self)
     }
