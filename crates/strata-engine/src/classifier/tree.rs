@@ -2080,10 +2080,10 @@ impl GroupClassifier for TreeClassifier {
     /// families' first boxes line.
     #[inline]
     fn prime(&self) {
-        use crate::hint::prefetch;
-        prefetch(&self.c);
-        prefetch(&self.idx);
-        prefetch(&self.idx.boxes[0]);
+        use crate::hint::{prefetch, prefetch_head};
+        prefetch_head(&self.c);
+        prefetch_head(&self.idx);
+        prefetch_head(&self.idx.boxes[0]);
         if let Some(roots) = self.idx.roots.first() {
             prefetch(roots);
         }
