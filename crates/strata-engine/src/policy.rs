@@ -641,30 +641,34 @@ impl LayerPolicy {
 
     /// Start loading what classifying a packet in direction `d` reads
     /// first: the group searched first and its classifier's head. The
-    /// slow path calls it for the next layer before classifying the
-    /// current one, so that those lines, cold after the walks of the
-    /// layers between (a first packet through many large groups), arrive
-    /// during this layer's walk rather than at the start of the next.
+    /// slow path calls it two layers ahead of the one it classifies, so
+    /// that those lines, cold after the walks of the layers between (a
+    /// first packet through many large groups), arrive during the walks
+    /// rather than at the start of that layer's.
     #[inline]
     pub fn prime(&self, d: Direction) {
-        let order = &self.order[d.index()];
-        let first = order.terminating.first().or(order.others.last());
-        if let Some(g) = first.and_then(|&gi| self.groups.get(gi as usize)) {
+        if let Some(g) = self.searched_first(d) {
             crate::hint::prefetch(&g.group.conditions);
             crate::hint::prefetch(&g.classifier);
             g.classifier.prime();
         }
     }
 
-    /// [`LayerPolicy::prime`] a step further (called a layer later, when
-    /// those lines are in).
+    /// [`LayerPolicy::prime`] a step further: what those lines point at
+    /// (the slow path calls it a layer ahead, when they are in).
     #[inline]
     pub fn prime_deeper(&self, d: Direction) {
-        let order = &self.order[d.index()];
-        let first = order.terminating.first().or(order.others.last());
-        if let Some(g) = first.and_then(|&gi| self.groups.get(gi as usize)) {
+        if let Some(g) = self.searched_first(d) {
             g.classifier.prime_deeper();
         }
+    }
+
+    /// The group [`LayerPolicy::classify`] searches first in direction `d`.
+    #[inline]
+    fn searched_first(&self, d: Direction) -> Option<&CompiledGroup> {
+        let order = &self.order[d.index()];
+        let first = order.terminating.first().or(order.others.last())?;
+        self.groups.get(*first as usize).map(|g| &**g)
     }
 
     /// [`LayerPolicy::classify`] by the letter of VFP-3: every group of the
