@@ -1749,6 +1749,16 @@ impl Port {
         let mut fv = FieldValues::EMPTY;
         let mut fv_of_local = false;
         let mut changed = false;
+        // The first two layers' head lines, which the priming inside the
+        // walk (below) does not reach: on a new flow they arrive while
+        // the flow index's miss and this walk's set-up are resolved.
+        for step in 0..n.min(2) {
+            let li = match d {
+                Direction::Out => step,
+                Direction::In => n - 1 - step,
+            };
+            policy.layers[li].prime(d);
+        }
         let early = self.early_hashes(&policy, d, ufid);
         let any_early = !early.is_empty();
         let pre_steps = pre.steps_ahead();
