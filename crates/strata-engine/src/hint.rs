@@ -40,17 +40,6 @@ pub fn prefetch<T>(r: &T) {
     }
 }
 
-/// [`prefetch`] of the first two lines of `*r` only (a large structure
-/// whose hot fields lead).
-#[inline(always)]
-pub fn prefetch_head<T>(r: &T) {
-    let p = (r as *const T).cast::<u8>();
-    line(p);
-    if size_of::<T>() > 64 {
-        line(p.wrapping_add(64));
-    }
-}
-
 /// Cache lines a `T` at `p` spans, up to four.
 #[inline(always)]
 fn lines_of<T>(p: *const u8) -> usize {

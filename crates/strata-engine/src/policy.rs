@@ -520,7 +520,17 @@ struct EvalOrder {
     terminating: Vec<u32>,
     /// The other groups, in order.
     others: Vec<u32>,
+    /// Addresses of the lines classifying a packet reads first, whatever
+    /// the packet: the group searched first (its conditions and
+    /// classifier) and its classifier's head (see
+    /// [`LayerPolicy::prime`]). Fixed while the groups are: they are
+    /// shared and never move.
+    head: [usize; HEAD_LINES],
+    head_len: usize,
 }
+
+/// Lines a layer asks for ahead, at most.
+const HEAD_LINES: usize = 12;
 
 /// Which rule of a layer decided, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -575,6 +585,23 @@ impl LayerPolicy {
             } else {
                 o.others.push(gi);
             }
+        }
+        for o in &mut order {
+            let first = o.terminating.first().or(o.others.last());
+            let Some(g) = first.and_then(|&gi| groups.get(gi as usize)) else {
+                continue;
+            };
+            let mut lines = vec![
+                &g.group.conditions as *const _ as usize,
+                &g.classifier as *const _ as usize,
+            ];
+            g.classifier.head_lines(&mut lines);
+            o.head_len = lines.len().min(HEAD_LINES);
+            o.head[..o.head_len].copy_from_slice(&lines[..o.head_len]);
+            // Unused slots repeat the first line: `prime` then asks for all
+            // of them, with no count to loop on.
+            let first = o.head[0];
+            o.head[o.head_len..].fill(first);
         }
         self.may_transpose = groups.iter().any(|g| g.may_transpose);
         self.has_stateful = groups.iter().any(|g| g.has_stateful);
@@ -639,36 +666,22 @@ impl LayerPolicy {
         floor
     }
 
-    /// Start loading what classifying a packet in direction `d` reads
-    /// first: the group searched first and its classifier's head. The
-    /// slow path calls it two layers ahead of the one it classifies, so
-    /// that those lines, cold after the walks of the layers between (a
-    /// first packet through many large groups), arrive during the walks
-    /// rather than at the start of that layer's.
+    /// Start loading the lines classifying a packet in direction `d`
+    /// reads first, whatever the packet (the group searched first and its
+    /// classifier's head). The slow path asks two layers ahead of the one
+    /// it classifies: those lines, cold after the walks of the layers
+    /// between (a first packet through many large groups), then arrive
+    /// during the walks rather than at the start of that layer's. A hint:
+    /// nothing is read.
     #[inline]
     pub fn prime(&self, d: Direction) {
-        if let Some(g) = self.searched_first(d) {
-            crate::hint::prefetch(&g.group.conditions);
-            crate::hint::prefetch(&g.classifier);
-            g.classifier.prime();
+        let o = &self.order[d.index()];
+        if o.head_len == 0 {
+            return;
         }
-    }
-
-    /// [`LayerPolicy::prime`] a step further: what those lines point at
-    /// (the slow path calls it a layer ahead, when they are in).
-    #[inline]
-    pub fn prime_deeper(&self, d: Direction) {
-        if let Some(g) = self.searched_first(d) {
-            g.classifier.prime_deeper();
+        for &a in &o.head {
+            crate::hint::prefetch_ptr(a as *const u8);
         }
-    }
-
-    /// The group [`LayerPolicy::classify`] searches first in direction `d`.
-    #[inline]
-    fn searched_first(&self, d: Direction) -> Option<&CompiledGroup> {
-        let order = &self.order[d.index()];
-        let first = order.terminating.first().or(order.others.last())?;
-        self.groups.get(*first as usize).map(|g| &**g)
     }
 
     /// [`LayerPolicy::classify`] by the letter of VFP-3: every group of the

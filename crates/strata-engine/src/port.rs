@@ -1828,15 +1828,11 @@ impl Port {
                     fv.fill_from_ufid(local);
                     fv_of_local = true;
                 }
-                // The next layer's first lines (asked for a layer ago) point
-                // at its first node; the one after starts loading.
-                let (next, after) = match d {
-                    Direction::Out => (li + 1, li + 2),
-                    Direction::In => (li.wrapping_sub(1), li.wrapping_sub(2)),
+                // The layer after next starts loading its first lines.
+                let after = match d {
+                    Direction::Out => li + 2,
+                    Direction::In => li.wrapping_sub(2),
                 };
-                if let Some(next) = policy.layers.get(next) {
-                    next.prime_deeper(d);
-                }
                 if let Some(after) = policy.layers.get(after) {
                     after.prime(d);
                 }

@@ -92,15 +92,12 @@ pub trait GroupClassifier: Send + Sync + Debug {
     fn kind(&self) -> &'static str;
     /// Approximate heap bytes used.
     fn memory_bytes(&self) -> usize;
-    /// Start loading what a lookup reads first (a hint; see
-    /// [`crate::policy::LayerPolicy::prime`]). Nothing by default.
-    #[inline]
-    fn prime(&self) {}
-
-    /// [`GroupClassifier::prime`] a step further, once those lines are
-    /// in: what they point at. Nothing by default.
-    #[inline]
-    fn prime_deeper(&self) {}
+    /// The addresses of the cache lines every lookup reads first, whatever
+    /// the packet (for [`crate::policy::LayerPolicy::prime`] to ask for
+    /// ahead). None by default.
+    fn head_lines(&self, out: &mut Vec<usize>) {
+        let _ = out;
+    }
 
     /// The cut tree, when this is one (for [`best_match_many`]).
     fn as_tree(&self) -> Option<&tree::TreeClassifier> {

@@ -77,18 +77,8 @@ impl GroupClassifier for Planned {
         self.as_dyn().kind()
     }
 
-    #[inline]
-    fn prime(&self) {
-        if let Planned::Tree(c) = self {
-            c.prime();
-        }
-    }
-
-    #[inline]
-    fn prime_deeper(&self) {
-        if let Planned::Tree(c) = self {
-            c.prime_deeper();
-        }
+    fn head_lines(&self, out: &mut Vec<usize>) {
+        self.as_dyn().head_lines(out);
     }
 
     fn memory_bytes(&self) -> usize {

@@ -2075,28 +2075,29 @@ impl GroupClassifier for TreeClassifier {
         "cut-tree"
     }
 
-    /// The classifier's own lines (the fields a lookup reads first are at
-    /// their head, see [`TreeIndex`]), the first chunk's roots and the
-    /// families' first boxes line.
-    #[inline]
-    fn prime(&self) {
-        use crate::hint::{prefetch, prefetch_head};
-        prefetch_head(&self.c);
-        prefetch_head(&self.idx);
-        prefetch_head(&self.idx.boxes[0]);
-        if let Some(roots) = self.idx.roots.first() {
-            prefetch(roots);
+    /// The first two lines of the compiled group, of the index and of the
+    /// first family's boxes (their leading fields are what a lookup reads
+    /// first), the first chunk's roots, and the first family's root node's
+    /// wide subtree (every walk of that family reads it first).
+    fn head_lines(&self, out: &mut Vec<usize>) {
+        fn head<T>(r: &T, out: &mut Vec<usize>) {
+            let a = r as *const T as usize;
+            out.push(a);
+            if size_of::<T>() > 64 {
+                out.push(a + 64);
+            }
         }
-    }
-
-    /// The first chunk's IPv4 root's children (a lookup's first node).
-    #[inline]
-    fn prime_deeper(&self) {
-        if let Some(root) = self.idx.roots.first().map(|r| r[0])
-            && root.kind() >= K_BIT
-            && let Some(c) = self.idx.children.get(root.a as usize)
-        {
-            crate::hint::prefetch(c);
+        head(&self.c, out);
+        head(&self.idx, out);
+        head(&self.idx.boxes[0], out);
+        if let Some(roots) = self.idx.roots.first() {
+            out.push(roots.as_ptr() as usize);
+            let root = roots[0];
+            if root.kind() >= K_BIT
+                && let Some(wide) = self.idx.children.get(root.a as usize)
+            {
+                out.push(wide as *const Ref as usize);
+            }
         }
     }
 
