@@ -596,6 +596,11 @@ impl LayerPolicy {
                 &g.classifier as *const _ as usize,
             ];
             g.classifier.head_lines(&mut lines);
+            if lines.len() == 2 {
+                // A small classifier (a scan, held in the group): its lines
+                // stay in cache from packet to packet; asking costs more.
+                continue;
+            }
             o.head_len = lines.len().min(HEAD_LINES);
             o.head[..o.head_len].copy_from_slice(&lines[..o.head_len]);
             // Unused slots repeat the first line: `prime` then asks for all
