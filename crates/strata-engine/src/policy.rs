@@ -828,3 +828,69 @@ impl Default for PortConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::GroupClassifier;
+    use crate::condition::{Condition, Field, MatchValue};
+
+    fn compiled(id: &str, rules: Vec<Rule>) -> Arc<CompiledGroup> {
+        let g = Group::new(id, Direction::Out).with_rules(rules);
+        let prepared = g.prepare(&ActionRegistry::default()).expect("valid group");
+        Arc::new(prepared.into_compiled())
+    }
+
+    /// A layer asks ahead for the lines of the group it searches first
+    /// (the last one of the direction): that group's own, then its cut
+    /// tree's head; a layer whose first group is a scan asks for none, and
+    /// neither does a direction without groups.
+    #[test]
+    fn a_layer_primes_the_group_it_searches_first() {
+        let acl = crate::rulegen::acl(2000, 7)
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                Rule::new(
+                    &format!("r{i}"),
+                    m.priority,
+                    m.conditions,
+                    ActionSpec::Allow,
+                )
+            })
+            .collect();
+        let one = vec![Rule::new(
+            "only",
+            1,
+            vec![Condition::new(Field::DstPort, vec![MatchValue::Exact(80)])],
+            ActionSpec::Allow,
+        )];
+        let (small, large) = (compiled("small", one), compiled("large", acl));
+        assert_eq!(large.classifier.kind(), "cut-tree");
+        assert_ne!(small.classifier.kind(), "cut-tree");
+
+        let layer = |groups| {
+            LayerPolicy::new(
+                "l".into(),
+                1,
+                DefaultAction::Allow,
+                DefaultAction::Allow,
+                1,
+                0,
+            )
+            .with_groups(groups)
+        };
+        let tree_last = layer(vec![Arc::clone(&small), Arc::clone(&large)]);
+        let o = &tree_last.order[Direction::Out.index()];
+        assert!(o.head_len > 2, "{:?}", o.head);
+        assert_eq!(o.head[0], &large.group.conditions as *const _ as usize);
+        assert_eq!(o.head[1], &large.classifier as *const _ as usize);
+        let mut tree_lines = Vec::new();
+        large.classifier.head_lines(&mut tree_lines);
+        assert_eq!(&o.head[2..o.head_len], &tree_lines[..o.head_len - 2]);
+        assert_eq!(tree_last.order[Direction::In.index()].head_len, 0);
+
+        let scan_last = layer(vec![large, small]);
+        assert_eq!(scan_last.order[Direction::Out.index()].head_len, 0);
+    }
+}
