@@ -677,7 +677,7 @@ impl LayerPolicy {
     /// it classifies: those lines, cold after the walks of the layers
     /// between (a first packet through many large groups), then arrive
     /// during the walks rather than at the start of that layer's. A hint:
-    /// nothing is read.
+    /// the lines themselves are not read.
     #[inline]
     pub fn prime(&self, d: Direction) {
         let o = &self.order[d.index()];
