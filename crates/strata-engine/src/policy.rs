@@ -605,8 +605,8 @@ impl LayerPolicy {
             o.head[..o.head_len].copy_from_slice(&lines[..o.head_len]);
             // Unused slots repeat the first line: `prime` then asks for all
             // of them, with no count to loop on.
-            let first = o.head[0];
-            o.head[o.head_len..].fill(first);
+            let repeat = o.head[0];
+            o.head[o.head_len..].fill(repeat);
         }
         self.may_transpose = groups.iter().any(|g| g.may_transpose);
         self.has_stateful = groups.iter().any(|g| g.has_stateful);
@@ -769,6 +769,17 @@ impl Clone for PortPolicy {
 }
 
 impl PortPolicy {
+    /// The layer a walk in direction `d` reaches at step `step` (VM side
+    /// first outbound, network side first inbound), if any.
+    #[inline]
+    pub fn layer_at(&self, d: Direction, step: usize) -> Option<&LayerPolicy> {
+        let li = match d {
+            Direction::Out => step,
+            Direction::In => self.layers.len().checked_sub(step + 1)?,
+        };
+        self.layers.get(li).map(|l| &**l)
+    }
+
     pub fn new(layers: Vec<Arc<LayerPolicy>>) -> PortPolicy {
         PortPolicy {
             layers,

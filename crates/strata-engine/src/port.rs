@@ -1749,15 +1749,10 @@ impl Port {
         let mut fv = FieldValues::EMPTY;
         let mut fv_of_local = false;
         let mut changed = false;
-        // The layer `step` steps into the walk, if there is one.
-        let layer_at = |step: usize| match d {
-            Direction::Out => policy.layers.get(step),
-            Direction::In => n.checked_sub(step + 1).and_then(|li| policy.layers.get(li)),
-        };
         // The first two layers' head lines, which the priming inside the
         // walk (below) does not reach: on a new flow they arrive while
         // the flow index's miss and this walk's set-up are resolved.
-        for layer in (0..2).filter_map(layer_at) {
+        for layer in (0..2).filter_map(|step| policy.layer_at(d, step)) {
             layer.prime(d);
         }
         let early = self.early_hashes(&policy, d, ufid);
@@ -1830,7 +1825,7 @@ impl Port {
                     fv_of_local = true;
                 }
                 // The layer after next starts loading its first lines.
-                if let Some(after) = layer_at(step + 2) {
+                if let Some(after) = policy.layer_at(d, step + 2) {
                     after.prime(d);
                 }
                 layer.classify(d, &fv)

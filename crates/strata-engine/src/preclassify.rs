@@ -21,7 +21,7 @@
 //! or that an action drops, is merely unused.
 
 use crate::condition::FieldValues;
-use crate::policy::{DefaultAction, LayerPolicy, PortPolicy, RuleRef};
+use crate::policy::{DefaultAction, PortPolicy, RuleRef};
 use crate::types::Direction;
 use strata_packet::Ufid;
 
@@ -141,7 +141,7 @@ impl BurstScratch {
             if alive == 0 {
                 break;
             }
-            let Some(layer) = layer_at(policy, d, step) else {
+            let Some(layer) = policy.layer_at(d, step) else {
                 break;
             };
             if !layer.has_stateful() {
@@ -171,21 +171,12 @@ impl BurstScratch {
     }
 }
 
-/// The layer a walk in direction `d` reaches at step `step`, if any.
-fn layer_at(policy: &PortPolicy, d: Direction, step: usize) -> Option<&LayerPolicy> {
-    let li = match d {
-        Direction::Out => step,
-        Direction::In => policy.layers.len().checked_sub(step + 1)?,
-    };
-    policy.layers.get(li).map(|l| &**l)
-}
-
 /// Whether classifying ahead can serve a walk in direction `d` through
 /// `policy`: some stateless layer comes before (or is) the first that may
 /// transpose.
 pub fn worthwhile(policy: &PortPolicy, d: Direction) -> bool {
     for step in 0..PRE_LAYERS {
-        let Some(layer) = layer_at(policy, d, step) else {
+        let Some(layer) = policy.layer_at(d, step) else {
             break;
         };
         if !layer.has_stateful() {
