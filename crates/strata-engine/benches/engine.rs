@@ -56,6 +56,9 @@ static GLOBAL: Counting = Counting;
 mod common;
 use common::{nat_conn, peer_of, probe_syn, tcp};
 
+/// The fast path's floor: the same frames, the least work (see its docs).
+mod floor;
+
 fn vxlan(src_pa: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
     common::vxlan(GW_MAC, HOST_MAC, src_pa, HOST_PA, VNI, inner)
 }
@@ -219,6 +222,62 @@ fn fast_path(c: &mut Criterion) {
         b.iter(|| {
             batch(&mut port, &mut bufs, &mut verdicts);
             black_box(&verdicts);
+        })
+    });
+
+    // The floor, in the same run: a table of as many connections, the
+    // same frames out of the same ring, its output checked against the
+    // engine's for every frame first.
+    let n = lens.len();
+    let frame = |i: usize| &ring[i * STRIDE..i * STRIDE + lens[i]];
+    let outs: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let v = run(&mut port, &mut buf, Direction::Out, frame(i), secs(2));
+            assert_eq!(v, Verdict::Forward);
+            buf.as_slice().to_vec()
+        })
+        .collect();
+    let mut fl = floor::Floor::new((2 * conns as usize).next_power_of_two(), &outs[0]);
+    for (i, o) in outs.iter().enumerate() {
+        fl.add_flow(frame(i), o);
+    }
+    for i in 0..(conns as usize - n) as u32 {
+        fl.add_other(i);
+    }
+    let mut fbufs: Vec<floor::Buf> = (0..32).map(|_| floor::Buf::new()).collect();
+    let mut fwd = [false; 32];
+    let mut fnext = 0usize;
+    let mut fbatch = |fl: &mut floor::Floor, fbufs: &mut [floor::Buf], fwd: &mut [bool]| {
+        let first = fnext;
+        fnext = (fnext + fbufs.len()) % n;
+        let frames = (0..fbufs.len()).map(|k| {
+            let i = (first + k) % n;
+            (i * STRIDE, lens[i])
+        });
+        fl.batch(fbufs, frames, &ring, fwd);
+        first
+    };
+    for _ in 0..n.div_ceil(32) {
+        let first = fbatch(&mut fl, &mut fbufs, &mut fwd);
+        for (k, b) in fbufs.iter().enumerate() {
+            let i = (first + k) % n;
+            assert!(fwd[k], "floor forwards frame {i}");
+            assert_eq!(
+                b.as_slice(),
+                &outs[i][..],
+                "floor output = engine output, frame {i}"
+            );
+        }
+    }
+    drop(outs);
+    println!(
+        "fast path floor: {} frames' output equal to the engine's; {} flows in its table",
+        n, conns
+    );
+    g.bench_function(format!("floor_nat_vxlan_batch32_{conns}_conns"), |b| {
+        b.iter(|| {
+            fbatch(&mut fl, &mut fbufs, &mut fwd);
+            black_box(&fwd);
         })
     });
     g.finish();
