@@ -170,8 +170,13 @@ impl Floor {
         let ip_sum = data_sum(&template[ETH..L4]);
         let mut macs = [0u8; 12];
         macs.copy_from_slice(&engine_out[PUSH..PUSH + 12]);
+        // 2 MiB pages, as the engine's big tables: random slots in a
+        // table of 4 KiB pages would each cost a page walk.
+        let mut slots = Vec::with_capacity(capacity);
+        strata_engine::hint::huge_pages(&slots);
+        slots.resize(capacity, Slot::default());
         Floor {
-            slots: vec![Slot::default(); capacity],
+            slots,
             mask: capacity - 1,
             seed: 0x5eed_f100_7000_0001,
             generation: 1,
