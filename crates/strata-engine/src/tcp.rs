@@ -217,6 +217,30 @@ impl TcpConn {
         if m.ecn == 3 {
             stats.ecn_ce_marks += 1;
         }
+        // The usual packet: an established connection's, with no SYN, FIN
+        // or RST, and no FIN seen before it. Only the sequence tracking
+        // applies (`update_general` would change no state either; the unit
+        // tests hold the two to the same results).
+        if self.state == TcpState::Established
+            && f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+            && (self.flags[0] | self.flags[1]) & HAS_FIN == 0
+        {
+            self.track_data(me, m, now, stats);
+            if f & tcp_flags::ACK != 0 {
+                self.track_ack(other, m, now, stats);
+            }
+            return;
+        }
+        self.update_general(dir, m, now, stats);
+    }
+
+    /// [`TcpConn::update`] for any packet, without the shortcut (and
+    /// without counting its ECN mark, which the caller did).
+    #[inline(always)]
+    fn update_general(&mut self, dir: Direction, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
+        let me = usize::from(dir != self.initiator);
+        let other = 1 - me;
+        let f = m.tcp_flags;
         if f & tcp_flags::RST != 0 {
             if self.state != TcpState::Closed {
                 stats.resets += 1;
@@ -355,6 +379,70 @@ impl TcpConn {
             // Data seen before a handshake stays unverified until closing.
             if !(self.state == TcpState::Unverified && fins == 0) {
                 self.state = next;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn meta(flags: u8, seq: u32, ack: u32, len: u32) -> PacketMeta {
+        PacketMeta {
+            frame_len: 54 + len,
+            tcp_flags: flags,
+            tcp_seq: seq,
+            tcp_ack: ack,
+            l4_payload_len: len,
+            ecn: 0,
+            ttl: 64,
+        }
+    }
+
+    /// A connection after a valid handshake (ISNs 100 and 900).
+    fn established() -> (TcpConn, TcpStats) {
+        let mut st = TcpStats::default();
+        let mut c = TcpConn::new(Direction::Out, &meta(tcp_flags::SYN, 100, 0, 0), 1, &mut st);
+        let synack = tcp_flags::SYN | tcp_flags::ACK;
+        c.update(Direction::In, &meta(synack, 900, 101, 0), 2, &mut st);
+        c.update(
+            Direction::Out,
+            &meta(tcp_flags::ACK, 101, 901, 0),
+            3,
+            &mut st,
+        );
+        assert_eq!(c.state, TcpState::Established);
+        (c, st)
+    }
+
+    proptest! {
+        /// The shortcut for an established connection's usual packets
+        /// leaves the state and the statistics exactly as the general
+        /// update does, whatever the packets (flags, numbers near the
+        /// connection's, retransmissions, FINs, resets).
+        #[test]
+        fn shortcut_is_the_general_update(
+            pkts in proptest::collection::vec(
+                (any::<bool>(), 0u8..0x40, 0u32..3000, 0u32..3000, 0u32..1500, 0u8..4),
+                1..40,
+            )
+        ) {
+            let (mut a, mut sa) = established();
+            let (mut b, mut sb) = (a, sa);
+            for (i, (out, flags, seq, ack, len, ecn)) in pkts.into_iter().enumerate() {
+                let d = if out { Direction::Out } else { Direction::In };
+                let mut m = meta(flags, seq, ack, len);
+                m.ecn = ecn;
+                let now = 10 + i as u64 * 1000;
+                a.update(d, &m, now, &mut sa);
+                if m.ecn == 3 {
+                    sb.ecn_ce_marks += 1;
+                }
+                b.update_general(d, &m, now, &mut sb);
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(&sa, &sb);
             }
         }
     }
