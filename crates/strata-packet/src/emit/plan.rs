@@ -225,12 +225,29 @@ pub fn apply_planned(
 ) -> Result<(), EmitError> {
     let t = &plan.transposition;
     match &plan.fast {
+        Some(f) if f.plain_v4(parsed) => apply_plain_v4(t, f, ports, buf, parsed),
         Some(f) if f.fits(parsed) => apply_fast(t, f, ports, buf, parsed),
         _ => apply_with_ports(t, ports, buf, parsed),
     }
 }
 
 impl FastPlan {
+    /// Whether the packet is a plain (untunnelled) IPv4 TCP or UDP frame,
+    /// first or only fragment, and the plan rewrites no IPv6 address: the
+    /// commonest case, which [`apply_plain_v4`] takes without the general
+    /// shortcut's branches for tunnels, IPv6 and other protocols. (Such a
+    /// packet always `fits`.)
+    #[inline]
+    fn plain_v4(&self, parsed: &Parsed) -> bool {
+        let lay = &parsed.layout;
+        parsed.ufid.outer.is_none()
+            && lay.l3_kind == L3Kind::Ipv4
+            && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
+            && !lay.non_first_fragment
+            && parsed.ufid.inner.is_ip()
+            && self.ip_v6 != Some(true)
+    }
+
     /// Whether the packet needs nothing the shortcut leaves out.
     #[inline]
     fn fits(&self, parsed: &Parsed) -> bool {
@@ -413,6 +430,111 @@ fn check_l4(frame: &[u8], l4_kind: L4Kind, l4: usize, l3_end: usize) -> Result<(
     if ok { Ok(()) } else { Err(MISMATCH) }
 }
 
+/// [`apply_fast`] for a packet [`FastPlan::plain_v4`] accepts: the same
+/// steps without a pop, with the inner Ethernet header at the start and
+/// IPv4 TCP / UDP known, so the same bytes and errors.
+#[inline(always)]
+fn apply_plain_v4(
+    t: &Transposition,
+    f: &FastPlan,
+    ports: &PortRewrite,
+    buf: &mut PacketBuf,
+    parsed: &Parsed,
+) -> Result<(), EmitError> {
+    let lay = &parsed.layout;
+    let key = &parsed.ufid.inner;
+    // `inner_bounds` of a frame without outer groups.
+    let len = buf.len();
+    if lay.inner_end as usize > len || lay.inner_eth != 0 {
+        return Err(MISMATCH);
+    }
+    let push_len = f.push.as_ref().map_or(0, |p| p.bytes.len());
+    if f.push.is_some() && push_len - IP + len > usize::from(u16::MAX) {
+        return Err(EmitError::TooLong);
+    }
+    buf.ensure_headroom(push_len)?;
+
+    // Inner groups.
+    {
+        let frame = buf.as_mut_slice();
+        if t.src_mac.is_some() || t.dst_mac.is_some() {
+            let e: &mut [u8; ethernet::HEADER_LEN] = frame.first_chunk_mut().ok_or(MISMATCH)?;
+            if let Some(m) = t.dst_mac {
+                e[..6].copy_from_slice(&m.0);
+            }
+            if let Some(m) = t.src_mac {
+                e[6..12].copy_from_slice(&m.0);
+            }
+        }
+        if f.l3 || ports.src.is_some() || ports.dst.is_some() {
+            let offs = [lay.l3 as usize, lay.l4 as usize, lay.l3_end as usize];
+            f.rewrite_v4(ports, frame, lay.l4_kind, offs)?;
+        }
+    }
+
+    // Push.
+    if let Some(p) = &f.push {
+        // `FastPlan::tunnel_hash` of a TCP or UDP key: both ports
+        // rewritable.
+        let hash = match (key.src_ip, key.dst_ip) {
+            (IpAddr::V4(s), IpAddr::V4(d)) if ports_rewritable(key) == (true, true) => {
+                tunnel_hash_v4(
+                    f.src_v4.unwrap_or(s.to_bits()),
+                    f.dst_v4.unwrap_or(d.to_bits()),
+                    ports_word(
+                        key.proto,
+                        ports.src.unwrap_or(key.src_port),
+                        ports.dst.unwrap_or(key.dst_port),
+                    ),
+                )
+            }
+            _ => f.tunnel_hash(t, key, ports),
+        };
+        push_template(p, push_len, len, hash, buf)?;
+    }
+    Ok(())
+}
+
+/// Put `p`'s outer headers in front of the `inner_len` bytes of `buf` and
+/// fill in the fields that depend on the packet.
+#[inline(always)]
+fn push_template(
+    p: &OuterTemplate,
+    push_len: usize,
+    inner_len: usize,
+    hash: u64,
+    buf: &mut PacketBuf,
+) -> Result<(), EmitError> {
+    buf.start = buf
+        .start
+        .checked_sub(push_len)
+        .ok_or(EmitError::NoHeadroom(push_len))?;
+    let frame = buf.as_mut_slice();
+    let hdr = frame.get_mut(..push_len).ok_or(MISMATCH)?;
+    // VXLAN over IPv4, the usual template, is copied as a fixed-size
+    // array: inline moves instead of a call to `memcpy`.
+    match (
+        hdr.first_chunk_mut::<VXLAN_V4_LEN>(),
+        p.bytes.first_chunk::<VXLAN_V4_LEN>(),
+    ) {
+        (Some(d), Some(s)) if push_len == VXLAN_V4_LEN => *d = *s,
+        _ => hdr.copy_from_slice(&p.bytes),
+    }
+    // Lengths fit 16 bits (checked by the callers).
+    let total = (push_len - IP + inner_len) as u16;
+    hdr[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
+    // One end-around-carry addition: the template's sum is folded.
+    let (sum, carry) = p.ip_sum.overflowing_add(total);
+    let csum = !(sum + u16::from(carry));
+    hdr[IP_CHECKSUM..IP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
+    if p.udp {
+        let udp_len = (push_len - L4 + inner_len) as u16;
+        hdr[UDP_LEN..UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
+        hdr[UDP_SRC_PORT..UDP_SRC_PORT + 2].copy_from_slice(&tunnel_src_port(hash).to_be_bytes());
+    }
+    Ok(())
+}
+
 fn apply_fast(
     t: &Transposition,
     f: &FastPlan,
@@ -481,34 +603,7 @@ fn apply_fast(
     // 3. Push: the template, then the fields that depend on the packet.
     if let Some(p) = &f.push {
         let hash = f.tunnel_hash(t, key, ports);
-        buf.start = buf
-            .start
-            .checked_sub(push_len)
-            .ok_or(EmitError::NoHeadroom(push_len))?;
-        let frame = buf.as_mut_slice();
-        let hdr = frame.get_mut(..push_len).ok_or(MISMATCH)?;
-        // VXLAN over IPv4, the usual template, is copied as a fixed-size
-        // array: inline moves instead of a call to `memcpy`.
-        match (
-            hdr.first_chunk_mut::<VXLAN_V4_LEN>(),
-            p.bytes.first_chunk::<VXLAN_V4_LEN>(),
-        ) {
-            (Some(d), Some(s)) if push_len == VXLAN_V4_LEN => *d = *s,
-            _ => hdr.copy_from_slice(&p.bytes),
-        }
-        // Lengths fit 16 bits (checked above).
-        let total = (push_len - IP + inner_len) as u16;
-        hdr[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&total.to_be_bytes());
-        // One end-around-carry addition: the template's sum is folded.
-        let (sum, carry) = p.ip_sum.overflowing_add(total);
-        let csum = !(sum + u16::from(carry));
-        hdr[IP_CHECKSUM..IP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
-        if p.udp {
-            let udp_len = (push_len - L4 + inner_len) as u16;
-            hdr[UDP_LEN..UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
-            hdr[UDP_SRC_PORT..UDP_SRC_PORT + 2]
-                .copy_from_slice(&tunnel_src_port(hash).to_be_bytes());
-        }
+        push_template(p, push_len, inner_len, hash, buf)?;
     }
     Ok(())
 }
