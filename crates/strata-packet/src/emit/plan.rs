@@ -225,22 +225,25 @@ pub fn apply_planned(
 ) -> Result<(), EmitError> {
     let t = &plan.transposition;
     match &plan.fast {
-        Some(f) if f.plain_v4(parsed) => apply_plain_v4(t, f, ports, buf, parsed),
-        Some(f) if f.fits(parsed) => apply_fast(t, f, ports, buf, parsed),
+        Some(f) if f.plain_v4(parsed) => match parsed.ufid.outer {
+            None => apply_fast::<true, true>(t, f, ports, buf, parsed),
+            Some(_) => apply_fast::<true, false>(t, f, ports, buf, parsed),
+        },
+        Some(f) if f.fits(parsed) => apply_fast::<false, false>(t, f, ports, buf, parsed),
         _ => apply_with_ports(t, ports, buf, parsed),
     }
 }
 
 impl FastPlan {
-    /// Whether the packet is a plain (untunnelled) IPv4 TCP or UDP frame,
-    /// first or only fragment, and the plan rewrites no IPv6 address: the
-    /// commonest case, which [`apply_plain_v4`] takes without the general
-    /// shortcut's branches for tunnels, IPv6 and other protocols. (Such a
-    /// packet always `fits`.)
+    /// Whether the packet's inner (or only) frame is IPv4 TCP or UDP,
+    /// first or only fragment, with no outer groups kept, and the plan
+    /// rewrites no IPv6 address: the commonest case, which
+    /// `apply_fast::<true>` takes without the branches for IPv6 and other
+    /// protocols. (Such a packet always `fits`.)
     #[inline]
     fn plain_v4(&self, parsed: &Parsed) -> bool {
         let lay = &parsed.layout;
-        parsed.ufid.outer.is_none()
+        (parsed.ufid.outer.is_none() || self.pops)
             && lay.l3_kind == L3Kind::Ipv4
             && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
             && !lay.non_first_fragment
@@ -384,6 +387,27 @@ impl FastPlan {
 }
 
 impl FastPlan {
+    /// [`FastPlan::tunnel_hash`] of a TCP or UDP key over IPv4 when the
+    /// plan rewrites no IPv6 address (both ports rewritable): the general
+    /// form's tests decided.
+    #[inline(always)]
+    fn tunnel_hash_tcp_udp_v4(&self, t: &Transposition, key: &FlowKey, ports: &PortRewrite) -> u64 {
+        match (key.src_ip, key.dst_ip) {
+            (IpAddr::V4(s), IpAddr::V4(d)) if ports_rewritable(key) == (true, true) => {
+                tunnel_hash_v4(
+                    self.src_v4.unwrap_or(s.to_bits()),
+                    self.dst_v4.unwrap_or(d.to_bits()),
+                    ports_word(
+                        key.proto,
+                        ports.src.unwrap_or(key.src_port),
+                        ports.dst.unwrap_or(key.dst_port),
+                    ),
+                )
+            }
+            _ => self.tunnel_hash(t, key, ports),
+        }
+    }
+
     /// `tunnel_hash(&t.tuple_with_ports(key, ports))`, computed on numbers
     /// when the key and the rewrite are IPv4 (or the key is not IP, so its
     /// fields stay as they are).
@@ -430,71 +454,6 @@ fn check_l4(frame: &[u8], l4_kind: L4Kind, l4: usize, l3_end: usize) -> Result<(
     if ok { Ok(()) } else { Err(MISMATCH) }
 }
 
-/// [`apply_fast`] for a packet [`FastPlan::plain_v4`] accepts: the same
-/// steps without a pop, with the inner Ethernet header at the start and
-/// IPv4 TCP / UDP known, so the same bytes and errors.
-#[inline(always)]
-fn apply_plain_v4(
-    t: &Transposition,
-    f: &FastPlan,
-    ports: &PortRewrite,
-    buf: &mut PacketBuf,
-    parsed: &Parsed,
-) -> Result<(), EmitError> {
-    let lay = &parsed.layout;
-    let key = &parsed.ufid.inner;
-    // `inner_bounds` of a frame without outer groups.
-    let len = buf.len();
-    if lay.inner_end as usize > len || lay.inner_eth != 0 {
-        return Err(MISMATCH);
-    }
-    let push_len = f.push.as_ref().map_or(0, |p| p.bytes.len());
-    if f.push.is_some() && push_len - IP + len > usize::from(u16::MAX) {
-        return Err(EmitError::TooLong);
-    }
-    buf.ensure_headroom(push_len)?;
-
-    // Inner groups.
-    {
-        let frame = buf.as_mut_slice();
-        if t.src_mac.is_some() || t.dst_mac.is_some() {
-            let e: &mut [u8; ethernet::HEADER_LEN] = frame.first_chunk_mut().ok_or(MISMATCH)?;
-            if let Some(m) = t.dst_mac {
-                e[..6].copy_from_slice(&m.0);
-            }
-            if let Some(m) = t.src_mac {
-                e[6..12].copy_from_slice(&m.0);
-            }
-        }
-        if f.l3 || ports.src.is_some() || ports.dst.is_some() {
-            let offs = [lay.l3 as usize, lay.l4 as usize, lay.l3_end as usize];
-            f.rewrite_v4(ports, frame, lay.l4_kind, offs)?;
-        }
-    }
-
-    // Push.
-    if let Some(p) = &f.push {
-        // `FastPlan::tunnel_hash` of a TCP or UDP key: both ports
-        // rewritable.
-        let hash = match (key.src_ip, key.dst_ip) {
-            (IpAddr::V4(s), IpAddr::V4(d)) if ports_rewritable(key) == (true, true) => {
-                tunnel_hash_v4(
-                    f.src_v4.unwrap_or(s.to_bits()),
-                    f.dst_v4.unwrap_or(d.to_bits()),
-                    ports_word(
-                        key.proto,
-                        ports.src.unwrap_or(key.src_port),
-                        ports.dst.unwrap_or(key.dst_port),
-                    ),
-                )
-            }
-            _ => f.tunnel_hash(t, key, ports),
-        };
-        push_template(p, push_len, len, hash, buf)?;
-    }
-    Ok(())
-}
-
 /// Put `p`'s outer headers in front of the `inner_len` bytes of `buf` and
 /// fill in the fields that depend on the packet.
 #[inline(always)]
@@ -535,7 +494,13 @@ fn push_template(
     Ok(())
 }
 
-fn apply_fast(
+/// The shortcut. `V4`: the packet passed [`FastPlan::plain_v4`], so the
+/// tests between the IPv4 rewrite and the general one, and those of the
+/// tunnel hash's general form, are known to pass; `PLAIN` (with `V4`): the
+/// frame has no outer groups, so nothing is popped. Either only drops
+/// branches already decided: the result is the same.
+#[inline(always)]
+fn apply_fast<const V4: bool, const PLAIN: bool>(
     t: &Transposition,
     f: &FastPlan,
     ports: &PortRewrite,
@@ -544,7 +509,16 @@ fn apply_fast(
 ) -> Result<(), EmitError> {
     let lay = &parsed.layout;
     let key = &parsed.ufid.inner;
-    let (has_outer, inner_eth, inner_end) = inner_bounds(buf, parsed)?;
+    let (has_outer, inner_eth, inner_end) = if PLAIN {
+        // `inner_bounds` of a frame without outer groups.
+        let inner_end = lay.inner_end as usize;
+        if inner_end > buf.len() || lay.inner_eth != 0 {
+            return Err(MISMATCH);
+        }
+        (false, 0, inner_end)
+    } else {
+        inner_bounds(buf, parsed)?
+    };
     // `fits` ruled out kept outer groups: any existing ones go.
     let pop = has_outer;
     let inner_len = if pop {
@@ -570,28 +544,25 @@ fn apply_fast(
     {
         let frame = buf.as_mut_slice();
         let eth = rel(lay.inner_eth)?;
-        if (t.src_mac.is_some() || t.dst_mac.is_some()) && frame.len() < eth + ethernet::HEADER_LEN
-        {
-            return Err(MISMATCH);
+        if t.src_mac.is_some() || t.dst_mac.is_some() {
+            let e: &mut [u8; ethernet::HEADER_LEN] = frame
+                .get_mut(eth..)
+                .and_then(|f| f.first_chunk_mut())
+                .ok_or(MISMATCH)?;
+            if let Some(m) = t.dst_mac {
+                e[..6].copy_from_slice(&m.0);
+            }
+            if let Some(m) = t.src_mac {
+                e[6..12].copy_from_slice(&m.0);
+            }
         }
-        if let Some(m) = t.dst_mac {
-            frame
-                .get_mut(eth..eth + 6)
-                .ok_or(MISMATCH)?
-                .copy_from_slice(&m.0);
-        }
-        if let Some(m) = t.src_mac {
-            frame
-                .get_mut(eth + 6..eth + 12)
-                .ok_or(MISMATCH)?
-                .copy_from_slice(&m.0);
-        }
-        let is_ip = key.is_ip() && matches!(lay.l3_kind, L3Kind::Ipv4 | L3Kind::Ipv6);
+        let is_ip = V4 || key.is_ip() && matches!(lay.l3_kind, L3Kind::Ipv4 | L3Kind::Ipv6);
         if is_ip && (f.l3 || ports.src.is_some() || ports.dst.is_some()) {
             let offs = [rel(lay.l3)?, rel(lay.l4)?, rel(lay.l3_end)?];
-            if lay.l3_kind == L3Kind::Ipv4
-                && !lay.non_first_fragment
-                && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
+            if V4
+                || lay.l3_kind == L3Kind::Ipv4
+                    && !lay.non_first_fragment
+                    && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
             {
                 f.rewrite_v4(ports, frame, lay.l4_kind, offs)?;
             } else {
@@ -602,7 +573,11 @@ fn apply_fast(
 
     // 3. Push: the template, then the fields that depend on the packet.
     if let Some(p) = &f.push {
-        let hash = f.tunnel_hash(t, key, ports);
+        let hash = if V4 {
+            f.tunnel_hash_tcp_udp_v4(t, key, ports)
+        } else {
+            f.tunnel_hash(t, key, ports)
+        };
         push_template(p, push_len, inner_len, hash, buf)?;
     }
     Ok(())
