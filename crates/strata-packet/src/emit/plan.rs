@@ -238,7 +238,7 @@ impl FastPlan {
     /// Whether the packet's inner (or only) frame is IPv4 TCP or UDP,
     /// first or only fragment, with no outer groups kept, and the plan
     /// rewrites no IPv6 address: the commonest case, which
-    /// `apply_fast::<true>` takes without the branches for IPv6 and other
+    /// `apply_fast::<true, _>` takes without the branches for IPv6 and other
     /// protocols. (Such a packet always `fits`.)
     #[inline]
     fn plain_v4(&self, parsed: &Parsed) -> bool {
