@@ -22,7 +22,7 @@
 //! every measured frame before it is timed.
 
 use strata_engine::hint::prefetch;
-use strata_packet::checksum::data_sum;
+use strata_packet::checksum::{data_sum, fold};
 
 /// Headroom in front of a frame (the engine's `PacketBuf` default).
 const HEADROOM: usize = 128;
@@ -100,7 +100,7 @@ pub struct Floor {
 }
 
 #[inline(always)]
-fn fold(a: u64, b: u64) -> u64 {
+fn mix(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
 }
@@ -192,7 +192,7 @@ impl Floor {
 
     #[inline(always)]
     fn hash(&self, key: &[u64; 2]) -> u64 {
-        fold(key[0] ^ self.seed, key[1] ^ 0x9e37_79b9_7f4a_7c15)
+        mix(key[0] ^ self.seed, key[1] ^ 0x9e37_79b9_7f4a_7c15)
     }
 
     /// Add the flow of `input`, made by the engine as `engine_out` (its
@@ -258,6 +258,7 @@ impl Floor {
         out: &mut [bool],
     ) {
         const N: usize = 32;
+        assert!(bufs.len() <= N, "a batch is at most {N} frames");
         let mut metas = [None::<Meta>; N];
         for ((b, (at, len)), m) in bufs.iter_mut().zip(frames).zip(metas.iter_mut()) {
             b.reset(&ring[at..at + len]);
@@ -332,10 +333,8 @@ impl Floor {
     }
 }
 
+/// RFC 1624 eq. 3 with the changed words' sum prepared.
 #[inline(always)]
 fn apply(checksum: u16, delta: u32) -> u16 {
-    let mut acc = u64::from(!checksum) + u64::from(delta);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    !(acc as u16)
+    !fold(u64::from(!checksum) + u64::from(delta))
 }

@@ -36,7 +36,7 @@ use crate::transposition::{OuterOp, PortRewrite, Transposition, VlanOp, ports_re
 use crate::wire::{ethernet, geneve, ipv4, tcp, udp, vxlan};
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A transposition with what can be prepared ahead of the packets.
 ///
@@ -389,23 +389,39 @@ impl FastPlan {
 impl FastPlan {
     /// [`FastPlan::tunnel_hash`] of a TCP or UDP key over IPv4 when the
     /// plan rewrites no IPv6 address (both ports rewritable): the general
-    /// form's tests decided.
+    /// form's tests decided. (Kept apart from it: folded into it as a
+    /// generic, the outbound NAT packet took 14–19 more instructions.)
     #[inline(always)]
     fn tunnel_hash_tcp_udp_v4(&self, t: &Transposition, key: &FlowKey, ports: &PortRewrite) -> u64 {
         match (key.src_ip, key.dst_ip) {
-            (IpAddr::V4(s), IpAddr::V4(d)) if ports_rewritable(key) == (true, true) => {
-                tunnel_hash_v4(
-                    self.src_v4.unwrap_or(s.to_bits()),
-                    self.dst_v4.unwrap_or(d.to_bits()),
-                    ports_word(
-                        key.proto,
-                        ports.src.unwrap_or(key.src_port),
-                        ports.dst.unwrap_or(key.dst_port),
-                    ),
-                )
-            }
+            (IpAddr::V4(s), IpAddr::V4(d)) if ports_rewritable(key) == (true, true) => self
+                .hash_translated_v4(
+                    s,
+                    d,
+                    key.proto,
+                    ports.src.unwrap_or(key.src_port),
+                    ports.dst.unwrap_or(key.dst_port),
+                ),
             _ => self.tunnel_hash(t, key, ports),
         }
+    }
+
+    /// The tunnel hash of an IPv4 tuple with the plan's address rewrites
+    /// applied (`src_port`, `dst_port` already translated).
+    #[inline(always)]
+    fn hash_translated_v4(
+        &self,
+        s: Ipv4Addr,
+        d: Ipv4Addr,
+        proto: u8,
+        src_port: u16,
+        dst_port: u16,
+    ) -> u64 {
+        tunnel_hash_v4(
+            self.src_v4.unwrap_or(s.to_bits()),
+            self.dst_v4.unwrap_or(d.to_bits()),
+            ports_word(proto, src_port, dst_port),
+        )
     }
 
     /// `tunnel_hash(&t.tuple_with_ports(key, ports))`, computed on numbers
@@ -431,14 +447,12 @@ impl FastPlan {
             Some(p) if ok => p,
             _ => old,
         };
-        tunnel_hash_v4(
-            self.src_v4.unwrap_or(s.to_bits()),
-            self.dst_v4.unwrap_or(d.to_bits()),
-            ports_word(
-                key.proto,
-                pick(src_ok, ports.src, key.src_port),
-                pick(dst_ok, ports.dst, key.dst_port),
-            ),
+        self.hash_translated_v4(
+            s,
+            d,
+            key.proto,
+            pick(src_ok, ports.src, key.src_port),
+            pick(dst_ok, ports.dst, key.dst_port),
         )
     }
 }
