@@ -1903,13 +1903,17 @@ impl UnifiedFlowTable {
     /// unique, so a flow keyed `key` is the answer wherever it is.
     #[inline]
     pub fn lookup_hinted(&self, d: Direction, key: &Ufid, hash: u64, hint: u32) -> Option<u32> {
-        if self
-            .candidate_flow(hint, d)
+        self.candidate_for(d, key, hint)
+            .or_else(|| self.lookup(d, key, hash))
+    }
+
+    /// The connection a [`UnifiedFlowTable::peek`] candidate names, if its
+    /// flow of direction `d` has key `key` (no other way is looked at).
+    #[inline]
+    pub fn candidate_for(&self, d: Direction, key: &Ufid, hint: u32) -> Option<u32> {
+        self.candidate_flow(hint, d)
             .is_some_and(|uf| self.contexts.matches(&uf.key, key))
-        {
-            return Some(hint >> 1);
-        }
-        self.lookup(d, key, hash)
+            .then_some(hint >> 1)
     }
 
     /// First stage of a pipelined lookup: start loading `hash`'s home

@@ -25,9 +25,9 @@ use crate::counters::{CounterArena, CounterName, PortCounters};
 use crate::error::{ApiError, check_id};
 use crate::flow_key::StoredUfid;
 use crate::flow_table::{
-    Connection, EarlyHashes, FlowAction, FlowActionRef, FlowMemory, LayerFlowHash, LayerFlowRef,
-    LayerFlowTable, LayerFlowView, OwnedLayerFlow, PortShape, PortValues, UnifiedFlow,
-    UnifiedFlowTable,
+    Connection, CounterLists, EarlyHashes, FlowAction, FlowActionRef, FlowMemory, LayerFlowHash,
+    LayerFlowRef, LayerFlowTable, LayerFlowView, OwnedLayerFlow, PortShape, PortValues,
+    UnifiedFlow, UnifiedFlowTable,
 };
 use crate::layer_refs::RefBlocks;
 use crate::policy::{
@@ -1319,7 +1319,65 @@ impl Port {
     /// batch's index candidate for the frame (`u32::MAX` for none), `pre`
     /// its layers classified ahead (for a first packet of a batch).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn process_parsed(
+        &mut self,
+        d: Direction,
+        buf: &mut PacketBuf,
+        parsed: &Parsed,
+        hash: u64,
+        hint: u32,
+        pre: &PreClassified,
+        now: Time,
+    ) -> Verdict {
+        if let Some(v) = self.process_established(d, buf, parsed, hint, now) {
+            return v;
+        }
+        self.process_parsed_in_full(d, buf, parsed, hash, hint, pre, now)
+    }
+
+    /// The established packet's path, inlined into the datapath's loop: the
+    /// packet's candidate flow (see [`UnifiedFlowTable::peek`]) is its
+    /// flow, compiled at the current generation (a drop flow's packets
+    /// take it too). `None`, having changed nothing, for every other
+    /// packet ([`Port::process_parsed_in_full`] decides those).
+    #[inline(always)]
+    fn process_established(
+        &mut self,
+        d: Direction,
+        buf: &mut PacketBuf,
+        parsed: &Parsed,
+        hint: u32,
+        now: Time,
+    ) -> Option<Verdict> {
+        let conn = self.uft.candidate_for(d, &parsed.ufid, hint)?;
+        let stamp = self.stamp();
+        let (c, lists) = self.uft.get_mut_with_lists(conn)?;
+        let uf = c.sides[d.index()].as_ref()?;
+        if uf.generation != stamp {
+            return None;
+        }
+        let dc = &mut self.counters.dir[d.index()];
+        dc.packets += 1;
+        dc.bytes += u64::from(parsed.meta.frame_len);
+        dc.fast_path += 1;
+        Some(forward_flow(
+            c,
+            lists,
+            &mut self.counters,
+            d,
+            buf,
+            parsed,
+            false,
+            now,
+        ))
+    }
+
+    /// Every packet [`Port::process_established`] leaves: a flow found by a
+    /// full lookup, a first packet (slow path), a flow to reconcile, a drop.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn process_parsed_in_full(
         &mut self,
         d: Direction,
         buf: &mut PacketBuf,
@@ -1347,10 +1405,6 @@ impl Port {
                 created
             }
         };
-        const REFUSED: Verdict = Verdict::Drop {
-            reason: DropReason::ActionRefused,
-            layer: None,
-        };
         let stamp = self.stamp();
         // One slab access for the usual case (current flow); a stale flow
         // is reconciled and looked up again.
@@ -1369,48 +1423,7 @@ impl Port {
                 None => return REFUSED,
             }
         }
-        c.last_seen = now;
-        c.referenced = true;
-        let Connection { sides, tcp, .. } = c;
-        let Some(uf) = sides[d.index()].as_mut() else {
-            return REFUSED;
-        };
-        // Counted in the flow entry itself; added to the rule, layer and
-        // meter counters lazily (see `UnifiedFlow::flush`), or now if a
-        // pending count would overflow.
-        uf.count(parsed.meta.frame_len, lists, &mut self.counters.arena);
-        let action = &*uf.action;
-        match action.verdict {
-            Verdict::Forward => {
-                // A connection whose TCP state began with this packet has
-                // already tracked it.
-                if let Some(t) = tcp.as_mut()
-                    && !tracked
-                {
-                    t.update(d, &parsed.meta, now, &mut self.counters.tcp);
-                }
-                let dc = &mut self.counters.dir[d.index()];
-                match apply_planned(&action.plan, &uf.port_rewrite(), buf, parsed) {
-                    Ok(()) => {
-                        dc.forwarded += 1;
-                        Verdict::Forward
-                    }
-                    Err(_) => {
-                        dc.dropped += 1;
-                        self.counters.drops[DropReason::EmitFailed.index()] += 1;
-                        Verdict::Drop {
-                            reason: DropReason::EmitFailed,
-                            layer: None,
-                        }
-                    }
-                }
-            }
-            verdict @ Verdict::Drop { reason, .. } => {
-                self.counters.dir[d.index()].dropped += 1;
-                self.counters.drops[reason.index()] += 1;
-                verdict
-            }
-        }
+        forward_flow(c, lists, &mut self.counters, d, buf, parsed, tracked, now)
     }
 
     /// Add every flow's pending packet counts to the rule, layer and meter
@@ -2314,6 +2327,72 @@ fn table_in(tables: &mut [(u32, LayerFlowTable)], uid: u32) -> Option<&mut Layer
 pub fn parse_options(d: Direction) -> ParseOptions {
     ParseOptions {
         decode_tunnels: d == Direction::In,
+    }
+}
+
+/// A packet whose connection lost its flow as it was being found.
+const REFUSED: Verdict = Verdict::Drop {
+    reason: DropReason::ActionRefused,
+    layer: None,
+};
+
+/// The rest of a packet's path once its flow is found and current (a
+/// connection without side `d` refuses it): count it in the flow, track TCP (unless the
+/// connection's state began with this packet: `tracked`), and apply the
+/// flow's action.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_flow(
+    c: &mut Connection,
+    lists: &CounterLists,
+    counters: &mut PortCounters,
+    d: Direction,
+    buf: &mut PacketBuf,
+    parsed: &Parsed,
+    tracked: bool,
+    now: Time,
+) -> Verdict {
+    c.last_seen = now;
+    c.referenced = true;
+    let Connection { sides, tcp, .. } = c;
+    let Some(uf) = sides[d.index()].as_mut() else {
+        return REFUSED;
+    };
+    // Counted in the flow entry itself; added to the rule, layer and
+    // meter counters lazily (see `UnifiedFlow::flush`), or now if a
+    // pending count would overflow.
+    uf.count(parsed.meta.frame_len, lists, &mut counters.arena);
+    let action = &*uf.action;
+    match action.verdict {
+        Verdict::Forward => {
+            // A connection whose TCP state began with this packet has
+            // already tracked it.
+            if let Some(t) = tcp.as_mut()
+                && !tracked
+            {
+                t.update(d, &parsed.meta, now, &mut counters.tcp);
+            }
+            let dc = &mut counters.dir[d.index()];
+            match apply_planned(&action.plan, &uf.port_rewrite(), buf, parsed) {
+                Ok(()) => {
+                    dc.forwarded += 1;
+                    Verdict::Forward
+                }
+                Err(_) => {
+                    dc.dropped += 1;
+                    counters.drops[DropReason::EmitFailed.index()] += 1;
+                    Verdict::Drop {
+                        reason: DropReason::EmitFailed,
+                        layer: None,
+                    }
+                }
+            }
+        }
+        verdict @ Verdict::Drop { reason, .. } => {
+            counters.dir[d.index()].dropped += 1;
+            counters.drops[reason.index()] += 1;
+            verdict
+        }
     }
 }
 

@@ -64,6 +64,59 @@ fn batches_match_frame_by_frame() {
     );
 }
 
+/// A policy change between bursts: a new first layer marks every
+/// outbound packet's DSCP and blocks the connections to 10.1.0.0/25
+/// (among them those of the group in flight, whose flows exist).
+/// Established flows were compiled at the old generation, so the batch's
+/// established-packet path must leave them to reconciliation: the
+/// rewritten bytes, the blocked connections' drops and every counter are
+/// those of frame-by-frame processing.
+#[test]
+fn batches_match_frame_by_frame_across_a_policy_change() {
+    use strata_engine::{ActionSpec, Condition, DefaultAction, Field, Group, LayerSpec, Rule};
+    let all = runs(200);
+    // Mid-way through, after a group's SYN-ACKs: its ACKs and FINs (and
+    // every later group's packets) meet the new policy.
+    let at = all.len() / 2 + 2;
+    let change = |k: usize, p: &mut Port| {
+        if k != at {
+            return;
+        }
+        let allow = DefaultAction::Allow;
+        let mut mark = LayerSpec::new("mark", allow, allow);
+        mark.groups
+            .push(Group::new("out", Direction::Out).with_rules(vec![
+                Rule::new(
+                    "block-lower-peers",
+                    1,
+                    vec![Condition::ip_prefix(
+                        Field::DstIp,
+                        "10.1.0.0".parse().expect("ip"),
+                        25,
+                    )],
+                    ActionSpec::Block,
+                ),
+                Rule::new(
+                    "mark",
+                    9,
+                    vec![],
+                    ActionSpec::Modify {
+                        src_mac: None,
+                        dst_mac: None,
+                        dscp: Some(46),
+                        vlan: None,
+                    },
+                ),
+            ]));
+        p.add_layer(mark, Some(0)).expect("mark layer");
+    };
+    let batched = bursts_match_one_by_one_changing(|| port(1 << 16), &all, change);
+    let out = batched.direction_counters(Direction::Out);
+    assert!(out.reconciled > 0, "{out:?}");
+    assert!(out.fast_path > out.reconciled, "{out:?}");
+    assert!(out.dropped > 20, "{out:?}");
+}
+
 /// With room for a few connections, chunks evict and reuse slots that
 /// later frames' candidates name: each candidate is key-checked.
 #[test]

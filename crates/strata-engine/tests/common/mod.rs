@@ -511,8 +511,20 @@ pub fn bursts_match_one_by_one(
     make: impl Fn() -> Port,
     runs: &[(Direction, Vec<Vec<u8>>)],
 ) -> Port {
+    bursts_match_one_by_one_changing(make, runs, |_, _| {})
+}
+
+/// [`bursts_match_one_by_one`], calling `change(k, port)` on both ports
+/// before run `k` (a policy change between bursts).
+pub fn bursts_match_one_by_one_changing(
+    make: impl Fn() -> Port,
+    runs: &[(Direction, Vec<Vec<u8>>)],
+    change: impl Fn(usize, &mut Port),
+) -> Port {
     let (mut one, mut batched) = (make(), make());
-    for (d, frames) in runs {
+    for (k, (d, frames)) in runs.iter().enumerate() {
+        change(k, &mut one);
+        change(k, &mut batched);
         let d = *d;
         let mut bufs: Vec<PacketBuf> = frames.iter().map(|f| PacketBuf::from_frame(f)).collect();
         let mut verdicts = vec![Verdict::Forward; bufs.len()];
