@@ -45,7 +45,7 @@ use crossbeam_channel::Receiver;
 use smallvec::{SmallVec, smallvec};
 use std::net::IpAddr;
 use std::sync::Arc;
-use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned};
+use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned, apply_planned_inline};
 use strata_packet::flow::{Ufid, ipproto};
 use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_into, parse_with};
 use strata_packet::transposition::Transposition;
@@ -1361,7 +1361,7 @@ impl Port {
         dc.packets += 1;
         dc.bytes += u64::from(parsed.meta.frame_len);
         dc.fast_path += 1;
-        Some(forward_flow(
+        Some(forward_flow::<true>(
             c,
             lists,
             &mut self.counters,
@@ -1423,7 +1423,7 @@ impl Port {
                 None => return REFUSED,
             }
         }
-        forward_flow(c, lists, &mut self.counters, d, buf, parsed, tracked, now)
+        forward_flow::<false>(c, lists, &mut self.counters, d, buf, parsed, tracked, now)
     }
 
     /// Add every flow's pending packet counts to the rule, layer and meter
@@ -2339,10 +2339,11 @@ const REFUSED: Verdict = Verdict::Drop {
 /// The rest of a packet's path once its flow is found and current (a
 /// connection without side `d` refuses it): count it in the flow, track TCP (unless the
 /// connection's state began with this packet: `tracked`), and apply the
-/// flow's action.
+/// flow's action. `INLINE_EMIT`: the usual emit inlined (the batch loop's
+/// established path; the full path calls it, and stays smaller).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_flow(
+fn forward_flow<const INLINE_EMIT: bool>(
     c: &mut Connection,
     lists: &CounterLists,
     counters: &mut PortCounters,
@@ -2373,7 +2374,13 @@ fn forward_flow(
                 t.update(d, &parsed.meta, now, &mut counters.tcp);
             }
             let dc = &mut counters.dir[d.index()];
-            match apply_planned(&action.plan, &uf.port_rewrite(), buf, parsed) {
+            let ports = uf.port_rewrite();
+            let emitted = if INLINE_EMIT {
+                apply_planned_inline(&action.plan, &ports, buf, parsed)
+            } else {
+                apply_planned(&action.plan, &ports, buf, parsed)
+            };
+            match emitted {
                 Ok(()) => {
                     dc.forwarded += 1;
                     Verdict::Forward

@@ -34,7 +34,7 @@ use crate::wire::{ethernet, geneve, icmp, ipv4, ipv6, nvgre, tcp, udp, vlan, vxl
 use std::net::IpAddr;
 
 mod plan;
-pub use plan::{EmitPlan, apply_planned};
+pub use plan::{EmitPlan, apply_planned, apply_planned_inline};
 
 /// Default headroom kept in front of a frame for pushed outer headers:
 /// Ethernet + IPv6 + UDP + Geneve (70 bytes) with 58 bytes to spare for

@@ -2,8 +2,9 @@
 //! transpositions (every outer op and encap kind, VLAN ops, MAC / IP / DSCP
 //! rewrites of either family) with random port rewrites, on every sample
 //! frame (plain, VLAN-tagged, fragments, ICMP, ARP, VXLAN / Geneve / NVGRE
-//! tunnelled; IPv4 and IPv6) and random headroom, `apply_planned` returns
-//! the same result and leaves the same bytes as `apply_with_ports` — and the
+//! tunnelled; IPv4 and IPv6) and random headroom, `apply_planned` (and its
+//! inlined form, `apply_planned_inline`) returns the same result and leaves
+//! the same bytes as `apply_with_ports` — and the
 //! shortcut is really taken for the shapes it is meant for.
 
 mod common;
@@ -12,7 +13,9 @@ use common::all_frames;
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned, apply_with_ports};
+use strata_packet::emit::{
+    EmitPlan, PacketBuf, apply_planned, apply_planned_inline, apply_with_ports,
+};
 use strata_packet::flow::{MacAddr, TunnelKind};
 use strata_packet::parse::parse;
 use strata_packet::transposition::{Encap, OuterOp, PortRewrite, Transposition, VlanOp};
@@ -121,13 +124,22 @@ fn both(
     let mut general = PacketBuf::with_headroom(frame.len() + 64, headroom);
     general.reset(frame);
     let mut planned = general.clone();
+    let mut inlined = general.clone();
     let a = apply_with_ports(t, p, &mut general, &parsed);
     let b = apply_planned(plan, p, &mut planned, &parsed);
-    prop_assert_eq!(a, b, "result of {}", t.describe());
+    let c = apply_planned_inline(plan, p, &mut inlined, &parsed);
+    prop_assert_eq!(&a, &b, "result of {}", t.describe());
+    prop_assert_eq!(&a, &c, "inlined result of {}", t.describe());
     prop_assert_eq!(
         general.as_slice(),
         planned.as_slice(),
         "bytes of {}",
+        t.describe()
+    );
+    prop_assert_eq!(
+        general.as_slice(),
+        inlined.as_slice(),
+        "inlined bytes of {}",
         t.describe()
     );
     Ok(())

@@ -234,6 +234,25 @@ pub fn apply_planned(
     }
 }
 
+/// [`apply_planned`], with the commonest case (a plain IPv4 TCP or UDP
+/// frame, no outer groups, see [`FastPlan::plain_v4`]) inlined into the
+/// caller and the others left to `apply_planned`'s call: for a datapath
+/// loop, where inlining every case would only grow the loop.
+#[inline(always)]
+pub fn apply_planned_inline(
+    plan: &EmitPlan,
+    ports: &PortRewrite,
+    buf: &mut PacketBuf,
+    parsed: &Parsed,
+) -> Result<(), EmitError> {
+    match &plan.fast {
+        Some(f) if parsed.ufid.outer.is_none() && f.plain_v4(parsed) => {
+            apply_fast::<true, true>(&plan.transposition, f, ports, buf, parsed)
+        }
+        _ => apply_planned(plan, ports, buf, parsed),
+    }
+}
+
 impl FastPlan {
     /// Whether the packet's inner (or only) frame is IPv4 TCP or UDP,
     /// first or only fragment, with no outer groups kept, and the plan
