@@ -2371,7 +2371,11 @@ fn forward_flow<const INLINE_EMIT: bool>(
             if let Some(t) = tcp.as_mut()
                 && !tracked
             {
-                t.update(d, &parsed.meta, now, &mut counters.tcp);
+                if INLINE_EMIT {
+                    t.update_inline(d, &parsed.meta, now, &mut counters.tcp);
+                } else {
+                    t.update(d, &parsed.meta, now, &mut counters.tcp);
+                }
             }
             let dc = &mut counters.dir[d.index()];
             let ports = uf.port_rewrite();

@@ -211,27 +211,52 @@ impl TcpConn {
 
     /// Update with one packet travelling in `dir`.
     pub fn update(&mut self, dir: Direction, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
-        let me = usize::from(dir != self.initiator);
-        let other = 1 - me;
-        let f = m.tcp_flags;
+        if self.usual(dir, m, now, stats) {
+            return;
+        }
         if m.ecn == 3 {
             stats.ecn_ce_marks += 1;
         }
-        // The usual packet: an established connection's, with no SYN, FIN
-        // or RST, and no FIN seen before it. Only the sequence tracking
-        // applies (`update_general` would change no state either; the unit
-        // tests hold the two to the same results).
-        if self.state == TcpState::Established
-            && f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
-            && (self.flags[0] | self.flags[1]) & HAS_FIN == 0
-        {
-            self.track_data(me, m, now, stats);
-            if f & tcp_flags::ACK != 0 {
-                self.track_ack(other, m, now, stats);
-            }
-            return;
-        }
         self.update_general(dir, m, now, stats);
+    }
+
+    /// [`TcpConn::update`] with the usual packet's update inlined into the
+    /// caller (a datapath loop's) and any other left to the call.
+    #[inline(always)]
+    pub fn update_inline(
+        &mut self,
+        dir: Direction,
+        m: &PacketMeta,
+        now: Time,
+        stats: &mut TcpStats,
+    ) {
+        if !self.usual(dir, m, now, stats) {
+            self.update(dir, m, now, stats);
+        }
+    }
+
+    /// The usual packet: an established connection's, with no SYN, FIN or
+    /// RST, and no FIN seen before it. Only the sequence tracking applies
+    /// (`update_general` would change no state either; the unit tests hold
+    /// the two to the same results). Whether `m` was one (and is tracked).
+    #[inline(always)]
+    fn usual(&mut self, dir: Direction, m: &PacketMeta, now: Time, stats: &mut TcpStats) -> bool {
+        let f = m.tcp_flags;
+        if self.state != TcpState::Established
+            || f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
+            || (self.flags[0] | self.flags[1]) & HAS_FIN != 0
+        {
+            return false;
+        }
+        if m.ecn == 3 {
+            stats.ecn_ce_marks += 1;
+        }
+        let me = usize::from(dir != self.initiator);
+        self.track_data(me, m, now, stats);
+        if f & tcp_flags::ACK != 0 {
+            self.track_ack(1 - me, m, now, stats);
+        }
+        true
     }
 
     /// [`TcpConn::update`] for any packet, without the shortcut (and
@@ -431,6 +456,7 @@ mod tests {
         ) {
             let (mut a, mut sa) = established();
             let (mut b, mut sb) = (a, sa);
+            let (mut c, mut sc) = (a, sa);
             for (i, (out, flags, seq, ack, len, ecn)) in pkts.into_iter().enumerate() {
                 let d = if out { Direction::Out } else { Direction::In };
                 let mut m = meta(flags, seq, ack, len);
@@ -441,8 +467,11 @@ mod tests {
                     sb.ecn_ce_marks += 1;
                 }
                 b.update_general(d, &m, now, &mut sb);
+                c.update_inline(d, &m, now, &mut sc);
                 prop_assert_eq!(a, b);
                 prop_assert_eq!(&sa, &sb);
+                prop_assert_eq!(a, c);
+                prop_assert_eq!(&sa, &sc);
             }
         }
     }
