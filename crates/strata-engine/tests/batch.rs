@@ -96,17 +96,7 @@ fn batches_match_frame_by_frame_across_a_policy_change() {
                     )],
                     ActionSpec::Block,
                 ),
-                Rule::new(
-                    "mark",
-                    9,
-                    vec![],
-                    ActionSpec::Modify {
-                        src_mac: None,
-                        dst_mac: None,
-                        dscp: Some(46),
-                        vlan: None,
-                    },
-                ),
+                mark_dscp("mark", 9, 46),
             ]));
         p.add_layer(mark, Some(0)).expect("mark layer");
     };

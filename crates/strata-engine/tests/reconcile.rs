@@ -439,19 +439,8 @@ fn layers_inserted_and_removed_at_runtime() {
     ));
     // A new layer at the VM side that marks DSCP 46 on everything outbound.
     let mut spec = LayerSpec::new("qos", DefaultAction::Allow, DefaultAction::Allow);
-    spec.groups.push(
-        Group::new("mark", Direction::Out).with_rules(vec![Rule::new(
-            "ef",
-            1,
-            vec![],
-            ActionSpec::Modify {
-                src_mac: None,
-                dst_mac: None,
-                dscp: Some(46),
-                vlan: None,
-            },
-        )]),
-    );
+    spec.groups
+        .push(Group::new("mark", Direction::Out).with_rules(vec![mark_dscp("ef", 1, 46)]));
     p.add_layer(spec, Some(0)).unwrap();
     assert_eq!(p.layer_ids(), ["qos", "meter", "acl", "slb", "vnet"]);
     let (_, out) = run(

@@ -548,3 +548,18 @@ pub fn bursts_match_one_by_one_changing(
         .expect("batched port's flow state");
     batched
 }
+
+/// A rule of priority `priority` that sets DSCP `dscp` on every packet.
+pub fn mark_dscp(id: &str, priority: u32, dscp: u8) -> strata_engine::Rule {
+    strata_engine::Rule::new(
+        id,
+        priority,
+        vec![],
+        strata_engine::ActionSpec::Modify {
+            src_mac: None,
+            dst_mac: None,
+            dscp: Some(dscp),
+            vlan: None,
+        },
+    )
+}
