@@ -235,7 +235,7 @@ pub fn apply_planned(
 }
 
 /// [`apply_planned`], with the commonest case (a plain IPv4 TCP or UDP
-/// frame, no outer groups, see [`FastPlan::plain_v4`]) inlined into the
+/// frame, no outer groups: `FastPlan::plain_v4`) inlined into the
 /// caller and the others left to `apply_planned`'s call: for a datapath
 /// loop, where inlining every case would only grow the loop.
 #[inline(always)]
