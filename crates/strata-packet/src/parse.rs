@@ -632,6 +632,10 @@ pub fn parse_with(frame: &[u8], opts: ParseOptions) -> Result<Parsed, ParseError
 ///
 /// Frames of the common shapes (untagged IPv4 / TCP or UDP, plain or in
 /// VXLAN) take a shortcut; the result is always that of [`parse_general`].
+/// The shortcut is inlined into the caller (a datapath's batch loop: its
+/// call cost an outbound NAT packet 15 of its 954 instructions); the
+/// general parser stays a call.
+#[inline(always)]
 pub fn parse_into(frame: &[u8], opts: ParseOptions, out: &mut Parsed) -> Result<(), ParseError> {
     if fast::parse(frame, opts.decode_tunnels, out) {
         return Ok(());
