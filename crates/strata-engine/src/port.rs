@@ -1373,8 +1373,9 @@ impl Port {
         ))
     }
 
-    /// Every packet [`Port::process_established`] leaves: a flow found by a
-    /// full lookup, a first packet (slow path), a flow to reconcile, a drop.
+    /// Every packet [`Port::process_established`] leaves: one without a
+    /// candidate (`Port::process`'s), a flow found only by a full lookup, a
+    /// first packet (slow path), a flow to reconcile.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn process_parsed_in_full(
