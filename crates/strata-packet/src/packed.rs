@@ -75,6 +75,16 @@ pub struct HeaderContext {
     outer_vni_kind: u32,
 }
 
+/// Whether two MACs are equal, as one 4-byte and one 2-byte comparison
+/// (what `==` on the arrays compiles to assembles each side into one
+/// number first).
+#[inline(always)]
+fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let (a4, a2) = a.split_at(4);
+    let (b4, b2) = b.split_at(4);
+    a4 == b4 && a2 == b2
+}
+
 fn v4(ip: IpAddr) -> Option<u32> {
     match ip {
         IpAddr::V4(a) => Some(u32::from(a)),
@@ -259,8 +269,8 @@ impl HeaderContext {
     #[inline]
     pub fn matches(&self, u: &Ufid) -> bool {
         let k = &u.inner;
-        let inner = k.src_mac.0 == self.src_mac
-            && k.dst_mac.0 == self.dst_mac
+        let inner = mac_eq(&k.src_mac.0, &self.src_mac)
+            && mac_eq(&k.dst_mac.0, &self.dst_mac)
             && k.ether_type == self.ether_type
             && match k.vlan {
                 None => self.vlan == 0,
