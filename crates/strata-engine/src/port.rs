@@ -2338,13 +2338,14 @@ const REFUSED: Verdict = Verdict::Drop {
 };
 
 /// The rest of a packet's path once its flow is found and current (a
-/// connection without side `d` refuses it): count it in the flow, track TCP (unless the
-/// connection's state began with this packet: `tracked`), and apply the
-/// flow's action. `INLINE_EMIT`: the usual emit inlined (the batch loop's
-/// established path; the full path calls it, and stays smaller).
+/// connection without side `d` refuses it): count it in the flow, track
+/// TCP (unless the connection's state began with this packet: `tracked`),
+/// and apply the flow's action. `INLINE_USUAL`: the usual packet's TCP
+/// update and emit inlined (the batch loop's established path; the full
+/// path calls them, and stays smaller).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_flow<const INLINE_EMIT: bool>(
+fn forward_flow<const INLINE_USUAL: bool>(
     c: &mut Connection,
     lists: &CounterLists,
     counters: &mut PortCounters,
@@ -2372,7 +2373,7 @@ fn forward_flow<const INLINE_EMIT: bool>(
             if let Some(t) = tcp.as_mut()
                 && !tracked
             {
-                if INLINE_EMIT {
+                if INLINE_USUAL {
                     t.update_inline(d, &parsed.meta, now, &mut counters.tcp);
                 } else {
                     t.update(d, &parsed.meta, now, &mut counters.tcp);
@@ -2380,7 +2381,7 @@ fn forward_flow<const INLINE_EMIT: bool>(
             }
             let dc = &mut counters.dir[d.index()];
             let ports = uf.port_rewrite();
-            let emitted = if INLINE_EMIT {
+            let emitted = if INLINE_USUAL {
                 apply_planned_inline(&action.plan, &ports, buf, parsed)
             } else {
                 apply_planned(&action.plan, &ports, buf, parsed)

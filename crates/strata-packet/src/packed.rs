@@ -284,8 +284,8 @@ impl HeaderContext {
                         && o.vni < 1 << 24
                         && v4(o.src_ip) == Some(self.outer_src_ip)
                         && v4(o.dst_ip) == Some(self.outer_dst_ip)
-                        && o.src_mac.0 == self.outer_src_mac
-                        && o.dst_mac.0 == self.outer_dst_mac
+                        && mac_eq(&o.src_mac.0, &self.outer_src_mac)
+                        && mac_eq(&o.dst_mac.0, &self.outer_dst_mac)
                 }
             }
     }
