@@ -15,8 +15,11 @@
 //! path; the SYN-ACK's slow path then makes the inbound flow), `PACKETS=2`
 //! the first two (so the difference with `SYN=1` is the SYN-ACK's cost; with
 //! three or more the warm-up round leaves the connections established and
-//! the measured round's first packets find them); `RULES=1000` puts that
-//! many rules in the customer ACL group.
+//! the measured round's first packets find them); `PACKET=k` processes the
+//! k-th packet of each connection of the measured round in a symbol of its
+//! own (`--toggle-collect='lifecycle::measured_packet'`, ÷ N: that
+//! packet's cost); `RULES=1000` puts that many rules in the customer ACL
+//! group.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -41,7 +44,7 @@ fn main() {
     } else {
         env_or("PACKETS", 6usize)
     };
-    round(&mut port, &mut buf, &lc, packets, secs(1));
+    round(&mut port, &mut buf, &lc, packets, secs(1), false);
     measured_expire(&mut port, secs(100));
     let t = std::time::Instant::now();
     measured_round(&mut port, &mut buf, &lc, packets, secs(101));
@@ -65,7 +68,7 @@ fn measured_round(
     packets: usize,
     now: u64,
 ) {
-    round(port, buf, lc, packets, now)
+    round(port, buf, lc, packets, now, true)
 }
 #[inline(always)]
 fn round(
@@ -74,12 +77,32 @@ fn round(
     lc: &[[(Direction, Vec<u8>); 6]],
     packets: usize,
     now: u64,
+    measured: bool,
 ) {
+    // `PACKET=k` (1-based): the k-th packet of each connection goes
+    // through `measured_packet`, a symbol of its own, so callgrind can
+    // collect that packet alone.
+    let only = if measured { env_or("PACKET", 0) } else { 0 };
     for l in lc {
-        for (d, f) in l.iter().take(packets) {
+        for (i, (d, f)) in l.iter().take(packets).enumerate() {
             buf.reset(f);
-            let v = port.process(*d, buf, now);
+            let v = if i + 1 == only {
+                measured_packet(port, buf, *d, now)
+            } else {
+                port.process(*d, buf, now)
+            };
             assert!(v.is_forward(), "{v:?}");
         }
     }
+}
+
+/// One packet, as a symbol of its own (`PACKET=k`).
+#[inline(never)]
+fn measured_packet(
+    port: &mut strata_engine::Port,
+    buf: &mut PacketBuf,
+    d: Direction,
+    now: u64,
+) -> strata_engine::Verdict {
+    port.process(d, buf, now)
 }
