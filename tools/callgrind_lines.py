@@ -5,7 +5,8 @@ instructions that is, and per function the lines and the bytes in them
 that do not run (code laid out between code that does).
 
 Input: a callgrind file written with `--dump-instr=yes` and the binary it
-profiled (for instruction sizes, from objdump). `ITERATIONS` divides the
+profiled (for instruction sizes, from objdump). Needs valgrind and
+binutils (`apt-get install valgrind binutils`). `ITERATIONS` divides the
 counts (e.g. the number of first packets of the measured round); an
 instruction counts as executed if it ran at least `--min` (0.5) times per
 iteration.
