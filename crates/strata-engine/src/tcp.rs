@@ -211,17 +211,13 @@ impl TcpConn {
 
     /// Update with one packet travelling in `dir`.
     pub fn update(&mut self, dir: Direction, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
-        if self.usual(dir, m, now, stats) {
-            return;
+        if !self.usual(dir, m, now, stats) {
+            self.unusual(dir, m, now, stats);
         }
-        if m.ecn == 3 {
-            stats.ecn_ce_marks += 1;
-        }
-        self.update_general(dir, m, now, stats);
     }
 
     /// [`TcpConn::update`] with the usual packet's update inlined into the
-    /// caller (a datapath loop's) and any other left to the call.
+    /// caller (a datapath loop's) and any other left to a call.
     #[inline(always)]
     pub fn update_inline(
         &mut self,
@@ -231,8 +227,16 @@ impl TcpConn {
         stats: &mut TcpStats,
     ) {
         if !self.usual(dir, m, now, stats) {
-            self.update(dir, m, now, stats);
+            self.unusual(dir, m, now, stats);
         }
+    }
+
+    /// [`TcpConn::update`] for a packet [`TcpConn::usual`] did not take.
+    fn unusual(&mut self, dir: Direction, m: &PacketMeta, now: Time, stats: &mut TcpStats) {
+        if m.ecn == 3 {
+            stats.ecn_ce_marks += 1;
+        }
+        self.update_general(dir, m, now, stats);
     }
 
     /// The usual packet: an established connection's, with no SYN, FIN or
