@@ -78,6 +78,71 @@ def instruction_sizes(binary, lo, hi):
     return {a: b - a for a, b in zip(starts, starts[1:])}
 
 
+def gap_runs(hot, lines, size):
+    """Runs of instructions that do not run, inside lines that do:
+    `(first address, bytes)`."""
+    runs, start, total, last_end = [], None, 0, None
+    for a in sorted(size):
+        if a // 64 not in lines or a in hot or (last_end is not None and a != last_end):
+            if start is not None:
+                runs.append((start, total))
+                start = None
+        if a // 64 in lines and a not in hot:
+            if start is None:
+                start, total = a, 0
+            total += size[a]
+            last_end = a + size[a]
+        else:
+            last_end = None
+    if start is not None:
+        runs.append((start, total))
+    return runs
+
+
+def source_lines(binary, addrs):
+    """Per address: its inline chain, innermost first, as paths."""
+    out = subprocess.run(
+        ["addr2line", "-a", "-i", "-e", binary] + [hex(a) for a in addrs],
+        capture_output=True, text=True, check=True).stdout
+    chains, cur = {}, None
+    for line in out.splitlines():
+        if line.startswith("0x"):
+            cur = int(line, 16)
+            chains[cur] = []
+        elif cur is not None:
+            chains[cur].append(re.sub(r" \(discriminator \d+\)", "", line))
+    return chains
+
+
+def own_frame(chain, own):
+    """The innermost frame of the chain in our own code (a path containing
+    `own`), shortened, and the library frame inlined into it if any."""
+    for i, loc in enumerate(chain):
+        if own in loc:
+            inner = chain[0].rsplit("/", 1)[-1] if i else ""
+            return loc.split(own, 1)[1].replace("/src/", ":", 1), inner
+    return "?", chain[0].rsplit("/", 1)[-1] if chain else ""
+
+
+def print_gaps(args, hot, lines, size):
+    runs = gap_runs(hot, lines, size)
+    chains = source_lines(args.binary, [a for a, _ in runs])
+    by_src = collections.defaultdict(lambda: [0, 0, collections.Counter()])
+    for a, n in runs:
+        src, inner = own_frame(chains.get(a, []), args.own)
+        row = by_src[src]
+        row[0] += n
+        row[1] += 1
+        if inner:
+            row[2][inner] += n
+    total = sum(n for _, n in runs)
+    print(f"{total} bytes in {len(runs)} runs do not run inside the executed lines")
+    print(f"{'bytes':>5} {'runs':>4}  our source line  (library code inlined there)")
+    for src, (n, k, inner) in sorted(by_src.items(), key=lambda kv: -kv[1][0])[:args.top]:
+        lib = ", ".join(x for x, _ in inner.most_common(2))
+        print(f"{n:5d} {k:4d}  {src}" + (f"  ({lib})" if lib else ""))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("callgrind_out")
@@ -86,6 +151,11 @@ def main():
     ap.add_argument("--min", type=float, default=0.5,
                     help="runs per iteration for an instruction to count")
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--gaps", action="store_true",
+                    help="list instead the code that does not run inside the "
+                         "executed lines, by our source line (addr2line)")
+    ap.add_argument("--own", default="/crates/strata",
+                    help="path part marking our own source files (--gaps)")
     args = ap.parse_args()
 
     cost, func = self_costs(args.callgrind_out)
@@ -99,6 +169,9 @@ def main():
     print(f"executed: {len(hot)} instructions, {hot_bytes / 1024:.1f} KB, "
           f"in {len(lines)} lines = {len(lines) * 64 / 1024:.1f} KB "
           f"(density {hot_bytes / (len(lines) * 64):.0%})")
+    if args.gaps:
+        print_gaps(args, set(hot), lines, size)
+        return
     per = collections.defaultdict(lambda: [0, set()])
     for a in hot:
         p = per[func[a]]

@@ -1512,6 +1512,14 @@ impl UnifiedFlow {
         self.action.port_rewrite(self.ports)
     }
 
+    /// The UDP source port of the tunnel header the flow pushes, if it
+    /// pushes one ([`EmitPlan::tunnel_port`]); `key` is the flow's UFID.
+    pub fn tunnel_port(&self, key: &Ufid) -> Option<u16> {
+        self.action
+            .plan
+            .tunnel_port(&self.port_rewrite(), &key.inner)
+    }
+
     /// Count one packet of `bytes` bytes, flushing first if a pending count
     /// would overflow.
     #[inline]
@@ -1598,6 +1606,13 @@ pub struct Connection {
     idle_ttl: OptSecs,
     /// Second-chance bit for eviction (set on every hit).
     pub referenced: bool,
+    /// The UDP source port of the tunnel header the connection's one
+    /// tunnel-pushing side writes ([`EmitPlan::tunnel_port`]), kept so its
+    /// packets are not hashed again; 0 when no side or both sides push one.
+    /// Kept true by the table whenever a side changes
+    /// (`UnifiedFlowTable::refresh_tunnel_port`). In the struct's padding,
+    /// so it costs no memory; not in snapshots (worked out on restore).
+    tunnel_port: u16,
 }
 
 /// An optional TTL in 4 bytes, as whole seconds (rule TTLs are whole
@@ -1641,6 +1656,26 @@ impl Connection {
             last_seen: now,
             idle_ttl: idle_ttl.into(),
             referenced: false,
+            tunnel_port: 0,
+        }
+    }
+
+    /// [`Connection::tunnel_port`]'s value for the datapath's emit.
+    #[inline]
+    pub fn tunnel_port(&self) -> Option<u16> {
+        (self.tunnel_port != 0).then_some(self.tunnel_port)
+    }
+
+    /// The side pushing a UDP tunnel, if exactly one does.
+    fn tunnel_side(&self) -> Option<Direction> {
+        let pushes = |d: Direction| {
+            self.side(d)
+                .is_some_and(|uf| uf.action.plan.pushes_udp_tunnel())
+        };
+        match (pushes(Direction::Out), pushes(Direction::In)) {
+            (true, false) => Some(Direction::Out),
+            (false, true) => Some(Direction::In),
+            _ => None,
         }
     }
 
@@ -1860,6 +1895,8 @@ impl<'de> Deserialize<'de> for ConnsIn {
                             last_seen: c.last_seen,
                             idle_ttl: c.idle_ttl,
                             referenced: c.referenced,
+                            // Worked out in `UnifiedFlowTable::rebuild`.
+                            tunnel_port: 0,
                         }
                     });
                     out.conns.push(conn);
@@ -2026,6 +2063,7 @@ impl UnifiedFlowTable {
         &mut self,
         c: u32,
         d: Direction,
+        key: &Ufid,
         uf: UnifiedFlow,
         arena: &mut crate::counters::CounterArena,
     ) {
@@ -2053,10 +2091,11 @@ impl UnifiedFlowTable {
             side.flush(lists, arena);
             // The key stays: it is the table's (stored with a reference on
             // its context); the rest is the new flow.
-            let key = std::mem::take(&mut side.key);
-            *side = UnifiedFlow { key, ..uf };
+            let stored = std::mem::take(&mut side.key);
+            *side = UnifiedFlow { key: stored, ..uf };
         }
         self.counter_lists.release(old);
+        self.refresh_tunnel_port(c, d, Some(key));
     }
 
     /// Whether the index holds exactly one well-placed entry per flow, and
@@ -2082,6 +2121,13 @@ impl UnifiedFlowTable {
                 if self.lookup(d, &key, self.hash(d, &key)) != Some(c) {
                     return Err(format!("connection {c} {d:?}: its key does not find it"));
                 }
+            }
+            let port = self.tunnel_port_from_scratch(c);
+            if conn.tunnel_port != port {
+                return Err(format!(
+                    "connection {c}: tunnel source port {} kept, {port} due",
+                    conn.tunnel_port
+                ));
             }
         }
         if flows != self.index.len() {
@@ -2195,6 +2241,38 @@ impl UnifiedFlowTable {
         }
     }
 
+    /// Keep connection `c`'s [`Connection::tunnel_port`] true after its
+    /// side `d` changed (set, recompiled or cleared); `key` is that side's
+    /// UFID when it has one. The other side's port, already kept, stays;
+    /// its key is unpacked only when it had none (both sides pushed).
+    fn refresh_tunnel_port(&mut self, c: u32, d: Direction, key: Option<&Ufid>) {
+        let contexts = &self.contexts;
+        let Some(conn) = self.conns.get_mut(c as usize).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        conn.tunnel_port = match conn.tunnel_side() {
+            None => None,
+            Some(s) if s == d => key.and_then(|k| conn.side(s)?.tunnel_port(k)),
+            Some(_) if conn.tunnel_port != 0 => return,
+            Some(s) => conn
+                .side(s)
+                .and_then(|uf| uf.tunnel_port(&contexts.unpack(&uf.key)?)),
+        }
+        .unwrap_or(0);
+    }
+
+    /// What [`Connection::tunnel_port`] holds for connection `c`, worked
+    /// out from scratch (restores, checks).
+    fn tunnel_port_from_scratch(&self, c: u32) -> u16 {
+        let Some(conn) = self.get(c) else { return 0 };
+        conn.tunnel_side()
+            .and_then(|s| {
+                let uf = conn.side(s)?;
+                uf.tunnel_port(&self.contexts.unpack(&uf.key)?)
+            })
+            .unwrap_or(0)
+    }
+
     /// Install `uf` (keyed `key`, whose [`UnifiedFlowTable::hash`] is `hash`) as side `d`
     /// of connection `c`, replacing (and unindexing) any previous flow of
     /// that side. The caller has the key unpacked and hashed already.
@@ -2207,7 +2285,7 @@ impl UnifiedFlowTable {
         // Store first: a context the old flow shared stays without a
         // free-and-intern round trip.
         uf.key = self.contexts.store(key);
-        self.clear_side(c, d);
+        self.take_side(c, d);
         let seed = self.seed;
         let Some(conn) = self.get_mut(c) else { return };
         conn.sides[d.index()] = Some(uf);
@@ -2217,10 +2295,20 @@ impl UnifiedFlowTable {
             seed,
         };
         self.index.insert(hash, c << 1 | d.index() as u32, hashes);
+        self.refresh_tunnel_port(c, d, Some(key));
     }
 
     /// Remove side `d` of connection `c` from the table.
     pub fn clear_side(&mut self, c: u32, d: Direction) {
+        if self.take_side(c, d) {
+            self.refresh_tunnel_port(c, d, None);
+        }
+    }
+
+    /// [`UnifiedFlowTable::clear_side`] leaving the connection's kept tunnel
+    /// port to the caller (a side set at once, a connection removed);
+    /// whether there was a side.
+    fn take_side(&mut self, c: u32, d: Direction) -> bool {
         // Unindexed by its key (if it has one: a flow not yet stored has
         // none), then its references dropped.
         if let Some(hash) = self
@@ -2230,19 +2318,21 @@ impl UnifiedFlowTable {
         {
             self.index.remove(hash, c << 1 | d.index() as u32);
         }
-        if let Some(uf) = self
+        let Some(uf) = self
             .get_mut(c)
             .and_then(|conn| conn.sides[d.index()].take())
-        {
-            self.contexts.release(&uf.key);
-            self.counter_lists.release(uf.counters);
-        }
+        else {
+            return false;
+        };
+        self.contexts.release(&uf.key);
+        self.counter_lists.release(uf.counters);
+        true
     }
 
     /// Remove a whole connection.
     pub fn remove(&mut self, c: u32) {
-        self.clear_side(c, Direction::Out);
-        self.clear_side(c, Direction::In);
+        self.take_side(c, Direction::Out);
+        self.take_side(c, Direction::In);
         // Dropped where it lies (moving 184 bytes out only to drop them
         // showed in the retire path's profile).
         if let Some(slot) = self.conns.get_mut(c as usize)
@@ -2392,6 +2482,12 @@ impl UnifiedFlowTable {
             }
         }
         self.index = index;
+        for c in 0..self.conns.len() as u32 {
+            let port = self.tunnel_port_from_scratch(c);
+            if let Some(conn) = self.get_mut(c) {
+                conn.tunnel_port = port;
+            }
+        }
         Ok(())
     }
 

@@ -1615,7 +1615,8 @@ impl Port {
         if let Some(conn) = self.uft.get_mut(c) {
             conn.set_idle_ttl(sim.ttl);
         }
-        self.uft.reconcile_side(c, d, uf, &mut self.counters.arena);
+        self.uft
+            .reconcile_side(c, d, &key, uf, &mut self.counters.arena);
         self.hold(&new_refs);
         self.share_keys(c, d, &sim.created);
         self.drop_unreachable_refs(c);
@@ -2357,6 +2358,7 @@ fn forward_flow<const INLINE_USUAL: bool>(
 ) -> Verdict {
     c.last_seen = now;
     c.referenced = true;
+    let tunnel_port = c.tunnel_port();
     let Connection { sides, tcp, .. } = c;
     let Some(uf) = sides[d.index()].as_mut() else {
         return REFUSED;
@@ -2382,9 +2384,9 @@ fn forward_flow<const INLINE_USUAL: bool>(
             let dc = &mut counters.dir[d.index()];
             let ports = uf.port_rewrite();
             let emitted = if INLINE_USUAL {
-                apply_planned_inline(&action.plan, &ports, buf, parsed)
+                apply_planned_inline(&action.plan, &ports, tunnel_port, buf, parsed)
             } else {
-                apply_planned(&action.plan, &ports, buf, parsed)
+                apply_planned(&action.plan, &ports, tunnel_port, buf, parsed)
             };
             match emitted {
                 Ok(()) => {

@@ -107,6 +107,59 @@ fn batches_match_frame_by_frame_across_a_policy_change() {
     assert!(out.dropped > 20, "{out:?}");
 }
 
+/// The tunnel source port an established packet's VXLAN header gets is
+/// the one its connection keeps (worked out when a side is set,
+/// recompiled or restored) rather than hashed again per packet: it must
+/// follow the flow's translated 5-tuple when a policy change moves it,
+/// and survive a snapshot. Mid-way, a new first layer rewrites the
+/// destination port of the connections to 10.1.0.0/25 (flows in flight
+/// among them), so their reconciled flows push other source ports; later
+/// both ports are restored from snapshots. Batches (the kept port) must
+/// give the bytes of frame-by-frame processing, and every connection's
+/// kept port must be the one worked out from scratch
+/// (`verify_flow_state`).
+#[test]
+fn batches_keep_tunnel_ports_across_a_nat_change_and_a_restore() {
+    use strata_engine::{
+        ActionRegistry, ActionSpec, Condition, DefaultAction, Field, Group, LayerSpec, Rule,
+    };
+    let all = runs(200);
+    let (moved, restored) = (all.len() / 2 + 2, all.len() * 3 / 4 + 1);
+    let change = |k: usize, p: &mut Port| {
+        if k == moved {
+            let allow = DefaultAction::Allow;
+            let mut nat = LayerSpec::new("move-port", allow, allow);
+            nat.groups
+                .push(Group::new("out", Direction::Out).with_rules(vec![Rule::new(
+                    "to-8080",
+                    1,
+                    vec![Condition::ip_prefix(
+                        Field::DstIp,
+                        "10.1.0.0".parse().expect("ip"),
+                        25,
+                    )],
+                    ActionSpec::Nat {
+                        src_ip: None,
+                        dst_ip: None,
+                        src_port: None,
+                        dst_port: Some(8080),
+                    },
+                )]));
+            p.add_layer(nat, Some(0)).expect("NAT layer");
+        } else if k == restored {
+            p.verify_flow_state()
+                .expect("flow state before the snapshot");
+            let snap = p.snapshot().expect("snapshot");
+            *p = Port::restore(&snap, ActionRegistry::default()).expect("restore");
+            p.verify_flow_state().expect("restored flow state");
+        }
+    };
+    let batched = bursts_match_one_by_one_changing(|| port(1 << 16), &all, change);
+    let out = batched.direction_counters(Direction::Out);
+    assert!(out.reconciled > 0, "{out:?}");
+    assert!(out.fast_path > out.reconciled, "{out:?}");
+}
+
 /// With room for a few connections, chunks evict and reuse slots that
 /// later frames' candidates name: each candidate is key-checked.
 #[test]

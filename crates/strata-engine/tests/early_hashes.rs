@@ -78,7 +78,7 @@ fn every_stateful_layer_finds_its_flow_around_a_transposing_layer() {
             t,
         );
         assert!(v.is_forward(), "SYN {sp}: {v:?}");
-        let d = decode(&out).inner;
+        let d = decode_sent(&out).inner;
         assert_eq!((d.sp, d.dp), (sp, 8080), "SYN {sp} leaves NATed");
 
         // The reply comes from port 8080: `acl-net` lets it in by its
@@ -91,7 +91,7 @@ fn every_stateful_layer_finds_its_flow_around_a_transposing_layer() {
             t,
         );
         assert!(v.is_forward(), "SYN-ACK {sp}: {v:?}");
-        let d = decode(&out).inner;
+        let d = decode_sent(&out).inner;
         assert_eq!((d.sp, d.dp), (80, sp), "SYN-ACK {sp} un-NATed");
     }
     for layer in ["acl-vm", "nat", "acl-net"] {

@@ -29,7 +29,7 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
         secs(1),
     );
     assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let d = decode_sent(&out);
     let o = d.outer.expect("VXLAN encapsulated");
     assert_eq!(o.src, HOST_PA);
     assert_eq!(o.dst, remote_pa(1, 7));
@@ -61,7 +61,7 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
         secs(1) + 200_000,
     );
     assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let d = decode_sent(&out);
     assert!(d.outer.is_none(), "decapsulated");
     assert_eq!((d.inner.src_mac, d.inner.dst_mac), (VM_GW_MAC, VM_MAC));
     assert_eq!((d.inner.src, d.inner.dst), (peer(1, 7), VM_CA));
@@ -89,7 +89,7 @@ fn vnet_encap_outbound_decap_inbound_full_tcp() {
         secs(1) + 400_000,
     );
     assert_eq!(v, Verdict::Forward);
-    assert_eq!(decode(&out).inner.payload, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(decode_sent(&out).inner.payload, b"GET / HTTP/1.1\r\n\r\n");
 
     let key = strata_packet::parse(&vm_tcp(peer(1, 7), 40000, 80, ACK, 1001, 5001, b""))
         .unwrap()
@@ -141,7 +141,7 @@ fn snat_outbound_and_reverse_inbound() {
         secs(2),
     );
     assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let d = decode_sent(&out);
     assert!(d.outer.is_none(), "internet traffic leaves natively");
     assert_eq!((d.inner.src_mac, d.inner.dst_mac), (HOST_MAC, GW_MAC));
     assert_eq!(d.inner.src, VIP, "source NATed to the VIP");
@@ -165,7 +165,7 @@ fn snat_outbound_and_reverse_inbound() {
     );
     let (v, out) = run(&mut p, Direction::In, &reply, secs(2) + 1000);
     assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let d = decode_sent(&out);
     assert_eq!((d.inner.src, d.inner.dst), (web, VM_CA));
     assert_eq!((d.inner.sp, d.inner.dp), (443, 41000), "port restored");
     assert_eq!((d.inner.src_mac, d.inner.dst_mac), (VM_GW_MAC, VM_MAC));
@@ -178,7 +178,7 @@ fn snat_outbound_and_reverse_inbound() {
         &vm_tcp(web, 41001, 443, SYN, 7, 0, b""),
         secs(2),
     );
-    assert_ne!(decode(&out).inner.sp, nat_port);
+    assert_ne!(decode_sent(&out).inner.sp, nat_port);
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn lb_dnat_inbound_with_direct_server_return() {
     let frame = vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &inner);
     let (v, out) = run(&mut p, Direction::In, &frame, secs(3));
     assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let d = decode_sent(&out);
     assert!(d.outer.is_none());
     assert_eq!((d.inner.src, d.inner.dst), (client, VM_CA));
     assert_eq!(
@@ -225,7 +225,7 @@ fn lb_dnat_inbound_with_direct_server_return() {
     );
     let (v, out) = run(&mut p, Direction::Out, &reply, secs(3) + 10);
     assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let d = decode_sent(&out);
     assert!(
         d.outer.is_none(),
         "direct server return: native, not to the MUX"
@@ -341,7 +341,7 @@ fn mapping_miss_raises_event_then_reconciles() {
         .expect("install");
     let (v, out) = run(&mut p, Direction::Out, &syn, secs(6));
     assert_eq!(v, Verdict::Forward);
-    assert_eq!(decode(&out).outer.expect("encap").dst, remote_pa(5, 5));
+    assert_eq!(decode_sent(&out).outer.expect("encap").dst, remote_pa(5, 5));
     assert_eq!(p.counters().direction(Direction::Out).reconciled, 1);
 }
 
@@ -375,7 +375,7 @@ fn vm_own_vxlan_overlay_is_carried_intact_inside_ours() {
     let vm_frame = vxlan(VM_MAC, VM_GW_MAC, VM_CA, peer(1, 7), 77, &nested_inner);
     let (v, out) = run(&mut p, Direction::Out, &vm_frame, secs(1));
     assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let d = decode_sent(&out);
     assert_eq!(d.outer.expect("our encap").dst, remote_pa(1, 7));
     assert_eq!(
         (d.inner.src, d.inner.dst, d.inner.dp),

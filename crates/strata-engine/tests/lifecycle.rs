@@ -25,7 +25,7 @@ fn full_connection(p: &mut Port, sp: u16, t0: u64) -> u16 {
         t0,
     );
     assert_eq!(v, Verdict::Forward);
-    let np = decode(&out).inner.sp;
+    let np = decode_sent(&out).inner.sp;
     let rx = |flags, seq, ack| tcp(GW_MAC, HOST_MAC, WEB, VIP, 443, np, flags, seq, ack, b"");
     assert!(forwards(
         p,
@@ -108,7 +108,7 @@ fn rst_closes_and_idle_established_expires() {
         &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b""),
         0,
     );
-    let np = decode(&out).inner.sp;
+    let np = decode_sent(&out).inner.sp;
     run(
         &mut p,
         Direction::In,
@@ -263,7 +263,7 @@ fn full_handshake(p: &mut Port, sp: u16) {
         &vm_tcp(WEB, sp, 443, SYN, 1, 0, b""),
         secs(1),
     );
-    let np = decode(&out).inner.sp;
+    let np = decode_sent(&out).inner.sp;
     run(
         p,
         Direction::In,
@@ -299,7 +299,7 @@ fn snat_exhaustion_is_a_clear_drop_and_ports_return_after_time_wait() {
         secs(1),
     );
     assert!(v.is_forward());
-    let np2 = decode(&out).inner.sp;
+    let np2 = decode_sent(&out).inner.sp;
     assert_ne!(np1, np2);
     run(
         &mut p,
@@ -345,7 +345,7 @@ fn snat_exhaustion_is_a_clear_drop_and_ports_return_after_time_wait() {
     );
     assert!(v.is_forward(), "{v:?}");
     assert_eq!(
-        decode(&out).inner.sp,
+        decode_sent(&out).inner.sp,
         np1,
         "the port freed after TIME_WAIT is reused"
     );

@@ -113,7 +113,7 @@ fn nat_affinity_survives_unrelated_changes() {
         &vm_tcp(WEB, 40000, 443, SYN, 1, 0, b""),
         1,
     );
-    let nat_port = decode(&out).inner.sp;
+    let nat_port = decode_sent(&out).inner.sp;
     let client = Ipv4Addr::new(198, 51, 100, 7);
     let lb = |sp: u16, flags: u8| {
         vxlan(
@@ -126,7 +126,7 @@ fn nat_affinity_survives_unrelated_changes() {
         )
     };
     let (_, out) = run(&mut p, Direction::In, &lb(5555, SYN), 1);
-    assert_eq!(decode(&out).inner.dst, VM_CA);
+    assert_eq!(decode_sent(&out).inner.dst, VM_CA);
 
     // Unrelated changes: a new ACL group rule set, a mapping update, and the
     // LB pool moving to another backend.
@@ -155,18 +155,18 @@ fn nat_affinity_survives_unrelated_changes() {
         2,
     );
     assert!(v.is_forward());
-    assert_eq!(decode(&out).inner.sp, nat_port, "SNAT port kept");
+    assert_eq!(decode_sent(&out).inner.sp, nat_port, "SNAT port kept");
     let (v, out) = run(&mut p, Direction::In, &lb(5555, ACK), 2);
     assert!(v.is_forward());
     assert_eq!(
-        decode(&out).inner.dst,
+        decode_sent(&out).inner.dst,
         VM_CA,
         "existing LB connection keeps its DIP"
     );
     // A new connection gets the new backend.
     let (_, out) = run(&mut p, Direction::In, &lb(5556, SYN), 2);
     assert_eq!(
-        decode(&out).inner.dst,
+        decode_sent(&out).inner.dst,
         other_dip,
         "new connections use the new pool"
     );
@@ -450,7 +450,7 @@ fn layers_inserted_and_removed_at_runtime() {
         2,
     );
     assert_eq!(
-        decode(&out).inner.dscp,
+        decode_sent(&out).inner.dscp,
         46,
         "the new layer applies to the existing flow's next packet"
     );
@@ -461,7 +461,7 @@ fn layers_inserted_and_removed_at_runtime() {
         &vm_tcp(PEER, 40000, 80, ACK, 2, 2, b""),
         3,
     );
-    assert_eq!(decode(&out).inner.dscp, 0);
+    assert_eq!(decode_sent(&out).inner.dscp, 0);
 }
 
 #[test]

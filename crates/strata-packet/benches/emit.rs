@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("{name}/planned"), |b| {
             b.iter(|| {
                 buf.reset(&frame);
-                apply_planned(black_box(&plan), &ports, &mut buf, &parsed)
+                apply_planned(black_box(&plan), &ports, None, &mut buf, &parsed)
             })
         });
     }

@@ -125,11 +125,38 @@ fn both(
     general.reset(frame);
     let mut planned = general.clone();
     let mut inlined = general.clone();
+    let mut kept_port = general.clone();
     let a = apply_with_ports(t, p, &mut general, &parsed);
-    let b = apply_planned(plan, p, &mut planned, &parsed);
-    let c = apply_planned_inline(plan, p, &mut inlined, &parsed);
+    let b = apply_planned(plan, p, None, &mut planned, &parsed);
+    let c = apply_planned_inline(plan, p, None, &mut inlined, &parsed);
+    // The flow's tunnel port worked out ahead, as a flow table keeps it.
+    let port = plan.tunnel_port(p, &parsed.ufid.inner);
+    prop_assert_eq!(port.is_some(), plan.pushes_udp_tunnel());
+    let d = apply_planned_inline(plan, p, port, &mut kept_port, &parsed);
+    let mut kept_planned = PacketBuf::with_headroom(frame.len() + 64, headroom);
+    kept_planned.reset(frame);
+    let e = apply_planned(plan, p, port, &mut kept_planned, &parsed);
+    prop_assert_eq!(
+        &a,
+        &e,
+        "planned result with the kept port of {}",
+        t.describe()
+    );
+    prop_assert_eq!(
+        general.as_slice(),
+        kept_planned.as_slice(),
+        "planned bytes with the kept port of {}",
+        t.describe()
+    );
     prop_assert_eq!(&a, &b, "result of {}", t.describe());
     prop_assert_eq!(&a, &c, "inlined result of {}", t.describe());
+    prop_assert_eq!(&a, &d, "result with the kept port of {}", t.describe());
+    prop_assert_eq!(
+        general.as_slice(),
+        kept_port.as_slice(),
+        "bytes with the kept port of {}",
+        t.describe()
+    );
     prop_assert_eq!(
         general.as_slice(),
         planned.as_slice(),

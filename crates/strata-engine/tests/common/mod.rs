@@ -241,6 +241,33 @@ fn decode_plain(frame: &[u8]) -> Inner {
     inner
 }
 
+/// Decode a frame the switch sent, checking too that a VXLAN header's
+/// UDP source port is its inner flow's (RFC 7348 §5: the inner flow's
+/// entropy, the same for each of its packets: `tunnel_src_port` of the
+/// `tunnel_hash` of the inner 5-tuple, worked out here from the decoded
+/// inner headers).
+pub fn decode_sent(frame: &[u8]) -> Decoded {
+    let d = decode(frame);
+    if let Some(outer) = &d.outer
+        && matches!(d.inner.proto, 6 | 17)
+    {
+        let i = &d.inner;
+        let flow = strata_packet::flow::FiveTuple {
+            src_ip: i.src.into(),
+            dst_ip: i.dst.into(),
+            proto: i.proto,
+            src_port: i.sp,
+            dst_port: i.dp,
+        };
+        let want = strata_packet::emit::tunnel_src_port(strata_packet::flow::tunnel_hash(&flow));
+        assert_eq!(
+            outer.udp_sp, want,
+            "tunnel source port of the inner flow {flow:?}"
+        );
+    }
+    d
+}
+
 /// Decode a frame, unwrapping VXLAN (UDP 4789) if present.
 pub fn decode(frame: &[u8]) -> Decoded {
     let plain = decode_plain(frame);
@@ -534,6 +561,9 @@ pub fn bursts_match_one_by_one_changing(
             assert_eq!(verdicts[i], v, "{d:?} frame {i}");
             if v.is_forward() {
                 assert_eq!(bufs[i].as_slice(), &bytes[..], "{d:?} frame {i}");
+                if d == Direction::Out {
+                    decode_sent(&bytes);
+                }
             }
         }
     }

@@ -136,6 +136,42 @@ impl EmitPlan {
         self.fast.is_some()
     }
 
+    /// Whether the shortcut pushes a UDP tunnel header (VXLAN, Geneve over
+    /// IPv4), whose source port [`EmitPlan::tunnel_port`] can tell ahead.
+    pub fn pushes_udp_tunnel(&self) -> bool {
+        self.fast
+            .as_ref()
+            .and_then(|f| f.push.as_ref())
+            .is_some_and(|p| p.udp)
+    }
+
+    /// The UDP source port the shortcut writes in the tunnel header it
+    /// pushes on a frame whose inner key is `key`, with port rewrite
+    /// `ports`; `None` if it pushes none. It depends only on the flow (the
+    /// translated 5-tuple's [`tunnel_hash`]), so a flow table can keep it
+    /// per flow and hand it to [`apply_planned_inline`] instead of hashing
+    /// every packet.
+    pub fn tunnel_port(&self, ports: &PortRewrite, key: &FlowKey) -> Option<u16> {
+        let f = self.fast.as_ref()?;
+        f.push
+            .as_ref()
+            .is_some_and(|p| p.udp)
+            .then(|| tunnel_src_port(f.tunnel_hash(&self.transposition, key, ports)))
+    }
+
+    /// Whether a kept tunnel port given to the emit is this frame's (or
+    /// unused): the emit functions' precondition.
+    fn kept_tunnel_port_fits(
+        &self,
+        ports: &PortRewrite,
+        tunnel_port: Option<u16>,
+        parsed: &Parsed,
+    ) -> bool {
+        tunnel_port.is_none()
+            || !self.pushes_udp_tunnel()
+            || tunnel_port == self.tunnel_port(ports, &parsed.ufid.inner)
+    }
+
     /// Whether this packet takes the shortcut (tests, traces).
     pub fn takes_shortcut(&self, parsed: &Parsed) -> bool {
         self.fast.as_ref().is_some_and(|f| f.fits(parsed))
@@ -217,19 +253,28 @@ impl OuterTemplate {
 /// Apply `plan`'s transposition with its port rewrite replaced by `ports`
 /// to the frame in `buf`, which `parsed` describes: the same bytes and
 /// errors as [`apply_with_ports`], with less work for the usual shapes.
+///
+/// `tunnel_port`, if given, must be [`EmitPlan::tunnel_port`] of the
+/// frame's inner key when the plan pushes a UDP tunnel (it is ignored
+/// otherwise): a flow's tunnel source port, kept with the flow, so that
+/// its packets are not hashed again (checked in debug builds).
 pub fn apply_planned(
     plan: &EmitPlan,
     ports: &PortRewrite,
+    tunnel_port: Option<u16>,
     buf: &mut PacketBuf,
     parsed: &Parsed,
 ) -> Result<(), EmitError> {
+    debug_assert!(plan.kept_tunnel_port_fits(ports, tunnel_port, parsed));
     let t = &plan.transposition;
     match &plan.fast {
         Some(f) if f.plain_v4(parsed) => match parsed.ufid.outer {
-            None => apply_fast::<true, true>(t, f, ports, buf, parsed),
-            Some(_) => apply_fast::<true, false>(t, f, ports, buf, parsed),
+            None => apply_fast::<true, true>(t, f, ports, tunnel_port, buf, parsed),
+            Some(_) => apply_fast::<true, false>(t, f, ports, tunnel_port, buf, parsed),
         },
-        Some(f) if f.fits(parsed) => apply_fast::<false, false>(t, f, ports, buf, parsed),
+        Some(f) if f.fits(parsed) => {
+            apply_fast::<false, false>(t, f, ports, tunnel_port, buf, parsed)
+        }
         _ => apply_with_ports(t, ports, buf, parsed),
     }
 }
@@ -242,14 +287,16 @@ pub fn apply_planned(
 pub fn apply_planned_inline(
     plan: &EmitPlan,
     ports: &PortRewrite,
+    tunnel_port: Option<u16>,
     buf: &mut PacketBuf,
     parsed: &Parsed,
 ) -> Result<(), EmitError> {
     match &plan.fast {
         Some(f) if parsed.ufid.outer.is_none() && f.plain_v4(parsed) => {
-            apply_fast::<true, true>(&plan.transposition, f, ports, buf, parsed)
+            debug_assert!(plan.kept_tunnel_port_fits(ports, tunnel_port, parsed));
+            apply_fast::<true, true>(&plan.transposition, f, ports, tunnel_port, buf, parsed)
         }
-        _ => apply_planned(plan, ports, buf, parsed),
+        _ => apply_planned(plan, ports, tunnel_port, buf, parsed),
     }
 }
 
@@ -494,7 +541,7 @@ fn push_template(
     p: &OuterTemplate,
     push_len: usize,
     inner_len: usize,
-    hash: u64,
+    src_port: u16,
     buf: &mut PacketBuf,
 ) -> Result<(), EmitError> {
     buf.start = buf
@@ -522,7 +569,7 @@ fn push_template(
     if p.udp {
         let udp_len = (push_len - L4 + inner_len) as u16;
         hdr[UDP_LEN..UDP_LEN + 2].copy_from_slice(&udp_len.to_be_bytes());
-        hdr[UDP_SRC_PORT..UDP_SRC_PORT + 2].copy_from_slice(&tunnel_src_port(hash).to_be_bytes());
+        hdr[UDP_SRC_PORT..UDP_SRC_PORT + 2].copy_from_slice(&src_port.to_be_bytes());
     }
     Ok(())
 }
@@ -531,12 +578,14 @@ fn push_template(
 /// tests between the IPv4 rewrite and the general one, and those of the
 /// tunnel hash's general form, are known to pass; `PLAIN` (with `V4`): the
 /// frame has no outer groups, so nothing is popped. Either only drops
-/// branches already decided: the result is the same.
+/// branches already decided: the result is the same. `tunnel_port`: see
+/// [`apply_planned`].
 #[inline(always)]
 fn apply_fast<const V4: bool, const PLAIN: bool>(
     t: &Transposition,
     f: &FastPlan,
     ports: &PortRewrite,
+    tunnel_port: Option<u16>,
     buf: &mut PacketBuf,
     parsed: &Parsed,
 ) -> Result<(), EmitError> {
@@ -606,12 +655,15 @@ fn apply_fast<const V4: bool, const PLAIN: bool>(
 
     // 3. Push: the template, then the fields that depend on the packet.
     if let Some(p) = &f.push {
-        let hash = if V4 {
-            f.tunnel_hash_tcp_udp_v4(t, key, ports)
-        } else {
-            f.tunnel_hash(t, key, ports)
+        // The port of a non-UDP template is not written.
+        let src_port = match tunnel_port {
+            Some(port) => port,
+            // (An NVGRE template has no port to write.)
+            None if !p.udp => 0,
+            None if V4 => tunnel_src_port(f.tunnel_hash_tcp_udp_v4(t, key, ports)),
+            None => tunnel_src_port(f.tunnel_hash(t, key, ports)),
         };
-        push_template(p, push_len, inner_len, hash, buf)?;
+        push_template(p, push_len, inner_len, src_port, buf)?;
     }
     Ok(())
 }
