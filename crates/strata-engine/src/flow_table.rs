@@ -2058,7 +2058,8 @@ impl UnifiedFlowTable {
     /// Replace side `d` of connection `c` with its re-simulation `uf`
     /// (VFP-13), keeping its key: with the same action the flow keeps its
     /// pending counts (and counts into `uf`'s slots from now on, after
-    /// flushing if they differ); with another action it is `uf`.
+    /// flushing if they differ); with another action it is `uf`. `key` is
+    /// the side's UFID (for the connection's kept tunnel port).
     pub fn reconcile_side(
         &mut self,
         c: u32,
@@ -2093,9 +2094,11 @@ impl UnifiedFlowTable {
             // its context); the rest is the new flow.
             let stored = std::mem::take(&mut side.key);
             *side = UnifiedFlow { key: stored, ..uf };
+            self.counter_lists.release(old);
+            self.refresh_tunnel_port(c, d, Some(key));
+            return;
         }
         self.counter_lists.release(old);
-        self.refresh_tunnel_port(c, d, Some(key));
     }
 
     /// Whether the index holds exactly one well-placed entry per flow, and
@@ -2246,19 +2249,22 @@ impl UnifiedFlowTable {
     /// UFID when it has one. The other side's port, already kept, stays;
     /// its key is unpacked only when it had none (both sides pushed).
     fn refresh_tunnel_port(&mut self, c: u32, d: Direction, key: Option<&Ufid>) {
-        let contexts = &self.contexts;
         let Some(conn) = self.conns.get_mut(c as usize).and_then(|c| c.as_mut()) else {
             return;
         };
         conn.tunnel_port = match conn.tunnel_side() {
-            None => None,
-            Some(s) if s == d => key.and_then(|k| conn.side(s)?.tunnel_port(k)),
+            None => 0,
+            Some(s) if s == d => key.and_then(|k| conn.side(s)?.tunnel_port(k)).unwrap_or(0),
             Some(_) if conn.tunnel_port != 0 => return,
-            Some(s) => conn
-                .side(s)
-                .and_then(|uf| uf.tunnel_port(&contexts.unpack(&uf.key)?)),
-        }
-        .unwrap_or(0);
+            // Both sides pushed until now: the other's port was not kept.
+            Some(_) => {
+                let port = self.tunnel_port_from_scratch(c);
+                if let Some(conn) = self.get_mut(c) {
+                    conn.tunnel_port = port;
+                }
+                return;
+            }
+        };
     }
 
     /// What [`Connection::tunnel_port`] holds for connection `c`, worked
@@ -2737,6 +2743,73 @@ mod tests {
             fingerprint: 1,
             counter: 0,
         })
+    }
+
+    /// A flow pushing VXLAN to `pa` (a UDP tunnel: its source port is kept).
+    fn tunnel_flow(counters: u32, pa: u8) -> UnifiedFlow {
+        let encap = strata_packet::Encap {
+            kind: strata_packet::TunnelKind::Vxlan,
+            vni: 7,
+            src_mac: strata_packet::MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: strata_packet::MacAddr([2, 0, 0, 0, 0, 2]),
+            src_ip: IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 0, 1)),
+            dst_ip: IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 0, pa)),
+            ttl: 64,
+            dst_port: 4789,
+            geneve_options: Vec::new(),
+        };
+        let t = Transposition {
+            outer: strata_packet::OuterOp::Push(Arc::new(encap)),
+            ..Transposition::identity()
+        };
+        UnifiedFlow {
+            action: Arc::new(FlowAction {
+                verdict: Verdict::Forward,
+                plan: EmitPlan::new(t),
+                port_shape: PortShape::default(),
+            }),
+            ..forwarding_flow(counters)
+        }
+    }
+
+    /// A connection keeps the tunnel source port of its one tunnel-pushing
+    /// side, none while both push, and the remaining side's once the other
+    /// goes (worked out then: it was never kept).
+    #[test]
+    fn a_connection_keeps_its_one_tunnelling_sides_port() {
+        let (out, inb) = (Direction::Out, Direction::In);
+        let mut conns = UnifiedFlowTable::default();
+        let c = conns.alloc(Connection::new(out, None, 0, None));
+        let (ko, ki) = (tcp_key(1, 1000), tcp_key(1, 1000).reversed());
+        let port_of = |uf: &UnifiedFlow, k: &Ufid| uf.tunnel_port(k).expect("a UDP tunnel");
+        let (fo, fi) = (
+            tunnel_flow(conns.intern_counters(&[]), 2),
+            tunnel_flow(conns.intern_counters(&[]), 3),
+        );
+        let (po, pi) = (port_of(&fo, &ko), port_of(&fi, &ki));
+        assert_ne!(
+            po, pi,
+            "the two sides' ports differ (else the test proves nothing)"
+        );
+        let kept = |conns: &UnifiedFlowTable| conns.get(c).and_then(Connection::tunnel_port);
+
+        conns.set_side(c, out, fo, &ko, conns.hash(out, &ko));
+        assert_eq!(kept(&conns), Some(po));
+        conns.set_side(c, inb, fi, &ki, conns.hash(inb, &ki));
+        assert_eq!(kept(&conns), None, "both sides push");
+        conns.verify_shared().expect("flow state");
+        conns.clear_side(c, inb);
+        assert_eq!(
+            kept(&conns),
+            Some(po),
+            "the outbound side's, worked out again"
+        );
+        let plain = forwarding_flow(conns.intern_counters(&[]));
+        conns.set_side(c, inb, plain, &ki, conns.hash(inb, &ki));
+        assert_eq!(kept(&conns), Some(po), "a reply's side beside it keeps it");
+        conns.clear_side(c, out);
+        assert_eq!(kept(&conns), None);
+        conns.verify_shared().expect("flow state");
     }
 
     /// A TCP key from 10.0.0.0 + `i`, port `sport`, to 8.8.8.8:443.

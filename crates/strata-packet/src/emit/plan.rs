@@ -152,11 +152,12 @@ impl EmitPlan {
     /// per flow and hand it to [`apply_planned_inline`] instead of hashing
     /// every packet.
     pub fn tunnel_port(&self, ports: &PortRewrite, key: &FlowKey) -> Option<u16> {
-        let f = self.fast.as_ref()?;
-        f.push
-            .as_ref()
-            .is_some_and(|p| p.udp)
-            .then(|| tunnel_src_port(f.tunnel_hash(&self.transposition, key, ports)))
+        let f = self.fast.as_ref().filter(|_| self.pushes_udp_tunnel())?;
+        Some(tunnel_src_port(f.tunnel_hash(
+            &self.transposition,
+            key,
+            ports,
+        )))
     }
 
     /// Whether a kept tunnel port given to the emit is this frame's (or
@@ -655,7 +656,6 @@ fn apply_fast<const V4: bool, const PLAIN: bool>(
 
     // 3. Push: the template, then the fields that depend on the packet.
     if let Some(p) = &f.push {
-        // The port of a non-UDP template is not written.
         let src_port = match tunnel_port {
             Some(port) => port,
             // (An NVGRE template has no port to write.)
