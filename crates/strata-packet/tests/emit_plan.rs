@@ -237,3 +237,45 @@ fn shortcut_covers_the_usual_shapes() {
     });
     assert!(!vlan.has_shortcut());
 }
+
+/// `apply_planned_inline` trusts its `parsed` to be the parse of the
+/// frame's bytes (the header checks are the parser's). Given one of other
+/// bytes — junk, or a frame cut short — it never panics and never writes
+/// outside the frame's headroom and bytes: what it writes is the pushed
+/// headers in front and the frame's own bytes, or nothing on an error.
+#[test]
+fn the_inlined_emit_given_a_foreign_parse_stays_in_the_frame() {
+    let frames = all_frames();
+    let tcp = &frames
+        .iter()
+        .find(|(n, _)| *n == "tcp_v4")
+        .expect("sample")
+        .1;
+    let parsed = parse(tcp).expect("sample parses");
+    let plan = EmitPlan::new(Transposition {
+        src_ip: Some(ip(false, 1)),
+        outer: OuterOp::Push(encap(TunnelKind::Vxlan, false, false, 3)),
+        ..Transposition::default()
+    });
+    let ports = PortRewrite {
+        src: Some(40_000),
+        dst: None,
+    };
+    let mut junks: Vec<Vec<u8>> = [0u8, 0xff, 0x45, 0x5f]
+        .iter()
+        .map(|&fill| vec![fill; tcp.len()])
+        .collect();
+    junks.extend((0..tcp.len()).step_by(7).map(|n| tcp[..n].to_vec()));
+    for junk in junks {
+        for tunnel_port in [None, Some(4789)] {
+            let mut buf = PacketBuf::from_frame(&junk);
+            let r = apply_planned_inline(&plan, &ports, tunnel_port, &mut buf, &parsed);
+            let out = buf.as_slice();
+            match r {
+                // 50 bytes pushed in front; the frame's length unchanged.
+                Ok(()) => assert_eq!(out.len(), junk.len() + 50),
+                Err(_) => assert!(out.len() == junk.len() || out.len() == junk.len() + 50),
+            }
+        }
+    }
+}

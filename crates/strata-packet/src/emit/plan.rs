@@ -270,11 +270,11 @@ pub fn apply_planned(
     let t = &plan.transposition;
     match &plan.fast {
         Some(f) if f.plain_v4(parsed) => match parsed.ufid.outer {
-            None => apply_fast::<true, true>(t, f, ports, tunnel_port, buf, parsed),
-            Some(_) => apply_fast::<true, false>(t, f, ports, tunnel_port, buf, parsed),
+            None => apply_fast::<true, true, false>(t, f, ports, tunnel_port, buf, parsed),
+            Some(_) => apply_fast::<true, false, false>(t, f, ports, tunnel_port, buf, parsed),
         },
         Some(f) if f.fits(parsed) => {
-            apply_fast::<false, false>(t, f, ports, tunnel_port, buf, parsed)
+            apply_fast::<false, false, false>(t, f, ports, tunnel_port, buf, parsed)
         }
         _ => apply_with_ports(t, ports, buf, parsed),
     }
@@ -284,6 +284,13 @@ pub fn apply_planned(
 /// frame, no outer groups: `FastPlan::plain_v4`) inlined into the
 /// caller and the others left to `apply_planned`'s call: for a datapath
 /// loop, where inlining every case would only grow the loop.
+///
+/// `parsed` must be what the parser made of `buf`'s bytes as they are (a
+/// datapath's always is): the inlined case does not repeat the header
+/// checks the parser made (IPv4 version and lengths, the TCP data offset,
+/// the UDP length). Given a `parsed` of other bytes it may write wrong
+/// bytes where [`apply_planned`] would refuse, but never out of the frame
+/// and never with a panic.
 #[inline(always)]
 pub fn apply_planned_inline(
     plan: &EmitPlan,
@@ -295,7 +302,7 @@ pub fn apply_planned_inline(
     match &plan.fast {
         Some(f) if parsed.ufid.outer.is_none() && f.plain_v4(parsed) => {
             debug_assert!(plan.kept_tunnel_port_fits(ports, tunnel_port, parsed));
-            apply_fast::<true, true>(&plan.transposition, f, ports, tunnel_port, buf, parsed)
+            apply_fast::<true, true, true>(&plan.transposition, f, ports, tunnel_port, buf, parsed)
         }
         _ => apply_planned(plan, ports, tunnel_port, buf, parsed),
     }
@@ -342,7 +349,7 @@ impl FastPlan {
     /// into its one caller: as a call of its own, its prologue and argument
     /// moves cost an outbound NAT packet 19 of its 1,153 instructions.
     #[inline(always)]
-    fn rewrite_v4(
+    fn rewrite_v4<const TRUSTED: bool>(
         &self,
         ports: &PortRewrite,
         frame: &mut [u8],
@@ -355,7 +362,13 @@ impl FastPlan {
         let h: &mut [u8; ipv4::HEADER_LEN] = ip.first_chunk_mut().ok_or(MISMATCH)?;
         let hl = usize::from(h[0] & 0x0f) * 4;
         let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        if h[0] >> 4 != 4 || hl < ipv4::HEADER_LEN || hl > ip_len || total < hl || total > ip_len {
+        if !TRUSTED
+            && (h[0] >> 4 != 4
+                || hl < ipv4::HEADER_LEN
+                || hl > ip_len
+                || total < hl
+                || total > ip_len)
+        {
             return Err(MISMATCH);
         }
         // Address changes, covered by the L4 pseudo-header too.
@@ -402,7 +415,7 @@ impl FastPlan {
             L4Kind::Tcp => {
                 let t: &[u8; tcp::HEADER_LEN] = seg.first_chunk().ok_or(MISMATCH)?;
                 let hl = usize::from(t[12] >> 4) * 4;
-                if hl < tcp::HEADER_LEN || hl > seg_len {
+                if !TRUSTED && (hl < tcp::HEADER_LEN || hl > seg_len) {
                     return Err(MISMATCH);
                 }
                 tcp::field::CHECKSUM
@@ -410,7 +423,7 @@ impl FastPlan {
             _ => {
                 let u: &[u8; udp::HEADER_LEN] = seg.first_chunk().ok_or(MISMATCH)?;
                 let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-                if len < udp::HEADER_LEN || len > seg_len {
+                if !TRUSTED && (len < udp::HEADER_LEN || len > seg_len) {
                     return Err(MISMATCH);
                 }
                 udp::field::CHECKSUM
@@ -579,10 +592,12 @@ fn push_template(
 /// tests between the IPv4 rewrite and the general one, and those of the
 /// tunnel hash's general form, are known to pass; `PLAIN` (with `V4`): the
 /// frame has no outer groups, so nothing is popped. Either only drops
-/// branches already decided: the result is the same. `tunnel_port`: see
-/// [`apply_planned`].
+/// branches already decided: the result is the same. `TRUSTED`: `parsed`
+/// is the parse of the frame's bytes, so the header checks the parser
+/// made are not made again (see [`apply_planned_inline`]). `tunnel_port`:
+/// see [`apply_planned`].
 #[inline(always)]
-fn apply_fast<const V4: bool, const PLAIN: bool>(
+fn apply_fast<const V4: bool, const PLAIN: bool, const TRUSTED: bool>(
     t: &Transposition,
     f: &FastPlan,
     ports: &PortRewrite,
@@ -647,7 +662,7 @@ fn apply_fast<const V4: bool, const PLAIN: bool>(
                     && !lay.non_first_fragment
                     && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
             {
-                f.rewrite_v4(ports, frame, lay.l4_kind, offs)?;
+                f.rewrite_v4::<TRUSTED>(ports, frame, lay.l4_kind, offs)?;
             } else {
                 rewrite_l3_l4(t, ports, frame, lay, offs, key.icmp_type)?;
             }
