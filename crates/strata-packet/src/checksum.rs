@@ -14,13 +14,15 @@
 /// Fold a wide accumulator of 16-bit (or 32-bit) big-endian words into a
 /// 16-bit ones' complement sum.
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    // Two rounds bring any u64 down to 17 bits, the last two to 16.
-    acc = (acc & 0xffff_ffff) + (acc >> 32);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc = (acc & 0xffff) + (acc >> 16);
-    acc as u16
+pub fn fold(acc: u64) -> u16 {
+    // The halves added with their end-around carry: 32 bits, the same sum.
+    let (lo, carry) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    // No overflow: after a carry `lo` is at most 2^32 − 2.
+    let x = lo + u32::from(carry);
+    // The two 16-bit halves with their end-around carry, in one addition:
+    // the top half of `x + (x rotated by 16)` is `hi + lo + carry(lo + hi)`
+    // (as Linux's `csum_fold`).
+    (x.wrapping_add(x.rotate_right(16)) >> 16) as u16
 }
 
 /// The unfolded sum of `data` as big-endian words, zero-padding an odd tail
@@ -201,6 +203,42 @@ mod tests {
             acc = (acc & 0xffff) + (acc >> 16);
         }
         !(acc as u16)
+    }
+
+    /// `fold` is the plain fold: halves added with their carries until 16
+    /// bits are left, for edge values and a pseudo-random sweep.
+    #[test]
+    fn fold_is_the_end_around_carry_sum() {
+        let plain = |mut acc: u64| {
+            while acc > 0xffff {
+                acc = (acc & 0xffff) + (acc >> 16);
+            }
+            acc as u16
+        };
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let edges = [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0xffff_fffe_0001_0000,
+            0xffff_ffff_0000_0001,
+            u64::MAX,
+            u64::MAX - 1,
+        ];
+        let sweep = (0..200_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Small sums too, as incremental updates make.
+            if x & 1 == 0 { x } else { x >> 40 }
+        });
+        for acc in edges.into_iter().chain(sweep) {
+            assert_eq!(fold(acc), plain(acc), "{acc:#x}");
+        }
     }
 
     #[test]

@@ -265,8 +265,9 @@ impl HeaderContext {
         })
     }
 
-    /// Whether `u`'s shared fields are these.
-    #[inline]
+    /// Whether `u`'s shared fields are these. (Inlined: as a call, the
+    /// fast path's key check spent 8 instructions on it.)
+    #[inline(always)]
     pub fn matches(&self, u: &Ufid) -> bool {
         let k = &u.inner;
         let inner = mac_eq(&k.src_mac.0, &self.src_mac)
