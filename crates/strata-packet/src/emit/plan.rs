@@ -344,8 +344,10 @@ impl FastPlan {
 
 impl FastPlan {
     /// [`rewrite_l3_l4`] for IPv4 with TCP or UDP (the NAT case): the same
-    /// checks in the same order, the same bytes written, on fixed-size
-    /// header arrays with the rewrite values prepared as numbers. Inlined
+    /// checks in the same order (without the parser's header checks when
+    /// `TRUSTED`, see [`apply_fast`]), the same bytes written, on
+    /// fixed-size header arrays with the rewrite values prepared as
+    /// numbers. Inlined
     /// into its one caller: as a call of its own, its prologue and argument
     /// moves cost an outbound NAT packet 19 of its 1,153 instructions.
     #[inline(always)]
