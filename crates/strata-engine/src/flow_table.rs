@@ -2077,28 +2077,29 @@ impl UnifiedFlowTable {
             return;
         };
         let old = side.counters;
-        if side.action == uf.action && side.ports == uf.ports {
-            side.generation = uf.generation;
-            if old != uf.counters {
-                // Same action, other rules (or slots): count into the new
-                // ones from this packet on.
-                side.flush(lists, arena);
-                side.counters = uf.counters;
-            } else {
-                self.counter_lists.release(uf.counters);
-                return;
-            }
-        } else {
+        let changed = side.action != uf.action || side.ports != uf.ports;
+        if changed {
             side.flush(lists, arena);
             // The key stays: it is the table's (stored with a reference on
             // its context); the rest is the new flow.
             let stored = std::mem::take(&mut side.key);
             *side = UnifiedFlow { key: stored, ..uf };
-            self.counter_lists.release(old);
-            self.refresh_tunnel_port(c, d, Some(key));
+        } else if old != uf.counters {
+            // Same action, other rules (or slots): count into the new
+            // ones from this packet on.
+            side.generation = uf.generation;
+            side.flush(lists, arena);
+            side.counters = uf.counters;
+        } else {
+            side.generation = uf.generation;
+            self.counter_lists.release(uf.counters);
             return;
         }
         self.counter_lists.release(old);
+        // The tunnel port follows the flow's action and ports only.
+        if changed {
+            self.refresh_tunnel_port(c, d, Some(key));
+        }
     }
 
     /// Whether the index holds exactly one well-placed entry per flow, and
@@ -2249,22 +2250,17 @@ impl UnifiedFlowTable {
     /// UFID when it has one. The other side's port, already kept, stays;
     /// its key is unpacked only when it had none (both sides pushed).
     fn refresh_tunnel_port(&mut self, c: u32, d: Direction, key: Option<&Ufid>) {
-        let Some(conn) = self.conns.get_mut(c as usize).and_then(|c| c.as_mut()) else {
-            return;
-        };
-        conn.tunnel_port = match conn.tunnel_side() {
+        let Some(conn) = self.get(c) else { return };
+        let port = match conn.tunnel_side() {
             None => 0,
             Some(s) if s == d => key.and_then(|k| conn.side(s)?.tunnel_port(k)).unwrap_or(0),
             Some(_) if conn.tunnel_port != 0 => return,
             // Both sides pushed until now: the other's port was not kept.
-            Some(_) => {
-                let port = self.tunnel_port_from_scratch(c);
-                if let Some(conn) = self.get_mut(c) {
-                    conn.tunnel_port = port;
-                }
-                return;
-            }
+            Some(_) => self.tunnel_port_from_scratch(c),
         };
+        if let Some(conn) = self.get_mut(c) {
+            conn.tunnel_port = port;
+        }
     }
 
     /// What [`Connection::tunnel_port`] holds for connection `c`, worked
