@@ -408,6 +408,55 @@ fn inner_bounds(buf: &PacketBuf, parsed: &Parsed) -> Result<(bool, usize, usize)
     Ok((has_outer, inner_eth, inner_end))
 }
 
+/// The port fields TCP and UDP share (the first four bytes of both).
+trait PortFields {
+    fn ports(&self) -> (u16, u16);
+    fn set_src(&mut self, port: u16);
+    fn set_dst(&mut self, port: u16);
+}
+
+impl PortFields for tcp::Packet<&mut [u8]> {
+    fn ports(&self) -> (u16, u16) {
+        (self.src_port(), self.dst_port())
+    }
+    fn set_src(&mut self, port: u16) {
+        self.set_src_port(port);
+    }
+    fn set_dst(&mut self, port: u16) {
+        self.set_dst_port(port);
+    }
+}
+
+impl PortFields for udp::Packet<&mut [u8]> {
+    fn ports(&self) -> (u16, u16) {
+        (self.src_port(), self.dst_port())
+    }
+    fn set_src(&mut self, port: u16) {
+        self.set_src_port(port);
+    }
+    fn set_dst(&mut self, port: u16) {
+        self.set_dst_port(port);
+    }
+}
+
+/// Write the ports `ports` rewrites that differ from the segment's,
+/// adding each change to the checksum delta `d`.
+fn rewrite_ports(p: &mut impl PortFields, ports: &PortRewrite, d: &mut Delta) {
+    let (src, dst) = p.ports();
+    if let Some(port) = ports.src
+        && port != src
+    {
+        d.u16(src, port);
+        p.set_src(port);
+    }
+    if let Some(port) = ports.dst
+        && port != dst
+    {
+        d.u16(dst, port);
+        p.set_dst(port);
+    }
+}
+
 /// Rewrite IP addresses, DSCP and ports / echo id, keeping the IPv4 header
 /// checksum and the L4 checksum valid. Returns whether a byte changed.
 fn rewrite_l3_l4(
@@ -491,18 +540,7 @@ fn rewrite_l3_l4(
         L4Kind::Tcp => {
             let mut p = tcp::Packet::new_checked(seg).map_err(|_| MISMATCH)?;
             let mut d = pseudo;
-            if let Some(port) = ports.src
-                && port != p.src_port()
-            {
-                d.u16(p.src_port(), port);
-                p.set_src_port(port);
-            }
-            if let Some(port) = ports.dst
-                && port != p.dst_port()
-            {
-                d.u16(p.dst_port(), port);
-                p.set_dst_port(port);
-            }
+            rewrite_ports(&mut p, ports, &mut d);
             if !d.is_zero() {
                 let c = d.apply(p.checksum());
                 p.set_checksum(c);
@@ -512,18 +550,7 @@ fn rewrite_l3_l4(
         L4Kind::Udp => {
             let mut p = udp::Packet::new_checked(seg).map_err(|_| MISMATCH)?;
             let mut d = pseudo;
-            if let Some(port) = ports.src
-                && port != p.src_port()
-            {
-                d.u16(p.src_port(), port);
-                p.set_src_port(port);
-            }
-            if let Some(port) = ports.dst
-                && port != p.dst_port()
-            {
-                d.u16(p.dst_port(), port);
-                p.set_dst_port(port);
-            }
+            rewrite_ports(&mut p, ports, &mut d);
             // 0 means "no checksum" (optional over IPv4; over IPv6 only for
             // tunnels, RFC 6935): keep it absent. A computed 0 is sent as
             // 0xffff, its ones' complement equivalent (RFC 768).
