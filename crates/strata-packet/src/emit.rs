@@ -415,29 +415,24 @@ trait PortFields {
     fn set_dst(&mut self, port: u16);
 }
 
-impl PortFields for tcp::Packet<&mut [u8]> {
-    fn ports(&self) -> (u16, u16) {
-        (self.src_port(), self.dst_port())
-    }
-    fn set_src(&mut self, port: u16) {
-        self.set_src_port(port);
-    }
-    fn set_dst(&mut self, port: u16) {
-        self.set_dst_port(port);
-    }
+/// The same accessors in both views.
+macro_rules! port_fields {
+    ($($view:ty),*) => {$(
+        impl PortFields for $view {
+            fn ports(&self) -> (u16, u16) {
+                (self.src_port(), self.dst_port())
+            }
+            fn set_src(&mut self, port: u16) {
+                self.set_src_port(port);
+            }
+            fn set_dst(&mut self, port: u16) {
+                self.set_dst_port(port);
+            }
+        }
+    )*};
 }
 
-impl PortFields for udp::Packet<&mut [u8]> {
-    fn ports(&self) -> (u16, u16) {
-        (self.src_port(), self.dst_port())
-    }
-    fn set_src(&mut self, port: u16) {
-        self.set_src_port(port);
-    }
-    fn set_dst(&mut self, port: u16) {
-        self.set_dst_port(port);
-    }
-}
+port_fields!(tcp::Packet<&mut [u8]>, udp::Packet<&mut [u8]>);
 
 /// Write the ports `ports` rewrites that differ from the segment's,
 /// adding each change to the checksum delta `d`.
