@@ -30,8 +30,8 @@ import sys
 
 UNITS = {"ps": 1e-3, "ns": 1.0, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}
 
-# (bench name, label, frames per iteration, target in ns per packet or per
-# operation, whether the figure must be at most the target)
+# (bench name, label, frames per iteration, target: the most nanoseconds
+# per packet or operation, None where no target is set)
 ENGINE = [
     ("fast_path/nat_vxlan_batch32_1000000_conns",
      "fast path, 1M connections (per packet)", 32, 40.0),
