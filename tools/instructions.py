@@ -53,15 +53,11 @@ ROWS = [
     ("the same in bursts of 32",
      "acl_layers", {"N": "2048", "BATCH": "1"}, "acl_layers::measured_round",
      "packet", 2048),
-    ("ACL lookup, 1k rules",
-     "acl_probe", {"N": "1000", "ROUNDS": "1"}, "acl_probe::measured",
-     "lookup", 4096),
-    ("ACL lookup, 5k rules",
-     "acl_probe", {"N": "5000", "ROUNDS": "1"}, "acl_probe::measured",
-     "lookup", 4096),
-    ("ACL lookup, 50k rules",
-     "acl_probe", {"N": "50000", "ROUNDS": "1"}, "acl_probe::measured",
-     "lookup", 4096),
+] + [
+    # One round of the classifier bench's 4,096 packets.
+    (f"ACL lookup, {k} rules", "acl_probe", {"N": str(n), "ROUNDS": "1"},
+     "acl_probe::measured", "lookup", 4096)
+    for k, n in (("1k", 1000), ("5k", 5000), ("50k", 50000))
 ]
 
 COLLECTED = re.compile(r"Collected : (\d+)")
