@@ -1043,7 +1043,7 @@ impl TreeIndex {
 
     /// Lower `best` to the rank of the best matching entry (every rank
     /// chunk's tree, best first). Always inlined into its callers: as a
-    /// call it cost 18-19 instructions a lookup and 190 a 10 × 10 × 5k
+    /// call it cost 18-19 instructions a lookup, about 185 a 10 × 10 × 5k
     /// first packet (BENCHMARKS.md, twenty-sixth session).
     #[inline(always)]
     fn search<P: Probe>(
