@@ -109,12 +109,14 @@ def main():
         print("$ " + " ".join(cmd), file=sys.stderr)
         if subprocess.run(cmd, cwd=root).returncode != 0:
             fail("the build failed")
+    for example in {r[1] for r in rows}:
+        binary = os.path.join(target, "release", "examples", example)
+        if not os.path.exists(binary):
+            fail(f"{binary} does not exist (build it, or drop --target-dir)")
     print("| path | instructions | per | command |")
     print("|---|---|---|---|")
     for name, example, env, toggle, unit, units in rows:
         binary = os.path.join(target, "release", "examples", example)
-        if not os.path.exists(binary):
-            fail(f"{binary} does not exist (build it, or drop --target-dir)")
         n = count(binary, env, toggle, units)
         setting = " ".join(f"{k}={v}" for k, v in env.items())
         print(f"| {name} | **{n:,.1f}** | {unit} | `{setting} examples/{example}`, "
