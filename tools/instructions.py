@@ -30,7 +30,9 @@ import subprocess
 import sys
 
 # (name, example, environment, measured function, what one unit is, units:
-# a number, or a regex over the example's output whose first group is it)
+# N for the example's own `N` (one unit each), a number, or a regex over
+# the example's output whose first group is it)
+N = "N"
 ROWS = [
     ("fast path, outbound NAT + VXLAN (the criterion bench's traffic)",
      "fastpath", {"CLASSES": "1", "N": "4096"}, "fastpath::measured",
@@ -40,19 +42,19 @@ ROWS = [
      "packet", r"(\d+) packets"),
     ("first packet, four layers, 1,000-rule ACL, 10k connections held",
      "slow_path", {"N": "5000", "PREFILL": "10000"}, "slow_path::measured_round",
-     "packet", 5000),
+     "packet", N),
     ("connection: six-packet TCP lifecycle",
      "lifecycle", {"N": "5000"}, "lifecycle::measured_round",
-     "connection", 5000),
+     "connection", N),
     ("retiring a connection (expiry)",
      "lifecycle", {"N": "5000"}, "lifecycle::measured_expire",
-     "connection", 5000),
+     "connection", N),
     ("first packet, 10 layers x 10 groups x 5k rules",
      "acl_layers", {"N": "2000"}, "acl_layers::measured_round",
-     "packet", 2000),
+     "packet", N),
     ("the same in bursts of 32",
      "acl_layers", {"N": "2048", "BATCH": "1"}, "acl_layers::measured_round",
-     "packet", 2048),
+     "packet", N),
 ] + [
     # One round of the classifier bench's 4,096 packets.
     (f"ACL lookup, {k} rules", "acl_probe", {"N": str(n), "ROUNDS": "1"},
@@ -80,7 +82,9 @@ def count(binary, env, toggle, units):
     m = COLLECTED.search(run.stderr)
     if not m:
         fail(f"no instruction count in callgrind's output of {binary}")
-    if isinstance(units, str):
+    if units == N:
+        units = int(env[N])
+    elif isinstance(units, str):
         u = re.search(units, run.stdout)
         if not u:
             fail(f"{binary} did not print its unit count (/{units}/)")
