@@ -24,7 +24,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{probe_syn, tcp};
+use common::{probe_syn, process_in_bursts, tcp};
 use strata_engine::scenario::{ProbeTarget, VM_GW_MAC, acl_layers_port};
 use strata_engine::{Direction, Port, secs};
 use strata_packet::{MacAddr, PacketBuf};
@@ -112,16 +112,7 @@ fn measured_round(port: &mut Port, buf: &mut PacketBuf, frames: &[Vec<u8>], now:
 #[inline(always)]
 fn round(port: &mut Port, buf: &mut PacketBuf, frames: &[Vec<u8>], now: u64) {
     if std::env::var_os("BATCH").is_some() {
-        let mut bufs: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::with_capacity(2048)).collect();
-        let mut out = vec![strata_engine::Verdict::Forward; 32];
-        for chunk in frames.chunks(32) {
-            for (b, f) in bufs.iter_mut().zip(chunk) {
-                b.reset(f);
-            }
-            port.process_batch(Direction::Out, &mut bufs[..chunk.len()], now, &mut out);
-            std::hint::black_box(&out);
-        }
-        return;
+        return process_in_bursts(port, Direction::Out, frames, now);
     }
     for f in frames {
         buf.reset(f);

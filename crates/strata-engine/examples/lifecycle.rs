@@ -19,7 +19,9 @@
 //! k-th packet of each connection of the measured round in a symbol of its
 //! own (`--toggle-collect='lifecycle::measured_packet'`, ÷ N: that
 //! packet's cost); `RULES=1000` puts that many rules in the customer ACL
-//! group.
+//! group. `BATCH=1` runs 32 connections at a time through
+//! `Port::process_batch`, one burst per lifecycle step (their SYNs, then
+//! their SYN-ACKs, ...).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -83,6 +85,24 @@ fn round(
     // through `measured_packet`, a symbol of its own, so callgrind can
     // collect that packet alone.
     let only = if measured { env_or("PACKET", 0) } else { 0 };
+    if std::env::var_os("BATCH").is_some() {
+        // 32 connections at a time, step by step: their SYNs as one
+        // burst, then their SYN-ACKs, and so on (a connection storm as a
+        // datapath reads it from its rings).
+        let mut bufs: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::with_capacity(2048)).collect();
+        let mut out = vec![strata_engine::Verdict::Forward; 32];
+        for chunk in lc.chunks(32) {
+            for step in 0..packets.min(6) {
+                let d = chunk[0][step].0;
+                for (b, l) in bufs.iter_mut().zip(chunk) {
+                    b.reset(&l[step].1);
+                }
+                port.process_batch(d, &mut bufs[..chunk.len()], now, &mut out);
+                assert!(out[..chunk.len()].iter().all(|v| v.is_forward()), "{out:?}");
+            }
+        }
+        return;
+    }
     for l in lc {
         for (i, (d, f)) in l.iter().take(packets).enumerate() {
             buf.reset(f);

@@ -11,6 +11,9 @@
 //! N=5000 valgrind --tool=callgrind --cache-sim=yes --LL=4194304,16,64 \
 //!     --toggle-collect='slow_path::measured_round' target/release/examples/slow_path
 //! ```
+//!
+//! `BATCH=1` gives the port the first packets as receive bursts of 32
+//! (`Port::process_batch`) instead of one by one.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -46,6 +49,9 @@ fn main() {
 /// A separate symbol, so callgrind can collect this round only.
 #[inline(never)]
 fn measured_round(port: &mut Port, buf: &mut PacketBuf, frames: &[Vec<u8>]) {
+    if std::env::var_os("BATCH").is_some() {
+        return process_in_bursts(port, Direction::Out, frames, secs(1));
+    }
     for f in frames {
         buf.reset(f);
         std::hint::black_box(port.process(Direction::Out, buf, secs(1)));

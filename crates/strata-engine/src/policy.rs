@@ -508,6 +508,10 @@ pub struct LayerPolicy {
     may_transpose: bool,
     /// Whether a rule of the layer is stateful. Set with the groups.
     has_stateful: bool,
+    /// Whether a group of the layer has an index (not a plain scan): only
+    /// such layers are worth classifying ahead for a burst (see
+    /// [`crate::preclassify`]). Set with the groups.
+    indexed: bool,
 }
 
 /// The groups of one direction, split for [`LayerPolicy::classify`]: a
@@ -560,6 +564,7 @@ impl LayerPolicy {
             counter,
             may_transpose: false,
             has_stateful: false,
+            indexed: false,
         }
     }
 
@@ -610,6 +615,9 @@ impl LayerPolicy {
         }
         self.may_transpose = groups.iter().any(|g| g.may_transpose);
         self.has_stateful = groups.iter().any(|g| g.has_stateful);
+        self.indexed = groups
+            .iter()
+            .any(|g| !matches!(g.classifier, classifier::plan::Planned::Scan(_)));
         self.groups = groups;
         self.order = order;
     }
@@ -625,6 +633,12 @@ impl LayerPolicy {
     /// layer flows in it).
     pub fn has_stateful(&self) -> bool {
         self.has_stateful
+    }
+
+    /// Whether a group of the layer is indexed (a tree or an LPM trie, not
+    /// a scan of at most [`classifier::plan::SCAN_MAX`] entries).
+    pub fn indexed(&self) -> bool {
+        self.indexed
     }
 
     pub fn default_for(&self, d: Direction) -> DefaultAction {

@@ -12,9 +12,13 @@
 //!
 //! Only what the walk would compute itself is computed: a layer is
 //! classified ahead only while the packet's key is still its own (no
-//! earlier layer in walk order may transpose it), and only if its rules are
+//! earlier layer in walk order may transpose it), only if its rules are
 //! all stateless (a stateful layer's existing layer flows decide before its
-//! rules, and may decide differently). A packet's results stop at a layer
+//! rules, and may decide differently), and only if one of its groups is
+//! indexed: a layer of small scans stays in cache from packet to packet,
+//! so classifying it ahead wins nothing and costs the burst a second set
+//! of field values per packet (about 140 instructions per first packet
+//! through the four-layer port, BENCHMARKS.md). A packet's results stop at a layer
 //! that drops it (a plain block rule, or no rule and a blocking default).
 //! The walk uses a result only when nothing has transposed the packet yet,
 //! so a result computed for a packet that turns out to take the fast path,
@@ -144,7 +148,7 @@ impl BurstScratch {
             let Some(layer) = policy.layer_at(d, step) else {
                 break;
             };
-            if !layer.has_stateful() {
+            if !layer.has_stateful() && layer.indexed() {
                 let mut todo = alive;
                 while todo != 0 {
                     let i = todo.trailing_zeros() as usize;
@@ -172,14 +176,14 @@ impl BurstScratch {
 }
 
 /// Whether classifying ahead can serve a walk in direction `d` through
-/// `policy`: some stateless layer comes before (or is) the first that may
-/// transpose.
+/// `policy`: some stateless, indexed layer comes before (or is) the first
+/// that may transpose.
 pub fn worthwhile(policy: &PortPolicy, d: Direction) -> bool {
     for step in 0..PRE_LAYERS {
         let Some(layer) = policy.layer_at(d, step) else {
             break;
         };
-        if !layer.has_stateful() {
+        if !layer.has_stateful() && layer.indexed() {
             return true;
         }
         if layer.may_transpose() {
@@ -233,14 +237,27 @@ mod tests {
 
     /// Layers, walk order outbound: stateless (blocks port 22), stateful
     /// (skipped), stateless, transposing (the last classified ahead), then
-    /// stateless again (left to the walk).
-    fn port() -> Port {
+    /// stateless again (left to the walk). With `indexed`, each group
+    /// holds 20 more rules (ports 1000–1019, matched by no test key), so
+    /// the planner indexes it; without, each is a scan.
+    fn port(indexed: bool) -> Port {
         let allow = DefaultAction::Allow;
         let mut p = Port::new("pre", PortConfig::default());
         let layer = |id: &str, rule: Rule| {
             let mut l = LayerSpec::new(id, allow, allow);
+            let mut rules = vec![rule];
+            if indexed {
+                rules.extend((0..20u16).map(|i| {
+                    Rule::new(
+                        &format!("filler{i}"),
+                        5,
+                        vec![Condition::exact(Field::DstPort, u128::from(1000 + i))],
+                        ActionSpec::Allow,
+                    )
+                }));
+            }
             l.groups
-                .push(Group::new("g", Direction::Out).with_rules(vec![rule]));
+                .push(Group::new("g", Direction::Out).with_rules(rules));
             l
         };
         let ssh = Rule::new(
@@ -287,8 +304,9 @@ mod tests {
 
     #[test]
     fn layers_are_classified_ahead_up_to_the_first_that_may_transpose() {
-        let p = port();
+        let p = port(true);
         let policy = p.policy();
+        assert!(policy.layers.iter().all(|l| l.indexed()));
         assert!(worthwhile(policy, Direction::Out));
         let (web, ssh, skipped) = (key(443), key(22), key(443));
         let mut s = BurstScratch::default();
@@ -309,5 +327,20 @@ mod tests {
         // last), and not count.
         s.classify(policy, Direction::In, &keys, |_| true);
         assert_eq!(steps(&s, 0)[..3], [Some(None), Some(None), None]);
+    }
+
+    #[test]
+    fn layers_that_only_scan_are_left_to_the_walk() {
+        // The same layers as small scans: their rules stay in cache from
+        // packet to packet, so there is no locality to win by classifying
+        // them ahead, only the work of doing it twice.
+        let p = port(false);
+        let policy = p.policy();
+        assert!(policy.layers.iter().all(|l| !l.indexed()));
+        assert!(!worthwhile(policy, Direction::Out));
+        let web = key(443);
+        let mut s = BurstScratch::default();
+        s.classify(policy, Direction::Out, &[Some(&web)], |_| true);
+        assert_eq!(s.results(0).steps_ahead(), 0);
     }
 }

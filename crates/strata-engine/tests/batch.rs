@@ -204,32 +204,55 @@ fn batches_of_every_size_around_the_chunk_and_lookahead() {
 /// 8000-8099 to 80 (the last layer classified ahead: it may transpose),
 /// and a stateless layer that blocks port 80 towards 10.9.0.0/16, which
 /// only the rewritten packets reach: classified with the packet's own
-/// port it would let them through.
+/// port it would let them through. Every group also holds 20 UDP rules
+/// no test packet matches, so the planner indexes it: only layers with
+/// an indexed group are classified ahead (small scans are left to the
+/// walk).
 fn layered_port() -> Port {
     use strata_engine::{ActionSpec, Condition, DefaultAction, Field, Group, LayerSpec, Rule};
     let mut p = Port::new("layered", PortConfig::default());
     let allow = DefaultAction::Allow;
     let range = |f: Field, lo: u128, hi: u128| Condition::range(f, lo, hi);
+    let indexed = |group: &str, mut rules: Vec<Rule>| {
+        rules.extend((0..20u16).map(|i| {
+            Rule::new(
+                &format!("{group}-udp-{i}"),
+                5,
+                vec![
+                    Condition::exact(Field::Proto, 17),
+                    Condition::exact(Field::DstPort, u128::from(1000 + i)),
+                ],
+                ActionSpec::Allow,
+            )
+        }));
+        rules
+    };
     let mut screen = LayerSpec::new("screen", allow, allow);
     screen
         .groups
-        .push(Group::new("out", Direction::Out).with_rules(vec![
-            Rule::new(
-                "block-7k",
-                1,
-                vec![range(Field::DstPort, 7000, 7999)],
-                ActionSpec::Block,
-            ),
-            Rule::new("rest", 9, vec![], ActionSpec::Allow),
-        ]));
+        .push(Group::new("out", Direction::Out).with_rules(indexed(
+            "out",
+            vec![
+                Rule::new(
+                    "block-7k",
+                    1,
+                    vec![range(Field::DstPort, 7000, 7999)],
+                    ActionSpec::Block,
+                ),
+                Rule::new("rest", 9, vec![], ActionSpec::Allow),
+            ],
+        )));
     screen
         .groups
-        .push(Group::new("in", Direction::In).with_rules(vec![Rule::new(
-            "block-9k",
-            1,
-            vec![range(Field::SrcPort, 9000, 9999)],
-            ActionSpec::Block,
-        )]));
+        .push(Group::new("in", Direction::In).with_rules(indexed(
+            "in",
+            vec![Rule::new(
+                "block-9k",
+                1,
+                vec![range(Field::SrcPort, 9000, 9999)],
+                ActionSpec::Block,
+            )],
+        )));
     p.add_layer(screen, None).expect("screen");
     let mut acl = LayerSpec::new("acl", allow, DefaultAction::Block);
     acl.groups
@@ -239,34 +262,44 @@ fn layered_port() -> Port {
     p.add_layer(acl, None).expect("acl");
     let mut nat = LayerSpec::new("nat", allow, allow);
     nat.groups
-        .push(Group::new("out", Direction::Out).with_rules(vec![Rule::new(
-            "to-80",
-            1,
-            vec![range(Field::DstPort, 8000, 8099)],
-            ActionSpec::Nat {
-                src_ip: None,
-                dst_ip: None,
-                src_port: None,
-                dst_port: Some(80),
-            },
-        )]));
+        .push(Group::new("out", Direction::Out).with_rules(indexed(
+            "out",
+            vec![Rule::new(
+                "to-80",
+                1,
+                vec![range(Field::DstPort, 8000, 8099)],
+                ActionSpec::Nat {
+                    src_ip: None,
+                    dst_ip: None,
+                    src_port: None,
+                    dst_port: Some(80),
+                },
+            )],
+        )));
     p.add_layer(nat, None).expect("nat");
     let mut after = LayerSpec::new("after", allow, allow);
     after
         .groups
-        .push(Group::new("out", Direction::Out).with_rules(vec![
-            Rule::new(
-                "block-80-to-10.9",
-                1,
-                vec![
-                    Condition::exact(Field::DstPort, 80),
-                    Condition::ip_prefix(Field::DstIp, "10.9.0.0".parse().expect("ip"), 16),
-                ],
-                ActionSpec::Block,
-            ),
-            Rule::new("rest", 9, vec![], ActionSpec::Allow),
-        ]));
+        .push(Group::new("out", Direction::Out).with_rules(indexed(
+            "out",
+            vec![
+                Rule::new(
+                    "block-80-to-10.9",
+                    1,
+                    vec![
+                        Condition::exact(Field::DstPort, 80),
+                        Condition::ip_prefix(Field::DstIp, "10.9.0.0".parse().expect("ip"), 16),
+                    ],
+                    ActionSpec::Block,
+                ),
+                Rule::new("rest", 9, vec![], ActionSpec::Allow),
+            ],
+        )));
     p.add_layer(after, None).expect("after");
+    // The stateless layers are indexed (so classified ahead), the
+    // stateful ACL is not (a scan: it would be skipped anyway).
+    let indexed: Vec<bool> = p.policy().layers.iter().map(|l| l.indexed()).collect();
+    assert_eq!(indexed, [true, false, true, true]);
     p
 }
 

@@ -39,6 +39,10 @@ type RuleGen = (u32, (u16, u16), Act);
 #[derive(Clone, Debug)]
 struct LayerGen {
     stateful: bool,
+    /// Whether each group also holds [`FILLERS`] rules no frame matches,
+    /// so the planner indexes it (only layers with an indexed group are
+    /// classified ahead; small scans are left to the walk).
+    indexed: bool,
     default_out: bool,
     default_in: bool,
     out: Vec<RuleGen>,
@@ -62,17 +66,22 @@ fn rule() -> impl Strategy<Value = RuleGen> {
     (0u32..4, range, act())
 }
 
+/// Rules added to a group to make it indexed (more than the planner scans).
+const FILLERS: u16 = 20;
+
 fn layer() -> impl Strategy<Value = LayerGen> {
     (
         prop::bool::weighted(0.4),
+        prop::bool::weighted(0.7),
         prop::bool::weighted(0.8),
         prop::bool::weighted(0.6),
         prop::collection::vec(rule(), 0..4),
         prop::collection::vec(rule(), 0..3),
     )
         .prop_map(
-            |(stateful, default_out, default_in, out, inbound)| LayerGen {
+            |(stateful, indexed, default_out, default_in, out, inbound)| LayerGen {
                 stateful,
+                indexed,
                 default_out,
                 default_in,
                 out,
@@ -96,7 +105,7 @@ fn build(layers: &[LayerGen]) -> Port {
             (Direction::Out, &l.out, Field::DstPort),
             (Direction::In, &l.inbound, Field::SrcPort),
         ] {
-            let rules = rules
+            let mut rules: Vec<Rule> = rules
                 .iter()
                 .enumerate()
                 .map(|(i, (prio, (lo, hi), a))| {
@@ -115,10 +124,29 @@ fn build(layers: &[LayerGen]) -> Port {
                     if l.stateful { r.stateful() } else { r }
                 })
                 .collect();
+            if l.indexed {
+                // UDP: no frame (all TCP) matches them.
+                rules.extend((0..FILLERS).map(|i| {
+                    Rule::new(
+                        &format!("{d:?}-udp-{i}"),
+                        9,
+                        vec![
+                            Condition::exact(Field::Proto, 17),
+                            Condition::exact(field, u128::from(1000 + i)),
+                        ],
+                        ActionSpec::Allow,
+                    )
+                }));
+            }
             spec.groups
                 .push(Group::new(&format!("{d:?}"), d).with_rules(rules));
         }
         p.add_layer(spec, None).expect("layer");
+        if l.indexed
+            && let Some(added) = p.policy().layers.last()
+        {
+            assert!(added.indexed(), "layer {li} should be indexed");
+        }
     }
     p
 }

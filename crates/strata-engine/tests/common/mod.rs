@@ -439,6 +439,21 @@ pub fn nat_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
     ]
 }
 
+/// Run `frames` through the port in direction `d` as receive bursts of
+/// 32 (`Port::process_batch`, as a datapath reads its rings), the buffers
+/// reused from burst to burst (the examples' `BATCH=1` rounds).
+pub fn process_in_bursts(port: &mut Port, d: Direction, frames: &[Vec<u8>], now: u64) {
+    let mut bufs: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::with_capacity(2048)).collect();
+    let mut out = vec![Verdict::Forward; 32];
+    for chunk in frames.chunks(32) {
+        for (b, f) in bufs.iter_mut().zip(chunk) {
+            b.reset(f);
+        }
+        port.process_batch(d, &mut bufs[..chunk.len()], now, &mut out);
+        std::hint::black_box(&out);
+    }
+}
+
 /// The number in environment variable `name` (profiling knobs of the
 /// examples), or `default` when unset or not a number.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
