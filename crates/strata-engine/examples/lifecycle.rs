@@ -21,7 +21,7 @@
 //! packet's cost); `RULES=1000` puts that many rules in the customer ACL
 //! group. `BATCH=1` runs 32 connections at a time through
 //! `Port::process_batch`, one burst per lifecycle step (their SYNs, then
-//! their SYN-ACKs, ...).
+//! their SYN-ACKs, ...; `PACKET` is then ignored).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
