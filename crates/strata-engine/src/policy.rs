@@ -508,10 +508,10 @@ pub struct LayerPolicy {
     may_transpose: bool,
     /// Whether a rule of the layer is stateful. Set with the groups.
     has_stateful: bool,
-    /// Whether a group of the layer has an index (not a plain scan): only
-    /// such layers are worth classifying ahead for a burst (see
-    /// [`crate::preclassify`]). Set with the groups.
-    indexed: bool,
+    /// Per direction, whether a group of the layer has an index (not a
+    /// plain scan): only such layers are worth classifying ahead for a
+    /// burst (see [`crate::preclassify`]). Set with the groups.
+    indexed: [bool; 2],
 }
 
 /// The groups of one direction, split for [`LayerPolicy::classify`]: a
@@ -564,7 +564,7 @@ impl LayerPolicy {
             counter,
             may_transpose: false,
             has_stateful: false,
-            indexed: false,
+            indexed: [false; 2],
         }
     }
 
@@ -615,9 +615,12 @@ impl LayerPolicy {
         }
         self.may_transpose = groups.iter().any(|g| g.may_transpose);
         self.has_stateful = groups.iter().any(|g| g.has_stateful);
-        self.indexed = groups
-            .iter()
-            .any(|g| !matches!(g.classifier, classifier::plan::Planned::Scan(_)));
+        self.indexed = [Direction::Out, Direction::In].map(|d| {
+            groups.iter().any(|g| {
+                g.group.direction == d
+                    && !matches!(g.classifier, classifier::plan::Planned::Scan(_))
+            })
+        });
         self.groups = groups;
         self.order = order;
     }
@@ -635,10 +638,11 @@ impl LayerPolicy {
         self.has_stateful
     }
 
-    /// Whether a group of the layer is indexed (a tree or an LPM trie, not
-    /// a scan of at most [`classifier::plan::SCAN_MAX`] entries).
-    pub fn indexed(&self) -> bool {
-        self.indexed
+    /// Whether a group of the layer for direction `d` is indexed (a tree
+    /// or an LPM trie, not a scan of at most [`classifier::plan::SCAN_MAX`]
+    /// entries).
+    pub fn indexed(&self, d: Direction) -> bool {
+        self.indexed[d.index()]
     }
 
     pub fn default_for(&self, d: Direction) -> DefaultAction {

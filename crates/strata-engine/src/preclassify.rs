@@ -14,12 +14,13 @@
 //! classified ahead only while the packet's key is still its own (no
 //! earlier layer in walk order may transpose it), only if its rules are
 //! all stateless (a stateful layer's existing layer flows decide before its
-//! rules, and may decide differently), and only if one of its groups is
-//! indexed: a layer of small scans stays in cache from packet to packet,
-//! so classifying it ahead wins nothing and costs the burst a second set
-//! of field values per packet (about 140 instructions per first packet
-//! through the four-layer port, BENCHMARKS.md). A packet's results stop at a layer
-//! that drops it (a plain block rule, or no rule and a blocking default).
+//! rules, and may decide differently), and only if one of its groups for
+//! the burst's direction is indexed: a layer of small scans stays in cache
+//! from packet to packet, so classifying it ahead wins nothing and costs
+//! the burst a second set of field values per packet (about 140
+//! instructions per first packet through the four-layer port,
+//! BENCHMARKS.md). A packet's results stop at a layer that drops it (a
+//! plain block rule, or no rule and a blocking default).
 //! The walk uses a result only when nothing has transposed the packet yet,
 //! so a result computed for a packet that turns out to take the fast path,
 //! or that an action drops, is merely unused.
@@ -148,7 +149,7 @@ impl BurstScratch {
             let Some(layer) = policy.layer_at(d, step) else {
                 break;
             };
-            if !layer.has_stateful() && layer.indexed() {
+            if !layer.has_stateful() && layer.indexed(d) {
                 let mut todo = alive;
                 while todo != 0 {
                     let i = todo.trailing_zeros() as usize;
@@ -183,7 +184,7 @@ pub fn worthwhile(policy: &PortPolicy, d: Direction) -> bool {
         let Some(layer) = policy.layer_at(d, step) else {
             break;
         };
-        if !layer.has_stateful() && layer.indexed() {
+        if !layer.has_stateful() && layer.indexed(d) {
             return true;
         }
         if layer.may_transpose() {
@@ -306,7 +307,7 @@ mod tests {
     fn layers_are_classified_ahead_up_to_the_first_that_may_transpose() {
         let p = port(true);
         let policy = p.policy();
-        assert!(policy.layers.iter().all(|l| l.indexed()));
+        assert!(policy.layers.iter().all(|l| l.indexed(Direction::Out)));
         assert!(worthwhile(policy, Direction::Out));
         let (web, ssh, skipped) = (key(443), key(22), key(443));
         let mut s = BurstScratch::default();
@@ -323,10 +324,12 @@ mod tests {
         // Not asked for, and no frame.
         assert_eq!(steps(&s, 2), [None; 6]);
         assert_eq!(steps(&s, 3), [None; 6]);
-        // Inbound (no rules of that direction): after, then nat (the
-        // last), and not count.
+        // Inbound: no group of that direction, so nothing to index and
+        // nothing classified ahead.
+        assert!(policy.layers.iter().all(|l| !l.indexed(Direction::In)));
+        assert!(!worthwhile(policy, Direction::In));
         s.classify(policy, Direction::In, &keys, |_| true);
-        assert_eq!(steps(&s, 0)[..3], [Some(None), Some(None), None]);
+        assert_eq!(steps(&s, 0), [None; 6]);
     }
 
     #[test]
@@ -336,7 +339,7 @@ mod tests {
         // them ahead, only the work of doing it twice.
         let p = port(false);
         let policy = p.policy();
-        assert!(policy.layers.iter().all(|l| !l.indexed()));
+        assert!(policy.layers.iter().all(|l| !l.indexed(Direction::Out)));
         assert!(!worthwhile(policy, Direction::Out));
         let web = key(443);
         let mut s = BurstScratch::default();

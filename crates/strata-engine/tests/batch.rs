@@ -297,9 +297,12 @@ fn layered_port() -> Port {
         )));
     p.add_layer(after, None).expect("after");
     // The stateless layers are indexed (so classified ahead), the
-    // stateful ACL is not (a scan: it would be skipped anyway).
-    let indexed: Vec<bool> = p.policy().layers.iter().map(|l| l.indexed()).collect();
-    assert_eq!(indexed, [true, false, true, true]);
+    // stateful ACL is not (a scan: it would be skipped anyway); inbound,
+    // only the screen has a group.
+    let indexed =
+        |d: Direction| -> Vec<bool> { p.policy().layers.iter().map(|l| l.indexed(d)).collect() };
+    assert_eq!(indexed(Direction::Out), [true, false, true, true]);
+    assert_eq!(indexed(Direction::In), [true, false, false, false]);
     p
 }
 

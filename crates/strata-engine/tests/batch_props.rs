@@ -145,7 +145,9 @@ fn build(layers: &[LayerGen]) -> Port {
         if l.indexed
             && let Some(added) = p.policy().layers.last()
         {
-            assert!(added.indexed(), "layer {li} should be indexed");
+            for d in [Direction::Out, Direction::In] {
+                assert!(added.indexed(d), "layer {li} should be indexed");
+            }
         }
     }
     p
