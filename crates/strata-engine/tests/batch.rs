@@ -214,17 +214,7 @@ fn layered_port() -> Port {
     let allow = DefaultAction::Allow;
     let range = |f: Field, lo: u128, hi: u128| Condition::range(f, lo, hi);
     let indexed = |group: &str, mut rules: Vec<Rule>| {
-        rules.extend((0..20u16).map(|i| {
-            Rule::new(
-                &format!("{group}-udp-{i}"),
-                5,
-                vec![
-                    Condition::exact(Field::Proto, 17),
-                    Condition::exact(Field::DstPort, u128::from(1000 + i)),
-                ],
-                ActionSpec::Allow,
-            )
-        }));
+        rules.extend(unmatched_udp_rules(group, Field::DstPort, 20));
         rules
     };
     let mut screen = LayerSpec::new("screen", allow, allow);

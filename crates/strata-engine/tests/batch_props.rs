@@ -125,18 +125,7 @@ fn build(layers: &[LayerGen]) -> Port {
                 })
                 .collect();
             if l.indexed {
-                // UDP: no frame (all TCP) matches them.
-                rules.extend((0..FILLERS).map(|i| {
-                    Rule::new(
-                        &format!("{d:?}-udp-{i}"),
-                        9,
-                        vec![
-                            Condition::exact(Field::Proto, 17),
-                            Condition::exact(field, u128::from(1000 + i)),
-                        ],
-                        ActionSpec::Allow,
-                    )
-                }));
+                rules.extend(unmatched_udp_rules(&format!("{d:?}"), field, FILLERS));
             }
             spec.groups
                 .push(Group::new(&format!("{d:?}"), d).with_rules(rules));

@@ -439,6 +439,31 @@ pub fn nat_conn(p: &mut Port, i: u32) -> [(Direction, Vec<u8>); 2] {
     ]
 }
 
+/// Rules the planner counts but no test frame (all TCP) matches: `n`
+/// UDP allows on ports 1000.. of `field`, ids `{prefix}-udp-{i}`. Added to
+/// a group of a few rules, they make it indexed (more entries than it
+/// scans), so bursts classify its layer ahead (see `preclassify`).
+pub fn unmatched_udp_rules(
+    prefix: &str,
+    field: strata_engine::Field,
+    n: u16,
+) -> Vec<strata_engine::Rule> {
+    use strata_engine::{ActionSpec, Condition, Field, Rule};
+    (0..n)
+        .map(|i| {
+            Rule::new(
+                &format!("{prefix}-udp-{i}"),
+                9,
+                vec![
+                    Condition::exact(Field::Proto, 17),
+                    Condition::exact(field, u128::from(1000 + i)),
+                ],
+                ActionSpec::Allow,
+            )
+        })
+        .collect()
+}
+
 /// Run `frames` through the port in direction `d` as receive bursts of
 /// 32 (`Port::process_batch`, as a datapath reads its rings), the buffers
 /// reused from burst to burst (the examples' `BATCH=1` rounds).
