@@ -13,7 +13,7 @@
 
 use crate::condition::Field;
 use crate::counters::{BucketName, CounterArena};
-use crate::resource::{ActionState, EventSink, Mapping, Resources};
+use crate::resource::{ActionState, EventSink, Resources};
 use crate::types::{Direction, DropReason, Time};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -263,7 +263,6 @@ impl ActionRegistry {
                 mapping: mapping.clone(),
                 local_pa: *local_pa,
                 local_mac: *local_mac,
-                encaps: Default::default(),
             }),
             ActionSpec::Decap => Arc::new(Fixed::of(ActionOutput::allow(Transposition {
                 outer: OuterOp::Pop,
@@ -389,54 +388,31 @@ struct EncapMapped {
     mapping: String,
     local_pa: IpAddr,
     local_mac: MacAddr,
-    /// One shared outer header per mapping: flows to the same remote host
-    /// point at one `Encap` instead of a copy each. Slow path only.
-    encaps: std::sync::Mutex<hashbrown::HashMap<Mapping, Arc<Encap>>>,
 }
-
-/// Bound on cached encaps per action (cleared when exceeded).
-const MAX_CACHED_ENCAPS: usize = 1 << 20;
 
 impl Action for EncapMapped {
     fn process(&self, cx: &mut ActionCx<'_>) -> ActionOutput {
         let ca = cx.flow.inner.dst_ip;
+        // One lookup: the entry holds the outer header its flows share.
         let found = cx
             .resources
             .mappings
-            .get(&self.mapping)
-            .and_then(|t| t.get(&ca))
-            .copied();
-        let Some(m) = found else {
+            .get_mut(&self.mapping)
+            .and_then(|t| t.entry_mut(&ca));
+        let Some(entry) = found else {
             if !cx.dry_run {
                 cx.events.mapping_miss(&self.mapping, ca);
             }
             return ActionOutput::drop(DropReason::MappingMiss);
         };
-        if m.pa.is_ipv4() != self.local_pa.is_ipv4() {
+        if entry.mapping().pa.is_ipv4() != self.local_pa.is_ipv4() {
             return ActionOutput::drop(DropReason::ActionRefused);
         }
-        let e = {
-            let mut cache = self.encaps.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= MAX_CACHED_ENCAPS {
-                cache.clear();
-            }
-            cache
-                .entry(m)
-                .or_insert_with(|| {
-                    Arc::new(Encap::new(
-                        m.tunnel,
-                        m.vni,
-                        self.local_mac,
-                        m.pa_mac,
-                        self.local_pa,
-                        m.pa,
-                    ))
-                })
-                .clone()
-        };
+        let ca_mac = entry.mapping().ca_mac;
+        let e = entry.encap_from(self.local_mac, self.local_pa);
         ActionOutput::allow(Transposition {
             outer: OuterOp::Push(e),
-            dst_mac: Some(m.ca_mac),
+            dst_mac: Some(ca_mac),
             ..Transposition::default()
         })
     }

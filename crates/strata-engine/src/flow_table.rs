@@ -901,7 +901,8 @@ impl LayerFlowTable {
         // A flow that transposes nothing has the origin key reversed as its
         // reverse key (in the opposite direction), which a reversible hash
         // hashes alike: one hash.
-        let hashes = if origin.reversible && view.transposition().is_identity() {
+        let identity = view.transposition().is_identity();
+        let hashes = if origin.reversible && identity {
             [origin.value; 2]
         } else {
             [origin.value, lf_hash(self.seed, dirs[1], &keys[1])]
@@ -927,7 +928,7 @@ impl LayerFlowTable {
         // One entry for both keys when the reverse key is the origin's
         // reversed and both hash alike — unless an earlier flow owns either
         // key (it keeps it; this flow must answer for exactly the other).
-        let mirror = view.transposition().is_identity() && hashes[0] == hashes[1];
+        let mirror = identity && hashes[0] == hashes[1];
         // In place first: growing the index while the second side goes in
         // rehashes the first, which reads this flow's key.
         self.slots[slot as usize] = Some(f);

@@ -116,6 +116,9 @@ pub struct Port {
 #[derive(Debug, Default)]
 struct Sim {
     transposition: Transposition,
+    /// Whether a layer composed a step into `transposition` (so far it is
+    /// the identity), known without testing its every field.
+    transposed: bool,
     verdict: Option<(DropReason, u16)>,
     /// Two per layer the packet passed (layer and rule) and a layer
     /// flow's own: room for 16 layers before it spills to the heap.
@@ -133,11 +136,12 @@ impl Sim {
     /// layers of a port transpose), composed otherwise.
     #[inline]
     fn compose(&mut self, step: Transposition) {
-        self.transposition = if self.transposition.is_identity() {
-            step
-        } else {
+        self.transposition = if self.transposed {
             self.transposition.then(&step)
+        } else {
+            step
         };
+        self.transposed = true;
     }
 
     /// A rule of layer `li` dropped the packet: the layer's and the rule's

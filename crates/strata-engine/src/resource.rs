@@ -17,7 +17,9 @@ use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 use strata_packet::flow::{MacAddr, TunnelKind};
+use strata_packet::transposition::Encap;
 
 use crate::error::ApiError;
 
@@ -37,20 +39,89 @@ pub struct Mapping {
 /// A CA → PA mapping table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappingTable {
-    entries: HashMap<IpAddr, Mapping>,
+    entries: HashMap<IpAddr, MappingEntry>,
+}
+
+/// One CA's mapping, with the outer header built from it: every flow to
+/// that CA points at one shared [`Encap`] instead of a copy each. The
+/// header is not part of the entry's value (equality, snapshots): it is
+/// rebuilt on demand, and replacing the mapping replaces it.
+#[derive(Clone, Debug)]
+pub struct MappingEntry {
+    mapping: Mapping,
+    encap: Option<Arc<Encap>>,
+}
+
+impl MappingEntry {
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// The outer header from `local_mac` / `local_pa` to this mapping's
+    /// PA, shared: built the first time, and again only when asked for
+    /// from another local side. The caller checks the address families.
+    pub fn encap_from(&mut self, local_mac: MacAddr, local_pa: IpAddr) -> Arc<Encap> {
+        match &self.encap {
+            Some(e) if e.src_mac == local_mac && e.src_ip == local_pa => e.clone(),
+            _ => {
+                let m = &self.mapping;
+                let e = Arc::new(Encap::new(
+                    m.tunnel, m.vni, local_mac, m.pa_mac, local_pa, m.pa,
+                ));
+                self.encap = Some(e.clone());
+                e
+            }
+        }
+    }
+}
+
+impl PartialEq for MappingEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.mapping == other.mapping
+    }
+}
+
+impl Eq for MappingEntry {}
+
+// Serialized as the bare mapping: the snapshot format is unchanged.
+impl Serialize for MappingEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.mapping.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MappingEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Mapping::deserialize(d).map(|mapping| MappingEntry {
+            mapping,
+            encap: None,
+        })
+    }
 }
 
 impl MappingTable {
     pub fn get(&self, ca: &IpAddr) -> Option<&Mapping> {
-        self.entries.get(ca)
+        self.entries.get(ca).map(|e| &e.mapping)
+    }
+
+    /// `ca`'s entry, for the shared outer header it holds
+    /// ([`MappingEntry::encap_from`]).
+    pub fn entry_mut(&mut self, ca: &IpAddr) -> Option<&mut MappingEntry> {
+        self.entries.get_mut(ca)
     }
 
     pub fn insert(&mut self, ca: IpAddr, m: Mapping) {
-        self.entries.insert(ca, m);
+        self.entries.insert(
+            ca,
+            MappingEntry {
+                mapping: m,
+                encap: None,
+            },
+        );
     }
 
     pub fn remove(&mut self, ca: &IpAddr) -> Option<Mapping> {
-        self.entries.remove(ca)
+        self.entries.remove(ca).map(|e| e.mapping)
     }
 
     pub fn len(&self) -> usize {
@@ -63,7 +134,7 @@ impl MappingTable {
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Mapping)> {
-        self.entries.iter()
+        self.entries.iter().map(|(ca, e)| (ca, &e.mapping))
     }
 }
 
@@ -373,5 +444,80 @@ mod event_tests {
         assert_eq!((sink.sent, sink.lost), (u64::from(n), 0));
         sink.mapping_miss("t", key(n - 1));
         assert!(rx.is_empty(), "a recent key is still suppressed");
+    }
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn mapping(pa: IpAddr) -> Mapping {
+        Mapping {
+            pa,
+            pa_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            ca_mac: MacAddr([2, 0, 0, 0, 0, 5]),
+            vni: 77,
+            tunnel: TunnelKind::Vxlan,
+        }
+    }
+
+    /// Flows to one CA share one outer header, built from the mapping and
+    /// the asking side; another local side, or a new mapping, gets its own.
+    #[test]
+    fn an_entry_shares_its_outer_header_until_it_changes() {
+        let (ca, local) = (ip(10, 0, 0, 5), ip(192, 168, 0, 1));
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let mut t = MappingTable::default();
+        t.insert(ca, mapping(ip(192, 168, 0, 7)));
+        let entry = t.entry_mut(&ca).expect("entry");
+        let a = entry.encap_from(mac, local);
+        let b = entry.encap_from(mac, local);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            *a,
+            Encap::new(
+                TunnelKind::Vxlan,
+                77,
+                mac,
+                MacAddr([2, 0, 0, 0, 0, 9]),
+                local,
+                ip(192, 168, 0, 7)
+            )
+        );
+        let other = entry.encap_from(mac, ip(192, 168, 0, 2));
+        assert_eq!(other.src_ip, ip(192, 168, 0, 2));
+        assert!(!Arc::ptr_eq(&a, &other));
+
+        // The CA moves: the next flow is sent to its new PA.
+        t.insert(ca, mapping(ip(192, 168, 0, 8)));
+        let moved = t.entry_mut(&ca).expect("entry").encap_from(mac, local);
+        assert_eq!((moved.src_ip, moved.dst_ip), (local, ip(192, 168, 0, 8)));
+        assert_eq!(a.dst_ip, ip(192, 168, 0, 7), "earlier flows keep theirs");
+    }
+
+    /// The cached header is not part of the table's value: equal tables
+    /// compare equal, and a snapshot holds the bare mappings.
+    #[test]
+    fn the_cached_header_is_not_part_of_the_value() {
+        let ca = ip(10, 0, 0, 5);
+        let mut used = MappingTable::default();
+        used.insert(ca, mapping(ip(192, 168, 0, 7)));
+        let fresh = used.clone();
+        used.entry_mut(&ca)
+            .expect("entry")
+            .encap_from(MacAddr([2; 6]), ip(192, 168, 0, 1));
+        assert_eq!(used, fresh);
+        let bytes = postcard::to_allocvec(&used).expect("serialize");
+        assert_eq!(bytes, postcard::to_allocvec(&fresh).expect("serialize"));
+        let mut plain = hashbrown::HashMap::new();
+        plain.insert(ca, mapping(ip(192, 168, 0, 7)));
+        assert_eq!(bytes, postcard::to_allocvec(&plain).expect("serialize"));
+        let back: MappingTable = postcard::from_bytes(&bytes).expect("deserialize");
+        assert_eq!(back, fresh);
     }
 }
