@@ -48,7 +48,7 @@ use std::sync::Arc;
 use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned, apply_planned_inline};
 use strata_packet::flow::{Ufid, ipproto};
 use strata_packet::parse::{PacketMeta, ParseOptions, Parsed, parse_into, parse_with};
-use strata_packet::transposition::Transposition;
+use strata_packet::transposition::{PortRewrite, Transposition};
 
 /// Frames between the one processed and the one whose flow entry is being
 /// prefetched (see `process_batch`).
@@ -1460,7 +1460,7 @@ impl Port {
         self.simulate(&mut sim, d, ufid, pre, now, Mode::Create, false);
         let forward = sim.verdict.is_none();
         let final_ufid = sim.transposition.apply_to_ufid(ufid);
-        let uf = self.unified_flow(&sim);
+        let uf = self.unified_flow(&mut sim);
 
         // VM-side pairing: an inbound flow whose VM-side key reversed is an
         // existing outbound flow joins that connection (asymmetric paths).
@@ -1525,7 +1525,7 @@ impl Port {
             false,
         );
         if psim.verdict.is_none() {
-            let puf = self.unified_flow(&psim);
+            let puf = self.unified_flow(&mut psim);
             self.uft.set_side(c, pd, puf, &pkey, phash);
             let added = self.uft.add_refs(c, &psim.refs);
             if let Some(conn) = self.uft.get_mut(c) {
@@ -1539,23 +1539,38 @@ impl Port {
         (c, tracked)
     }
 
-    fn unified_flow(&mut self, sim: &Sim) -> UnifiedFlow {
+    fn unified_flow(&mut self, sim: &mut Sim) -> UnifiedFlow {
         let forward = sim.verdict.is_none();
-        let (shared, ports) = if forward {
-            sim.transposition.split_ports()
+        let ports = if forward {
+            sim.transposition.ports()
         } else {
-            Default::default()
+            PortRewrite::default()
         };
         let counters: &[u32] = if forward {
             &sim.counters
         } else {
             &sim.drop_counters
         };
-        let action = self.intern_action(FlowActionRef {
-            verdict: &sim.verdict(),
-            transposition: &shared,
-            port_shape: PortShape::of(&ports),
-        });
+        // The shared action is the transposition without its port rewrite
+        // (kept per flow): looked up with the ports cleared in place and
+        // put back after, rather than a copy.
+        let t = &mut sim.transposition;
+        let action = if forward {
+            (t.src_port, t.dst_port) = (None, None);
+            let action = self.intern_action(FlowActionRef {
+                verdict: &Verdict::Forward,
+                transposition: t,
+                port_shape: PortShape::of(&ports),
+            });
+            (t.src_port, t.dst_port) = (ports.src, ports.dst);
+            action
+        } else {
+            self.intern_action(FlowActionRef {
+                verdict: &sim.verdict(),
+                transposition: &Transposition::IDENTITY,
+                port_shape: PortShape::of(&ports),
+            })
+        };
         let counters = self.uft.intern_counters(counters);
         UnifiedFlow {
             key: StoredUfid::default(),
@@ -1614,7 +1629,7 @@ impl Port {
             Mode::Create,
             false,
         );
-        let uf = self.unified_flow(&sim);
+        let uf = self.unified_flow(&mut sim);
         let new_refs = self.uft.add_refs(c, &sim.refs);
         if let Some(conn) = self.uft.get_mut(c) {
             conn.set_idle_ttl(sim.ttl);
