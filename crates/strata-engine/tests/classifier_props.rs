@@ -619,3 +619,99 @@ fn scan_classifier_small() {
         );
     }
 }
+
+/// In an LPM group, a rule that matches through one of its values keeps
+/// that value's prefix length: here a range (length 0), so the catch-all
+/// rule 0 wins the tie by order. Its other value, an IPv6 address outside
+/// the IPv4 block the tree's boxes store narrow, once left its entry
+/// unchecked on the LPM field and let the rule claim that address's full
+/// 128-bit length (found by `lpm_routes_agree_with_linear`; every tree
+/// tuning returned rule 1).
+#[test]
+fn lpm_rule_matching_through_a_range_keeps_length_zero() {
+    let x = V4; // ::ffff:0.0.0.0
+    let y = IP_BASES[3]; // 2001:db8::
+    let rules = vec![
+        RuleMatch {
+            priority: 0,
+            conditions: vec![],
+        },
+        RuleMatch {
+            priority: 0,
+            conditions: vec![Condition::new(
+                Field::DstIp,
+                vec![MatchValue::Range { lo: x, hi: x }, MatchValue::Exact(y)],
+            )],
+        },
+        // Enough entries near `x` for the boxes to store the field narrow.
+        RuleMatch {
+            priority: 0,
+            conditions: vec![
+                Condition::new(
+                    Field::SrcIp,
+                    vec![
+                        MatchValue::Prefix { value: x, len: 3 },
+                        MatchValue::Exact(y),
+                        MatchValue::Range {
+                            lo: u128::MAX,
+                            hi: u128::MAX,
+                        },
+                    ],
+                ),
+                Condition::new(
+                    Field::SrcPort,
+                    vec![MatchValue::Exact(0), MatchValue::Exact(2)],
+                ),
+                Condition::new(
+                    Field::OuterDstIp,
+                    vec![
+                        MatchValue::Prefix {
+                            value: 338288524927261089654018896841347695166,
+                            len: 116,
+                        },
+                        MatchValue::Range {
+                            lo: y + (1 << 64) + 294,
+                            hi: y + (1 << 64) + 492,
+                        },
+                        MatchValue::Range {
+                            lo: y + 23,
+                            hi: y + 83,
+                        },
+                    ],
+                ),
+                Condition::new(
+                    Field::DstIp,
+                    vec![
+                        MatchValue::Prefix {
+                            value: x + 119,
+                            len: 116,
+                        },
+                        MatchValue::Range {
+                            lo: x + 311,
+                            hi: x + 321,
+                        },
+                    ],
+                ),
+            ],
+        },
+    ];
+    let mt = MatchType::Lpm(Field::DstIp);
+    for packet in [
+        FieldValues::from_pairs(&[(Field::DstIp, x)]),
+        FieldValues::from_pairs(&[(Field::DstIp, y)]),
+        FieldValues::from_pairs(&[
+            (Field::DstIp, x + 5),
+            (Field::SrcIp, 7),
+            (Field::SrcPort, 2),
+        ]),
+    ] {
+        let want = linear::best_match(&rules, mt, &packet);
+        for c in all_classifiers(&rules, mt) {
+            assert_eq!(c.best_match(&packet), want, "{} on {packet:?}", c.kind());
+        }
+    }
+    assert_eq!(
+        linear::best_match(&rules, mt, &FieldValues::from_pairs(&[(Field::DstIp, x)])),
+        Some(0)
+    );
+}

@@ -422,7 +422,7 @@ impl Boxes {
             for l in 0..LANES {
                 if bad[l] == 0 {
                     let r = b.rule[l];
-                    if r & BIAS != 0 || c.flat.matches((r & !BIAS) as usize, fv) {
+                    if r & BIAS != 0 || c.inexact_matches((r & !BIAS) as usize, b.rank[l], fv) {
                         return Some(b.rank[l]);
                     }
                 }
@@ -460,7 +460,8 @@ impl Boxes {
                     continue;
                 };
                 let w = &line.0;
-                if !first_line_bad(w, bk) && (w[3] != 0 || c.flat.matches(w[2] as usize, fv)) {
+                if !first_line_bad(w, bk) && (w[3] != 0 || c.inexact_matches(w[2] as usize, rk, fv))
+                {
                     return Some(rk);
                 }
             }
@@ -470,7 +471,7 @@ impl Boxes {
                     break;
                 }
                 on_check();
-                if self.matches(c, bx as usize, bk, key, fv) {
+                if self.matches(c, bx as usize, rk, bk, key, fv) {
                     return Some(rk);
                 }
             }
@@ -486,12 +487,14 @@ impl Boxes {
         }
     }
 
-    /// Does box `i` match?
+    /// Does box `i` (of an entry at `rank`) match?
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub fn matches(
         &self,
         c: &Compiled,
         i: usize,
+        rank: u32,
         bk: &BoxKey,
         key: &Key,
         fv: &FieldValues,
@@ -503,7 +506,7 @@ impl Boxes {
             if first_line_bad(w, bk) {
                 return false;
             }
-            w[3] != 0 || c.flat.matches(w[2] as usize, fv)
+            w[3] != 0 || c.inexact_matches(w[2] as usize, rank, fv)
         } else if self.lines == 1 {
             // Branch-free: which entries match differs from packet to
             // packet, so early exits would mostly be mispredicted.
@@ -522,7 +525,7 @@ impl Boxes {
             }
             let ok = bad == 0;
             if ok & (w[3] == 0) {
-                return c.flat.matches(w[2] as usize, fv);
+                return c.inexact_matches(w[2] as usize, rank, fv);
             }
             ok
         } else if self.split {
@@ -548,7 +551,7 @@ impl Boxes {
             }
             let ok = bad == 0;
             if ok & (w[3] == 0) {
-                return c.flat.matches(w[2] as usize, fv);
+                return c.inexact_matches(w[2] as usize, rank, fv);
             }
             ok
         } else {
@@ -574,7 +577,7 @@ impl Boxes {
                 }
                 j += 8;
             }
-            w(3) != 0 || c.flat.matches(w(2) as usize, fv)
+            w(3) != 0 || c.inexact_matches(w(2) as usize, rank, fv)
         }
     }
 
@@ -760,7 +763,10 @@ mod tests {
             let bk = boxes.key(&key);
             for (&e, &bx) in entries.iter().zip(&ids) {
                 let want = c.entry_matches(e as usize, &key, &fv);
-                assert_eq!(boxes.matches(&c, bx as usize, &bk, &key, &fv), want);
+                assert_eq!(
+                    boxes.matches(&c, bx as usize, c.rank[e as usize], &bk, &key, &fv),
+                    want
+                );
                 hits += usize::from(want);
                 checks += 1;
             }

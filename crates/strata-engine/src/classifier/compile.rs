@@ -855,6 +855,27 @@ impl Compiled {
         (h >> 64) & 1 != 0 || self.flat.matches((h >> 32) as u32 as usize, fv)
     }
 
+    /// Does an inexact entry (of `rule`, at `rank`) match? Its rule's
+    /// conditions must all hold, and in an LPM group the rule's longest
+    /// prefix matching the packet must be at least the entry's: a box may
+    /// leave the LPM interval unchecked (an interval outside the store's
+    /// base block, see [`super::boxes::Boxes`]), and the rule matching
+    /// through another of its values must not claim this entry's longer
+    /// prefix. (An entry claiming less than the rule's own is harmless:
+    /// the entry of the rule's longest matching prefix ranks better and
+    /// is found too.)
+    #[inline]
+    pub fn inexact_matches(&self, rule: usize, rank: u32, fv: &FieldValues) -> bool {
+        self.flat.matches(rule, fv)
+            && match self.match_type {
+                MatchType::Priority => true,
+                MatchType::Lpm(f) => fv.get(f).is_some_and(|v| {
+                    self.flat.lpm_len(rule, f, v)
+                        >= self.rank_plen.get(rank as usize).copied().unwrap_or(0)
+                }),
+            }
+    }
+
     /// The rule of the best rank found by an index, merged with the
     /// residual rules.
     #[inline]

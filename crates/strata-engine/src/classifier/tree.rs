@@ -1166,7 +1166,7 @@ impl TreeIndex {
             p.check();
             // The best entry's box is named by the reference: its line is
             // read alongside the other items' line, not after it.
-            if q.boxes.matches(c, r.x as usize, q.bk, q.key, q.fv) {
+            if q.boxes.matches(c, r.x as usize, r.min, q.bk, q.key, q.fv) {
                 *best = r.min;
                 return None;
             }
@@ -1186,7 +1186,7 @@ impl TreeIndex {
             // merged, the walk took 8-12 more instructions per lookup).
             p.leaf();
             p.check();
-            if q.boxes.matches(c, r.x as usize, q.bk, q.key, q.fv) {
+            if q.boxes.matches(c, r.x as usize, r.min, q.bk, q.key, q.fv) {
                 *best = r.min;
             }
         } else if kind == K_BLOCK {
