@@ -23,11 +23,17 @@
 //! creating one touches no page: each is zeroed (as a huge page) when an
 //! insert first writes it, not all of them inside one packet.
 //!
+//! **Background threads.** [`background_priority`] lowers the calling
+//! thread to the least CPU share (nice 19), for work that must not slow
+//! the threads a caller waits on: freeing a replaced group of tens of
+//! thousands of rules competes, on a two-core host, with the next group's
+//! build.
+//!
 //! The only `unsafe` in the engine: `_mm_prefetch` and `madvise` are
 //! declared `unsafe` because they take raw pointers (neither reads or
 //! writes memory the program can see; the pointers come from live
-//! references and allocations), and [`ZeroedArray`] maps, views and unmaps
-//! its own memory.
+//! references and allocations), `setpriority` because every libc call is,
+//! and [`ZeroedArray`] maps, views and unmaps its own memory.
 
 /// Bring the cache lines holding `*r` towards L1 (a hint; no effect on
 /// what any load returns). At most four lines: the callers' objects are
@@ -69,6 +75,18 @@ fn line(p: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Give the calling thread the least CPU share (nice 19): it still runs
+/// when a core is free and is never starved outright, but yields to every
+/// normal thread. A hint; failure is ignored.
+pub fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain integer arguments, no memory passed. On Linux, `who`
+    // 0 with PRIO_PROCESS names the calling thread (nice is per thread).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
 }
 
 /// Arrays smaller than this are left to the allocator's pages.
@@ -299,6 +317,35 @@ impl<T: bytemuck::Zeroable + Copy> std::fmt::Debug for ZeroedArray<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's nice value, from `/proc/thread-self/stat`
+    /// (field 19; the fields after the parenthesised name, from 3 on).
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        let after_name = &stat[stat.rfind(')').expect("name") + 2..];
+        after_name
+            .split(' ')
+            .nth(19 - 3)
+            .and_then(|n| n.parse().ok())
+            .expect("nice field")
+    }
+
+    /// A background thread drops to nice 19; the thread that spawned it
+    /// keeps its own priority (nice is per thread on Linux).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_priority_lowers_only_the_calling_thread() {
+        let before = own_nice();
+        let bg = std::thread::spawn(|| {
+            background_priority();
+            own_nice()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(bg, 19);
+        assert_eq!(own_nice(), before);
+    }
 
     /// Kilobytes of huge pages backing the mapping that contains `addr`,
     /// from `/proc/self/smaps`.

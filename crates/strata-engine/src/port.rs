@@ -2465,7 +2465,12 @@ fn retire(group: Arc<crate::policy::CompiledGroup>) {
     // If no thread can be had, the closure (and the group) is dropped here.
     let _ = std::thread::Builder::new()
         .name("strata-retire".into())
-        .spawn(move || drop(group));
+        .spawn(move || {
+            // Off the critical path: a controller's next update is usually
+            // building its classifier on the other cores meanwhile.
+            crate::hint::background_priority();
+            drop(group)
+        });
 }
 
 /// The groups of `layer` with `g` in place of its namesake (or added).
