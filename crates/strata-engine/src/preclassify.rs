@@ -26,7 +26,7 @@
 //! or that an action drops, is merely unused.
 
 use crate::condition::FieldValues;
-use crate::policy::{DefaultAction, PortPolicy, RuleRef};
+use crate::policy::{DefaultAction, LayerPolicy, PortPolicy, RuleRef};
 use crate::types::Direction;
 use strata_packet::Ufid;
 
@@ -149,7 +149,7 @@ impl BurstScratch {
             let Some(layer) = policy.layer_at(d, step) else {
                 break;
             };
-            if !layer.has_stateful() && layer.indexed(d) {
+            if classified_ahead(layer, d) {
                 let mut todo = alive;
                 while todo != 0 {
                     let i = todo.trailing_zeros() as usize;
@@ -176,6 +176,14 @@ impl BurstScratch {
     }
 }
 
+/// Whether a layer is classified ahead for a burst in direction `d`: its
+/// rules are all stateless and one of its groups for `d` is indexed (see
+/// the module docs). One test for [`BurstScratch::classify`] and
+/// [`worthwhile`], which must agree.
+fn classified_ahead(layer: &LayerPolicy, d: Direction) -> bool {
+    !layer.has_stateful() && layer.indexed(d)
+}
+
 /// Whether classifying ahead can serve a walk in direction `d` through
 /// `policy`: some stateless, indexed layer comes before (or is) the first
 /// that may transpose.
@@ -184,7 +192,7 @@ pub fn worthwhile(policy: &PortPolicy, d: Direction) -> bool {
         let Some(layer) = policy.layer_at(d, step) else {
             break;
         };
-        if !layer.has_stateful() && layer.indexed(d) {
+        if classified_ahead(layer, d) {
             return true;
         }
         if layer.may_transpose() {

@@ -318,6 +318,30 @@ fn acl_blocks_with_reasons_and_counters() {
     assert_eq!(v, Verdict::Forward);
 }
 
+/// A CA mapped to a PA of the other address family than the port's own
+/// cannot be encapsulated: the flow is dropped as `action-refused`, with
+/// no layer state left behind, and a corrected mapping serves the next
+/// packet.
+#[test]
+fn a_mapping_to_the_other_address_family_is_refused() {
+    let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
+    let dst = Ipv4Addr::new(10, 1, 5, 5);
+    let mut wrong = mapping_for(5, 5);
+    wrong.pa = "2001:db8::5".parse().expect("ip");
+    p.set_mapping(MAPPING, IpAddr::V4(dst), wrong)
+        .expect("install");
+    let syn = vm_tcp(dst, 40000, 80, SYN, 1, 0, b"");
+    let (v, _) = run(&mut p, Direction::Out, &syn, secs(5));
+    assert_eq!(v.drop_reason(), Some(DropReason::ActionRefused));
+    assert_eq!(p.counters().drops_for(DropReason::ActionRefused), 1);
+    assert_eq!(p.layer_flow_count("acl"), 0);
+    p.set_mapping(MAPPING, IpAddr::V4(dst), mapping_for(5, 5))
+        .expect("install");
+    let (v, out) = run(&mut p, Direction::Out, &syn, secs(6));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(decode_sent(&out).outer.expect("encap").dst, remote_pa(5, 5));
+}
+
 #[test]
 fn mapping_miss_raises_event_then_reconciles() {
     let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
