@@ -318,6 +318,16 @@ fn acl_blocks_with_reasons_and_counters() {
     assert_eq!(v, Verdict::Forward);
 }
 
+/// The agent installs `dst`'s mapping (host 5.5); `syn`, sent again, goes
+/// through, encapsulated towards that host's PA.
+fn send_after_mapping(p: &mut strata_engine::Port, dst: Ipv4Addr, syn: &[u8]) {
+    p.set_mapping(MAPPING, IpAddr::V4(dst), mapping_for(5, 5))
+        .expect("install");
+    let (v, out) = run(p, Direction::Out, syn, secs(6));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(decode_sent(&out).outer.expect("encap").dst, remote_pa(5, 5));
+}
+
 /// A CA mapped to a PA of the other address family than the port's own
 /// cannot be encapsulated: the flow is dropped as `action-refused`, with
 /// no layer state left behind, and a corrected mapping serves the next
@@ -335,11 +345,7 @@ fn a_mapping_to_the_other_address_family_is_refused() {
     assert_eq!(v.drop_reason(), Some(DropReason::ActionRefused));
     assert_eq!(p.counters().drops_for(DropReason::ActionRefused), 1);
     assert_eq!(p.layer_flow_count("acl"), 0);
-    p.set_mapping(MAPPING, IpAddr::V4(dst), mapping_for(5, 5))
-        .expect("install");
-    let (v, out) = run(&mut p, Direction::Out, &syn, secs(6));
-    assert_eq!(v, Verdict::Forward);
-    assert_eq!(decode_sent(&out).outer.expect("encap").dst, remote_pa(5, 5));
+    send_after_mapping(&mut p, dst, &syn);
 }
 
 #[test]
@@ -361,11 +367,7 @@ fn mapping_miss_raises_event_then_reconciles() {
     // No SNAT or layer state leaked by the dropped flow.
     assert_eq!(p.layer_flow_count("acl"), 0);
     // The agent answers; the retransmitted SYN goes through.
-    p.set_mapping(MAPPING, IpAddr::V4(dst), mapping_for(5, 5))
-        .expect("install");
-    let (v, out) = run(&mut p, Direction::Out, &syn, secs(6));
-    assert_eq!(v, Verdict::Forward);
-    assert_eq!(decode_sent(&out).outer.expect("encap").dst, remote_pa(5, 5));
+    send_after_mapping(&mut p, dst, &syn);
     assert_eq!(p.counters().direction(Direction::Out).reconciled, 1);
 }
 
