@@ -378,6 +378,32 @@ fn connection_rate(c: &mut Criterion) {
             }
         })
     });
+    // The same lifecycles as a datapath reads a connection storm from its
+    // rings: 32 connections at a time, each step one burst through
+    // `process_batch` (their SYNs, then their SYN-ACKs, ...), retired
+    // the same way. Per connection: the throughput is 32 connections.
+    let mut bufs: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::with_capacity(2048)).collect();
+    let mut out = vec![Verdict::Forward; 32];
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("tcp_lifecycle_6_packets_bursts_of_32", |b| {
+        b.iter(|| {
+            let burst = &lifecycles[k..k + 32];
+            for step in 0..6 {
+                let d = burst[0][step].0;
+                for (buf, l) in bufs.iter_mut().zip(burst) {
+                    buf.reset(&l[step].1);
+                }
+                port.process_batch(d, &mut bufs, now, &mut out);
+                black_box(&out);
+            }
+            k += 32;
+            if k + 32 > lifecycles.len() {
+                now += secs(61);
+                port.expire(now);
+                k = 0;
+            }
+        })
+    });
     g.finish();
     let cn = port.counters();
     println!(
