@@ -2453,7 +2453,6 @@ pub(crate) fn with_layer(e: ApiError, layer: &str) -> ApiError {
     }
 }
 
-/// Rule ids are unique across a layer's groups (counters are named by them).
 /// Free a replaced group. A large one (tens of milliseconds of frees for
 /// tens of thousands of rules) is freed on a thread of its own, so the
 /// update returns once the new group is in place; nothing on the datapath
@@ -2486,6 +2485,8 @@ pub(crate) fn with_others<'a>(
         .chain(std::iter::once(g))
 }
 
+/// Rule ids are unique across a layer's groups (counters are named by
+/// them): the first id seen twice in `groups` is refused.
 pub(crate) fn check_unique_rules<'a>(
     layer: &str,
     groups: impl Iterator<Item = &'a Group>,
