@@ -623,6 +623,15 @@ pub struct LayerFlowTable {
     /// million-flow layer at once.
     index: FlowIndex,
     seed: TableSeed,
+    /// Index entries (`slot << 1 | side`, ascending) whose key another
+    /// flow held when their flow came: two flows wanting one key, as when
+    /// a static NAT maps two connections onto one tuple and the answers to
+    /// both look alike. The holder keeps the key; when it lets go, the
+    /// lowest entry here with that key takes it (see
+    /// [`LayerFlowTable::detach`]). Saved with the port, apart from the
+    /// table (format version 8), so a restored table indexes exactly the
+    /// flows this one does. Nearly always empty.
+    shadowed: Vec<u32>,
 }
 
 /// [`LayerFlowTable`]'s serialized form: its flows by slot, the free
@@ -651,13 +660,14 @@ impl Serialize for LayerFlowTable {
         struct Extras<'a>(&'a LayerFlowTable);
         impl Serialize for Extras<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // By slot, as the own keys (not in the map's order, which
+                // differs from table to table): the same flows are the
+                // same bytes.
                 let t = self.0;
                 map_of_known_length(
                     s,
-                    t.extras
-                        .by_slot
-                        .iter()
-                        .filter_map(|(&slot, &i)| Some((slot, t.extras.pool.get(i)?))),
+                    t.iter()
+                        .filter_map(|(slot, _)| Some((slot, t.extras.get(slot)?))),
                 )
             }
         }
@@ -955,15 +965,46 @@ impl LayerFlowTable {
         // One probe per side: find an earlier flow with the key, or the
         // place to put it.
         for side in 0..2 {
-            self.index_unless_taken(
+            if !self.index_unless_taken(
                 slot,
                 side,
                 hashes[side],
                 &[(dirs[side], &keys[side])],
                 conns,
-            );
+            ) {
+                self.shadow(slot << 1 | side as u32);
+            }
         }
         slot
+    }
+
+    /// Record index entry `v` as wanting a key another flow holds.
+    fn shadow(&mut self, v: u32) {
+        if let Err(at) = self.shadowed.binary_search(&v) {
+            self.shadowed.insert(at, v);
+        }
+    }
+
+    /// The index entries waiting for a key another flow holds (see
+    /// `shadowed`), ascending.
+    pub fn shadowed(&self) -> &[u32] {
+        &self.shadowed
+    }
+
+    /// Give the key `(d, key)` (hash `hash`), which its holder let go of,
+    /// to the lowest shadowed entry wanting it, if any.
+    fn promote(&mut self, d: Direction, key: &Ufid, hash: u64, conns: &UnifiedFlowTable) {
+        let keys = self.keys(conns);
+        let Some(at) = self
+            .shadowed
+            .iter()
+            .position(|&v| keys.is(&self.slots, v, d, key))
+        else {
+            return;
+        };
+        let v = self.shadowed.remove(at);
+        let (index, keys, slots) = self.index_and_keys(conns);
+        index.insert(hash, v, LayerHashes { keys: &keys, slots });
     }
 
     /// Index side `side` of the flow in `slot` under `hash`, unless another
@@ -1105,6 +1146,11 @@ impl LayerFlowTable {
     /// Take a flow out of the index (it stays in its slot while held).
     pub fn detach(&mut self, slot: u32, conns: &UnifiedFlowTable) {
         let seed = self.seed;
+        let held = |side: u32| {
+            let v = slot << 1 | side;
+            !self.shadowed.is_empty() && self.shadowed.binary_search(&v).is_err()
+        };
+        let held = [held(0), held(1)];
         let (index, keys, slots) = self.index_and_keys(conns);
         let Some(f) = slots.get(slot as usize).and_then(|s| s.as_ref()) else {
             return;
@@ -1112,6 +1158,9 @@ impl LayerFlowTable {
         if f.detached {
             return;
         }
+        // Keys this flow held (an entry it never got holds nothing), for
+        // a shadowed flow that wants one (rare: none are, mostly).
+        let mut freed: [Option<(Direction, Ufid, u64)>; 2] = [None, None];
         for side in 0..if f.one_entry { 1 } else { 2 } {
             let v = slot << 1 | side as u32;
             let Some(k) = keys.side(slot, f, side) else {
@@ -1119,9 +1168,25 @@ impl LayerFlowTable {
             };
             let h = lf_hash(seed, f.dir_of(side), &k);
             index.remove(h, v);
+            if held[side] {
+                freed[side] = Some((f.dir_of(side), k, h));
+                if f.one_entry {
+                    // Its one entry stood for the reverse key too.
+                    freed[1] = keys.side(slot, f, 1).map(|r| {
+                        let d = f.dir_of(1);
+                        (d, r, lf_hash(seed, d, &r))
+                    });
+                }
+            }
         }
         if let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
             f.detached = true;
+        }
+        if !self.shadowed.is_empty() {
+            self.shadowed.retain(|&v| v >> 1 != slot);
+            for (d, k, h) in freed.into_iter().flatten() {
+                self.promote(d, &k, h, conns);
+            }
         }
     }
 
@@ -1219,9 +1284,73 @@ impl LayerFlowTable {
         self.slots.check_free_list(&self.free)
     }
 
-    /// Rebuild the index after deserialization (`conns` restored first).
-    pub fn reindex(&mut self, conns: &UnifiedFlowTable) {
+    /// Whether every attached flow answers for its keys: each side is
+    /// found under its key by its own entry, but for the shadowed ones,
+    /// whose key another flow holds (see `shadowed`). O(flows).
+    pub fn verify_index(&self, conns: &UnifiedFlowTable) -> Result<(), String> {
+        let keys = self.keys(conns);
+        let slots = &self.slots;
+        for &v in &self.shadowed {
+            let live = slots
+                .get((v >> 1) as usize)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| !f.detached && !f.one_entry);
+            if !live {
+                return Err(format!("shadowed entry {v} names no attached flow side"));
+            }
+        }
+        for (slot, f) in self.iter() {
+            if f.detached {
+                continue;
+            }
+            for side in 0..2 {
+                let Some(k) = keys.side(slot, f, side) else {
+                    continue;
+                };
+                let d = f.dir_of(side);
+                let own = slot << 1 | if f.one_entry { 0 } else { side as u32 };
+                let found = self
+                    .index
+                    .find(lf_hash(self.seed, d, &k), |v| keys.is(slots, v, d, &k));
+                let waits = self.shadowed.binary_search(&own).is_ok();
+                match found {
+                    Some(v) if v == own && !waits => {}
+                    Some(v) if v >> 1 != slot && waits => {}
+                    None if waits => {
+                        return Err(format!(
+                            "flow {slot} side {side} waits for a key no flow holds"
+                        ));
+                    }
+                    other => {
+                        return Err(format!("flow {slot} side {side}: its key finds {other:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild the index after deserialization (`conns` restored first),
+    /// leaving out the entries `shadowed` names (ascending, as saved: see
+    /// [`LayerFlowTable::shadowed`]), which must name sides of flows the
+    /// index holds. (A snapshot from before version 8 names none: of two
+    /// flows wanting one key, the lower slot's gets it.)
+    pub fn reindex(&mut self, conns: &UnifiedFlowTable, shadowed: Vec<u32>) -> Result<(), String> {
+        if !shadowed.is_sorted_by(|a, b| a < b) {
+            return Err("shadowed entries out of order".into());
+        }
+        for &v in &shadowed {
+            let live = self
+                .slots
+                .get((v >> 1) as usize)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| !f.detached && !f.one_entry);
+            if !live {
+                return Err(format!("shadowed entry {v} names no indexed flow side"));
+            }
+        }
         let mut index = FlowIndex::with_capacity(self.len() * 2);
+        let mut taken = Vec::new();
         let keys = self.keys(conns);
         let slots = &self.slots;
         for (slot, f) in slots.iter().enumerate() {
@@ -1231,6 +1360,10 @@ impl LayerFlowTable {
             }
             let slot = slot as u32;
             for side in 0..if f.one_entry { 1 } else { 2 } {
+                let v = slot << 1 | side as u32;
+                if shadowed.binary_search(&v).is_ok() {
+                    continue;
+                }
                 let Some(k) = keys.side(slot, f, side) else {
                     continue;
                 };
@@ -1238,11 +1371,18 @@ impl LayerFlowTable {
                 let h = lf_hash(self.seed, d, &k);
                 if index.find(h, |v| keys.is(slots, v, d, &k)).is_none() {
                     let hashes = LayerHashes { keys: &keys, slots };
-                    index.insert(h, slot << 1 | side as u32, hashes);
+                    index.insert(h, v, hashes);
+                } else {
+                    taken.push(v);
                 }
             }
         }
         self.index = index;
+        self.shadowed = shadowed;
+        for v in taken {
+            self.shadow(v);
+        }
+        Ok(())
     }
 }
 
@@ -2880,7 +3020,7 @@ mod tests {
         // Serialized while k2 is pending: read back, every key is found.
         let bytes = postcard::to_stdvec(&t).expect("serialize");
         let mut r: LayerFlowTable = postcard::from_bytes(&bytes).expect("deserialize");
-        r.reindex(&conns);
+        r.reindex(&conns, t.shadowed().to_vec()).expect("reindex");
         assert!(!r.has_fresh_key());
         for (k, s) in [(&k0, s0), (&k1, s1), (&k2, s2)] {
             assert_eq!(found(&r, &conns, k), Some(s));
@@ -3022,7 +3162,7 @@ mod tests {
         // Serialized and rebuilt: the same.
         let bytes = postcard::to_stdvec(&t).expect("serialize");
         let mut r: LayerFlowTable = postcard::from_bytes(&bytes).expect("deserialize");
-        r.reindex(&conns);
+        r.reindex(&conns, t.shadowed().to_vec()).expect("reindex");
         check(&r, &|i| i % 3 != 0);
         assert_eq!(r.index.len(), t.index.len());
 

@@ -642,6 +642,10 @@ impl Port {
                 ));
             }
         }
+        for (uid, t) in &self.layer_flows {
+            t.verify_index(&self.uft)
+                .map_err(|e| format!("layer {uid}: {e}"))?;
+        }
         self.check_layer_flow_holders()?;
         self.uft.verify_shared()
     }

@@ -39,7 +39,33 @@ pub struct Mapping {
 /// A CA → PA mapping table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappingTable {
+    #[serde(serialize_with = "sorted_map")]
     entries: HashMap<IpAddr, MappingEntry>,
+}
+
+/// A hash map written in key order (read back as any map): a snapshot of
+/// the same state is the same bytes, whatever the map's seed or history,
+/// so saves can be compared and checksummed (a live migration's, say).
+fn sorted_map<K, V, S>(m: &HashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
+where
+    K: Ord + Serialize,
+    V: Serialize,
+    S: serde::Serializer,
+{
+    let mut entries: Vec<(&K, &V)> = m.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    s.collect_map(entries)
+}
+
+/// A hash set written in order (see [`sorted_map`]).
+fn sorted_set<T, S>(set: &HashSet<T>, s: S) -> Result<S::Ok, S::Error>
+where
+    T: Ord + Serialize,
+    S: serde::Serializer,
+{
+    let mut items: Vec<&T> = set.iter().collect();
+    items.sort_unstable();
+    s.collect_seq(items)
 }
 
 /// One CA's mapping, with the outer header built from it: every flow to
@@ -145,6 +171,7 @@ pub struct PortPool {
     /// The configured ranges (inclusive).
     pub ranges: Vec<(u16, u16)>,
     free: VecDeque<u16>,
+    #[serde(serialize_with = "sorted_set")]
     in_use: HashSet<u16>,
 }
 

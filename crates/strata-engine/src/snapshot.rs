@@ -27,13 +27,15 @@ pub const MAGIC: [u8; 8] = *b"STRATASR";
 /// arena stores its free list and retired slots); 6 since unified flow keys
 /// name header contexts the flow table stores once; 7 since the port's
 /// reservation ([`Port::reserve`]) is kept, so a restored port is sized
-/// again before its first packet.
+/// again before its first packet; 8 since the layer flows waiting for a
+/// key another flow holds are kept (`LayerFlowTable::shadowed`), so a
+/// restored table indexes exactly the flows the saved one did.
 ///
-/// A build reads its own version and the one before ([`OLDEST_READ`]): a
-/// port saved by the previous release restores across an upgrade (a
-/// version 6 snapshot restores without a reservation). Older snapshots
-/// are refused with a clear error.
-pub const VERSION: u32 = 7;
+/// A build reads its own version and the two before ([`OLDEST_READ`]): a
+/// port saved by an earlier release restores across an upgrade (a
+/// version 6 snapshot restores without a reservation; versions 6 and 7
+/// name no waiting flows). Older snapshots are refused with a clear error.
+pub const VERSION: u32 = 8;
 
 /// The oldest format version [`Port::restore`] reads.
 pub const OLDEST_READ: u32 = 6;
@@ -65,11 +67,21 @@ struct LayerState {
     spec_json: String,
 }
 
-/// The port's state in format version 7: version 6's, then the
-/// reservation (postcard writes a struct's fields in order, so a version 6
-/// payload is a [`PortCore`] alone).
+/// The port's state in format version 8: version 7's, then each layer
+/// table's shadowed index entries (postcard writes a struct's fields in
+/// order, so a version 7 payload is a [`PortState7`] and a version 6 one
+/// a [`PortCore`] alone).
 #[derive(Serialize, Deserialize)]
 struct PortState {
+    core: PortCore,
+    reserved_connections: u64,
+    /// `(layer uid, entries)` for the tables with any, ascending.
+    shadowed: Vec<(u32, Vec<u32>)>,
+}
+
+/// The port's state in format version 7: version 6's, then the reservation.
+#[derive(Serialize, Deserialize)]
+struct PortState7 {
     core: PortCore,
     reserved_connections: u64,
 }
@@ -80,6 +92,7 @@ struct PortState {
 struct PortStateRef<'a> {
     core: PortCoreRef<'a>,
     reserved_connections: u64,
+    shadowed: Vec<(u32, &'a [u32])>,
 }
 
 /// [`PortCore`] borrowed (see [`PortStateRef`]).
@@ -144,6 +157,12 @@ impl Port {
         let state = PortStateRef {
             core,
             reserved_connections: self.reserved as u64,
+            shadowed: self
+                .layer_flows
+                .iter()
+                .filter(|(_, t)| !t.shadowed().is_empty())
+                .map(|(uid, t)| (*uid, t.shadowed()))
+                .collect(),
         };
         let err = |e: postcard::Error| ApiError::Snapshot(e.to_string());
         // An [`Envelope`] written in place: its magic, version and
@@ -168,17 +187,22 @@ impl Port {
             ));
         }
         let bad_payload = |e: postcard::Error| ApiError::Snapshot(format!("bad payload: {e}"));
-        let (st, reserved) = match env.version {
+        // Beyond `usize` is beyond any limit: `Port::reserve` below refuses
+        // it with the other bad reservations.
+        let reserved = |r: u64| usize::try_from(r).unwrap_or(usize::MAX);
+        let (st, reserved, mut shadowed) = match env.version {
             VERSION => {
                 let st: PortState = postcard::from_bytes(env.payload).map_err(bad_payload)?;
-                // Beyond `usize` is beyond any limit: `Port::reserve` below
-                // refuses it with the other bad reservations.
-                let reserved = usize::try_from(st.reserved_connections).unwrap_or(usize::MAX);
-                (st.core, reserved)
+                (st.core, reserved(st.reserved_connections), st.shadowed)
+            }
+            7 => {
+                let st: PortState7 = postcard::from_bytes(env.payload).map_err(bad_payload)?;
+                (st.core, reserved(st.reserved_connections), Vec::new())
             }
             OLDEST_READ => (
                 postcard::from_bytes::<PortCore>(env.payload).map_err(bad_payload)?,
                 0,
+                Vec::new(),
             ),
             v => {
                 return Err(ApiError::Snapshot(format!(
@@ -234,9 +258,19 @@ impl Port {
             .map_err(|e| ApiError::Snapshot(format!("bad flow table: {e}")))?;
         let mut layer_flows = st.layer_flows;
         for (uid, t) in &mut layer_flows {
-            t.check()
-                .map_err(|e| ApiError::Snapshot(format!("bad flow table of layer {uid}: {e}")))?;
-            t.reindex(&uft);
+            let bad = |e| ApiError::Snapshot(format!("bad flow table of layer {uid}: {e}"));
+            t.check().map_err(bad)?;
+            let waiting = shadowed
+                .iter()
+                .position(|(u, _)| u == uid)
+                .map(|i| shadowed.swap_remove(i).1)
+                .unwrap_or_default();
+            t.reindex(&uft, waiting).map_err(bad)?;
+        }
+        if let Some((uid, _)) = shadowed.first() {
+            return Err(ApiError::Snapshot(format!(
+                "shadowed entries for layer {uid} match no flow table (or it twice)"
+            )));
         }
         // In policy order (the port looks there first).
         layer_flows.sort_by_key(|(uid, _)| layers.iter().position(|l| l.uid == *uid));
@@ -454,6 +488,66 @@ mod tests {
                     ["free", "port ", "hold"].iter().any(|w| e.contains(w)),
                     "{what}: {e}"
                 ),
+                Ok(Ok(state)) => panic!("{what}: restored and used ({state:?})"),
+                Err(_) => panic!("{what}: the port panicked"),
+            }
+        }
+    }
+
+    /// The list of layer flows waiting for a key (`shadowed`) can only
+    /// name sides of attached flows of existing tables, in order.
+    #[test]
+    fn damaged_lists_of_waiting_flows_are_refused_on_restore() {
+        // A live flow (the ACL's: one entry for both its keys).
+        let table = |st: &PortState| -> (u32, u32) {
+            st.core
+                .layer_flows
+                .iter()
+                .find_map(|(uid, t)| Some((*uid, t.iter().next()?.0)))
+                .expect("a flow")
+        };
+        let cases: [(&str, Box<Forge>); 5] = [
+            (
+                "a flow of one entry, which holds both its keys",
+                Box::new(move |st| {
+                    let (uid, live) = table(st);
+                    st.shadowed = vec![(uid, vec![live << 1 | 1])];
+                }),
+            ),
+            (
+                "an empty slot",
+                Box::new(move |st| {
+                    let (uid, _) = table(st);
+                    st.shadowed = vec![(uid, vec![1 << 20])];
+                }),
+            ),
+            (
+                "out of order",
+                Box::new(move |st| {
+                    let (uid, live) = table(st);
+                    st.shadowed = vec![(uid, vec![live << 1 | 1, live << 1])];
+                }),
+            ),
+            (
+                "a layer without flows",
+                Box::new(move |st| {
+                    let (_, live) = table(st);
+                    st.shadowed = vec![(9999, vec![live << 1])];
+                }),
+            ),
+            (
+                "a table twice",
+                Box::new(move |st| {
+                    let (uid, live) = table(st);
+                    st.shadowed = vec![(uid, vec![]), (uid, vec![live << 1])];
+                }),
+            ),
+        ];
+        for (what, forge) in cases {
+            let bytes = forged(|st| forge(st));
+            let outcome = std::panic::catch_unwind(|| restore_and_use(&bytes));
+            match outcome {
+                Ok(Err(e)) => assert!(e.contains("shadowed"), "{what}: {e}"),
                 Ok(Ok(state)) => panic!("{what}: restored and used ({state:?})"),
                 Err(_) => panic!("{what}: the port panicked"),
             }

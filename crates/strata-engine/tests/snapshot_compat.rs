@@ -166,10 +166,13 @@ fn a_reservation_beyond_the_limit_is_refused_on_restore() {
     let (p, _) = snapshot_scenario();
     let bytes = p.snapshot().expect("snapshot");
     let mut env: Envelope = postcard::from_bytes(&bytes).expect("envelope");
-    // The payload ends with the reservation, a varint: 0 is one zero byte.
+    // The payload ends with the reservation, a varint (0 is one zero
+    // byte), then the list of shadowed layer flows (empty: its length, 0).
+    assert_eq!(env.payload.pop(), Some(0));
     assert_eq!(env.payload.pop(), Some(0));
     env.payload
         .extend(postcard::to_allocvec(&1_000_000_000u64).expect("varint"));
+    env.payload.push(0);
     let forged = postcard::to_allocvec(&env).expect("envelope");
     match Port::restore(&forged, ActionRegistry::default()) {
         Err(strata_engine::ApiError::Snapshot(m)) => {
