@@ -5,8 +5,9 @@
 //! idled out before the save, the restored port's flow state
 //! checks out, it saves the very bytes it was restored from, and it then
 //! treats the next packets (established flows and new ones, SNAT ports
-//! included) exactly as the original does: verdicts, bytes, every counter,
-//! flow counts, pool use, and what a later expiry retires.
+//! included) exactly as the original does — before and after the same
+//! policy change on both — verdicts, bytes, every counter, flow counts,
+//! pool use, and what a later expiry retires.
 
 mod common;
 #[path = "common/random_policy.rs"]
@@ -95,38 +96,80 @@ fn check(seed: u64) {
     );
     assert_alike(&a, &b, seed, "after the restore");
 
-    for i in 0..60 {
-        let f = if rng.random_bool(0.6) {
-            seen[rng.random_range(0..seen.len())].clone()
-        } else {
-            random_frame(&mut rng)
-        };
-        now += secs(rng.random_range(0..2));
-        let (va, fa) = run(&mut a, Direction::Out, &f, now);
-        let (vb, fb) = run(&mut b, Direction::Out, &f, now);
-        assert_eq!(va, vb, "seed {seed} packet {i}: verdicts");
-        assert_eq!(fa, fb, "seed {seed} packet {i}: bytes");
-        if va.is_forward()
-            && rng.random_bool(0.5)
-            && let Some(answer) = reply(&fa)
-        {
-            let (va, fa) = run(&mut a, Direction::In, &answer, now);
-            let (vb, fb) = run(&mut b, Direction::In, &answer, now);
-            assert_eq!(va, vb, "seed {seed} answer {i}: verdicts");
-            assert_eq!(fa, fb, "seed {seed} answer {i}: bytes");
-        }
-    }
+    both(
+        &mut a,
+        &mut b,
+        &seen,
+        &mut rng,
+        &mut now,
+        seed,
+        "after the restore",
+    );
     assert_alike(&a, &b, seed, "after the traffic");
     a.verify_flow_state()
         .unwrap_or_else(|e| panic!("seed {seed}: flow state after the traffic: {e}"));
     b.verify_flow_state()
         .unwrap_or_else(|e| panic!("seed {seed}: flow state after the traffic: {e}"));
 
+    // A policy change reaches both alike: each layer flow of the removed
+    // group is reconciled (dropped or re-made) as its next packet comes.
+    let layers = a.layer_ids();
+    let layer = &layers[rng.random_range(0..layers.len())];
+    a.remove_group(layer, "g0").expect("every layer has g0");
+    b.remove_group(layer, "g0").expect("every layer has g0");
+    both(
+        &mut a,
+        &mut b,
+        &seen,
+        &mut rng,
+        &mut now,
+        seed,
+        "after a change",
+    );
+    assert_alike(&a, &b, seed, "after a change");
+    a.verify_flow_state()
+        .unwrap_or_else(|e| panic!("seed {seed}: flow state after a change: {e}"));
+
     // Both retire the same flows and give back the same ports.
     now += secs(rng.random_range(1..400));
     a.expire(now);
     b.expire(now);
     assert_alike(&a, &b, seed, "after an expiry");
+}
+
+/// Send the same packets through both ports (mostly `seen` ones again,
+/// some new; half of those forwarded answered by their peer), asserting
+/// the same verdicts and bytes.
+fn both(
+    a: &mut Port,
+    b: &mut Port,
+    seen: &[Vec<u8>],
+    rng: &mut StdRng,
+    now: &mut u64,
+    seed: u64,
+    when: &str,
+) {
+    for i in 0..60 {
+        let f = if rng.random_bool(0.6) {
+            seen[rng.random_range(0..seen.len())].clone()
+        } else {
+            random_frame(rng)
+        };
+        *now += secs(rng.random_range(0..2));
+        let (va, fa) = run(a, Direction::Out, &f, *now);
+        let (vb, fb) = run(b, Direction::Out, &f, *now);
+        assert_eq!(va, vb, "seed {seed} {when}, packet {i}: verdicts");
+        assert_eq!(fa, fb, "seed {seed} {when}, packet {i}: bytes");
+        if va.is_forward()
+            && rng.random_bool(0.5)
+            && let Some(answer) = reply(&fa)
+        {
+            let (va, fa) = run(a, Direction::In, &answer, *now);
+            let (vb, fb) = run(b, Direction::In, &answer, *now);
+            assert_eq!(va, vb, "seed {seed} {when}, answer {i}: verdicts");
+            assert_eq!(fa, fb, "seed {seed} {when}, answer {i}: bytes");
+        }
+    }
 }
 
 proptest! {
