@@ -979,6 +979,8 @@ impl LayerFlowTable {
     }
 
     /// Record index entry `v` as wanting a key another flow holds.
+    #[cold]
+    #[inline(never)]
     fn shadow(&mut self, v: u32) {
         if let Err(at) = self.shadowed.binary_search(&v) {
             self.shadowed.insert(at, v);
@@ -1145,12 +1147,50 @@ impl LayerFlowTable {
 
     /// Take a flow out of the index (it stays in its slot while held).
     pub fn detach(&mut self, slot: u32, conns: &UnifiedFlowTable) {
-        let seed = self.seed;
-        let held = |side: u32| {
-            let v = slot << 1 | side;
-            !self.shadowed.is_empty() && self.shadowed.binary_search(&v).is_err()
+        if self.shadowed.is_empty() {
+            self.unindex(slot, conns);
+        } else {
+            self.detach_handing_over(slot, conns);
+        }
+    }
+
+    /// [`LayerFlowTable::detach`] while some flow waits for a key (rare):
+    /// the keys this flow held go to the flows waiting for them, and its
+    /// own waiting entries are forgotten.
+    #[cold]
+    #[inline(never)]
+    fn detach_handing_over(&mut self, slot: u32, conns: &UnifiedFlowTable) {
+        let keys = self.keys(conns);
+        let Some(f) = self.slots.get(slot as usize).and_then(|s| s.as_ref()) else {
+            return;
         };
-        let held = [held(0), held(1)];
+        if f.detached {
+            return;
+        }
+        // An entry that waits holds nothing; a flow of one entry holds
+        // both its keys through it.
+        let mut freed: [Option<(Direction, Ufid, u64)>; 2] = [None, None];
+        for (side, freed) in freed.iter_mut().enumerate() {
+            let v = slot << 1 | if f.one_entry { 0 } else { side as u32 };
+            if self.shadowed.binary_search(&v).is_ok() {
+                continue;
+            }
+            *freed = keys.side(slot, f, side).map(|k| {
+                let d = f.dir_of(side);
+                (d, k, lf_hash(self.seed, d, &k))
+            });
+        }
+        self.unindex(slot, conns);
+        self.shadowed.retain(|&v| v >> 1 != slot);
+        for (d, k, h) in freed.into_iter().flatten() {
+            self.promote(d, &k, h, conns);
+        }
+    }
+
+    /// Take the flow in `slot` out of the index and mark it detached.
+    #[inline]
+    fn unindex(&mut self, slot: u32, conns: &UnifiedFlowTable) {
+        let seed = self.seed;
         let (index, keys, slots) = self.index_and_keys(conns);
         let Some(f) = slots.get(slot as usize).and_then(|s| s.as_ref()) else {
             return;
@@ -1158,9 +1198,6 @@ impl LayerFlowTable {
         if f.detached {
             return;
         }
-        // Keys this flow held (an entry it never got holds nothing), for
-        // a shadowed flow that wants one (rare: none are, mostly).
-        let mut freed: [Option<(Direction, Ufid, u64)>; 2] = [None, None];
         for side in 0..if f.one_entry { 1 } else { 2 } {
             let v = slot << 1 | side as u32;
             let Some(k) = keys.side(slot, f, side) else {
@@ -1168,25 +1205,9 @@ impl LayerFlowTable {
             };
             let h = lf_hash(seed, f.dir_of(side), &k);
             index.remove(h, v);
-            if held[side] {
-                freed[side] = Some((f.dir_of(side), k, h));
-                if f.one_entry {
-                    // Its one entry stood for the reverse key too.
-                    freed[1] = keys.side(slot, f, 1).map(|r| {
-                        let d = f.dir_of(1);
-                        (d, r, lf_hash(seed, d, &r))
-                    });
-                }
-            }
         }
         if let Some(f) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
             f.detached = true;
-        }
-        if !self.shadowed.is_empty() {
-            self.shadowed.retain(|&v| v >> 1 != slot);
-            for (d, k, h) in freed.into_iter().flatten() {
-                self.promote(d, &k, h, conns);
-            }
         }
     }
 
