@@ -1311,15 +1311,7 @@ impl LayerFlowTable {
     pub fn verify_index(&self, conns: &UnifiedFlowTable) -> Result<(), String> {
         let keys = self.keys(conns);
         let slots = &self.slots;
-        for &v in &self.shadowed {
-            let live = slots
-                .get((v >> 1) as usize)
-                .and_then(|f| f.as_ref())
-                .is_some_and(|f| !f.detached && !f.one_entry);
-            if !live {
-                return Err(format!("shadowed entry {v} names no attached flow side"));
-            }
-        }
+        self.check_waiting(&self.shadowed)?;
         for (slot, f) in self.iter() {
             if f.detached {
                 continue;
@@ -1357,19 +1349,7 @@ impl LayerFlowTable {
     /// index holds. (A snapshot from before version 8 names none: of two
     /// flows wanting one key, the lower slot's gets it.)
     pub fn reindex(&mut self, conns: &UnifiedFlowTable, shadowed: Vec<u32>) -> Result<(), String> {
-        if !shadowed.is_sorted_by(|a, b| a < b) {
-            return Err("shadowed entries out of order".into());
-        }
-        for &v in &shadowed {
-            let live = self
-                .slots
-                .get((v >> 1) as usize)
-                .and_then(|f| f.as_ref())
-                .is_some_and(|f| !f.detached && !f.one_entry);
-            if !live {
-                return Err(format!("shadowed entry {v} names no indexed flow side"));
-            }
-        }
+        self.check_waiting(&shadowed)?;
         let mut index = FlowIndex::with_capacity(self.len() * 2);
         let mut taken = Vec::new();
         let keys = self.keys(conns);
@@ -1402,6 +1382,46 @@ impl LayerFlowTable {
         self.shadowed = shadowed;
         for v in taken {
             self.shadow(v);
+        }
+        // An entry said to wait for a key no flow holds (a damaged
+        // snapshot) takes it, rather than leave its flow unfound.
+        let mut i = 0;
+        while let Some(&v) = self.shadowed.get(i) {
+            let keys = self.keys(conns);
+            let free = indexed(&self.slots, v).and_then(|(slot, side, f)| {
+                let k = keys.side(slot, f, side)?;
+                let d = f.dir_of(side);
+                let h = lf_hash(self.seed, d, &k);
+                let held = self.index.find(h, |x| keys.is(&self.slots, x, d, &k));
+                held.is_none().then_some(h)
+            });
+            match free {
+                Some(h) => {
+                    self.shadowed.remove(i);
+                    let (index, keys, slots) = self.index_and_keys(conns);
+                    index.insert(h, v, LayerHashes { keys: &keys, slots });
+                }
+                None => i += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `waiting` (a `shadowed` list) is ascending and names sides
+    /// of attached flows of two entries.
+    fn check_waiting(&self, waiting: &[u32]) -> Result<(), String> {
+        if !waiting.is_sorted_by(|a, b| a < b) {
+            return Err("shadowed entries out of order".into());
+        }
+        for &v in waiting {
+            let live = self
+                .slots
+                .get((v >> 1) as usize)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| !f.detached && !f.one_entry);
+            if !live {
+                return Err(format!("shadowed entry {v} names no attached flow side"));
+            }
         }
         Ok(())
     }

@@ -494,6 +494,46 @@ mod tests {
         }
     }
 
+    /// A saved entry said to wait for a key no flow holds (damaged) takes
+    /// the key on restore, rather than leave its flow unfound.
+    #[test]
+    fn a_flow_said_to_wait_for_a_free_key_takes_it_on_restore() {
+        use etherparse::PacketBuilder;
+        let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
+        install_mappings(&mut p, 1).expect("mappings");
+        // To the internet: SNAT'd, a NAT flow of two entries.
+        let mut syn = Vec::new();
+        PacketBuilder::ethernet2(crate::scenario::VM_MAC.0, crate::scenario::GW_MAC.0)
+            .ipv4([10, 1, 0, 4], [93, 184, 216, 34], 64)
+            .tcp(4000, 443, 1, 1024)
+            .syn()
+            .write(&mut syn, &[])
+            .expect("frame");
+        let mut b = PacketBuf::from_frame(&syn);
+        assert!(p.process(Direction::Out, &mut b, secs(1)).is_forward());
+        let bytes = p.snapshot().expect("snapshot");
+        let env: EnvelopeRef = postcard::from_bytes(&bytes).expect("envelope");
+        let mut st: PortState = postcard::from_bytes(env.payload).expect("payload");
+        let (uid, slot) = st
+            .core
+            .layer_flows
+            .iter()
+            .find_map(|(uid, t)| Some((*uid, t.iter().find(|(_, f)| !f.one_entry)?.0)))
+            .expect("a NAT flow");
+        st.shadowed = vec![(uid, vec![slot << 1 | 1])];
+        let forged = postcard::to_stdvec(&Envelope {
+            magic: MAGIC,
+            version: VERSION,
+            payload: postcard::to_stdvec(&st).expect("payload"),
+        })
+        .expect("envelope");
+        let q = Port::restore(&forged, ActionRegistry::default()).expect("restores");
+        q.verify_flow_state()
+            .expect("every flow found under its keys");
+        assert!(q.layer_flows.iter().all(|(_, t)| t.shadowed().is_empty()));
+        assert_eq!(q.snapshot().expect("snapshot"), bytes, "as saved");
+    }
+
     /// The list of layer flows waiting for a key (`shadowed`) can only
     /// name sides of attached flows of existing tables, in order.
     #[test]
