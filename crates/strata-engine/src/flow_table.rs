@@ -1005,6 +1005,14 @@ impl LayerFlowTable {
             return;
         };
         let v = self.shadowed.remove(at);
+        self.index_waiting(hash, v, conns);
+    }
+
+    /// Index entry `v` (a waiting one) under `hash`. Out of line: the
+    /// insert of every new flow, `index_unless_taken`'s, stays inlined.
+    #[cold]
+    #[inline(never)]
+    fn index_waiting(&mut self, hash: u64, v: u32, conns: &UnifiedFlowTable) {
         let (index, keys, slots) = self.index_and_keys(conns);
         index.insert(hash, v, LayerHashes { keys: &keys, slots });
     }
@@ -1398,8 +1406,7 @@ impl LayerFlowTable {
             match free {
                 Some(h) => {
                     self.shadowed.remove(i);
-                    let (index, keys, slots) = self.index_and_keys(conns);
-                    index.insert(h, v, LayerHashes { keys: &keys, slots });
+                    self.index_waiting(h, v, conns);
                 }
                 None => i += 1,
             }
