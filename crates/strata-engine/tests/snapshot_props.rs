@@ -96,20 +96,10 @@ fn check(seed: u64) {
     );
     assert_alike(&a, &b, seed, "after the restore");
 
-    both(
-        &mut a,
-        &mut b,
-        &seen,
-        &mut rng,
-        &mut now,
-        seed,
-        "after the restore",
-    );
-    assert_alike(&a, &b, seed, "after the traffic");
-    a.verify_flow_state()
-        .unwrap_or_else(|e| panic!("seed {seed}: flow state after the traffic: {e}"));
-    b.verify_flow_state()
-        .unwrap_or_else(|e| panic!("seed {seed}: flow state after the traffic: {e}"));
+    let traffic = |a: &mut Port, b: &mut Port, rng: &mut StdRng, now: &mut u64, when| {
+        both(a, b, &seen, rng, now, seed, when);
+    };
+    traffic(&mut a, &mut b, &mut rng, &mut now, "after the restore");
 
     // A policy change reaches both alike: each layer flow of the removed
     // group is reconciled (dropped or re-made) as its next packet comes.
@@ -117,18 +107,7 @@ fn check(seed: u64) {
     let layer = &layers[rng.random_range(0..layers.len())];
     a.remove_group(layer, "g0").expect("every layer has g0");
     b.remove_group(layer, "g0").expect("every layer has g0");
-    both(
-        &mut a,
-        &mut b,
-        &seen,
-        &mut rng,
-        &mut now,
-        seed,
-        "after a change",
-    );
-    assert_alike(&a, &b, seed, "after a change");
-    a.verify_flow_state()
-        .unwrap_or_else(|e| panic!("seed {seed}: flow state after a change: {e}"));
+    traffic(&mut a, &mut b, &mut rng, &mut now, "after a change");
 
     // Both retire the same flows and give back the same ports.
     now += secs(rng.random_range(1..400));
@@ -139,7 +118,8 @@ fn check(seed: u64) {
 
 /// Send the same packets through both ports (mostly `seen` ones again,
 /// some new; half of those forwarded answered by their peer), asserting
-/// the same verdicts and bytes.
+/// the same verdicts and bytes, then the same state, and sound flow
+/// tables on both.
 fn both(
     a: &mut Port,
     b: &mut Port,
@@ -169,6 +149,11 @@ fn both(
             assert_eq!(va, vb, "seed {seed} {when}, answer {i}: verdicts");
             assert_eq!(fa, fb, "seed {seed} {when}, answer {i}: bytes");
         }
+    }
+    assert_alike(a, b, seed, when);
+    for p in [a, b] {
+        p.verify_flow_state()
+            .unwrap_or_else(|e| panic!("seed {seed} {when}: flow state: {e}"));
     }
 }
 
