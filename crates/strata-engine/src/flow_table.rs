@@ -1359,9 +1359,24 @@ impl LayerFlowTable {
     pub fn reindex(&mut self, conns: &UnifiedFlowTable, shadowed: Vec<u32>) -> Result<(), String> {
         self.check_waiting(&shadowed)?;
         let mut index = FlowIndex::with_capacity(self.len() * 2);
-        let mut taken = Vec::new();
         let keys = self.keys(conns);
         let slots = &self.slots;
+        // Index `v` (flow side `(slot, side)` of `f`) unless its key is
+        // held already; whether it went in (or has no key to find).
+        let place = |index: &mut FlowIndex, slot: u32, side: usize, f: &LayerFlow| {
+            let Some(k) = keys.side(slot, f, side) else {
+                return true;
+            };
+            let d = f.dir_of(side);
+            let h = lf_hash(self.seed, d, &k);
+            if index.find(h, |v| keys.is(slots, v, d, &k)).is_some() {
+                return false;
+            }
+            let v = slot << 1 | side as u32;
+            index.insert(h, v, LayerHashes { keys: &keys, slots });
+            true
+        };
+        let mut waiting = Vec::new();
         for (slot, f) in slots.iter().enumerate() {
             let Some(f) = f else { continue };
             if f.detached {
@@ -1370,47 +1385,24 @@ impl LayerFlowTable {
             let slot = slot as u32;
             for side in 0..if f.one_entry { 1 } else { 2 } {
                 let v = slot << 1 | side as u32;
-                if shadowed.binary_search(&v).is_ok() {
-                    continue;
-                }
-                let Some(k) = keys.side(slot, f, side) else {
-                    continue;
-                };
-                let d = f.dir_of(side);
-                let h = lf_hash(self.seed, d, &k);
-                if index.find(h, |v| keys.is(slots, v, d, &k)).is_none() {
-                    let hashes = LayerHashes { keys: &keys, slots };
-                    index.insert(h, v, hashes);
-                } else {
-                    taken.push(v);
+                if shadowed.binary_search(&v).is_err() && !place(&mut index, slot, side, f) {
+                    waiting.push(v);
                 }
             }
         }
+        // The saved waiting entries wait on, but for one whose key no flow
+        // holds (a damaged snapshot): it takes it, rather than leave its
+        // flow unfound.
+        for v in shadowed {
+            if let Some((slot, side, f)) = indexed(slots, v)
+                && !place(&mut index, slot, side, f)
+            {
+                waiting.push(v);
+            }
+        }
+        waiting.sort_unstable();
         self.index = index;
-        self.shadowed = shadowed;
-        for v in taken {
-            self.shadow(v);
-        }
-        // An entry said to wait for a key no flow holds (a damaged
-        // snapshot) takes it, rather than leave its flow unfound.
-        let mut i = 0;
-        while let Some(&v) = self.shadowed.get(i) {
-            let keys = self.keys(conns);
-            let free = indexed(&self.slots, v).and_then(|(slot, side, f)| {
-                let k = keys.side(slot, f, side)?;
-                let d = f.dir_of(side);
-                let h = lf_hash(self.seed, d, &k);
-                let held = self.index.find(h, |x| keys.is(&self.slots, x, d, &k));
-                held.is_none().then_some(h)
-            });
-            match free {
-                Some(h) => {
-                    self.shadowed.remove(i);
-                    self.index_waiting(h, v, conns);
-                }
-                None => i += 1,
-            }
-        }
+        self.shadowed = waiting;
         Ok(())
     }
 

@@ -316,10 +316,15 @@ mod tests {
 
     /// A SYN from the VM to VNET peer 10.1.0.`y`, port `sp`.
     fn syn(y: u8, sp: u16) -> Vec<u8> {
+        syn_to([10, 1, 0, y], sp)
+    }
+
+    /// A SYN from the VM to `dst`, port `sp`.
+    fn syn_to(dst: [u8; 4], sp: u16) -> Vec<u8> {
         use etherparse::PacketBuilder;
         let mut out = Vec::new();
         PacketBuilder::ethernet2(crate::scenario::VM_MAC.0, crate::scenario::GW_MAC.0)
-            .ipv4([10, 1, 0, 4], [10, 1, 0, y], 64)
+            .ipv4([10, 1, 0, 4], dst, 64)
             .tcp(sp, 80, 1, 1024)
             .syn()
             .write(&mut out, &[])
@@ -498,17 +503,10 @@ mod tests {
     /// the key on restore, rather than leave its flow unfound.
     #[test]
     fn a_flow_said_to_wait_for_a_free_key_takes_it_on_restore() {
-        use etherparse::PacketBuilder;
         let mut p = four_layer_port(PortConfig::default(), 0).expect("port");
         install_mappings(&mut p, 1).expect("mappings");
         // To the internet: SNAT'd, a NAT flow of two entries.
-        let mut syn = Vec::new();
-        PacketBuilder::ethernet2(crate::scenario::VM_MAC.0, crate::scenario::GW_MAC.0)
-            .ipv4([10, 1, 0, 4], [93, 184, 216, 34], 64)
-            .tcp(4000, 443, 1, 1024)
-            .syn()
-            .write(&mut syn, &[])
-            .expect("frame");
+        let syn = syn_to([93, 184, 216, 34], 4000);
         let mut b = PacketBuf::from_frame(&syn);
         assert!(p.process(Direction::Out, &mut b, secs(1)).is_forward());
         let bytes = p.snapshot().expect("snapshot");
