@@ -500,9 +500,77 @@ fn slow_path_10x10x5k(c: &mut Criterion) {
     );
 }
 
+/// ICMP errors relayed to the VM (a port-unreachable from a peer, through
+/// the four layers with the 1,000-rule ACL and SNAT): about connections
+/// not answered yet (the answer's walk through the layers, changing
+/// nothing) and about answered ones (their inbound flow); beside them, the
+/// same port's first packet, for the ratio. Errors make no state, so the
+/// same 4,096 errors are sent again and again.
+fn icmp_errors(c: &mut Criterion) {
+    const N: u32 = 4096;
+    let mut port = four_layer_port(PortConfig::default(), 1000).expect("port");
+    let mut buf = PacketBuf::with_capacity(2048);
+    let unreachable = etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::Port,
+    );
+    let mut errors = [Vec::new(), Vec::new()];
+    for i in 0..2 * N {
+        let answered = i >= N;
+        let dst = Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8);
+        let sp = 20000 + (i % 30000) as u16;
+        let query = common::udp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 53, b"query");
+        assert!(run(&mut port, &mut buf, Direction::Out, &query, secs(1)).is_forward());
+        let sent = buf.as_slice().to_vec();
+        if answered {
+            let nat_port = u16::from_be_bytes([sent[34], sent[35]]);
+            let answer = common::udp(GW_MAC, HOST_MAC, dst, VIP, 53, nat_port, b"answer");
+            assert!(run(&mut port, &mut buf, Direction::In, &answer, secs(1)).is_forward());
+        }
+        errors[usize::from(answered)].push(common::icmp_error(
+            (GW_MAC, HOST_MAC),
+            dst,
+            VIP,
+            unreachable.clone(),
+            &sent[14..],
+        ));
+    }
+    let mut g = c.benchmark_group("icmp_errors");
+    for (name, errs) in [
+        (
+            "relayed_unanswered_connection_4_layers_acl_1000_rules",
+            &errors[0],
+        ),
+        (
+            "relayed_answered_connection_4_layers_acl_1000_rules",
+            &errors[1],
+        ),
+    ] {
+        let mut i = 0usize;
+        let allocs = ALLOCS.load(Relaxed);
+        let before = port.icmp_error_counters().relayed;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % errs.len();
+                black_box(run(&mut port, &mut buf, Direction::In, &errs[i], secs(2)))
+            })
+        });
+        let relayed = port.icmp_error_counters().relayed - before;
+        println!(
+            "icmp errors ({name}): {relayed} relayed, {:.3} allocations each",
+            (ALLOCS.load(Relaxed) - allocs) as f64 / relayed.max(1) as f64
+        );
+    }
+    g.finish();
+    println!(
+        "icmp errors: {} connections, {} unified flows after them",
+        port.connection_count(),
+        port.unified_flow_count()
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(4));
-    targets = fast_path, slow_path, slow_path_10x10x5k, connection_rate
+    targets = fast_path, slow_path, slow_path_10x10x5k, connection_rate, icmp_errors
 }
 criterion_main!(benches);

@@ -8,7 +8,8 @@
 //!     cargo run --release -p strata-engine --example snapshot_fixture
 //! ```
 //!
-//! (`four-layer-v7-inbound.snap`: `INBOUND=1`, at commit 3e6efff.)
+//! (`four-layer-v7-inbound.snap`: `INBOUND=1`, at commit 3e6efff;
+//! `four-layer-v8-inbound.snap`: `INBOUND=1`, at commit 70e4641.)
 
 #[path = "../tests/common/mod.rs"]
 mod common;

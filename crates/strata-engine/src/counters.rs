@@ -868,6 +868,24 @@ pub struct PortCounters {
     pub tcp: TcpStats,
     pub flows: FlowStats,
     pub arena: CounterArena,
+    /// ICMP errors by what became of them (snapshots carry them apart:
+    /// see `crate::snapshot`).
+    #[serde(skip)]
+    pub icmp_errors: IcmpErrorCounters,
+}
+
+/// What became of ICMP errors that reached the port (see
+/// `crate::port`'s `related` module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpErrorCounters {
+    /// Errors about a connection of the port, relayed with its
+    /// translation.
+    pub relayed: u64,
+    /// Errors about no connection of the port: decided by the policy.
+    pub unrelated: u64,
+    /// Errors whose quote could not be read (truncated, a later fragment,
+    /// an error about an error): decided by the policy.
+    pub unreadable: u64,
 }
 
 impl PortCounters {

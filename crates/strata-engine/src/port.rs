@@ -19,6 +19,8 @@
 //! their layer's generation: a flow whose rule (same id, same content) still
 //! decides its origin key is kept — NAT affinity survives unrelated changes.
 
+mod related;
+
 use crate::action::{ActionCx, ActionOutput, ActionRegistry, ActionSpec, MAX_METER_BUCKETS};
 use crate::condition::FieldValues;
 use crate::counters::{CounterArena, CounterName, PortCounters};
@@ -1408,6 +1410,10 @@ impl Port {
                 (c, false)
             }
             None => {
+                // An ICMP error is about another flow: it never has one.
+                if strata_packet::icmp_error::is_error_packet(&parsed.ufid.inner, &parsed.layout) {
+                    return self.icmp_error(d, buf, parsed, now);
+                }
                 self.counters.dir[d.index()].slow_path += 1;
                 let created = self.create_flow(d, &parsed.ufid, hash, &parsed.meta, pre, now);
                 self.settle_keys();
@@ -2326,6 +2332,7 @@ impl Port {
                 transposition: uf.transposition().describe(),
                 verdict: uf.verdict(),
             }),
+            related: None,
         }
     }
 
@@ -2337,7 +2344,12 @@ impl Port {
         now: Time,
     ) -> Result<Trace, strata_packet::ParseError> {
         let p = parse_with(frame, parse_options(d))?;
-        Ok(self.trace(d, &p.ufid, now))
+        let mut t = self.trace(d, &p.ufid, now);
+        t.related = self.related_error(d, frame, &p, now);
+        if t.related.is_some() {
+            t.verdict = Verdict::Forward;
+        }
+        Ok(t)
     }
 }
 

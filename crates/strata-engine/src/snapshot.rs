@@ -9,7 +9,7 @@
 //! action registry (custom actions must be registered there too).
 
 use crate::action::ActionRegistry;
-use crate::counters::{CounterName, PortCounters};
+use crate::counters::{CounterName, IcmpErrorCounters, PortCounters};
 use crate::error::ApiError;
 use crate::flow_table::{LayerFlowTable, UnifiedFlowTable};
 use crate::policy::{LayerPolicy, LayerSpec, PortConfig, PortPolicy};
@@ -29,13 +29,15 @@ pub const MAGIC: [u8; 8] = *b"STRATASR";
 /// reservation ([`Port::reserve`]) is kept, so a restored port is sized
 /// again before its first packet; 8 since the layer flows waiting for a
 /// key another flow holds are kept (`LayerFlowTable::shadowed`), so a
-/// restored table indexes exactly the flows the saved one did.
+/// restored table indexes exactly the flows the saved one did; 9 since
+/// the port's ICMP error counters are kept.
 ///
-/// A build reads its own version and the two before ([`OLDEST_READ`]): a
-/// port saved by an earlier release restores across an upgrade (a
+/// A build reads its own version and the three before ([`OLDEST_READ`]):
+/// a port saved by an earlier release restores across an upgrade (a
 /// version 6 snapshot restores without a reservation; versions 6 and 7
-/// name no waiting flows). Older snapshots are refused with a clear error.
-pub const VERSION: u32 = 8;
+/// name no waiting flows; versions 6 to 8 restore with ICMP error counters
+/// at zero). Older snapshots are refused with a clear error.
+pub const VERSION: u32 = 9;
 
 /// The oldest format version [`Port::restore`] reads.
 pub const OLDEST_READ: u32 = 6;
@@ -67,15 +69,25 @@ struct LayerState {
     spec_json: String,
 }
 
-/// The port's state in format version 8: version 7's, then each layer
-/// table's shadowed index entries (postcard writes a struct's fields in
-/// order, so a version 7 payload is a [`PortState7`] and a version 6 one
-/// a [`PortCore`] alone).
+/// The port's state in format version 9: version 8's, then the ICMP
+/// error counters (postcard writes a struct's fields in order, so a
+/// version 8 payload is a [`PortState8`], a version 7 one a
+/// [`PortState7`] and a version 6 one a [`PortCore`] alone).
 #[derive(Serialize, Deserialize)]
 struct PortState {
     core: PortCore,
     reserved_connections: u64,
     /// `(layer uid, entries)` for the tables with any, ascending.
+    shadowed: Vec<(u32, Vec<u32>)>,
+    icmp_errors: IcmpErrorCounters,
+}
+
+/// The port's state in format version 8: version 7's, then each layer
+/// table's shadowed index entries.
+#[derive(Serialize, Deserialize)]
+struct PortState8 {
+    core: PortCore,
+    reserved_connections: u64,
     shadowed: Vec<(u32, Vec<u32>)>,
 }
 
@@ -93,6 +105,7 @@ struct PortStateRef<'a> {
     core: PortCoreRef<'a>,
     reserved_connections: u64,
     shadowed: Vec<(u32, &'a [u32])>,
+    icmp_errors: IcmpErrorCounters,
 }
 
 /// [`PortCore`] borrowed (see [`PortStateRef`]).
@@ -163,6 +176,7 @@ impl Port {
                 .filter(|(_, t)| !t.shadowed().is_empty())
                 .map(|(uid, t)| (*uid, t.shadowed()))
                 .collect(),
+            icmp_errors: self.counters.icmp_errors,
         };
         let err = |e: postcard::Error| ApiError::Snapshot(e.to_string());
         // An [`Envelope`] written in place: its magic, version and
@@ -190,19 +204,31 @@ impl Port {
         // Beyond `usize` is beyond any limit: `Port::reserve` below refuses
         // it with the other bad reservations.
         let reserved = |r: u64| usize::try_from(r).unwrap_or(usize::MAX);
-        let (st, reserved, mut shadowed) = match env.version {
+        let none = IcmpErrorCounters::default();
+        let (st, reserved, mut shadowed, icmp_errors) = match env.version {
             VERSION => {
                 let st: PortState = postcard::from_bytes(env.payload).map_err(bad_payload)?;
-                (st.core, reserved(st.reserved_connections), st.shadowed)
+                let r = reserved(st.reserved_connections);
+                (st.core, r, st.shadowed, st.icmp_errors)
+            }
+            8 => {
+                let st: PortState8 = postcard::from_bytes(env.payload).map_err(bad_payload)?;
+                (
+                    st.core,
+                    reserved(st.reserved_connections),
+                    st.shadowed,
+                    none,
+                )
             }
             7 => {
                 let st: PortState7 = postcard::from_bytes(env.payload).map_err(bad_payload)?;
-                (st.core, reserved(st.reserved_connections), Vec::new())
+                (st.core, reserved(st.reserved_connections), Vec::new(), none)
             }
             OLDEST_READ => (
                 postcard::from_bytes::<PortCore>(env.payload).map_err(bad_payload)?,
                 0,
                 Vec::new(),
+                none,
             ),
             v => {
                 return Err(ApiError::Snapshot(format!(
@@ -212,6 +238,7 @@ impl Port {
             }
         };
         let mut counters = st.counters;
+        counters.icmp_errors = icmp_errors;
         counters
             .arena
             .validate()

@@ -57,6 +57,22 @@ pub struct Trace {
     pub output: Ufid,
     pub verdict: Verdict,
     pub cached: Option<CachedFlow>,
+    /// For an ICMP error about one of the port's connections (traced as a
+    /// frame): the connection and the translation the error is relayed
+    /// with, which decide it instead of `layers` (see the port's
+    /// `related` module).
+    #[serde(default)]
+    pub related: Option<RelatedError>,
+}
+
+/// The connection an ICMP error is about, and how it is relayed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelatedError {
+    /// The key of the answer to the quoted packet (the connection's flow
+    /// in the error's direction).
+    pub answer: Ufid,
+    /// The connection's transposition for that direction.
+    pub transposition: String,
 }
 
 impl fmt::Display for Trace {
@@ -94,6 +110,14 @@ impl fmt::Display for Trace {
         match self.verdict {
             Verdict::Forward => writeln!(f, "  verdict: forward")?,
             Verdict::Drop { reason, .. } => writeln!(f, "  verdict: drop ({reason})")?,
+        }
+        if let Some(r) = &self.related {
+            writeln!(
+                f,
+                "  ICMP error about connection {}: relayed with {} (quote translated back)",
+                describe_ufid(&r.answer),
+                r.transposition
+            )?;
         }
         if let Some(c) = &self.cached {
             writeln!(

@@ -186,3 +186,72 @@ fn ipv6_connection_through_stateful_acl_and_nat66() {
         port.verify_flow_state().expect("flow state after retiring");
     }
 }
+
+/// A router's "packet too big" about the VM's unanswered SYN reaches the
+/// VM behind NAT66 (the stateful ACL lets it in only by its quote): the
+/// error's destination and its quote's source are the VM's again, with
+/// the ICMPv6 checksum (pseudo-header included) and the quoted TCP
+/// checksum right.
+#[test]
+fn packet_too_big_reaches_the_vm_behind_nat66() {
+    let mut p = port();
+    let (v, sent) = run(
+        &mut p,
+        Direction::Out,
+        &tcp6(VM, PEER, 40000, 443, SYN, b""),
+        secs(1),
+    );
+    assert_eq!(v, Verdict::Forward);
+    let flows = (p.connection_count(), p.unified_flow_count());
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0x5555, 0, 0, 0, 0, 1);
+    let mut err = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv6(router.octets(), PUBLIC.octets(), 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut err, &sent[14..])
+        .expect("build");
+    let (v, out) = run(&mut p, Direction::In, &err, secs(2));
+    assert_eq!(v, Verdict::Forward);
+    let h = PacketHeaders::from_ethernet_slice(&out).expect("etherparse");
+    let Some(NetHeaders::Ipv6(ip, _)) = &h.net else {
+        panic!("not ipv6")
+    };
+    assert_eq!(
+        (Ipv6Addr::from(ip.source), Ipv6Addr::from(ip.destination)),
+        (router, VM)
+    );
+    let Some(TransportHeader::Icmpv6(icmp)) = &h.transport else {
+        panic!("not icmpv6")
+    };
+    let quote = h.payload.slice();
+    assert_eq!(
+        icmp.checksum,
+        icmp.icmp_type
+            .calc_checksum(ip.source, ip.destination, quote)
+            .expect("calc"),
+        "ICMPv6 checksum"
+    );
+    assert_eq!(
+        icmp.icmp_type,
+        etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 }
+    );
+    let q = PacketHeaders::from_ip_slice(quote).expect("quoted packet");
+    let Some(NetHeaders::Ipv6(qip, _)) = &q.net else {
+        panic!("quote not ipv6")
+    };
+    let Some(TransportHeader::Tcp(t)) = &q.transport else {
+        panic!("quote not tcp")
+    };
+    assert_eq!(
+        (Ipv6Addr::from(qip.source), t.source_port),
+        (VM, 40000),
+        "the SYN as the VM sent it"
+    );
+    assert_eq!(
+        t.checksum,
+        t.calc_checksum_ipv6(qip, q.payload.slice()).expect("calc"),
+        "quoted TCP checksum"
+    );
+    assert_eq!((p.connection_count(), p.unified_flow_count()), flows);
+    assert_eq!(p.icmp_error_counters().relayed, 1);
+}

@@ -72,6 +72,22 @@ fn a_port_saved_before_the_flow_part_pools_restores_and_forwards_alike() {
     forwards_alike(old, now, &frames);
 }
 
+/// Version 8 as written by its last build (`tests/data/four-layer-v8-inbound.snap`,
+/// commit 70e4641, `INBOUND=1`), before the ICMP error counters were kept:
+/// it restores with them at zero and forwards as the same port made in
+/// this build does.
+#[test]
+fn a_port_saved_before_the_icmp_error_counters_restores_and_forwards_alike() {
+    let bytes = include_bytes!("data/four-layer-v8-inbound.snap");
+    let env: Envelope = postcard::from_bytes(bytes).expect("envelope");
+    assert_eq!(env.version, 8);
+    let old = Port::restore(bytes, ActionRegistry::default()).expect("restores");
+    assert_eq!(old.icmp_error_counters(), Default::default());
+    let (now, frames) = snapshot_scenario_with_inbound();
+    assert_eq!(old.connection_count(), 48);
+    forwards_alike(old, now, &frames);
+}
+
 /// `old` (restored) and `now` (made in this build) hold the same flows and
 /// counters, and treat `frames` byte for byte alike on their fast paths.
 fn forwards_alike(mut old: Port, mut now: Port, frames: &[(Direction, Vec<u8>)]) {
@@ -167,12 +183,14 @@ fn a_reservation_beyond_the_limit_is_refused_on_restore() {
     let bytes = p.snapshot().expect("snapshot");
     let mut env: Envelope = postcard::from_bytes(&bytes).expect("envelope");
     // The payload ends with the reservation, a varint (0 is one zero
-    // byte), then the list of shadowed layer flows (empty: its length, 0).
-    assert_eq!(env.payload.pop(), Some(0));
-    assert_eq!(env.payload.pop(), Some(0));
+    // byte), then the list of shadowed layer flows (empty: its length, 0),
+    // then the three ICMP error counters (each 0).
+    for _ in 0..5 {
+        assert_eq!(env.payload.pop(), Some(0));
+    }
     env.payload
         .extend(postcard::to_allocvec(&1_000_000_000u64).expect("varint"));
-    env.payload.push(0);
+    env.payload.extend([0, 0, 0, 0]);
     let forged = postcard::to_allocvec(&env).expect("envelope");
     match Port::restore(&forged, ActionRegistry::default()) {
         Err(strata_engine::ApiError::Snapshot(m)) => {

@@ -17,7 +17,7 @@ use common::run;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use random_policy::{random_frame, random_port, reply};
+use random_policy::{error_about, random_frame, random_port, reply};
 use strata_engine::{ActionRegistry, Direction, Port, secs};
 
 /// The two ports hold the same state, as far as the API shows it.
@@ -32,6 +32,11 @@ fn assert_alike(a: &Port, b: &Port, seed: u64, when: &str) {
     let (ca, cb) = (a.counters(), b.counters());
     assert_eq!(ca.drops, cb.drops, "seed {seed} {when}: drops");
     assert_eq!(ca.flows, cb.flows, "seed {seed} {when}: flow counters");
+    assert_eq!(
+        a.icmp_error_counters(),
+        b.icmp_error_counters(),
+        "seed {seed} {when}: ICMP error counters"
+    );
     assert_eq!(
         ca.arena.all(),
         cb.arena.all(),
@@ -76,6 +81,10 @@ fn check(seed: u64) {
             && let Some(answer) = reply(&sent)
         {
             run(&mut a, Direction::In, &answer, now);
+        }
+        if v.is_forward() && rng.random_bool(0.3) {
+            let err = error_about(&sent, rng.random_bool(0.5), rng.random_bool(0.5));
+            run(&mut a, Direction::In, &err, now);
         }
     }
     // Half the time some flows idle out first, so the save holds freed
@@ -148,6 +157,25 @@ fn both(
             let (vb, fb) = run(b, Direction::In, &answer, *now);
             assert_eq!(va, vb, "seed {seed} {when}, answer {i}: verdicts");
             assert_eq!(fa, fb, "seed {seed} {when}, answer {i}: bytes");
+        }
+        // An ICMP error about what left: both ports relay it (or the
+        // policy decides it) alike, with valid checksums, and make no
+        // flow for it.
+        if va.is_forward() && rng.random_bool(0.3) {
+            let err = error_about(&fa, rng.random_bool(0.5), rng.random_bool(0.5));
+            let flows = (a.unified_flow_count(), b.unified_flow_count());
+            let (va, ea) = run(a, Direction::In, &err, *now);
+            let (vb, eb) = run(b, Direction::In, &err, *now);
+            assert_eq!(va, vb, "seed {seed} {when}, error {i}: verdicts");
+            assert_eq!(ea, eb, "seed {seed} {when}, error {i}: bytes");
+            if va.is_forward() {
+                crate::common::decode(&ea);
+            }
+            assert_eq!(
+                (a.unified_flow_count(), b.unified_flow_count()),
+                flows,
+                "seed {seed} {when}, error {i}: no flow for an error"
+            );
         }
     }
     assert_alike(a, b, seed, when);

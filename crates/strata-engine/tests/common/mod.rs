@@ -105,6 +105,23 @@ pub fn ping(
     out
 }
 
+/// An ICMPv4 error frame from `src` to `dst` quoting `quote` (an IP
+/// packet's leading bytes).
+pub fn icmp_error(
+    macs: (MacAddr, MacAddr),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: etherparse::Icmpv4Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0.0, macs.1.0)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4(kind);
+    let mut out = Vec::new();
+    b.write(&mut out, quote).expect("build icmp error");
+    out
+}
+
 /// Wrap an inner frame in Ethernet/IPv4/UDP/VXLAN.
 pub fn vxlan(
     outer_src_mac: MacAddr,

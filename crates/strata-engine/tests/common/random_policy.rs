@@ -206,3 +206,36 @@ pub fn reply(sent: &[u8]) -> Option<Vec<u8>> {
         None => inner,
     })
 }
+
+/// An ICMP error about `sent`, a frame the port forwarded outbound: a
+/// port unreachable from its destination, or (`from_router`) a time
+/// exceeded from a router on the way, quoting the whole packet or
+/// (`short`) its IP header and 8 bytes, inside the same tunnel (swapped)
+/// if it left VXLAN-encapsulated.
+pub fn error_about(sent: &[u8], from_router: bool, short: bool) -> Vec<u8> {
+    use crate::common::{decode, icmp_error, vxlan};
+    use etherparse::{Icmpv4Type, icmpv4};
+    let d = decode(sent);
+    let i = &d.inner;
+    let ip = match &d.outer {
+        Some(_) => &sent[14 + 20 + 8 + 8 + 14..],
+        None => &sent[14..],
+    };
+    let quote = if short { &ip[..ip.len().min(28)] } else { ip };
+    let (src, kind) = if from_router {
+        (
+            Ipv4Addr::new(198, 18, 0, 1),
+            Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit),
+        )
+    } else {
+        (
+            i.dst,
+            Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port),
+        )
+    };
+    let err = icmp_error((i.dst_mac, i.src_mac), src, i.src, kind, quote);
+    match &d.outer {
+        Some(o) => vxlan(o.dst_mac, o.src_mac, o.dst, o.src, o.vni, &err),
+        None => err,
+    }
+}

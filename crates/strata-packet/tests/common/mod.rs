@@ -379,6 +379,14 @@ pub fn all_frames() -> Vec<(&'static str, Vec<u8>)> {
         ("vxlan_v6", vxlan_v6(0xabcdef, &udp_v6())),
         ("geneve_v4", geneve_v4(77, GENEVE_OPTS, &tcp_v4_vlan())),
         ("nvgre_v4", nvgre_v4(0x123456, 9, &icmp_v4_echo_request())),
+        ("icmp_v4_frag_needed_tcp", icmp_v4_frag_needed_tcp()),
+        ("icmp_v4_time_exceeded_echo", icmp_v4_time_exceeded_echo()),
+        ("icmp_v6_too_big_udp_ext", icmp_v6_too_big_udp_ext()),
+        ("icmp_v6_unreachable_tcp", icmp_v6_unreachable_tcp()),
+        (
+            "vxlan_icmp_v4_frag_needed",
+            vxlan_v4(5000, &icmp_v4_frag_needed_tcp()),
+        ),
     ]
 }
 
@@ -561,6 +569,7 @@ pub fn transpositions() -> Vec<Transposition> {
 /// Parse `frame`; if it parses, apply every transposition and require the
 /// output to parse again.
 pub fn exercise(frame: &[u8]) {
+    exercise_quote(frame);
     let Ok(p) = parse(frame) else { return };
     let mut buf = PacketBuf::from_frame(frame);
     for t in transpositions() {
@@ -574,5 +583,143 @@ pub fn exercise(frame: &[u8]) {
                 parse(out)
             );
         }
+    }
+}
+
+/// The IP packet of a plain Ethernet frame.
+fn ip_packet(frame: &[u8]) -> &[u8] {
+    &frame[14..]
+}
+
+/// ICMPv4 "fragmentation needed" quoting a whole TCP segment.
+pub fn icmp_v4_frag_needed_tcp() -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(PA4_A, V4_A, 64)
+        .icmpv4_raw(3, 4, [0, 0, 0x05, 0xdc])
+        .write(&mut out, ip_packet(&tcp_v4()))
+        .unwrap();
+    out
+}
+
+/// ICMPv4 "time exceeded" quoting an echo request (header and 8 bytes).
+pub fn icmp_v4_time_exceeded_echo() -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(PA4_A, V4_A, 64)
+        .icmpv4_raw(11, 0, [0; 4])
+        .write(&mut out, &ip_packet(&icmp_v4_echo_request())[..28])
+        .unwrap();
+    out
+}
+
+/// ICMPv6 "packet too big" quoting a UDP datagram behind extension headers.
+pub fn icmp_v6_too_big_udp_ext() -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv6(V6_B, V6_A, 64)
+        .icmpv6_raw(2, 0, [0, 0, 0x05, 0x00])
+        .write(&mut out, ip_packet(&udp_v6_ext()))
+        .unwrap();
+    out
+}
+
+/// ICMPv6 "destination unreachable" quoting a whole TCP segment.
+pub fn icmp_v6_unreachable_tcp() -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv6(V6_B, V6_A, 64)
+        .icmpv6_raw(1, 4, [0; 4])
+        .write(&mut out, ip_packet(&tcp_v6()))
+        .unwrap();
+    out
+}
+
+/// The checksums of a plain (untunnelled) ICMP error frame, recomputed by
+/// etherparse: whether the error's own checksum holds, and whether the
+/// quoted packet's IPv4 header and L4 checksums hold (`None`: not in the
+/// quote, or the quote is not a whole packet etherparse reads).
+pub fn icmp_error_checksums(frame: &[u8]) -> Option<(bool, Option<bool>, Option<bool>)> {
+    let h = PacketHeaders::from_ethernet_slice(frame).ok()?;
+    let payload = h.payload.slice();
+    let own = match (&h.net, &h.transport) {
+        (Some(NetHeaders::Ipv4(..)), Some(TransportHeader::Icmpv4(i))) => {
+            i.checksum == i.icmp_type.calc_checksum(payload)
+        }
+        (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Icmpv6(i))) => {
+            i.checksum
+                == i.icmp_type
+                    .calc_checksum(ip.source, ip.destination, payload)
+                    .ok()?
+        }
+        _ => return None,
+    };
+    let header = Ipv4Header::from_slice(payload)
+        .ok()
+        .map(|(ip, _)| ip.header_checksum == ip.calc_header_checksum());
+    let l4 = PacketHeaders::from_ip_slice(payload).ok().and_then(|q| {
+        let data = q.payload.slice();
+        match (&q.net, &q.transport) {
+            (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Tcp(t))) => {
+                Some(t.checksum == t.calc_checksum_ipv4(ip, data).ok()?)
+            }
+            (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Udp(u))) if u.checksum != 0 => {
+                Some(u.checksum == u.calc_checksum_ipv4(ip, data).ok()?)
+            }
+            (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Tcp(t))) => {
+                Some(t.checksum == t.calc_checksum_ipv6(ip, data).ok()?)
+            }
+            (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Udp(u))) => {
+                Some(u.checksum == u.calc_checksum_ipv6(ip, data).ok()?)
+            }
+            _ => None,
+        }
+    });
+    Some((own, header, l4))
+}
+
+/// If `frame` is an ICMP error with a readable quote: rewrite the quote,
+/// and check the frame still parses, reads back the new quote, and keeps
+/// every checksum that held before.
+pub fn exercise_quote(frame: &[u8]) {
+    use strata_packet::icmp_error::{read_quote, rewrite_quote};
+    let Ok(p) = parse(frame) else { return };
+    let Ok(q) = read_quote(frame, &p.ufid.inner, &p.layout) else {
+        return;
+    };
+    let (src, dst) = if q.is_v6() {
+        (
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 2, 3, 4, 5, 6, 7)),
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 9, 9, 9, 9, 9, 9)),
+        )
+    } else {
+        (
+            IpAddr::V4(Ipv4Addr::new(172, 16, 5, 6)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 200)),
+        )
+    };
+    let before = if p.ufid.outer.is_none() {
+        icmp_error_checksums(frame)
+    } else {
+        None
+    };
+    let mut m = frame.to_vec();
+    rewrite_quote(&mut m, &q, src, dst, 4242, 2424).expect("a quote that reads rewrites");
+    let p2 = parse(&m).expect("a rewritten error parses");
+    let q2 = read_quote(&m, &p2.ufid.inner, &p2.layout).expect("and reads");
+    assert_eq!((q2.src_ip, q2.dst_ip, q2.proto), (src, dst, q.proto));
+    if matches!(q.proto, 6 | 17) {
+        assert_eq!((q2.src_port, q2.dst_port), (4242, 2424));
+    }
+    if let (Some(b), Some(a)) = (
+        before,
+        icmp_error_checksums(&m).or(Some((false, None, None))),
+    ) {
+        assert!(!b.0 || a.0, "the error's checksum held and no longer does");
+        assert!(
+            b.1 != Some(true) || a.1 == Some(true),
+            "quoted IPv4 header checksum"
+        );
+        assert!(b.2 != Some(true) || a.2 == Some(true), "quoted L4 checksum");
     }
 }
