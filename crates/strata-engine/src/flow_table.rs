@@ -2173,7 +2173,9 @@ impl UnifiedFlowTable {
     }
 
     /// The connection whose outbound flow has the VM-side identity of
-    /// `vm_key` (MACs ignored: outbound keys hash without them).
+    /// `vm_key` (MACs ignored: outbound keys hash without them). Inlined
+    /// into the first answer's path (its one hot caller).
+    #[inline(always)]
     pub fn lookup_pair(&self, vm_key: &Ufid) -> Option<u32> {
         let out = Direction::Out.index() as u32;
         self.index

@@ -23,14 +23,13 @@
 //! packet, walked each time and never cached, so it creates no state and
 //! cannot shadow a later related error.
 
-use super::{Mode, Port, Sim};
+use super::Port;
 use crate::counters::IcmpErrorCounters;
-use crate::preclassify::PreClassified;
 use crate::trace::RelatedError;
 use crate::types::{Direction, DropReason, Time, Verdict};
-use strata_packet::emit::{PacketBuf, apply};
+use strata_packet::emit::{EmitPlan, PacketBuf, apply_planned};
 use strata_packet::flow::{FlowKey, Ufid};
-use strata_packet::icmp_error::{Quote, read_quote, rewrite_quote};
+use strata_packet::icmp_error::{Quote, is_error_packet, read_quote, rewrite_quote};
 use strata_packet::parse::Parsed;
 use strata_packet::transposition::Transposition;
 
@@ -40,10 +39,24 @@ impl Port {
         self.counters.icmp_errors
     }
 
-    /// Decide an ICMP error that no unified flow holds (none ever does).
+    /// Decide an ICMP message that no unified flow holds if it is an
+    /// error (none ever has a flow); `None` for any other message.
     #[cold]
     #[inline(never)]
     pub(super) fn icmp_error(
+        &mut self,
+        d: Direction,
+        buf: &mut PacketBuf,
+        parsed: &Parsed,
+        now: Time,
+    ) -> Option<Verdict> {
+        if !is_error_packet(&parsed.ufid.inner, &parsed.layout) {
+            return None;
+        }
+        Some(self.icmp_error_decided(d, buf, parsed, now))
+    }
+
+    fn icmp_error_decided(
         &mut self,
         d: Direction,
         buf: &mut PacketBuf,
@@ -134,16 +147,7 @@ impl Port {
         // Not answered yet (an outbound connection's inbound flow is made
         // by its first answer) or stale: the answer's walk decides, and
         // changes nothing.
-        let mut sim = Sim::default();
-        self.simulate(
-            &mut sim,
-            d,
-            &answer,
-            &PreClassified::NONE,
-            now,
-            Mode::DryRun,
-            false,
-        );
+        let sim = self.dry_run(d, &answer, now, false);
         if sim.verdict.is_some() {
             return None;
         }
@@ -190,7 +194,7 @@ impl Port {
             sent.dst_port,
         )
         .is_ok()
-            && apply(&own, buf, parsed).is_ok();
+            && emit(own, buf, parsed);
         let dc = &mut self.counters.dir[d.index()];
         if emitted {
             dc.forwarded += 1;
@@ -214,23 +218,14 @@ impl Port {
         parsed: &Parsed,
         now: Time,
     ) -> Verdict {
-        let mut sim = Sim::default();
-        self.simulate(
-            &mut sim,
-            d,
-            &parsed.ufid,
-            &PreClassified::NONE,
-            now,
-            Mode::DryRun,
-            false,
-        );
+        let sim = self.dry_run(d, &parsed.ufid, now, false);
         let bytes = u64::from(parsed.meta.frame_len);
         let verdict = match sim.verdict() {
             Verdict::Forward => {
                 for &c in &sim.counters {
                     self.counters.arena.add(c, 1, bytes);
                 }
-                if apply(&sim.transposition, buf, parsed).is_ok() {
+                if emit(sim.transposition, buf, parsed) {
                     self.counters.dir[d.index()].forwarded += 1;
                     return Verdict::Forward;
                 }
@@ -252,4 +247,12 @@ impl Port {
         }
         verdict
     }
+}
+
+/// Apply `t` to the frame, as a flow's plan is applied (the datapath's
+/// one emit path: a second caller of the general emit would change what
+/// the compiler inlines into the flows' path).
+fn emit(t: Transposition, buf: &mut PacketBuf, parsed: &Parsed) -> bool {
+    let ports = t.ports();
+    apply_planned(&EmitPlan::new(t), &ports, None, buf, parsed).is_ok()
 }
