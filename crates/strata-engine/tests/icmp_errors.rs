@@ -27,6 +27,27 @@ fn unreachable(code: icmpv4::DestUnreachableHeader) -> Icmpv4Type {
     Icmpv4Type::DestinationUnreachable(code)
 }
 
+fn frag_needed(next_hop_mtu: u16) -> Icmpv4Type {
+    unreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu })
+}
+
+fn ttl_exceeded() -> Icmpv4Type {
+    Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit)
+}
+
+/// An error from `from` to the VIP, arriving natively from the underlay
+/// gateway.
+fn error_to_vip(from: Ipv4Addr, kind: Icmpv4Type, quote: &[u8]) -> Vec<u8> {
+    icmp_error((GW_MAC, HOST_MAC), from, VIP, kind, quote)
+}
+
+/// Send `frame` in direction `d`; it must be forwarded: the frame out.
+fn relay(p: &mut Port, d: Direction, frame: &[u8], now: u64) -> Vec<u8> {
+    let (v, out) = run(p, d, frame, now);
+    assert_eq!(v, Verdict::Forward);
+    out
+}
+
 /// The IP packet of a frame the switch sent natively.
 fn ip_of(frame: &[u8]) -> &[u8] {
     &frame[14..]
@@ -99,8 +120,7 @@ fn relayed(frame: &[u8], whole: bool) -> Relayed {
 /// The VM's UDP datagram to `WEB`:53 from port `sp`, as it left (SNAT'd).
 fn vm_dns_query(p: &mut Port, sp: u16) -> Vec<u8> {
     let q = udp(VM_MAC, VM_GW_MAC, VM_CA, WEB, sp, 53, b"a query of sorts");
-    let (v, out) = run(p, Direction::Out, &q, secs(2));
-    assert_eq!(v, Verdict::Forward);
+    let out = relay(p, Direction::Out, &q, secs(2));
     out
 }
 
@@ -127,10 +147,8 @@ fn port_unreachable_reaches_the_snated_vm_before_any_answer() {
     // it arrived: from the VIP and the SNAT port. No answer has come
     // before (the connection has no inbound flow yet), and the ACL blocks
     // unsolicited inbound traffic: only the quote lets it in.
-    let err = icmp_error(
-        (GW_MAC, HOST_MAC),
+    let err = error_to_vip(
         WEB,
-        VIP,
         unreachable(icmpv4::DestUnreachableHeader::Port),
         ip_of(&sent),
     );
@@ -140,9 +158,7 @@ fn port_unreachable_reaches_the_snated_vm_before_any_answer() {
     assert_eq!(related.answer.inner.dst_ip, std::net::IpAddr::V4(VIP));
     assert!(t.verdict.is_forward());
     assert!(t.to_string().contains("ICMP error about connection"), "{t}");
-    let (v, out) = run(&mut p, Direction::In, &err, secs(3));
-    assert_eq!(v, Verdict::Forward);
-    let r = relayed(&out, true);
+    let r = relayed(&relay(&mut p, Direction::In, &err, secs(3)), true);
     assert_eq!(
         (r.src, r.dst),
         (WEB, VM_CA),
@@ -169,13 +185,12 @@ fn port_unreachable_reaches_the_snated_vm_before_any_answer() {
 #[test]
 fn fragmentation_needed_from_a_router_keeps_its_source_and_mtu() {
     let mut p = port();
-    let (v, out) = run(
+    let out = relay(
         &mut p,
         Direction::Out,
         &vm_tcp(WEB, 41000, 443, SYN, 7, 0, b""),
         secs(2),
     );
-    assert_eq!(v, Verdict::Forward);
     let nat_port = decode_sent(&out).inner.sp;
     let syn_ack = tcp(
         GW_MAC,
@@ -193,32 +208,21 @@ fn fragmentation_needed_from_a_router_keeps_its_source_and_mtu() {
     let ack = vm_tcp(WEB, 41000, 443, ACK, 8, 901, b"");
     assert!(forwards(&mut p, Direction::Out, &ack, secs(2) + 20));
     let data = vm_tcp(WEB, 41000, 443, ACK, 8, 901, &[0x55; 600]);
-    let (v, sent) = run(&mut p, Direction::Out, &data, secs(2) + 30);
-    assert_eq!(v, Verdict::Forward);
+    let sent = relay(&mut p, Direction::Out, &data, secs(2) + 30);
     let before = flows(&p);
     let handshakes = p.counters().tcp.handshakes_completed;
 
     // A router on the way cannot forward the segment unfragmented: its
     // error quotes the whole segment (as Linux routers quote up to 576
     // bytes), comes from the router's own address, and names its MTU.
-    let frag_needed =
-        unreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 576 });
-    let err = icmp_error(
-        (GW_MAC, HOST_MAC),
-        ROUTER,
-        VIP,
-        frag_needed.clone(),
-        ip_of(&sent),
-    );
-    let (v, out) = run(&mut p, Direction::In, &err, secs(3));
-    assert_eq!(v, Verdict::Forward);
-    let r = relayed(&out, true);
+    let err = error_to_vip(ROUTER, frag_needed(576), ip_of(&sent));
+    let r = relayed(&relay(&mut p, Direction::In, &err, secs(3)), true);
     assert_eq!(
         (r.src, r.dst),
         (ROUTER, VM_CA),
         "the router keeps its address"
     );
-    assert_eq!(r.icmp, frag_needed, "the MTU reaches the VM");
+    assert_eq!(r.icmp, frag_needed(576), "the MTU reaches the VM");
     assert_eq!(r.quoted, (VM_CA, 41000, WEB, 443));
     assert_eq!(flows(&p), before);
     assert_eq!(p.counters().tcp.handshakes_completed, handshakes);
@@ -232,22 +236,18 @@ fn fragmentation_needed_from_a_router_keeps_its_source_and_mtu() {
 #[test]
 fn time_exceeded_for_an_unanswered_syn_with_the_shortest_quote() {
     let mut p = port();
-    let (v, sent) = run(
+    let sent = relay(
         &mut p,
         Direction::Out,
         &vm_tcp(WEB, 42000, 80, SYN, 1, 0, b""),
         secs(2),
     );
-    assert_eq!(v, Verdict::Forward);
     // RFC 792's minimum: the IP header and 8 bytes (ports and sequence
     // number; the TCP checksum is not in the quote).
     let short = &ip_of(&sent)[..28];
-    let ttl = Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit);
-    let err = icmp_error((GW_MAC, HOST_MAC), ROUTER, VIP, ttl.clone(), short);
-    let (v, out) = run(&mut p, Direction::In, &err, secs(2) + 5);
-    assert_eq!(v, Verdict::Forward);
-    let r = relayed(&out, false);
-    assert_eq!((r.src, r.dst, r.icmp), (ROUTER, VM_CA, ttl));
+    let err = error_to_vip(ROUTER, ttl_exceeded(), short);
+    let r = relayed(&relay(&mut p, Direction::In, &err, secs(2) + 5), false);
+    assert_eq!((r.src, r.dst, r.icmp), (ROUTER, VM_CA, ttl_exceeded()));
     assert_eq!(r.quoted, (VM_CA, 42000, WEB, 80));
 }
 
@@ -262,7 +262,7 @@ fn an_error_about_no_connection_is_blocked_and_leaves_nothing() {
     let mut forged = ip_of(&sent).to_vec();
     forged[20..22].copy_from_slice(&7u16.to_be_bytes());
     let code = unreachable(icmpv4::DestUnreachableHeader::Port);
-    let bogus = icmp_error((GW_MAC, HOST_MAC), WEB, VIP, code.clone(), &forged);
+    let bogus = error_to_vip(WEB, code.clone(), &forged);
     let t = p
         .trace_frame(Direction::In, &bogus, secs(3))
         .expect("parses");
@@ -300,9 +300,8 @@ fn an_error_about_no_connection_is_blocked_and_leaves_nothing() {
     // Nothing cached: the same error header about the real datagram, just
     // after, is relayed (a flow made for the bogus one would have
     // decided it).
-    let real = icmp_error((GW_MAC, HOST_MAC), WEB, VIP, code, ip_of(&sent));
-    let (v, out) = run(&mut p, Direction::In, &real, secs(3));
-    assert_eq!(v, Verdict::Forward);
+    let real = error_to_vip(WEB, code, ip_of(&sent));
+    let out = relay(&mut p, Direction::In, &real, secs(3));
     assert_eq!(relayed(&out, true).quoted, (VM_CA, 41000, WEB, 53));
     assert_eq!(p.icmp_error_counters().relayed, 1);
 }
@@ -312,13 +311,12 @@ fn an_error_about_no_connection_is_blocked_and_leaves_nothing() {
 /// as it left.
 fn lb_connection(p: &mut Port) -> Vec<u8> {
     let syn = tcp(MUX_INNER, VM_MAC, CLIENT, VIP, 5555, 80, SYN, 42, 0, b"");
-    let (v, _) = run(
+    relay(
         p,
         Direction::In,
         &vxlan(GW_MAC, HOST_MAC, MUX_PA, HOST_PA, VNI, &syn),
         secs(3),
     );
-    assert_eq!(v, Verdict::Forward);
     let reply = tcp(
         VM_MAC,
         VM_GW_MAC,
@@ -331,9 +329,7 @@ fn lb_connection(p: &mut Port) -> Vec<u8> {
         43,
         b"",
     );
-    let (v, out) = run(p, Direction::Out, &reply, secs(3) + 10);
-    assert_eq!(v, Verdict::Forward);
-    out
+    relay(p, Direction::Out, &reply, secs(3) + 10)
 }
 
 #[test]
@@ -346,19 +342,9 @@ fn errors_about_direct_server_return_replies_reach_the_backend() {
     // The reply left natively from VIP:80; a router's error about it comes
     // back natively to the VIP (not through the MUX, which the
     // connection's inbound flow came through).
-    let frag_needed =
-        unreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 });
-    let err = icmp_error(
-        (GW_MAC, HOST_MAC),
-        ROUTER,
-        VIP,
-        frag_needed.clone(),
-        ip_of(&sent),
-    );
-    let (v, out) = run(&mut p, Direction::In, &err, secs(4));
-    assert_eq!(v, Verdict::Forward);
-    let r = relayed(&out, true);
-    assert_eq!((r.src, r.dst, r.icmp), (ROUTER, VM_CA, frag_needed));
+    let err = error_to_vip(ROUTER, frag_needed(1280), ip_of(&sent));
+    let r = relayed(&relay(&mut p, Direction::In, &err, secs(4)), true);
+    assert_eq!((r.src, r.dst, r.icmp), (ROUTER, VM_CA, frag_needed(1280)));
     assert_eq!(
         r.quoted,
         (VM_CA, DIP_PORT, CLIENT, 5555),
@@ -385,9 +371,7 @@ fn the_vms_own_errors_leave_translated() {
         code.clone(),
         ip_of(&seen),
     );
-    let (v, out) = run(&mut p, Direction::Out, &err, secs(4));
-    assert_eq!(v, Verdict::Forward);
-    let r = relayed(&out, true);
+    let r = relayed(&relay(&mut p, Direction::Out, &err, secs(4)), true);
     assert_eq!((r.src, r.dst, r.icmp), (VIP, CLIENT, code));
     assert_eq!(r.quoted, (CLIENT, 5555, VIP, 80));
     assert_eq!(p.icmp_error_counters().relayed, 1);
@@ -399,8 +383,7 @@ fn errors_from_a_vnet_peer_are_decapsulated_for_the_vm() {
     install_mappings(&mut p, 4).expect("mappings");
     let peer = Ipv4Addr::new(10, 1, 2, 3);
     let q = udp(VM_MAC, VM_GW_MAC, VM_CA, peer, 5000, 6000, b"hello");
-    let (v, sent) = run(&mut p, Direction::Out, &q, secs(2));
-    assert_eq!(v, Verdict::Forward);
+    let sent = relay(&mut p, Direction::Out, &q, secs(2));
     let d = decode_sent(&sent);
     assert!(d.outer.is_some(), "VNET traffic leaves encapsulated");
     // The peer's port unreachable, encapsulated by its host, quoting the
@@ -414,9 +397,7 @@ fn errors_from_a_vnet_peer_are_decapsulated_for_the_vm() {
         inner_ip,
     );
     let frame = vxlan(GW_MAC, HOST_MAC, remote_pa(2, 3), HOST_PA, VNI, &err);
-    let (v, out) = run(&mut p, Direction::In, &frame, secs(3));
-    assert_eq!(v, Verdict::Forward);
-    let r = relayed(&out, true);
+    let r = relayed(&relay(&mut p, Direction::In, &frame, secs(3)), true);
     assert_eq!((r.src, r.dst), (peer, VM_CA));
     assert_eq!(r.quoted, (VM_CA, 5000, peer, 6000));
 }
@@ -426,26 +407,16 @@ fn time_exceeded_for_a_ping_through_snat_names_the_vms_echo_identifier() {
     let mut p = port();
     // Traceroute by echo requests: SNAT gives the echo a new identifier as
     // it gives a datagram a new port.
-    let (v, sent) = run(
+    let sent = relay(
         &mut p,
         Direction::Out,
         &ping(VM_MAC, VM_GW_MAC, VM_CA, WEB, 9, 1),
         secs(2),
     );
-    assert_eq!(v, Verdict::Forward);
     let nat = decode_sent(&sent).inner;
     assert_eq!(nat.src, VIP);
-    let ttl = Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit);
-    let err = icmp_error(
-        (GW_MAC, HOST_MAC),
-        ROUTER,
-        VIP,
-        ttl.clone(),
-        &ip_of(&sent)[..28],
-    );
-    let (v, out) = run(&mut p, Direction::In, &err, secs(2) + 5);
-    assert_eq!(v, Verdict::Forward);
-    let d = decode(&out);
+    let err = error_to_vip(ROUTER, ttl_exceeded(), &ip_of(&sent)[..28]);
+    let d = decode(&relay(&mut p, Direction::In, &err, secs(2) + 5));
     assert_eq!((d.inner.src, d.inner.dst), (ROUTER, VM_CA));
     let quote = &d.inner.payload;
     let (qip, echo) = etherparse::Ipv4Header::from_slice(quote).expect("quoted header");

@@ -53,28 +53,18 @@ impl Port {
         if !is_error_packet(&parsed.ufid.inner, &parsed.layout) {
             return None;
         }
-        Some(self.icmp_error_decided(d, buf, parsed, now))
-    }
-
-    fn icmp_error_decided(
-        &mut self,
-        d: Direction,
-        buf: &mut PacketBuf,
-        parsed: &Parsed,
-        now: Time,
-    ) -> Verdict {
         self.counters.dir[d.index()].slow_path += 1;
         match read_quote(buf.as_slice(), &parsed.ufid.inner, &parsed.layout) {
             Ok(q) => {
                 if let Some(t) = self.related_transposition(d, parsed, &q, now) {
                     self.counters.icmp_errors.relayed += 1;
-                    return self.relay(d, buf, parsed, &q, &t);
+                    return Some(self.relay(d, buf, parsed, &q, &t));
                 }
                 self.counters.icmp_errors.unrelated += 1;
             }
             Err(_) => self.counters.icmp_errors.unreadable += 1,
         }
-        self.icmp_error_by_policy(d, buf, parsed, now)
+        Some(self.icmp_error_by_policy(d, buf, parsed, now))
     }
 
     /// For a trace: the connection an ICMP error in `frame` is about, and
