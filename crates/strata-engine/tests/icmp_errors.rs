@@ -120,8 +120,7 @@ fn relayed(frame: &[u8], whole: bool) -> Relayed {
 /// The VM's UDP datagram to `WEB`:53 from port `sp`, as it left (SNAT'd).
 fn vm_dns_query(p: &mut Port, sp: u16) -> Vec<u8> {
     let q = udp(VM_MAC, VM_GW_MAC, VM_CA, WEB, sp, 53, b"a query of sorts");
-    let out = relay(p, Direction::Out, &q, secs(2));
-    out
+    relay(p, Direction::Out, &q, secs(2))
 }
 
 fn flows(p: &Port) -> (usize, usize, Vec<usize>) {
