@@ -2294,9 +2294,9 @@ impl Port {
     // ----- diagnostics -------------------------------------------------------
 
     /// Walk `ufid` through the layers changing nothing (traces, ICMP
-    /// errors), with each layer's step recorded if `trace`. (The one
-    /// dry-run caller of `simulate`: more would change how the compiler
-    /// builds the walk for new flows.)
+    /// errors), with each layer's step recorded if `trace`. (`simulate`'s
+    /// mode is a const parameter, so a dry run is compiled apart and
+    /// leaves the walk for new flows as it was.)
     #[inline(never)]
     fn dry_run(&mut self, d: Direction, ufid: &Ufid, now: Time, trace: bool) -> Sim {
         let mut sim = Sim::default();

@@ -57,7 +57,6 @@ impl Port {
         match read_quote(buf.as_slice(), &parsed.ufid.inner, &parsed.layout) {
             Ok(q) => {
                 if let Some(t) = self.related_transposition(d, parsed, &q, now) {
-                    self.counters.icmp_errors.relayed += 1;
                     return Some(self.relay(d, buf, parsed, &q, &t));
                 }
                 self.counters.icmp_errors.unrelated += 1;
@@ -188,6 +187,7 @@ impl Port {
         let dc = &mut self.counters.dir[d.index()];
         if emitted {
             dc.forwarded += 1;
+            self.counters.icmp_errors.relayed += 1;
             return Verdict::Forward;
         }
         dc.dropped += 1;
