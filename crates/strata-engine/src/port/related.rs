@@ -2,8 +2,9 @@
 //!
 //! A router's "fragmentation needed" or "time exceeded", a host's "port
 //! unreachable", arrive about a packet of one of the port's connections,
-//! from an address that is not the connection's peer. They never get a
-//! unified flow of their own: the error's quote names the connection, and
+//! often from an address that is not the connection's peer. They never
+//! get a unified flow of their own: the error's quote names the
+//! connection, and
 //! an error found to be about one is relayed with that connection's
 //! transposition for the answering direction — the error's own header
 //! translated like an answer (decap, un-NAT of its destination; its source
