@@ -6,7 +6,9 @@
 //! JSON object per input frame ([`VerdictLine`]): its verdict, drop reason,
 //! fast or slow path, and the per-layer decisions of a trace taken *before*
 //! the frame was processed (so it shows what decided, not the flow the
-//! frame then created). Every `expire_interval_ns` of capture time the
+//! frame then created); for an ICMP error about one of the port's
+//! connections, that connection and the translation the error was relayed
+//! with (`related`). Every `expire_interval_ns` of capture time the
 //! port's expiry runs, as a switch's housekeeping would.
 //!
 //! The direction of a frame is the forced one (`--direction`), else the
@@ -168,6 +170,12 @@ pub struct VerdictLine {
     pub output_flow: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transposition: Option<String>,
+    /// For an ICMP error about one of the port's connections: that
+    /// connection (the answer's key). The error is relayed with the
+    /// connection's translation (`transposition`), not decided by
+    /// `layers`, which show what the policy would make of it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related: Option<String>,
     #[serde(default)]
     pub layers: Vec<LayerLine>,
 }
@@ -375,6 +383,7 @@ impl<'p> Replayer<'p> {
         }
         let line = trace.map(|tr| {
             let tr = tr.ok();
+            let related = tr.as_ref().and_then(|t| t.related.as_ref());
             let drop_layer = match verdict {
                 Verdict::Drop {
                     layer: Some(li), ..
@@ -407,9 +416,13 @@ impl<'p> Replayer<'p> {
                 flow: tr.as_ref().map(|t| describe_ufid(&t.input)),
                 output_flow: tr
                     .as_ref()
-                    .filter(|_| verdict.is_forward())
+                    .filter(|_| verdict.is_forward() && related.is_none())
                     .map(|t| describe_ufid(&t.output)),
-                transposition: tr.as_ref().map(|t| t.transposition.clone()),
+                transposition: match related {
+                    Some(r) => Some(r.transposition.clone()),
+                    None => tr.as_ref().map(|t| t.transposition.clone()),
+                },
+                related: related.map(|r| describe_ufid(&r.answer)),
                 layers: tr.as_ref().map(layer_lines).unwrap_or_default(),
             }
         });

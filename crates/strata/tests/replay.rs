@@ -457,3 +457,52 @@ fn bad_inputs_fail_cleanly() {
     assert_eq!(o.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A router's "fragmentation needed" about an SNAT'd connection: the log
+/// line names the connection it is about and the translation it was
+/// relayed with (the layers show what the policy alone would have made of
+/// it: the ACL's default block), and the relayed error reaches the VM.
+#[test]
+fn an_icmp_error_about_a_connection_is_logged_as_related() {
+    let mut port = strata::policy_file::load_port(&policy()).expect("policy");
+    let mut r = replay::Replayer::new(&mut port, true, None);
+    let syn = tcp_syn(VM_MAC, GW_VM, [10, 1, 0, 4], 40001, [93, 184, 216, 34], 443);
+    let sent = r
+        .process(Direction::Out, &syn, 1_000)
+        .output
+        .expect("forwarded");
+    let mut err = Vec::new();
+    PacketBuilder::ethernet2(GW_MAC, HOST_MAC)
+        .ipv4([198, 18, 0, 1], [203, 0, 113, 10], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut err, &sent[14..])
+        .expect("build");
+    let p = r.process(Direction::In, &err, 2_000);
+    let line = p.line.expect("logged");
+    assert_eq!(line.verdict, "forward");
+    let related = line.related.as_deref().expect("related");
+    assert!(related.contains("203.0.113.10"), "{related}");
+    assert!(
+        line.transposition
+            .as_deref()
+            .is_some_and(|t| t.contains("10.1.0.4")),
+        "{line:?}"
+    );
+    assert_eq!(
+        line.layers.last().and_then(|l| l.dropped.as_deref()),
+        Some("default-block"),
+        "{line:?}"
+    );
+    let out = p.output.expect("relayed");
+    let ip = etherparse::SlicedPacket::from_ethernet(&out).expect("parses");
+    let Some(NetSlice::Ipv4(v4)) = ip.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(
+        (v4.header().source_addr(), v4.header().destination_addr()),
+        (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(10, 1, 0, 4)),
+        "from the router's own address, to the VM"
+    );
+}
