@@ -768,6 +768,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         if !extras_done && t >= extras_at {
             sim.now = extras_at;
             send_blocked(&mut sim, &mut drain, out)?;
+            send_icmp_errors(&mut sim);
             extras_done = true;
         }
         sim.now = sim.now.max(t);
@@ -826,6 +827,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     }
     if !extras_done {
         send_blocked(&mut sim, &mut drain, out)?;
+        send_icmp_errors(&mut sim);
     }
     let end = sim.now;
     let Sim {
@@ -898,6 +900,14 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     for e in &event_lines {
         writeln!(out, "    {e}")?;
     }
+    let ie = port.icmp_error_counters();
+    writeln!(out, "\n== ICMP errors")?;
+    writeln!(
+        out,
+        "  {} relayed to their connection (quote translated back), {} about no connection \
+         (left to the policy), {} unreadable",
+        ie.relayed, ie.unrelated, ie.unreadable
+    )?;
     writeln!(out, "\n== layers (VM side first)")?;
     for l in port.layer_ids() {
         let c = cn.layer(&l);
@@ -1295,4 +1305,56 @@ fn send_blocked(
         sim.now += 1_000;
     }
     Ok(())
+}
+
+/// ICMP errors about the VM's traffic: a DNS server's "port unreachable"
+/// about a datagram the VM sent (SNAT'd to the VIP) reaches the VM with
+/// its quote translated back; one about a datagram never sent is blocked
+/// by the ACL like any unsolicited packet.
+fn send_icmp_errors(sim: &mut Sim<'_>) {
+    let vm = SocketAddrV4::new(VM_CA, 61_053);
+    let server = SocketAddrV4::new(Ipv4Addr::new(198, 18, 53, 53), 53);
+    let query = frames::udp(VM_MAC, VM_GW_MAC, vm, server, b"a query");
+    let Some(sent) = sim.send(Direction::Out, query, Expect::Forward, "DNS query") else {
+        return;
+    };
+    let error = |quote: &[u8]| {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(GW_MAC.0, HOST_MAC.0)
+            .ipv4(server.ip().octets(), VIP.octets(), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ));
+        let _ = b.write(&mut f, quote);
+        f
+    };
+    let quote = sent.get(14..).unwrap_or_default().to_vec();
+    sim.now += 1_000;
+    let what = "port unreachable about the DNS query";
+    if let Some(o) = sim.send(Direction::In, error(&quote), Expect::Forward, what) {
+        // The quote names the VM's own address and port again.
+        let q = 14 + 20 + 8;
+        let quoted = (
+            o.get(q + 12..q + 16)
+                .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+            o.get(q + 20..q + 22)
+                .map(|p| u16::from_be_bytes([p[0], p[1]])),
+        );
+        sim.check(what, &o, |s| {
+            (s.dst_ip != Some(IpAddr::V4(VM_CA)) || quoted != (Some(*vm.ip()), Some(vm.port())))
+                .then(|| format!("relayed to {:?} quoting {quoted:?}", s.dst_ip))
+        });
+    }
+    // A quote of a datagram the VM never sent (another source port).
+    let mut forged = quote;
+    if let Some(p) = forged.get_mut(20..22) {
+        p.copy_from_slice(&7u16.to_be_bytes());
+    }
+    sim.now += 1_000;
+    sim.send(
+        Direction::In,
+        error(&forged),
+        Expect::Drop(DropReason::DefaultBlock),
+        "port unreachable about no connection",
+    );
 }

@@ -21,8 +21,8 @@ fn demo_passes_its_invariants() {
     assert!(r.peak_connections >= 120, "{text}");
     assert_eq!(r.connections_after_expiry, 0);
     assert_eq!(
-        r.dropped, 10,
-        "2 SMTP, 2 unsolicited, 1 mapping miss, 5 malformed"
+        r.dropped, 11,
+        "2 SMTP, 2 unsolicited, 1 mapping miss, 5 malformed, 1 unrelated ICMP error"
     );
     for section in [
         "== per direction",
@@ -37,6 +37,7 @@ fn demo_passes_its_invariants() {
         "[vnet] group vnet-routes rule vnet-local -> push Vxlan vni 5001",
         "trace in [Vxlan vni 5001 192.168.255.1 -> 192.168.0.10]",
         "[slb] group slb-in rule vip-web (stateful) -> dst_ip=10.1.0.4, dst_port=8080",
+        "1 relayed to their connection (quote translated back), 1 about no connection",
         "all checks passed",
     ] {
         assert!(text.contains(section), "missing {section:?} in\n{text}");
