@@ -174,24 +174,6 @@ impl Sim {
     }
 }
 
-/// Simulation mode.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Create layer flows and take resources.
-    Create,
-    /// Trace: change nothing.
-    DryRun,
-}
-
-impl Mode {
-    /// The mode of a walk made with `dry` as its const parameter: the
-    /// walks for new flows and the dry runs (traces, ICMP errors) are
-    /// compiled apart, each with its mode a constant.
-    const fn of(dry: bool) -> Mode {
-        if dry { Mode::DryRun } else { Mode::Create }
-    }
-}
-
 /// A read-only view of one connection, for tests and tools.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionInfo {
@@ -1769,7 +1751,10 @@ impl Port {
     /// Walk the layers for `ufid` in direction `d` (the flow compiler).
     /// Fills `sim` (a fresh one, the caller's: a `Sim` is 300 bytes, too
     /// many to move on every first packet). `pre` holds the layers
-    /// classified ahead for `ufid` (see [`crate::preclassify`]).
+    /// classified ahead for `ufid` (see [`crate::preclassify`]). `DRY`: a
+    /// dry run (traces, ICMP errors), which creates no layer flow and
+    /// takes no resource; a const parameter, so the dry runs are compiled
+    /// apart and the walk for new flows keeps its mode a constant.
     #[allow(clippy::too_many_arguments)]
     fn simulate<const DRY: bool>(
         &mut self,
@@ -1780,7 +1765,6 @@ impl Port {
         now: Time,
         trace: bool,
     ) {
-        let mode = Mode::of(DRY);
         let policy = Arc::clone(&self.policy);
         let n = policy.layers.len();
         // The layer-local id and its field values, re-derived only after a
@@ -1898,7 +1882,7 @@ impl Port {
             if !trace
                 && let Some(crule) = layer.compiled_rule(rref)
                 && let Some(verdict) = crule.fixed()
-                && (!crule.stateful() || mode == Mode::DryRun || verdict.is_err())
+                && (!crule.stateful() || DRY || verdict.is_err())
             {
                 if let Err(reason) = verdict {
                     sim.rule_drop(reason, li, layer.counter, crule.counter());
@@ -1948,7 +1932,7 @@ impl Port {
                 changed = true;
             }
         }
-        if sim.verdict.is_some() && mode == Mode::Create {
+        if sim.verdict.is_some() && !DRY {
             let created = std::mem::take(&mut sim.created);
             self.rollback(&created);
             sim.refs.retain(|r| !created.contains(r));
@@ -1956,7 +1940,7 @@ impl Port {
     }
 
     /// Run a rule's action for `local`; a stateful rule that allows creates
-    /// a layer flow pair (in create mode) in `layer`'s table (the layer is
+    /// a layer flow pair (unless `DRY`) in `layer`'s table (the layer is
     /// at policy position `li`), whose slot goes to `created`. `hash` is
     /// `local`'s layer-flow hash in direction `d`, if the lookup that
     /// missed computed it. Returns the output.
@@ -1972,7 +1956,6 @@ impl Port {
         now: Time,
         created: &mut Option<u32>,
     ) -> ActionOutput {
-        let mode = Mode::of(DRY);
         let Some((rule, crule, _)) = layer.rule(rref) else {
             return ActionOutput::drop(DropReason::ActionRefused);
         };
@@ -1980,7 +1963,7 @@ impl Port {
             direction: d,
             flow: local,
             now,
-            dry_run: mode == Mode::DryRun,
+            dry_run: DRY,
             layer: &layer.id,
             rule: &rule.id,
             rule_counter: crule.counter(),
@@ -1989,7 +1972,7 @@ impl Port {
             counters: &mut self.counters.arena,
         };
         let mut out = crule.action.process(&mut cx);
-        if out.verdict.is_err() || !rule.stateful || mode == Mode::DryRun {
+        if out.verdict.is_err() || !rule.stateful || DRY {
             // Stateless rules keep no per-flow state.
             if out.state != ActionState::None {
                 self.resources.release(&std::mem::take(&mut out.state));
@@ -2037,7 +2020,6 @@ impl Port {
         now: Time,
         hash: &mut Option<LayerFlowHash>,
     ) -> Option<(u32, usize, Ufid)> {
-        let mode = Mode::of(DRY);
         let table = self.flow_table_at(layer.uid, li)?;
         // Layers without stateful rules never hold flows: no hashing.
         if table.is_empty() {
@@ -2062,7 +2044,7 @@ impl Port {
                     && *cr.identity.id == *f.rule.id
                     && cr.fingerprint() == f.rule.fingerprint
             });
-        if mode == Mode::DryRun {
+        if DRY {
             return still.then_some((slot, side, origin_key));
         }
         let table = table_in(&mut self.layer_flows, layer.uid)?;
@@ -2294,9 +2276,7 @@ impl Port {
     // ----- diagnostics -------------------------------------------------------
 
     /// Walk `ufid` through the layers changing nothing (traces, ICMP
-    /// errors), with each layer's step recorded if `trace`. (`simulate`'s
-    /// mode is a const parameter, so a dry run is compiled apart and
-    /// leaves the walk for new flows as it was.)
+    /// errors), with each layer's step recorded if `trace`.
     #[inline(never)]
     fn dry_run(&mut self, d: Direction, ufid: &Ufid, now: Time, trace: bool) -> Sim {
         let mut sim = Sim::default();

@@ -12,6 +12,7 @@ use etherparse::{Icmpv4Type, NetHeaders, PacketHeaders, TransportHeader, icmpv4}
 use std::net::Ipv4Addr;
 use strata_engine::scenario::*;
 use strata_engine::{ActionRegistry, Direction, DropReason, Port, PortConfig, Verdict, secs};
+use strata_packet::PacketBuf;
 use strata_packet::flow::MacAddr;
 
 const WEB: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
@@ -191,18 +192,7 @@ fn fragmentation_needed_from_a_router_keeps_its_source_and_mtu() {
         secs(2),
     );
     let nat_port = decode_sent(&out).inner.sp;
-    let syn_ack = tcp(
-        GW_MAC,
-        HOST_MAC,
-        WEB,
-        VIP,
-        443,
-        nat_port,
-        SYN | ACK,
-        900,
-        8,
-        b"",
-    );
+    let syn_ack = internet_answer(WEB, 443, nat_port, SYN | ACK, 8);
     assert!(forwards(&mut p, Direction::In, &syn_ack, secs(2) + 10));
     let ack = vm_tcp(WEB, 41000, 443, ACK, 8, 901, b"");
     assert!(forwards(&mut p, Direction::Out, &ack, secs(2) + 20));
@@ -427,4 +417,51 @@ fn time_exceeded_for_a_ping_through_snat_names_the_vms_echo_identifier() {
         9,
         "the VM's own identifier"
     );
+}
+
+#[test]
+fn an_error_that_cannot_be_emitted_is_a_counted_drop() {
+    let mut p = port();
+    install_mappings(&mut p, 4).expect("mappings");
+    // A VNET peer's connection to the VM's port 8080.
+    let syn = peer_tcp(2, 3, 5555, DIP_PORT, SYN, 1, 0, b"");
+    relay(&mut p, Direction::In, &syn, secs(1));
+    let peer = Ipv4Addr::new(10, 1, 2, 3);
+    let seen = tcp(
+        remote_mac(2, 3),
+        VM_MAC,
+        peer,
+        VM_CA,
+        5555,
+        DIP_PORT,
+        ACK,
+        2,
+        1,
+        b"x",
+    );
+    let code = unreachable(icmpv4::DestUnreachableHeader::Port);
+    let about = |quote: &[u8]| icmp_error((VM_MAC, VM_GW_MAC), VM_CA, peer, code.clone(), quote);
+    // The VM's errors leave VXLAN-encapsulated, which a buffer with no
+    // room for the outer headers cannot take: the one about the
+    // connection (relayed) and one about nothing (the policy's encap).
+    let mut unrelated = ip_of(&seen).to_vec();
+    unrelated[20..22].copy_from_slice(&7u16.to_be_bytes());
+    for (quote, relayed, unrelated) in [(ip_of(&seen).to_vec(), 0, 0), (unrelated, 0, 1)] {
+        let err = about(&quote);
+        let mut tight = PacketBuf::with_headroom(err.len(), 0);
+        tight.reset(&err);
+        let v = p.process(Direction::Out, &mut tight, secs(2));
+        assert_eq!(v.drop_reason(), Some(DropReason::EmitFailed));
+        let c = p.icmp_error_counters();
+        assert_eq!((c.relayed, c.unrelated), (relayed, unrelated));
+    }
+    assert_eq!(p.drops(DropReason::EmitFailed), 2);
+    assert_eq!(p.direction_counters(Direction::Out).dropped, 2);
+    // With room, the related one is relayed.
+    let out = relay(&mut p, Direction::Out, &about(ip_of(&seen)), secs(3));
+    assert!(
+        decode_sent(&out).outer.is_some(),
+        "encapsulated to the peer's host"
+    );
+    assert_eq!(p.icmp_error_counters().relayed, 1);
 }

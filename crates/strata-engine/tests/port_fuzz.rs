@@ -56,18 +56,7 @@ fn samples() -> &'static [(Direction, Vec<u8>)] {
             ping(VM_MAC, VM_GW_MAC, VM_CA, WEB, 3, 1),
         );
         let nat_port = decode_sent(&syn_out).inner.sp;
-        let answer = tcp(
-            GW_MAC,
-            HOST_MAC,
-            WEB,
-            VIP,
-            443,
-            nat_port,
-            SYN | ACK,
-            9,
-            2,
-            b"",
-        );
+        let answer = internet_answer(WEB, 443, nat_port, SYN | ACK, 2);
         send(&mut p, Direction::In, answer);
         let unreachable = Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port);
         for sent in [&syn_out, &dns_out] {

@@ -18,7 +18,8 @@
 use crate::checksum::Delta;
 use crate::flow::{FlowKey, ipproto};
 use crate::parse::{L4Kind, Layout};
-use crate::wire::icmp;
+use crate::wire::ipv6::walk_ext_headers;
+use crate::wire::{array, be16, icmp, set_be16};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// ICMPv4 error types a quote is read from: destination unreachable (3,
@@ -30,9 +31,6 @@ pub const V4_ERROR_TYPES: [u8; 3] = [3, 11, 12];
 /// ICMPv6 error types: destination unreachable (1), packet too big (2),
 /// time exceeded (3), parameter problem (4).
 pub const V6_ERROR_TYPES: [u8; 4] = [1, 2, 3, 4];
-
-/// Extension headers skipped in a quoted IPv6 packet, at most.
-const MAX_QUOTED_EXTENSIONS: usize = 8;
 
 /// Whether an ICMP message of type `t` is an error that quotes a packet.
 #[inline]
@@ -156,10 +154,8 @@ pub fn read_quote(frame: &[u8], key: &FlowKey, lay: &Layout) -> Result<Quote, Qu
         }
         let h = q.get(..40).ok_or(QuoteError::Truncated)?;
         let tc = ((h[0] & 0x0f) << 4) | (h[1] >> 4);
-        let src =
-            Ipv6Addr::from(<[u8; 16]>::try_from(&h[8..24]).map_err(|_| QuoteError::Truncated)?);
-        let dst =
-            Ipv6Addr::from(<[u8; 16]>::try_from(&h[24..40]).map_err(|_| QuoteError::Truncated)?);
+        let src = Ipv6Addr::from(array::<16>(h, 8));
+        let dst = Ipv6Addr::from(array::<16>(h, 24));
         (IpAddr::V6(src), IpAddr::V6(dst), h[6], tc >> 2, 40usize)
     } else {
         if first >> 4 != 4 {
@@ -170,7 +166,7 @@ pub fn read_quote(frame: &[u8], key: &FlowKey, lay: &Layout) -> Result<Quote, Qu
             return Err(QuoteError::BadHeader);
         }
         let h = q.get(..ihl).ok_or(QuoteError::Truncated)?;
-        if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        if be16(h, 6) & 0x1fff != 0 {
             return Err(QuoteError::Fragment);
         }
         let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
@@ -178,32 +174,21 @@ pub fn read_quote(frame: &[u8], key: &FlowKey, lay: &Layout) -> Result<Quote, Qu
         (IpAddr::V4(src), IpAddr::V4(dst), h[9], h[1] >> 2, ihl)
     };
     if v6 {
-        // Hop-by-hop, routing and destination options and AH: skipped by
-        // their length; a fragment header: only the first fragment has
-        // ports.
-        let mut hops = 0;
-        while matches!(proto, 0 | 43 | 60 | 44 | 51) {
-            hops += 1;
-            if hops > MAX_QUOTED_EXTENSIONS {
-                return Err(QuoteError::BadHeader);
-            }
-            let e = q.get(at..at + 8).ok_or(QuoteError::Truncated)?;
-            let len = if proto == 44 {
-                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                    return Err(QuoteError::Fragment);
-                }
-                8
-            } else if proto == 51 {
-                (usize::from(e[1]) + 2) * 4
-            } else {
-                (usize::from(e[1]) + 1) * 8
-            };
-            proto = e[0];
-            at += len;
+        // The extension headers, walked as the parser walks them: only a
+        // first fragment has ports.
+        let chain =
+            walk_ext_headers(proto, q.get(at..).unwrap_or_default()).map_err(|e| match e {
+                crate::wire::Error::TooManyHeaders => QuoteError::BadHeader,
+                _ => QuoteError::Truncated,
+            })?;
+        if chain.non_first_fragment {
+            return Err(QuoteError::Fragment);
         }
+        proto = chain.protocol;
+        at += chain.len;
     }
     let l4 = q.get(at..at + 8).ok_or(QuoteError::Truncated)?;
-    let word = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    let word = |i: usize| be16(l4, i);
     let (src_port, dst_port, icmp_type, icmp_code) = match proto {
         ipproto::TCP | ipproto::UDP => (word(0), word(2), 0, 0),
         ipproto::ICMP if !v6 => echo_ports(false, l4[0], l4[1], word(4))?,
@@ -256,11 +241,10 @@ pub fn rewrite_quote(
     if frame.len() < q.end || q.l4 + 8 > q.end || q.icmp_checksum + 2 > q.ip {
         return Err(QuoteError::Truncated);
     }
-    // Every word the quote changes goes into `outer` (the error's own
-    // checksum covers the quote); the address words into `pseudo` too
-    // (the quoted L4 checksum covers them by its pseudo-header).
+    // The address words go into `pseudo` (the quoted L4 checksum covers
+    // them by its pseudo-header); every word the quote changes, those
+    // included, into `outer` (the error's own checksum covers the quote).
     let mut pseudo = Delta::ZERO;
-    let mut outer = Delta::ZERO;
     let (src_at, dst_at) = if q.is_v6() {
         (q.ip + 8, q.ip + 24)
     } else {
@@ -275,14 +259,14 @@ pub fn rewrite_quote(
         }
         let field = &mut frame[at..at + len];
         pseudo.bytes(field, &bytes[..len]);
-        outer.bytes(field, &bytes[..len]);
         field.copy_from_slice(&bytes[..len]);
     }
+    let mut outer = pseudo;
     if !q.is_v6() {
         set_word(
             frame,
             q.ip + 10,
-            pseudo.apply(word(frame, q.ip + 10)),
+            pseudo.apply(be16(frame, q.ip + 10)),
             &mut outer,
         );
     }
@@ -295,8 +279,7 @@ pub fn rewrite_quote(
         _ => &[(4, dst_port)],
     };
     for &(off, new) in ports {
-        let old = word(frame, q.l4 + off);
-        l4.u16(old, new);
+        l4.u16(be16(frame, q.l4 + off), new);
         set_word(frame, q.l4 + off, new, &mut outer);
     }
     let (checksum_at, covers_pseudo) = match q.proto {
@@ -307,7 +290,7 @@ pub fn rewrite_quote(
     };
     let at = q.l4 + checksum_at;
     if at + 2 <= q.end {
-        let old = word(frame, at);
+        let old = be16(frame, at);
         // A UDP checksum of 0 is "none" (IPv4) and stays so.
         if !(q.proto == ipproto::UDP && old == 0) {
             if covers_pseudo {
@@ -321,17 +304,13 @@ pub fn rewrite_quote(
         }
     }
     let c = q.icmp_checksum;
-    let sum = outer.apply(word(frame, c));
-    frame[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+    let sum = outer.apply(be16(frame, c));
+    set_be16(frame, c, sum);
     Ok(())
-}
-
-fn word(frame: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([frame[at], frame[at + 1]])
 }
 
 /// Write a 16-bit word, recording its change in `d`.
 fn set_word(frame: &mut [u8], at: usize, new: u16, d: &mut Delta) {
-    d.u16(word(frame, at), new);
-    frame[at..at + 2].copy_from_slice(&new.to_be_bytes());
+    d.u16(be16(frame, at), new);
+    set_be16(frame, at, new);
 }

@@ -109,6 +109,16 @@ fn quotes_that_name_no_connection_are_refused() {
     nested[14 + 20 + 8 + 9] = 1;
     nested[14 + 20 + 8 + 20] = 3;
     assert_eq!(quote_of(&nested), Err(QuoteError::Protocol));
+    // New addresses of the other family: refused, nothing written.
+    let frame = icmp_v4_frag_needed_tcp();
+    let q = quote_of(&frame).expect("quote");
+    let mut m = frame.clone();
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    assert_eq!(
+        rewrite_quote(&mut m, &q, v6, q.dst_ip, 1, 2),
+        Err(QuoteError::Family)
+    );
+    assert_eq!(m, frame);
     // An IPv6 quote in an ICMPv4 error.
     let mut v6_in_v4 = icmp_v4_frag_needed_tcp();
     v6_in_v4[14 + 20 + 8] = 0x65;

@@ -57,8 +57,9 @@ impl Port {
         self.counters.dir[d.index()].slow_path += 1;
         match read_quote(buf.as_slice(), &parsed.ufid.inner, &parsed.layout) {
             Ok(q) => {
-                if let Some(t) = self.related_transposition(d, parsed, &q, now) {
-                    return Some(self.relay(d, buf, parsed, &q, &t));
+                let answer = Self::answer_key(parsed, &q);
+                if let Some(t) = self.related_transposition(d, parsed, &q, &answer, now) {
+                    return Some(self.relay(d, buf, parsed, &q, &answer, &t));
                 }
                 self.counters.icmp_errors.unrelated += 1;
             }
@@ -78,9 +79,10 @@ impl Port {
         now: Time,
     ) -> Option<RelatedError> {
         let q = read_quote(frame, &parsed.ufid.inner, &parsed.layout).ok()?;
-        let t = self.related_transposition(d, parsed, &q, now)?;
+        let answer = Self::answer_key(parsed, &q);
+        let t = self.related_transposition(d, parsed, &q, &answer, now)?;
         Some(RelatedError {
-            answer: Self::answer_key(parsed, &q),
+            answer,
             transposition: t.describe(),
         })
     }
@@ -110,23 +112,24 @@ impl Port {
         }
     }
 
-    /// The transposition of the connection the error is about, for the
-    /// error's direction; `None` if it is about no connection (or about
-    /// one whose answers this direction drops).
+    /// The transposition of the connection the error is about (whose
+    /// answer to the quoted packet is `answer`), for the error's
+    /// direction; `None` if it is about no connection (or about one whose
+    /// answers this direction drops).
     fn related_transposition(
         &mut self,
         d: Direction,
         parsed: &Parsed,
         q: &Quote,
+        answer: &Ufid,
         now: Time,
     ) -> Option<Transposition> {
         // An error goes to the quoted packet's sender.
         if parsed.ufid.inner.dst_ip != q.src_ip {
             return None;
         }
-        let answer = Self::answer_key(parsed, q);
-        let hash = self.uft.hash(d, &answer);
-        let found = self.uft.lookup(d, &answer, hash);
+        let hash = self.uft.hash(d, answer);
+        let found = self.uft.lookup(d, answer, hash);
         if let Some(uf) = found
             .and_then(|c| self.uft.get(c))
             .and_then(|c| c.sides[d.index()].as_ref())
@@ -137,7 +140,7 @@ impl Port {
         // Not answered yet (an outbound connection's inbound flow is made
         // by its first answer) or stale: the answer's walk decides, and
         // changes nothing.
-        let sim = self.dry_run(d, &answer, now, false);
+        let sim = self.dry_run(d, answer, now, false);
         if sim.verdict.is_some() {
             return None;
         }
@@ -145,8 +148,8 @@ impl Port {
         if found.is_none() {
             // The connection, by the VM-side key of its outbound flow.
             let vm_key = match d {
-                Direction::In => t.apply_to_ufid(&answer).reversed(),
-                Direction::Out => answer,
+                Direction::In => t.apply_to_ufid(answer).reversed(),
+                Direction::Out => *answer,
             };
             self.uft.lookup_pair(&vm_key)?;
         }
@@ -161,12 +164,12 @@ impl Port {
         buf: &mut PacketBuf,
         parsed: &Parsed,
         q: &Quote,
+        answer: &Ufid,
         t: &Transposition,
     ) -> Verdict {
-        let answer = Self::answer_key(parsed, q);
         // The quoted packet as its sender sent it: the answer as
         // delivered, reversed.
-        let sent = t.apply_to_ufid(&answer).inner.reversed();
+        let sent = t.apply_to_ufid(answer).inner.reversed();
         // The error's header is translated as the answer's, but for its
         // ports (it has none) and its source, which is the peer's only if
         // the peer sent it (a router en route keeps its address).
@@ -185,18 +188,10 @@ impl Port {
         )
         .is_ok()
             && emit(own, buf, parsed);
-        let dc = &mut self.counters.dir[d.index()];
         if emitted {
-            dc.forwarded += 1;
             self.counters.icmp_errors.relayed += 1;
-            return Verdict::Forward;
         }
-        dc.dropped += 1;
-        self.counters.drops[DropReason::EmitFailed.index()] += 1;
-        Verdict::Drop {
-            reason: DropReason::EmitFailed,
-            layer: None,
-        }
+        self.count_emitted(d, emitted)
     }
 
     /// An error about no connection: the policy decides, by a walk that
@@ -211,32 +206,40 @@ impl Port {
     ) -> Verdict {
         let sim = self.dry_run(d, &parsed.ufid, now, false);
         let bytes = u64::from(parsed.meta.frame_len);
-        let verdict = match sim.verdict() {
+        match sim.verdict() {
             Verdict::Forward => {
                 for &c in &sim.counters {
                     self.counters.arena.add(c, 1, bytes);
                 }
-                if emit(sim.transposition, buf, parsed) {
-                    self.counters.dir[d.index()].forwarded += 1;
-                    return Verdict::Forward;
-                }
-                Verdict::Drop {
-                    reason: DropReason::EmitFailed,
-                    layer: None,
-                }
+                let emitted = emit(sim.transposition, buf, parsed);
+                self.count_emitted(d, emitted)
             }
-            v @ Verdict::Drop { .. } => {
+            v @ Verdict::Drop { reason, .. } => {
                 for &c in &sim.drop_counters {
                     self.counters.arena.add_drops(c, 1);
                 }
+                self.count_drop(d, reason);
                 v
             }
-        };
-        if let Verdict::Drop { reason, .. } = verdict {
-            self.counters.dir[d.index()].dropped += 1;
-            self.counters.drops[reason.index()] += 1;
         }
-        verdict
+    }
+
+    /// Count a frame forwarded, or dropped as an emit failure.
+    fn count_emitted(&mut self, d: Direction, emitted: bool) -> Verdict {
+        if emitted {
+            self.counters.dir[d.index()].forwarded += 1;
+            return Verdict::Forward;
+        }
+        self.count_drop(d, DropReason::EmitFailed);
+        Verdict::Drop {
+            reason: DropReason::EmitFailed,
+            layer: None,
+        }
+    }
+
+    fn count_drop(&mut self, d: Direction, reason: DropReason) {
+        self.counters.dir[d.index()].dropped += 1;
+        self.counters.drops[reason.index()] += 1;
     }
 }
 

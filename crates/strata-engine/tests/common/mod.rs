@@ -105,6 +105,15 @@ pub fn ping(
     out
 }
 
+/// A native answer from internet host `from`:`sp` to the VIP and SNAT
+/// port `nat_port` (a SYN-ACK to the VM's SYN, say), from the underlay
+/// gateway.
+pub fn internet_answer(from: Ipv4Addr, sp: u16, nat_port: u16, flags: u8, ack: u32) -> Vec<u8> {
+    tcp(
+        GW_MAC, HOST_MAC, from, VIP, sp, nat_port, flags, 900, ack, b"",
+    )
+}
+
 /// An ICMPv4 error frame from `src` to `dst` quoting `quote` (an IP
 /// packet's leading bytes).
 pub fn icmp_error(
