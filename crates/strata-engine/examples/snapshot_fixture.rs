@@ -9,7 +9,8 @@
 //! ```
 //!
 //! (`four-layer-v7-inbound.snap`: `INBOUND=1`, at commit 3e6efff;
-//! `four-layer-v8-inbound.snap`: `INBOUND=1`, at commit 70e4641.)
+//! `four-layer-v8-inbound.snap`: `INBOUND=1`, at commit 70e4641;
+//! `four-layer-v9-inbound.snap`: `INBOUND=1`, at commit 7fa6927.)
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -862,6 +862,10 @@ pub struct FlowStats {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PortCounters {
     pub dir: [DirCounters; 2],
+    /// Drops by reason. Snapshots write the reasons format version 9 knew
+    /// here and the fragment reasons with [`FragmentCounters`] (see
+    /// `crate::snapshot`), so older snapshots read as they were written.
+    #[serde(with = "drops_v9")]
     pub drops: [u64; DropReason::COUNT],
     /// Parse failures by the parser's own reason.
     pub malformed: BTreeMap<String, u64>,
@@ -872,6 +876,60 @@ pub struct PortCounters {
     /// see `crate::snapshot`).
     #[serde(skip)]
     pub icmp_errors: IcmpErrorCounters,
+    /// IP fragments by what became of them (carried apart likewise).
+    #[serde(skip)]
+    pub fragments: FragmentCounters,
+}
+
+/// [`PortCounters::drops`] as format version 9 wrote it: the first
+/// [`DropReason::COUNT_V9`] reasons (the rest read as 0, and are set from
+/// the state written after).
+mod drops_v9 {
+    use super::DropReason;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &[u64; DropReason::COUNT], s: S) -> Result<S::Ok, S::Error> {
+        let mut v9 = [0u64; DropReason::COUNT_V9];
+        v9.copy_from_slice(&d[..DropReason::COUNT_V9]);
+        v9.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        de: D,
+    ) -> Result<[u64; DropReason::COUNT], D::Error> {
+        let v9 = <[u64; DropReason::COUNT_V9]>::deserialize(de)?;
+        let mut d = [0u64; DropReason::COUNT];
+        d[..DropReason::COUNT_V9].copy_from_slice(&v9);
+        Ok(d)
+    }
+}
+
+/// What became of the IP fragments that reached the port (see
+/// `crate::port`'s `fragments` module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentCounters {
+    /// First fragments: each starts tracking its datagram.
+    pub first: u64,
+    /// Later fragments given their datagram's flow on arrival.
+    pub followed: u64,
+    /// Later fragments that came before their datagram's first: held.
+    pub held: u64,
+    /// Held fragments processed once their first fragment passed.
+    pub released: u64,
+    /// Held fragments dropped: their first fragment did not come in time
+    /// (also counted as `fragment-timeout` drops).
+    pub timed_out: u64,
+    /// Later fragments dropped because they could not be held (also
+    /// counted as `fragment-overflow` drops).
+    pub overflow: u64,
+    /// Datagrams whose tracking ended complete (every byte seen).
+    pub completed: u64,
+    /// Datagrams forgotten incomplete: timed out, or the oldest, evicted
+    /// for a new one when the port tracked its limit.
+    pub forgotten: u64,
+    /// Fragments whose header could not be read (processed with the key
+    /// the parser gave).
+    pub unreadable: u64,
 }
 
 /// What became of ICMP errors that reached the port (see

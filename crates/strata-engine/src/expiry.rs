@@ -53,6 +53,8 @@ impl Port {
     /// [`Port::expire`] does; each costs O(budget) (plus, once per cycle,
     /// O(interned actions + counter slots)).
     pub fn expire_some(&mut self, now: Time, budget: usize) -> ExpiryProgress {
+        // (Bounded by the port's fragment limits.)
+        self.expire_fragments(now);
         let mut p = ExpiryProgress::default();
         while p.examined < budget {
             let n = self.uft.slot_count() as u32;

@@ -1549,6 +1549,8 @@ fn action_digest(v: &Verdict, t: &Transposition, shape: PortShape) -> u64 {
         Verdict::Drop { reason, layer } => {
             1 | (reason.index() as u64) << 1 | layer.map_or(0, |l| u64::from(l) + 1) << 16
         }
+        // (No flow holds a packet.)
+        Verdict::Held => 2,
     };
     let outer = match &t.outer {
         OuterOp::Ignore => 0,
@@ -2461,6 +2463,9 @@ impl UnifiedFlowTable {
     /// Install `uf` (keyed `key`, whose [`UnifiedFlowTable::hash`] is `hash`) as side `d`
     /// of connection `c`, replacing (and unindexing) any previous flow of
     /// that side. The caller has the key unpacked and hashed already.
+    /// (Inlined: it is most of a new flow's install, and the compiler
+    /// stops inlining it by itself at small changes of its callers.)
+    #[inline(always)]
     pub fn set_side(&mut self, c: u32, d: Direction, mut uf: UnifiedFlow, key: &Ufid, hash: u64) {
         debug_assert_eq!(hash, self.hash(d, key), "caller's hash");
         if self.get(c).is_none() {

@@ -19,7 +19,12 @@
 //! their layer's generation: a flow whose rule (same id, same content) still
 //! decides its origin key is kept — NAT affinity survives unrelated changes.
 
+mod fragments;
 mod related;
+pub(crate) use fragments::FragmentState;
+pub use fragments::{
+    FRAGMENT_TIMEOUT, MAX_DATAGRAMS, MAX_HELD, MAX_HELD_PER_DATAGRAM, ReleasedFragment,
+};
 
 use crate::action::{ActionCx, ActionOutput, ActionRegistry, ActionSpec, MAX_METER_BUCKETS};
 use crate::condition::FieldValues;
@@ -41,7 +46,7 @@ use crate::resource::{
     ActionState, Backend, EventSink, Mapping, PortPool, ResourceEvent, Resources,
 };
 use crate::tcp::{TcpConn, TcpState};
-use crate::trace::{LayerDecision, LayerTrace, Trace};
+use crate::trace::{FragmentHandling, LayerDecision, LayerTrace, Trace};
 use crate::types::{Direction, DropReason, Time, Verdict};
 use crossbeam_channel::Receiver;
 use smallvec::{SmallVec, smallvec};
@@ -112,6 +117,9 @@ pub struct Port {
     /// Connections the port was last sized for ([`Port::reserve`]; kept
     /// in snapshots, and reserved again on restore).
     pub(crate) reserved: usize,
+    /// IP datagrams whose first fragment passed, and later fragments held
+    /// for theirs (see the `fragments` module).
+    pub(crate) fragments: Box<fragments::FragmentTracker>,
 }
 
 /// Result of walking the layers for one UFID.
@@ -212,6 +220,7 @@ impl Port {
             burst: BurstScratch::default(),
             sweep: Default::default(),
             reserved: 0,
+            fragments: Default::default(),
         }
     }
 
@@ -1107,11 +1116,26 @@ impl Port {
     // ----- datapath ---------------------------------------------------------
 
     /// Process one frame in place. On `Forward` the buffer holds the frame to
-    /// send on.
+    /// send on. (A later IP fragment that came before its first is
+    /// [`Verdict::Held`]; see [`Port::drain_released`].)
     pub fn process(&mut self, d: Direction, buf: &mut PacketBuf, now: Time) -> Verdict {
+        let v = self.process_one(d, buf, now);
+        if self.fragments_ready() {
+            self.release_ready(now);
+        }
+        v
+    }
+
+    /// [`Port::process`] without releasing held fragments.
+    fn process_one(&mut self, d: Direction, buf: &mut PacketBuf, now: Time) -> Verdict {
         let mut p = Parsed::EMPTY;
         match parse_into(buf.as_slice(), parse_options(d), &mut p) {
             Ok(()) => {
+                if p.layout.fragment
+                    && let Some(v) = self.fragment(d, buf, &mut p, now)
+                {
+                    return v;
+                }
                 let hash = self.uft.hash(d, &p.ufid);
                 self.process_parsed(d, buf, &p, hash, u32::MAX, &PreClassified::NONE, now)
             }
@@ -1163,6 +1187,13 @@ impl Port {
                 .zip(out.iter_mut())
             {
                 match parse_into(buf.as_slice(), opts, p) {
+                    // A later fragment held (or dropped): not processed.
+                    Ok(())
+                        if p.layout.fragment
+                            && let Some(v) = self.fragment(d, buf, p, now) =>
+                    {
+                        *o = v;
+                    }
                     Ok(()) => {
                         let hash = self.uft.hash(d, &p.ufid);
                         self.uft.prefetch_bucket(hash);
@@ -1206,6 +1237,9 @@ impl Port {
         }
         self.batch = parsed;
         self.burst = burst;
+        if self.fragments_ready() {
+            self.release_ready(now);
+        }
     }
 
     /// Process the frames of `chunk` from `from` on, in order, each with
@@ -1714,7 +1748,7 @@ impl Port {
     /// lookups. Which layers qualify is worked out once per policy
     /// ([`PortPolicy::shape`]): a walk through layers without state pays
     /// a few instructions for it.
-    #[inline]
+    #[inline(always)]
     fn early_hashes(&self, policy: &PortPolicy, d: Direction, ufid: &Ufid) -> EarlyHashes {
         let mut early = EarlyHashes::default();
         let shape = policy.shape();
@@ -2124,8 +2158,11 @@ impl Port {
     }
 
     /// Remove every connection whose time has come (idle TTLs, TIME_WAIT,
-    /// resets), releasing layer flows and SNAT ports. Returns how many.
+    /// resets), releasing layer flows and SNAT ports, and end the
+    /// tracking of IP datagrams and the holding of fragments whose time
+    /// has come. Returns how many connections.
     pub fn expire(&mut self, now: Time) -> usize {
+        self.expire_fragments(now);
         self.flush_counters();
         // Actions no flow uses any more.
         self.flow_actions.retain(|a| Arc::strong_count(a) > 1);
@@ -2310,6 +2347,7 @@ impl Port {
                 verdict: uf.verdict(),
             }),
             related: None,
+            fragment: None,
         }
     }
 
@@ -2320,12 +2358,17 @@ impl Port {
         frame: &[u8],
         now: Time,
     ) -> Result<Trace, strata_packet::ParseError> {
-        let p = parse_with(frame, parse_options(d))?;
+        let mut p = parse_with(frame, parse_options(d))?;
+        let fragment = self.fragment_trace(d, frame, &mut p);
         let mut t = self.trace(d, &p.ufid, now);
         t.related = self.related_error(d, frame, &p, now);
         if t.related.is_some() {
             t.verdict = Verdict::Forward;
         }
+        if fragment.is_some_and(|f| f.handling == FragmentHandling::Held) {
+            t.verdict = Verdict::Held;
+        }
+        t.fragment = fragment;
         Ok(t)
     }
 }
@@ -2381,7 +2424,14 @@ fn forward_flow<const INLINE_USUAL: bool>(
     uf.count(parsed.meta.frame_len, lists, &mut counters.arena);
     let action = &*uf.action;
     match action.verdict {
-        Verdict::Forward => {
+        verdict @ Verdict::Drop { reason, .. } => {
+            counters.dir[d.index()].dropped += 1;
+            counters.drops[reason.index()] += 1;
+            verdict
+        }
+        // Forward (no flow's verdict is `Held`; one test of the
+        // variant on the fast path, as with two).
+        _ => {
             // A connection whose TCP state began with this packet has
             // already tracked it.
             if let Some(t) = tcp.as_mut()
@@ -2414,11 +2464,6 @@ fn forward_flow<const INLINE_USUAL: bool>(
                     }
                 }
             }
-        }
-        verdict @ Verdict::Drop { reason, .. } => {
-            counters.dir[d.index()].dropped += 1;
-            counters.drops[reason.index()] += 1;
-            verdict
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::counters::{CounterName, IcmpErrorCounters, PortCounters};
 use crate::error::ApiError;
 use crate::flow_table::{LayerFlowTable, UnifiedFlowTable};
 use crate::policy::{LayerPolicy, LayerSpec, PortConfig, PortPolicy};
-use crate::port::Port;
+use crate::port::{FragmentState, Port};
 use crate::resource::{EventSink, Resources};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -30,14 +30,17 @@ pub const MAGIC: [u8; 8] = *b"STRATASR";
 /// again before its first packet; 8 since the layer flows waiting for a
 /// key another flow holds are kept (`LayerFlowTable::shadowed`), so a
 /// restored table indexes exactly the flows the saved one did; 9 since
-/// the port's ICMP error counters are kept.
+/// the port's ICMP error counters are kept; 10 since the port's IP
+/// fragment tracking is (the datagrams whose first fragment passed, the
+/// later fragments held for theirs, the fragment counters and drops).
 ///
-/// A build reads its own version and the three before ([`OLDEST_READ`]):
+/// A build reads its own version and the four before ([`OLDEST_READ`]):
 /// a port saved by an earlier release restores across an upgrade (a
 /// version 6 snapshot restores without a reservation; versions 6 and 7
 /// name no waiting flows; versions 6 to 8 restore with ICMP error counters
-/// at zero). Older snapshots are refused with a clear error.
-pub const VERSION: u32 = 9;
+/// at zero, versions 6 to 9 with no fragment tracked and its counters at
+/// zero). Older snapshots are refused with a clear error.
+pub const VERSION: u32 = 10;
 
 /// The oldest format version [`Port::restore`] reads.
 pub const OLDEST_READ: u32 = 6;
@@ -69,15 +72,27 @@ struct LayerState {
     spec_json: String,
 }
 
-/// The port's state in format version 9: version 8's, then the ICMP
-/// error counters (postcard writes a struct's fields in order, so a
-/// version 8 payload is a [`PortState8`], a version 7 one a
-/// [`PortState7`] and a version 6 one a [`PortCore`] alone).
+/// The port's state in format version 10: version 9's, then the
+/// fragment tracking (postcard writes a struct's fields in order, so a
+/// version 9 payload is a [`PortState9`], a version 8 one a
+/// [`PortState8`], a version 7 one a [`PortState7`] and a version 6 one a
+/// [`PortCore`] alone).
 #[derive(Serialize, Deserialize)]
 struct PortState {
     core: PortCore,
     reserved_connections: u64,
     /// `(layer uid, entries)` for the tables with any, ascending.
+    shadowed: Vec<(u32, Vec<u32>)>,
+    icmp_errors: IcmpErrorCounters,
+    fragments: FragmentState,
+}
+
+/// The port's state in format version 9: version 8's, then the ICMP
+/// error counters.
+#[derive(Serialize, Deserialize)]
+struct PortState9 {
+    core: PortCore,
+    reserved_connections: u64,
     shadowed: Vec<(u32, Vec<u32>)>,
     icmp_errors: IcmpErrorCounters,
 }
@@ -106,6 +121,7 @@ struct PortStateRef<'a> {
     reserved_connections: u64,
     shadowed: Vec<(u32, &'a [u32])>,
     icmp_errors: IcmpErrorCounters,
+    fragments: FragmentState,
 }
 
 /// [`PortCore`] borrowed (see [`PortStateRef`]).
@@ -122,7 +138,7 @@ struct PortCoreRef<'a> {
     counters: &'a PortCounters,
 }
 
-/// The port's state in format version 6.
+/// The port's state in format version 6 (the core of every later one).
 #[derive(Serialize, Deserialize)]
 struct PortCore {
     name: String,
@@ -177,6 +193,7 @@ impl Port {
                 .map(|(uid, t)| (*uid, t.shadowed()))
                 .collect(),
             icmp_errors: self.counters.icmp_errors,
+            fragments: self.fragment_state(),
         };
         let err = |e: postcard::Error| ApiError::Snapshot(e.to_string());
         // An [`Envelope`] written in place: its magic, version and
@@ -205,30 +222,33 @@ impl Port {
         // it with the other bad reservations.
         let reserved = |r: u64| usize::try_from(r).unwrap_or(usize::MAX);
         let none = IcmpErrorCounters::default();
-        let (st, reserved, mut shadowed, icmp_errors) = match env.version {
+        let (st, reserved, mut shadowed, icmp_errors, fragments) = match env.version {
             VERSION => {
                 let st: PortState = postcard::from_bytes(env.payload).map_err(bad_payload)?;
                 let r = reserved(st.reserved_connections);
-                (st.core, r, st.shadowed, st.icmp_errors)
+                (st.core, r, st.shadowed, st.icmp_errors, st.fragments)
+            }
+            9 => {
+                let st: PortState9 = postcard::from_bytes(env.payload).map_err(bad_payload)?;
+                let r = reserved(st.reserved_connections);
+                (st.core, r, st.shadowed, st.icmp_errors, Default::default())
             }
             8 => {
                 let st: PortState8 = postcard::from_bytes(env.payload).map_err(bad_payload)?;
-                (
-                    st.core,
-                    reserved(st.reserved_connections),
-                    st.shadowed,
-                    none,
-                )
+                let r = reserved(st.reserved_connections);
+                (st.core, r, st.shadowed, none, Default::default())
             }
             7 => {
                 let st: PortState7 = postcard::from_bytes(env.payload).map_err(bad_payload)?;
-                (st.core, reserved(st.reserved_connections), Vec::new(), none)
+                let r = reserved(st.reserved_connections);
+                (st.core, r, Vec::new(), none, Default::default())
             }
             OLDEST_READ => (
                 postcard::from_bytes::<PortCore>(env.payload).map_err(bad_payload)?,
                 0,
                 Vec::new(),
                 none,
+                Default::default(),
             ),
             v => {
                 return Err(ApiError::Snapshot(format!(
@@ -319,12 +339,15 @@ impl Port {
             burst: Default::default(),
             sweep: Default::default(),
             reserved: 0,
+            fragments: Default::default(),
         };
         port.reintern_actions();
         port.reshare_rules();
         port.refresh_flow_layers();
         port.check_layer_flow_holders()
             .map_err(|e| ApiError::Snapshot(format!("bad layer flows: {e}")))?;
+        port.restore_fragments(fragments)
+            .map_err(|e| ApiError::Snapshot(format!("bad fragment state: {e}")))?;
         // Sized again as it was (every page written now, before traffic).
         if reserved > 0 {
             port.reserve(reserved)

@@ -63,6 +63,38 @@ pub struct Trace {
     /// `related` module).
     #[serde(default)]
     pub related: Option<RelatedError>,
+    /// For an IP fragment (traced as a frame): which datagram and part it
+    /// is, and whether it takes its first fragment's flow (see the port's
+    /// `fragments` module).
+    #[serde(default)]
+    pub fragment: Option<FragmentTrace>,
+}
+
+/// An IP fragment's place, and what the port does with it before its flow
+/// is looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentTrace {
+    /// IP identification.
+    pub id: u32,
+    /// Where its data starts in the datagram's payload, bytes.
+    pub offset: u32,
+    /// More fragments follow.
+    pub more: bool,
+    /// What the port does with it.
+    pub handling: FragmentHandling,
+}
+
+/// What the port does with an IP fragment before its flow is looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FragmentHandling {
+    /// The first fragment: its datagram is tracked from here.
+    First,
+    /// A later fragment: it takes the L4 identity of its datagram's first
+    /// fragment, and that flow (`input` shows the key it is looked up by).
+    Follows,
+    /// A later fragment whose first fragment has not passed: held for it.
+    Held,
 }
 
 /// The connection an ICMP error is about, and how it is relayed.
@@ -110,6 +142,25 @@ impl fmt::Display for Trace {
         match self.verdict {
             Verdict::Forward => writeln!(f, "  verdict: forward")?,
             Verdict::Drop { reason, .. } => writeln!(f, "  verdict: drop ({reason})")?,
+            Verdict::Held => writeln!(f, "  verdict: held for its datagram's first fragment")?,
+        }
+        if let Some(fr) = &self.fragment {
+            let what = match fr.handling {
+                FragmentHandling::First => "the first: its datagram is tracked from here",
+                FragmentHandling::Follows => "a later one: takes its first fragment's flow",
+                FragmentHandling::Held => "a later one: held for its first fragment",
+            };
+            writeln!(
+                f,
+                "  IP fragment id {} at offset {}{}, {what}",
+                fr.id,
+                fr.offset,
+                if fr.more {
+                    " (more follow)"
+                } else {
+                    " (the last)"
+                }
+            )?;
         }
         if let Some(r) = &self.related {
             writeln!(

@@ -75,10 +75,19 @@ pub enum DropReason {
     ActionRefused,
     /// The transposition could not be applied to the bytes.
     EmitFailed,
+    /// A later IP fragment held for its datagram's first fragment, which
+    /// did not come in time.
+    FragmentTimeout,
+    /// A later IP fragment that came before its datagram's first fragment
+    /// and could not be held (the port's or the datagram's share full).
+    FragmentOverflow,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
+    /// The reasons snapshots before format version 10 counted (the first
+    /// ones, in order).
+    pub const COUNT_V9: usize = 8;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
         DropReason::RuleBlock,
@@ -88,6 +97,8 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::ActionRefused,
         DropReason::EmitFailed,
+        DropReason::FragmentTimeout,
+        DropReason::FragmentOverflow,
     ];
 
     pub fn index(self) -> usize {
@@ -104,6 +115,8 @@ impl DropReason {
             DropReason::NoBackend => "no-backend",
             DropReason::ActionRefused => "action-refused",
             DropReason::EmitFailed => "emit-failed",
+            DropReason::FragmentTimeout => "fragment-timeout",
+            DropReason::FragmentOverflow => "fragment-overflow",
         }
     }
 }
@@ -119,6 +132,11 @@ impl std::fmt::Display for DropReason {
 pub enum Verdict {
     /// Forward the (transformed) packet onward in its direction.
     Forward,
+    /// A later IP fragment that came before its datagram's first: the port
+    /// keeps a copy, and hands it on processed when the first fragment
+    /// has passed ([`crate::Port::drain_released`]), or drops it, counted,
+    /// if that does not come in time.
+    Held,
     /// Dropped; `layer` is the index of the deciding layer when there is one.
     Drop {
         reason: DropReason,
@@ -133,7 +151,7 @@ impl Verdict {
 
     pub fn drop_reason(&self) -> Option<DropReason> {
         match self {
-            Verdict::Forward => None,
+            Verdict::Forward | Verdict::Held => None,
             Verdict::Drop { reason, .. } => Some(*reason),
         }
     }

@@ -10,7 +10,7 @@
 mod common;
 use common::*;
 use strata_engine::snapshot::{Envelope, OLDEST_READ, VERSION};
-use strata_engine::{ActionRegistry, Direction, Port, secs};
+use strata_engine::{ActionRegistry, Direction, DropReason, Port, secs};
 
 const V6: &[u8] = include_bytes!("data/four-layer-v6.snap");
 
@@ -83,6 +83,27 @@ fn a_port_saved_before_the_icmp_error_counters_restores_and_forwards_alike() {
     assert_eq!(env.version, 8);
     let old = Port::restore(bytes, ActionRegistry::default()).expect("restores");
     assert_eq!(old.icmp_error_counters(), Default::default());
+    let (now, frames) = snapshot_scenario_with_inbound();
+    assert_eq!(old.connection_count(), 48);
+    forwards_alike(old, now, &frames);
+}
+
+/// Version 9 as written by its last build (`tests/data/four-layer-v9-inbound.snap`,
+/// commit 7fa6927, `INBOUND=1`), before IP fragment tracking was kept: it
+/// restores with no datagram tracked, nothing held and the fragment
+/// counters at zero, and forwards as the same port made in this build
+/// does.
+#[test]
+fn a_port_saved_before_fragment_tracking_restores_and_forwards_alike() {
+    let bytes = include_bytes!("data/four-layer-v9-inbound.snap");
+    let env: Envelope = postcard::from_bytes(bytes).expect("envelope");
+    assert_eq!(env.version, 9);
+    let old = Port::restore(bytes, ActionRegistry::default()).expect("restores");
+    assert_eq!(old.fragment_counters(), Default::default());
+    assert_eq!(old.held_fragments(), 0);
+    for r in DropReason::ALL {
+        assert_eq!(old.drops(r), 0, "{r}");
+    }
     let (now, frames) = snapshot_scenario_with_inbound();
     assert_eq!(old.connection_count(), 48);
     forwards_alike(old, now, &frames);
@@ -184,13 +205,15 @@ fn a_reservation_beyond_the_limit_is_refused_on_restore() {
     let mut env: Envelope = postcard::from_bytes(&bytes).expect("envelope");
     // The payload ends with the reservation, a varint (0 is one zero
     // byte), then the list of shadowed layer flows (empty: its length, 0),
-    // then the three ICMP error counters (each 0).
-    for _ in 0..5 {
+    // then the three ICMP error counters (each 0), then the fragment
+    // tracking: its nine counters, no datagram, nothing held (each 0).
+    const AFTER: usize = 1 + 3 + 9 + 2;
+    for _ in 0..=AFTER {
         assert_eq!(env.payload.pop(), Some(0));
     }
     env.payload
         .extend(postcard::to_allocvec(&1_000_000_000u64).expect("varint"));
-    env.payload.extend([0, 0, 0, 0]);
+    env.payload.extend([0; AFTER]);
     let forged = postcard::to_allocvec(&env).expect("envelope");
     match Port::restore(&forged, ActionRegistry::default()) {
         Err(strata_engine::ApiError::Snapshot(m)) => {

@@ -543,7 +543,13 @@ fn rewrite_l3_l4(
             }
         }
         L4Kind::Udp => {
-            let mut p = udp::Packet::new_checked(seg).map_err(|_| MISMATCH)?;
+            // A first fragment's length field is the whole datagram's.
+            let p = if lay.fragment {
+                udp::Packet::new_checked_first_fragment(seg)
+            } else {
+                udp::Packet::new_checked(seg)
+            };
+            let mut p = p.map_err(|_| MISMATCH)?;
             let mut d = pseudo;
             rewrite_ports(&mut p, ports, &mut d);
             // 0 means "no checksum" (optional over IPv4; over IPv6 only for

@@ -10,6 +10,8 @@
 //!   composition and inversion.
 //! - [`emit`]: apply one transposition to a frame in place, using headroom for
 //!   pushed headers, with incremental checksum updates.
+//! - [`fragment`]: which datagram an IP fragment belongs to and which
+//!   part of it it carries.
 //! - [`icmp_error`]: the packet an ICMP error quotes, read and rewritten in
 //!   place (so a NAT's errors reach the connection they are about).
 //! - [`checksum`]: the Internet checksum (RFC 1071), pseudo-header sums and
@@ -21,6 +23,7 @@
 pub mod checksum;
 pub mod emit;
 pub mod flow;
+pub mod fragment;
 pub mod icmp_error;
 pub mod packed;
 pub mod parse;

@@ -763,10 +763,17 @@ fn fill(frame: &[u8], l2: &L2, l3: Option<&L3>, p: &mut Parsed) -> Result<(), Pa
             lay.l4_hdr_len = o32(t.header_len());
         }
         ipproto::UDP => {
-            let u = udp::Packet::new_checked(seg).map_err(err(Header::Udp))?;
+            // A first fragment's length field is the whole datagram's.
+            let (u, here) = if ip.fragment {
+                let u = udp::Packet::new_checked_first_fragment(seg);
+                (u.map_err(err(Header::Udp))?, seg.len())
+            } else {
+                let u = udp::Packet::new_checked(seg).map_err(err(Header::Udp))?;
+                (u, u.len())
+            };
             key.src_port = u.src_port();
             key.dst_port = u.dst_port();
-            p.meta.l4_payload_len = o32(u.len() - udp::HEADER_LEN);
+            p.meta.l4_payload_len = o32(here - udp::HEADER_LEN);
             lay.l4_kind = L4Kind::Udp;
             lay.l4_hdr_len = o32(udp::HEADER_LEN);
         }

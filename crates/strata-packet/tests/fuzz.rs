@@ -168,6 +168,12 @@ fn regenerate_corpus() {
     let mut f = geneve_v4(9, &[], &tcp);
     f[44..46].copy_from_slice(&[0x86, 0xdd]);
     cases.push(("geneve-non-ethernet-payload.bin", f));
+    // A first fragment: its UDP length names the whole datagram.
+    cases.push(("udp-v4-first-fragment.bin", udp_v4_first_fragment()));
+    let mut f = udp_v4_first_fragment();
+    f[38..40].copy_from_slice(&4u16.to_be_bytes());
+    cases.push(("udp-v4-first-fragment-bad-length.bin", f));
+    cases.push(("udp-v6-later-fragment.bin", udp_v6_fragment(3, false)));
     let mut f = nvgre_v4(5, 0, &[]);
     f.truncate(40);
     f[16..18].copy_from_slice(&26u16.to_be_bytes());

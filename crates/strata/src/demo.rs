@@ -13,7 +13,12 @@
 //! - VM ↔ VNET peers, UDP request/response, and pings from peers;
 //! - traffic that must be dropped: outbound SMTP, unsolicited inbound TCP
 //!   to closed ports, a VM packet to an unmapped CA (the mapping-miss event
-//!   is read from the port's event channel), and malformed frames.
+//!   is read from the port's event channel), and malformed frames;
+//! - a DNS server's "port unreachable" about the VM's query, relayed to
+//!   the VM with its quote translated back, and an error about no
+//!   connection, blocked;
+//! - a large DNS answer in three IP fragments arriving last first: held
+//!   until the first passes, then all three reach the VM un-NAT'd.
 //!
 //! Connections run concurrently on a synthetic clock (per-connection
 //! RTTs, the VM answering in tens of microseconds), a few data segments
@@ -222,6 +227,9 @@ struct Sim<'p> {
     expected_retransmits: u64,
     /// Events read from the port's event channel.
     events: Vec<String>,
+    /// Frames the port forwarded on releasing held IP fragments, since
+    /// they were last taken.
+    released: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -236,6 +244,8 @@ enum Expect {
     /// Forward, with the output checked by the closure.
     Forward,
     Drop(DropReason),
+    /// Held: a later IP fragment before its first.
+    Held,
 }
 
 impl<'p> Sim<'p> {
@@ -258,6 +268,12 @@ impl<'p> Sim<'p> {
         if let Some(rec) = self.record.as_mut() {
             rec.push((self.now, d, frame));
         }
+        for q in &p.released {
+            match &q.output {
+                Some(o) => self.released.push(o.clone()),
+                None => self.fail(format!("{what}: a fragment it released: {:?}", q.verdict)),
+            }
+        }
         let c = self.r.port.connection_count();
         if c > self.peak.connections {
             let port = &*self.r.port;
@@ -277,6 +293,11 @@ impl<'p> Sim<'p> {
         match (expect, p.verdict) {
             (Expect::Forward, Verdict::Forward) => p.output,
             (Expect::Drop(want), Verdict::Drop { reason, .. }) if want == reason => None,
+            (Expect::Held, Verdict::Held) => None,
+            (Expect::Held, v) => {
+                self.fail(format!("{what}: expected held, got {v:?}"));
+                None
+            }
             (Expect::Forward, v) => {
                 self.fail(format!("{what}: expected forward, got {v:?}"));
                 None
@@ -734,6 +755,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         peak: Peak::default(),
         expected_retransmits: 0,
         events: Vec::new(),
+        released: Vec::new(),
     };
 
     // Connections start over a window of ~200 µs per connection (1 s per
@@ -769,6 +791,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
             sim.now = extras_at;
             send_blocked(&mut sim, &mut drain, out)?;
             send_icmp_errors(&mut sim);
+            send_fragments(&mut sim);
             extras_done = true;
         }
         sim.now = sim.now.max(t);
@@ -828,6 +851,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
     if !extras_done {
         send_blocked(&mut sim, &mut drain, out)?;
         send_icmp_errors(&mut sim);
+        send_fragments(&mut sim);
     }
     let end = sim.now;
     let Sim {
@@ -907,6 +931,14 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         "  {} relayed to their connection (quote translated back), {} about no connection \
          (left to the policy), {} unreadable",
         ie.relayed, ie.unrelated, ie.unreadable
+    )?;
+    let fc = port.fragment_counters();
+    writeln!(out, "\n== IP fragments")?;
+    writeln!(
+        out,
+        "  {} datagrams tracked from their first fragment, {} completed; {} later fragments \
+         followed their first, {} held for it and {} released; {} timed out, {} overflowed",
+        fc.first, fc.completed, fc.followed, fc.held, fc.released, fc.timed_out, fc.overflow
     )?;
     writeln!(out, "\n== layers (VM side first)")?;
     for l in port.layer_ids() {
@@ -1305,6 +1337,70 @@ fn send_blocked(
         sim.now += 1_000;
     }
     Ok(())
+}
+
+/// A large DNS answer to the VM, split by a router into three IPv4
+/// fragments that arrive last first: the two later ones are held, the
+/// first passes the SNAT and ACL as the query's answer and releases them,
+/// and all three reach the VM un-NAT'd, reassembling (here, with
+/// etherparse) into the answer with its UDP checksum intact.
+fn send_fragments(sim: &mut Sim<'_>) {
+    let vm = SocketAddrV4::new(VM_CA, 61_054);
+    let server = SocketAddrV4::new(Ipv4Addr::new(198, 18, 53, 53), 53);
+    let query = frames::udp(VM_MAC, VM_GW_MAC, vm, server, b"a query for a large record");
+    let Some(sent) = sim.send(Direction::Out, query, Expect::Forward, "DNS query (EDNS)") else {
+        return;
+    };
+    let Ok(q) = frames::summarize(&sent) else {
+        sim.fail("DNS query (EDNS): output does not parse".into());
+        return;
+    };
+    let Some(IpAddr::V4(nat_ip)) = q.src_ip else {
+        sim.fail("DNS query (EDNS): no IPv4 source".into());
+        return;
+    };
+    let mut answer = Vec::new();
+    let record: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let _ = etherparse::PacketBuilder::ethernet2(GW_MAC.0, HOST_MAC.0)
+        .ipv4(server.ip().octets(), nat_ip.octets(), 60)
+        .udp(server.port(), q.src_port)
+        .write(&mut answer, &record);
+    let Some(frags) = frames::fragment_v4(&answer, 1480, 0x5eed) else {
+        sim.fail("DNS answer: not fragmented".into());
+        return;
+    };
+    sim.released.clear();
+    let mut outs = Vec::new();
+    for (i, f) in frags.iter().enumerate().rev() {
+        sim.now += 1_000;
+        let what = format!("DNS answer fragment {i} of {}", frags.len());
+        let expect = if i == 0 {
+            Expect::Forward
+        } else {
+            Expect::Held
+        };
+        if let Some(o) = sim.send(Direction::In, f.clone(), expect, &what) {
+            outs.push(o);
+        }
+    }
+    outs.append(&mut sim.released);
+    let what = "the reassembled DNS answer";
+    match frames::reassemble_v4(&outs) {
+        Ok(whole) => {
+            sim.check(what, &whole, |s| {
+                (s.dst_ip != Some(IpAddr::V4(VM_CA))
+                    || s.dst_port != vm.port()
+                    || s.payload_len != record.len())
+                .then(|| {
+                    format!(
+                        "to {:?}:{} with {} bytes",
+                        s.dst_ip, s.dst_port, s.payload_len
+                    )
+                })
+            });
+        }
+        Err(e) => sim.fail(format!("{what}: {e}")),
+    }
 }
 
 /// ICMP errors about the VM's traffic: a DNS server's "port unreachable"

@@ -354,3 +354,75 @@ pub fn from_hex(s: &str) -> Result<Vec<u8>, String> {
         })
         .collect()
 }
+
+/// The IPv4 datagram of `frame` split into fragments of at most `size`
+/// payload bytes (rounded down to a multiple of 8), identification `id`,
+/// as a router before a smaller MTU splits it; `None` if `frame` is not
+/// an untagged IPv4 frame.
+pub fn fragment_v4(frame: &[u8], size: usize, id: u16) -> Option<Vec<Vec<u8>>> {
+    let size = (size / 8 * 8).max(8);
+    let (eth, ip) = (frame.get(..14)?, frame.get(14..)?);
+    let (h, rest) = Ipv4Header::from_slice(ip).ok()?;
+    let payload = rest.get(..usize::from(h.total_len).checked_sub(h.header_len())?)?;
+    let mut out = Vec::new();
+    for (i, part) in payload.chunks(size).enumerate() {
+        let mut f = h.clone();
+        f.identification = id;
+        f.dont_fragment = false;
+        f.more_fragments = (i + 1) * size < payload.len();
+        f.fragment_offset =
+            etherparse::IpFragOffset::try_new(u16::try_from(i * size / 8).ok()?).ok()?;
+        f.set_payload_len(part.len()).ok()?;
+        f.header_checksum = f.calc_header_checksum();
+        let mut v = eth.to_vec();
+        f.write(&mut v).ok()?;
+        v.extend_from_slice(part);
+        out.push(v);
+    }
+    Some(out)
+}
+
+/// The fragments of one IPv4 datagram (untagged frames, any order) put
+/// back together into one frame, with the first fragment's Ethernet and
+/// IP headers; an error names what is off (a header checksum, a gap or
+/// overlap, no first or last fragment).
+pub fn reassemble_v4(frags: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+    let mut parts = Vec::new();
+    let mut head = None;
+    let mut last = false;
+    for f in frags {
+        let (h, rest) =
+            Ipv4Header::from_slice(f.get(14..).unwrap_or_default()).map_err(|e| e.to_string())?;
+        if h.header_checksum != h.calc_header_checksum() {
+            return Err("a fragment's IPv4 header checksum is wrong".into());
+        }
+        let data = rest
+            .get(..usize::from(h.total_len).saturating_sub(h.header_len()))
+            .ok_or("a fragment shorter than its header says")?;
+        let offset = usize::from(h.fragment_offset.value()) * 8;
+        if offset == 0 {
+            head = Some((f.get(..14).unwrap_or_default().to_vec(), h.clone()));
+        }
+        last |= !h.more_fragments;
+        parts.push((offset, data));
+    }
+    let (mut out, mut h) = head.ok_or("no first fragment")?;
+    if !last {
+        return Err("no last fragment".into());
+    }
+    parts.sort_by_key(|(o, _)| *o);
+    let mut payload = Vec::new();
+    for (o, d) in parts {
+        if o != payload.len() {
+            return Err(format!("a gap or overlap at byte {o}"));
+        }
+        payload.extend_from_slice(d);
+    }
+    h.more_fragments = false;
+    h.set_payload_len(payload.len())
+        .map_err(|e| e.to_string())?;
+    h.header_checksum = h.calc_header_checksum();
+    h.write(&mut out).map_err(|e| e.to_string())?;
+    out.extend_from_slice(&payload);
+    Ok(out)
+}

@@ -8,8 +8,13 @@
 //! the frame was processed (so it shows what decided, not the flow the
 //! frame then created); for an ICMP error about one of the port's
 //! connections, that connection and the translation the error was relayed
-//! with (`related`). Every `expire_interval_ns` of capture time the
-//! port's expiry runs, as a switch's housekeeping would.
+//! with (`related`). A later IP fragment that came before its datagram's
+//! first is `held`; when the first has passed it is processed, written to
+//! the output after the first, and logged again under its own index with
+//! `released_by` naming the frame that released it. Every
+//! `expire_interval_ns` of capture time the port's expiry runs, as a
+//! switch's housekeeping would (held fragments whose first never came are
+//! dropped then, counted as `fragment-timeout`).
 //!
 //! The direction of a frame is the forced one (`--direction`), else the
 //! pcapng interface's ([`crate::capture`]), else `out`.
@@ -149,15 +154,18 @@ pub struct VerdictLine {
     pub index: u64,
     pub ts_ns: u64,
     pub direction: String,
-    /// `forward` or `drop`.
+    /// `forward`, `drop` or `held` (a later IP fragment waiting for its
+    /// datagram's first).
     pub verdict: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<String>,
     /// The layer that decided a drop, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_layer: Option<String>,
-    /// `fast` (unified flow hit), `slow` (layers walked) or `none`
-    /// (malformed: never reached the flow table).
+    /// `fast` (unified flow hit), `slow` (layers walked), `none`
+    /// (malformed, or held: never reached the flow table), or `released`
+    /// (a held fragment processed after its first; the summary counts it
+    /// on the path the port took).
     pub path: String,
     pub len_in: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +184,11 @@ pub struct VerdictLine {
     /// `layers`, which show what the policy would make of it alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub related: Option<String>,
+    /// For a held IP fragment processed once its first fragment passed:
+    /// the index of the frame that released it (this line's `index` is
+    /// the held frame's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<u64>,
     #[serde(default)]
     pub layers: Vec<LayerLine>,
 }
@@ -234,6 +247,9 @@ pub struct DirTotals {
     pub packets: u64,
     pub forwarded: u64,
     pub dropped: u64,
+    /// Later IP fragments held for their first (each is also counted as
+    /// forwarded or dropped once that is decided).
+    pub held: u64,
     pub fast_path: u64,
     pub slow_path: u64,
 }
@@ -248,20 +264,25 @@ pub struct ReplaySummary {
     pub malformed: BTreeMap<String, u64>,
     pub expired_connections: u64,
     pub connections_at_end: usize,
+    /// Fragments still held for their first at the end.
+    pub held_at_end: usize,
 }
 
 impl fmt::Display for ReplaySummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        let dropped: u64 = self.dir.iter().map(|t| t.dropped).sum();
+        write!(
             f,
-            "packets in: {}, forwarded (out): {}, dropped: {}",
-            self.packets_in,
-            self.packets_out,
-            self.packets_in - self.packets_out
+            "packets in: {}, forwarded (out): {}, dropped: {dropped}",
+            self.packets_in, self.packets_out,
         )?;
+        if self.held_at_end > 0 {
+            write!(f, ", held at end: {}", self.held_at_end)?;
+        }
+        writeln!(f)?;
         for d in [Direction::Out, Direction::In] {
             let t = &self.dir[d.index()];
-            writeln!(
+            write!(
                 f,
                 "  {:<3} packets {:>8}  forwarded {:>8}  dropped {:>8}  fast {:>8}  slow {:>8}",
                 d.name(),
@@ -271,6 +292,10 @@ impl fmt::Display for ReplaySummary {
                 t.fast_path,
                 t.slow_path
             )?;
+            if t.held > 0 {
+                write!(f, "  held {:>8}", t.held)?;
+            }
+            writeln!(f)?;
         }
         if !self.drops.is_empty() {
             writeln!(f, "drops by reason:")?;
@@ -295,11 +320,15 @@ impl fmt::Display for ReplaySummary {
 /// The outcome of one frame.
 #[derive(Clone, Debug)]
 pub struct Processed {
+    pub direction: Direction,
     pub verdict: Verdict,
     pub fast: bool,
     /// The transformed frame when forwarded.
     pub output: Option<Vec<u8>>,
     pub line: Option<VerdictLine>,
+    /// Held fragments this frame released (it was their datagram's first
+    /// fragment), processed after it, with their own indexes.
+    pub released: Vec<Processed>,
 }
 
 /// Runs frames through a port one by one, with tracing and housekeeping.
@@ -311,6 +340,9 @@ pub struct Replayer<'p> {
     pub expire_interval_ns: Option<u64>,
     last_expire: Option<u64>,
     index: u64,
+    /// Held fragments by hold number ([`ReleasedFragment::hold`]): their
+    /// index and input length.
+    held: BTreeMap<u64, (u64, usize)>,
     pub summary: ReplaySummary,
 }
 
@@ -323,6 +355,7 @@ impl<'p> Replayer<'p> {
             expire_interval_ns,
             last_expire: None,
             index: 0,
+            held: BTreeMap::new(),
             summary: ReplaySummary::default(),
         }
     }
@@ -333,7 +366,7 @@ impl<'p> Replayer<'p> {
             match self.last_expire {
                 None => self.last_expire = Some(now),
                 Some(t) if now >= t.saturating_add(iv) => {
-                    self.summary.expired_connections += self.port.expire(now) as u64;
+                    self.expire(now);
                     self.last_expire = Some(now);
                 }
                 _ => {}
@@ -345,19 +378,32 @@ impl<'p> Replayer<'p> {
             None
         };
         // Fast or slow path: does the unified flow table hold the frame's
-        // key already? (Parsed as the port parses this direction; reading
-        // the port's counters per packet would cost O(flows).)
-        let pre = parse_with(frame, parse_options(d));
+        // key already? (The key the port looks it up by; reading the
+        // port's counters per packet would cost O(flows).)
+        let pre = self.port.lookup_key(d, frame);
         let (fast, slow, pre_error) = match &pre {
-            Ok(p) => {
-                let hit = self.port.connection(d, &p.ufid).is_some();
+            Ok(key) => {
+                let hit = self.port.connection(d, key).is_some();
                 (hit, !hit, None)
             }
             Err(e) => (false, false, Some(e.reason())),
         };
         self.buf.reset(frame);
+        let paths = |p: &Port| {
+            [Direction::Out, Direction::In].map(|d| {
+                let c = p.direction_counters(d);
+                (c.fast_path, c.slow_path)
+            })
+        };
+        let before = paths(self.port);
         let verdict = self.port.process(d, &mut self.buf, now);
         let output = verdict.is_forward().then(|| self.buf.as_slice().to_vec());
+        // A held fragment has not reached the flow table yet.
+        let (fast, slow) = if verdict == Verdict::Held {
+            (false, false)
+        } else {
+            (fast, slow)
+        };
 
         let s = &mut self.summary;
         s.packets_in += 1;
@@ -365,15 +411,22 @@ impl<'p> Replayer<'p> {
         t.packets += 1;
         t.fast_path += u64::from(fast);
         t.slow_path += u64::from(slow);
-        match verdict {
-            Verdict::Forward => {
-                t.forwarded += 1;
-                s.packets_out += 1;
+        count_verdict(s, d, verdict);
+        if self.port.released_fragments() > 0 {
+            // The fragments this frame released took the paths the port
+            // counted beyond this frame's own.
+            let after = paths(self.port);
+            for e in [Direction::Out, Direction::In] {
+                let own = if e == d { (fast, slow) } else { (false, false) };
+                let t = &mut s.dir[e.index()];
+                let (b, a) = (before[e.index()], after[e.index()]);
+                t.fast_path += (a.0 - b.0).saturating_sub(u64::from(own.0));
+                t.slow_path += (a.1 - b.1).saturating_sub(u64::from(own.1));
             }
-            Verdict::Drop { reason, .. } => {
-                t.dropped += 1;
-                *s.drops.entry(reason.name().to_string()).or_insert(0) += 1;
-            }
+        }
+        if verdict == Verdict::Held {
+            let hold = self.port.fragment_counters().held;
+            self.held.insert(hold, (self.index, frame.len()));
         }
         let mut parse_error = None;
         if verdict.drop_reason() == Some(DropReason::Malformed) {
@@ -394,12 +447,7 @@ impl<'p> Replayer<'p> {
                 index: self.index,
                 ts_ns: now,
                 direction: d.name().to_string(),
-                verdict: if verdict.is_forward() {
-                    "forward"
-                } else {
-                    "drop"
-                }
-                .into(),
+                verdict: verdict_name(verdict).into(),
                 drop_reason: verdict.drop_reason().map(|r| r.name().to_string()),
                 drop_layer,
                 path: if fast {
@@ -423,22 +471,120 @@ impl<'p> Replayer<'p> {
                     None => tr.as_ref().map(|t| t.transposition.clone()),
                 },
                 related: related.map(|r| describe_ufid(&r.answer)),
+                released_by: None,
                 layers: tr.as_ref().map(layer_lines).unwrap_or_default(),
             }
         });
+        let released = self.drain_released(now);
         self.index += 1;
         Processed {
+            direction: d,
             verdict,
             fast,
             output,
             line,
+            released,
+        }
+    }
+
+    /// The held fragments the frame just processed released, counted and
+    /// logged.
+    fn drain_released(&mut self, now: u64) -> Vec<Processed> {
+        let mut out = Vec::new();
+        let (log, by) = (self.log, self.index);
+        let held = &mut self.held;
+        let summary = &mut self.summary;
+        self.port.drain_released(|r| {
+            let (index, len_in) = held.remove(&r.hold).unwrap_or((by, 0));
+            count_verdict(summary, r.direction, r.verdict);
+            let output = r.verdict.is_forward().then(|| r.frame.as_slice().to_vec());
+            let line = log.then(|| VerdictLine {
+                index,
+                ts_ns: now,
+                direction: r.direction.name().to_string(),
+                verdict: verdict_name(r.verdict).into(),
+                drop_reason: r.verdict.drop_reason().map(|x| x.name().to_string()),
+                drop_layer: None,
+                path: "released".into(),
+                len_in,
+                len_out: output.as_ref().map(Vec::len),
+                parse_error: None,
+                flow: None,
+                output_flow: output.as_ref().and_then(|o| {
+                    let d = r.direction;
+                    parse_with(o, parse_options(d))
+                        .ok()
+                        .map(|p| describe_ufid(&p.ufid))
+                }),
+                transposition: None,
+                related: None,
+                released_by: Some(by),
+                layers: Vec::new(),
+            });
+            out.push(Processed {
+                direction: r.direction,
+                verdict: r.verdict,
+                fast: false,
+                output,
+                line,
+                released: Vec::new(),
+            });
+        });
+        out
+    }
+
+    /// The port's expiry, with the held fragments it drops counted.
+    fn expire(&mut self, now: u64) {
+        let dropped = |p: &Port| {
+            let c = p.counters();
+            [Direction::Out, Direction::In].map(|d| c.direction(d).dropped)
+        };
+        let before = dropped(self.port);
+        self.summary.expired_connections += self.port.expire(now) as u64;
+        let after = dropped(self.port);
+        for d in [Direction::Out, Direction::In] {
+            let n = after[d.index()] - before[d.index()];
+            if n > 0 {
+                self.summary.dir[d.index()].dropped += n;
+                *self
+                    .summary
+                    .drops
+                    .entry(DropReason::FragmentTimeout.name().to_string())
+                    .or_insert(0) += n;
+            }
         }
     }
 
     /// Close the summary.
     pub fn finish(mut self) -> ReplaySummary {
         self.summary.connections_at_end = self.port.connection_count();
+        self.summary.held_at_end = self.port.held_fragments();
         self.summary
+    }
+}
+
+/// Count a frame's verdict in the summary.
+fn count_verdict(s: &mut ReplaySummary, d: Direction, verdict: Verdict) {
+    let t = &mut s.dir[d.index()];
+    match verdict {
+        Verdict::Forward => {
+            t.forwarded += 1;
+            s.packets_out += 1;
+        }
+        Verdict::Drop { reason, .. } => {
+            t.dropped += 1;
+            *s.drops.entry(reason.name().to_string()).or_insert(0) += 1;
+        }
+        Verdict::Held => t.held += 1,
+    }
+}
+
+/// A verdict as the log names it.
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Forward => "forward",
+        Verdict::Drop { .. } => "drop",
+        Verdict::Held => "held",
     }
 }
 
@@ -467,17 +613,20 @@ pub fn replay(port: &mut Port, opts: &ReplayOptions) -> Result<ReplaySummary, Re
             direction,
         } = frame?;
         let d = opts.direction.or(direction).unwrap_or(Direction::Out);
-        let p = r.process(d, &data, ts_ns);
-        if let (Some(w), Some(bytes)) = (out.as_mut(), p.output.as_ref()) {
-            w.write(ts_ns, bytes, d)?;
-        }
-        if let (Some((path, w)), Some(line)) = (log.as_mut(), p.line.as_ref()) {
-            let io = |source| ReplayError::Io {
-                path: path.clone(),
-                source,
-            };
-            serde_json::to_writer(&mut *w, line).map_err(|e| io(std::io::Error::other(e)))?;
-            w.write_all(b"\n").map_err(io)?;
+        let mut p = r.process(d, &data, ts_ns);
+        let released = std::mem::take(&mut p.released);
+        for p in std::iter::once(p).chain(released) {
+            if let (Some(w), Some(bytes)) = (out.as_mut(), p.output.as_ref()) {
+                w.write(ts_ns, bytes, p.direction)?;
+            }
+            if let (Some((path, w)), Some(line)) = (log.as_mut(), p.line.as_ref()) {
+                let io = |source| ReplayError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                serde_json::to_writer(&mut *w, line).map_err(|e| io(std::io::Error::other(e)))?;
+                w.write_all(b"\n").map_err(io)?;
+            }
         }
     }
     if let Some(w) = out {

@@ -38,6 +38,8 @@ fn demo_passes_its_invariants() {
         "trace in [Vxlan vni 5001 192.168.255.1 -> 192.168.0.10]",
         "[slb] group slb-in rule vip-web (stateful) -> dst_ip=10.1.0.4, dst_port=8080",
         "1 relayed to their connection (quote translated back), 1 about no connection",
+        "1 datagrams tracked from their first fragment, 1 completed; 2 later fragments \
+         followed their first, 2 held for it and 2 released; 0 timed out, 0 overflowed",
         "all checks passed",
     ] {
         assert!(text.contains(section), "missing {section:?} in\n{text}");
@@ -92,6 +94,15 @@ fn demo_capture_replays_identically() {
     }
     assert_eq!(s.malformed, c.malformed);
     let log = std::fs::read_to_string(dir.join("verdicts.jsonl")).expect("log");
-    assert_eq!(log.lines().count() as u64, r.packets);
+    // A line per frame, and one more per held fragment when released.
+    let held: u64 = s.dir.iter().map(|t| t.held).sum();
+    assert_eq!(held, 2, "the DNS answer's two later fragments");
+    assert_eq!(s.held_at_end, 0);
+    assert_eq!(log.lines().count() as u64, r.packets + held);
+    let released = log
+        .lines()
+        .filter(|l| l.contains("\"path\":\"released\""))
+        .count();
+    assert_eq!(released as u64, held);
     let _ = std::fs::remove_dir_all(&dir);
 }

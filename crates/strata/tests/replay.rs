@@ -148,6 +148,7 @@ fn addresses(frame: &[u8]) -> (Option<Ipv4Addr>, Ipv4Addr, u16) {
             )
         }
         Some(TransportSlice::Tcp(t)) => (None, ip.header().source_addr(), t.source_port()),
+        Some(TransportSlice::Udp(u)) => (None, ip.header().source_addr(), u.source_port()),
         _ => panic!("unexpected transport"),
     }
 }
@@ -505,4 +506,116 @@ fn an_icmp_error_about_a_connection_is_logged_as_related() {
         (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(10, 1, 0, 4)),
         "from the router's own address, to the VM"
     );
+}
+
+/// A large DNS answer in three IP fragments, captured last first, after
+/// the VM's query: the log shows the last one held and, on the first
+/// fragment's line, the frames it released (logged under their own index,
+/// `released_by` the first's); the output capture has every fragment
+/// un-NAT'd, the released one after the first. A fragment of a datagram
+/// whose first never comes is held and then dropped by the replay's
+/// expiry as `fragment-timeout`.
+#[test]
+fn fragments_held_for_their_first_are_released_into_the_output() {
+    let dir = tmp("fragments");
+    let input = dir.join("in.pcapng");
+    let vm = ([10, 1, 0, 4], 53_000);
+    let query = |port: &mut strata_engine::Port| {
+        let mut q = Vec::new();
+        PacketBuilder::ethernet2(VM_MAC, GW_VM)
+            .ipv4(vm.0, [93, 184, 216, 34], 64)
+            .udp(vm.1, 53)
+            .write(&mut q, b"query")
+            .expect("build");
+        let mut r = replay::Replayer::new(port, false, None);
+        (q.clone(), r.process(Direction::Out, &q, 1_000).output)
+    };
+    // The SNAT port the query gets (the same on a port made alike).
+    let mut probe = strata::policy_file::load_port(&policy()).expect("policy");
+    let (q, sent) = query(&mut probe);
+    let sent = sent.expect("the query is forwarded");
+    let (_, nat_ip, nat_port) = addresses(&sent);
+    let mut answer = Vec::new();
+    PacketBuilder::ethernet2(GW_MAC, HOST_MAC)
+        .ipv4([93, 184, 216, 34], nat_ip.octets(), 60)
+        .udp(53, nat_port)
+        .write(&mut answer, &[0x61; 2000])
+        .expect("build");
+    let frags = strata::frames::fragment_v4(&answer, 800, 0x4242).expect("fragments");
+    assert_eq!(frags.len(), 3);
+    let mut orphan = strata::frames::fragment_v4(&answer, 800, 0x4343).expect("fragments");
+    let mut w = CaptureWriter::create(&input, CaptureFormat::PcapNg).expect("writer");
+    w.write(1_000, &q, Direction::Out).expect("write");
+    w.write(2_000, &frags[2], Direction::In).expect("write");
+    w.write(3_000, &frags[0], Direction::In).expect("write");
+    w.write(4_000, &frags[1], Direction::In).expect("write");
+    w.write(5_000, &orphan.remove(1), Direction::In)
+        .expect("write");
+    // Seven seconds later: the orphan's first never came.
+    w.write(7_000_005_000, &q, Direction::Out).expect("write");
+    w.finish().expect("finish");
+
+    let mut port = strata::policy_file::load_port(&policy()).expect("policy");
+    let opts = ReplayOptions {
+        output: Some(dir.join("out.pcapng")),
+        log: Some(dir.join("verdicts.jsonl")),
+        expire_interval_ns: Some(1_000_000_000),
+        ..ReplayOptions::new(&input)
+    };
+    let summary = replay::replay(&mut port, &opts).expect("replay");
+    assert_eq!(summary.packets_in, 6);
+    assert_eq!(summary.packets_out, 5, "{summary}");
+    assert_eq!(summary.drops.get("fragment-timeout"), Some(&1), "{summary}");
+    assert_eq!(summary.dir[Direction::In.index()].held, 2);
+    assert_eq!(summary.held_at_end, 0);
+    // Each frame counted once, on the path the port took (the released
+    // one on its flow).
+    for d in [Direction::Out, Direction::In] {
+        let (mine, theirs) = (summary.dir[d.index()], port.direction_counters(d));
+        assert_eq!(
+            (mine.packets, mine.fast_path, mine.slow_path, mine.dropped),
+            (
+                theirs.packets,
+                theirs.fast_path,
+                theirs.slow_path,
+                theirs.dropped
+            ),
+            "{d:?}"
+        );
+    }
+
+    let log = read_log(&dir.join("verdicts.jsonl"));
+    let verdicts: Vec<(u64, &str, &str, Option<u64>)> = log
+        .iter()
+        .map(|l| (l.index, l.verdict.as_str(), l.path.as_str(), l.released_by))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (0, "forward", "slow", None),
+            (1, "held", "none", None),
+            // The answer's first packet: its inbound flow is made now.
+            (2, "forward", "slow", None),
+            (1, "forward", "released", Some(2)),
+            (3, "forward", "fast", None),
+            (4, "held", "none", None),
+            (5, "forward", "fast", None),
+        ]
+    );
+    let out: Vec<Vec<u8>> = CaptureReader::open(&dir.join("out.pcapng"))
+        .expect("output")
+        .map(|f| f.expect("frame").data)
+        .collect();
+    assert_eq!(out.len(), 5);
+    let datagram = &out[1..4];
+    // The first fragment, then the released last one, then the middle.
+    for (f, off) in datagram.iter().zip([0u16, 200, 100]) {
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[14..]).expect("IPv4");
+        assert_eq!(ip.fragments_offset().value(), off);
+        assert_eq!(ip.destination_addr(), Ipv4Addr::from(vm.0), "un-NAT'd");
+    }
+    let whole = strata::frames::reassemble_v4(datagram).expect("reassembles");
+    let s = strata::frames::summarize(&whole).expect("parses");
+    assert!(s.checksums_ok, "UDP checksum of the un-NAT'd datagram");
+    assert_eq!((s.dst_port, s.payload_len), (vm.1, 2000));
 }

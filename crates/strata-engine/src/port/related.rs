@@ -221,6 +221,8 @@ impl Port {
                 self.count_drop(d, reason);
                 v
             }
+            // (A walk never holds a packet.)
+            Verdict::Held => Verdict::Held,
         }
     }
 
@@ -237,7 +239,8 @@ impl Port {
         }
     }
 
-    fn count_drop(&mut self, d: Direction, reason: DropReason) {
+    /// Count a drop of a frame the direction's packets already count.
+    pub(super) fn count_drop(&mut self, d: Direction, reason: DropReason) {
         self.counters.dir[d.index()].dropped += 1;
         self.counters.drops[reason.index()] += 1;
     }

@@ -309,8 +309,8 @@ pub fn apply_planned_inline(
 }
 
 impl FastPlan {
-    /// Whether the packet's inner (or only) frame is IPv4 TCP or UDP,
-    /// first or only fragment, with no outer groups kept, and the plan
+    /// Whether the packet's inner (or only) frame is IPv4 TCP or UDP, not
+    /// a fragment, with no outer groups kept, and the plan
     /// rewrites no IPv6 address: the commonest case, which
     /// `apply_fast::<true, _>` takes without the branches for IPv6 and other
     /// protocols. (Such a packet always `fits`.)
@@ -320,7 +320,7 @@ impl FastPlan {
         (parsed.ufid.outer.is_none() || self.pops)
             && lay.l3_kind == L3Kind::Ipv4
             && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
-            && !lay.non_first_fragment
+            && !lay.fragment
             && parsed.ufid.inner.is_ip()
             && self.ip_v6 != Some(true)
     }
@@ -661,7 +661,7 @@ fn apply_fast<const V4: bool, const PLAIN: bool, const TRUSTED: bool>(
             let offs = [rel(lay.l3)?, rel(lay.l4)?, rel(lay.l3_end)?];
             if V4
                 || lay.l3_kind == L3Kind::Ipv4
-                    && !lay.non_first_fragment
+                    && !lay.fragment
                     && matches!(lay.l4_kind, L4Kind::Tcp | L4Kind::Udp)
             {
                 f.rewrite_v4::<TRUSTED>(ports, frame, lay.l4_kind, offs)?;

@@ -178,6 +178,13 @@ pub struct ExtChain {
     /// A fragment header with a non-zero offset: the upper-layer header is
     /// not in this packet, so `len` is where the fragment data starts.
     pub non_first_fragment: bool,
+    /// The fragment header's identification (0 without one): with the
+    /// addresses it names the datagram a fragment belongs to.
+    pub fragment_id: u32,
+    /// The fragment header's offset in bytes (0 without one).
+    pub fragment_offset: u32,
+    /// The fragment header's M flag: more fragments follow.
+    pub more_fragments: bool,
 }
 
 /// Skip the extension headers at the start of `payload` (an IPv6 payload),
@@ -211,6 +218,9 @@ pub fn walk_ext_headers(next_header: u8, payload: &[u8]) -> Result<ExtChain, Err
         off += len;
         if nh == ext::FRAGMENT {
             let frag = u16::from_be_bytes([hdr[2], hdr[3]]);
+            chain.fragment_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+            chain.fragment_offset = u32::from(frag >> 3) * 8;
+            chain.more_fragments = frag & 1 != 0;
             // An "atomic fragment" (offset 0, no M flag, RFC 6946) is a
             // whole packet.
             chain.fragment |= frag & 0xfff9 != 0;
@@ -315,6 +325,10 @@ mod tests {
         assert_eq!(c.len, 44);
         assert_eq!(c.count, 4);
         assert!(c.fragment && !c.non_first_fragment);
+        assert_eq!(
+            (c.fragment_id, c.fragment_offset, c.more_fragments),
+            (1, 0, true)
+        );
         for n in 0..p.len() {
             assert_eq!(walk_ext_headers(0, &p[..n]), Err(Error::Truncated));
         }
@@ -322,6 +336,10 @@ mod tests {
         let f = [17, 0, 0x00, 0x08, 0, 0, 0, 1, 0xff];
         let c = walk_ext_headers(ext::FRAGMENT, &f).unwrap();
         assert_eq!((c.protocol, c.len, c.non_first_fragment), (17, 8, true));
+        assert_eq!(
+            (c.fragment_id, c.fragment_offset, c.more_fragments),
+            (1, 8, false)
+        );
         // No extension headers.
         assert_eq!(walk_ext_headers(6, &[]).unwrap().protocol, 6);
         // A chain too long.

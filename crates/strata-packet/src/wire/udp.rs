@@ -35,6 +35,21 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(Packet { buffer })
     }
 
+    /// Wrap the first fragment of a fragmented datagram (`buffer`: that
+    /// fragment's IP payload), checking length ≥ 8 and length field ≥ 8:
+    /// the datagram's length is the whole one's, past this fragment.
+    #[inline]
+    pub fn new_checked_first_fragment(buffer: T) -> Result<Self, Error> {
+        let d = buffer.as_ref();
+        if d.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if usize::from(be16(d, field::LENGTH)) < HEADER_LEN {
+            return Err(Error::BadLength);
+        }
+        Ok(Packet { buffer })
+    }
+
     pub fn into_inner(self) -> T {
         self.buffer
     }

@@ -261,6 +261,47 @@ pub fn udp_v4_fragment() -> Vec<u8> {
     out
 }
 
+/// The first IPv4 fragment of a UDP datagram: its UDP length field names
+/// the whole datagram (1,488 bytes), more than this fragment holds.
+pub fn udp_v4_first_fragment() -> Vec<u8> {
+    let mut h = v4_header(17, 24, 0, 0, &[]);
+    h.more_fragments = true;
+    h.identification = 0x0777;
+    h.header_checksum = h.calc_header_checksum();
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAC_B);
+    out.extend_from_slice(&MAC_A);
+    out.extend_from_slice(&[0x08, 0x00]);
+    h.write(&mut out).unwrap();
+    out.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0x05, 0xd0, 0x12, 0x34]);
+    out.extend_from_slice(&[0xee; 16]);
+    out
+}
+
+/// An IPv6 fragment (fragment header, id 0x01020304) of a UDP datagram:
+/// the first when `offset` is 0 (with the UDP header), else a later one.
+pub fn udp_v6_fragment(offset: u16, more: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAC_B);
+    out.extend_from_slice(&MAC_A);
+    out.extend_from_slice(&[0x86, 0xdd]);
+    let mut h = v6_header(44, 0, 0);
+    h.payload_length = 8 + 24;
+    h.write(&mut out).unwrap();
+    // By hand: etherparse 0.19 writes the offset and M flag in the wrong
+    // bits (its issue #150, fixed in 0.20).
+    out.extend_from_slice(&[17, 0]);
+    out.extend_from_slice(&(offset << 3 | u16::from(more)).to_be_bytes());
+    out.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+    if offset == 0 {
+        out.extend_from_slice(&[0x0f, 0xa0, 0x01, 0xbb, 0x00, 0x80, 0x55, 0x66]);
+        out.extend_from_slice(&[0xdd; 16]);
+    } else {
+        out.extend_from_slice(&[0xdd; 24]);
+    }
+    out
+}
+
 pub fn arp_request() -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&[0xff; 6]);
@@ -374,6 +415,9 @@ pub fn all_frames() -> Vec<(&'static str, Vec<u8>)> {
         ("tcp_v4_vlan", tcp_v4_vlan()),
         ("udp_v6_qinq", udp_v6_qinq()),
         ("udp_v4_fragment", udp_v4_fragment()),
+        ("udp_v4_first_fragment", udp_v4_first_fragment()),
+        ("udp_v6_first_fragment", udp_v6_fragment(0, true)),
+        ("udp_v6_last_fragment", udp_v6_fragment(3, false)),
         ("arp_request", arp_request()),
         ("vxlan_v4", vxlan_v4(5000, &tcp_v4())),
         ("vxlan_v6", vxlan_v6(0xabcdef, &udp_v6())),
@@ -571,6 +615,20 @@ pub fn transpositions() -> Vec<Transposition> {
 pub fn exercise(frame: &[u8]) {
     exercise_quote(frame);
     let Ok(p) = parse(frame) else { return };
+    // A parsed fragment's place reads back, consistent with the parse.
+    let lay = &p.layout;
+    match strata_packet::fragment::fragment_of(frame, lay) {
+        Some(f) => {
+            assert!(lay.fragment);
+            assert_eq!(f.offset % 8, 0);
+            assert_eq!(f.offset == 0, !lay.non_first_fragment);
+            assert_eq!(f.len, lay.l3_end - lay.l4);
+        }
+        None => assert!(
+            !lay.fragment,
+            "a parsed fragment whose place cannot be read"
+        ),
+    }
     let mut buf = PacketBuf::from_frame(frame);
     for t in transpositions() {
         buf.reset(frame);
