@@ -577,30 +577,6 @@ fn icmp_errors(c: &mut Criterion) {
     );
 }
 
-/// The IPv4 datagram of `frame` as fragments of at most `size` payload
-/// bytes (a multiple of 8), identification `id`, as a router splits it.
-fn fragment_v4(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
-    let (h, rest) = etherparse::Ipv4Header::from_slice(&frame[14..]).expect("IPv4");
-    let payload = &rest[..usize::from(h.total_len) - h.header_len()];
-    payload
-        .chunks(size)
-        .enumerate()
-        .map(|(i, part)| {
-            let mut f = h.clone();
-            f.identification = id;
-            f.more_fragments = (i + 1) * size < payload.len();
-            f.fragment_offset =
-                etherparse::IpFragOffset::try_new((i * size / 8) as u16).expect("offset");
-            f.set_payload_len(part.len()).expect("length");
-            f.header_checksum = f.calc_header_checksum();
-            let mut v = frame[..14].to_vec();
-            f.write(&mut v).expect("header");
-            v.extend_from_slice(part);
-            v
-        })
-        .collect()
-}
-
 /// Large UDP datagrams from the VM to the internet (SNAT, through the
 /// four layers with the 1,000-rule ACL), 4,096 connections, each datagram
 /// 2,960 bytes of payload in three fragments: in order (the first hits
@@ -621,7 +597,7 @@ fn fragments(c: &mut Criterion) {
         assert!(run(&mut port, &mut buf, Direction::Out, &small, secs(1)).is_forward());
         whole.push(small);
         let large = common::udp(VM_MAC, VM_GW_MAC, VM_CA, dst, sp, 53, &[0x44; 2960]);
-        datagrams.push(fragment_v4(&large, 1480, i as u16));
+        datagrams.push(common::fragment_mtu(&large, i as u16, 1500));
     }
     let in_order: Vec<Vec<u8>> = datagrams.iter().flatten().cloned().collect();
     let last_first: Vec<Vec<u8>> = datagrams

@@ -51,50 +51,6 @@ fn port() -> Port {
 
 // ----- fragments, built and read back ---------------------------------------
 
-/// Cut Ethernet/IPv4 frame `frame` into fragments of identification `id`:
-/// fragment `i` carries `sizes[i]` bytes of the IP payload (a multiple of
-/// 8), one more fragment the rest. Each fragment's IPv4 header (total
-/// length, MF, offset, checksum) is written by etherparse.
-fn fragment_v4(frame: &[u8], id: u16, sizes: &[usize]) -> Vec<Vec<u8>> {
-    let (eth, ip) = frame.split_at(14);
-    let (mut h, rest) = Ipv4Header::from_slice(ip).expect("an IPv4 frame");
-    let payload = &rest[..usize::from(h.total_len) - h.header_len()];
-    h.identification = id;
-    h.dont_fragment = false;
-    let one = |off: usize, data: &[u8], more: bool| {
-        let mut h = h.clone();
-        h.more_fragments = more;
-        h.fragment_offset = IpFragOffset::try_new(u16::try_from(off / 8).expect("offset"))
-            .expect("fragment offset");
-        h.set_payload_len(data.len()).expect("payload length");
-        h.header_checksum = h.calc_header_checksum();
-        let mut f = eth.to_vec();
-        f.extend_from_slice(&h.to_bytes());
-        f.extend_from_slice(data);
-        f
-    };
-    let mut out = Vec::new();
-    let mut off = 0;
-    for &n in sizes {
-        assert!(n.is_multiple_of(8) && n > 0, "fragment size {n}");
-        assert!(
-            off + n < payload.len(),
-            "no data left for the last fragment"
-        );
-        out.push(one(off, &payload[off..off + n], true));
-        off += n;
-    }
-    out.push(one(off, &payload[off..], false));
-    out
-}
-
-/// [`fragment_v4`] for a link MTU: every fragment as large as fits.
-fn fragment_mtu(frame: &[u8], id: u16, mtu: usize) -> Vec<Vec<u8>> {
-    let payload = frame.len() - 14 - 20;
-    let per = (mtu - 20) / 8 * 8;
-    fragment_v4(frame, id, &vec![per; payload.div_ceil(per) - 1])
-}
-
 /// Cut Ethernet/IPv6 frame `frame` (no extension headers) into fragments
 /// of identification `id` carrying `sizes` bytes, then the rest (RFC 8200
 /// §4.5: a fragment header after the IPv6 header).
@@ -1476,39 +1432,9 @@ const VM6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 4);
 const PUBLIC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 
-/// The NAT66 port of `tests/ipv6.rs`: a stateful ACL allowing the VM's
-/// IPv6 traffic out (and its answers in), and a stateful NAT of its
-/// address to a public one.
+/// The NAT66 port of `tests/ipv6.rs` ([`nat66_port`]).
 fn port6() -> Port {
-    use strata_engine::{
-        ActionSpec, Condition, DefaultAction, Field, Group, LayerSpec, MatchValue, Rule,
-    };
-    let mut p = Port::new("v6", PortConfig::default());
-    let v6 = Condition::exact(Field::EtherType, 0x86dd);
-    let mut acl = LayerSpec::new("acl", DefaultAction::Block, DefaultAction::Block);
-    acl.groups
-        .push(Group::new("out", Direction::Out).with_rules(vec![
-            Rule::new("allow-v6-out", 10, vec![v6.clone()], ActionSpec::Allow).stateful(),
-        ]));
-    p.add_layer(acl, None).expect("acl");
-    let mut nat = LayerSpec::new("nat", DefaultAction::Allow, DefaultAction::Allow);
-    nat.groups
-        .push(Group::new("out", Direction::Out).with_rules(vec![
-        Rule::new(
-            "nat66",
-            10,
-            vec![v6, Condition::new(Field::SrcIp, vec![MatchValue::ip(IpAddr::V6(VM6))])],
-            ActionSpec::Nat {
-                src_ip: Some(IpAddr::V6(PUBLIC6)),
-                dst_ip: None,
-                src_port: None,
-                dst_port: None,
-            },
-        )
-        .stateful(),
-    ]));
-    p.add_layer(nat, None).expect("nat");
-    p
+    nat66_port(VM6, PUBLIC6)
 }
 
 /// An IPv6 frame of `l4` (TCP: an ACK with data).

@@ -3,14 +3,10 @@
 //! directions, with outputs re-parsed and checksums verified by etherparse,
 //! and a snapshot/restore round trip of that state.
 
+mod common;
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use std::net::{IpAddr, Ipv6Addr};
-use strata_engine::action::ActionSpec;
-use strata_engine::condition::{Condition, Field, MatchValue};
-use strata_engine::policy::{Group, LayerSpec, Rule};
-use strata_engine::{
-    ActionRegistry, DefaultAction, Direction, DropReason, Port, PortConfig, Verdict, secs,
-};
+use std::net::Ipv6Addr;
+use strata_engine::{ActionRegistry, Direction, DropReason, Port, Verdict, secs};
 use strata_packet::PacketBuf;
 
 const VM: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 4);
@@ -69,38 +65,7 @@ fn decode6(frame: &[u8]) -> (Ipv6Addr, Ipv6Addr, u16, u16) {
 }
 
 fn port() -> Port {
-    let mut p = Port::new("v6", PortConfig::default());
-    let v6 = Condition::exact(Field::EtherType, 0x86dd);
-    let mut acl = LayerSpec::new("acl", DefaultAction::Block, DefaultAction::Block);
-    acl.groups
-        .push(Group::new("out", Direction::Out).with_rules(vec![
-            Rule::new("allow-v6-out", 10, vec![v6.clone()], ActionSpec::Allow).stateful(),
-        ]));
-    p.add_layer(acl, None).unwrap();
-    let mut nat = LayerSpec::new("nat", DefaultAction::Allow, DefaultAction::Allow);
-    nat.groups
-        .push(Group::new("out", Direction::Out).with_rules(vec![
-            Rule::new(
-                "nat66",
-                10,
-                vec![
-                    v6,
-                    Condition::new(
-                        Field::SrcIp,
-                        vec![MatchValue::ip(IpAddr::V6(VM))],
-                    ),
-                ],
-                ActionSpec::Nat {
-                    src_ip: Some(IpAddr::V6(PUBLIC)),
-                    dst_ip: None,
-                    src_port: None,
-                    dst_port: None,
-                },
-            )
-            .stateful(),
-        ]));
-    p.add_layer(nat, None).unwrap();
-    p
+    common::nat66_port(VM, PUBLIC)
 }
 
 fn run(p: &mut Port, d: Direction, f: &[u8], now: u64) -> (Verdict, Vec<u8>) {
