@@ -439,12 +439,7 @@ impl Port {
         let mut ready = std::mem::take(&mut self.fragments.ready);
         for mut held in ready.drain(..) {
             self.fragments.releasing = held.first;
-            // Through the burst path, a burst of one (its ready list is
-            // empty while these are processed: no deeper release).
-            let mut verdict = [Verdict::Forward];
-            let frame = std::slice::from_mut(&mut held.frame);
-            self.process_batch(held.key.d, frame, now, &mut verdict);
-            let [verdict] = verdict;
+            let verdict = self.process_one(held.key.d, &mut held.frame, now);
             self.fragments.releasing = None;
             self.counters.fragments.released += 1;
             self.fragments
