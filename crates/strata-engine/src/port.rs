@@ -1331,11 +1331,6 @@ impl Port {
 
     /// Count a frame that did not parse.
     fn malformed(&mut self, d: Direction, len: usize, e: strata_packet::ParseError) -> Verdict {
-        let dc = &mut self.counters.dir[d.index()];
-        dc.packets += 1;
-        dc.bytes += len as u64;
-        dc.dropped += 1;
-        self.counters.drops[DropReason::Malformed.index()] += 1;
         // No allocation once a reason has been seen.
         match self.counters.malformed.get_mut(e.reason()) {
             Some(n) => *n += 1,
@@ -1343,8 +1338,20 @@ impl Port {
                 self.counters.malformed.insert(e.reason().to_string(), 1);
             }
         }
+        self.drop_unlooked(d, len, DropReason::Malformed)
+    }
+
+    /// Count a frame of `len` bytes dropped before its flow was looked up
+    /// (one that did not parse, a fragment that could not wait for its
+    /// first), as a packet of direction `d` and a drop for `reason`.
+    fn drop_unlooked(&mut self, d: Direction, len: usize, reason: DropReason) -> Verdict {
+        let dc = &mut self.counters.dir[d.index()];
+        dc.packets += 1;
+        dc.bytes += len as u64;
+        dc.dropped += 1;
+        self.counters.drops[reason.index()] += 1;
         Verdict::Drop {
-            reason: DropReason::Malformed,
+            reason,
             layer: None,
         }
     }

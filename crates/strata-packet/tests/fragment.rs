@@ -30,6 +30,20 @@ fn udp_v4(len: usize) -> Vec<u8> {
     out
 }
 
+const V6_A: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const V6_B: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// A UDP datagram over IPv6 from `src` to `dst` with `ports`, as one frame.
+fn udp_v6(src: [u8; 16], dst: [u8; 16], ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(src, dst, 64)
+        .udp(ports.0, ports.1)
+        .write(&mut out, payload)
+        .expect("frame");
+    out
+}
+
 /// Split the IPv4 datagram of `frame` into fragments of at most `size`
 /// payload bytes (a multiple of 8), identification `id`.
 fn fragment_v4(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
@@ -212,16 +226,7 @@ fn ipv4_fragments_parse_and_name_their_datagram() {
 
 #[test]
 fn ipv6_fragments_parse_and_name_their_datagram() {
-    let mut whole = Vec::new();
-    PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv6(
-            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-            64,
-        )
-        .udp(4000, 443)
-        .write(&mut whole, &[0x42; 200])
-        .expect("frame");
+    let whole = udp_v6(V6_A, V6_B, (4000, 443), &[0x42; 200]);
     let frags = fragment_v6(&whole, 104, 0xdead_beef);
     assert_eq!(frags.len(), 2);
     let first = parse(&frags[0]).expect("parses");
@@ -253,16 +258,8 @@ fn nat_of_every_fragment_reassembles_into_the_translated_datagram() {
         src_port: Some(40_001),
         ..Transposition::default()
     };
-    let mut whole6 = Vec::new();
-    PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv6(
-            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-            64,
-        )
-        .udp(5353, 53)
-        .write(&mut whole6, &[7; 300])
-        .expect("frame");
+    let ula = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let whole6 = udp_v6(ula, V6_B, (5353, 53), &[7; 300]);
     let v6_src: IpAddr = "2001:db8::99".parse().expect("address");
     let cases = [
         (

@@ -1339,6 +1339,21 @@ fn send_blocked(
     Ok(())
 }
 
+/// The internet DNS server the VM queries in the extras.
+const DNS_SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 53, 53), 53);
+
+/// The VM at `vm` sends [`DNS_SERVER`] a query; the frame the switch sent
+/// (SNAT'd to the VIP), if forwarded.
+fn send_dns_query(
+    sim: &mut Sim<'_>,
+    vm: SocketAddrV4,
+    query: &[u8],
+    what: &str,
+) -> Option<Vec<u8>> {
+    let frame = frames::udp(VM_MAC, VM_GW_MAC, vm, DNS_SERVER, query);
+    sim.send(Direction::Out, frame, Expect::Forward, what)
+}
+
 /// A large DNS answer to the VM, split by a router into three IPv4
 /// fragments that arrive last first: the two later ones are held, the
 /// first passes the SNAT and ACL as the query's answer and releases them,
@@ -1346,9 +1361,9 @@ fn send_blocked(
 /// etherparse) into the answer with its UDP checksum intact.
 fn send_fragments(sim: &mut Sim<'_>) {
     let vm = SocketAddrV4::new(VM_CA, 61_054);
-    let server = SocketAddrV4::new(Ipv4Addr::new(198, 18, 53, 53), 53);
-    let query = frames::udp(VM_MAC, VM_GW_MAC, vm, server, b"a query for a large record");
-    let Some(sent) = sim.send(Direction::Out, query, Expect::Forward, "DNS query (EDNS)") else {
+    let server = DNS_SERVER;
+    let Some(sent) = send_dns_query(sim, vm, b"a query for a large record", "DNS query (EDNS)")
+    else {
         return;
     };
     let Ok(q) = frames::summarize(&sent) else {
@@ -1409,9 +1424,8 @@ fn send_fragments(sim: &mut Sim<'_>) {
 /// by the ACL like any unsolicited packet.
 fn send_icmp_errors(sim: &mut Sim<'_>) {
     let vm = SocketAddrV4::new(VM_CA, 61_053);
-    let server = SocketAddrV4::new(Ipv4Addr::new(198, 18, 53, 53), 53);
-    let query = frames::udp(VM_MAC, VM_GW_MAC, vm, server, b"a query");
-    let Some(sent) = sim.send(Direction::Out, query, Expect::Forward, "DNS query") else {
+    let server = DNS_SERVER;
+    let Some(sent) = send_dns_query(sim, vm, b"a query", "DNS query") else {
         return;
     };
     let error = |quote: &[u8]| {

@@ -541,6 +541,10 @@ impl<'p> Replayer<'p> {
         };
         let before = dropped(self.port);
         self.summary.expired_connections += self.port.expire(now) as u64;
+        if self.port.held_fragments() == 0 {
+            // The ones expiry dropped are never released.
+            self.held.clear();
+        }
         let after = dropped(self.port);
         for d in [Direction::Out, Direction::In] {
             let n = after[d.index()] - before[d.index()];

@@ -254,6 +254,14 @@ impl FragmentTracker {
         }
     }
 
+    /// Keep a held fragment's buffer for the next one (up to as many as
+    /// can be held).
+    fn recycle(&mut self, frame: PacketBuf) {
+        if self.spare.len() < MAX_HELD {
+            self.spare.push(frame);
+        }
+    }
+
     /// A buffer holding a copy of `frame`.
     fn copy(&mut self, frame: &[u8]) -> PacketBuf {
         match self.spare.pop() {
@@ -292,9 +300,7 @@ impl Port {
                 held_since: r.held.since,
             });
             n += 1;
-            if self.fragments.spare.len() < MAX_HELD {
-                self.fragments.spare.push(r.held.frame);
-            }
+            self.fragments.recycle(r.held.frame);
         }
         n
     }
@@ -396,7 +402,7 @@ impl Port {
         let mine = t.held.iter().filter(|h| h.key == key).count();
         if t.held.len() >= MAX_HELD || mine >= MAX_HELD_PER_DATAGRAM {
             self.counters.fragments.overflow += 1;
-            return self.drop_fragment(key.d, buf.len(), DropReason::FragmentOverflow);
+            return self.drop_unlooked(key.d, buf.len(), DropReason::FragmentOverflow);
         }
         let frame = t.copy(buf.as_slice());
         self.counters.fragments.held += 1;
@@ -408,18 +414,6 @@ impl Port {
             frame,
         });
         Verdict::Held
-    }
-
-    /// Count a fragment dropped before its flow was looked up.
-    fn drop_fragment(&mut self, d: Direction, len: usize, reason: DropReason) -> Verdict {
-        let dc = &mut self.counters.dir[d.index()];
-        dc.packets += 1;
-        dc.bytes += len as u64;
-        self.count_drop(d, reason);
-        Verdict::Drop {
-            reason,
-            layer: None,
-        }
     }
 
     /// Whether held fragments wait to be processed (their first fragment
@@ -474,10 +468,8 @@ impl Port {
         }
         for h in held.drain(waiting..) {
             self.counters.fragments.timed_out += 1;
-            self.drop_fragment(h.key.d, h.frame.len(), DropReason::FragmentTimeout);
-            if self.fragments.spare.len() < MAX_HELD {
-                self.fragments.spare.push(h.frame);
-            }
+            self.drop_unlooked(h.key.d, h.frame.len(), DropReason::FragmentTimeout);
+            self.fragments.recycle(h.frame);
         }
         self.fragments.held = held;
     }
@@ -535,5 +527,66 @@ impl Port {
         self.counters.drops[DropReason::FragmentOverflow.index()] = st.counters.overflow;
         *self.fragments = t;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PortConfig;
+    use strata_packet::flow::FlowKey;
+
+    /// A tracked datagram and its key (`id` apart).
+    fn datagram(id: u32) -> (DatagramKey, Datagram) {
+        let key = DatagramKey::new(Direction::Out, &Ufid::plain(FlowKey::EMPTY), id);
+        let g = Datagram {
+            l4: L4Identity::default(),
+            expires: secs(5),
+            seen: 8,
+            total: None,
+            serial: 0,
+        };
+        (key, g)
+    }
+
+    /// Forged or damaged fragment state is refused on restore, and the
+    /// port keeps what it had.
+    #[test]
+    fn restore_refuses_duplicates_and_more_than_a_port_keeps() {
+        let mut p = Port::new("p", PortConfig::default());
+        let twice = FragmentState {
+            datagrams: vec![datagram(1), datagram(1)],
+            ..FragmentState::default()
+        };
+        assert_eq!(
+            p.restore_fragments(twice),
+            Err("a datagram tracked twice".to_string())
+        );
+        let (key, _) = datagram(2);
+        let held = FragmentState {
+            held: vec![(key, 0, 1, vec![0; 60]); MAX_HELD + 1],
+            ..FragmentState::default()
+        };
+        assert_eq!(
+            p.restore_fragments(held),
+            Err("more fragment state than a port keeps".to_string())
+        );
+        let many = FragmentState {
+            datagrams: (0..=MAX_DATAGRAMS as u32).map(datagram).collect(),
+            ..FragmentState::default()
+        };
+        assert!(p.restore_fragments(many).is_err());
+        assert_eq!(p.fragments.datagrams.len(), 0);
+        assert_eq!(p.held_fragments(), 0);
+        // Within bounds, it is taken whole, renumbered in age order.
+        let ok = FragmentState {
+            datagrams: vec![datagram(3), datagram(4)],
+            held: vec![(key, 0, 1, vec![0; 60])],
+            ..FragmentState::default()
+        };
+        assert_eq!(p.restore_fragments(ok), Ok(()));
+        assert_eq!(p.fragments.datagrams.len(), 2);
+        assert_eq!(p.held_fragments(), 1);
+        assert_eq!(p.fragment_state().datagrams.len(), 2);
     }
 }

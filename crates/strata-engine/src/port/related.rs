@@ -240,7 +240,7 @@ impl Port {
     }
 
     /// Count a drop of a frame the direction's packets already count.
-    pub(super) fn count_drop(&mut self, d: Direction, reason: DropReason) {
+    fn count_drop(&mut self, d: Direction, reason: DropReason) {
         self.counters.dir[d.index()].dropped += 1;
         self.counters.drops[reason.index()] += 1;
     }

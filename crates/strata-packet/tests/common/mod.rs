@@ -251,13 +251,20 @@ pub fn udp_v4_fragment() -> Vec<u8> {
     let mut h = v4_header(17, 16, 0, 0, &[]);
     h.fragment_offset = IpFragOffset::try_new(185).unwrap();
     h.more_fragments = false;
+    let mut out = eth_ipv4(h);
+    out.extend_from_slice(&[0xee; 16]);
+    out
+}
+
+/// An Ethernet header (B to A, IPv4) and IPv4 header `h`, its checksum
+/// computed: the start of a frame whose IP payload the caller appends.
+fn eth_ipv4(mut h: Ipv4Header) -> Vec<u8> {
     h.header_checksum = h.calc_header_checksum();
     let mut out = Vec::new();
     out.extend_from_slice(&MAC_B);
     out.extend_from_slice(&MAC_A);
     out.extend_from_slice(&[0x08, 0x00]);
     h.write(&mut out).unwrap();
-    out.extend_from_slice(&[0xee; 16]);
     out
 }
 
@@ -267,12 +274,7 @@ pub fn udp_v4_first_fragment() -> Vec<u8> {
     let mut h = v4_header(17, 24, 0, 0, &[]);
     h.more_fragments = true;
     h.identification = 0x0777;
-    h.header_checksum = h.calc_header_checksum();
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAC_B);
-    out.extend_from_slice(&MAC_A);
-    out.extend_from_slice(&[0x08, 0x00]);
-    h.write(&mut out).unwrap();
+    let mut out = eth_ipv4(h);
     out.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0x05, 0xd0, 0x12, 0x34]);
     out.extend_from_slice(&[0xee; 16]);
     out
